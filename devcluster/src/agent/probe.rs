@@ -1,0 +1,1 @@
+//! TODO: probe (being written).

@@ -1,0 +1,1 @@
+//! TODO: volumes (being written).

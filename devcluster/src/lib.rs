@@ -1,0 +1,15 @@
+//! The devcluster: a real Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager,
+//! kube-scheduler) on this machine, plus the node agent that plays the kubelet and kube-proxy for
+//! its nodes by running each pod as local processes in their own network and mount namespaces.
+//!
+//! The library half is what the `devcluster` binary and the end-to-end tests share: where the
+//! cluster keeps its files and how to get a client for it.
+
+pub mod agent;
+pub mod controlplane;
+pub mod layout;
+pub mod net;
+pub mod podinit;
+pub mod procs;
+
+pub use layout::Layout;

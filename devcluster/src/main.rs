@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("devcluster: being written");
+    std::process::exit(2);
+}

@@ -1,0 +1,1 @@
+//! TODO: net (being written).

@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("rollout: being written");
+    std::process::exit(2);
+}
