@@ -6,8 +6,10 @@
 //! cluster keeps its files and how to get a client for it.
 
 pub mod agent;
+pub mod cluster;
 pub mod controlplane;
 pub mod layout;
+pub mod hostnet;
 pub mod net;
 pub mod podinit;
 pub mod procs;

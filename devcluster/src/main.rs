@@ -1,4 +1,101 @@
-fn main() {
-    eprintln!("devcluster: being written");
-    std::process::exit(2);
+//! `devcluster`: bring a real local Kubernetes up and down, and (internally) run its node agent.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use devcluster::agent::AgentConfig;
+use devcluster::{cluster, layout, Layout};
+
+#[derive(Parser)]
+#[command(name = "devcluster", version, about = "A real Kubernetes control plane on this machine, with pods run as local processes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start etcd, the API server, controller-manager, scheduler and the node agent; returns
+    /// when the cluster runs pods. Builds the control plane on first use (cached afterwards).
+    Up {
+        /// Number of Node objects the agent plays.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+    },
+    /// Stop every process and remove every namespace, veth, bridge, mount and file it made.
+    Down,
+    /// Show the processes, the API server and the nodes.
+    Status,
+    /// Print the KUBECONFIG export for this cluster.
+    Env,
+    /// Run the node agent in the foreground (`up` starts it for you).
+    #[command(hide = true)]
+    Agent {
+        #[arg(long)]
+        nodes: usize,
+        #[arg(long)]
+        kubeconfig: PathBuf,
+        #[arg(long)]
+        bin_dir: PathBuf,
+    },
+    /// Enter a pod's namespaces, mount its volumes and exec its command (used by the agent).
+    #[command(hide = true)]
+    PodInit {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let layout = Layout::from_env();
+    if let Cmd::PodInit { args } = cli.command {
+        // Runs before any thread exists: setns/unshare need a single-threaded process.
+        devcluster::podinit::main(&args);
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("devcluster: could not start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Cmd::Up { nodes } => {
+                let bin_dir = std::env::current_exe()?.parent().map(PathBuf::from).unwrap_or_default();
+                cluster::up(&layout, nodes, &bin_dir).await.map(|_| true)
+            }
+            Cmd::Down => cluster::down(&layout).map(|_| true),
+            Cmd::Status => cluster::status(&layout).await,
+            Cmd::Env => {
+                println!("export KUBECONFIG={}", layout.kubeconfig().display());
+                Ok(true)
+            }
+            Cmd::Agent { nodes, kubeconfig, bin_dir } => {
+                let cfg = AgentConfig {
+                    layout: layout.clone(),
+                    nodes: (1..=nodes).map(layout::node_name).collect(),
+                    runtime_file: layout::default_runtime_file(),
+                    bin_dir,
+                    kubeconfig,
+                };
+                devcluster::agent::run(cfg).await.map(|_| true)
+            }
+            Cmd::PodInit { .. } => unreachable!("handled before the runtime starts"),
+        }
+    });
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("devcluster: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

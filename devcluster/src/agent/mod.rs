@@ -24,6 +24,8 @@ pub struct AgentConfig {
     pub runtime_file: PathBuf,
     /// Directory of the workspace's built binaries (`{bin}` in the runtime file).
     pub bin_dir: PathBuf,
+    /// The agent's own credentials (a kubeconfig `up` writes for it).
+    pub kubeconfig: PathBuf,
 }
 
 impl AgentConfig {
@@ -37,7 +39,7 @@ impl AgentConfig {
 }
 
 pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
-    let client = crate::layout::client(&cfg.layout.kubeconfig()).await?;
+    let client = crate::layout::client(&cfg.kubeconfig).await?;
     let cfg = Arc::new(cfg);
     tokio::try_join!(
         nodes::run(client.clone(), cfg.clone()),

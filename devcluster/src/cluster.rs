@@ -1,0 +1,320 @@
+//! `up`, `down` and `status`: the whole devcluster's life cycle, built from the control plane,
+//! the node agent and the host network pieces.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use futures::TryStreamExt;
+use kube::runtime::WatchStreamExt;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::runtime::wait::{await_condition, conditions};
+use serde::{Deserialize, Serialize};
+
+use crate::controlplane::{self, Binaries};
+use crate::layout::{self, Layout};
+use crate::{hostnet, procs};
+
+/// What `up` records about the running cluster, read by `status`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ClusterState {
+    pub nodes: usize,
+    pub kube_bin_dir: PathBuf,
+    pub started_at: String,
+}
+
+/// Runs the provisioning script (installs packages, builds or finds the cached control plane)
+/// and returns the directory of the kube-* binaries.
+pub fn provision() -> anyhow::Result<PathBuf> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/provision.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !out.status.success() {
+        bail!("provisioning failed ({}); see the messages above", script.display());
+    }
+    let dir = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().trim().to_string();
+    if dir.is_empty() {
+        bail!("{} printed no binary directory", script.display());
+    }
+    Ok(PathBuf::from(dir))
+}
+
+pub fn require_root() -> anyhow::Result<()> {
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the devcluster needs root (network namespaces, bridges, bind mounts); run it with sudo");
+    }
+    Ok(())
+}
+
+/// Is a cluster already serving from this layout?
+pub async fn healthy(layout: &Layout) -> bool {
+    if !layout.kubeconfig().exists() {
+        return false;
+    }
+    let Ok(client) = layout::client(&layout.kubeconfig()).await else { return false };
+    client.apiserver_version().await.is_ok()
+        && procs::recorded(&layout.pids_dir()).iter().all(|p| procs::alive(p.pid))
+}
+
+pub async fn up(layout: &Layout, nodes: usize, bin_dir: &Path) -> anyhow::Result<()> {
+    require_root()?;
+    if nodes == 0 || nodes > 200 {
+        bail!("--nodes must be between 1 and 200 (got {nodes})");
+    }
+    if healthy(layout).await {
+        println!("devcluster: already up ({}); run `devcluster down` first to start afresh", layout.root.display());
+        println!("export KUBECONFIG={}", layout.kubeconfig().display());
+        return Ok(());
+    }
+    if layout.root.exists() || !hostnet::leftovers().is_empty() {
+        eprintln!("devcluster: cleaning up what an earlier cluster left behind");
+        down(layout)?;
+    }
+    let t0 = Instant::now();
+    let kube_dir = provision()?;
+    let bins = Binaries { kube_dir, etcd: PathBuf::from("etcd") };
+    let t_provisioned = t0.elapsed();
+
+    for d in [layout.root.clone(), layout.pids_dir(), layout.logs_dir(), layout.pods_dir(), layout.volumes_dir()] {
+        fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    let result = start(layout, nodes, &bins, bin_dir).await;
+    if let Err(e) = result {
+        eprintln!("devcluster: up failed; cleaning up (logs kept in {})", layout.logs_dir().display());
+        let keep = std::env::temp_dir().join("rollout-devcluster-failed-logs");
+        let _ = fs::remove_dir_all(&keep);
+        let _ = Command::new("cp").arg("-a").arg(layout.logs_dir()).arg(&keep).status();
+        let _ = down(layout);
+        return Err(e.context(format!("devcluster up failed; logs copied to {}", keep.display())));
+    }
+    let state = ClusterState {
+        nodes,
+        kube_bin_dir: bins.kube_dir.clone(),
+        started_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+    };
+    fs::write(layout.state_file(), serde_json::to_string_pretty(&state)?)?;
+    println!(
+        "devcluster: up in {:.1}s (provision check {:.1}s) with {nodes} node(s)",
+        t0.elapsed().as_secs_f64(),
+        t_provisioned.as_secs_f64()
+    );
+    println!("export KUBECONFIG={}", layout.kubeconfig().display());
+    Ok(())
+}
+
+async fn start(layout: &Layout, nodes: usize, bins: &Binaries, bin_dir: &Path) -> anyhow::Result<()> {
+    let step = |what: &str, since: Instant| eprintln!("devcluster: {what} ({:.1}s)", since.elapsed().as_secs_f64());
+    let t = Instant::now();
+    let tokens = controlplane::make_pki(layout)?;
+    let admin_kc = controlplane::kubeconfig(layout, "admin", &tokens.admin)?;
+    fs::write(layout.kubeconfig(), &admin_kc)?;
+    let kcm_kc = layout.pki_dir().join("controller-manager.kubeconfig");
+    fs::write(&kcm_kc, controlplane::kubeconfig(layout, "system:kube-controller-manager", &tokens.controller_manager)?)?;
+    let sched_kc = layout.pki_dir().join("scheduler.kubeconfig");
+    fs::write(&sched_kc, controlplane::kubeconfig(layout, "system:kube-scheduler", &tokens.scheduler)?)?;
+    let agent_kc = layout.pki_dir().join("agent.kubeconfig");
+    fs::write(&agent_kc, controlplane::kubeconfig(layout, "devcluster-agent", &tokens.agent)?)?;
+    step("certificates and kubeconfigs written", t);
+
+    hostnet::ensure_bridge().context("creating the pod network bridge")?;
+
+    let (pids, logs) = (layout.pids_dir(), layout.logs_dir());
+    let http = controlplane::health_client(layout)?;
+
+    let etcd = procs::spawn(&pids, &logs, "etcd", &bins.etcd, &controlplane::etcd_args(layout), &[])?;
+    let etcd_health = format!("http://127.0.0.1:{}/health", layout::ETCD_CLIENT_PORT);
+    controlplane::wait_healthy(layout, &etcd, Duration::from_secs(60), || controlplane::http_ok(&http, &etcd_health, None)).await?;
+    step("etcd healthy", t);
+
+    let api = procs::spawn(&pids, &logs, "kube-apiserver", &bins.kube_dir.join("kube-apiserver"), &controlplane::apiserver_args(layout), &[])?;
+    let readyz = format!("{}/readyz", controlplane::api_url());
+    controlplane::wait_healthy(layout, &api, Duration::from_secs(120), || controlplane::http_ok(&http, &readyz, Some(&tokens.admin))).await?;
+    step("kube-apiserver ready", t);
+
+    let kcm = procs::spawn(&pids, &logs, "kube-controller-manager", &bins.kube_dir.join("kube-controller-manager"), &controlplane::controller_manager_args(layout, &kcm_kc), &[])?;
+    let sched = procs::spawn(&pids, &logs, "kube-scheduler", &bins.kube_dir.join("kube-scheduler"), &controlplane::scheduler_args(&sched_kc), &[])?;
+    controlplane::wait_healthy(layout, &kcm, Duration::from_secs(60), || controlplane::http_ok(&http, "http://127.0.0.1:10252/healthz", None)).await?;
+    controlplane::wait_healthy(layout, &sched, Duration::from_secs(60), || controlplane::http_ok(&http, "http://127.0.0.1:10251/healthz", None)).await?;
+    step("controller-manager and scheduler healthy", t);
+
+    let me = std::env::current_exe().context("finding the devcluster binary")?;
+    let agent_args = vec![
+        "agent".to_string(),
+        format!("--nodes={nodes}"),
+        format!("--kubeconfig={}", agent_kc.display()),
+        format!("--bin-dir={}", bin_dir.display()),
+    ];
+    let agent = procs::spawn(&pids, &logs, "agent", &me, &agent_args, &[("ROLLOUT_DEVCLUSTER_DIR", layout.root.display().to_string()), ("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))])?;
+
+    let client = layout::client(&layout.kubeconfig()).await?;
+    let ready = tokio::time::timeout(Duration::from_secs(120), wait_nodes_ready(&client, nodes));
+    tokio::select! {
+        r = ready => r.context("nodes did not become Ready within 120s")??,
+        _ = watch_alive(agent.pid) => {
+            let (log, tail) = controlplane::log_tail(layout, "agent", 30);
+            bail!("the node agent exited; its log is {}:\n{tail}", log.display());
+        }
+    }
+    step(&format!("{nodes} node(s) Ready"), t);
+
+    let sc: Api<StorageClass> = Api::all(client.clone());
+    tokio::time::timeout(Duration::from_secs(60), await_condition(sc, layout::STORAGE_CLASS, conditions::is_created()))
+        .await
+        .context("the storage class did not appear within 60s")??;
+    smoke_pod(&client).await?;
+    step("a pod ran", t);
+    Ok(())
+}
+
+async fn watch_alive(pid: i32) {
+    while procs::alive(pid) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn wait_nodes_ready(client: &kube::Client, want: usize) -> anyhow::Result<()> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let is_ready = |n: &Node| {
+        n.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| {
+            cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+        })
+    };
+    let stream = kube::runtime::watcher(nodes, Default::default()).default_backoff();
+    let mut store = kube::runtime::reflector::store::Writer::<Node>::default();
+    let reader = store.as_reader();
+    let mut stream = std::pin::pin!(stream);
+    while let Some(ev) = stream.try_next().await? {
+        store.apply_watcher_event(&ev);
+        if reader.state().iter().filter(|n| is_ready(n)).count() >= want {
+            return Ok(());
+        }
+    }
+    bail!("the node watch ended")
+}
+
+/// Proves the cluster runs pods: a pause pod scheduled, started by the agent, Ready, then gone.
+async fn smoke_pod(client: &kube::Client) -> anyhow::Result<()> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "kube-system");
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "devcluster-smoke"},
+        "spec": {"terminationGracePeriodSeconds": 1, "containers": [{"name": "pause", "image": "pause"}]}
+    }))?;
+    let _ = pods.delete("devcluster-smoke", &DeleteParams::default().grace_period(0)).await;
+    tokio::time::timeout(Duration::from_secs(30), await_condition(pods.clone(), "devcluster-smoke", conditions::is_deleted("")))
+        .await
+        .ok();
+    pods.create(&PostParams::default(), &pod).await.context("creating the smoke-test pod")?;
+    let ready = tokio::time::timeout(Duration::from_secs(90), await_condition(pods.clone(), "devcluster-smoke", is_pod_ready())).await;
+    if ready.is_err() {
+        let p = pods.get("devcluster-smoke").await.ok();
+        bail!("the smoke-test pod kube-system/devcluster-smoke did not become Ready within 90s; it is {:?}", p.and_then(|p| p.status));
+    }
+    let uid = pods.get("devcluster-smoke").await?.metadata.uid.unwrap_or_default();
+    pods.delete("devcluster-smoke", &DeleteParams::default()).await?;
+    tokio::time::timeout(Duration::from_secs(60), await_condition(pods, "devcluster-smoke", conditions::is_deleted(&uid)))
+        .await
+        .context("the smoke-test pod was not removed within 60s")??;
+    Ok(())
+}
+
+fn is_pod_ready() -> impl kube::runtime::wait::Condition<Pod> {
+    |p: Option<&Pod>| {
+        p.and_then(|p| p.status.as_ref())
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    }
+}
+
+/// Stops everything `up` started and removes everything it made: processes (recorded or not),
+/// network namespaces, veths, the bridge, mounts, created mount points and the state directory.
+pub fn down(layout: &Layout) -> anyhow::Result<()> {
+    require_root()?;
+    for p in procs::recorded(&layout.pids_dir()) {
+        if procs::alive(p.pid) {
+            eprintln!("devcluster: stopping {} (pid {})", p.name, p.pid);
+            procs::stop(p.pid, Duration::from_secs(if p.name == "agent" { 20 } else { 10 }));
+        }
+    }
+    for pid in procs::stragglers(&layout.root) {
+        eprintln!("devcluster: stopping leftover process {pid}");
+        procs::stop(pid, Duration::from_secs(3));
+    }
+    hostnet::teardown_all();
+    unmount_under(&layout.root);
+    remove_created_mountpoints(layout);
+    if layout.root.exists() {
+        fs::remove_dir_all(&layout.root).with_context(|| format!("removing {}", layout.root.display()))?;
+    }
+    let left = hostnet::leftovers();
+    if !left.is_empty() {
+        bail!("devcluster down could not remove: {}", left.join(", "));
+    }
+    eprintln!("devcluster: down");
+    Ok(())
+}
+
+fn unmount_under(root: &Path) {
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let mut targets: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter(|t| Path::new(t).starts_with(root))
+        .collect();
+    // Deepest first.
+    targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
+    for t in targets {
+        let _ = Command::new("umount").arg("-l").arg(t).status();
+    }
+}
+
+fn remove_created_mountpoints(layout: &Layout) {
+    let list = fs::read_to_string(layout.created_mountpoints_file()).unwrap_or_default();
+    let mut dirs: Vec<&str> = list.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.len()));
+    dirs.dedup();
+    for d in dirs {
+        // Only empty ones: anything a user put there stays.
+        let _ = fs::remove_dir(d);
+    }
+}
+
+pub async fn status(layout: &Layout) -> anyhow::Result<bool> {
+    let procs_list = procs::recorded(&layout.pids_dir());
+    if procs_list.is_empty() {
+        println!("devcluster: down (nothing recorded in {})", layout.root.display());
+        return Ok(false);
+    }
+    let mut all_alive = true;
+    for p in &procs_list {
+        let alive = procs::alive(p.pid);
+        all_alive &= alive;
+        println!("{:<26} pid {:<8} {}", p.name, p.pid, if alive { "running" } else { "NOT RUNNING" });
+    }
+    let client = layout::client(&layout.kubeconfig()).await?;
+    match client.apiserver_version().await {
+        Ok(v) => println!("api server {} at {}", v.git_version, controlplane::api_url()),
+        Err(e) => {
+            println!("api server not answering: {e}");
+            return Ok(false);
+        }
+    }
+    let nodes: Api<Node> = Api::all(client.clone());
+    for n in nodes.list(&ListParams::default()).await? {
+        let ready = n.status.as_ref().and_then(|s| s.conditions.as_ref()).and_then(|cs| cs.iter().find(|c| c.type_ == "Ready")).map(|c| c.status.clone()).unwrap_or_else(|| "Unknown".into());
+        println!("node {:<12} Ready={ready}", n.metadata.name.unwrap_or_default());
+    }
+    let pods: Api<Pod> = Api::all(client);
+    let count = pods.list(&ListParams::default()).await?.items.len();
+    println!("pods: {count}");
+    println!("export KUBECONFIG={}", layout.kubeconfig().display());
+    Ok(all_alive)
+}
+

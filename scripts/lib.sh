@@ -1,0 +1,28 @@
+# Shared by scripts/test and scripts/demo: set up a fresh machine and bring the devcluster up.
+# Sourced, not run.
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+if [ "$(id -u)" != 0 ]; then
+  # Network namespaces, bridges and Debian packages need root.
+  exec sudo -E "$0" "$@"
+fi
+
+command -v cargo >/dev/null || { echo "cargo is missing: install a Rust toolchain (rustup) first" >&2; exit 1; }
+
+log "provisioning (Debian packages, control-plane binaries cached under ~/.cache/rollout)"
+bash devcluster/scripts/provision.sh >/dev/null
+
+log "building the workspace"
+cargo build --workspace --bins --quiet
+
+export PATH="$REPO/target/debug:$PATH"
+export KUBECONFIG="${ROLLOUT_DEVCLUSTER_DIR:-/var/tmp/rollout-devcluster}/kubeconfig"
+
+devcluster_up() {
+  log "devcluster up --nodes ${1:-3}"
+  devcluster up --nodes "${1:-3}"
+}
