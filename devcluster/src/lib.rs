@@ -13,5 +13,6 @@ pub mod hostnet;
 pub mod net;
 pub mod podinit;
 pub mod procs;
+pub mod testkit;
 
 pub use layout::Layout;
