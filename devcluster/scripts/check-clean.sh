@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Checks, independently of `devcluster down`'s own bookkeeping, that no process, network
+# namespace, link, mount or directory of the devcluster is left on this machine.
+set -uo pipefail
+ROOT="${ROLLOUT_DEVCLUSTER_DIR:-/var/tmp/rollout-devcluster}"
+bad=0
+fail() { echo "check-clean: left behind: $*" >&2; bad=1; }
+
+ns=$(ip netns list 2>/dev/null | awk '$1 ~ /^rdc-/ {print $1}')
+[ -z "$ns" ] || fail "network namespaces: $ns"
+links=$(ip -o link show 2>/dev/null | awk -F': ' '{split($2, a, "@"); print a[1]}' | grep -E '^(rdc0|rdcv)' || true)
+[ -z "$links" ] || fail "links: $links"
+mounts=$(awk -v r="$ROOT" 'index($2, r) == 1 {print $2}' /proc/mounts)
+[ -z "$mounts" ] || fail "mounts: $mounts"
+procs=$(pgrep -a -f -- "$ROOT" | grep -v -e check-clean -e pgrep || true)
+[ -z "$procs" ] || fail "processes: $procs"
+for p in etcd kube-apiserver kube-controller-manager kube-scheduler; do
+  pids=$(pgrep -x "$p" || true)
+  [ -z "$pids" ] || fail "$p running (pids $pids)"
+done
+[ ! -e "$ROOT" ] || fail "directory $ROOT"
+[ "$bad" = 0 ] && echo "check-clean: nothing left behind"
+exit "$bad"
