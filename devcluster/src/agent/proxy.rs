@@ -1,10 +1,305 @@
-//! TODO: proxy (being written).
+//! The service proxy, playing kube-proxy for the devcluster: every TCP node port of a NodePort or
+//! LoadBalancer Service is served on `127.0.0.1:<nodePort>`, and each connection goes to one ready
+//! pod address of the Service's Endpoints, chosen at random when the connection arrives (so a pod
+//! that leaves the Endpoints gets no new connections). LoadBalancer Services report 127.0.0.1 as
+//! their ingress. Traffic only ever goes to pod addresses, never to ClusterIPs.
+//!
+//! Services and Endpoints are followed with reflectors (watches), not polled.
 
+pub mod routes;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
+use std::time::Duration;
 
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Endpoints, Service};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client, ResourceExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use self::routes::{Change, Route};
 use super::AgentConfig;
 
-pub async fn run(_client: kube::Client, _cfg: Arc<AgentConfig>) -> anyhow::Result<()> {
-    std::future::pending::<()>().await;
-    Ok(())
+/// How long a connection waits for its pod to accept before it is closed.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Open connections per node port; more are closed at once rather than exhausting file handles.
+const MAX_CONNECTIONS_PER_PORT: usize = 512;
+/// Delay before retrying a node port that could not be bound or a status that could not be set.
+const RETRY: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("listening on 127.0.0.1:{port} for service {service}")]
+    Bind {
+        port: u16,
+        service: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("setting the load balancer status of service {service}")]
+    PatchStatus {
+        service: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("connecting to {backend} for service {service}")]
+    Connect {
+        backend: SocketAddr,
+        service: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("connecting to {backend} for service {service}: no answer within {}s", CONNECT_TIMEOUT.as_secs())]
+    ConnectTimeout {
+        backend: SocketAddr,
+        service: String,
+    },
+}
+
+/// A running node-port listener.
+struct Listener {
+    route: Route,
+    retarget: watch::Sender<Route>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        // Closing the listening socket; connections already forwarded carry on, as with kube-proxy.
+        self.task.abort();
+    }
+}
+
+pub async fn run(client: Client, _cfg: Arc<AgentConfig>) -> anyhow::Result<()> {
+    let (endpoints, endpoints_writer) = reflector::store::<Endpoints>();
+    let endpoints_api: Api<Endpoints> = Api::all(client.clone());
+    tokio::spawn(
+        watcher(endpoints_api, watcher::Config::default())
+            .default_backoff()
+            .reflect(endpoints_writer)
+            .for_each(|ev| async move {
+                if let Err(e) = ev {
+                    debug!(
+                        error = &e as &dyn std::error::Error,
+                        "endpoints watch hiccup"
+                    );
+                }
+            }),
+    );
+
+    let services_api: Api<Service> = Api::all(client.clone());
+    let (services, services_writer) = reflector::store::<Service>();
+    let mut events = pin!(watcher(services_api, watcher::Config::default())
+        .default_backoff()
+        .reflect(services_writer));
+
+    let mut listeners: BTreeMap<u16, Listener> = BTreeMap::new();
+    let mut synced = false;
+    let mut needs_retry = false;
+    let mut retry = tokio::time::interval(RETRY);
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            ev = events.next() => match ev {
+                Some(Ok(watcher::Event::InitDone)) => synced = true,
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    debug!(error = &e as &dyn std::error::Error, "services watch hiccup");
+                    continue;
+                }
+                None => return Ok(()),
+            },
+            _ = retry.tick(), if needs_retry => {}
+        }
+        // Until the first full list is in, the store may miss Services whose ports are in use.
+        if synced {
+            needs_retry = reconcile(&client, &services, &endpoints, &mut listeners).await;
+        }
+    }
+}
+
+/// Brings listeners and LoadBalancer statuses in line with the Services; true if something
+/// failed and is worth another try.
+async fn reconcile(
+    client: &Client,
+    services: &Store<Service>,
+    endpoints: &Store<Endpoints>,
+    listeners: &mut BTreeMap<u16, Listener>,
+) -> bool {
+    let all = services.state();
+    let desired = routes::desired_routes(all.iter().map(|s| s.as_ref()));
+    let current: BTreeMap<u16, Route> = listeners
+        .iter()
+        .map(|(p, l)| (*p, l.route.clone()))
+        .collect();
+    let mut failed = false;
+    for change in routes::diff(&current, &desired) {
+        match change {
+            Change::Start(port, route) => match start(port, route.clone(), endpoints.clone()).await
+            {
+                Ok(l) => {
+                    info!(port, service = %describe(&route), "serving node port on 127.0.0.1");
+                    listeners.insert(port, l);
+                }
+                Err(e) => {
+                    warn!(
+                        error = &e as &dyn std::error::Error,
+                        "node port not served; retrying in {}s",
+                        RETRY.as_secs()
+                    );
+                    failed = true;
+                }
+            },
+            Change::Stop(port) => {
+                if let Some(l) = listeners.remove(&port) {
+                    info!(port, service = %describe(&l.route), "closed node port");
+                }
+            }
+            Change::Retarget(port, route) => {
+                if let Some(l) = listeners.get_mut(&port) {
+                    info!(port, service = %describe(&route), "node port now leads to another service port");
+                    l.retarget.send_replace(route.clone());
+                    l.route = route;
+                }
+            }
+        }
+    }
+    for svc in &all {
+        let Some(patch) = routes::load_balancer_patch(svc) else {
+            continue;
+        };
+        let (ns, name) = (svc.namespace().unwrap_or_default(), svc.name_any());
+        let api: Api<Service> = Api::namespaced(client.clone(), &ns);
+        match api
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => info!(service = %format!("{ns}/{name}"), "load balancer status set"),
+            Err(source) => {
+                let e = ProxyError::PatchStatus {
+                    service: format!("{ns}/{name}"),
+                    source,
+                };
+                warn!(
+                    error = &e as &dyn std::error::Error,
+                    "retrying in {}s",
+                    RETRY.as_secs()
+                );
+                failed = true;
+            }
+        }
+    }
+    failed
+}
+
+fn describe(r: &Route) -> String {
+    match r.port_name.as_str() {
+        "" => format!("{}/{}:{}", r.namespace, r.service, r.port),
+        name => format!("{}/{}:{} ({name})", r.namespace, r.service, r.port),
+    }
+}
+
+async fn start(
+    port: u16,
+    route: Route,
+    endpoints: Store<Endpoints>,
+) -> Result<Listener, ProxyError> {
+    let socket = TcpListener::bind(("127.0.0.1", port))
+        .await
+        .map_err(|source| ProxyError::Bind {
+            port,
+            service: describe(&route),
+            source,
+        })?;
+    let (retarget, targets) = watch::channel(route.clone());
+    let task = tokio::spawn(serve(socket, port, targets, endpoints));
+    Ok(Listener {
+        route,
+        retarget,
+        task,
+    })
+}
+
+async fn serve(
+    socket: TcpListener,
+    port: u16,
+    targets: watch::Receiver<Route>,
+    endpoints: Store<Endpoints>,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS_PER_PORT));
+    loop {
+        let (conn, peer) = match socket.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Typically out of file handles: pause instead of spinning on the error.
+                warn!(port, error = &e as &dyn std::error::Error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            warn!(port, %peer, "too many open connections on this node port; closing the new one");
+            continue;
+        };
+        let route = targets.borrow().clone();
+        let endpoints = endpoints.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            forward(conn, port, route, &endpoints).await;
+        });
+    }
+}
+
+/// Sends one client connection to one ready pod, or closes it when there is none.
+async fn forward(mut conn: TcpStream, port: u16, route: Route, endpoints: &Store<Endpoints>) {
+    let key = ObjectRef::new(&route.service).within(&route.namespace);
+    let backends = endpoints
+        .get(&key)
+        .map(|ep| routes::ready_backends(&ep, &route.port_name))
+        .unwrap_or_default();
+    for ip in &backends.refused {
+        warn!(port, service = %describe(&route), address = %ip, "refusing to forward to an address outside the pod network");
+    }
+    let Some(backend) = routes::pick(&backends.ready, |n| fastrand::usize(..n)) else {
+        debug!(port, service = %describe(&route), "no ready endpoint; closing the connection");
+        return;
+    };
+    let service = describe(&route);
+    let upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(backend)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(source)) => {
+            let e = ProxyError::Connect {
+                backend,
+                service,
+                source,
+            };
+            info!(
+                error = &e as &dyn std::error::Error,
+                "closing the client connection"
+            );
+            return;
+        }
+        Err(_) => {
+            let e = ProxyError::ConnectTimeout { backend, service };
+            info!(
+                error = &e as &dyn std::error::Error,
+                "closing the client connection"
+            );
+            return;
+        }
+    };
+    let mut upstream = upstream;
+    let _ = upstream.set_nodelay(true);
+    let _ = conn.set_nodelay(true);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut conn, &mut upstream).await {
+        debug!(port, %backend, error = &e as &dyn std::error::Error, "connection ended with an error");
+    }
 }

@@ -1,0 +1,548 @@
+//! The service proxy's decisions as plain functions: which node ports need a listener and where
+//! each leads (and how that differs from the listeners running), which backends of an Endpoints
+//! object a connection may go to, and the LoadBalancer status to report. No I/O here.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use k8s_openapi::api::core::v1::{Endpoints, Service};
+
+use crate::layout::{BRIDGE_IP, POD_NETWORK_PREFIX_LEN};
+
+/// Where LoadBalancer Services are reachable: the proxy listens on loopback only.
+pub const LOAD_BALANCER_IP: &str = "127.0.0.1";
+
+/// Where connections to one node port go: a port of a Service, matched by its name against the
+/// ports of the Service's Endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub namespace: String,
+    pub service: String,
+    /// The Service port's name; empty for an unnamed (single) port, as in Endpoints.
+    pub port_name: String,
+    /// The Service port number, for logs.
+    pub port: i32,
+}
+
+/// Every TCP node port of every NodePort or LoadBalancer Service, with its route. Should two
+/// Services claim one node port (the API server prevents it), the first by namespace/name wins.
+pub fn desired_routes<'a>(services: impl IntoIterator<Item = &'a Service>) -> BTreeMap<u16, Route> {
+    let mut services: Vec<&Service> = services.into_iter().collect();
+    services.sort_by_key(|s| (s.metadata.namespace.clone(), s.metadata.name.clone()));
+    let mut routes = BTreeMap::new();
+    for svc in services {
+        let (Some(ns), Some(name), Some(spec)) =
+            (&svc.metadata.namespace, &svc.metadata.name, &svc.spec)
+        else {
+            continue;
+        };
+        if !matches!(
+            spec.type_.as_deref(),
+            Some("NodePort") | Some("LoadBalancer")
+        ) {
+            continue;
+        }
+        for p in spec.ports.iter().flatten() {
+            if p.protocol.as_deref().unwrap_or("TCP") != "TCP" {
+                continue;
+            }
+            let Some(node_port) = p
+                .node_port
+                .and_then(|n| u16::try_from(n).ok())
+                .filter(|n| *n != 0)
+            else {
+                continue;
+            };
+            routes.entry(node_port).or_insert_with(|| Route {
+                namespace: ns.clone(),
+                service: name.clone(),
+                port_name: p.name.clone().unwrap_or_default(),
+                port: p.port,
+            });
+        }
+    }
+    routes
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Bind a listener on the port.
+    Start(u16, Route),
+    /// Close the port's listener.
+    Stop(u16),
+    /// Keep the listener; new connections go to the new route.
+    Retarget(u16, Route),
+}
+
+/// How to get from the running listeners to the desired ones, in port order.
+pub fn diff(current: &BTreeMap<u16, Route>, desired: &BTreeMap<u16, Route>) -> Vec<Change> {
+    let stops = current
+        .keys()
+        .filter(|p| !desired.contains_key(p))
+        .map(|p| Change::Stop(*p));
+    let rest = desired
+        .iter()
+        .filter_map(|(port, route)| match current.get(port) {
+            None => Some(Change::Start(*port, route.clone())),
+            Some(r) if r != route => Some(Change::Retarget(*port, route.clone())),
+            Some(_) => None,
+        });
+    stops.chain(rest).collect()
+}
+
+/// Whether `ip` is a pod address: inside the pod network and not the bridge (which is the host
+/// itself). The proxy sends traffic nowhere else, ClusterIPs included.
+pub fn in_pod_network(ip: IpAddr) -> bool {
+    let IpAddr::V4(v4) = ip else { return false };
+    let Ok(bridge) = BRIDGE_IP.parse::<Ipv4Addr>() else {
+        return false;
+    };
+    let mask = u32::MAX
+        .checked_shl(32 - u32::from(POD_NETWORK_PREFIX_LEN))
+        .unwrap_or(0);
+    (u32::from(v4) & mask) == (u32::from(bridge) & mask) && v4 != bridge
+}
+
+/// The backends one connection may go to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Backends {
+    /// Ready pod addresses with the port that matches the route.
+    pub ready: Vec<SocketAddr>,
+    /// Ready addresses the proxy will not send to (outside the pod network, or unparsable).
+    pub refused: Vec<String>,
+}
+
+/// The ready backends for the Service port named `port_name`. Each subset carries its own port
+/// numbers (a named target port may differ per pod), so the port is resolved per subset.
+/// `notReadyAddresses` are never used.
+pub fn ready_backends(endpoints: &Endpoints, port_name: &str) -> Backends {
+    let mut out = Backends::default();
+    for subset in endpoints.subsets.iter().flatten() {
+        let port = subset.ports.iter().flatten().find(|p| {
+            p.name.as_deref().unwrap_or("") == port_name
+                && p.protocol.as_deref().unwrap_or("TCP") == "TCP"
+        });
+        let Some(port) = port.and_then(|p| u16::try_from(p.port).ok()) else {
+            continue;
+        };
+        for addr in subset.addresses.iter().flatten() {
+            match addr.ip.parse::<IpAddr>() {
+                Ok(ip) if in_pod_network(ip) => out.ready.push(SocketAddr::new(ip, port)),
+                _ => out.refused.push(addr.ip.clone()),
+            }
+        }
+    }
+    out
+}
+
+/// One backend, chosen by `index(n)` (a uniform random index below `n` in the proxy, fixed in
+/// tests); `None` when there is none to choose from.
+pub fn pick(ready: &[SocketAddr], index: impl FnOnce(usize) -> usize) -> Option<SocketAddr> {
+    if ready.is_empty() {
+        return None;
+    }
+    ready.get(index(ready.len())).copied()
+}
+
+/// The status merge patch a Service needs, if any: LoadBalancer Services get the loopback address
+/// as their ingress; a Service that stopped being a LoadBalancer loses the address we gave it.
+pub fn load_balancer_patch(svc: &Service) -> Option<serde_json::Value> {
+    let is_lb = svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer");
+    let ingress = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref());
+    let ips: Vec<Option<&str>> = ingress
+        .into_iter()
+        .flatten()
+        .map(|i| i.ip.as_deref())
+        .collect();
+    let ours = ips == [Some(LOAD_BALANCER_IP)];
+    match (is_lb, ours) {
+        (true, false) => Some(serde_json::json!({
+            "status": { "loadBalancer": { "ingress": [ { "ip": LOAD_BALANCER_IP } ] } }
+        })),
+        (false, true) => {
+            Some(serde_json::json!({ "status": { "loadBalancer": { "ingress": null } } }))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+// Table cases are tuples of inputs and expectations; naming each tuple type would not help.
+#[allow(clippy::type_complexity)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{
+        EndpointAddress, EndpointPort, EndpointSubset, LoadBalancerIngress, LoadBalancerStatus,
+        ServicePort, ServiceSpec, ServiceStatus,
+    };
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn port(
+        name: Option<&str>,
+        port: i32,
+        node_port: Option<i32>,
+        protocol: Option<&str>,
+    ) -> ServicePort {
+        ServicePort {
+            name: name.map(str::to_string),
+            port,
+            node_port,
+            protocol: protocol.map(str::to_string),
+            ..Default::default()
+        }
+    }
+
+    fn service(ns: &str, name: &str, type_: &str, ports: Vec<ServicePort>) -> Service {
+        Service {
+            metadata: ObjectMeta {
+                namespace: Some(ns.into()),
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            spec: Some(ServiceSpec {
+                type_: Some(type_.into()),
+                ports: Some(ports),
+                ..Default::default()
+            }),
+            status: None,
+        }
+    }
+
+    fn route(ns: &str, svc: &str, port_name: &str, port: i32) -> Route {
+        Route {
+            namespace: ns.into(),
+            service: svc.into(),
+            port_name: port_name.into(),
+            port,
+        }
+    }
+
+    #[test]
+    fn which_ports_get_listeners() {
+        let cases: Vec<(&str, Vec<Service>, Vec<(u16, Route)>)> = vec![
+            (
+                "cluster ip only",
+                vec![service(
+                    "d",
+                    "a",
+                    "ClusterIP",
+                    vec![port(None, 80, None, None)],
+                )],
+                vec![],
+            ),
+            (
+                "node port",
+                vec![service(
+                    "d",
+                    "a",
+                    "NodePort",
+                    vec![port(None, 80, Some(30080), None)],
+                )],
+                vec![(30080, route("d", "a", "", 80))],
+            ),
+            (
+                "load balancer, named ports, udp skipped",
+                vec![service(
+                    "d",
+                    "web",
+                    "LoadBalancer",
+                    vec![
+                        port(Some("http"), 80, Some(30001), Some("TCP")),
+                        port(Some("dns"), 53, Some(30002), Some("UDP")),
+                        port(Some("admin"), 9000, Some(30003), None),
+                    ],
+                )],
+                vec![
+                    (30001, route("d", "web", "http", 80)),
+                    (30003, route("d", "web", "admin", 9000)),
+                ],
+            ),
+            (
+                "node port not allocated yet",
+                vec![service(
+                    "d",
+                    "a",
+                    "NodePort",
+                    vec![
+                        port(None, 80, None, None),
+                        port(Some("x"), 81, Some(0), None),
+                    ],
+                )],
+                vec![],
+            ),
+            (
+                "external name",
+                vec![service(
+                    "d",
+                    "a",
+                    "ExternalName",
+                    vec![port(None, 80, Some(30080), None)],
+                )],
+                vec![],
+            ),
+            (
+                "duplicate node port: first by name wins",
+                vec![
+                    service(
+                        "d",
+                        "b",
+                        "NodePort",
+                        vec![port(None, 80, Some(30080), None)],
+                    ),
+                    service(
+                        "d",
+                        "a",
+                        "NodePort",
+                        vec![port(None, 81, Some(30080), None)],
+                    ),
+                ],
+                vec![(30080, route("d", "a", "", 81))],
+            ),
+        ];
+        for (what, services, want) in cases {
+            let got: Vec<(u16, Route)> = desired_routes(&services).into_iter().collect();
+            assert_eq!(got, want, "{what}");
+        }
+    }
+
+    #[test]
+    fn listener_diff() {
+        let a = route("d", "a", "", 80);
+        let b = route("d", "b", "", 80);
+        let map = |v: &[(u16, &Route)]| {
+            v.iter()
+                .map(|(p, r)| (*p, (*r).clone()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        let cases = [
+            ("nothing", map(&[]), map(&[]), vec![]),
+            (
+                "new service",
+                map(&[]),
+                map(&[(30001, &a)]),
+                vec![Change::Start(30001, a.clone())],
+            ),
+            (
+                "deleted service",
+                map(&[(30001, &a)]),
+                map(&[]),
+                vec![Change::Stop(30001)],
+            ),
+            (
+                "unchanged",
+                map(&[(30001, &a)]),
+                map(&[(30001, &a)]),
+                vec![],
+            ),
+            (
+                "port now leads elsewhere",
+                map(&[(30001, &a)]),
+                map(&[(30001, &b)]),
+                vec![Change::Retarget(30001, b.clone())],
+            ),
+            (
+                "node port moved",
+                map(&[(30001, &a)]),
+                map(&[(30002, &a)]),
+                vec![Change::Stop(30001), Change::Start(30002, a.clone())],
+            ),
+        ];
+        for (what, current, desired, want) in cases {
+            assert_eq!(diff(&current, &desired), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn pod_network_guard() {
+        let cases = [
+            ("pod", "10.244.1.5", true),
+            ("pod on another node", "10.244.3.200", true),
+            ("bridge is the host", "10.244.0.1", false),
+            ("cluster ip", "10.96.0.10", false),
+            ("loopback", "127.0.0.1", false),
+            ("neighbour network", "10.245.0.5", false),
+            ("public", "8.8.8.8", false),
+            ("v6", "::1", false),
+        ];
+        for (what, ip, want) in cases {
+            assert_eq!(in_pod_network(ip.parse().unwrap()), want, "{what}");
+        }
+    }
+
+    fn subset(ready: &[&str], not_ready: &[&str], ports: &[(Option<&str>, i32)]) -> EndpointSubset {
+        let addrs = |ips: &[&str]| {
+            Some(
+                ips.iter()
+                    .map(|ip| EndpointAddress {
+                        ip: ip.to_string(),
+                        ..Default::default()
+                    })
+                    .collect(),
+            )
+        };
+        EndpointSubset {
+            addresses: addrs(ready),
+            not_ready_addresses: addrs(not_ready),
+            ports: Some(
+                ports
+                    .iter()
+                    .map(|(n, p)| EndpointPort {
+                        name: n.map(str::to_string),
+                        port: *p,
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    fn endpoints(subsets: Vec<EndpointSubset>) -> Endpoints {
+        Endpoints {
+            subsets: Some(subsets),
+            ..Default::default()
+        }
+    }
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn backends_from_endpoints() {
+        let cases: Vec<(&str, Endpoints, &str, Vec<SocketAddr>, Vec<&str>)> = vec![
+            ("no subsets", Endpoints::default(), "", vec![], vec![]),
+            (
+                "unnamed port, not-ready ignored",
+                endpoints(vec![subset(
+                    &["10.244.1.2", "10.244.2.2"],
+                    &["10.244.1.3"],
+                    &[(None, 8080)],
+                )]),
+                "",
+                vec![sa("10.244.1.2:8080"), sa("10.244.2.2:8080")],
+                vec![],
+            ),
+            (
+                "only not-ready",
+                endpoints(vec![subset(&[], &["10.244.1.3"], &[(None, 8080)])]),
+                "",
+                vec![],
+                vec![],
+            ),
+            (
+                "named port matched per subset",
+                endpoints(vec![
+                    subset(
+                        &["10.244.1.2"],
+                        &[],
+                        &[(Some("http"), 8080), (Some("admin"), 9000)],
+                    ),
+                    subset(&["10.244.2.2"], &[], &[(Some("http"), 8081)]),
+                ]),
+                "http",
+                vec![sa("10.244.1.2:8080"), sa("10.244.2.2:8081")],
+                vec![],
+            ),
+            (
+                "port name not present",
+                endpoints(vec![subset(&["10.244.1.2"], &[], &[(Some("admin"), 9000)])]),
+                "http",
+                vec![],
+                vec![],
+            ),
+            (
+                "addresses outside the pod network refused",
+                endpoints(vec![subset(
+                    &["10.244.1.2", "10.96.0.1", "192.168.1.1", "bogus"],
+                    &[],
+                    &[(None, 80)],
+                )]),
+                "",
+                vec![sa("10.244.1.2:80")],
+                vec!["10.96.0.1", "192.168.1.1", "bogus"],
+            ),
+        ];
+        for (what, ep, port_name, ready, refused) in cases {
+            let b = ready_backends(&ep, port_name);
+            assert_eq!(b.ready, ready, "{what}");
+            assert_eq!(b.refused, refused, "{what}");
+        }
+    }
+
+    #[test]
+    fn picking() {
+        let two = [sa("10.244.1.2:80"), sa("10.244.2.2:80")];
+        assert_eq!(
+            pick(&[], |_| 0),
+            None,
+            "nothing ready: the connection is closed"
+        );
+        assert_eq!(pick(&two, |n| n - 1), Some(two[1]));
+        assert_eq!(pick(&two, |_| 0), Some(two[0]));
+        assert_eq!(
+            pick(&two, |_| 7),
+            None,
+            "an out-of-range index picks nothing rather than panicking"
+        );
+        // With the real random source, every ready backend gets picked sooner or later.
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..200 {
+            seen.insert(pick(&two, |n| fastrand::usize(..n)).unwrap());
+        }
+        assert_eq!(seen.len(), 2);
+    }
+
+    #[test]
+    fn load_balancer_status() {
+        let with_ingress = |type_: &str, ips: &[&str]| {
+            let mut s = service("d", "web", type_, vec![]);
+            s.status = Some(ServiceStatus {
+                load_balancer: Some(LoadBalancerStatus {
+                    ingress: Some(
+                        ips.iter()
+                            .map(|ip| LoadBalancerIngress {
+                                ip: Some(ip.to_string()),
+                                ..Default::default()
+                            })
+                            .collect(),
+                    ),
+                }),
+                ..Default::default()
+            });
+            s
+        };
+        let set =
+            serde_json::json!({"status": {"loadBalancer": {"ingress": [{"ip": "127.0.0.1"}]}}});
+        let clear = serde_json::json!({"status": {"loadBalancer": {"ingress": null}}});
+        let cases = [
+            (
+                "new load balancer",
+                service("d", "web", "LoadBalancer", vec![]),
+                Some(set.clone()),
+            ),
+            (
+                "already reported",
+                with_ingress("LoadBalancer", &["127.0.0.1"]),
+                None,
+            ),
+            (
+                "someone else's address",
+                with_ingress("LoadBalancer", &["10.0.0.1"]),
+                Some(set.clone()),
+            ),
+            ("node port", service("d", "web", "NodePort", vec![]), None),
+            (
+                "no longer a load balancer",
+                with_ingress("NodePort", &["127.0.0.1"]),
+                Some(clear),
+            ),
+        ];
+        for (what, svc, want) in cases {
+            assert_eq!(load_balancer_patch(&svc), want, "{what}");
+        }
+    }
+}
