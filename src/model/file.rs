@@ -1,0 +1,278 @@
+//! Strategy files (`strategies/*.yaml`): a strategy with its flags, gates, deadlines and failure
+//! policy, in a file a user can copy, review and keep next to their chart.
+//!
+//! Schema (every key but `strategy` is optional; unknown keys are refused so a typo never passes
+//! silently; durations are humantime: `90s`, `5m`, `1h30m`):
+//!
+//! ```yaml
+//! apiVersion: rollout.dev/v1alpha1   # optional; this version if given
+//! kind: RolloutStrategy              # optional; this value if given
+//! strategy: canary                   # rolling | ramped | canary
+//! batch: 2                           # rolling: pods per step, or a percentage ("25%")
+//! steps: [20, 50, 100]               # ramped: pods (1,2,4) or "10%"...; canary: percent
+//! weight: 20                         # canary: hold at this weight until promote
+//! pause: 2m                          # between steps; "promote" waits for `rollout promote`
+//! gates:
+//!   http:                            # on by default: GET / expecting 2xx
+//!     enabled: true
+//!     path: /
+//!     port: http                     # number or container port name; default: first port
+//!     status: 2xx                    # 200, 200-299 or 2xx
+//!     timeout: 2s                    # per probe
+//!     interval: 1s                   # between probes of one pod
+//!     window: 10s                    # probing time per pod
+//!     minSuccessRatio: 1.0           # share of probes that must succeed
+//!     maxP95Latency: 500ms           # optional
+//!     errorLimit: 4                  # connection errors in a row retried before they count
+//!     via: auto                      # auto | direct (pod IP) | proxy (API server pod proxy)
+//!   minReady: 10s                    # each changed pod Ready at least this long
+//!   command: {run: [sh, -c, "./smoke.sh"], timeout: 1m}   # exit 0 passes
+//!   webhook: {url: "http://127.0.0.1:9000/check", timeout: 10s}   # 2xx passes
+//! timeouts:
+//!   step: 10m                        # per step, pauses excluded
+//!   total: 1h                        # whole rollout, optional
+//! onFailure: rollback                # rollback | hold (same as --no-rollback)
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+use super::gate::GateSpec;
+use super::steps::StepList;
+use super::strategy::{BatchSize, PauseSpec};
+use super::strategy::{
+    OnFailure, StrategyConfig, StrategyError, StrategyFlags, StrategyKind, Timeouts,
+};
+use super::weight::Percent;
+
+pub const API_VERSION: &str = "rollout.dev/v1alpha1";
+pub const KIND: &str = "RolloutStrategy";
+
+/// Why a strategy file was refused. `file` is the path as the user gave it.
+#[derive(Debug, thiserror::Error)]
+pub enum StrategyFileError {
+    #[error("reading strategy file {file}: {source}")]
+    Parse {
+        file: String,
+        #[source]
+        source: serde_yaml::Error,
+    },
+    #[error("strategy file {file}: apiVersion `{found}` is not supported (this version reads {API_VERSION})")]
+    ApiVersion { file: String, found: String },
+    #[error("strategy file {file}: kind `{found}` is not {KIND}")]
+    Kind { file: String, found: String },
+    #[error("strategy file {file}: {source}")]
+    Invalid {
+        file: String,
+        #[source]
+        source: StrategyError,
+    },
+}
+
+/// A strategy file as written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StrategyFile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    pub strategy: StrategyKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchSize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<StepList>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<Percent>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause: Option<PauseSpec>,
+    #[serde(default)]
+    pub gates: GateSpec,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    #[serde(default)]
+    pub on_failure: OnFailure,
+}
+
+impl StrategyFile {
+    /// Parses and checks the file's header; `file` names it in errors.
+    pub fn parse(file: &str, text: &str) -> Result<StrategyFile, StrategyFileError> {
+        let parsed: StrategyFile =
+            serde_yaml::from_str(text).map_err(|source| StrategyFileError::Parse {
+                file: file.to_string(),
+                source,
+            })?;
+        if let Some(found) = parsed.api_version.as_deref().filter(|v| *v != API_VERSION) {
+            return Err(StrategyFileError::ApiVersion {
+                file: file.to_string(),
+                found: found.to_string(),
+            });
+        }
+        if let Some(found) = parsed.kind.as_deref().filter(|k| *k != KIND) {
+            return Err(StrategyFileError::Kind {
+                file: file.to_string(),
+                found: found.to_string(),
+            });
+        }
+        Ok(parsed)
+    }
+
+    /// The strategy flags the file sets, to overlay command-line flags on.
+    pub fn flags(&self) -> StrategyFlags {
+        StrategyFlags {
+            batch: self.batch,
+            steps: self.steps.clone(),
+            weight: self.weight,
+            pause: self.pause,
+        }
+    }
+
+    /// The checked configuration, with `cli` flags taking precedence over the file's.
+    pub fn into_config(
+        self,
+        file: &str,
+        cli: StrategyFlags,
+    ) -> Result<StrategyConfig, StrategyFileError> {
+        let flags = self.flags().overlaid_with(cli);
+        StrategyConfig::new(
+            self.strategy,
+            &flags,
+            self.gates,
+            self.timeouts,
+            self.on_failure,
+        )
+        .map_err(|source| StrategyFileError::Invalid {
+            file: file.to_string(),
+            source,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::duration::HumanDuration;
+    use crate::model::strategy::{CanaryParams, StrategyParams};
+
+    #[test]
+    fn full_file_parses() {
+        let text = "
+apiVersion: rollout.dev/v1alpha1
+kind: RolloutStrategy
+strategy: canary
+steps: [20, 50, 100]
+pause: 2m
+gates:
+  http:
+    path: /
+    minSuccessRatio: 0.95
+  minReady: 5s
+timeouts:
+  step: 5m
+  total: 1h
+onFailure: hold
+";
+        let file = StrategyFile::parse("canary.yaml", text).unwrap_or_else(|e| panic!("{e}"));
+        let config = file
+            .into_config("canary.yaml", StrategyFlags::default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            matches!(config.params, StrategyParams::Canary(CanaryParams::Steps { ref weights, .. }) if weights.len() == 3)
+        );
+        assert_eq!(config.timeouts.step, HumanDuration::from_secs(300));
+        assert_eq!(config.timeouts.total, Some(HumanDuration::from_secs(3600)));
+        assert_eq!(config.on_failure, OnFailure::Hold);
+        assert!((config.gates.http.min_success_ratio - 0.95).abs() < 1e-9);
+    }
+
+    #[test]
+    fn minimal_file_takes_defaults() {
+        let file =
+            StrategyFile::parse("r.yaml", "strategy: rolling\n").unwrap_or_else(|e| panic!("{e}"));
+        let config = file
+            .into_config("r.yaml", StrategyFlags::default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.gates, GateSpec::default());
+        assert_eq!(config.timeouts, Timeouts::default());
+        assert_eq!(config.on_failure, OnFailure::Rollback);
+    }
+
+    #[test]
+    fn bad_files_name_the_file_and_the_problem() {
+        let cases: &[(&str, &str)] = &[
+            ("strategy: bluegreen\n", "unknown variant `bluegreen`"),
+            ("strategy: rolling\nbatchh: 2\n", "unknown field `batchh`"),
+            (
+                "strategy: rolling\nsteps: [1, 2]\n",
+                "--steps does not apply to a rolling rollout",
+            ),
+            (
+                "strategy: ramped\nsteps: [4, 2]\n",
+                "step 2 (2) is lower than step 1 (4)",
+            ),
+            ("strategy: canary\n", "needs --weight"),
+            ("strategy: canary\nweight: 20\npause: soon\n", "soon"),
+            (
+                "apiVersion: rollout.dev/v9\nstrategy: rolling\n",
+                "apiVersion `rollout.dev/v9`",
+            ),
+            ("kind: Deployment\nstrategy: rolling\n", "kind `Deployment`"),
+            (
+                "strategy: rolling\ngates:\n  http:\n    status: 7xx\n",
+                "7xx",
+            ),
+            ("strategy: rolling\ntimeouts:\n  step: 10\n", "no unit"),
+        ];
+        for (text, fragment) in cases {
+            let result = StrategyFile::parse("my.yaml", text)
+                .and_then(|f| f.into_config("my.yaml", StrategyFlags::default()));
+            let err = result.expect_err(text);
+            let message = format!("{err}");
+            assert!(
+                message.contains("my.yaml"),
+                "{text}: `{message}` does not name the file"
+            );
+            assert!(
+                message.contains(fragment),
+                "{text}: `{message}` lacks `{fragment}`"
+            );
+        }
+    }
+
+    #[test]
+    fn command_line_wins_over_the_file() {
+        let file = StrategyFile::parse("c.yaml", "strategy: canary\nsteps: 20,50,100\npause: 2m\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let cli = StrategyFlags {
+            weight: Percent::new(10).ok(),
+            ..StrategyFlags::default()
+        };
+        let config = file
+            .into_config("c.yaml", cli)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let expected = StrategyParams::Canary(CanaryParams::Hold {
+            weight: Percent::new(10).unwrap_or(Percent::HUNDRED),
+            pause: PauseSpec::For(HumanDuration::from_secs(120)),
+        });
+        assert_eq!(config.params, expected);
+    }
+
+    #[test]
+    fn shipped_presets_parse() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/strategies");
+        let mut seen = 0;
+        for name in [
+            "rolling.yaml",
+            "ramped.yaml",
+            "canary.yaml",
+            "canary-hold.yaml",
+        ] {
+            let path = format!("{dir}/{name}");
+            let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            let file = StrategyFile::parse(name, &text).unwrap_or_else(|e| panic!("{e}"));
+            file.into_config(name, StrategyFlags::default())
+                .unwrap_or_else(|e| panic!("{e}"));
+            seen += 1;
+        }
+        assert_eq!(seen, 4);
+    }
+}

@@ -1,0 +1,351 @@
+//! Plans: the list of steps a rollout takes, computed by `crate::strategy` and run by the
+//! executor, stored in the state record, printed by `rollout plan` (text) and `-o json`.
+//!
+//! [`Step`] is meant to grow: blue/green, recreate and shadow will add steps such as scaling a
+//! set or switching a Service selector, and the executor matches on it.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::strategy::{PauseSpec, StrategyKind};
+use super::weight::{format_percent, PodWeight};
+
+/// `spec.podManagementPolicy`: whether the StatefulSet controller waits for each pod to be Ready
+/// before touching the next, which decides how a broken pod blocks a rollback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum PodManagementPolicy {
+    #[default]
+    OrderedReady,
+    Parallel,
+}
+
+impl PodManagementPolicy {
+    /// Reads the field as the API gives it; absent means the Kubernetes default.
+    pub fn from_field(value: Option<&str>) -> Self {
+        match value {
+            Some("Parallel") => PodManagementPolicy::Parallel,
+            _ => PodManagementPolicy::OrderedReady,
+        }
+    }
+}
+
+impl fmt::Display for PodManagementPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PodManagementPolicy::OrderedReady => "OrderedReady",
+            PodManagementPolicy::Parallel => "Parallel",
+        })
+    }
+}
+
+/// One step of a plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "type")]
+pub enum Step {
+    /// One write that sets the new pod template and `partition = replicas`, so that no pod moves
+    /// before the next step says so.
+    #[serde(rename_all = "camelCase")]
+    SetTemplateAndFreeze { partition: u32 },
+    /// Lower the partition. Done when `ordinals` (the pods it releases) run the target revision
+    /// and are Ready; `updated` pods in all are then on the target revision.
+    #[serde(rename_all = "camelCase")]
+    SetPartition {
+        partition: u32,
+        ordinals: Vec<u32>,
+        updated: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        weight: Option<PodWeight>,
+    },
+    /// Run every configured gate on these pods.
+    Gate { ordinals: Vec<u32> },
+    /// Wait for `rollout promote`, or for a time.
+    Pause { wait: PauseSpec },
+}
+
+impl Step {
+    /// A short name for status output and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Step::SetTemplateAndFreeze { .. } => "freeze",
+            Step::SetPartition { .. } => "partition",
+            Step::Gate { .. } => "gate",
+            Step::Pause { .. } => "pause",
+        }
+    }
+
+    /// True for steps that write to the cluster (the state record is written before them).
+    pub fn mutates(&self) -> bool {
+        matches!(
+            self,
+            Step::SetTemplateAndFreeze { .. } | Step::SetPartition { .. }
+        )
+    }
+}
+
+/// A rollout plan for one StatefulSet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Plan {
+    pub statefulset: String,
+    pub strategy: StrategyKind,
+    pub replicas: u32,
+    /// `spec.ordinals.start`: the first pod's ordinal (0 unless set).
+    #[serde(default)]
+    pub ordinal_start: u32,
+    pub pod_management_policy: PodManagementPolicy,
+    pub steps: Vec<Step>,
+    /// Things the user should know about how flags became steps (merged or clamped steps).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+/// Pod lists longer than this print as a range.
+const MAX_LISTED_PODS: usize = 6;
+
+impl Plan {
+    pub fn pod_name(&self, ordinal: u32) -> String {
+        format!("{}-{ordinal}", self.statefulset)
+    }
+
+    pub fn pod_names(&self, ordinals: &[u32]) -> Vec<String> {
+        ordinals.iter().map(|o| self.pod_name(*o)).collect()
+    }
+
+    /// `web-4, web-3` or `web-99 ... web-50 (50 pods)`.
+    pub fn describe_pods(&self, ordinals: &[u32]) -> String {
+        match ordinals {
+            [] => "no pod".to_string(),
+            [first, .., last] if ordinals.len() > MAX_LISTED_PODS => {
+                format!(
+                    "{} ... {} ({} pods)",
+                    self.pod_name(*first),
+                    self.pod_name(*last),
+                    ordinals.len()
+                )
+            }
+            _ => self.pod_names(ordinals).join(", "),
+        }
+    }
+
+    /// One line for a step, as `rollout plan` and `rollout status` print it.
+    pub fn describe_step(&self, step: &Step) -> String {
+        match step {
+            Step::SetTemplateAndFreeze { partition } => {
+                format!("set the new pod template with partition {partition} (no pod moves yet)")
+            }
+            Step::SetPartition {
+                partition,
+                ordinals,
+                updated,
+                weight,
+            } => {
+                let share = match weight {
+                    Some(w) => w.to_string(),
+                    None => format!(
+                        "{updated} of {} pods ({})",
+                        self.replicas,
+                        format_percent(percent_of(*updated, self.replicas))
+                    ),
+                };
+                let verb = if ordinals.len() == 1 { "moves" } else { "move" };
+                format!(
+                    "lower partition to {partition}: {} {verb} to the new version; {share} on it",
+                    self.describe_pods(ordinals)
+                )
+            }
+            Step::Gate { ordinals } => format!("gate {}", self.describe_pods(ordinals)),
+            Step::Pause {
+                wait: PauseSpec::UntilPromote,
+            } => "pause until `rollout promote`".to_string(),
+            Step::Pause {
+                wait: PauseSpec::For(d),
+            } => format!("pause for {d}"),
+        }
+    }
+
+    /// Pods on the target revision once steps `..end` are done, as far as the plan knows.
+    pub fn updated_after(&self, end: usize) -> Option<u32> {
+        self.steps[..end.min(self.steps.len())]
+            .iter()
+            .rev()
+            .find_map(|s| match s {
+                Step::SetPartition { updated, .. } => Some(*updated),
+                _ => None,
+            })
+    }
+
+    /// The pods released by steps `..end` whose gate has not run in those steps: a resumed run
+    /// must gate them before going on.
+    pub fn ungated_before(&self, end: usize) -> Vec<u32> {
+        let mut pending: Vec<u32> = Vec::new();
+        for step in &self.steps[..end.min(self.steps.len())] {
+            match step {
+                Step::SetPartition { ordinals, .. } => pending.extend(ordinals),
+                Step::Gate { ordinals } => pending.retain(|o| !ordinals.contains(o)),
+                _ => {}
+            }
+        }
+        pending
+    }
+
+    /// The text `rollout plan` prints.
+    pub fn render_text(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{} rollout of StatefulSet {} ({} replicas, {})",
+            self.strategy, self.statefulset, self.replicas, self.pod_management_policy
+        )?;
+        let width = self.steps.len().to_string().len();
+        for (i, step) in self.steps.iter().enumerate() {
+            writeln!(f, "  {:>width$}. {}", i + 1, self.describe_step(step))?;
+        }
+        if self.steps.is_empty() {
+            writeln!(f, "  nothing to do")?;
+        }
+        if !self.notes.is_empty() {
+            writeln!(f, "notes:")?;
+            for note in &self.notes {
+                writeln!(f, "  - {note}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn percent_of(part: u32, whole: u32) -> f64 {
+    if whole == 0 {
+        return 0.0;
+    }
+    f64::from(part) * 100.0 / f64::from(whole)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::duration::HumanDuration;
+    use crate::model::weight::{weight_to_pods, Percent};
+
+    fn sample() -> Plan {
+        Plan {
+            statefulset: "web".into(),
+            strategy: StrategyKind::Canary,
+            replicas: 5,
+            ordinal_start: 0,
+            pod_management_policy: PodManagementPolicy::Parallel,
+            steps: vec![
+                Step::SetTemplateAndFreeze { partition: 5 },
+                Step::SetPartition {
+                    partition: 4,
+                    ordinals: vec![4],
+                    updated: 1,
+                    weight: Some(weight_to_pods(
+                        Percent::new(20).unwrap_or(Percent::HUNDRED),
+                        5,
+                    )),
+                },
+                Step::Gate { ordinals: vec![4] },
+                Step::Pause {
+                    wait: PauseSpec::UntilPromote,
+                },
+                Step::SetPartition {
+                    partition: 0,
+                    ordinals: vec![3, 2, 1, 0],
+                    updated: 5,
+                    weight: None,
+                },
+                Step::Gate {
+                    ordinals: vec![3, 2, 1, 0],
+                },
+                Step::Pause {
+                    wait: PauseSpec::For(HumanDuration::from_secs(90)),
+                },
+            ],
+            notes: vec!["a note".into()],
+        }
+    }
+
+    #[test]
+    fn text_rendering() {
+        let text = sample().render_text();
+        let expected = "\
+canary rollout of StatefulSet web (5 replicas, Parallel)
+  1. set the new pod template with partition 5 (no pod moves yet)
+  2. lower partition to 4: web-4 moves to the new version; 1 of 5 pods (20%) on it
+  3. gate web-4
+  4. pause until `rollout promote`
+  5. lower partition to 0: web-3, web-2, web-1, web-0 move to the new version; 5 of 5 pods (100%) on it
+  6. gate web-3, web-2, web-1, web-0
+  7. pause for 1m 30s
+notes:
+  - a note
+";
+        assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn long_pod_lists_are_shortened() {
+        let plan = sample();
+        let ordinals: Vec<u32> = (50..100).rev().collect();
+        assert_eq!(plan.describe_pods(&ordinals), "web-99 ... web-50 (50 pods)");
+        assert_eq!(plan.describe_pods(&[]), "no pod");
+    }
+
+    #[test]
+    fn json_round_trip_and_shape() {
+        let plan = sample();
+        let json = serde_json::to_value(&plan).unwrap_or_default();
+        assert_eq!(
+            json["steps"][0],
+            serde_json::json!({"type": "setTemplateAndFreeze", "partition": 5})
+        );
+        assert_eq!(
+            json["steps"][3],
+            serde_json::json!({"type": "pause", "wait": "promote"})
+        );
+        assert_eq!(json["steps"][1]["weight"]["pods"], 1);
+        assert_eq!(json["podManagementPolicy"], "Parallel");
+        let back: Plan = serde_json::from_value(json).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back, plan);
+    }
+
+    #[test]
+    fn progress_queries() {
+        let plan = sample();
+        let cases = [
+            (0, None, vec![]),
+            (1, None, vec![]),
+            (2, Some(1), vec![4]),
+            (3, Some(1), vec![]),
+            (5, Some(5), vec![3, 2, 1, 0]),
+            (6, Some(5), vec![]),
+            (99, Some(5), vec![]),
+        ];
+        for (end, updated, ungated) in cases {
+            assert_eq!(plan.updated_after(end), updated, "updated after {end}");
+            assert_eq!(plan.ungated_before(end), ungated, "ungated before {end}");
+        }
+    }
+
+    #[test]
+    fn policy_from_field() {
+        assert_eq!(
+            PodManagementPolicy::from_field(Some("Parallel")),
+            PodManagementPolicy::Parallel
+        );
+        assert_eq!(
+            PodManagementPolicy::from_field(Some("OrderedReady")),
+            PodManagementPolicy::OrderedReady
+        );
+        assert_eq!(
+            PodManagementPolicy::from_field(None),
+            PodManagementPolicy::OrderedReady
+        );
+    }
+}

@@ -1,0 +1,215 @@
+//! What the planners need to know about the cluster, as a plain value: the executor reads it
+//! from the StatefulSet and its pods ([`Observed::from_statefulset`], [`Observed::with_pods`]);
+//! tests build it by hand.
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Pod;
+
+use crate::model::plan::PodManagementPolicy;
+
+use super::predicates;
+
+/// Why a StatefulSet could not be read into an [`Observed`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ObserveError {
+    #[error("the StatefulSet object has no name")]
+    MissingName,
+    #[error("StatefulSet {statefulset} has no spec")]
+    MissingSpec { statefulset: String },
+    #[error("StatefulSet {statefulset} has a negative {field} ({value})")]
+    Negative {
+        statefulset: String,
+        field: &'static str,
+        value: i32,
+    },
+}
+
+/// The StatefulSet as the planner sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Observed {
+    pub name: String,
+    /// `spec.replicas` (1 when unset, the API default).
+    pub replicas: u32,
+    /// `spec.ordinals.start` (0 when unset).
+    pub ordinal_start: u32,
+    /// `spec.updateStrategy.rollingUpdate.partition`, when set.
+    pub partition: Option<u32>,
+    /// `spec.updateStrategy.type` (`RollingUpdate` when unset, the API default).
+    pub update_strategy: String,
+    pub current_revision: Option<String>,
+    pub update_revision: Option<String>,
+    pub pod_management_policy: PodManagementPolicy,
+    /// True when the template already is the rollout's target (the freeze write was made).
+    pub target_applied: bool,
+    /// Ordinals of the pods that run the target revision.
+    pub updated_ordinals: BTreeSet<u32>,
+}
+
+fn non_negative(statefulset: &str, field: &'static str, value: i32) -> Result<u32, ObserveError> {
+    u32::try_from(value).map_err(|_| ObserveError::Negative {
+        statefulset: statefulset.to_string(),
+        field,
+        value,
+    })
+}
+
+impl Observed {
+    /// Reads the spec and status fields; `target_applied` is false and no pod is counted as
+    /// updated until [`Observed::with_pods`] says otherwise.
+    pub fn from_statefulset(sts: &StatefulSet) -> Result<Observed, ObserveError> {
+        let name = sts.metadata.name.clone().ok_or(ObserveError::MissingName)?;
+        let spec = sts.spec.as_ref().ok_or_else(|| ObserveError::MissingSpec {
+            statefulset: name.clone(),
+        })?;
+        let replicas = non_negative(&name, "spec.replicas", spec.replicas.unwrap_or(1))?;
+        let ordinal_start = match spec.ordinals.as_ref().and_then(|o| o.start) {
+            Some(start) => non_negative(&name, "spec.ordinals.start", start)?,
+            None => 0,
+        };
+        let strategy = spec.update_strategy.as_ref();
+        let partition = match strategy
+            .and_then(|s| s.rolling_update.as_ref())
+            .and_then(|r| r.partition)
+        {
+            Some(p) => Some(non_negative(&name, "partition", p)?),
+            None => None,
+        };
+        let status = sts.status.as_ref();
+        Ok(Observed {
+            replicas,
+            ordinal_start,
+            partition,
+            update_strategy: strategy
+                .and_then(|s| s.type_.clone())
+                .unwrap_or_else(|| "RollingUpdate".to_string()),
+            current_revision: status.and_then(|s| s.current_revision.clone()),
+            update_revision: status.and_then(|s| s.update_revision.clone()),
+            pod_management_policy: PodManagementPolicy::from_field(
+                spec.pod_management_policy.as_deref(),
+            ),
+            target_applied: false,
+            updated_ordinals: BTreeSet::new(),
+            name,
+        })
+    }
+
+    /// Marks the target as applied when the StatefulSet's update revision is `target_revision`,
+    /// and records which pods run it.
+    pub fn with_pods(mut self, pods: &[Pod], target_revision: Option<&str>) -> Observed {
+        if let Some(target) = target_revision {
+            self.target_applied = self.update_revision.as_deref() == Some(target);
+            self.updated_ordinals = predicates::ordinals_on_revision(&self.name, pods, target);
+        }
+        self
+    }
+
+    /// Pods whose ordinal the partition has released (index >= partition), when the target is
+    /// applied; 0 otherwise.
+    pub fn released(&self) -> u32 {
+        if !self.target_applied {
+            return 0;
+        }
+        self.replicas - self.partition.unwrap_or(0).min(self.replicas)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::apps::v1::{
+        RollingUpdateStatefulSetStrategy, StatefulSetOrdinals, StatefulSetSpec, StatefulSetStatus,
+        StatefulSetUpdateStrategy,
+    };
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn sts(
+        replicas: Option<i32>,
+        partition: Option<i32>,
+        policy: Option<&str>,
+        start: Option<i32>,
+    ) -> StatefulSet {
+        StatefulSet {
+            metadata: ObjectMeta {
+                name: Some("web".into()),
+                ..Default::default()
+            },
+            spec: Some(StatefulSetSpec {
+                replicas,
+                pod_management_policy: policy.map(String::from),
+                ordinals: start.map(|s| StatefulSetOrdinals { start: Some(s) }),
+                update_strategy: Some(StatefulSetUpdateStrategy {
+                    type_: Some("RollingUpdate".into()),
+                    rolling_update: partition.map(|p| RollingUpdateStatefulSetStrategy {
+                        partition: Some(p),
+                        ..Default::default()
+                    }),
+                }),
+                ..Default::default()
+            }),
+            status: Some(StatefulSetStatus {
+                current_revision: Some("web-a".into()),
+                update_revision: Some("web-b".into()),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn reads_spec_and_status() {
+        let o = Observed::from_statefulset(&sts(Some(5), Some(3), Some("Parallel"), Some(1)))
+            .unwrap_or_default();
+        assert_eq!(o.name, "web");
+        assert_eq!(o.replicas, 5);
+        assert_eq!(o.partition, Some(3));
+        assert_eq!(o.ordinal_start, 1);
+        assert_eq!(o.pod_management_policy, PodManagementPolicy::Parallel);
+        assert_eq!(o.update_strategy, "RollingUpdate");
+        assert_eq!(o.current_revision.as_deref(), Some("web-a"));
+        assert_eq!(o.update_revision.as_deref(), Some("web-b"));
+        assert!(!o.target_applied);
+        assert_eq!(o.released(), 0);
+    }
+
+    #[test]
+    fn defaults_and_errors() {
+        let o = Observed::from_statefulset(&sts(None, None, None, None)).unwrap_or_default();
+        assert_eq!((o.replicas, o.partition, o.ordinal_start), (1, None, 0));
+        assert_eq!(o.pod_management_policy, PodManagementPolicy::OrderedReady);
+        let err = Observed::from_statefulset(&sts(Some(-1), None, None, None));
+        assert!(matches!(
+            err,
+            Err(ObserveError::Negative {
+                field: "spec.replicas",
+                ..
+            })
+        ));
+        let mut nameless = sts(Some(1), None, None, None);
+        nameless.metadata.name = None;
+        assert_eq!(
+            Observed::from_statefulset(&nameless),
+            Err(ObserveError::MissingName)
+        );
+    }
+
+    #[test]
+    fn released_counts_follow_the_partition_once_applied() {
+        let cases = [
+            (5, Some(5), true, 0),
+            (5, Some(3), true, 2),
+            (5, None, true, 5),
+            (5, Some(9), true, 0),
+            (5, Some(3), false, 0),
+        ];
+        for (replicas, partition, applied, released) in cases {
+            let o = Observed {
+                replicas,
+                partition,
+                target_applied: applied,
+                ..Observed::default()
+            };
+            assert_eq!(o.released(), released, "{replicas} {partition:?} {applied}");
+        }
+    }
+}

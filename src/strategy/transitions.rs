@@ -1,0 +1,833 @@
+//! How a rollout record moves between phases and steps: the executor's bookkeeping (a step
+//! begins, completes, fails), the user's commands (`promote`, `promote --full`, `pause`,
+//! `resume`, `abort`) and bringing a record in line with the cluster before a run continues it.
+//!
+//! All of it is pure: each call changes the record in memory or says why it cannot; the caller
+//! writes the record (with a resourceVersion precondition) and then acts.
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::jiff::Timestamp;
+
+use crate::model::plan::Step;
+use crate::model::state::{PauseReason, Phase, RollbackCause, RolloutState};
+use crate::model::strategy::{OnFailure, PauseSpec};
+
+use super::observed::Observed;
+use super::planner::{plan, PlanError};
+use super::predicates::ordinals_released;
+
+/// Why a command cannot change the rollout as asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransitionError {
+    #[error("the rollout of StatefulSet {statefulset} is {phase}: nothing to {action}")]
+    NotActive {
+        statefulset: String,
+        phase: Phase,
+        action: &'static str,
+    },
+    #[error("nothing to promote on StatefulSet {statefulset}: step {step} of {total} ({description}) is running, not a pause; `rollout promote --full` skips to the end")]
+    NotAtPause {
+        statefulset: String,
+        step: usize,
+        total: usize,
+        description: String,
+    },
+    #[error("the rollout of StatefulSet {statefulset} was paused with `rollout pause`; continue it with `rollout resume {statefulset}`")]
+    PausedByUser { statefulset: String },
+    #[error("the rollout of StatefulSet {statefulset} waits at a pause step; continue it with `rollout promote {statefulset}`")]
+    AtPauseStep { statefulset: String },
+    #[error("the rollout of StatefulSet {statefulset} is not paused (it is {phase})")]
+    NotPaused { statefulset: String, phase: Phase },
+    #[error("the rollout of StatefulSet {statefulset} is rolling back; wait for it to finish or check `rollout status {statefulset}`")]
+    RollingBack { statefulset: String },
+    #[error("the rollout of StatefulSet {statefulset} already succeeded; `rollout undo {statefulset}` returns to the previous revision")]
+    AlreadySucceeded { statefulset: String },
+}
+
+impl RolloutState {
+    fn name(&self) -> String {
+        self.plan.statefulset.clone()
+    }
+
+    fn touch(&mut self, now: Timestamp, message: impl Into<String>) {
+        self.updated_at = now;
+        self.message = message.into();
+    }
+
+    fn require_running(&self, action: &'static str) -> Result<(), TransitionError> {
+        match self.phase {
+            Phase::Progressing | Phase::Paused => Ok(()),
+            Phase::RollingBack => Err(TransitionError::RollingBack {
+                statefulset: self.name(),
+            }),
+            Phase::Succeeded if action == "abort" => Err(TransitionError::AlreadySucceeded {
+                statefulset: self.name(),
+            }),
+            phase => Err(TransitionError::NotActive {
+                statefulset: self.name(),
+                phase,
+                action,
+            }),
+        }
+    }
+
+    /// Enters the current step: a pause step pauses the rollout, past the last step it has
+    /// succeeded, anything else is progressing with its deadline counting from `now`.
+    fn enter_current(&mut self, now: Timestamp) {
+        self.pause = None;
+        self.step_started_at = None;
+        match self.current().cloned() {
+            None => {
+                self.phase = Phase::Succeeded;
+                self.touch(
+                    now,
+                    format!(
+                        "{} runs the new version on every pod",
+                        self.plan.statefulset
+                    ),
+                );
+            }
+            Some(Step::Pause { wait }) => {
+                let until = match wait {
+                    PauseSpec::UntilPromote => None,
+                    PauseSpec::For(d) => Some(now.checked_add(d.get()).unwrap_or(Timestamp::MAX)),
+                };
+                self.phase = Phase::Paused;
+                self.pause = Some(PauseReason::Step { until });
+                let message = match wait {
+                    PauseSpec::UntilPromote => format!(
+                        "paused; continue with `rollout promote {}`",
+                        self.plan.statefulset
+                    ),
+                    PauseSpec::For(d) => format!("paused for {d}"),
+                };
+                self.touch(now, message);
+            }
+            Some(_) => {
+                self.phase = Phase::Progressing;
+                self.updated_at = now;
+            }
+        }
+    }
+
+    /// The executor is about to run the current step (write the record, then act). Its
+    /// deadline counts from the first call; a resumed run keeps it.
+    pub fn begin_step(&mut self, now: Timestamp) -> Result<(), TransitionError> {
+        if self.phase != Phase::Progressing {
+            return Err(TransitionError::NotActive {
+                statefulset: self.name(),
+                phase: self.phase,
+                action: "run",
+            });
+        }
+        if self.step_started_at.is_none() {
+            self.step_started_at = Some(now);
+        }
+        self.updated_at = now;
+        Ok(())
+    }
+
+    /// The current step is done: move to the next one.
+    pub fn complete_step(&mut self, now: Timestamp) -> Result<(), TransitionError> {
+        if self.phase != Phase::Progressing {
+            return Err(TransitionError::NotActive {
+                statefulset: self.name(),
+                phase: self.phase,
+                action: "complete",
+            });
+        }
+        self.current_step += 1;
+        self.enter_current(now);
+        Ok(())
+    }
+
+    /// When the current timed pause ends, if the rollout is in one.
+    pub fn pause_deadline(&self) -> Option<Timestamp> {
+        match (&self.phase, &self.pause) {
+            (Phase::Paused, Some(PauseReason::Step { until })) => *until,
+            _ => None,
+        }
+    }
+
+    /// Ends a timed pause whose time has come; false (and no change) otherwise.
+    pub fn finish_timed_pause(&mut self, now: Timestamp) -> bool {
+        match self.pause_deadline() {
+            Some(until) if now >= until => {
+                self.current_step += 1;
+                self.enter_current(now);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// `rollout promote`: continue past the pause the rollout waits at (timed or not), or past
+    /// a gate that could not decide.
+    pub fn promote(&mut self, now: Timestamp) -> Result<(), TransitionError> {
+        self.require_running("promote")?;
+        match (&self.phase, &self.pause) {
+            (Phase::Paused, Some(PauseReason::Step { .. })) => {
+                self.current_step += 1;
+                self.enter_current(now);
+                Ok(())
+            }
+            (Phase::Paused, Some(PauseReason::GateInconclusive { .. })) => {
+                let gate = self
+                    .current()
+                    .map(|s| self.plan.describe_step(s))
+                    .unwrap_or_default();
+                self.current_step += 1;
+                self.enter_current(now);
+                if self.phase == Phase::Progressing {
+                    self.message = format!("promoted past an inconclusive gate ({gate})");
+                }
+                Ok(())
+            }
+            (Phase::Paused, Some(PauseReason::User)) => Err(TransitionError::PausedByUser {
+                statefulset: self.name(),
+            }),
+            _ => Err(TransitionError::NotAtPause {
+                statefulset: self.name(),
+                step: self.current_step + 1,
+                total: self.plan.steps.len(),
+                description: self
+                    .current()
+                    .map(|s| self.plan.describe_step(s))
+                    .unwrap_or_default(),
+            }),
+        }
+    }
+
+    /// `rollout promote --full`: replace the remaining steps with one partition step to 0 and
+    /// a gate on every pod not gated yet; pauses and intermediate steps are skipped.
+    pub fn promote_full(&mut self, now: Timestamp) -> Result<(), TransitionError> {
+        self.require_running("promote")?;
+        let replicas = self.plan.replicas;
+        let done = self.current_step.min(self.plan.steps.len());
+        let freeze_pending = !self.plan.steps[..done]
+            .iter()
+            .any(|s| matches!(s, Step::SetTemplateAndFreeze { .. }))
+            && matches!(
+                self.plan.steps.first(),
+                Some(Step::SetTemplateAndFreeze { .. })
+            );
+        let released = self.plan.updated_after(done).unwrap_or(0);
+        let remaining = ordinals_released(
+            replicas,
+            self.plan.ordinal_start,
+            replicas - released.min(replicas),
+            0,
+        );
+        let mut to_gate = self.plan.ungated_before(done);
+        to_gate.extend(
+            remaining
+                .iter()
+                .filter(|o| !to_gate.contains(o))
+                .collect::<Vec<_>>(),
+        );
+        to_gate.sort_unstable_by(|a, b| b.cmp(a));
+        let gated = self.config.gates.any();
+
+        let mut tail = Vec::new();
+        if freeze_pending {
+            tail.push(Step::SetTemplateAndFreeze {
+                partition: replicas,
+            });
+        }
+        if !remaining.is_empty() {
+            tail.push(Step::SetPartition {
+                partition: 0,
+                ordinals: remaining,
+                updated: replicas,
+                weight: None,
+            });
+        }
+        if gated && !to_gate.is_empty() {
+            tail.push(Step::Gate { ordinals: to_gate });
+        }
+        self.plan.steps.truncate(done);
+        self.plan.steps.extend(tail);
+        self.enter_current(now);
+        if self.phase == Phase::Progressing {
+            self.message = "promoted to the end: the remaining pods move in one step".to_string();
+        }
+        Ok(())
+    }
+
+    /// `rollout pause`.
+    pub fn pause_by_user(&mut self, now: Timestamp) -> Result<(), TransitionError> {
+        self.require_running("pause")?;
+        if self.phase == Phase::Paused {
+            return Ok(());
+        }
+        self.phase = Phase::Paused;
+        self.pause = Some(PauseReason::User);
+        self.touch(
+            now,
+            format!(
+                "paused by `rollout pause`; continue with `rollout resume {}`",
+                self.plan.statefulset
+            ),
+        );
+        Ok(())
+    }
+
+    /// `rollout resume`: continue after `rollout pause`, or re-run a gate that could not decide.
+    pub fn resume_by_user(&mut self, now: Timestamp) -> Result<(), TransitionError> {
+        self.require_running("resume")?;
+        match (&self.phase, &self.pause) {
+            (Phase::Paused, Some(PauseReason::User | PauseReason::GateInconclusive { .. })) => {
+                self.phase = Phase::Progressing;
+                self.pause = None;
+                self.touch(now, "resumed");
+                Ok(())
+            }
+            (Phase::Paused, Some(PauseReason::Step { .. })) => Err(TransitionError::AtPauseStep {
+                statefulset: self.name(),
+            }),
+            // A Progressing record with no live run behind it is resumed as it is.
+            (Phase::Progressing, _) => Ok(()),
+            (phase, _) => Err(TransitionError::NotPaused {
+                statefulset: self.name(),
+                phase: *phase,
+            }),
+        }
+    }
+
+    /// `rollout abort`: back to stable now. Also allowed on a failed rollout held by
+    /// `--no-rollback`.
+    pub fn abort(&mut self, now: Timestamp) -> Result<(), TransitionError> {
+        if self.phase != Phase::Failed {
+            self.require_running("abort")?;
+        }
+        self.phase = Phase::RollingBack;
+        self.pause = None;
+        self.rollback_cause = Some(RollbackCause::Aborted);
+        self.touch(now, "aborted: returning to the stable revision");
+        Ok(())
+    }
+
+    /// A gate failed or a deadline passed: roll back, or hold when the config says so.
+    pub fn fail(
+        &mut self,
+        cause: RollbackCause,
+        message: impl Into<String>,
+        now: Timestamp,
+    ) -> Result<(), TransitionError> {
+        self.require_running("fail")?;
+        self.rollback_cause = Some(cause);
+        self.pause = None;
+        self.phase = match self.config.on_failure {
+            OnFailure::Rollback => Phase::RollingBack,
+            OnFailure::Hold => Phase::Failed,
+        };
+        self.touch(now, message);
+        Ok(())
+    }
+
+    /// A gate could not decide: pause until someone resumes (re-run the gate), promotes (skip
+    /// it) or aborts.
+    pub fn gate_inconclusive(
+        &mut self,
+        message: impl Into<String>,
+        now: Timestamp,
+    ) -> Result<(), TransitionError> {
+        self.require_running("pause")?;
+        let message = message.into();
+        self.phase = Phase::Paused;
+        self.pause = Some(PauseReason::GateInconclusive {
+            message: message.clone(),
+        });
+        self.touch(now, message);
+        Ok(())
+    }
+
+    /// The rollback finished: the StatefulSet runs the stable revision again.
+    pub fn rollback_done(&mut self, now: Timestamp) -> Result<(), TransitionError> {
+        if self.phase != Phase::RollingBack {
+            return Err(TransitionError::NotActive {
+                statefulset: self.name(),
+                phase: self.phase,
+                action: "finish rolling back",
+            });
+        }
+        self.phase = if self.rollback_cause == Some(RollbackCause::Aborted) {
+            Phase::Aborted
+        } else {
+            Phase::RolledBack
+        };
+        self.step_started_at = None;
+        let why = std::mem::take(&mut self.message);
+        self.touch(now, format!("back on the stable revision ({why})"));
+        Ok(())
+    }
+
+    /// The rollback itself could not finish.
+    pub fn rollback_failed(
+        &mut self,
+        message: impl Into<String>,
+        now: Timestamp,
+    ) -> Result<(), TransitionError> {
+        if self.phase != Phase::RollingBack {
+            return Err(TransitionError::NotActive {
+                statefulset: self.name(),
+                phase: self.phase,
+                action: "fail rolling back",
+            });
+        }
+        self.phase = Phase::Failed;
+        self.touch(now, message);
+        Ok(())
+    }
+
+    /// Brings the record in line with the cluster before a run continues it:
+    /// - a freeze write that landed before the last run died is counted as done;
+    /// - when the StatefulSet was scaled since the plan was made, the rest is planned again
+    ///   from the partition, with a gate first for released pods that were never gated.
+    ///
+    /// Afterwards [`RolloutState::remaining`] gives the steps to run.
+    pub fn reconcile(&mut self, observed: &Observed, now: Timestamp) -> Result<(), PlanError> {
+        if !matches!(self.phase, Phase::Progressing | Phase::Paused) {
+            return Ok(());
+        }
+        if observed.replicas == self.plan.replicas {
+            if observed.target_applied
+                && matches!(self.current(), Some(Step::SetTemplateAndFreeze { .. }))
+            {
+                self.current_step += 1;
+                if self.phase == Phase::Progressing {
+                    self.enter_current(now);
+                }
+            }
+            return Ok(());
+        }
+
+        let done = self.current_step.min(self.plan.steps.len());
+        let gated: BTreeSet<u32> = self.plan.steps[..done]
+            .iter()
+            .filter_map(|s| match s {
+                Step::Gate { ordinals } => Some(ordinals.iter().copied()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        let mut fresh = plan(&self.config, observed)?;
+        let released = observed.released();
+        let ungated: Vec<u32> = ordinals_released(
+            observed.replicas,
+            observed.ordinal_start,
+            observed.replicas,
+            observed.replicas - released,
+        )
+        .into_iter()
+        .filter(|o| !gated.contains(o))
+        .collect();
+        if self.config.gates.any() && !ungated.is_empty() {
+            fresh.steps.insert(0, Step::Gate { ordinals: ungated });
+        }
+        let note = format!(
+            "{} was scaled from {} to {} replicas during the rollout; the remaining steps were planned again",
+            observed.name, self.plan.replicas, observed.replicas
+        );
+        fresh.notes.insert(0, note.clone());
+        self.plan = fresh;
+        self.current_step = 0;
+        if !matches!(self.pause, Some(PauseReason::User)) {
+            self.enter_current(now);
+        }
+        self.message = note;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::duration::HumanDuration;
+    use crate::model::gate::GateSpec;
+    use crate::model::plan::PodManagementPolicy;
+    use crate::model::state::{Revision, Stable};
+    use crate::model::strategy::{StrategyConfig, StrategyFlags, StrategyKind, Timeouts};
+
+    fn ts(seconds: i64) -> Timestamp {
+        Timestamp::from_second(seconds).unwrap_or(Timestamp::UNIX_EPOCH)
+    }
+
+    fn observed(replicas: u32) -> Observed {
+        Observed {
+            name: "web".into(),
+            replicas,
+            update_strategy: "RollingUpdate".into(),
+            pod_management_policy: PodManagementPolicy::OrderedReady,
+            ..Observed::default()
+        }
+    }
+
+    fn state(
+        kind: StrategyKind,
+        steps: Option<&str>,
+        weight: Option<u32>,
+        pause: Option<&str>,
+        replicas: u32,
+    ) -> RolloutState {
+        let flags = StrategyFlags {
+            batch: None,
+            steps: steps.map(|s| s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))),
+            weight: weight.and_then(|w| crate::model::weight::Percent::new(w).ok()),
+            pause: pause.map(|p| p.parse().unwrap_or_else(|e| panic!("{p}: {e}"))),
+        };
+        let config = StrategyConfig::new(
+            kind,
+            &flags,
+            GateSpec::default(),
+            Timeouts::default(),
+            OnFailure::Rollback,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let plan = plan(&config, &observed(replicas)).unwrap_or_else(|e| panic!("{e}"));
+        RolloutState::new(
+            "r".into(),
+            config,
+            plan,
+            Stable::default(),
+            Revision::default(),
+            "me".into(),
+            ts(0),
+        )
+    }
+
+    /// Runs steps until the rollout stops progressing, as an executor whose gates pass would.
+    fn run(s: &mut RolloutState, t: &mut i64) {
+        while s.phase == Phase::Progressing {
+            *t += 1;
+            s.begin_step(ts(*t)).unwrap_or_else(|e| panic!("{e}"));
+            s.complete_step(ts(*t)).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+
+    fn names(s: &RolloutState) -> String {
+        s.remaining()
+            .iter()
+            .map(Step::name)
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[test]
+    fn canary_hold_waits_for_promote_then_finishes() {
+        let mut s = state(StrategyKind::Canary, None, Some(20), None, 5);
+        let mut t = 0;
+        run(&mut s, &mut t);
+        assert_eq!(s.phase, Phase::Paused);
+        assert_eq!(s.pause, Some(PauseReason::Step { until: None }));
+        assert_eq!(s.plan.updated_after(s.current_step), Some(1));
+        assert!(s.message.contains("rollout promote web"), "{}", s.message);
+        assert_eq!(s.pause_deadline(), None);
+        s.promote(ts(100)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.phase, Phase::Progressing);
+        assert_eq!(names(&s), "partition gate");
+        run(&mut s, &mut t);
+        assert_eq!(s.phase, Phase::Succeeded);
+        assert!(s.remaining().is_empty());
+    }
+
+    #[test]
+    fn timed_pauses_end_by_themselves_or_by_promote() {
+        let mut s = state(
+            StrategyKind::Canary,
+            Some("20,50,100"),
+            None,
+            Some("2m"),
+            10,
+        );
+        let mut t = 0;
+        run(&mut s, &mut t);
+        let until = s.pause_deadline().unwrap_or(Timestamp::MAX);
+        assert_eq!(until, ts(t + 120));
+        assert!(!s.finish_timed_pause(ts(t + 119)), "too early");
+        assert_eq!(s.phase, Phase::Paused);
+        assert!(s.finish_timed_pause(ts(t + 120)));
+        assert_eq!(s.phase, Phase::Progressing);
+        run(&mut s, &mut t);
+        assert_eq!(s.phase, Phase::Paused);
+        s.promote(ts(t)).unwrap_or_else(|e| panic!("{e}"));
+        run(&mut s, &mut t);
+        assert_eq!(s.phase, Phase::Succeeded);
+    }
+
+    #[test]
+    fn promote_full_jumps_to_the_end_with_one_gate() {
+        let mut s = state(StrategyKind::Canary, Some("20,50,100"), None, Some(""), 10);
+        let mut t = 0;
+        run(&mut s, &mut t);
+        assert_eq!(s.plan.updated_after(s.current_step), Some(2));
+        s.promote_full(ts(50)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.phase, Phase::Progressing);
+        assert_eq!(
+            s.remaining(),
+            &[
+                Step::SetPartition {
+                    partition: 0,
+                    ordinals: vec![7, 6, 5, 4, 3, 2, 1, 0],
+                    updated: 10,
+                    weight: None
+                },
+                Step::Gate {
+                    ordinals: vec![7, 6, 5, 4, 3, 2, 1, 0]
+                },
+            ]
+        );
+        run(&mut s, &mut t);
+        assert_eq!(s.phase, Phase::Succeeded);
+    }
+
+    #[test]
+    fn promote_full_mid_step_and_before_freeze() {
+        // Before anything ran: keep the freeze, then everything.
+        let mut s = state(StrategyKind::Canary, None, Some(20), None, 3);
+        s.promote_full(ts(1)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(names(&s), "freeze partition gate");
+        assert_eq!(
+            s.remaining()[1],
+            Step::SetPartition {
+                partition: 0,
+                ordinals: vec![2, 1, 0],
+                updated: 3,
+                weight: None
+            }
+        );
+
+        // While a gate runs on web-2: the final gate covers web-2 too.
+        let mut s = state(StrategyKind::Canary, None, Some(20), None, 3);
+        s.current_step = 2;
+        assert_eq!(s.current().map(Step::name), Some("gate"));
+        s.promote_full(ts(1)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            s.remaining(),
+            &[
+                Step::SetPartition {
+                    partition: 0,
+                    ordinals: vec![1, 0],
+                    updated: 3,
+                    weight: None
+                },
+                Step::Gate {
+                    ordinals: vec![2, 1, 0]
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn commands_refused_where_they_make_no_sense() {
+        let mut s = state(StrategyKind::Rolling, None, None, None, 3);
+        let err = s.promote(ts(1)).expect_err("not at a pause");
+        assert!(err.to_string().contains("step 1 of 7"), "{err}");
+        s.pause_by_user(ts(2)).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            s.promote(ts(3)),
+            Err(TransitionError::PausedByUser { .. })
+        ));
+        s.resume_by_user(ts(4)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.phase, Phase::Progressing);
+        assert!(matches!(s.resume_by_user(ts(4)), Ok(())));
+
+        let mut canary = state(StrategyKind::Canary, None, Some(20), None, 3);
+        let mut t = 0;
+        run(&mut canary, &mut t);
+        assert!(matches!(
+            canary.resume_by_user(ts(9)),
+            Err(TransitionError::AtPauseStep { .. })
+        ));
+
+        let mut done = state(StrategyKind::Rolling, None, None, None, 1);
+        run(&mut done, &mut t);
+        assert_eq!(done.phase, Phase::Succeeded);
+        for (action, result) in [
+            ("promote", done.clone().promote(ts(1))),
+            ("promote --full", done.clone().promote_full(ts(1))),
+            ("pause", done.clone().pause_by_user(ts(1))),
+        ] {
+            assert!(
+                matches!(result, Err(TransitionError::NotActive { .. })),
+                "{action}: {result:?}"
+            );
+        }
+        assert!(matches!(
+            done.clone().abort(ts(1)),
+            Err(TransitionError::AlreadySucceeded { .. })
+        ));
+    }
+
+    #[test]
+    fn failure_rolls_back_or_holds() {
+        let mut s = state(StrategyKind::Rolling, None, None, None, 3);
+        s.fail(RollbackCause::GateFailed, "web-2 answered 500", ts(5))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.phase, Phase::RollingBack);
+        assert!(matches!(
+            s.promote(ts(6)),
+            Err(TransitionError::RollingBack { .. })
+        ));
+        s.rollback_done(ts(7)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.phase, Phase::RolledBack);
+        assert!(s.message.contains("web-2 answered 500"), "{}", s.message);
+
+        let mut held = state(StrategyKind::Rolling, None, None, None, 3);
+        held.config.on_failure = OnFailure::Hold;
+        held.fail(RollbackCause::TimedOut, "step 2 passed 10m", ts(5))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(held.phase, Phase::Failed);
+        held.abort(ts(6)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(held.phase, Phase::RollingBack);
+        held.rollback_done(ts(7)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(held.phase, Phase::Aborted);
+
+        let mut broken = state(StrategyKind::Rolling, None, None, None, 3);
+        broken.abort(ts(1)).unwrap_or_else(|e| panic!("{e}"));
+        broken
+            .rollback_failed("patch refused", ts(2))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(broken.phase, Phase::Failed);
+        assert!(broken.rollback_done(ts(3)).is_err());
+    }
+
+    #[test]
+    fn inconclusive_gate_pauses_and_can_be_resumed_or_promoted() {
+        let mut s = state(StrategyKind::Rolling, None, None, None, 3);
+        s.current_step = 2;
+        s.gate_inconclusive("no answers from web-2", ts(1))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.phase, Phase::Paused);
+        let mut resumed = s.clone();
+        resumed
+            .resume_by_user(ts(2))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (resumed.phase, resumed.current_step),
+            (Phase::Progressing, 2),
+            "resume re-runs the gate"
+        );
+        s.promote(ts(2)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (s.phase, s.current_step),
+            (Phase::Progressing, 3),
+            "promote skips it"
+        );
+        assert!(s.message.contains("inconclusive"), "{}", s.message);
+    }
+
+    #[test]
+    fn step_deadline_is_kept_across_begin_calls() {
+        let mut s = state(StrategyKind::Rolling, None, None, None, 3);
+        s.begin_step(ts(10)).unwrap_or_else(|e| panic!("{e}"));
+        s.begin_step(ts(20)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.step_started_at, Some(ts(10)));
+        s.complete_step(ts(30)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.step_started_at, None);
+    }
+
+    #[test]
+    fn resume_skips_a_freeze_that_landed() {
+        let mut s = state(StrategyKind::Rolling, None, None, None, 3);
+        s.begin_step(ts(1)).unwrap_or_else(|e| panic!("{e}"));
+        let cluster = Observed {
+            target_applied: true,
+            partition: Some(3),
+            ..observed(3)
+        };
+        s.reconcile(&cluster, ts(2))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.current_step, 1);
+        assert_eq!(names(&s), "partition gate partition gate partition gate");
+
+        let mut not_landed = state(StrategyKind::Rolling, None, None, None, 3);
+        not_landed
+            .reconcile(&observed(3), ts(2))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(not_landed.current_step, 0);
+    }
+
+    #[test]
+    fn resume_mid_rollout_continues_where_it_stopped() {
+        let mut s = state(StrategyKind::Rolling, None, None, None, 4);
+        s.current_step = 3; // freeze, partition 3, gate done; next: partition 2
+        let cluster = Observed {
+            target_applied: true,
+            partition: Some(3),
+            ..observed(4)
+        };
+        s.reconcile(&cluster, ts(2))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.current_step, 3);
+        assert_eq!(
+            s.remaining()[0],
+            Step::SetPartition {
+                partition: 2,
+                ordinals: vec![2],
+                updated: 2,
+                weight: None
+            }
+        );
+    }
+
+    #[test]
+    fn resume_after_scaling_replans_and_gates_ungated_pods() {
+        // Ramped 1,2,4 on 4 pods; the run died after lowering the partition to 2 (web-3 gated,
+        // web-2 released but not gated); meanwhile the set was scaled to 6, and the controller
+        // created web-4 and web-5 on the new revision since they are above the partition.
+        let mut s = state(StrategyKind::Ramped, Some("1,2,4"), None, None, 4);
+        s.current_step = 4; // freeze, P3, G[3], P2 done; the gate on web-2 was running
+        let cluster = Observed {
+            target_applied: true,
+            partition: Some(2),
+            ..observed(6)
+        };
+        s.reconcile(&cluster, ts(9))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.current_step, 0);
+        assert_eq!(s.plan.replicas, 6);
+        assert_eq!(
+            s.remaining(),
+            &[
+                Step::Gate {
+                    ordinals: vec![5, 4, 2]
+                },
+                Step::SetPartition {
+                    partition: 0,
+                    ordinals: vec![1, 0],
+                    updated: 6,
+                    weight: None
+                },
+                Step::Gate {
+                    ordinals: vec![1, 0]
+                },
+            ]
+        );
+        assert!(s.message.contains("scaled from 4 to 6"), "{}", s.message);
+        assert!(s.plan.notes[0].contains("planned again"));
+    }
+
+    #[test]
+    fn resume_after_scaling_before_freeze_plans_afresh() {
+        let mut s = state(StrategyKind::Rolling, None, None, Some(""), 2);
+        s.reconcile(&observed(3), ts(1))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            names(&s),
+            "freeze partition gate pause partition gate pause partition gate"
+        );
+    }
+
+    #[test]
+    fn finished_records_are_left_alone() {
+        let mut s = state(StrategyKind::Rolling, None, None, None, 2);
+        s.phase = Phase::RolledBack;
+        let before = s.clone();
+        s.reconcile(&observed(5), ts(1))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s, before);
+        let _ = HumanDuration::from_secs(1);
+    }
+}
