@@ -380,6 +380,19 @@ pub fn container_images(spec: &PodSpec) -> Vec<ContainerImage> {
         .collect()
 }
 
+/// True when every listed container of `spec` (containers or init containers) runs the listed
+/// image: how a resumed run tells that its template write already landed.
+pub fn images_match(spec: &PodSpec, images: &[ContainerImage]) -> bool {
+    let all = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten());
+    images.iter().all(|want| {
+        all.clone()
+            .any(|c| c.name == want.container && c.image.as_deref() == Some(want.image.as_str()))
+    })
+}
+
 /// Resolves `--image` arguments against a pod spec: which container each one names (a bare
 /// IMAGE needs exactly one container) and the image it gets. Init containers can be named
 /// explicitly; a bare IMAGE never targets one.
@@ -801,7 +814,25 @@ mod tests {
         let images = container_images(&pod);
         assert_eq!(images[0].image, "old:1");
         assert_eq!(images[1].image, "envoy:2");
-        let init = pod.init_containers.unwrap_or_default();
+        let init = pod.init_containers.clone().unwrap_or_default();
         assert_eq!(init[0].image.as_deref(), Some("m:2"));
+        let image = |c: &str, i: &str| ContainerImage {
+            container: c.into(),
+            image: i.into(),
+        };
+        let cases = [
+            (vec![image("proxy", "envoy:2")], true),
+            (
+                vec![image("proxy", "envoy:2"), image("migrate", "m:2")],
+                true,
+            ),
+            (vec![image("app", "old:1"), image("proxy", "envoy:2")], true),
+            (vec![image("app", "new:2")], false),
+            (vec![image("db", "envoy:2")], false),
+            (vec![], true),
+        ];
+        for (images, expected) in cases {
+            assert_eq!(images_match(&pod, &images), expected, "{images:?}");
+        }
     }
 }

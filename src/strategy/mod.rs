@@ -7,7 +7,7 @@ pub mod planner;
 pub mod predicates;
 pub mod transitions;
 
-pub use observed::{ObserveError, Observed};
+pub use observed::{stable_from_statefulset, ObserveError, Observed};
 pub use planner::{plan, PlanError};
 pub use predicates::{statefulset_rollout_progress, RolloutProgress};
 pub use transitions::TransitionError;

@@ -7,7 +7,9 @@ use std::collections::BTreeSet;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
 
+use crate::model::image::container_images;
 use crate::model::plan::PodManagementPolicy;
+use crate::model::state::{Revision, Stable};
 
 use super::predicates;
 
@@ -115,6 +117,27 @@ impl Observed {
     }
 }
 
+/// What a rollback of `sts` would return to, read before the rollout changes anything: the
+/// current revision, its images, and the update strategy and partition as they were.
+pub fn stable_from_statefulset(sts: &StatefulSet) -> Stable {
+    let spec = sts.spec.as_ref();
+    let strategy = spec.and_then(|s| s.update_strategy.as_ref());
+    Stable {
+        revision: Revision {
+            revision: sts.status.as_ref().and_then(|s| s.current_revision.clone()),
+            images: spec
+                .and_then(|s| s.template.spec.as_ref())
+                .map(container_images)
+                .unwrap_or_default(),
+        },
+        update_strategy: strategy.and_then(|s| s.type_.clone()),
+        partition: strategy
+            .and_then(|s| s.rolling_update.as_ref())
+            .and_then(|r| r.partition)
+            .and_then(|p| u32::try_from(p).ok()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,6 +214,48 @@ mod tests {
             Observed::from_statefulset(&nameless),
             Err(ObserveError::MissingName)
         );
+    }
+
+    #[test]
+    fn stable_snapshot() {
+        use k8s_openapi::api::core::v1::{Container, PodSpec};
+        let mut set = sts(Some(3), Some(2), None, None);
+        if let Some(spec) = set.spec.as_mut() {
+            spec.template.spec = Some(PodSpec {
+                containers: vec![Container {
+                    name: "app".into(),
+                    image: Some("time-app:v1".into()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            });
+        }
+        let stable = stable_from_statefulset(&set);
+        assert_eq!(stable.revision.revision.as_deref(), Some("web-a"));
+        assert_eq!(stable.revision.images.len(), 1);
+        assert_eq!(stable.revision.images[0].image, "time-app:v1");
+        assert_eq!(stable.update_strategy.as_deref(), Some("RollingUpdate"));
+        assert_eq!(stable.partition, Some(2));
+    }
+
+    #[test]
+    fn with_pods_marks_the_target_applied_and_counts_updated_pods() {
+        use crate::strategy::predicates::tests::pod;
+        let pods = vec![
+            pod("web-0", "web-a", true, false),
+            pod("web-1", "web-b", true, false),
+            pod("web-2", "web-b", false, false),
+        ];
+        let base =
+            Observed::from_statefulset(&sts(Some(3), Some(1), None, None)).unwrap_or_default();
+        let applied = base.clone().with_pods(&pods, Some("web-b"));
+        assert!(applied.target_applied);
+        assert_eq!(applied.updated_ordinals, BTreeSet::from([1, 2]));
+        assert_eq!(applied.released(), 2);
+        let other = base.clone().with_pods(&pods, Some("web-c"));
+        assert!(!other.target_applied);
+        assert!(other.updated_ordinals.is_empty());
+        assert_eq!(base.clone().with_pods(&pods, None), base);
     }
 
     #[test]

@@ -112,7 +112,8 @@ impl RolloutState {
     }
 
     /// The executor is about to run the current step (write the record, then act). Its
-    /// deadline counts from the first call; a resumed run keeps it.
+    /// deadline counts from the first call; a resumed run keeps it. Pause steps are not begun:
+    /// the executor waits for [`RolloutState::pause_deadline`] or a promote instead.
     pub fn begin_step(&mut self, now: Timestamp) -> Result<(), TransitionError> {
         if self.phase != Phase::Progressing {
             return Err(TransitionError::NotActive {
@@ -807,6 +808,73 @@ mod tests {
         );
         assert!(s.message.contains("scaled from 4 to 6"), "{}", s.message);
         assert!(s.plan.notes[0].contains("planned again"));
+    }
+
+    #[test]
+    fn resume_after_scaling_down_forgets_removed_pods() {
+        // Rolling on 5 pods, partition lowered to 3 (web-4, web-3 gated); scaled down to 3 pods:
+        // web-4 and web-3 are gone, nothing released remains, the rest is planned on 3 pods.
+        let mut s = state(StrategyKind::Rolling, None, None, None, 5);
+        s.current_step = 5;
+        let cluster = Observed {
+            target_applied: true,
+            partition: Some(3),
+            ..observed(3)
+        };
+        s.reconcile(&cluster, ts(9))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            s.remaining(),
+            &[
+                Step::SetPartition {
+                    partition: 2,
+                    ordinals: vec![2],
+                    updated: 1,
+                    weight: None
+                },
+                Step::Gate { ordinals: vec![2] },
+                Step::SetPartition {
+                    partition: 1,
+                    ordinals: vec![1],
+                    updated: 2,
+                    weight: None
+                },
+                Step::Gate { ordinals: vec![1] },
+                Step::SetPartition {
+                    partition: 0,
+                    ordinals: vec![0],
+                    updated: 3,
+                    weight: None
+                },
+                Step::Gate { ordinals: vec![0] },
+            ]
+        );
+    }
+
+    #[test]
+    fn resume_keeps_a_user_pause_after_replanning() {
+        let mut s = state(StrategyKind::Rolling, None, None, None, 2);
+        s.current_step = 1;
+        s.pause_by_user(ts(1)).unwrap_or_else(|e| panic!("{e}"));
+        let cluster = Observed {
+            target_applied: true,
+            partition: Some(2),
+            ..observed(4)
+        };
+        s.reconcile(&cluster, ts(2))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (s.phase, s.pause.clone()),
+            (Phase::Paused, Some(PauseReason::User))
+        );
+        // Pods 2 and 3 were created above the partition, so on the new revision: gated first.
+        assert_eq!(
+            s.remaining()[0],
+            Step::Gate {
+                ordinals: vec![3, 2]
+            }
+        );
+        assert_eq!(s.remaining().len(), 5);
     }
 
     #[test]
