@@ -182,7 +182,7 @@ async fn reconcile(
             .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
-            Ok(_) => info!(service = %format!("{ns}/{name}"), "load balancer status set"),
+            Ok(_) => info!(service = %format!("{ns}/{name}"), "load balancer status updated"),
             Err(source) => {
                 let e = ProxyError::PatchStatus {
                     service: format!("{ns}/{name}"),

@@ -390,11 +390,12 @@ async fn reconcile_volume(
             Ok(Action::await_change())
         }
         ReclaimPlan::Delete { dir } => {
+            // The data goes first: a volume object that is gone never leaves a directory behind.
             let remove = {
                 let dir = dir.clone();
                 tokio::task::spawn_blocking(move || copy::remove(&dir))
             };
-            remove
+            let removed = remove
                 .await
                 .map_err(|source| StorageError::DiskWorker {
                     volume: name.clone(),
@@ -405,13 +406,19 @@ async fn reconcile_volume(
                     dir: dir.clone(),
                     source,
                 })?;
+            if removed {
+                info!(volume = %name, dir = %dir.display(), "removed the data of released volume");
+            }
+            // Already being deleted (waiting on its protection finalizer): nothing more to ask.
+            if pv.metadata.deletion_timestamp.is_some() {
+                return Ok(Action::await_change());
+            }
             let volumes: Api<PersistentVolume> = Api::all(ctx.client.clone());
             match volumes.delete(&name, &DeleteParams::default()).await {
-                Ok(_) => {}
+                Ok(_) => info!(volume = %name, "deleted released volume"),
                 Err(kube::Error::Api(s)) if s.is_not_found() => {}
                 Err(source) => return Err(StorageError::DeleteVolume { name, source }),
             }
-            info!(volume = %name, dir = %dir.display(), "deleted released volume and its data");
             Ok(Action::await_change())
         }
     }

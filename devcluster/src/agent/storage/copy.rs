@@ -37,11 +37,12 @@ pub fn make_clone(source: &Path, dir: &Path) -> io::Result<()> {
     fs::rename(&partial, dir)
 }
 
-/// Removes a volume directory; one that is already gone is fine.
-pub fn remove(dir: &Path) -> io::Result<()> {
+/// Removes a volume directory; one that is already gone is fine. Says whether there was one.
+pub fn remove(dir: &Path) -> io::Result<bool> {
     match fs::remove_dir_all(dir) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        other => other,
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
@@ -243,8 +244,8 @@ mod tests {
         fs::write(dir.join("data"), "keep").unwrap();
         make_empty(&dir).unwrap();
         assert_eq!(fs::read_to_string(dir.join("data")).unwrap(), "keep");
-        remove(&dir).unwrap();
+        assert!(remove(&dir).unwrap(), "removed");
         assert!(!dir.exists());
-        remove(&dir).unwrap();
+        assert!(!remove(&dir).unwrap(), "already gone is fine");
     }
 }
