@@ -377,7 +377,7 @@ pub async fn execute(action: &Action, target: Target, http: &reqwest::Client, ti
             let resp = req
                 .send()
                 .await
-                .map_err(|e| format!("Get {url:?}: {}", error_chain(&e)))?;
+                .map_err(|e| format!("Get {url:?}: {}", http_failure(&e, timeout)))?;
             let code = resp.status().as_u16();
             if (200..400).contains(&code) {
                 Ok(())
@@ -402,15 +402,17 @@ pub async fn execute(action: &Action, target: Target, http: &reqwest::Client, ti
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
+/// The root cause of a failed request, worded briefly like the kubelet's ("Connection
+/// refused", "timeout"), instead of reqwest's whole chain.
+fn http_failure(e: &reqwest::Error, timeout: Duration) -> String {
+    if e.is_timeout() {
+        return format!("timeout after {}s (Client.Timeout exceeded while awaiting headers)", timeout.as_secs());
     }
-    s
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
 }
 
 /// The environment of a running process, so exec probes see what the container sees.
@@ -865,7 +867,9 @@ mod tests {
             Err("HTTP probe failed with statuscode: 503".into())
         );
         server.await.expect("server task");
-        // Nothing listens any more: TCP fails.
+        // Nothing listens any more: both fail, naming the cause.
+        let refused = execute(&action, target, &http, t).await.expect_err("refused");
+        assert!(refused.starts_with(&format!("Get \"http://127.0.0.1:{port}/\": ")) && refused.contains("refused"), "{refused}");
         let tcp = Action::Tcp { host: None, port };
         assert!(execute(&tcp, target, &http, t).await.is_err());
     }

@@ -1,5 +1,5 @@
 //! A container's environment, built as the kubelet and a container runtime would: a default
-//! PATH and HOSTNAME, the image's env (from the runtime file), then `envFrom`, then `env` with
+//! PATH, HOSTNAME and HOME (root's, as a runtime sets it for a root image), the image's env (from the runtime file), then `envFrom`, then `env` with
 //! `$(VAR)` expansion, `fieldRef`, `configMapKeyRef` and `secretKeyRef`.
 
 use std::collections::BTreeMap;

@@ -211,10 +211,9 @@ pub async fn run(ctx: Arc<Ctx>, pod: Arc<Pod>, mut updates: watch::Receiver<Upda
     let mut latest = pod;
     let mut reason: Option<StopReason> = None;
     let mut report = !passive;
-    if report {
-        let v = view_rx.borrow_and_update().clone();
-        reporter.report(&v, &latest).await;
-    }
+    // The first turn handles the pod as the worker got it: a pod already being deleted stops at
+    // once, any other gets its first status.
+    updates.mark_changed();
     loop {
         let retry = tokio::time::sleep(Duration::from_secs(2));
         tokio::select! {
@@ -267,19 +266,35 @@ pub async fn run(ctx: Arc<Ctx>, pod: Arc<Pod>, mut updates: watch::Receiver<Upda
         }
     }
     if reason == Some(StopReason::Deleted) {
-        let dp = DeleteParams {
-            grace_period_seconds: Some(0),
-            preconditions: Some(Preconditions {
-                uid: Some(pref.uid.clone()),
-                resource_version: None,
-            }),
-            ..Default::default()
-        };
+        remove_object(&api, &pref).await;
+    }
+}
+
+/// Removes the pod object once its processes are gone: grace 0, only this uid. Retried a few
+/// times, since a pod left behind would stay Terminating for good.
+async fn remove_object(api: &Api<Pod>, pref: &PodRef) {
+    let dp = DeleteParams {
+        grace_period_seconds: Some(0),
+        preconditions: Some(Preconditions {
+            uid: Some(pref.uid.clone()),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    let mut wait = Duration::from_millis(500);
+    for attempt in 1..=6 {
         match api.delete(&pref.name, &dp).await {
-            Ok(_) => tracing::info!(pod = %pref.name, namespace = %pref.namespace, "pod deleted"),
+            Ok(_) => {
+                tracing::info!(pod = %pref.name, namespace = %pref.namespace, "pod deleted");
+                return;
+            }
             // Gone already, or a new pod of the same name (uid precondition): nothing to do.
-            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
-            Err(e) => tracing::warn!(pod = %pref.name, error = %e, "could not remove the pod object"),
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => return,
+            Err(e) => {
+                tracing::warn!(pod = %pref.name, attempt, error = %e, "could not remove the pod object");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
         }
     }
 }
