@@ -1,8 +1,8 @@
 //! Health gates: after each step, the pods that step changed are judged before the rollout goes
-//! on. [`verdict`] holds the pure judging; the probing (HTTP to pod IPs or through the pod
-//! proxy, running commands, calling webhooks) is I/O and lives beside it, in the executor's
-//! files.
+//! on. [`verdict`] holds the pure judging; [`probe`] does the I/O that feeds it (HTTP to pod IPs
+//! or through the pod proxy, watching readiness, running commands, calling webhooks).
 
+pub mod probe;
 pub mod verdict;
 
 pub use verdict::{GateFailure, PodSamples, ProbeOutcome, Verdict};
