@@ -4,7 +4,7 @@
 //! restart policy with the crash-loop back-off, and stop it gracefully when the pod goes away.
 //! Every state change is written to the pod's shared [`PodView`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -196,7 +196,7 @@ impl ContainerTask {
                 mountpoints_file: Some(cfg.layout.created_mountpoints_file()),
                 command,
             },
-            env: env.into_iter().collect::<BTreeMap<_, _>>().into_iter().collect(),
+            env: env.into_iter().collect(),
             subpath_dirs,
             image_id: format!("devcluster://{image}"),
         })

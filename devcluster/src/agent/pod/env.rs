@@ -1,6 +1,7 @@
 //! A container's environment, built as the kubelet and a container runtime would: a default
-//! PATH, HOSTNAME and HOME (root's, as a runtime sets it for a root image), the image's env (from the runtime file), then `envFrom`, then `env` with
-//! `$(VAR)` expansion, `fieldRef`, `configMapKeyRef` and `secretKeyRef`.
+//! PATH, HOSTNAME and HOME (root's, as a runtime sets it for a root image), the image's env (from
+//! the runtime file), then `envFrom`, then `env` with `$(VAR)` expansion, `fieldRef`,
+//! `configMapKeyRef` and `secretKeyRef`.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;

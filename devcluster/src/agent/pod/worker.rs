@@ -176,6 +176,8 @@ impl Reporter {
                 self.last_sent = Some(desired);
                 self.failing = false;
             }
+            // The object is gone; the watch brings the Delete, nothing to retry.
+            Err(kube::Error::Api(s)) if s.code == 404 => self.failing = false,
             Err(e) => {
                 tracing::warn!(pod = %self.name, error = %e, "could not update the pod status; retrying");
                 self.failing = true;
