@@ -1,0 +1,8 @@
+//! End-to-end tests of `rollout` against the running devcluster (`./scripts/test` brings one up):
+//! the built `rollout` binary is run the way a person or a CI job runs it, and the tests check
+//! what they would check afterwards: the pods' revisions and versions, the Service's traffic,
+//! each pod's claim and visits, the exit code and the message. Every test works in a namespace
+//! of its own and deletes it when it passed.
+
+mod gates;
+mod support;
