@@ -280,6 +280,9 @@ async fn reconcile_claim(
     match plan::plan_claim(&claim, &class, source, &ctx.volumes_dir) {
         ClaimPlan::WaitForSource { source } => {
             debug!(claim = %qualified(&claim), source = %source, "clone waits for its source to be bound");
+            let message =
+                format!("waiting for source claim {source:?} to be bound before copying its data");
+            record(&ctx, &claim, Kind::Normal, "WaitingForSource", &message).await;
             Ok(Action::requeue(RECHECK_WAITING))
         }
         ClaimPlan::Fail { message } => {
