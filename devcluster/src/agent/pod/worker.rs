@@ -216,10 +216,13 @@ pub async fn run(ctx: Arc<Ctx>, pod: Arc<Pod>, mut updates: watch::Receiver<Upda
     // The first turn handles the pod as the worker got it: a pod already being deleted stops at
     // once, any other gets its first status.
     updates.mark_changed();
+    // A closed channel answers at once forever; these keep the loop from spinning on one.
+    let (mut updates_open, mut view_open) = (true, true);
     loop {
         let retry = tokio::time::sleep(Duration::from_secs(2));
         tokio::select! {
-            changed = updates.changed() => {
+            changed = updates.changed(), if updates_open => {
+                updates_open = changed.is_ok();
                 let update = if changed.is_err() { Update::AgentStopping } else { updates.borrow_and_update().clone() };
                 let (new_reason, grace) = match update {
                     Update::Pod(p) => {
@@ -254,8 +257,9 @@ pub async fn run(ctx: Arc<Ctx>, pod: Arc<Pod>, mut updates: watch::Receiver<Upda
                     reporter.report(&v, &latest).await;
                 }
             }
-            changed = view_rx.changed() => {
-                if changed.is_ok() && report {
+            changed = view_rx.changed(), if view_open => {
+                view_open = changed.is_ok();
+                if view_open && report {
                     let v = view_rx.borrow_and_update().clone();
                     reporter.report(&v, &latest).await;
                 }
