@@ -12,12 +12,15 @@ links=$(ip -o link show 2>/dev/null | awk -F': ' '{split($2, a, "@"); print a[1]
 [ -z "$links" ] || fail "links: $links"
 mounts=$(awk -v r="$ROOT" 'index($2, r) == 1 {print $2}' /proc/mounts)
 [ -z "$mounts" ] || fail "mounts: $mounts"
-procs=$(pgrep -a -f -- "$ROOT" | grep -v -e check-clean -e pgrep || true)
+# Live processes only: a killed child of a reparented process may linger as a zombie until
+# init reaps it, and a zombie holds nothing.
+live() { ps -eo pid=,stat=,args= | awk '$2 !~ /^Z/' | grep -v -e check-clean -e ' grep ' || true; }
+procs=$(live | grep -F -- "$ROOT" || true)
 [ -z "$procs" ] || fail "processes: $procs"
-for p in etcd kube-apiserver kube-controller-manager kube-scheduler; do
-  pids=$(pgrep -x "$p" || true)
-  [ -z "$pids" ] || fail "$p running (pids $pids)"
-done
+# By executable: the control plane, and the agent (`devcluster agent ...`).
+progs=$(live | awk '{ n = split($3, a, "/"); exe = a[n];
+  if (exe ~ /^(etcd|kube-apiserver|kube-controller-manager|kube-scheduler)$/ || (exe == "devcluster" && $4 == "agent")) print }')
+[ -z "$progs" ] || fail "processes: $progs"
 [ ! -e "$ROOT" ] || fail "directory $ROOT"
 [ "$bad" = 0 ] && echo "check-clean: nothing left behind"
 exit "$bad"
