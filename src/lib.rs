@@ -6,10 +6,15 @@
 //!   record, exit codes);
 //! - [`strategy`]: pure planners and predicates (strategy + flags + observed cluster -> plan;
 //!   is the StatefulSet done; which pods a partition moves) and state transitions;
-//! - [`gate`]: gate verdicts from probe results (the probing itself is I/O, kept apart).
+//! - [`gate`]: gate verdicts from probe results, and the probing itself (`gate::probe`);
+//! - [`exec`]: the executor, the only code that talks to the cluster: the run loop, the lock,
+//!   the rollout record on the StatefulSet, one function per command;
+//! - [`cli`]: the command line, resolved once into an [`exec::Invocation`].
 //!
-//! Nothing in these modules talks to the cluster or the network.
+//! `model` and `strategy` never talk to the cluster or the network.
 
+pub mod cli;
+pub mod exec;
 pub mod gate;
 pub mod model;
 pub mod strategy;

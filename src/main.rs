@@ -1,4 +1,48 @@
-fn main() {
-    eprintln!("rollout: being written");
-    std::process::exit(2);
+//! The `rollout` binary: parse the command line, resolve it, run it, exit with a documented
+//! code. Everything else lives in the library.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use rollout::cli::Cli;
+use rollout::model::ExitCode as RolloutExit;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Logs for whoever debugs (RUST_LOG=rollout=debug,kube=debug); progress for people is
+    // separate. By default only rollout's own warnings show: the client libraries' errors are
+    // reported by rollout in words.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("rollout=warn")),
+        )
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+    let invocation = match cli.resolve() {
+        Ok(invocation) => invocation,
+        Err(e) => {
+            eprintln!("rollout: {e}");
+            return RolloutExit::BadInput.into();
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("rollout: starting the async runtime: {e}");
+            return RolloutExit::ClusterError.into();
+        }
+    };
+    match runtime.block_on(rollout::exec::execute(invocation)) {
+        Ok(code) => code.into(),
+        Err(e) => {
+            eprintln!("rollout: {e}");
+            ExitCode::from(e.process_exit())
+        }
+    }
 }

@@ -1,0 +1,821 @@
+//! The command line, in one place: clap-derive definitions, resolved once into an
+//! [`Invocation`] (flags over strategy file over defaults; files read and checked) before any
+//! cluster work. Everything wrong with the input is reported here or by the checks against the
+//! StatefulSet, always before the first write.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::exec::commands::{Output, RunRequest, TemplateSource};
+use crate::exec::manifest::{Manifest, ManifestError};
+use crate::exec::{Action, Connection, Invocation};
+use crate::model::duration::HumanDuration;
+use crate::model::file::{StrategyFile, StrategyFileError};
+use crate::model::gate::{CommandGate, GateSpec, PortRef, ProbeVia, StatusRange, WebhookGate};
+use crate::model::image::ImageChange;
+use crate::model::steps::StepList;
+use crate::model::strategy::{
+    BatchSize, OnFailure, PauseSpec, StrategyConfig, StrategyError, StrategyFlags, StrategyKind,
+    Timeouts,
+};
+use crate::model::weight::Percent;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  done: the rollout finished, or stopped at the hold it was asked for (canary --weight)
+  1  cluster error: the API server could not be reached or refused a request, or a rollback
+     could not be completed
+  2  bad input: flags, image, strategy file, manifest, or a StatefulSet that does not exist or
+     cannot be rolled now (nothing was changed)
+  3  rolled back: a gate failed (or `abort` was run) and the set is back on the stable revision;
+     also a failed gate held by --no-rollback
+  4  locked: another run holds the StatefulSet's Lease (the message names it), or a rollout is
+     already in progress on it
+  5  timed out: a step or the whole rollout passed its deadline
+130/143  interrupted by SIGINT/SIGTERM; `rollout resume` continues";
+
+/// Rolls a Kubernetes StatefulSet to a new version, step by step, gating every step on the
+/// health of the pods it changed, and rolling back by itself when a gate fails.
+#[derive(Debug, Parser)]
+#[command(name = "rollout", version, after_help = EXIT_CODES)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Kubeconfig file (default: $KUBECONFIG, then ~/.kube/config, then the in-cluster account)
+    #[arg(long, global = true, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context to use
+    #[arg(long, global = true, value_name = "NAME")]
+    pub context: Option<String>,
+    /// Namespace of the StatefulSet (default: the context's namespace)
+    #[arg(short = 'n', long, global = true)]
+    pub namespace: Option<String>,
+    /// Result format on stdout; progress always goes to stderr
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputArg::Text)]
+    pub output: OutputArg,
+    /// No progress lines on stderr (errors are still printed)
+    #[arg(short = 'q', long, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputArg {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    #[command(flatten)]
+    Run(RunCommand),
+    /// Print the steps a rollout would take; nothing is changed
+    Plan {
+        #[command(subcommand)]
+        run: RunCommand,
+    },
+    /// Where the rollout of a StatefulSet stands
+    Status {
+        statefulset: String,
+        /// Follow changes until the rollout is finished (exits with the rollout's code)
+        #[arg(short = 'w', long)]
+        watch: bool,
+        /// With --watch: give up after this long (exit 5)
+        #[arg(long, value_name = "DURATION", requires = "watch")]
+        timeout: Option<HumanDuration>,
+    },
+    /// Continue a rollout waiting at a pause (--full: skip to the end)
+    Promote {
+        statefulset: String,
+        /// Skip the remaining steps and pauses: every pod moves in one step (then one gate)
+        #[arg(long)]
+        full: bool,
+        /// If this process runs the rest: keep waiting at later holds
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Pause a rollout after its current step
+    Pause { statefulset: String },
+    /// Continue after `pause`, after a gate that could not decide, or a run whose process died
+    Resume {
+        statefulset: String,
+        /// Keep waiting at holds (canary --weight) instead of stopping there
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Go back to the stable revision now
+    Abort {
+        statefulset: String,
+        /// Longest wait for the pods to be back
+        #[arg(long, value_name = "DURATION", default_value = "10m")]
+        timeout: HumanDuration,
+    },
+    /// Put an earlier revision's template back (like kubectl rollout undo); works on any StatefulSet
+    Undo {
+        statefulset: String,
+        /// The revision to return to (see `rollout history`); default: the previous one
+        #[arg(long, value_name = "N")]
+        to_revision: Option<i64>,
+        /// Longest wait for the pods to be back
+        #[arg(long, value_name = "DURATION", default_value = "10m")]
+        timeout: HumanDuration,
+    },
+    /// The revisions of a StatefulSet (ControllerRevisions) with their images
+    History { statefulset: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunCommand {
+    /// Update pods a batch at a time, highest ordinals first, gating each batch
+    Rolling(RollingArgs),
+    /// Update pods in growing batches (--steps 1,2,4 or 10%,50%,100%)
+    Ramped(RampedArgs),
+    /// Update a share of the pods and hold (--weight), or walk through weights (--steps)
+    Canary(CanaryArgs),
+    /// Roll with a strategy file (see strategies/); flags override the file
+    Apply(ApplyArgs),
+}
+
+/// The StatefulSet and its new template.
+#[derive(Debug, Args)]
+pub struct TargetArgs {
+    /// The StatefulSet to update
+    pub statefulset: String,
+    /// New image: IMAGE for the only container, or CONTAINER=IMAGE; repeat for several
+    #[arg(
+        long = "image",
+        value_name = "[CONTAINER=]IMAGE",
+        required_unless_present = "manifest"
+    )]
+    pub images: Vec<ImageChange>,
+    /// A whole new StatefulSet (e.g. `helm template` output); its pod template is rolled out
+    #[arg(short = 'f', long, value_name = "FILE", conflicts_with = "images")]
+    pub manifest: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RollingArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Pods per step: a count (2) or a share of the replicas (25%)
+    #[arg(long, value_name = "N")]
+    pub batch: Option<BatchSize>,
+    /// Wait between batches: a duration (30s), or `promote` to wait for `rollout promote`
+    #[arg(long, value_name = "DURATION|promote")]
+    pub pause: Option<PauseSpec>,
+    #[command(flatten)]
+    pub gates: GateArgs,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RampedArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Pods on the new version after each step: counts (1,2,4) or shares (10%,50%,100%)
+    #[arg(long, value_name = "LIST")]
+    pub steps: Option<StepList>,
+    /// Wait between steps: a duration, or `promote`
+    #[arg(long, value_name = "DURATION|promote")]
+    pub pause: Option<PauseSpec>,
+    #[command(flatten)]
+    pub gates: GateArgs,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CanaryArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Move this share of pods (1-99 %) and hold until `rollout promote`
+    #[arg(long, value_name = "PERCENT")]
+    pub weight: Option<Percent>,
+    /// Walk through these weights in percent (20,50,100)
+    #[arg(long, value_name = "LIST")]
+    pub steps: Option<StepList>,
+    /// Wait between steps (a duration, or `promote`); with --weight: how long to hold
+    #[arg(long, value_name = "DURATION|promote")]
+    pub pause: Option<PauseSpec>,
+    #[command(flatten)]
+    pub gates: GateArgs,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// The StatefulSet to update
+    pub statefulset: String,
+    /// The strategy file (strategies/*.yaml)
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: PathBuf,
+    /// New image: IMAGE or CONTAINER=IMAGE; repeat for several
+    #[arg(
+        long = "image",
+        value_name = "[CONTAINER=]IMAGE",
+        required_unless_present = "manifest"
+    )]
+    pub images: Vec<ImageChange>,
+    /// A whole new StatefulSet whose pod template is rolled out
+    #[arg(long, value_name = "FILE", conflicts_with = "images")]
+    pub manifest: Option<PathBuf>,
+    /// Overrides the file's batch
+    #[arg(long, value_name = "N")]
+    pub batch: Option<BatchSize>,
+    /// Overrides the file's steps (and weight)
+    #[arg(long, value_name = "LIST")]
+    pub steps: Option<StepList>,
+    /// Overrides the file's weight (and steps)
+    #[arg(long, value_name = "PERCENT")]
+    pub weight: Option<Percent>,
+    /// Overrides the file's pause
+    #[arg(long, value_name = "DURATION|promote")]
+    pub pause: Option<PauseSpec>,
+    #[command(flatten)]
+    pub gates: GateArgs,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Health gate settings; each overrides the strategy file's value or the default.
+#[derive(Debug, Args, Default)]
+#[command(next_help_heading = "Health gates (after every step, on the pods it changed)")]
+pub struct GateArgs {
+    /// Turn the HTTP gate off
+    #[arg(long)]
+    pub no_probe: bool,
+    /// HTTP gate: path to GET [default: /]
+    #[arg(long, value_name = "PATH")]
+    pub probe_path: Option<String>,
+    /// HTTP gate: container port number or name [default: first port of the changed container]
+    #[arg(long, value_name = "PORT")]
+    pub probe_port: Option<PortRef>,
+    /// HTTP gate: expected status, 200, 200-299 or 2xx [default: 2xx]
+    #[arg(long, value_name = "CODES")]
+    pub probe_status: Option<StatusRange>,
+    /// HTTP gate: how long each pod is probed [default: 10s]
+    #[arg(long, value_name = "DURATION")]
+    pub probe_window: Option<HumanDuration>,
+    /// HTTP gate: time between probes of one pod [default: 1s]
+    #[arg(long, value_name = "DURATION")]
+    pub probe_interval: Option<HumanDuration>,
+    /// HTTP gate: longest wait for one answer [default: 2s]
+    #[arg(long, value_name = "DURATION")]
+    pub probe_timeout: Option<HumanDuration>,
+    /// HTTP gate: share of probes per pod that must succeed, 0 to 1 [default: 1.0]
+    #[arg(long, value_name = "RATIO")]
+    pub min_success_ratio: Option<f64>,
+    /// HTTP gate: highest 95th percentile latency per pod
+    #[arg(long, value_name = "DURATION")]
+    pub max_p95_latency: Option<HumanDuration>,
+    /// HTTP gate: connection errors in a row retried before they count [default: 4]
+    #[arg(long, value_name = "N")]
+    pub error_limit: Option<u32>,
+    /// HTTP gate: reach pods directly at their IP, through the API server's pod proxy, or auto
+    #[arg(long, value_name = "auto|direct|proxy")]
+    pub probe_via: Option<ProbeVia>,
+    /// Each changed pod must have been Ready at least this long
+    #[arg(long, value_name = "DURATION")]
+    pub min_ready: Option<HumanDuration>,
+    /// Command gate: run with `sh -c`; exit 0 passes (sees ROLLOUT_PODS, ROLLOUT_ADDRESSES, ...)
+    #[arg(long, value_name = "COMMAND")]
+    pub gate_command: Option<String>,
+    /// Command gate: longest run [default: 1m]
+    #[arg(long, value_name = "DURATION", requires = "gate_command")]
+    pub gate_command_timeout: Option<HumanDuration>,
+    /// Webhook gate: POST the step's pods as JSON to this URL; 2xx passes
+    #[arg(long, value_name = "URL")]
+    pub gate_webhook: Option<String>,
+    /// Webhook gate: longest wait for the answer [default: 10s]
+    #[arg(long, value_name = "DURATION", requires = "gate_webhook")]
+    pub gate_webhook_timeout: Option<HumanDuration>,
+}
+
+impl GateArgs {
+    /// The gates with these flags laid over `base`.
+    pub fn apply_to(&self, mut base: GateSpec) -> GateSpec {
+        let http = &mut base.http;
+        if self.no_probe {
+            http.enabled = false;
+        }
+        if let Some(v) = &self.probe_path {
+            http.path = v.clone();
+        }
+        if let Some(v) = &self.probe_port {
+            http.port = Some(v.clone());
+        }
+        if let Some(v) = self.probe_status {
+            http.status = v;
+        }
+        if let Some(v) = self.probe_window {
+            http.window = v;
+        }
+        if let Some(v) = self.probe_interval {
+            http.interval = v;
+        }
+        if let Some(v) = self.probe_timeout {
+            http.timeout = v;
+        }
+        if let Some(v) = self.min_success_ratio {
+            http.min_success_ratio = v;
+        }
+        if let Some(v) = self.max_p95_latency {
+            http.max_p95_latency = Some(v);
+        }
+        if let Some(v) = self.error_limit {
+            http.error_limit = v;
+        }
+        if let Some(v) = self.probe_via {
+            http.via = v;
+        }
+        if let Some(v) = self.min_ready {
+            base.min_ready = Some(v);
+        }
+        if let Some(line) = &self.gate_command {
+            let mut gate = CommandGate::shell(line);
+            if let Some(t) = self.gate_command_timeout {
+                gate.timeout = t;
+            }
+            base.command = Some(gate);
+        }
+        if let Some(url) = &self.gate_webhook {
+            let mut gate = WebhookGate::new(url);
+            if let Some(t) = self.gate_webhook_timeout {
+                gate.timeout = t;
+            }
+            base.webhook = Some(gate);
+        }
+        base
+    }
+}
+
+#[derive(Debug, Args, Default)]
+#[command(next_help_heading = "Deadlines and failure")]
+pub struct RunArgs {
+    /// Longest time one step may take (pods updated, Ready and gated), pauses excluded [default: 10m]
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<HumanDuration>,
+    /// Longest time the whole rollout may take, pauses excluded
+    #[arg(long, value_name = "DURATION")]
+    pub total_timeout: Option<HumanDuration>,
+    /// When a gate fails or a deadline passes, leave everything as it is instead of rolling back
+    #[arg(long)]
+    pub no_rollback: bool,
+    /// At a hold (canary --weight, --pause promote) keep running and continue when promoted,
+    /// instead of exiting 0 there
+    #[arg(long)]
+    pub wait: bool,
+}
+
+impl RunArgs {
+    fn timeouts(&self, base: Timeouts) -> Timeouts {
+        Timeouts {
+            step: self.timeout.unwrap_or(base.step),
+            total: self.total_timeout.or(base.total),
+        }
+    }
+
+    fn on_failure(&self, base: OnFailure) -> OnFailure {
+        if self.no_rollback {
+            OnFailure::Hold
+        } else {
+            base
+        }
+    }
+}
+
+/// Why the command line could not be turned into an invocation (exit code 2).
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error(transparent)]
+    Strategy(#[from] StrategyError),
+    #[error(transparent)]
+    StrategyFile(#[from] StrategyFileError),
+    #[error("reading strategy file {file}: {source}")]
+    ReadStrategyFile {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+}
+
+fn source(
+    statefulset: &str,
+    images: &[ImageChange],
+    manifest: Option<&PathBuf>,
+) -> Result<TemplateSource, SettingsError> {
+    Ok(match manifest {
+        Some(path) => TemplateSource::Manifest(Box::new(Manifest::read(path, statefulset)?)),
+        None => TemplateSource::Images(images.to_vec()),
+    })
+}
+
+impl RunCommand {
+    /// Checks the flags (and reads the files) into a request.
+    pub fn resolve(&self) -> Result<RunRequest, SettingsError> {
+        let request = |kind: StrategyKind,
+                       target: &TargetArgs,
+                       flags: StrategyFlags,
+                       gates: &GateArgs,
+                       run: &RunArgs|
+         -> Result<RunRequest, SettingsError> {
+            let config = StrategyConfig::new(
+                kind,
+                &flags,
+                gates.apply_to(GateSpec::default()),
+                run.timeouts(Timeouts::default()),
+                run.on_failure(OnFailure::default()),
+            )?;
+            Ok(RunRequest {
+                statefulset: target.statefulset.clone(),
+                config,
+                source: source(
+                    &target.statefulset,
+                    &target.images,
+                    target.manifest.as_ref(),
+                )?,
+                wait_at_holds: run.wait,
+            })
+        };
+        match self {
+            RunCommand::Rolling(a) => request(
+                StrategyKind::Rolling,
+                &a.target,
+                StrategyFlags {
+                    batch: a.batch,
+                    pause: a.pause,
+                    ..StrategyFlags::default()
+                },
+                &a.gates,
+                &a.run,
+            ),
+            RunCommand::Ramped(a) => request(
+                StrategyKind::Ramped,
+                &a.target,
+                StrategyFlags {
+                    steps: a.steps.clone(),
+                    pause: a.pause,
+                    ..StrategyFlags::default()
+                },
+                &a.gates,
+                &a.run,
+            ),
+            RunCommand::Canary(a) => request(
+                StrategyKind::Canary,
+                &a.target,
+                StrategyFlags {
+                    weight: a.weight,
+                    steps: a.steps.clone(),
+                    pause: a.pause,
+                    ..StrategyFlags::default()
+                },
+                &a.gates,
+                &a.run,
+            ),
+            RunCommand::Apply(a) => {
+                let file = a.file.display().to_string();
+                let text = std::fs::read_to_string(&a.file).map_err(|source| {
+                    SettingsError::ReadStrategyFile {
+                        file: file.clone(),
+                        source,
+                    }
+                })?;
+                let parsed = StrategyFile::parse(&file, &text)?;
+                let flags = parsed.flags().overlaid_with(StrategyFlags {
+                    batch: a.batch,
+                    steps: a.steps.clone(),
+                    weight: a.weight,
+                    pause: a.pause,
+                });
+                let config = StrategyConfig::new(
+                    parsed.strategy,
+                    &flags,
+                    a.gates.apply_to(parsed.gates.clone()),
+                    a.run.timeouts(parsed.timeouts),
+                    a.run.on_failure(parsed.on_failure),
+                )
+                .map_err(|source| StrategyFileError::Invalid {
+                    file: file.clone(),
+                    source,
+                })?;
+                Ok(RunRequest {
+                    statefulset: a.statefulset.clone(),
+                    config,
+                    source: source(&a.statefulset, &a.images, a.manifest.as_ref())?,
+                    wait_at_holds: a.run.wait,
+                })
+            }
+        }
+    }
+}
+
+fn duration(d: HumanDuration) -> Duration {
+    d.get()
+}
+
+impl Cli {
+    /// Resolves everything the command needs, once.
+    pub fn resolve(self) -> Result<Invocation, SettingsError> {
+        let action = match self.command {
+            Command::Run(run) => Action::Run(run.resolve()?),
+            Command::Plan { run } => Action::Plan(run.resolve()?),
+            Command::Status {
+                statefulset,
+                watch,
+                timeout,
+            } => Action::Status {
+                statefulset,
+                watch,
+                timeout: timeout.map(duration),
+            },
+            Command::Promote {
+                statefulset,
+                full,
+                wait,
+            } => Action::Promote {
+                statefulset,
+                full,
+                wait,
+            },
+            Command::Pause { statefulset } => Action::Pause { statefulset },
+            Command::Resume { statefulset, wait } => Action::Resume { statefulset, wait },
+            Command::Abort {
+                statefulset,
+                timeout,
+            } => Action::Abort {
+                statefulset,
+                timeout: duration(timeout),
+            },
+            Command::Undo {
+                statefulset,
+                to_revision,
+                timeout,
+            } => Action::Undo {
+                statefulset,
+                to_revision,
+                timeout: duration(timeout),
+            },
+            Command::History { statefulset } => Action::History { statefulset },
+        };
+        Ok(Invocation {
+            connection: Connection {
+                kubeconfig: self.global.kubeconfig,
+                context: self.global.context,
+                namespace: self.global.namespace,
+            },
+            output: match self.global.output {
+                OutputArg::Text => Output::Text,
+                OutputArg::Json => Output::Json,
+            },
+            quiet: self.global.quiet,
+            action,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::strategy::{CanaryParams, StrategyParams};
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("rollout").chain(args.iter().copied()))
+    }
+
+    fn resolve(args: &[&str]) -> Result<Invocation, String> {
+        parse(args)
+            .map_err(|e| e.to_string())?
+            .resolve()
+            .map_err(|e| e.to_string())
+    }
+
+    fn run_request(args: &[&str]) -> RunRequest {
+        match resolve(args)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+            .action
+        {
+            Action::Run(r) | Action::Plan(r) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn canary_with_gates_and_deadlines() {
+        let r = run_request(&[
+            "canary",
+            "web",
+            "--image",
+            "app=registry.local:5000/app:v2",
+            "--steps",
+            "20,50,100",
+            "--pause",
+            "2m",
+            "--probe-path",
+            "/healthz",
+            "--probe-via",
+            "proxy",
+            "--min-ready",
+            "10s",
+            "--gate-webhook",
+            "http://127.0.0.1:9000/check",
+            "--timeout",
+            "5m",
+            "--total-timeout",
+            "1h",
+            "--no-rollback",
+            "-n",
+            "shop",
+        ]);
+        assert_eq!(r.statefulset, "web");
+        assert!(matches!(
+            r.config.params,
+            StrategyParams::Canary(CanaryParams::Steps { ref weights, pause: Some(PauseSpec::For(_)) }) if weights.len() == 3
+        ));
+        assert_eq!(r.config.gates.http.path, "/healthz");
+        assert_eq!(r.config.gates.http.via, ProbeVia::Proxy);
+        assert_eq!(r.config.gates.min_ready, Some(HumanDuration::from_secs(10)));
+        assert!(r.config.gates.webhook.is_some());
+        assert_eq!(r.config.timeouts.step, HumanDuration::from_secs(300));
+        assert_eq!(
+            r.config.timeouts.total,
+            Some(HumanDuration::from_secs(3600))
+        );
+        assert_eq!(r.config.on_failure, OnFailure::Hold);
+        match r.source {
+            TemplateSource::Images(images) => {
+                assert_eq!(images[0].container.as_deref(), Some("app"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn globals_go_anywhere_and_plan_nests_a_strategy() {
+        let inv = resolve(&[
+            "-n", "shop", "-o", "json", "plan", "rolling", "web", "--image", "app:v2", "--batch",
+            "2",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(inv.connection.namespace.as_deref(), Some("shop"));
+        assert_eq!(inv.output, Output::Json);
+        assert!(matches!(inv.action, Action::Plan(_)));
+        let inv = resolve(&[
+            "status",
+            "web",
+            "--watch",
+            "--context",
+            "dev",
+            "--timeout",
+            "90s",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(inv.connection.context.as_deref(), Some("dev"));
+        assert!(matches!(
+            inv.action,
+            Action::Status { watch: true, timeout: Some(t), .. } if t == Duration::from_secs(90)
+        ));
+    }
+
+    #[test]
+    fn bad_input_is_refused_before_anything_runs() {
+        let cases: &[(&[&str], &str)] = &[
+            (
+                &["canary", "web", "--image", "app:v2", "--weight", "0"],
+                "no pod",
+            ),
+            (
+                &["canary", "web", "--image", "app:v2", "--weight", "150"],
+                "150",
+            ),
+            (&["canary", "web", "--image", "app:v2"], "--weight W"),
+            (
+                &[
+                    "canary", "web", "--image", "app:v2", "--weight", "20", "--steps", "50,100",
+                ],
+                "cannot be used together",
+            ),
+            (
+                &[
+                    "rolling",
+                    "web",
+                    "--image",
+                    "app:v2",
+                    "--pause",
+                    "5 parsecs",
+                ],
+                "5 parsecs",
+            ),
+            (
+                &["rolling", "web", "--image", "app:v2", "--timeout", "30"],
+                "30",
+            ),
+            (&["rolling", "web", "--image", "App:V2"], "lowercase"),
+            (&["rolling", "web", "--image", "app:"], "no tag"),
+            (&["rolling", "web"], "--image"),
+            (
+                &["rolling", "web", "--image", "a:1", "-f", "x.yaml"],
+                "cannot be used with",
+            ),
+            (
+                &["ramped", "web", "--image", "a:1", "--batch", "2"],
+                "--batch",
+            ),
+            (
+                &["rolling", "web", "--image", "a:1", "--probe-status", "700"],
+                "700",
+            ),
+            (
+                &[
+                    "rolling",
+                    "web",
+                    "--image",
+                    "a:1",
+                    "--min-success-ratio",
+                    "1.5",
+                ],
+                "1.5",
+            ),
+            (
+                &[
+                    "rolling",
+                    "web",
+                    "--image",
+                    "a:1",
+                    "--gate-webhook",
+                    "ftp://x",
+                ],
+                "http://",
+            ),
+            (
+                &["rolling", "web", "-f", "/nonexistent/sts.yaml"],
+                "/nonexistent/sts.yaml",
+            ),
+            (
+                &[
+                    "apply",
+                    "web",
+                    "-f",
+                    "/nonexistent/s.yaml",
+                    "--image",
+                    "a:1",
+                ],
+                "/nonexistent/s.yaml",
+            ),
+            (&["undo", "web", "--to-revision", "x"], "x"),
+        ];
+        for (args, needle) in cases {
+            let err = resolve(args).expect_err(&format!("{args:?}"));
+            assert!(err.contains(needle), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn strategy_files_are_overridden_by_flags() {
+        let dir = std::env::temp_dir().join(format!("rollout-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let file = dir.join("canary.yaml");
+        std::fs::write(
+            &file,
+            "strategy: canary\nsteps: [20, 50, 100]\npause: 2m\ngates:\n  http:\n    path: /ready\ntimeouts:\n  step: 3m\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let path = file.display().to_string();
+        let r = run_request(&[
+            "apply",
+            "web",
+            "-f",
+            &path,
+            "--image",
+            "a:2",
+            "--weight",
+            "30",
+            "--probe-window",
+            "20s",
+        ]);
+        assert!(matches!(
+            r.config.params,
+            StrategyParams::Canary(CanaryParams::Hold { weight, .. }) if weight.get() == 30
+        ));
+        assert_eq!(r.config.gates.http.path, "/ready");
+        assert_eq!(r.config.gates.http.window, HumanDuration::from_secs(20));
+        assert_eq!(r.config.timeouts.step, HumanDuration::from_secs(180));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,1129 @@
+//! One function per command. Each checks everything it can before the first write (bad input
+//! changes nothing in the cluster), takes the lock when it changes the set, and hands the work to
+//! the [`Runner`]. Results go to stdout (text or JSON); progress to stderr.
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::PodSpec;
+use k8s_openapi::jiff::Timestamp;
+use tokio::time::Instant;
+
+use super::cluster::{selector_string, ApiError, Cluster, View};
+use super::gates::{check_gate_port, GateRunner};
+use super::lease::{self, assess, Identity, LeaseState};
+use super::manifest::Manifest;
+use super::patch::{RecordChange, StrategyChange, StsPatch, TemplateChange};
+use super::progress::{format_elapsed, Out, Progress};
+use super::report::{history, pick_undo_revision, render_history, render_status, status_report};
+use super::runner::{describe_pod, RunOptions, RunOutcome, Runner};
+use super::ExecError;
+use crate::model::exit::ExitCode;
+use crate::model::image::{
+    apply_images, container_images, resolve_image_changes, ContainerImage, ImageChange,
+};
+use crate::model::state::{PauseReason, Phase, Revision, RollbackCause, RolloutState};
+use crate::model::strategy::StrategyConfig;
+use crate::strategy::observed::{stable_from_statefulset, Observed};
+use crate::strategy::planner::plan as make_plan;
+use crate::strategy::predicates::{
+    is_ready, is_terminating, ordinals_not_ready, ordinals_released, pod_revision,
+};
+use crate::strategy::TransitionError;
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Output {
+    #[default]
+    Text,
+    Json,
+}
+
+/// What every command works with.
+#[derive(Clone)]
+pub struct Context<C: Cluster, G: GateRunner> {
+    pub cluster: C,
+    pub gates: G,
+    pub progress: Progress,
+    pub out: Out,
+    pub output: Output,
+    pub me: Identity,
+    pub lease_duration: Duration,
+}
+
+/// Where the new pod template comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TemplateSource {
+    Images(Vec<ImageChange>),
+    Manifest(Box<Manifest>),
+}
+
+/// A rollout to start (or plan).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRequest {
+    pub statefulset: String,
+    pub config: StrategyConfig,
+    pub source: TemplateSource,
+    pub wait_at_holds: bool,
+}
+
+/// How long a command waits for the StatefulSet controller to catch up with the latest spec
+/// before it plans on it.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl<C: Cluster, G: GateRunner> Context<C, G> {
+    async fn get_set(&self, name: &str) -> Result<StatefulSet, ExecError> {
+        self.cluster
+            .get_statefulset(name)
+            .await
+            .map_err(|e| ExecError::api("reading StatefulSet", name, e))?
+            .ok_or_else(|| ExecError::StatefulSetNotFound {
+                namespace: self.cluster.namespace().to_string(),
+                name: name.to_string(),
+            })
+    }
+
+    fn print_json<T: serde::Serialize>(&self, value: &T) -> Result<(), ExecError> {
+        let text =
+            serde_json::to_string_pretty(value).map_err(|e| ExecError::Output(e.to_string()))?;
+        self.out.print(&format!("{text}\n"));
+        Ok(())
+    }
+
+    /// True when a live run (not this process) holds the set's lease.
+    async fn live_holder(&self, name: &str) -> Result<Option<String>, ExecError> {
+        let lease_name = lease::lease_name(name);
+        let lease = self
+            .cluster
+            .get_lease(&lease_name)
+            .await
+            .map_err(|e| ExecError::api("reading Lease", &lease_name, e))?;
+        Ok(lease.and_then(|l| {
+            match assess(&l, &self.me, Timestamp::now(), lease::local_process_gone) {
+                LeaseState::Held { holder, .. } => Some(holder),
+                _ => None,
+            }
+        }))
+    }
+}
+
+fn record_of(sts: &StatefulSet) -> Result<Option<RolloutState>, ExecError> {
+    let name = sts.metadata.name.clone().unwrap_or_default();
+    Ok(RolloutState::from_annotations(
+        &name,
+        sts.metadata.annotations.as_ref(),
+    )?)
+}
+
+fn selector_of(sts: &StatefulSet) -> String {
+    sts.spec
+        .as_ref()
+        .map(|s| selector_string(&s.selector))
+        .unwrap_or_default()
+}
+
+/// The new template as a patch, the images it runs and the container the gate probes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prepared {
+    pub template: TemplateChange,
+    pub target_images: Vec<ContainerImage>,
+    pub notes: Vec<String>,
+}
+
+/// Checks a request against the StatefulSet as it is: containers exist, the manifest fits, the
+/// gate finds its port. Pure.
+pub fn prepare(sts: &StatefulSet, request: &RunRequest) -> Result<Prepared, ExecError> {
+    let name = request.statefulset.as_str();
+    let not_rollable = |reason: &str| ExecError::NotRollable {
+        statefulset: name.to_string(),
+        reason: reason.to_string(),
+    };
+    let spec = sts
+        .spec
+        .as_ref()
+        .ok_or_else(|| not_rollable("it has no spec"))?;
+    let current: PodSpec = spec
+        .template
+        .spec
+        .clone()
+        .ok_or_else(|| not_rollable("it has no pod template"))?;
+    let mut notes = Vec::new();
+    let (template, new_spec, target_images, changed) = match &request.source {
+        TemplateSource::Images(changes) => {
+            let resolved = resolve_image_changes(name, &current, changes)?;
+            let mut new_spec = current.clone();
+            apply_images(&mut new_spec, &resolved);
+            let changed = resolved.first().map(|i| i.container.clone());
+            (
+                TemplateChange::images(&current, &resolved),
+                new_spec,
+                resolved,
+                changed,
+            )
+        }
+        TemplateSource::Manifest(manifest) => {
+            let new_spec = manifest.typed.spec.clone().unwrap_or_default();
+            if let (Some(file), Some(cluster)) = (manifest.replicas, spec.replicas) {
+                if file != cluster {
+                    notes.push(format!(
+                        "{} sets {file} replicas; the cluster has {cluster}: rollout changes the pod template only, not the replica count",
+                        manifest.file
+                    ));
+                }
+            }
+            let images = container_images(&new_spec);
+            let before = container_images(&current);
+            let changed = images
+                .iter()
+                .find(|i| !before.contains(i))
+                .or(images.first())
+                .map(|i| i.container.clone());
+            (
+                TemplateChange::Replace(manifest.template.clone()),
+                new_spec,
+                images,
+                changed,
+            )
+        }
+    };
+    check_gate_port(name, &new_spec, &request.config.gates, changed.as_deref())?;
+    // The gate probes the changed container first: keep it first in the record.
+    let mut target_images = target_images;
+    if let Some(c) = &changed {
+        if let Some(pos) = target_images.iter().position(|i| &i.container == c) {
+            let first = target_images.remove(pos);
+            target_images.insert(0, first);
+        }
+    }
+    Ok(Prepared {
+        template,
+        target_images,
+        notes,
+    })
+}
+
+/// Waits (on the view) until the controller has seen the set's latest spec and reported both
+/// revisions; gives the set as it is then.
+async fn settle(view: &mut View, name: &str) -> Result<StatefulSet, ExecError> {
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    loop {
+        let snapshot = view.borrow_and_update().clone();
+        if snapshot.synced {
+            let Some(sts) = snapshot.statefulset.clone() else {
+                return Err(ExecError::StatefulSetDeleted {
+                    name: name.to_string(),
+                });
+            };
+            let generation = sts.metadata.generation.unwrap_or(0);
+            let status = sts.status.as_ref();
+            let observed = status.and_then(|s| s.observed_generation).unwrap_or(0);
+            if observed >= generation && status.and_then(|s| s.update_revision.as_ref()).is_some() {
+                return Ok(sts);
+            }
+        }
+        tokio::select! {
+            changed = view.changed() => if changed.is_err() {
+                return Err(ExecError::WatchEnded { statefulset: name.to_string() });
+            },
+            _ = tokio::time::sleep_until(deadline) => {
+                return Err(ExecError::NotRollable {
+                    statefulset: name.to_string(),
+                    reason: format!("the StatefulSet controller has not reported on it within {}; is kube-controller-manager running?", format_elapsed(SETTLE_TIMEOUT)),
+                });
+            }
+        }
+    }
+}
+
+fn mid_update_reason(sts: &StatefulSet) -> Option<String> {
+    let status = sts.status.as_ref()?;
+    let (current, update) = (
+        status.current_revision.as_deref()?,
+        status.update_revision.as_deref()?,
+    );
+    (current != update).then(|| {
+        format!(
+            "it is in the middle of an update ({} of {} pods on revision {update}, the others on {current}); let it finish, or return with `rollout undo {}`",
+            status.updated_replicas.unwrap_or(0),
+            status.replicas,
+            sts.metadata.name.as_deref().unwrap_or("?")
+        )
+    })
+}
+
+/// Waits for SIGINT or SIGTERM; the exit code a shell gives for that signal.
+async fn interrupted() -> u8 {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return 130,
+                _ = term.recv() => return 143,
+            }
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+    130
+}
+
+/// What a finished run exits with, and a line for people.
+fn conclude<C: Cluster, G: GateRunner>(
+    ctx: &Context<C, G>,
+    outcome: &RunOutcome,
+    started: Instant,
+) -> Result<ExitCode, ExecError> {
+    let r = &outcome.record;
+    let name = &r.plan.statefulset;
+    let elapsed = format_elapsed(started.elapsed());
+    let first_line = r.message.lines().next().unwrap_or_default();
+    let line = if outcome.held {
+        format!("rollout of {name} is holding (after {elapsed}); `rollout promote {name}` continues it, `rollout abort {name}` goes back")
+    } else {
+        match r.phase {
+            Phase::Succeeded => format!(
+                "rollout of {name} succeeded in {elapsed}: every pod runs revision {}",
+                r.target.revision.as_deref().unwrap_or("?")
+            ),
+            Phase::RolledBack => format!("rollout of {name} failed and was rolled back (after {elapsed}): {first_line}"),
+            Phase::Aborted => format!("rollout of {name} was aborted; back on the stable revision (after {elapsed})"),
+            Phase::Failed => format!("rollout of {name} failed and was left as it is (after {elapsed}): {first_line}; `rollout abort {name}` returns to the stable revision"),
+            phase => format!("rollout of {name} stopped while {phase}: {first_line}"),
+        }
+    };
+    ctx.progress.say(line);
+    if ctx.output == Output::Json {
+        ctx.print_json(r)?;
+    }
+    Ok(if outcome.held {
+        ExitCode::Done
+    } else {
+        ExitCode::for_outcome(r.phase, r.rollback_cause)
+    })
+}
+
+/// Runs `runner` until it ends, the process is interrupted, then releases the lock.
+async fn drive<C: Cluster, G: GateRunner>(
+    runner: Runner<C, G>,
+    guard: lease::LeaseGuard<C>,
+) -> Result<Result<RunOutcome, u8>, ExecError> {
+    let name = runner.record().plan.statefulset.clone();
+    let result = tokio::select! {
+        outcome = runner.run() => outcome.map(Ok),
+        code = interrupted() => Ok(Err(code)),
+    };
+    guard.release().await;
+    tracing::debug!(statefulset = %name, "run ended");
+    result
+}
+
+/// `rollout rolling|ramped|canary|apply STS ...`.
+pub async fn run<C: Cluster, G: GateRunner>(
+    ctx: &Context<C, G>,
+    request: &RunRequest,
+) -> Result<ExitCode, ExecError> {
+    start(ctx, request, false).await
+}
+
+/// `rollout plan ...`: the same checks, then the plan; nothing is written.
+pub async fn plan<C: Cluster, G: GateRunner>(
+    ctx: &Context<C, G>,
+    request: &RunRequest,
+) -> Result<ExitCode, ExecError> {
+    start(ctx, request, true).await
+}
+
+async fn start<C: Cluster, G: GateRunner>(
+    ctx: &Context<C, G>,
+    request: &RunRequest,
+    plan_only: bool,
+) -> Result<ExitCode, ExecError> {
+    let started = Instant::now();
+    let name = request.statefulset.as_str();
+    let sts = ctx.get_set(name).await?;
+    let prepared = prepare(&sts, request)?;
+    for note in &prepared.notes {
+        ctx.progress.say(format!("note: {note}"));
+    }
+    let existing = record_of(&sts)?;
+    let replicas = sts
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .and_then(|r| u32::try_from(r).ok())
+        .unwrap_or(1);
+
+    // The API server checks the new template (and says when it changes nothing) before anything
+    // is written.
+    let trial = StsPatch::at(None)
+        .with_template(prepared.template.clone())
+        .with_strategy(StrategyChange::freeze(replicas));
+    let tried = match ctx.cluster.patch_statefulset(name, &trial, true).await {
+        Ok(tried) => tried,
+        Err(ApiError::Refused { message, code, .. }) if (400..500).contains(&code) => {
+            return Err(ExecError::TemplateRefused {
+                statefulset: name.to_string(),
+                message,
+            })
+        }
+        Err(e) => {
+            return Err(ExecError::api(
+                "checking the new template of StatefulSet",
+                name,
+                e,
+            ))
+        }
+    };
+    let template_of = |s: &StatefulSet| {
+        serde_json::to_value(s.spec.as_ref().map(|s| &s.template)).unwrap_or_default()
+    };
+    let already_there = template_of(&tried) == template_of(&sts);
+
+    if let Some(record) = existing.as_ref().filter(|r| r.phase.is_active()) {
+        if already_there && record.config == request.config && !plan_only {
+            ctx.progress.say(format!(
+                "a {} rollout of {name} to this template is under way (started by {}); continuing it",
+                record.plan.strategy, record.started_by
+            ));
+            return continue_run(ctx, name, |_| Ok(()), request.wait_at_holds).await;
+        }
+        if !plan_only {
+            return Err(ExecError::InProgress {
+                statefulset: name.to_string(),
+                description: format!(
+                    "{} started by {}, {} at step {}/{}",
+                    record.plan.strategy,
+                    record.started_by,
+                    record.phase,
+                    record.current_step + 1,
+                    record.plan.steps.len()
+                ),
+            });
+        }
+    }
+    if already_there && mid_update_reason(&sts).is_none() {
+        ctx.progress.say(format!(
+            "nothing to do: StatefulSet {name} already runs this template (revision {})",
+            sts.status
+                .as_ref()
+                .and_then(|s| s.current_revision.as_deref())
+                .unwrap_or("?")
+        ));
+        if ctx.output == Output::Json && plan_only {
+            ctx.print_json(&serde_json::json!({"statefulset": name, "steps": []}))?;
+        }
+        return Ok(ExitCode::Done);
+    }
+
+    let mut view = ctx.cluster.watch(name, &selector_of(&sts));
+    let sts = settle(&mut view, name).await?;
+    if let Some(reason) = mid_update_reason(&sts) {
+        return Err(ExecError::NotRollable {
+            statefulset: name.to_string(),
+            reason,
+        });
+    }
+    let observed = Observed::from_statefulset(&sts)?;
+    let plan = make_plan(&request.config, &observed)?;
+    let stable = stable_from_statefulset(&sts);
+    if plan_only {
+        match ctx.output {
+            Output::Json => ctx.print_json(&plan)?,
+            Output::Text => {
+                let images = |list: &[ContainerImage]| {
+                    list.iter()
+                        .map(|i| format!("{}={}", i.container, i.image))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                ctx.out.print(&format!(
+                    "from revision {} ({}) to {}\n{plan}",
+                    stable.revision.revision.as_deref().unwrap_or("?"),
+                    images(&stable.revision.images),
+                    images(&prepared.target_images)
+                ));
+            }
+        }
+        return Ok(ExitCode::Done);
+    }
+
+    let guard = lease::acquire(&ctx.cluster, &sts, &ctx.me, ctx.lease_duration).await?;
+    if let Some(previous) = &guard.taken_over_from {
+        ctx.progress.say(format!(
+            "took over Lease {} from {previous}, whose run stopped renewing it",
+            guard.name()
+        ));
+    }
+    // What the set looks like now that this run holds the lock (another run may have started
+    // and finished in between).
+    let sts = match ctx.get_set(name).await {
+        Ok(s) => s,
+        Err(e) => {
+            guard.release().await;
+            return Err(e);
+        }
+    };
+    if let Some(record) = record_of(&sts)?.filter(|r| r.phase.is_active()) {
+        guard.release().await;
+        return Err(ExecError::InProgress {
+            statefulset: name.to_string(),
+            description: format!("{} started by {}", record.plan.strategy, record.started_by),
+        });
+    }
+    let observed = Observed::from_statefulset(&sts)?;
+    let plan = make_plan(&request.config, &observed)?;
+    let now = Timestamp::now();
+    let record = RolloutState::new(
+        format!(
+            "{}-{}-{}",
+            request.config.kind(),
+            now.strftime("%Y%m%d%H%M%S"),
+            ctx.me.pid
+        ),
+        request.config.clone(),
+        plan,
+        stable_from_statefulset(&sts),
+        Revision {
+            revision: None,
+            images: prepared.target_images.clone(),
+        },
+        ctx.me.user_at_host(),
+        now,
+    );
+    ctx.progress.say(format!(
+        "{} rollout of {}/{name}: {} replicas, {} steps, from revision {} to {}",
+        record.plan.strategy,
+        ctx.cluster.namespace(),
+        record.plan.replicas,
+        record.plan.steps.len(),
+        record.stable.revision.revision.as_deref().unwrap_or("?"),
+        record
+            .target
+            .images
+            .iter()
+            .map(|i| format!("{}={}", i.container, i.image))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    for note in &record.plan.notes {
+        ctx.progress.say(format!("note: {note}"));
+    }
+    let runner = Runner::new(
+        ctx.cluster.clone(),
+        ctx.gates.clone(),
+        ctx.progress.clone(),
+        &sts,
+        record,
+        view,
+        guard.lost(),
+        RunOptions {
+            wait_at_holds: request.wait_at_holds,
+            template: Some(prepared.template),
+        },
+    );
+    match drive(runner, guard).await? {
+        Ok(outcome) => conclude(ctx, &outcome, started),
+        Err(signal) => Err(ExecError::Interrupted {
+            statefulset: name.to_string(),
+            exit: signal,
+        }),
+    }
+}
+
+/// Continues the recorded rollout of `name` in this process: takes the lock, applies `change`
+/// to the record (promote, resume, abort), brings the plan in line with the cluster and runs.
+async fn continue_run<C: Cluster, G: GateRunner>(
+    ctx: &Context<C, G>,
+    name: &str,
+    change: impl FnOnce(&mut RolloutState) -> Result<(), TransitionError>,
+    wait_at_holds: bool,
+) -> Result<ExitCode, ExecError> {
+    let started = Instant::now();
+    let sts = ctx.get_set(name).await?;
+    let guard = lease::acquire(&ctx.cluster, &sts, &ctx.me, ctx.lease_duration).await?;
+    if let Some(previous) = &guard.taken_over_from {
+        ctx.progress.say(format!(
+            "took over Lease {} from {previous}, whose run stopped renewing it",
+            guard.name()
+        ));
+    }
+    let prepared = async {
+        let mut view = ctx.cluster.watch(name, &selector_of(&sts));
+        let sts = settle(&mut view, name).await?;
+        let mut record = record_of(&sts)?.ok_or_else(|| ExecError::NoRollout {
+            statefulset: name.to_string(),
+            action: "continue",
+        })?;
+        change(&mut record)?;
+        if record.target.revision.is_none() && record.phase != Phase::RollingBack {
+            // The record is only ever written together with the new template, so the
+            // template on the set is the target.
+            record.target.revision = sts.status.as_ref().and_then(|s| s.update_revision.clone());
+        }
+        let pods = view.borrow().pods.clone();
+        let observed =
+            Observed::from_statefulset(&sts)?.with_pods(&pods, record.target.revision.as_deref());
+        record.reconcile(&observed, Timestamp::now())?;
+        Ok::<_, ExecError>((sts, record, view))
+    }
+    .await;
+    let (sts, record, view) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            guard.release().await;
+            return Err(e);
+        }
+    };
+    ctx.progress.say(format!(
+        "continuing the {} rollout of {}/{name} at step {}/{} ({})",
+        record.plan.strategy,
+        ctx.cluster.namespace(),
+        (record.current_step + 1).min(record.plan.steps.len().max(1)),
+        record.plan.steps.len(),
+        record.phase
+    ));
+    let runner = Runner::new(
+        ctx.cluster.clone(),
+        ctx.gates.clone(),
+        ctx.progress.clone(),
+        &sts,
+        record,
+        view,
+        guard.lost(),
+        RunOptions {
+            wait_at_holds,
+            template: None,
+        },
+    );
+    match drive(runner, guard).await? {
+        Ok(outcome) => conclude(ctx, &outcome, started),
+        Err(signal) => Err(ExecError::Interrupted {
+            statefulset: name.to_string(),
+            exit: signal,
+        }),
+    }
+}
+
+/// Applies `change` to the record on the set, under its resourceVersion, re-reading on
+/// conflicts. For commands that only tell a running rollout what to do.
+async fn write_transition<C: Cluster, G: GateRunner>(
+    ctx: &Context<C, G>,
+    name: &str,
+    change: impl Fn(&mut RolloutState) -> Result<(), TransitionError>,
+) -> Result<RolloutState, ExecError> {
+    for _ in 0..10 {
+        let sts = ctx.get_set(name).await?;
+        let mut record = record_of(&sts)?.ok_or_else(|| ExecError::NoRollout {
+            statefulset: name.to_string(),
+            action: "change",
+        })?;
+        change(&mut record)?;
+        let patch = StsPatch::at(sts.metadata.resource_version.as_deref())
+            .with_record(RecordChange::Set(record.to_annotation()?));
+        match ctx.cluster.patch_statefulset(name, &patch, false).await {
+            Ok(_) => return Ok(record),
+            Err(ApiError::Conflict(_)) => continue,
+            Err(e) => {
+                return Err(ExecError::api(
+                    "writing the rollout record of StatefulSet",
+                    name,
+                    e,
+                ))
+            }
+        }
+    }
+    Err(ExecError::TooManyConflicts {
+        statefulset: name.to_string(),
+        attempts: 10,
+    })
+}
+
+async fn existing_record<C: Cluster, G: GateRunner>(
+    ctx: &Context<C, G>,
+    name: &str,
+    action: &'static str,
+) -> Result<RolloutState, ExecError> {
+    let sts = ctx.get_set(name).await?;
+    record_of(&sts)?.ok_or_else(|| ExecError::NoRollout {
+        statefulset: name.to_string(),
+        action,
+    })
+}
+
+/// `rollout promote STS [--full]`.
+pub async fn promote<C: Cluster, G: GateRunner>(
+    ctx: &Context<C, G>,
+    name: &str,
+    full: bool,
+    wait_at_holds: bool,
+) -> Result<ExitCode, ExecError> {
+    let record = existing_record(ctx, name, "promote").await?;
+    let change = move |r: &mut RolloutState| {
+        if full {
+            r.promote_full(Timestamp::now())
+        } else {
+            r.promote(Timestamp::now())
+        }
+    };
+    // Checked here first so a refusal is reported the same whether a run is live or not.
+    change(&mut record.clone())?;
+    if let Some(holder) = ctx.live_holder(name).await? {
+        let record = write_transition(ctx, name, change).await?;
+        ctx.progress.say(format!(
+            "promoted {name}{}: the running rollout ({holder}) continues at step {}/{}",
+            if full { " to the end" } else { "" },
+            record.current_step + 1,
+            record.plan.steps.len()
+        ));
+        return Ok(ExitCode::Done);
+    }
+    continue_run(ctx, name, change, wait_at_holds).await
+}
+
+/// `rollout pause STS`.
+pub async fn pause<C: Cluster, G: GateRunner>(
+    ctx: &Context<C, G>,
+    name: &str,
+) -> Result<ExitCode, ExecError> {
+    let record = write_transition(ctx, name, |r| r.pause_by_user(Timestamp::now())).await?;
+    let holder = ctx.live_holder(name).await?;
+    ctx.progress.say(format!(
+        "paused the rollout of {name} at step {}/{}{}; `rollout resume {name}` continues it",
+        record.current_step + 1,
+        record.plan.steps.len(),
+        match holder {
+            Some(h) => format!(" (the running rollout, {h}, waits)"),
+            None => String::new(),
+        }
+    ));
+    Ok(ExitCode::Done)
+}
+
+/// `rollout resume STS`: continues after `pause`, or a run whose process died.
+pub async fn resume<C: Cluster, G: GateRunner>(
+    ctx: &Context<C, G>,
+    name: &str,
+    wait_at_holds: bool,
+) -> Result<ExitCode, ExecError> {
+    let record = existing_record(ctx, name, "resume").await?;
+    let at_pause_step = matches!(record.pause, Some(PauseReason::Step { .. }));
+    let change = move |r: &mut RolloutState| {
+        if matches!(r.pause, Some(PauseReason::Step { .. })) {
+            // A run that died during a pause step: the pause goes on (a timed one ends by
+            // itself, a hold waits for promote).
+            return Ok(());
+        }
+        r.resume_by_user(Timestamp::now())
+    };
+    if !record.phase.is_active() {
+        change(&mut record.clone())?;
+    }
+    if let Some(holder) = ctx.live_holder(name).await? {
+        if record.phase == Phase::Paused && !at_pause_step {
+            write_transition(ctx, name, |r| r.resume_by_user(Timestamp::now())).await?;
+            ctx.progress.say(format!(
+                "resumed the rollout of {name}: the running rollout ({holder}) continues"
+            ));
+            return Ok(ExitCode::Done);
+        }
+    }
+    continue_run(ctx, name, change, wait_at_holds).await
+}
+
+/// `rollout abort STS`: back to the stable revision now.
+pub async fn abort<C: Cluster, G: GateRunner>(
+    ctx: &Context<C, G>,
+    name: &str,
+    timeout: Duration,
+) -> Result<ExitCode, ExecError> {
+    let record = existing_record(ctx, name, "abort").await?;
+    record.clone().abort(Timestamp::now())?;
+    let started = Instant::now();
+    if let Some(holder) = ctx.live_holder(name).await? {
+        write_transition(ctx, name, |r| r.abort(Timestamp::now())).await?;
+        ctx.progress.say(format!(
+            "abort requested: the running rollout ({holder}) returns {name} to the stable revision"
+        ));
+        // Follow the record until that run is done.
+        let sts = ctx.get_set(name).await?;
+        let mut view = ctx.cluster.watch(name, &selector_of(&sts));
+        let deadline = Instant::now() + timeout;
+        loop {
+            let snapshot = view.borrow_and_update().clone();
+            if let Some(sts) = snapshot.statefulset.as_ref().filter(|_| snapshot.synced) {
+                if let Some(r) = record_of(sts)? {
+                    if r.phase.is_finished() {
+                        return finish_abort(ctx, &r, started);
+                    }
+                }
+            }
+            tokio::select! {
+                changed = view.changed() => if changed.is_err() {
+                    return Err(ExecError::WatchEnded { statefulset: name.to_string() });
+                },
+                _ = tokio::time::sleep_until(deadline) => return Err(ExecError::Timeout {
+                    what: format!("the rollback of {name} by the running rollout ({holder})"),
+                    timeout: format_elapsed(timeout),
+                }),
+            }
+        }
+    }
+    let code = continue_run(ctx, name, |r| r.abort(Timestamp::now()), false).await?;
+    let after = existing_record(ctx, name, "abort").await?;
+    if after.phase == Phase::Aborted {
+        return Ok(ExitCode::Done);
+    }
+    Ok(code)
+}
+
+fn finish_abort<C: Cluster, G: GateRunner>(
+    ctx: &Context<C, G>,
+    record: &RolloutState,
+    started: Instant,
+) -> Result<ExitCode, ExecError> {
+    let name = &record.plan.statefulset;
+    if ctx.output == Output::Json {
+        ctx.print_json(record)?;
+    }
+    match record.phase {
+        Phase::Aborted | Phase::RolledBack => {
+            ctx.progress.say(format!(
+                "{name} is back on the stable revision ({})",
+                format_elapsed(started.elapsed())
+            ));
+            Ok(ExitCode::Done)
+        }
+        _ => {
+            ctx.progress.say(format!(
+                "the rollback of {name} did not finish: {}",
+                record.message
+            ));
+            Ok(ExitCode::for_outcome(
+                record.phase,
+                record.rollback_cause.or(Some(RollbackCause::Aborted)),
+            ))
+        }
+    }
+}
+
+/// `rollout status STS [--watch]`.
+pub async fn status<C: Cluster, G: GateRunner>(
+    ctx: &Context<C, G>,
+    name: &str,
+    watch: bool,
+    timeout: Option<Duration>,
+) -> Result<ExitCode, ExecError> {
+    let sts = ctx.get_set(name).await?;
+    let lease_name = lease::lease_name(name);
+    let read_lease = || async {
+        ctx.cluster
+            .get_lease(&lease_name)
+            .await
+            .map_err(|e| ExecError::api("reading Lease", &lease_name, e))
+    };
+    let print = |report: &super::report::StatusReport| -> Result<(), ExecError> {
+        match ctx.output {
+            Output::Json if watch => {
+                let line =
+                    serde_json::to_string(report).map_err(|e| ExecError::Output(e.to_string()))?;
+                ctx.out.print(&format!("{line}\n"));
+                Ok(())
+            }
+            Output::Json => ctx.print_json(report),
+            Output::Text => {
+                ctx.out.print(&render_status(report, Timestamp::now()));
+                Ok(())
+            }
+        }
+    };
+    if !watch {
+        let pods = ctx
+            .cluster
+            .list_pods(&selector_of(&sts))
+            .await
+            .map_err(|e| ExecError::api("listing the pods of StatefulSet", name, e))?;
+        let pods: Vec<_> = pods
+            .into_iter()
+            .filter(|p| super::cluster::belongs_to(&sts, p))
+            .collect();
+        let lease = read_lease().await?;
+        let report = status_report(
+            ctx.cluster.namespace(),
+            &sts,
+            &pods,
+            lease.as_ref(),
+            Timestamp::now(),
+        )?;
+        print(&report)?;
+        return Ok(ExitCode::Done);
+    }
+    let mut view = ctx.cluster.watch(name, &selector_of(&sts));
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let mut last = String::new();
+    let mut first = true;
+    loop {
+        let snapshot = view.borrow_and_update().clone();
+        if snapshot.synced {
+            let Some(sts) = snapshot.statefulset.as_ref() else {
+                return Err(ExecError::StatefulSetDeleted {
+                    name: name.to_string(),
+                });
+            };
+            let lease = read_lease().await?;
+            let report = status_report(
+                ctx.cluster.namespace(),
+                sts,
+                &snapshot.pods,
+                lease.as_ref(),
+                Timestamp::now(),
+            )?;
+            let fingerprint = report.fingerprint();
+            if fingerprint != last {
+                if !first && ctx.output == Output::Text {
+                    ctx.out.print("\n");
+                }
+                first = false;
+                print(&report)?;
+                last = fingerprint;
+            }
+            if report.is_settled() {
+                return Ok(match report.record {
+                    Some(r) => ExitCode::for_outcome(r.phase, r.rollback_cause),
+                    None => ExitCode::Done,
+                });
+            }
+        }
+        tokio::select! {
+            changed = view.changed() => if changed.is_err() {
+                return Err(ExecError::WatchEnded { statefulset: name.to_string() });
+            },
+            _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
+                return Err(ExecError::Timeout {
+                    what: format!("watching StatefulSet {name} until its rollout is finished"),
+                    timeout: timeout.map(format_elapsed).unwrap_or_default(),
+                });
+            }
+        }
+    }
+}
+
+/// `rollout history STS`.
+pub async fn show_history<C: Cluster, G: GateRunner>(
+    ctx: &Context<C, G>,
+    name: &str,
+) -> Result<ExitCode, ExecError> {
+    let sts = ctx.get_set(name).await?;
+    let revisions = ctx
+        .cluster
+        .list_revisions(&selector_of(&sts))
+        .await
+        .map_err(|e| ExecError::api("listing the revisions of StatefulSet", name, e))?;
+    let entries = history(&sts, &revisions);
+    match ctx.output {
+        Output::Json => ctx.print_json(&entries)?,
+        Output::Text => ctx.out.print(&render_history(name, &entries)),
+    }
+    Ok(ExitCode::Done)
+}
+
+/// `rollout undo STS [--to-revision N]`: the template of an earlier ControllerRevision, like
+/// `kubectl rollout undo`, then the pods stuck on the revision being left are deleted so an
+/// OrderedReady set does not stay wedged, and the set is waited on until every pod is back.
+pub async fn undo<C: Cluster, G: GateRunner>(
+    ctx: &Context<C, G>,
+    name: &str,
+    to_revision: Option<i64>,
+    timeout: Duration,
+) -> Result<ExitCode, ExecError> {
+    let started = Instant::now();
+    let sts = ctx.get_set(name).await?;
+    let record = record_of(&sts)?;
+    if let Some(r) = record.as_ref().filter(|r| r.phase.is_active()) {
+        return Err(ExecError::InProgress {
+            statefulset: name.to_string(),
+            description: format!(
+                "{} started by {}, {}; `rollout abort {name}` returns to its stable revision",
+                r.plan.strategy, r.started_by, r.phase
+            ),
+        });
+    }
+    let revisions = ctx
+        .cluster
+        .list_revisions(&selector_of(&sts))
+        .await
+        .map_err(|e| ExecError::api("listing the revisions of StatefulSet", name, e))?;
+    let entries = history(&sts, &revisions);
+    let target =
+        pick_undo_revision(name, &entries, to_revision).map_err(|what| ExecError::Revision {
+            statefulset: name.to_string(),
+            what,
+        })?;
+    let images = target
+        .images
+        .iter()
+        .map(|i| format!("{}={}", i.container, i.image))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if target.update && target.current {
+        ctx.progress.say(format!(
+            "nothing to do: {name} already runs revision {} ({images})",
+            target.revision
+        ));
+        return Ok(ExitCode::Done);
+    }
+    let Some(template) = target.template.clone() else {
+        return Err(ExecError::Revision {
+            statefulset: name.to_string(),
+            what: format!("revision {} holds no pod template", target.revision),
+        });
+    };
+    let leaving = sts.status.as_ref().and_then(|s| s.update_revision.clone());
+    let guard = lease::acquire(&ctx.cluster, &sts, &ctx.me, ctx.lease_duration).await?;
+    let result = async {
+        let mut written = None;
+        for _ in 0..10 {
+            let fresh = ctx.get_set(name).await?;
+            let mut patch = StsPatch::at(fresh.metadata.resource_version.as_deref())
+                .with_template(TemplateChange::Replace(template.clone()));
+            if record.is_some() {
+                // The record describes a rollout that is over and no longer true of the set.
+                patch = patch.with_record(RecordChange::Remove);
+            }
+            match ctx.cluster.patch_statefulset(name, &patch, false).await {
+                Ok(s) => {
+                    written = Some(s);
+                    break;
+                }
+                Err(ApiError::Conflict(_)) => continue,
+                Err(e) => {
+                    return Err(ExecError::api(
+                        "writing the template of StatefulSet",
+                        name,
+                        e,
+                    ))
+                }
+            }
+        }
+        let Some(written) = written else {
+            return Err(ExecError::TooManyConflicts {
+                statefulset: name.to_string(),
+                attempts: 10,
+            });
+        };
+        ctx.progress.say(format!(
+            "{name}: template set back to revision {} ({images})",
+            target.revision
+        ));
+        let mut view = ctx.cluster.watch(name, &selector_of(&written));
+        converge(
+            ctx,
+            &mut view,
+            name,
+            &target.name,
+            leaving.as_deref(),
+            &written,
+            timeout,
+        )
+        .await
+    }
+    .await;
+    guard.release().await;
+    result?;
+    ctx.progress.say(format!(
+        "{name} is back on revision {} ({images}) after {}",
+        target.revision,
+        format_elapsed(started.elapsed())
+    ));
+    if ctx.output == Output::Json {
+        ctx.print_json(&target)?;
+    }
+    Ok(ExitCode::Done)
+}
+
+/// Waits until every pod of the set runs `revision` and is Ready, deleting pods stuck (not
+/// Ready) on `leaving` once the controller has taken up the new template.
+async fn converge<C: Cluster, G: GateRunner>(
+    ctx: &Context<C, G>,
+    view: &mut View,
+    name: &str,
+    revision: &str,
+    leaving: Option<&str>,
+    written: &StatefulSet,
+    timeout: Duration,
+) -> Result<(), ExecError> {
+    let deadline = Instant::now() + timeout;
+    let generation = written.metadata.generation.unwrap_or(0);
+    let mut deleted = std::collections::HashSet::new();
+    loop {
+        let snapshot = view.borrow_and_update().clone();
+        if snapshot.synced {
+            let Some(sts) = snapshot.statefulset.as_ref() else {
+                return Err(ExecError::StatefulSetDeleted {
+                    name: name.to_string(),
+                });
+            };
+            let status = sts.status.as_ref();
+            let taken_up = status.and_then(|s| s.observed_generation).unwrap_or(0) >= generation
+                && status.and_then(|s| s.update_revision.as_deref()) == Some(revision);
+            if taken_up {
+                for pod in snapshot.pods.iter().filter(|p| {
+                    leaving.is_some()
+                        && pod_revision(p) == leaving
+                        && pod_revision(p) != Some(revision)
+                        && !is_ready(p)
+                        && !is_terminating(p)
+                }) {
+                    let pod_name = pod.metadata.name.clone().unwrap_or_default();
+                    let uid = pod.metadata.uid.clone().unwrap_or_else(|| pod_name.clone());
+                    if !deleted.insert(uid.clone()) {
+                        continue;
+                    }
+                    let why = describe_pod(Some(pod), &pod_name, revision);
+                    ctx.cluster
+                        .delete_pod(&pod_name, pod.metadata.uid.as_deref())
+                        .await
+                        .map_err(|e| ExecError::api("deleting stuck pod", &pod_name, e))?;
+                    ctx.progress.say(format!(
+                        "deleted pod {pod_name}, stuck on revision {} ({why}); its volume stays",
+                        leaving.unwrap_or("?")
+                    ));
+                }
+                let replicas = sts
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.replicas)
+                    .and_then(|r| u32::try_from(r).ok())
+                    .unwrap_or(1);
+                let start = sts
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.ordinals.as_ref())
+                    .and_then(|o| o.start)
+                    .and_then(|s| u32::try_from(s).ok())
+                    .unwrap_or(0);
+                let partition = sts
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.update_strategy.as_ref())
+                    .and_then(|u| u.rolling_update.as_ref())
+                    .and_then(|r| r.partition)
+                    .and_then(|p| u32::try_from(p).ok())
+                    .unwrap_or(0);
+                // Pods below a partition keep their revision: only those above it are waited on.
+                let expected = ordinals_released(replicas, start, replicas, partition);
+                if ordinals_not_ready(name, &snapshot.pods, revision, &expected).is_empty() {
+                    return Ok(());
+                }
+            }
+        }
+        tokio::select! {
+            changed = view.changed() => if changed.is_err() {
+                return Err(ExecError::WatchEnded { statefulset: name.to_string() });
+            },
+            _ = tokio::time::sleep_until(deadline) => return Err(ExecError::Timeout {
+                what: format!("the return of {name} to revision {revision}"),
+                timeout: format_elapsed(timeout),
+            }),
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! A fake cluster for unit tests of the executor.

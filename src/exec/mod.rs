@@ -1,0 +1,292 @@
+//! The executor: the only code that talks to the cluster. It reads the StatefulSet, asks the
+//! pure core (`crate::strategy`) for a plan, and runs it: writes the rollout record with each
+//! mutation under a resourceVersion precondition, waits on watches (never sleep loops) for the
+//! pods a step changed, gates them, and rolls back by itself when a gate fails or a deadline
+//! passes. A Lease per StatefulSet keeps two runs apart.
+//!
+//! - [`cluster`]: the seam over the API server (a trait; the real one wraps `kube::Api`);
+//! - [`patch`]: the writes as values (strategic merge patches);
+//! - [`lease`]: the lock;
+//! - [`gates`]: gate targets and the seam over `crate::gate::probe`;
+//! - [`runner`]: the run loop (steps, pauses, rollback);
+//! - [`commands`]: one function per CLI command;
+//! - [`report`]: `status` and `history` as data and text;
+//! - [`progress`]: human progress lines on stderr.
+
+pub mod cluster;
+pub mod commands;
+pub mod gates;
+pub mod lease;
+pub mod manifest;
+pub mod patch;
+pub mod progress;
+pub mod report;
+pub mod runner;
+
+#[cfg(test)]
+pub(crate) mod fake;
+
+use crate::model::exit::ExitCode;
+use crate::model::image::ApplyImageError;
+use crate::model::state::StateError;
+use crate::strategy::{ObserveError, PlanError, TransitionError};
+
+pub use cluster::{ApiError, Cluster, KubeCluster};
+pub use commands::Context;
+pub use gates::{GateRunner, ProbeGates};
+pub use progress::Progress;
+
+/// Everything that stops a command, each mapped to one of the documented exit codes.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("connecting to the cluster: {message}")]
+    Connect { message: String },
+    #[error("StatefulSet {name} not found in namespace {namespace}; check the name, and -n/--namespace or --context")]
+    StatefulSetNotFound { namespace: String, name: String },
+    #[error("StatefulSet {name} was deleted while rollout worked on it")]
+    StatefulSetDeleted { name: String },
+    #[error("{action} {object}: {source}")]
+    Api {
+        action: &'static str,
+        object: String,
+        #[source]
+        source: ApiError,
+    },
+    #[error(transparent)]
+    Images(#[from] ApplyImageError),
+    #[error(transparent)]
+    GatePort(#[from] gates::GatePortError),
+    #[error(transparent)]
+    Manifest(#[from] manifest::ManifestError),
+    #[error("the new pod template for StatefulSet {statefulset} was refused by the API server (nothing was changed): {message}")]
+    TemplateRefused {
+        statefulset: String,
+        message: String,
+    },
+    #[error("StatefulSet {statefulset} cannot be rolled now: {reason}")]
+    NotRollable { statefulset: String, reason: String },
+    #[error("StatefulSet {statefulset} has a rollout in progress ({description}); continue it with `rollout resume {statefulset}` or `rollout promote {statefulset}`, or stop it with `rollout abort {statefulset}`")]
+    InProgress {
+        statefulset: String,
+        description: String,
+    },
+    #[error("StatefulSet {statefulset} has no rollout to {action}; `rollout status {statefulset}` shows what it runs")]
+    NoRollout {
+        statefulset: String,
+        action: &'static str,
+    },
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
+    #[error(transparent)]
+    Record(#[from] StateError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    Observe(#[from] ObserveError),
+    #[error(transparent)]
+    Lease(#[from] lease::LeaseError),
+    #[error("stopped: this run lost the lock on StatefulSet {statefulset} ({reason}); nothing more was changed. `rollout status {statefulset}` shows where the rollout stands")]
+    LeaseLost { statefulset: String, reason: String },
+    #[error("the rollout record on StatefulSet {statefulset} was removed by someone else; stopped without changing anything more")]
+    RecordRemoved { statefulset: String },
+    #[error("StatefulSet {statefulset} kept changing under this run ({attempts} conflicting writes in a row); stopped. `rollout resume {statefulset}` continues")]
+    TooManyConflicts { statefulset: String, attempts: u32 },
+    #[error("the watch on StatefulSet {statefulset} ended unexpectedly")]
+    WatchEnded { statefulset: String },
+    #[error("StatefulSet {statefulset}: {what}")]
+    Revision { statefulset: String, what: String },
+    #[error("{what} did not finish within {timeout}")]
+    Timeout { what: String, timeout: String },
+    #[error("writing the result: {0}")]
+    Output(String),
+    #[error("interrupted: the rollout of {statefulset} stays where it is; `rollout resume {statefulset}` continues it, `rollout abort {statefulset}` goes back")]
+    Interrupted { statefulset: String, exit: u8 },
+}
+
+impl ExecError {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            ExecError::StatefulSetNotFound { .. }
+            | ExecError::Images(_)
+            | ExecError::GatePort(_)
+            | ExecError::Manifest(_)
+            | ExecError::TemplateRefused { .. }
+            | ExecError::NotRollable { .. }
+            | ExecError::NoRollout { .. }
+            | ExecError::Transition(_)
+            | ExecError::Plan(_)
+            | ExecError::Revision { .. } => ExitCode::BadInput,
+            ExecError::InProgress { .. } => ExitCode::Locked,
+            ExecError::Lease(lease::LeaseError::Held { .. }) => ExitCode::Locked,
+            ExecError::Timeout { .. } => ExitCode::TimedOut,
+            ExecError::Connect { .. }
+            | ExecError::StatefulSetDeleted { .. }
+            | ExecError::Api { .. }
+            | ExecError::Record(_)
+            | ExecError::Observe(_)
+            | ExecError::Lease(_)
+            | ExecError::LeaseLost { .. }
+            | ExecError::RecordRemoved { .. }
+            | ExecError::TooManyConflicts { .. }
+            | ExecError::WatchEnded { .. }
+            | ExecError::Output(_)
+            | ExecError::Interrupted { .. } => ExitCode::ClusterError,
+        }
+    }
+
+    /// The process exit status: the documented code, or 130/143 after SIGINT/SIGTERM as shells
+    /// report signals.
+    pub fn process_exit(&self) -> u8 {
+        match self {
+            ExecError::Interrupted { exit, .. } => *exit,
+            other => other.exit_code().code(),
+        }
+    }
+
+    pub(crate) fn api(action: &'static str, object: impl Into<String>, source: ApiError) -> Self {
+        ExecError::Api {
+            action,
+            object: object.into(),
+            source,
+        }
+    }
+}
+
+/// Where the cluster is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Connection {
+    pub kubeconfig: Option<std::path::PathBuf>,
+    pub context: Option<String>,
+    pub namespace: Option<String>,
+}
+
+/// What a command does, with its settings resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Run(commands::RunRequest),
+    Plan(commands::RunRequest),
+    Status {
+        statefulset: String,
+        watch: bool,
+        timeout: Option<std::time::Duration>,
+    },
+    Promote {
+        statefulset: String,
+        full: bool,
+        wait: bool,
+    },
+    Pause {
+        statefulset: String,
+    },
+    Resume {
+        statefulset: String,
+        wait: bool,
+    },
+    Abort {
+        statefulset: String,
+        timeout: std::time::Duration,
+    },
+    Undo {
+        statefulset: String,
+        to_revision: Option<i64>,
+        timeout: std::time::Duration,
+    },
+    History {
+        statefulset: String,
+    },
+}
+
+/// A whole command line, resolved (`crate::cli` builds it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Invocation {
+    pub connection: Connection,
+    pub output: commands::Output,
+    pub quiet: bool,
+    pub action: Action,
+}
+
+/// A client and the namespace to work in, from the kubeconfig (or the in-cluster account).
+pub async fn connect(connection: &Connection) -> Result<(kube::Client, String), ExecError> {
+    use kube::config::{Config, KubeConfigOptions, Kubeconfig};
+    let connect_error = |what: &str, e: &dyn std::fmt::Display| ExecError::Connect {
+        message: format!("{what}: {e}"),
+    };
+    let options = KubeConfigOptions {
+        context: connection.context.clone(),
+        cluster: None,
+        user: None,
+    };
+    let config = match &connection.kubeconfig {
+        Some(path) => {
+            let file = Kubeconfig::read_from(path)
+                .map_err(|e| connect_error(&format!("reading kubeconfig {}", path.display()), &e))?;
+            Config::from_custom_kubeconfig(file, &options)
+                .await
+                .map_err(|e| connect_error(&format!("loading kubeconfig {}", path.display()), &e))?
+        }
+        None if connection.context.is_some() => Config::from_kubeconfig(&options)
+            .await
+            .map_err(|e| connect_error("loading the kubeconfig", &e))?,
+        None => Config::infer().await.map_err(|e| {
+            connect_error(
+                "no kubeconfig found (give --kubeconfig or set KUBECONFIG) and not running in a cluster",
+                &e,
+            )
+        })?,
+    };
+    let namespace = connection
+        .namespace
+        .clone()
+        .unwrap_or_else(|| config.default_namespace.clone());
+    let client =
+        kube::Client::try_from(config).map_err(|e| connect_error("creating the client", &e))?;
+    Ok((client, namespace))
+}
+
+/// Runs one command against the real cluster.
+pub async fn execute(invocation: Invocation) -> Result<crate::model::ExitCode, ExecError> {
+    let (client, namespace) = connect(&invocation.connection).await?;
+    let ctx = Context {
+        cluster: KubeCluster::new(client.clone(), &namespace),
+        gates: ProbeGates::new(client),
+        progress: Progress::stderr(invocation.quiet),
+        out: progress::Out::stdout(),
+        output: invocation.output,
+        me: lease::Identity::current(),
+        lease_duration: lease::LEASE_DURATION,
+    };
+    dispatch(&ctx, invocation.action).await
+}
+
+/// Runs one command with a given context (real or fake cluster).
+pub async fn dispatch<C: Cluster, G: GateRunner>(
+    ctx: &Context<C, G>,
+    action: Action,
+) -> Result<crate::model::ExitCode, ExecError> {
+    match action {
+        Action::Run(request) => commands::run(ctx, &request).await,
+        Action::Plan(request) => commands::plan(ctx, &request).await,
+        Action::Status {
+            statefulset,
+            watch,
+            timeout,
+        } => commands::status(ctx, &statefulset, watch, timeout).await,
+        Action::Promote {
+            statefulset,
+            full,
+            wait,
+        } => commands::promote(ctx, &statefulset, full, wait).await,
+        Action::Pause { statefulset } => commands::pause(ctx, &statefulset).await,
+        Action::Resume { statefulset, wait } => commands::resume(ctx, &statefulset, wait).await,
+        Action::Abort {
+            statefulset,
+            timeout,
+        } => commands::abort(ctx, &statefulset, timeout).await,
+        Action::Undo {
+            statefulset,
+            to_revision,
+            timeout,
+        } => commands::undo(ctx, &statefulset, to_revision, timeout).await,
+        Action::History { statefulset } => commands::show_history(ctx, &statefulset).await,
+    }
+}

@@ -1,0 +1,651 @@
+//! What `status` and `history` show, as plain data built by pure functions from the objects
+//! (the StatefulSet, its pods, its ControllerRevisions, the Lease), printed as text for people
+//! or as JSON for scripts. `undo`'s choice of revision lives here too, since it reads the same
+//! history.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
+use k8s_openapi::jiff::Timestamp;
+use serde::Serialize;
+
+use super::patch::revision_template;
+use super::progress::format_elapsed;
+use crate::model::image::{container_images, ContainerImage};
+use crate::model::state::{PauseReason, Phase, RolloutState, StateError};
+use crate::model::weight::format_percent;
+use crate::strategy::predicates::{is_ready, pod_revision};
+
+/// Pods on one revision.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionPods {
+    pub revision: String,
+    /// `stable`, `target`, or empty for a revision the rollout does not know.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub role: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<ContainerImage>,
+    pub pods: Vec<String>,
+    pub ready: u32,
+}
+
+/// The rollout as its record tells it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutSummary {
+    pub id: String,
+    pub strategy: String,
+    pub phase: Phase,
+    /// 1-based; `steps + 1` once all are done.
+    pub step: usize,
+    pub steps: usize,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub step_description: String,
+    /// Pods on the target revision now, and their share of the replicas.
+    pub updated_pods: u32,
+    pub achieved_weight: String,
+    pub message: String,
+    pub started_by: String,
+    pub started_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// Who holds the lock.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LockInfo {
+    pub holder: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub renewed_at: Option<Timestamp>,
+    pub expired: bool,
+}
+
+/// `rollout status`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusReport {
+    pub namespace: String,
+    pub statefulset: String,
+    pub replicas: u32,
+    pub ready_replicas: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_revision: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub update_revision: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partition: Option<u32>,
+    pub revisions: Vec<RevisionPods>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutSummary>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock: Option<LockInfo>,
+    /// The whole record, for scripts that want more.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub record: Option<RolloutState>,
+}
+
+impl StatusReport {
+    /// True when nothing more will happen by itself: no rollout, or a finished one, and the set
+    /// at rest.
+    pub fn is_settled(&self) -> bool {
+        let rollout_done = self.rollout.as_ref().is_none_or(|r| r.phase.is_finished());
+        let set_done = self.ready_replicas >= self.replicas
+            && self.revisions.len() <= 1
+            && self.current_revision == self.update_revision;
+        rollout_done && set_done
+    }
+
+    /// What `status --watch` compares to decide whether to print again.
+    pub fn fingerprint(&self) -> String {
+        let mut copy = self.clone();
+        copy.lock = None;
+        if let Some(r) = copy.rollout.as_mut() {
+            r.updated_at = Timestamp::UNIX_EPOCH;
+        }
+        copy.record = None;
+        serde_json::to_string(&copy).unwrap_or_default()
+    }
+}
+
+fn lock_info(lease: &Lease, now: Timestamp) -> Option<LockInfo> {
+    let spec = lease.spec.as_ref()?;
+    let holder = spec.holder_identity.clone().filter(|h| !h.is_empty())?;
+    let renewed_at = spec.renew_time.as_ref().map(|t| t.0);
+    let duration = i64::from(spec.lease_duration_seconds.unwrap_or(15));
+    let expired = renewed_at.is_none_or(|at| now.as_second() - at.as_second() >= duration);
+    Some(LockInfo {
+        holder,
+        renewed_at,
+        expired,
+    })
+}
+
+/// Builds the status of `sts` from its pods, record and lease.
+pub fn status_report(
+    namespace: &str,
+    sts: &StatefulSet,
+    pods: &[Pod],
+    lease: Option<&Lease>,
+    now: Timestamp,
+) -> Result<StatusReport, StateError> {
+    let name = sts.metadata.name.clone().unwrap_or_default();
+    let spec = sts.spec.as_ref();
+    let status = sts.status.as_ref();
+    let replicas = spec
+        .and_then(|s| s.replicas)
+        .and_then(|r| u32::try_from(r).ok())
+        .unwrap_or(1);
+    let record = RolloutState::from_annotations(&name, sts.metadata.annotations.as_ref())?;
+    let stable = record
+        .as_ref()
+        .and_then(|r| r.stable.revision.revision.clone());
+    let target = record.as_ref().and_then(|r| r.target.revision.clone());
+
+    let mut by_revision: BTreeMap<String, RevisionPods> = BTreeMap::new();
+    for pod in pods {
+        let revision = pod_revision(pod).unwrap_or("?").to_string();
+        let entry = by_revision
+            .entry(revision.clone())
+            .or_insert_with(|| RevisionPods {
+                role: if Some(&revision) == stable.as_ref() {
+                    "stable".into()
+                } else if Some(&revision) == target.as_ref() {
+                    "target".into()
+                } else {
+                    String::new()
+                },
+                images: match (&record, revision.as_str()) {
+                    (Some(r), rev) if Some(rev) == stable.as_deref() => {
+                        r.stable.revision.images.clone()
+                    }
+                    (Some(r), rev) if Some(rev) == target.as_deref() => r.target.images.clone(),
+                    _ => Vec::new(),
+                },
+                revision,
+                pods: Vec::new(),
+                ready: 0,
+            });
+        entry
+            .pods
+            .push(pod.metadata.name.clone().unwrap_or_default());
+        if is_ready(pod) {
+            entry.ready += 1;
+        }
+    }
+    let mut revisions: Vec<RevisionPods> = by_revision.into_values().collect();
+    // Stable first, then target, then the rest.
+    revisions.sort_by_key(|r| match r.role.as_str() {
+        "stable" => 0,
+        "target" => 1,
+        _ => 2,
+    });
+
+    let rollout = record.as_ref().map(|r| {
+        let updated = target
+            .as_ref()
+            .and_then(|t| revisions.iter().find(|x| &x.revision == t))
+            .map(|x| u32::try_from(x.pods.len()).unwrap_or(u32::MAX))
+            .unwrap_or(0);
+        let share = if replicas == 0 {
+            0.0
+        } else {
+            f64::from(updated) * 100.0 / f64::from(replicas)
+        };
+        RolloutSummary {
+            id: r.id.clone(),
+            strategy: r.plan.strategy.to_string(),
+            phase: r.phase,
+            step: r.current_step + 1,
+            steps: r.plan.steps.len(),
+            step_description: r
+                .current()
+                .map(|s| r.plan.describe_step(s))
+                .unwrap_or_default(),
+            updated_pods: updated,
+            achieved_weight: format!("{updated} of {replicas} pods ({})", format_percent(share)),
+            message: r.message.clone(),
+            started_by: r.started_by.clone(),
+            started_at: r.started_at,
+            updated_at: r.updated_at,
+        }
+    });
+
+    Ok(StatusReport {
+        namespace: namespace.to_string(),
+        statefulset: name,
+        replicas,
+        ready_replicas: status
+            .and_then(|s| s.ready_replicas)
+            .and_then(|r| u32::try_from(r).ok())
+            .unwrap_or(0),
+        current_revision: status.and_then(|s| s.current_revision.clone()),
+        update_revision: status.and_then(|s| s.update_revision.clone()),
+        partition: spec
+            .and_then(|s| s.update_strategy.as_ref())
+            .and_then(|u| u.rolling_update.as_ref())
+            .and_then(|r| r.partition)
+            .and_then(|p| u32::try_from(p).ok()),
+        revisions,
+        rollout,
+        lock: lease.and_then(|l| lock_info(l, now)),
+        record,
+    })
+}
+
+fn images_text(images: &[ContainerImage]) -> String {
+    images
+        .iter()
+        .map(|i| format!("{}={}", i.container, i.image))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn ago(at: Timestamp, now: Timestamp) -> String {
+    let d = now
+        .duration_since(at)
+        .try_into()
+        .unwrap_or(std::time::Duration::ZERO);
+    format!("{} ago", format_elapsed(d))
+}
+
+/// The text `rollout status` prints.
+pub fn render_status(report: &StatusReport, now: Timestamp) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "StatefulSet {}/{}: {} replicas, {} Ready{}",
+        report.namespace,
+        report.statefulset,
+        report.replicas,
+        report.ready_replicas,
+        report
+            .partition
+            .filter(|p| *p > 0)
+            .map(|p| format!(", partition {p}"))
+            .unwrap_or_default()
+    );
+    match &report.rollout {
+        None => {
+            let _ = writeln!(out, "rollout:   none recorded");
+        }
+        Some(r) => {
+            let _ = writeln!(
+                out,
+                "rollout:   {} ({}), started by {} {}",
+                r.strategy,
+                r.id,
+                r.started_by,
+                ago(r.started_at, now)
+            );
+            let step = if r.step <= r.steps {
+                format!(" at step {}/{}: {}", r.step, r.steps, r.step_description)
+            } else {
+                format!(", all {} steps done", r.steps)
+            };
+            let pause = match report.record.as_ref().and_then(|x| x.pause.clone()) {
+                Some(PauseReason::User) => " (paused by `rollout pause`)".to_string(),
+                Some(PauseReason::GateInconclusive { .. }) => {
+                    " (a gate could not decide)".to_string()
+                }
+                Some(PauseReason::Step { until: Some(at) }) => {
+                    format!(" (until {})", at.strftime("%H:%M:%S UTC"))
+                }
+                _ => String::new(),
+            };
+            let _ = writeln!(out, "phase:     {}{step}{pause}", r.phase);
+            let _ = writeln!(out, "weight:    {} on the new version", r.achieved_weight);
+        }
+    }
+    for rev in &report.revisions {
+        let label = if rev.role.is_empty() {
+            "revision:".to_string()
+        } else {
+            format!("{}:", rev.role)
+        };
+        let images = if rev.images.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", images_text(&rev.images))
+        };
+        let _ = writeln!(
+            out,
+            "{label:<10} {}{images}: {} ({} of {} Ready)",
+            rev.revision,
+            rev.pods.join(", "),
+            rev.ready,
+            rev.pods.len()
+        );
+    }
+    if let Some(r) = &report.rollout {
+        if !r.message.is_empty() {
+            let mut lines = r.message.lines();
+            let _ = writeln!(out, "message:   {}", lines.next().unwrap_or_default());
+            for line in lines {
+                let _ = writeln!(out, "           {line}");
+            }
+        }
+    }
+    if let Some(lock) = &report.lock {
+        let renewed = lock
+            .renewed_at
+            .map(|t| format!(", renewed {}", ago(t, now)))
+            .unwrap_or_default();
+        let state = if lock.expired { " (expired)" } else { "" };
+        let _ = writeln!(out, "lock:      held by {}{renewed}{state}", lock.holder);
+    }
+    out
+}
+
+/// One ControllerRevision of a StatefulSet.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryEntry {
+    pub revision: i64,
+    pub name: String,
+    pub images: Vec<ContainerImage>,
+    /// `status.currentRevision` (what the old pods run).
+    pub current: bool,
+    /// `status.updateRevision` (what the template is now).
+    pub update: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<Timestamp>,
+    #[serde(skip)]
+    pub template: Option<serde_json::Value>,
+}
+
+/// The revisions owned by `sts`, oldest first.
+pub fn history(sts: &StatefulSet, revisions: &[ControllerRevision]) -> Vec<HistoryEntry> {
+    let uid = sts.metadata.uid.as_deref();
+    let status = sts.status.as_ref();
+    let mut entries: Vec<HistoryEntry> = revisions
+        .iter()
+        .filter(|r| {
+            let owner = r
+                .metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .find(|o| o.controller == Some(true));
+            match (owner, uid) {
+                (Some(o), Some(uid)) => o.uid == uid,
+                _ => true,
+            }
+        })
+        .map(|r| {
+            let name = r.metadata.name.clone().unwrap_or_default();
+            let template = r.data.as_ref().and_then(|d| revision_template(&d.0));
+            let images = template
+                .clone()
+                .and_then(|t| serde_json::from_value::<PodTemplateSpec>(t).ok())
+                .and_then(|t| t.spec)
+                .map(|s| container_images(&s))
+                .unwrap_or_default();
+            HistoryEntry {
+                revision: r.revision,
+                current: status.and_then(|s| s.current_revision.as_deref()) == Some(name.as_str()),
+                update: status.and_then(|s| s.update_revision.as_deref()) == Some(name.as_str()),
+                created_at: r.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                images,
+                template,
+                name,
+            }
+        })
+        .collect();
+    entries.sort_by_key(|e| e.revision);
+    entries
+}
+
+/// The text `rollout history` prints.
+pub fn render_history(statefulset: &str, entries: &[HistoryEntry]) -> String {
+    let mut out = format!("StatefulSet {statefulset}\n");
+    if entries.is_empty() {
+        out.push_str("  no revisions recorded\n");
+        return out;
+    }
+    let width = entries
+        .iter()
+        .map(|e| e.name.len())
+        .max()
+        .unwrap_or(0)
+        .max(4);
+    let _ = writeln!(out, "REVISION  {:<width$}  IMAGES", "NAME");
+    for e in entries {
+        let mut marks = Vec::new();
+        if e.update {
+            marks.push("template");
+        }
+        if e.current {
+            marks.push("current");
+        }
+        let marks = if marks.is_empty() {
+            String::new()
+        } else {
+            format!("  ({})", marks.join(", "))
+        };
+        let _ = writeln!(
+            out,
+            "{:<8}  {:<width$}  {}{marks}",
+            e.revision,
+            e.name,
+            images_text(&e.images)
+        );
+    }
+    out
+}
+
+/// The revision `undo` returns to: `to_revision` when given (and not 0), else the newest one
+/// that is not the current template.
+pub fn pick_undo_revision(
+    statefulset: &str,
+    entries: &[HistoryEntry],
+    to_revision: Option<i64>,
+) -> Result<HistoryEntry, String> {
+    let known = || {
+        entries
+            .iter()
+            .map(|e| e.revision.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match to_revision.filter(|n| *n != 0) {
+        Some(n) => entries
+            .iter()
+            .find(|e| e.revision == n)
+            .cloned()
+            .ok_or_else(|| {
+                format!(
+                    "has no revision {n} (its revisions: {}); see `rollout history {statefulset}`",
+                    known()
+                )
+            }),
+        None => entries
+            .iter()
+            .rev()
+            .find(|e| !e.update)
+            .cloned()
+            .ok_or_else(|| {
+                format!(
+                    "has no previous revision to go back to (its revisions: {})",
+                    known()
+                )
+            }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::state::tests::sample_state;
+    use crate::strategy::predicates::tests::pod;
+    use k8s_openapi::api::apps::v1::{StatefulSetSpec, StatefulSetStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+    use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
+    use serde_json::json;
+
+    fn ts(s: i64) -> Timestamp {
+        Timestamp::from_second(s).unwrap_or(Timestamp::UNIX_EPOCH)
+    }
+
+    fn sts(record: Option<&RolloutState>) -> StatefulSet {
+        StatefulSet {
+            metadata: ObjectMeta {
+                name: Some("web".into()),
+                uid: Some("u1".into()),
+                annotations: record.map(|r| {
+                    [(
+                        "rollout.dev/state".to_string(),
+                        r.to_annotation().unwrap_or_default(),
+                    )]
+                    .into()
+                }),
+                ..Default::default()
+            },
+            spec: Some(StatefulSetSpec {
+                replicas: Some(2),
+                ..Default::default()
+            }),
+            status: Some(StatefulSetStatus {
+                ready_replicas: Some(2),
+                current_revision: Some("web-6c8f".into()),
+                update_revision: Some("web-7d9b".into()),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn status_shows_revisions_weight_and_record() {
+        let mut record = sample_state();
+        record.target.revision = Some("web-7d9b".into());
+        record.current_step = 2;
+        record.message = "gate running".into();
+        let pods = vec![
+            pod("web-0", "web-6c8f", true, false),
+            pod("web-1", "web-7d9b", true, false),
+        ];
+        let report = status_report("shop", &sts(Some(&record)), &pods, None, ts(1_700_000_060))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let rollout = report
+            .rollout
+            .clone()
+            .unwrap_or_else(|| panic!("no rollout"));
+        assert_eq!(rollout.updated_pods, 1);
+        assert_eq!(rollout.achieved_weight, "1 of 2 pods (50%)");
+        assert_eq!((rollout.step, rollout.steps), (3, 5));
+        assert_eq!(report.revisions[0].role, "stable");
+        assert_eq!(report.revisions[1].role, "target");
+        assert!(!report.is_settled());
+        let text = render_status(&report, ts(1_700_000_060));
+        let expected = "\
+StatefulSet shop/web: 2 replicas, 2 Ready
+rollout:   rolling (r-1), started by ci@runner-7 1m 0s ago
+phase:     Progressing at step 3/5: gate web-1
+weight:    1 of 2 pods (50%) on the new version
+stable:    web-6c8f (app=time-app:v1): web-0 (1 of 1 Ready)
+target:    web-7d9b (app=time-app:v2): web-1 (1 of 1 Ready)
+message:   gate running
+";
+        assert_eq!(text, expected);
+        let json = serde_json::to_value(&report).unwrap_or_default();
+        assert_eq!(json["rollout"]["phase"], "Progressing");
+        assert_eq!(json["record"]["id"], "r-1");
+    }
+
+    #[test]
+    fn status_without_a_record_and_with_a_lock() {
+        let mut set = sts(None);
+        if let Some(s) = set.status.as_mut() {
+            s.update_revision = s.current_revision.clone();
+        }
+        let pods = vec![
+            pod("web-0", "web-6c8f", true, false),
+            pod("web-1", "web-6c8f", true, false),
+        ];
+        let lease = Lease {
+            metadata: ObjectMeta::default(),
+            spec: Some(k8s_openapi::api::coordination::v1::LeaseSpec {
+                holder_identity: Some("me@host pid 4".into()),
+                renew_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+                    ts(100),
+                )),
+                lease_duration_seconds: Some(15),
+                ..Default::default()
+            }),
+        };
+        let report = status_report("shop", &set, &pods, Some(&lease), ts(130))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(report.is_settled());
+        let text = render_status(&report, ts(130));
+        assert!(text.contains("rollout:   none recorded"), "{text}");
+        assert!(
+            text.contains("revision:  web-6c8f: web-0, web-1 (2 of 2 Ready)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lock:      held by me@host pid 4, renewed 30.0s ago (expired)"),
+            "{text}"
+        );
+    }
+
+    fn revision(name: &str, number: i64, image: &str, owner: &str) -> ControllerRevision {
+        ControllerRevision {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                owner_references: Some(vec![OwnerReference {
+                    uid: owner.into(),
+                    controller: Some(true),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            },
+            revision: number,
+            data: Some(RawExtension(json!({"spec": {"template": {
+                "$patch": "replace",
+                "spec": {"containers": [{"name": "app", "image": image}]}
+            }}}))),
+        }
+    }
+
+    #[test]
+    fn history_lists_owned_revisions_in_order() {
+        let revisions = vec![
+            revision("web-7d9b", 2, "app:v2", "u1"),
+            revision("web-6c8f", 1, "app:v1", "u1"),
+            revision("other-1", 1, "x:1", "u2"),
+        ];
+        let entries = history(&sts(None), &revisions);
+        let names: Vec<_> = entries.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["web-6c8f", "web-7d9b"]);
+        assert!(entries[0].current && entries[1].update);
+        let text = render_history("web", &entries);
+        assert_eq!(
+            text,
+            "StatefulSet web\nREVISION  NAME      IMAGES\n1         web-6c8f  app=app:v1  (current)\n2         web-7d9b  app=app:v2  (template)\n"
+        );
+    }
+
+    #[test]
+    fn undo_picks_the_previous_or_the_asked_revision() {
+        let revisions = vec![
+            revision("web-a", 1, "app:v1", "u1"),
+            revision("web-6c8f", 2, "app:v2", "u1"),
+            revision("web-7d9b", 3, "app:v3", "u1"),
+        ];
+        let entries = history(&sts(None), &revisions);
+        let pick = |n| pick_undo_revision("web", &entries, n).map(|e| e.name);
+        assert_eq!(pick(None), Ok("web-6c8f".to_string()));
+        assert_eq!(pick(Some(0)), Ok("web-6c8f".to_string()));
+        assert_eq!(pick(Some(1)), Ok("web-a".to_string()));
+        let err = pick(Some(9)).expect_err("no revision 9");
+        assert!(
+            err.contains("no revision 9") && err.contains("1, 2, 3"),
+            "{err}"
+        );
+        let only = history(&sts(None), &[revision("web-7d9b", 1, "app:v3", "u1")]);
+        assert!(pick_undo_revision("web", &only, None).is_err());
+    }
+}

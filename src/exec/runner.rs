@@ -1,0 +1,1202 @@
+//! The run loop: takes a rollout record and drives the StatefulSet through its remaining steps.
+//!
+//! - Every mutation goes out in one strategic merge patch together with the record that
+//!   describes it, under the resourceVersion this run last saw: either both land or neither.
+//! - On a conflict the set is read again: a record someone else wrote (`promote`, `pause`,
+//!   `abort` from another terminal) is adopted; otherwise the plan is brought in line with the
+//!   cluster (`reconcile`) and the loop decides again. Nothing is ever overwritten blindly.
+//! - Waiting is on the watch [`View`]: the next change of the set or its pods, a deadline, or
+//!   the loss of the lease, whichever comes first. The same wake-ups notice a record written by
+//!   another process, so a `rollout promote` elsewhere takes effect at once.
+//! - Rollback: template and partition back to stable, then the pods stuck on the broken
+//!   revision are deleted (kubernetes #67250), then the set is waited on until every pod is back
+//!   and Ready. PVCs are never touched.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::cluster::{selector_string, ApiError, Cluster, Snapshot, View};
+use super::gates::{gate_targets, GateRunner};
+use super::patch::{revision_template, RecordChange, StrategyChange, StsPatch, TemplateChange};
+use super::progress::{format_elapsed, Progress};
+use super::ExecError;
+use crate::gate::probe::GateContext;
+use crate::gate::Verdict;
+use crate::model::plan::Step;
+use crate::model::state::{PauseReason, Phase, RollbackCause, RolloutState, ANNOTATION_KEY};
+use crate::model::strategy::PauseSpec;
+use crate::strategy::observed::Observed;
+use crate::strategy::predicates::{
+    is_ready, is_terminating, ordinals_not_ready, ordinals_released, pod_ordinal, pod_revision,
+};
+
+/// Conflicting writes in a row before the run gives up.
+const MAX_CONFLICTS: u32 = 20;
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunOutcome {
+    pub record: RolloutState,
+    /// True when the run stopped at a hold it was not asked to wait at (a canary `--weight`
+    /// waiting for `promote`): the rollout goes on with `rollout promote`.
+    pub held: bool,
+}
+
+/// What a write did.
+enum Committed {
+    Written(Box<StatefulSet>),
+    /// The set changed under the write; the record was brought in line (or replaced by one
+    /// someone else wrote). The loop decides again.
+    Changed,
+}
+
+/// What a wait ended with.
+enum Waited<T> {
+    Ready(T),
+    Deadline,
+    /// The record changed from outside, or the set was scaled: decide again.
+    Changed,
+}
+
+/// Options of a run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Keep waiting at pause-until-promote steps instead of stopping there.
+    pub wait_at_holds: bool,
+    /// The template the freeze step writes (only a run that starts the rollout has it).
+    pub template: Option<TemplateChange>,
+}
+
+pub struct Runner<C: Cluster, G: GateRunner> {
+    cluster: C,
+    gates: G,
+    progress: Progress,
+    name: String,
+    view: View,
+    lease_lost: watch::Receiver<Option<String>>,
+    record: RolloutState,
+    /// Hashes of the annotation texts this run wrote (or found at its start): any other text is
+    /// someone else's.
+    known: HashSet<u64>,
+    last_text: String,
+    /// The resourceVersion the next write is based on.
+    resource_version: Option<String>,
+    conflicts: u32,
+    options: RunOptions,
+    /// The overall deadline (pauses push it back).
+    total_deadline: Option<Instant>,
+    /// The step whose pause was announced last, so a pause is announced once.
+    announced: Option<(usize, Phase)>,
+}
+
+fn hash_text(text: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}
+
+fn annotation(sts: &StatefulSet) -> &str {
+    sts.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_KEY))
+        .map(String::as_str)
+        .unwrap_or("")
+}
+
+fn deadline_after(d: Duration) -> Instant {
+    Instant::now()
+        .checked_add(d)
+        .unwrap_or_else(|| Instant::now() + Duration::from_secs(100 * 365 * 86_400))
+}
+
+/// Time from now until `at`, zero when past.
+fn until(at: Timestamp) -> Duration {
+    at.duration_since(Timestamp::now())
+        .try_into()
+        .unwrap_or(Duration::ZERO)
+}
+
+/// What keeps a pod from being counted as done, in words.
+pub fn describe_pod(pod: Option<&Pod>, name: &str, revision: &str) -> String {
+    let Some(pod) = pod else {
+        return format!("{name} does not exist yet");
+    };
+    if is_terminating(pod) {
+        return format!("{name} is terminating");
+    }
+    let on = pod_revision(pod).unwrap_or("?");
+    if on != revision {
+        return format!("{name} still runs revision {on}");
+    }
+    let mut parts = vec![];
+    for status in pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .into_iter()
+        .flatten()
+    {
+        let state = status.state.as_ref();
+        if let Some(waiting) = state.and_then(|s| s.waiting.as_ref()) {
+            let reason = waiting.reason.as_deref().unwrap_or("waiting");
+            match waiting.message.as_deref().filter(|m| !m.is_empty()) {
+                Some(m) => parts.push(format!("container {} {reason}: {m}", status.name)),
+                None => parts.push(format!("container {} {reason}", status.name)),
+            }
+        } else if let Some(done) = state.and_then(|s| s.terminated.as_ref()) {
+            parts.push(format!(
+                "container {} exited with {}",
+                status.name, done.exit_code
+            ));
+        } else if !status.ready {
+            parts.push(format!("container {} is not ready", status.name));
+        }
+        if status.restart_count > 0 {
+            parts.push(format!("restarted {} times", status.restart_count));
+        }
+    }
+    if parts.is_empty() {
+        if is_ready(pod) {
+            return format!("{name} is Ready");
+        }
+        parts.push("not Ready".to_string());
+    }
+    format!("{name}: {}", parts.join(", "))
+}
+
+/// A reason that waiting cannot fix (the image cannot be pulled, the container cannot be
+/// configured), so the step fails now instead of at its deadline.
+pub fn hopeless(pod: &Pod) -> Option<String> {
+    const HOPELESS: [&str; 4] = [
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "ErrImageNeverPull",
+        "CreateContainerConfigError",
+    ];
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find_map(|c| {
+            let waiting = c.state.as_ref()?.waiting.as_ref()?;
+            let reason = waiting.reason.as_deref()?;
+            HOPELESS.contains(&reason).then(|| {
+                let name = pod.metadata.name.as_deref().unwrap_or("?");
+                match waiting.message.as_deref().filter(|m| !m.is_empty()) {
+                    Some(m) => format!("pod {name}: container {} {reason}: {m}", c.name),
+                    None => format!("pod {name}: container {} {reason}", c.name),
+                }
+            })
+        })
+}
+
+fn pod_by_ordinal<'a>(set: &str, pods: &'a [Pod], ordinal: u32) -> Option<&'a Pod> {
+    pods.iter()
+        .find(|p| p.metadata.name.as_deref().and_then(|n| pod_ordinal(set, n)) == Some(ordinal))
+}
+
+impl<C: Cluster, G: GateRunner> Runner<C, G> {
+    /// A runner for `record` on the StatefulSet `statefulset` (as last read: its annotation and
+    /// resourceVersion are where the run starts from).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        cluster: C,
+        gates: G,
+        progress: Progress,
+        statefulset: &StatefulSet,
+        record: RolloutState,
+        view: View,
+        lease_lost: watch::Receiver<Option<String>>,
+        options: RunOptions,
+    ) -> Self {
+        let start_text = annotation(statefulset).to_string();
+        let total_deadline = record
+            .config
+            .timeouts
+            .total
+            .map(|t| deadline_after(t.get()));
+        Runner {
+            cluster,
+            gates,
+            progress,
+            name: record.plan.statefulset.clone(),
+            view,
+            lease_lost,
+            known: HashSet::from([hash_text(&start_text), hash_text("")]),
+            last_text: start_text,
+            resource_version: statefulset.metadata.resource_version.clone(),
+            conflicts: 0,
+            options,
+            total_deadline,
+            announced: None,
+            record,
+        }
+    }
+
+    pub fn record(&self) -> &RolloutState {
+        &self.record
+    }
+
+    /// Runs until the rollout is finished, or stops at a hold.
+    pub async fn run(mut self) -> Result<RunOutcome, ExecError> {
+        let span = tracing::info_span!("rollout", statefulset = %self.name, id = %self.record.id);
+        let _enter = span.enter();
+        loop {
+            if let Some(reason) = self.lease_lost.borrow().clone() {
+                return Err(ExecError::LeaseLost {
+                    statefulset: self.name.clone(),
+                    reason,
+                });
+            }
+            match self.record.phase {
+                Phase::Succeeded | Phase::RolledBack | Phase::Aborted | Phase::Failed => {
+                    if self.finish().await? {
+                        return Ok(RunOutcome {
+                            record: self.record,
+                            held: false,
+                        });
+                    }
+                }
+                Phase::RollingBack => self.rollback().await?,
+                Phase::Paused => {
+                    if !self.paused().await? {
+                        return Ok(RunOutcome {
+                            record: self.record,
+                            held: true,
+                        });
+                    }
+                }
+                Phase::Progressing => self.run_step().await?,
+            }
+        }
+    }
+
+    fn now() -> Timestamp {
+        Timestamp::now()
+    }
+
+    fn step_label(&self) -> (usize, usize) {
+        (self.record.current_step, self.record.plan.steps.len())
+    }
+
+    /// Writes the final record, and gives back the update strategy the set had: after a
+    /// rollback its type and partition, after a success an `OnDelete` type.
+    /// False when the write met a change and the loop must decide again.
+    async fn finish(&mut self) -> Result<bool, ExecError> {
+        let stable = &self.record.stable;
+        let restore = match (self.record.phase, &stable.update_strategy) {
+            (Phase::Succeeded, Some(t)) if t == "OnDelete" => Some(StrategyChange::Set {
+                type_: t.clone(),
+                partition: None,
+            }),
+            // Back on stable: the update strategy and partition as they were before.
+            (Phase::RolledBack | Phase::Aborted, t) => Some(StrategyChange::Set {
+                type_: t.clone().unwrap_or_else(|| "RollingUpdate".to_string()),
+                partition: stable.partition,
+            }),
+            _ => None,
+        };
+        let text = self.record.to_annotation()?;
+        if text == self.last_text && restore.is_none() {
+            return Ok(true);
+        }
+        Ok(matches!(
+            self.commit(None, restore).await?,
+            Committed::Written(_)
+        ))
+    }
+
+    /// Sends the record (and a mutation) under the last seen resourceVersion.
+    async fn commit(
+        &mut self,
+        template: Option<TemplateChange>,
+        strategy: Option<StrategyChange>,
+    ) -> Result<Committed, ExecError> {
+        let text = self.record.to_annotation()?;
+        let mut patch = StsPatch::at(self.resource_version.as_deref())
+            .with_record(RecordChange::Set(text.clone()));
+        patch.template = template;
+        patch.update_strategy = strategy;
+        match self
+            .cluster
+            .patch_statefulset(&self.name, &patch, false)
+            .await
+        {
+            Ok(sts) => {
+                self.known.insert(hash_text(&text));
+                self.last_text = text;
+                self.resource_version = sts.metadata.resource_version.clone();
+                self.conflicts = 0;
+                Ok(Committed::Written(Box::new(sts)))
+            }
+            Err(ApiError::Conflict(message)) => {
+                self.conflicts += 1;
+                tracing::debug!(statefulset = %self.name, %message, "write conflict; reading again");
+                if self.conflicts > MAX_CONFLICTS {
+                    return Err(ExecError::TooManyConflicts {
+                        statefulset: self.name.clone(),
+                        attempts: self.conflicts,
+                    });
+                }
+                self.reread().await?;
+                Ok(Committed::Changed)
+            }
+            Err(ApiError::NotFound) => Err(ExecError::StatefulSetDeleted {
+                name: self.name.clone(),
+            }),
+            Err(source) => Err(ExecError::api(
+                "writing the rollout record of StatefulSet",
+                &self.name,
+                source,
+            )),
+        }
+    }
+
+    /// After a conflict: reads the set, adopts a record someone else wrote, or re-plans.
+    async fn reread(&mut self) -> Result<(), ExecError> {
+        let fresh = self
+            .cluster
+            .get_statefulset(&self.name)
+            .await
+            .map_err(|e| ExecError::api("reading StatefulSet", &self.name, e))?
+            .ok_or_else(|| ExecError::StatefulSetDeleted {
+                name: self.name.clone(),
+            })?;
+        self.resource_version = fresh.metadata.resource_version.clone();
+        if !self.adopt_external(&fresh)? {
+            self.replan(&fresh)?;
+        }
+        Ok(())
+    }
+
+    /// Adopts the record on `sts` when someone else wrote it; true when it did.
+    fn adopt_external(&mut self, sts: &StatefulSet) -> Result<bool, ExecError> {
+        let text = annotation(sts);
+        if self.known.contains(&hash_text(text)) {
+            return Ok(false);
+        }
+        let record = RolloutState::from_annotation(&self.name, text)?;
+        self.known.insert(hash_text(text));
+        self.last_text = text.to_string();
+        self.resource_version = sts.metadata.resource_version.clone();
+        self.progress.say(format!(
+            "        rollout of {} changed by another command: {} ({})",
+            self.name,
+            record.phase,
+            if record.message.is_empty() {
+                "no message"
+            } else {
+                &record.message
+            }
+        ));
+        self.record = record;
+        self.announced = None;
+        Ok(true)
+    }
+
+    /// Brings the plan in line with the set as it is now (scaled, or a freeze that landed).
+    fn replan(&mut self, sts: &StatefulSet) -> Result<(), ExecError> {
+        let pods = self.view.borrow().pods.clone();
+        let observed = Observed::from_statefulset(sts)?
+            .with_pods(&pods, self.record.target.revision.as_deref());
+        let before = self.record.plan.replicas;
+        self.record.reconcile(&observed, Self::now())?;
+        if self.record.plan.replicas != before {
+            self.progress
+                .say(format!("        {}", self.record.message));
+        }
+        Ok(())
+    }
+
+    /// The deadline of the current step: its own, or the overall one when that comes first.
+    fn step_deadline(&self) -> (Instant, bool) {
+        let started = self.record.step_started_at.unwrap_or_else(Self::now);
+        let step = self.record.config.timeouts.step.get();
+        let end = started.checked_add(step).unwrap_or(Timestamp::MAX);
+        let own = deadline_after(until(end));
+        match self.total_deadline {
+            Some(total) if total < own => (total, true),
+            _ => (own, false),
+        }
+    }
+
+    fn deadline_message(&self, overall: bool) -> String {
+        let (index, total) = self.step_label();
+        let step = self
+            .record
+            .current()
+            .map(|s| self.record.plan.describe_step(s))
+            .unwrap_or_default();
+        if overall {
+            format!(
+                "the rollout passed its overall deadline of {} during step {}/{} ({step})",
+                self.record
+                    .config
+                    .timeouts
+                    .total
+                    .map(|t| t.to_string())
+                    .unwrap_or_default(),
+                index + 1,
+                total
+            )
+        } else {
+            format!(
+                "step {}/{} ({step}) passed its deadline of {}",
+                index + 1,
+                total,
+                self.record.config.timeouts.step
+            )
+        }
+    }
+
+    /// Waits until `check` gives a value, the deadline passes, the record changes from outside
+    /// or the set is scaled. Errors when the set is deleted or the lease is lost.
+    async fn wait_for<T>(
+        &mut self,
+        deadline: Option<Instant>,
+        mut check: impl FnMut(&Snapshot, &StatefulSet) -> Option<T>,
+    ) -> Result<Waited<T>, ExecError> {
+        loop {
+            let snapshot: Arc<Snapshot> = self.view.borrow_and_update().clone();
+            if snapshot.synced {
+                let Some(sts) = snapshot.statefulset.as_ref() else {
+                    return Err(ExecError::StatefulSetDeleted {
+                        name: self.name.clone(),
+                    });
+                };
+                if self.adopt_external(sts)? {
+                    return Ok(Waited::Changed);
+                }
+                if annotation(sts) == self.last_text {
+                    // The newest version that carries our last write: base the next one on it.
+                    self.resource_version = sts.metadata.resource_version.clone();
+                }
+                let replicas = sts
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.replicas)
+                    .and_then(|r| u32::try_from(r).ok())
+                    .unwrap_or(1);
+                if replicas != self.record.plan.replicas
+                    && matches!(self.record.phase, Phase::Progressing | Phase::Paused)
+                {
+                    self.replan(sts)?;
+                    return Ok(Waited::Changed);
+                }
+                if let Some(value) = check(&snapshot, sts) {
+                    return Ok(Waited::Ready(value));
+                }
+            }
+            let sleep = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                changed = self.view.changed() => {
+                    if changed.is_err() {
+                        return Err(ExecError::WatchEnded { statefulset: self.name.clone() });
+                    }
+                }
+                _ = sleep => return Ok(Waited::Deadline),
+                _ = self.lease_lost.changed() => {
+                    let reason = self.lease_lost.borrow().clone().unwrap_or_else(|| "lease lost".into());
+                    return Err(ExecError::LeaseLost { statefulset: self.name.clone(), reason });
+                }
+            }
+        }
+    }
+
+    async fn run_step(&mut self) -> Result<(), ExecError> {
+        let Some(step) = self.record.current().cloned() else {
+            // Past the last step while still marked progressing: completing it finishes.
+            self.record.complete_step(Self::now())?;
+            return Ok(());
+        };
+        let span = tracing::info_span!(
+            "step",
+            step = self.record.current_step + 1,
+            kind = step.name()
+        );
+        let _enter = span.enter();
+        match step {
+            Step::SetTemplateAndFreeze { partition } => self.freeze(partition).await,
+            Step::SetPartition {
+                partition,
+                ordinals,
+                ..
+            } => self.lower_partition(partition, &ordinals).await,
+            Step::Gate { ordinals } => self.gate(&ordinals).await,
+            Step::Pause { wait } => {
+                // Entering a pause is normally done by the transitions; a record that reached
+                // a pause step while progressing is put in the same state here.
+                self.record.phase = Phase::Paused;
+                let until = match wait {
+                    PauseSpec::UntilPromote => None,
+                    PauseSpec::For(d) => Self::now().checked_add(d.get()).ok(),
+                };
+                self.record.pause = Some(PauseReason::Step { until });
+                Ok(())
+            }
+        }
+    }
+
+    async fn freeze(&mut self, partition: u32) -> Result<(), ExecError> {
+        let started = Instant::now();
+        self.record.begin_step(Self::now())?;
+        let Some(template) = self.options.template.clone() else {
+            return Err(ExecError::NotRollable {
+                statefulset: self.name.clone(),
+                reason: "the new template was never written and this run does not have it; run `rollout abort` and start the rollout again".to_string(),
+            });
+        };
+        let written = match self
+            .commit(Some(template), Some(StrategyChange::freeze(partition)))
+            .await?
+        {
+            Committed::Written(sts) => sts,
+            Committed::Changed => return Ok(()),
+        };
+        let generation = written.metadata.generation.unwrap_or(0);
+        let (deadline, overall) = self.step_deadline();
+        let waited = self
+            .wait_for(Some(deadline), |_, sts| {
+                let status = sts.status.as_ref()?;
+                if status.observed_generation.unwrap_or(0) < generation {
+                    return None;
+                }
+                status.update_revision.clone()
+            })
+            .await?;
+        match waited {
+            Waited::Ready(revision) => {
+                let (index, total) = self.step_label();
+                let step = self
+                    .record
+                    .current()
+                    .map(|s| self.record.plan.describe_step(s))
+                    .unwrap_or_default();
+                self.record.target.revision = Some(revision.clone());
+                self.record.complete_step(Self::now())?;
+                self.progress.step(
+                    index,
+                    total,
+                    started.elapsed(),
+                    &format!("{step}; new revision {revision}"),
+                );
+            }
+            Waited::Deadline => {
+                let message = format!(
+                    "{}: the StatefulSet controller did not take up the new template",
+                    self.deadline_message(overall)
+                );
+                self.fail(RollbackCause::TimedOut, message)?;
+            }
+            Waited::Changed => {}
+        }
+        Ok(())
+    }
+
+    async fn lower_partition(&mut self, partition: u32, ordinals: &[u32]) -> Result<(), ExecError> {
+        let started = Instant::now();
+        self.record.begin_step(Self::now())?;
+        match self
+            .commit(None, Some(StrategyChange::Partition(partition)))
+            .await?
+        {
+            Committed::Written(_) => {}
+            Committed::Changed => return Ok(()),
+        }
+        let Some(revision) = self.record.target.revision.clone() else {
+            return Err(ExecError::NotRollable {
+                statefulset: self.name.clone(),
+                reason: "the rollout record does not name the new revision".to_string(),
+            });
+        };
+        let name = self.name.clone();
+        let wanted = ordinals.to_vec();
+        let (deadline, overall) = self.step_deadline();
+        let waited = self
+            .wait_for(Some(deadline), |snapshot, _| {
+                let missing = ordinals_not_ready(&name, &snapshot.pods, &revision, &wanted);
+                if missing.is_empty() {
+                    return Some(Ok(()));
+                }
+                missing
+                    .iter()
+                    .filter_map(|o| pod_by_ordinal(&name, &snapshot.pods, *o))
+                    .filter(|p| pod_revision(p) == Some(revision.as_str()))
+                    .find_map(hopeless)
+                    .map(Err)
+            })
+            .await?;
+        let (index, total) = self.step_label();
+        let step = self
+            .record
+            .current()
+            .map(|s| self.record.plan.describe_step(s))
+            .unwrap_or_default();
+        match waited {
+            Waited::Ready(Ok(())) => {
+                self.record.complete_step(Self::now())?;
+                self.progress
+                    .step(index, total, started.elapsed(), &format!("{step}: Ready"));
+            }
+            Waited::Ready(Err(problem)) => {
+                self.progress.step(
+                    index,
+                    total,
+                    started.elapsed(),
+                    &format!("{step}: FAILED: {problem}"),
+                );
+                self.fail(
+                    RollbackCause::GateFailed,
+                    format!(
+                        "step {}/{} ({step}) cannot finish: {problem}",
+                        index + 1,
+                        total
+                    ),
+                )?;
+            }
+            Waited::Deadline => {
+                let pods = self.view.borrow().pods.clone();
+                let not_ready = ordinals_not_ready(&self.name, &pods, &revision, ordinals);
+                let details: Vec<String> = not_ready
+                    .iter()
+                    .map(|o| {
+                        describe_pod(
+                            pod_by_ordinal(&self.name, &pods, *o),
+                            &format!("{}-{o}", self.name),
+                            &revision,
+                        )
+                    })
+                    .collect();
+                let message = format!("{}: {}", self.deadline_message(overall), details.join("; "));
+                self.progress.step(
+                    index,
+                    total,
+                    started.elapsed(),
+                    &format!("{step}: TIMED OUT"),
+                );
+                self.progress.say(format!("        {message}"));
+                self.fail(RollbackCause::TimedOut, message)?;
+            }
+            Waited::Changed => {}
+        }
+        Ok(())
+    }
+
+    async fn gate(&mut self, ordinals: &[u32]) -> Result<(), ExecError> {
+        let started = Instant::now();
+        self.record.begin_step(Self::now())?;
+        match self.commit(None, None).await? {
+            Committed::Written(_) => {}
+            Committed::Changed => return Ok(()),
+        }
+        let (index, total) = self.step_label();
+        let step_text = self
+            .record
+            .current()
+            .map(|s| self.record.plan.describe_step(s))
+            .unwrap_or_default();
+        let changed_container = self
+            .record
+            .target
+            .images
+            .first()
+            .map(|i| i.container.clone());
+        let pods = self.view.borrow().pods.clone();
+        let targets = gate_targets(
+            &self.name,
+            &pods,
+            ordinals,
+            &self.record.config.gates,
+            changed_container.as_deref(),
+        );
+        let verdict = match targets {
+            Err(problem) => Verdict::Inconclusive {
+                message: format!("the gate could not run: {problem}"),
+            },
+            Ok(targets) => {
+                let context = GateContext {
+                    statefulset: Some(self.name.clone()),
+                    rollout_id: Some(self.record.id.clone()),
+                    step: Some(self.record.current_step),
+                    description: Some(step_text.clone()),
+                    revision: self.record.target.revision.clone(),
+                };
+                let gates = self.gates.clone();
+                let spec = self.record.config.gates.clone();
+                let run = async move { gates.run(&spec, &targets, &context).await };
+                tokio::pin!(run);
+                let (deadline, overall) = self.step_deadline();
+                loop {
+                    tokio::select! {
+                        verdict = &mut run => break verdict,
+                        _ = tokio::time::sleep_until(deadline) => {
+                            let message = format!("{}: the gate did not finish", self.deadline_message(overall));
+                            self.progress.step(index, total, started.elapsed(), &format!("{step_text}: TIMED OUT"));
+                            self.fail(RollbackCause::TimedOut, message)?;
+                            return Ok(());
+                        }
+                        changed = self.view.changed() => {
+                            if changed.is_err() {
+                                return Err(ExecError::WatchEnded { statefulset: self.name.clone() });
+                            }
+                            let sts = self.view.borrow().statefulset.clone();
+                            match sts {
+                                None => return Err(ExecError::StatefulSetDeleted { name: self.name.clone() }),
+                                Some(sts) => {
+                                    if self.adopt_external(&sts)? {
+                                        self.progress.step(index, total, started.elapsed(), &format!("{step_text}: interrupted"));
+                                        return Ok(());
+                                    }
+                                }
+                            }
+                        }
+                        _ = self.lease_lost.changed() => {
+                            let reason = self.lease_lost.borrow().clone().unwrap_or_else(|| "lease lost".into());
+                            return Err(ExecError::LeaseLost { statefulset: self.name.clone(), reason });
+                        }
+                    }
+                }
+            }
+        };
+        match verdict {
+            Verdict::Pass => {
+                self.record.complete_step(Self::now())?;
+                self.progress.step(
+                    index,
+                    total,
+                    started.elapsed(),
+                    &format!("{step_text}: passed"),
+                );
+            }
+            Verdict::Fail { .. } => {
+                let message = verdict.message();
+                self.progress.step(
+                    index,
+                    total,
+                    started.elapsed(),
+                    &format!("{step_text}: FAILED"),
+                );
+                for line in message.lines() {
+                    self.progress.say(format!("        {line}"));
+                }
+                self.fail(RollbackCause::GateFailed, message)?;
+            }
+            Verdict::Inconclusive { message } => {
+                self.progress.step(
+                    index,
+                    total,
+                    started.elapsed(),
+                    &format!("{step_text}: could not decide"),
+                );
+                for line in message.lines() {
+                    self.progress.say(format!("        {line}"));
+                }
+                self.record.gate_inconclusive(message, Self::now())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn fail(&mut self, cause: RollbackCause, message: String) -> Result<(), ExecError> {
+        self.record.fail(cause, message, Self::now())?;
+        Ok(())
+    }
+
+    /// At a pause: waits for its end, a promote or another command. False when the run should
+    /// stop here (a hold it is not asked to wait at).
+    async fn paused(&mut self) -> Result<bool, ExecError> {
+        let text = self.record.to_annotation()?;
+        if text != self.last_text {
+            if let Committed::Changed = self.commit(None, None).await? {
+                return Ok(true);
+            }
+        }
+        let (index, total) = self.step_label();
+        let first = self.announced != Some((index, self.record.phase));
+        self.announced = Some((index, self.record.phase));
+        let pause_started = Instant::now();
+        let waited = match self.record.pause.clone() {
+            Some(PauseReason::Step { until: Some(at) }) => {
+                if first {
+                    self.progress.step(
+                        index,
+                        total,
+                        Duration::ZERO,
+                        &format!(
+                            "pausing for {} (until {})",
+                            format_elapsed(until(at)),
+                            at.strftime("%H:%M:%S UTC")
+                        ),
+                    );
+                }
+                let waited = self
+                    .wait_for(Some(deadline_after(until(at))), |_, _| None::<()>)
+                    .await?;
+                if matches!(waited, Waited::Deadline) {
+                    self.record.finish_timed_pause(Self::now());
+                }
+                waited
+            }
+            Some(PauseReason::Step { until: None }) => {
+                let updated = self
+                    .record
+                    .plan
+                    .updated_after(self.record.current_step)
+                    .unwrap_or(0);
+                let weight = self.record.plan.steps[..self.record.current_step]
+                    .iter()
+                    .rev()
+                    .find_map(|s| match s {
+                        Step::SetPartition { weight, .. } => *weight,
+                        _ => None,
+                    });
+                let share = match weight {
+                    Some(w) => w.to_string(),
+                    None => format!("{updated} of {} pods", self.record.plan.replicas),
+                };
+                if !self.options.wait_at_holds {
+                    self.progress.step(
+                        index,
+                        total,
+                        Duration::ZERO,
+                        &format!(
+                            "holding at {share} on the new version; continue with `rollout promote {0}`, or go back with `rollout abort {0}`",
+                            self.name
+                        ),
+                    );
+                    return Ok(false);
+                }
+                if first {
+                    self.progress.step(
+                        index,
+                        total,
+                        Duration::ZERO,
+                        &format!(
+                            "holding at {share} on the new version until `rollout promote {}`",
+                            self.name
+                        ),
+                    );
+                }
+                self.wait_for(None, |_, _| None::<()>).await?
+            }
+            Some(PauseReason::User) | Some(PauseReason::GateInconclusive { .. }) => {
+                if first {
+                    self.progress.say(format!(
+                        "        paused: {}; waiting for `rollout resume {1}`, `rollout promote {1}` or `rollout abort {1}`",
+                        self.record.message, self.name
+                    ));
+                }
+                self.wait_for(None, |_, _| None::<()>).await?
+            }
+            None => {
+                self.record.phase = Phase::Progressing;
+                return Ok(true);
+            }
+        };
+        // Pauses do not count toward the overall deadline.
+        if let Some(total) = self.total_deadline.as_mut() {
+            *total += pause_started.elapsed();
+        }
+        let _ = waited;
+        Ok(true)
+    }
+
+    /// The stable template as a patch: the stable ControllerRevision's template when it still
+    /// exists, else the stable images on the current template.
+    async fn stable_template(&self, sts: &StatefulSet) -> Result<TemplateChange, ExecError> {
+        let stable = &self.record.stable;
+        if let Some(revision) = stable.revision.revision.as_deref() {
+            let selector = sts
+                .spec
+                .as_ref()
+                .map(|s| selector_string(&s.selector))
+                .unwrap_or_default();
+            let revisions = self.cluster.list_revisions(&selector).await.map_err(|e| {
+                ExecError::api("listing the revisions of StatefulSet", &self.name, e)
+            })?;
+            if let Some(template) = revisions
+                .iter()
+                .find(|r| r.metadata.name.as_deref() == Some(revision))
+                .and_then(|r| r.data.as_ref())
+                .and_then(|d| revision_template(&d.0))
+            {
+                return Ok(TemplateChange::Replace(template));
+            }
+            tracing::warn!(statefulset = %self.name, revision, "stable ControllerRevision not found; restoring the stable images only");
+        }
+        let spec = sts
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.clone())
+            .unwrap_or_default();
+        Ok(TemplateChange::images(&spec, &stable.revision.images))
+    }
+
+    async fn rollback(&mut self) -> Result<(), ExecError> {
+        let started = Instant::now();
+        let current = self
+            .cluster
+            .get_statefulset(&self.name)
+            .await
+            .map_err(|e| ExecError::api("reading StatefulSet", &self.name, e))?
+            .ok_or_else(|| ExecError::StatefulSetDeleted {
+                name: self.name.clone(),
+            })?;
+        let template = self.stable_template(&current).await?;
+        let stable_images = self
+            .record
+            .stable
+            .revision
+            .images
+            .iter()
+            .map(|i| format!("{}={}", i.container, i.image))
+            .collect::<Vec<_>>()
+            .join(", ");
+        if self.announced != Some((usize::MAX, Phase::RollingBack)) {
+            self.announced = Some((usize::MAX, Phase::RollingBack));
+            self.progress.say(format!(
+                "rolling back {} to the stable revision {} ({stable_images})",
+                self.name,
+                self.record
+                    .stable
+                    .revision
+                    .revision
+                    .as_deref()
+                    .unwrap_or("?")
+            ));
+        }
+        let written = match self
+            .commit(Some(template), Some(StrategyChange::freeze(0)))
+            .await?
+        {
+            Committed::Written(sts) => sts,
+            Committed::Changed => return Ok(()),
+        };
+        let generation = written.metadata.generation.unwrap_or(0);
+        let deadline = deadline_after(self.record.config.timeouts.step.get());
+        let stable_revision = self.record.stable.revision.revision.clone();
+        let waited = self
+            .wait_for(Some(deadline), |_, sts| {
+                let status = sts.status.as_ref()?;
+                if status.observed_generation.unwrap_or(0) < generation {
+                    return None;
+                }
+                let update = status.update_revision.clone()?;
+                match &stable_revision {
+                    Some(stable) if *stable != update => None,
+                    _ => Some(update),
+                }
+            })
+            .await?;
+        let stable = match waited {
+            Waited::Ready(revision) => revision,
+            Waited::Deadline => {
+                return self.rollback_failed(
+                    "the StatefulSet controller did not go back to the stable revision",
+                    started,
+                );
+            }
+            Waited::Changed => return Ok(()),
+        };
+
+        // Pods stuck on another revision are deleted (once each): an OrderedReady set waits on
+        // them forever otherwise (kubernetes #67250). Their PVCs stay.
+        let mut deleted: HashSet<String> = HashSet::new();
+        loop {
+            let snapshot = self.view.borrow_and_update().clone();
+            match snapshot.statefulset.as_ref() {
+                None if snapshot.synced => {
+                    return Err(ExecError::StatefulSetDeleted {
+                        name: self.name.clone(),
+                    })
+                }
+                // A record written by another command ends this round.
+                Some(sts) if self.adopt_external(sts)? => return Ok(()),
+                _ => {}
+            }
+            let replicas = snapshot
+                .statefulset
+                .as_ref()
+                .and_then(|s| s.spec.as_ref())
+                .and_then(|s| s.replicas)
+                .and_then(|r| u32::try_from(r).ok())
+                .unwrap_or(self.record.plan.replicas);
+            let all = ordinals_released(replicas, self.record.plan.ordinal_start, replicas, 0);
+            let stuck: Vec<&Pod> = snapshot
+                .pods
+                .iter()
+                .filter(|p| {
+                    pod_revision(p) != Some(stable.as_str()) && !is_ready(p) && !is_terminating(p)
+                })
+                .filter(|p| {
+                    p.metadata
+                        .uid
+                        .as_ref()
+                        .is_none_or(|uid| !deleted.contains(uid))
+                })
+                .collect();
+            for pod in stuck {
+                let name = pod.metadata.name.clone().unwrap_or_default();
+                let uid = pod.metadata.uid.clone();
+                let why = describe_pod(Some(pod), &name, &stable);
+                self.cluster
+                    .delete_pod(&name, uid.as_deref())
+                    .await
+                    .map_err(|e| ExecError::api("deleting stuck pod", &name, e))?;
+                self.progress.say(format!(
+                    "        deleted pod {name}, stuck on a broken revision ({why}); its volume stays"
+                ));
+                deleted.insert(uid.unwrap_or(name));
+            }
+            let not_ready = ordinals_not_ready(&self.name, &snapshot.pods, &stable, &all);
+            if not_ready.is_empty() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                let details: Vec<String> = not_ready
+                    .iter()
+                    .map(|o| {
+                        describe_pod(
+                            pod_by_ordinal(&self.name, &snapshot.pods, *o),
+                            &format!("{}-{o}", self.name),
+                            &stable,
+                        )
+                    })
+                    .collect();
+                return self.rollback_failed(
+                    &format!("pods did not come back: {}", details.join("; ")),
+                    started,
+                );
+            }
+            tokio::select! {
+                changed = self.view.changed() => if changed.is_err() {
+                    return Err(ExecError::WatchEnded { statefulset: self.name.clone() });
+                },
+                _ = tokio::time::sleep_until(deadline) => {}
+                _ = self.lease_lost.changed() => {
+                    let reason = self.lease_lost.borrow().clone().unwrap_or_else(|| "lease lost".into());
+                    return Err(ExecError::LeaseLost { statefulset: self.name.clone(), reason });
+                }
+            }
+        }
+
+        self.record.rollback_done(Self::now())?;
+        self.progress.say(format!(
+            "[rollback] {:>7}  {} is back on revision {stable}: every pod Ready",
+            format_elapsed(started.elapsed()),
+            self.name
+        ));
+        Ok(())
+    }
+
+    fn rollback_failed(&mut self, what: &str, started: Instant) -> Result<(), ExecError> {
+        let message = format!(
+            "rollback of {} did not finish within {}: {what}; check `kubectl get pods`, then `rollout abort {0}` to try again",
+            self.name, self.record.config.timeouts.step
+        );
+        self.progress.say(format!(
+            "[rollback] {:>7}  FAILED: {message}",
+            format_elapsed(started.elapsed())
+        ));
+        self.record.rollback_failed(message, Self::now())?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{
+        ContainerState, ContainerStateWaiting, ContainerStatus, PodStatus,
+    };
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn pod(revision: &str, waiting: Option<(&str, &str)>, restarts: i32) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                name: Some("web-2".into()),
+                labels: Some(
+                    [("controller-revision-hash".to_string(), revision.to_string())].into(),
+                ),
+                ..Default::default()
+            },
+            spec: None,
+            status: Some(PodStatus {
+                container_statuses: Some(vec![ContainerStatus {
+                    name: "app".into(),
+                    ready: false,
+                    restart_count: restarts,
+                    state: waiting.map(|(reason, message)| ContainerState {
+                        waiting: Some(ContainerStateWaiting {
+                            reason: Some(reason.into()),
+                            message: Some(message.into()),
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn pods_are_described_by_what_blocks_them() {
+        let cases = [
+            (None, "web-2 does not exist yet"),
+            (
+                Some(pod("web-a", None, 0)),
+                "web-2 still runs revision web-a",
+            ),
+            (
+                Some(pod("web-b", Some(("CrashLoopBackOff", "back-off 10s")), 3)),
+                "web-2: container app CrashLoopBackOff: back-off 10s, restarted 3 times",
+            ),
+            (
+                Some(pod("web-b", None, 0)),
+                "web-2: container app is not ready",
+            ),
+        ];
+        for (p, expected) in cases {
+            assert_eq!(describe_pod(p.as_ref(), "web-2", "web-b"), expected);
+        }
+    }
+
+    #[test]
+    fn only_hopeless_waits_fail_early() {
+        let cases = [
+            (
+                pod("b", Some(("ImagePullBackOff", "no such image")), 0),
+                true,
+            ),
+            (pod("b", Some(("InvalidImageName", "")), 0), true),
+            (pod("b", Some(("CrashLoopBackOff", "")), 5), false),
+            (pod("b", Some(("ContainerCreating", "")), 0), false),
+            (pod("b", None, 0), false),
+        ];
+        for (p, expected) in cases {
+            assert_eq!(hopeless(&p).is_some(), expected, "{:?}", p.status);
+        }
+        let message = hopeless(&pod("b", Some(("ImagePullBackOff", "no such image")), 0));
+        assert_eq!(
+            message.as_deref(),
+            Some("pod web-2: container app ImagePullBackOff: no such image")
+        );
+    }
+}
