@@ -1,6 +1,7 @@
 //! The kubelet part of the node agent: watches every pod, keeps those bound to one of the
 //! agent's nodes, and runs one worker per pod uid ([`pod::worker`]) that runs the pod as local
-//! processes. On SIGTERM/SIGINT it stops every pod's processes (bounded) and returns.
+//! processes. On SIGTERM/SIGINT it stops every pod's processes (bounded), then lets the signal
+//! end the agent as it would have without being caught.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -173,7 +174,7 @@ pub async fn run(client: kube::Client, cfg: Arc<AgentConfig>) -> anyhow::Result<
     };
     let pods: Api<Pod> = Api::all(client);
     let mut stream = std::pin::pin!(watcher::watcher(pods, watcher::Config::default()).default_backoff());
-    loop {
+    let stopped_by = loop {
         tokio::select! {
             ev = stream.next() => match ev {
                 Some(Ok(ev)) => d.handle(ev),
@@ -187,12 +188,25 @@ pub async fn run(client: kube::Client, cfg: Arc<AgentConfig>) -> anyhow::Result<
                 Ok(id) => d.worker_done(id),
                 Err(e) => tracing::error!(error = %e, "a pod worker panicked"),
             },
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = term.recv() => break libc::SIGTERM,
+            _ = int.recv() => break libc::SIGINT,
         }
-    }
+    };
     d.shutdown().await;
+    end_by_signal(stopped_by);
     Ok(())
+}
+
+/// Catching the stop signal was only to stop the pods first; the rest of the agent (node
+/// heartbeats, service proxy, provisioner) ends the way the signal asks, so `down` does not wait
+/// for a process that no longer runs pods.
+fn end_by_signal(sig: i32) {
+    tracing::info!(signal = sig, "pods stopped; the agent exits");
+    // SAFETY: restoring the default action and signalling ourselves; no memory is involved.
+    unsafe {
+        libc::signal(sig, libc::SIG_DFL);
+        libc::kill(libc::getpid(), sig);
+    }
 }
 
 #[cfg(test)]
