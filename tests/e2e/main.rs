@@ -4,5 +4,8 @@
 //! each pod's claim and visits, the exit code and the message. Every test works in a namespace
 //! of its own and deletes it when it passed.
 
+mod failures;
 mod gates;
+mod recovery;
+mod strategies;
 mod support;
