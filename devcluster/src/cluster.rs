@@ -281,8 +281,13 @@ fn remove_created_mountpoints(layout: &Layout) {
     dirs.sort_by_key(|d| std::cmp::Reverse(d.len()));
     dirs.dedup();
     for d in dirs {
-        // Only empty ones: anything a user put there stays.
-        let _ = fs::remove_dir(d);
+        // Only empty ones: anything a user or an app put there stays. A file mount point
+        // (a subPath of one file, a FileOrCreate hostPath) counts when it is empty.
+        match fs::symlink_metadata(d) {
+            Ok(m) if m.is_dir() => drop(fs::remove_dir(d)),
+            Ok(m) if m.is_file() && m.len() == 0 => drop(fs::remove_file(d)),
+            _ => {}
+        }
     }
 }
 
