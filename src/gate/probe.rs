@@ -1513,17 +1513,42 @@ mod tests {
         );
 
         // A command that outlives its timeout is killed with what it started.
+        let pid_file =
+            std::env::temp_dir().join(format!("rollout-gate-{}.pid", std::process::id()));
+        let line = format!("sleep 30 & echo $! > {}; wait", pid_file.display());
         let started = Instant::now();
-        let slow = run_command_gate(&shell("sleep 30 & sleep 30; wait", 300), &payload).await;
+        let slow = run_command_gate(&shell(&line, 500), &payload).await;
         assert!(
             started.elapsed() < Duration::from_secs(3),
             "{:?}",
             started.elapsed()
         );
         assert!(
-            slow.message().contains("did not finish within 300ms"),
+            slow.message().contains("did not finish within 500ms"),
             "{}",
             slow.message()
+        );
+        let background = std::fs::read_to_string(&pid_file).unwrap_or_default();
+        let _ = std::fs::remove_file(&pid_file);
+        let stat = format!("/proc/{}/stat", background.trim());
+        assert!(
+            !background.trim().is_empty(),
+            "the command started its sleep"
+        );
+        // Killed: gone, or a zombie until its new parent reaps it.
+        let mut alive = true;
+        for _ in 0..40 {
+            let state = std::fs::read_to_string(&stat).unwrap_or_default();
+            alive = state.contains(") S ") || state.contains(") R ");
+            if !alive {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            !alive,
+            "the background sleep {} outlived the gate",
+            background.trim()
         );
 
         let missing = run_command_gate(
