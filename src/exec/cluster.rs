@@ -343,6 +343,8 @@ impl Cluster for KubeCluster {
     }
 }
 
+// Events are moved once from the stream into the state; their size difference does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Change {
     Set(Result<watcher::Event<StatefulSet>, watcher::Error>),
     Pod(Result<watcher::Event<Pod>, watcher::Error>),

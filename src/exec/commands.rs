@@ -16,7 +16,7 @@ use super::manifest::Manifest;
 use super::patch::{RecordChange, StrategyChange, StsPatch, TemplateChange};
 use super::progress::{format_elapsed, Out, Progress};
 use super::report::{history, pick_undo_revision, render_history, render_status, status_report};
-use super::runner::{describe_pod, RunOptions, RunOutcome, Runner};
+use super::runner::{RunOptions, RunOutcome, Runner};
 use super::ExecError;
 use crate::model::exit::ExitCode;
 use crate::model::image::{
@@ -251,20 +251,32 @@ fn mid_update_reason(sts: &StatefulSet) -> Option<String> {
     })
 }
 
-/// Waits for SIGINT or SIGTERM; the exit code a shell gives for that signal.
+/// Waits for SIGINT or SIGTERM; the exit code a shell gives for that signal. A signal handler
+/// that cannot be installed (or whose driver went away) never fires.
 async fn interrupted() -> u8 {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => return 130,
-                _ = term.recv() => return 143,
-            }
+    let int = async {
+        match tokio::signal::ctrl_c().await {
+            Ok(()) => 130,
+            Err(_) => std::future::pending().await,
         }
+    };
+    #[cfg(unix)]
+    let term = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => match term.recv().await {
+                Some(()) => 143,
+                None => std::future::pending().await,
+            },
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<u8>();
+    tokio::select! {
+        code = int => code,
+        code = term => code,
     }
-    let _ = tokio::signal::ctrl_c().await;
-    130
 }
 
 /// What a finished run exits with, and a line for people.
@@ -388,10 +400,14 @@ async fn start<C: Cluster, G: GateRunner>(
             return continue_run(ctx, name, |_| Ok(()), request.wait_at_holds).await;
         }
         if !plan_only {
+            let running = match ctx.live_holder(name).await? {
+                Some(holder) => format!(", run right now by {holder}"),
+                None => String::new(),
+            };
             return Err(ExecError::InProgress {
                 statefulset: name.to_string(),
                 description: format!(
-                    "{} started by {}, {} at step {}/{}",
+                    "{} started by {}, {} at step {}/{}{running}",
                     record.plan.strategy,
                     record.started_by,
                     record.phase,
@@ -685,7 +701,21 @@ pub async fn pause<C: Cluster, G: GateRunner>(
     ctx: &Context<C, G>,
     name: &str,
 ) -> Result<ExitCode, ExecError> {
-    let record = write_transition(ctx, name, |r| r.pause_by_user(Timestamp::now())).await?;
+    let record = write_transition(ctx, name, |r| {
+        if let Some(PauseReason::Step { until: Some(_) }) = r.pause {
+            // A timed pause would end by itself and the rollout go on: `pause` turns it into a
+            // pause that only `resume` ends (which then runs the timed pause again).
+            r.pause = Some(PauseReason::User);
+            r.updated_at = Timestamp::now();
+            r.message = format!(
+                "paused by `rollout pause`; continue with `rollout resume {}`",
+                r.plan.statefulset
+            );
+            return Ok(());
+        }
+        r.pause_by_user(Timestamp::now())
+    })
+    .await?;
     let holder = ctx.live_holder(name).await?;
     ctx.progress.say(format!(
         "paused the rollout of {name} at step {}/{}{}; `rollout resume {name}` continues it",
@@ -1078,13 +1108,12 @@ async fn converge<C: Cluster, G: GateRunner>(
                     if !deleted.insert(uid.clone()) {
                         continue;
                     }
-                    let why = describe_pod(Some(pod), &pod_name, revision);
                     ctx.cluster
                         .delete_pod(&pod_name, pod.metadata.uid.as_deref())
                         .await
                         .map_err(|e| ExecError::api("deleting stuck pod", &pod_name, e))?;
                     ctx.progress.say(format!(
-                        "deleted pod {pod_name}, stuck on revision {} ({why}); its volume stays",
+                        "deleted pod {pod_name}: not Ready on revision {}, which is being left; the controller recreates it, its volume stays",
                         leaving.unwrap_or("?")
                     ));
                 }

@@ -350,7 +350,7 @@ pub struct LeaseGuard<C: Cluster> {
     name: String,
     current: Arc<Mutex<Lease>>,
     lost: watch::Receiver<Option<String>>,
-    task: JoinHandle<()>,
+    task: Option<JoinHandle<()>>,
     /// The holder whose expired lease this run took over, if any.
     pub taken_over_from: Option<String>,
 }
@@ -380,7 +380,7 @@ impl<C: Cluster> LeaseGuard<C> {
             name,
             current,
             lost,
-            task,
+            task: Some(task),
             taken_over_from,
         }
     }
@@ -395,9 +395,11 @@ impl<C: Cluster> LeaseGuard<C> {
     }
 
     /// Stops renewing and deletes the lease (only if it still is the version this run wrote).
-    pub async fn release(self) {
-        self.task.abort();
-        let _ = self.task.await;
+    pub async fn release(mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
         let rv = self
             .current
             .lock()
@@ -410,6 +412,15 @@ impl<C: Cluster> LeaseGuard<C> {
             if let Err(e) = self.cluster.delete_lease(&self.name, &rv).await {
                 tracing::warn!(lease = %self.name, error = %e, "could not release the lease; it expires by itself");
             }
+        }
+    }
+}
+
+impl<C: Cluster> Drop for LeaseGuard<C> {
+    /// A run that ends without `release` (cancelled) stops renewing, so its lease expires.
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
         }
     }
 }
@@ -618,7 +629,9 @@ mod tests {
         assert_eq!(spec.lease_duration_seconds, Some(15));
 
         let mut other = lease(Some("dev@laptop pid 7"), Some(1), 15);
-        other.spec.as_mut().map(|s| s.lease_transitions = Some(2));
+        if let Some(s) = other.spec.as_mut() {
+            s.lease_transitions = Some(2);
+        }
         let taken = claimed(Some(&other), &set, &me(), ts(50), LEASE_DURATION);
         let spec = taken.spec.clone().unwrap_or_default();
         assert_eq!(spec.lease_transitions, Some(3));

@@ -203,7 +203,13 @@ spec:
 
     #[test]
     fn bad_manifests_say_what_and_where() {
-        let cases: Vec<(&str, &str, fn(&ManifestError) -> bool, &str)> = vec![
+        type Case = (
+            &'static str,
+            &'static str,
+            fn(&ManifestError) -> bool,
+            &'static str,
+        );
+        let cases: Vec<Case> = vec![
             (HELM, "api", |e| matches!(e, ManifestError::NameMismatch { .. }), "web, db"),
             ("kind: Service\nmetadata: {name: x}\n", "web", |e| matches!(e, ManifestError::NoStatefulSet { .. }), "Service"),
             ("", "web", |e| matches!(e, ManifestError::NoStatefulSet { .. }), "nothing"),

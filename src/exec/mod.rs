@@ -25,6 +25,8 @@ pub mod runner;
 
 #[cfg(test)]
 pub(crate) mod fake;
+#[cfg(test)]
+mod run_tests;
 
 use crate::model::exit::ExitCode;
 use crate::model::image::ApplyImageError;

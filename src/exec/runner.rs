@@ -1054,13 +1054,13 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             for pod in stuck {
                 let name = pod.metadata.name.clone().unwrap_or_default();
                 let uid = pod.metadata.uid.clone();
-                let why = describe_pod(Some(pod), &name, &stable);
+                let broken = pod_revision(pod).unwrap_or("?").to_string();
                 self.cluster
                     .delete_pod(&name, uid.as_deref())
                     .await
                     .map_err(|e| ExecError::api("deleting stuck pod", &name, e))?;
                 self.progress.say(format!(
-                    "        deleted pod {name}, stuck on a broken revision ({why}); its volume stays"
+                    "        deleted pod {name}: not Ready on the broken revision {broken}; the controller recreates it on {stable}, its volume stays"
                 ));
                 deleted.insert(uid.unwrap_or(name));
             }

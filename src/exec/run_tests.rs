@@ -1,0 +1,590 @@
+//! The executor against the fake cluster: whole commands (run, promote, resume, abort, undo)
+//! and the error paths a real cluster only shows by chance: a write that meets a conflict, a
+//! lease held by another run or left expired, a gate that fails, a step past its deadline, a
+//! run killed half way.
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
+
+use super::commands::{self, Context, Output, RunRequest, TemplateSource};
+use super::fake::{statefulset, FakeCluster, FakeGates};
+use super::lease::{lease_name, Identity};
+use super::patch::{StrategyChange, TemplateChange};
+use super::progress::{Out, Progress};
+use super::ExecError;
+use crate::gate::verdict::{GateFailure, GateKind};
+use crate::gate::Verdict;
+use crate::model::exit::ExitCode;
+use crate::model::gate::GateSpec;
+use crate::model::image::ImageChange;
+use crate::model::state::{Phase, RolloutState};
+use crate::model::strategy::{OnFailure, StrategyConfig, StrategyFlags, StrategyKind, Timeouts};
+use crate::model::HumanDuration;
+
+fn me(pid: u32) -> Identity {
+    Identity {
+        user: "dev".into(),
+        host: "laptop".into(),
+        pid,
+    }
+}
+
+fn context(fake: &FakeCluster, gates: FakeGates, pid: u32) -> Context<FakeCluster, FakeGates> {
+    Context {
+        cluster: fake.clone(),
+        gates,
+        progress: Progress::memory(),
+        out: Out::memory(),
+        output: Output::Text,
+        me: me(pid),
+        lease_duration: Duration::from_secs(15),
+    }
+}
+
+fn request(kind: StrategyKind, flags: &str, image: &str) -> RunRequest {
+    let mut f = StrategyFlags::default();
+    for part in flags.split_whitespace() {
+        let (key, value) = part.split_once('=').unwrap_or((part, ""));
+        match key {
+            "batch" => f.batch = value.parse().ok(),
+            "steps" => f.steps = value.parse().ok(),
+            "weight" => f.weight = value.parse().ok(),
+            "pause" => f.pause = value.parse().ok(),
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    let config = StrategyConfig::new(
+        kind,
+        &f,
+        GateSpec::default(),
+        Timeouts {
+            step: HumanDuration::from_secs(60),
+            total: None,
+        },
+        OnFailure::Rollback,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    RunRequest {
+        statefulset: "web".into(),
+        config,
+        source: TemplateSource::Images(vec![image
+            .parse::<ImageChange>()
+            .unwrap_or_else(|e| panic!("{e}"))]),
+        wait_at_holds: false,
+    }
+}
+
+fn record(fake: &FakeCluster) -> RolloutState {
+    let sts = fake.set();
+    RolloutState::from_annotations("web", sts.metadata.annotations.as_ref())
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("no rollout record on the set"))
+}
+
+fn failure(pod: &str) -> Verdict {
+    Verdict::Fail {
+        failures: vec![GateFailure {
+            gate: GateKind::Http,
+            pod: Some(pod.into()),
+            probe: "GET 10.244.0.12:8080/ expecting 2xx".into(),
+            figures: None,
+            reasons: vec!["3 of 10 counted probes succeeded (30%, minimum 100%)".into()],
+        }],
+    }
+}
+
+fn partitions(fake: &FakeCluster) -> Vec<String> {
+    fake.with(|s| {
+        s.patches
+            .iter()
+            .filter_map(|p| match &p.update_strategy {
+                Some(StrategyChange::Partition(n)) => Some(format!("P{n}")),
+                Some(StrategyChange::Set { type_, partition }) => {
+                    Some(format!("{type_}:{partition:?}"))
+                }
+                None => None,
+            })
+            .collect()
+    })
+}
+
+#[tokio::test]
+async fn a_rolling_run_freezes_then_lowers_the_partition_writing_the_record_with_each_step() {
+    let fake = FakeCluster::new(statefulset("web", 3, "app:v1", true));
+    let gates = FakeGates::default();
+    let ctx = context(&fake, gates.clone(), 1);
+    let code = commands::run(&ctx, &request(StrategyKind::Rolling, "", "app:v2"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(code, ExitCode::Done);
+    assert_eq!(fake.image(), "app:v2");
+    let record = record(&fake);
+    assert_eq!(record.phase, Phase::Succeeded);
+    let target = record.target.revision.clone().unwrap_or_default();
+    assert!(fake
+        .pod_revisions()
+        .iter()
+        .all(|(_, rev, ready)| *rev == target && *ready));
+    // The freeze is one write: template, partition = replicas, record, under a precondition.
+    let first = fake.with(|s| s.patches[0].clone());
+    assert!(first.resource_version.is_some());
+    assert!(matches!(
+        first.template,
+        Some(TemplateChange::Images { .. })
+    ));
+    assert_eq!(first.update_strategy, Some(StrategyChange::freeze(3)));
+    assert!(matches!(first.record, super::patch::RecordChange::Set(_)));
+    assert_eq!(
+        partitions(&fake),
+        ["RollingUpdate:Some(3)", "P2", "P1", "P0"]
+    );
+    // Every write carries the record and a resourceVersion.
+    assert!(fake.with(|s| s
+        .patches
+        .iter()
+        .all(|p| p.resource_version.is_some()
+            && matches!(p.record, super::patch::RecordChange::Set(_)))));
+    assert_eq!(gates.calls(), [["web-2"], ["web-1"], ["web-0"]]);
+    assert!(fake.with(|s| s.leases.is_empty()), "the lease is released");
+    let lines = ctx.progress.lines();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("[7/7]") && l.contains("gate web-0: passed")),
+        "{lines:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_gate_rolls_template_and_partition_back() {
+    let fake = FakeCluster::new(statefulset("web", 4, "app:v1", true));
+    let stable = fake.set().status.and_then(|s| s.current_revision);
+    let gates = FakeGates::failing_at(1, failure("web-2"));
+    let ctx = context(&fake, gates.clone(), 1);
+    let code = commands::run(&ctx, &request(StrategyKind::Rolling, "", "app:v2"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(code, ExitCode::GateFailed);
+    assert_eq!(fake.image(), "app:v1", "template back to stable");
+    let record = record(&fake);
+    assert_eq!(record.phase, Phase::RolledBack);
+    assert!(record.message.contains("web-2"), "{}", record.message);
+    assert!(fake
+        .pod_revisions()
+        .iter()
+        .all(|(_, rev, ready)| Some(rev) == stable.as_ref() && *ready));
+    let set = fake.set();
+    let strategy = set.spec.and_then(|s| s.update_strategy).unwrap_or_default();
+    assert_eq!(
+        strategy.rolling_update.and_then(|r| r.partition),
+        Some(0),
+        "partition as it was"
+    );
+    assert_eq!(gates.calls().len(), 2, "no gate after the failure");
+    let lines = ctx.progress.lines().join("\n");
+    assert!(lines.contains("gate web-2: FAILED"), "{lines}");
+    assert!(
+        lines.contains("3 of 10 counted probes succeeded"),
+        "{lines}"
+    );
+}
+
+#[tokio::test]
+async fn a_step_past_its_deadline_rolls_back_and_deletes_pods_stuck_on_the_broken_revision() {
+    // OrderedReady: the controller would wait on the broken pod forever (kubernetes #67250).
+    let fake = FakeCluster::new(statefulset("web", 3, "app:v1", false));
+    let ctx = context(&fake, FakeGates::default(), 1);
+    // Every pod of the new template stays not Ready.
+    let mut request = request(StrategyKind::Rolling, "", "app:v2");
+    request.config.timeouts.step = HumanDuration::from_millis(1500);
+    let trial = fake.with(|s| {
+        let mut t = s.sts.clone().unwrap_or_default();
+        if let Some(pod) = t.spec.as_mut().and_then(|x| x.template.spec.as_mut()) {
+            pod.containers[0].image = Some("app:v2".into());
+        }
+        t
+    });
+    let broken = {
+        let template = trial.spec.map(|s| s.template).unwrap_or_default();
+        fake.with(|s| s.revision_name_for(&template))
+    };
+    fake.with(|s| {
+        s.broken.insert(broken.clone());
+    });
+    let code = commands::run(&ctx, &request)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(code, ExitCode::TimedOut);
+    assert_eq!(fake.image(), "app:v1");
+    assert_eq!(fake.with(|s| s.deleted_pods.clone()), ["web-2"]);
+    assert!(fake
+        .pod_revisions()
+        .iter()
+        .all(|(_, rev, ready)| *rev != broken && *ready));
+    let r = record(&fake);
+    assert_eq!(r.phase, Phase::RolledBack);
+    assert!(
+        r.message.contains("passed its deadline of 1s 500ms"),
+        "{}",
+        r.message
+    );
+}
+
+#[tokio::test]
+async fn a_conflicting_write_is_read_again_and_the_plan_follows_the_cluster() {
+    let fake = FakeCluster::new(statefulset("web", 3, "app:v1", true));
+    // Just before the first partition write, someone scales the set to 5: the write, based on
+    // the old resourceVersion, must be refused, re-read and re-planned, never forced through.
+    fake.with(|s| {
+        s.before_patch.push_back(Box::new(|_| {}));
+        s.before_patch.push_back(Box::new(|s| {
+            s.touch_set(|sts| {
+                if let Some(spec) = sts.spec.as_mut() {
+                    spec.replicas = Some(5);
+                }
+            })
+        }));
+    });
+    let gates = FakeGates::default();
+    let ctx = context(&fake, gates.clone(), 1);
+    let code = commands::run(&ctx, &request(StrategyKind::Rolling, "", "app:v2"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(code, ExitCode::Done);
+    assert!(fake.with(|s| s.conflicts) >= 1);
+    let r = record(&fake);
+    assert_eq!(r.phase, Phase::Succeeded);
+    assert_eq!(r.plan.replicas, 5);
+    assert!(
+        r.plan
+            .notes
+            .iter()
+            .any(|n| n.contains("scaled from 3 to 5")),
+        "{:?}",
+        r.plan.notes
+    );
+    // The pods created above the partition by the scale-up were gated before going on.
+    assert_eq!(gates.calls()[0], ["web-4", "web-3"]);
+    assert_eq!(fake.pod_revisions().len(), 5);
+    assert!(fake.pod_revisions().iter().all(|(_, _, ready)| *ready));
+}
+
+fn held_lease(holder: &str, renewed_secs_ago: i64) -> Lease {
+    let at = Timestamp::from_second(Timestamp::now().as_second() - renewed_secs_ago)
+        .unwrap_or(Timestamp::UNIX_EPOCH);
+    Lease {
+        metadata: ObjectMeta {
+            name: Some(lease_name("web")),
+            resource_version: Some("7".into()),
+            ..Default::default()
+        },
+        spec: Some(LeaseSpec {
+            holder_identity: Some(holder.into()),
+            lease_duration_seconds: Some(15),
+            renew_time: Some(MicroTime(at)),
+            lease_transitions: Some(2),
+            ..Default::default()
+        }),
+    }
+}
+
+#[tokio::test]
+async fn a_second_run_fails_fast_naming_the_holder_and_changes_nothing() {
+    let fake = FakeCluster::new(statefulset("web", 3, "app:v1", true));
+    fake.with(|s| {
+        s.leases
+            .insert(lease_name("web"), held_lease("ci@runner-9 pid 77", 2));
+    });
+    let ctx = context(&fake, FakeGates::default(), 1);
+    let err = commands::run(&ctx, &request(StrategyKind::Rolling, "", "app:v2"))
+        .await
+        .expect_err("locked");
+    assert_eq!(err.exit_code(), ExitCode::Locked);
+    assert!(err.to_string().contains("ci@runner-9 pid 77"), "{err}");
+    assert!(fake.with(|s| s.patches.is_empty()), "nothing written");
+    assert_eq!(fake.image(), "app:v1");
+}
+
+#[tokio::test]
+async fn an_expired_lease_is_taken_over() {
+    let fake = FakeCluster::new(statefulset("web", 2, "app:v1", true));
+    fake.with(|s| {
+        s.leases
+            .insert(lease_name("web"), held_lease("ci@runner-9 pid 77", 60));
+    });
+    // Look at the lease while the run holds it (just before its first write).
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let slot = seen.clone();
+    fake.with(|s| {
+        s.before_patch.push_back(Box::new(move |s| {
+            if let Ok(mut slot) = slot.lock() {
+                *slot = s.leases.get(&lease_name("web")).cloned();
+            }
+        }))
+    });
+    let ctx = context(&fake, FakeGates::default(), 1);
+    let code = commands::run(&ctx, &request(StrategyKind::Rolling, "", "app:v2"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(code, ExitCode::Done);
+    let lease = seen.lock().ok().and_then(|l| l.clone()).unwrap_or_default();
+    let spec = lease.spec.unwrap_or_default();
+    assert_eq!(spec.holder_identity.as_deref(), Some("dev@laptop pid 1"));
+    assert_eq!(spec.lease_transitions, Some(3));
+    assert!(ctx
+        .progress
+        .lines()
+        .iter()
+        .any(|l| l.contains("took over Lease rollout-web from ci@runner-9 pid 77")));
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_before_any_write() {
+    let fake = FakeCluster::new(statefulset("web", 3, "app:v1", true));
+    let ctx = context(&fake, FakeGates::default(), 1);
+    let cases: Vec<(RunRequest, &str)> = vec![
+        (
+            request(StrategyKind::Rolling, "", "sidecar=app:v2"),
+            "no container `sidecar`",
+        ),
+        (
+            RunRequest {
+                statefulset: "nope".into(),
+                ..request(StrategyKind::Rolling, "", "app:v2")
+            },
+            "StatefulSet nope not found in namespace test",
+        ),
+        (
+            {
+                let mut r = request(StrategyKind::Rolling, "", "app:v2");
+                r.config.gates.http.port = Some("grpc".parse().unwrap_or_else(|e| panic!("{e}")));
+                r
+            },
+            "port `grpc`",
+        ),
+    ];
+    for (req, needle) in cases {
+        let err = commands::run(&ctx, &req).await.expect_err(needle);
+        assert_eq!(err.exit_code(), ExitCode::BadInput, "{err}");
+        assert!(err.to_string().contains(needle), "{err}");
+    }
+    assert!(fake.with(|s| s.patches.is_empty() && s.leases.is_empty()));
+}
+
+#[tokio::test]
+async fn nothing_to_do_when_the_set_already_runs_the_image() {
+    let fake = FakeCluster::new(statefulset("web", 2, "app:v1", true));
+    let ctx = context(&fake, FakeGates::default(), 1);
+    let code = commands::run(&ctx, &request(StrategyKind::Rolling, "", "app:v1"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(code, ExitCode::Done);
+    assert!(fake.with(|s| s.patches.is_empty()));
+    assert!(ctx.progress.lines()[0].contains("nothing to do"));
+}
+
+#[tokio::test]
+async fn a_held_canary_is_promoted_by_another_command_and_finishes() {
+    let fake = FakeCluster::new(statefulset("web", 3, "app:v1", true));
+    let ctx = context(&fake, FakeGates::default(), 1);
+    let code = commands::run(&ctx, &request(StrategyKind::Canary, "weight=34", "app:v2"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(code, ExitCode::Done, "stops at the hold");
+    let held = record(&fake);
+    assert_eq!(held.phase, Phase::Paused);
+    assert_eq!(held.plan.updated_after(held.current_step), Some(1));
+    // A second run over the held canary is refused.
+    let err = commands::run(&ctx, &request(StrategyKind::Rolling, "", "app:v3"))
+        .await
+        .expect_err("in progress");
+    assert_eq!(err.exit_code(), ExitCode::Locked);
+    // No run is live: promote runs the rest itself.
+    let other = context(&fake, FakeGates::default(), 2);
+    let code = commands::promote(&other, "web", false, false)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(code, ExitCode::Done);
+    assert_eq!(record(&fake).phase, Phase::Succeeded);
+}
+
+#[tokio::test]
+async fn a_running_rollout_reacts_to_promote_and_abort_written_by_other_processes() {
+    let fake = FakeCluster::new(statefulset("web", 3, "app:v1", true));
+    let mut req = request(StrategyKind::Canary, "weight=34", "app:v2");
+    req.wait_at_holds = true;
+    let ctx = context(&fake, FakeGates::default(), 1);
+    let run = tokio::spawn({
+        let ctx = ctx.clone();
+        async move { commands::run(&ctx, &req).await }
+    });
+    // Wait (on the fake's watch) until the run holds.
+    let mut view = super::cluster::Cluster::watch(&fake, "web", "");
+    loop {
+        let paused = view
+            .borrow_and_update()
+            .statefulset
+            .as_ref()
+            .and_then(|s| {
+                RolloutState::from_annotations("web", s.metadata.annotations.as_ref())
+                    .ok()
+                    .flatten()
+            })
+            .is_some_and(|r| r.phase == Phase::Paused);
+        if paused {
+            break;
+        }
+        if view.changed().await.is_err() {
+            panic!("watch ended");
+        }
+    }
+    let other = context(&fake, FakeGates::default(), 2);
+    commands::pause(&other, "web")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // The live run holds the lease: abort only writes the record and waits for that run.
+    let code = commands::abort(&other, "web", Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(code, ExitCode::Done);
+    let outcome = run.await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        outcome.ok(),
+        Some(ExitCode::GateFailed),
+        "an aborted run exits 3"
+    );
+    assert_eq!(record(&fake).phase, Phase::Aborted);
+    assert_eq!(fake.image(), "app:v1");
+    let lines = ctx.progress.lines().join("\n");
+    assert!(
+        lines.contains("changed by another command: RollingBack"),
+        "{lines}"
+    );
+}
+
+#[tokio::test]
+async fn a_killed_run_is_resumed_from_its_record() {
+    let fake = FakeCluster::new(statefulset("web", 3, "app:v1", true));
+    let mut req = request(StrategyKind::Rolling, "pause=1h", "app:v2");
+    req.wait_at_holds = false;
+    let ctx = context(&fake, FakeGates::default(), 1);
+    let run = tokio::spawn({
+        let ctx = ctx.clone();
+        async move { commands::run(&ctx, &req).await }
+    });
+    let mut view = super::cluster::Cluster::watch(&fake, "web", "");
+    loop {
+        let paused = view
+            .borrow_and_update()
+            .statefulset
+            .as_ref()
+            .and_then(|s| {
+                RolloutState::from_annotations("web", s.metadata.annotations.as_ref())
+                    .ok()
+                    .flatten()
+            })
+            .is_some_and(|r| r.phase == Phase::Paused);
+        if paused {
+            break;
+        }
+        if view.changed().await.is_err() {
+            panic!("watch ended");
+        }
+    }
+    // SIGKILL: the task is gone, its lease stays (on another host, renewed long ago).
+    run.abort();
+    let _ = run.await;
+    fake.with(|s| {
+        let old = s.leases.get(&lease_name("web")).cloned();
+        let mut stale = held_lease("dev@other-host pid 1", 60);
+        stale.metadata.resource_version = old.and_then(|l| l.metadata.resource_version);
+        s.leases.insert(lease_name("web"), stale);
+    });
+    let at_kill = record(&fake);
+    assert_eq!(at_kill.current_step, 3, "paused after web-2 was gated");
+    let other = context(&fake, FakeGates::default(), 2);
+    // The 1h pause is still running: promote --full skips it and the later ones, and this
+    // process finishes the rest.
+    let code = tokio::time::timeout(
+        Duration::from_secs(20),
+        commands::promote(&other, "web", true, false),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("promote hangs: {:#?}", other.progress.lines()))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(code, ExitCode::Done);
+    let done = record(&fake);
+    assert_eq!(done.phase, Phase::Succeeded);
+    assert_eq!(done.id, at_kill.id, "the same rollout, continued");
+    assert_eq!(fake.image(), "app:v2");
+}
+
+#[tokio::test]
+async fn undo_returns_to_the_previous_revision_of_a_set_rollout_never_touched() {
+    let fake = FakeCluster::new(statefulset("web", 3, "app:v1", false));
+    // kubectl set image: a new revision whose pods never get Ready, wedging the set.
+    let broken = fake.with(|s| {
+        let mut template = s
+            .sts
+            .clone()
+            .unwrap_or_default()
+            .spec
+            .unwrap_or_default()
+            .template;
+        if let Some(pod) = template.spec.as_mut() {
+            pod.containers[0].image = Some("app:bad".into());
+        }
+        let name = s.revision_name_for(&template);
+        s.broken.insert(name.clone());
+        s.touch_set(|sts| {
+            if let Some(spec) = sts.spec.as_mut() {
+                spec.template = template;
+            }
+        });
+        name
+    });
+    assert!(fake
+        .pod_revisions()
+        .iter()
+        .any(|(_, rev, ready)| *rev == broken && !ready));
+    let ctx = context(&fake, FakeGates::default(), 1);
+    let code = commands::undo(&ctx, "web", None, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(code, ExitCode::Done);
+    assert_eq!(fake.image(), "app:v1");
+    assert_eq!(fake.with(|s| s.deleted_pods.clone()), ["web-2"]);
+    assert!(fake
+        .pod_revisions()
+        .iter()
+        .all(|(_, rev, ready)| *rev != broken && *ready));
+    // --to-revision that does not exist: bad input, nothing changed.
+    let err = commands::undo(&ctx, "web", Some(42), Duration::from_secs(60))
+        .await
+        .expect_err("no revision 42");
+    assert_eq!(err.exit_code(), ExitCode::BadInput);
+}
+
+#[tokio::test]
+async fn commands_without_a_rollout_say_so() {
+    let fake = FakeCluster::new(statefulset("web", 2, "app:v1", true));
+    let ctx = context(&fake, FakeGates::default(), 1);
+    for result in [
+        commands::promote(&ctx, "web", false, false).await,
+        commands::resume(&ctx, "web", false).await,
+        commands::abort(&ctx, "web", Duration::from_secs(5)).await,
+    ] {
+        let err = result.expect_err("no rollout");
+        assert!(matches!(err, ExecError::NoRollout { .. }), "{err}");
+        assert_eq!(err.exit_code(), ExitCode::BadInput);
+    }
+    let code = commands::status(&ctx, "web", false, None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(code, ExitCode::Done);
+    assert!(ctx.out.text().contains("rollout:   none recorded"));
+}
