@@ -15,7 +15,9 @@ use super::lease::{self, assess, Identity, LeaseState};
 use super::manifest::Manifest;
 use super::patch::{RecordChange, StrategyChange, StsPatch, TemplateChange};
 use super::progress::{format_elapsed, Out, Progress};
-use super::report::{history, pick_undo_revision, render_history, render_status, status_report};
+use super::report::{
+    history, pick_undo_revision, render_history, render_status, render_status_line, status_report,
+};
 use super::runner::{RunOptions, RunOutcome, Runner};
 use super::ExecError;
 use crate::model::exit::ExitCode;
@@ -891,6 +893,7 @@ pub async fn status<C: Cluster, G: GateRunner>(
     let deadline = timeout.map(|t| Instant::now() + t);
     let mut last = String::new();
     let mut first = true;
+    // `first`: nothing printed yet; `last`: what was printed last, to print changes only.
     loop {
         let snapshot = view.borrow_and_update().clone();
         if snapshot.synced {
@@ -908,14 +911,28 @@ pub async fn status<C: Cluster, G: GateRunner>(
                 Timestamp::now(),
             )?;
             let fingerprint = report.fingerprint();
-            if fingerprint != last {
-                if !first && ctx.output == Output::Text {
-                    ctx.out.print("\n");
+            let settled = report.is_settled();
+            let changed = fingerprint != last;
+            match (ctx.output, first) {
+                (Output::Json, _) | (Output::Text, true) => {
+                    if changed {
+                        print(&report)?;
+                    }
                 }
-                first = false;
-                print(&report)?;
-                last = fingerprint;
+                // After the whole report, one line per change, and the whole report at the end.
+                (Output::Text, false) => {
+                    if changed {
+                        ctx.out
+                            .print(&render_status_line(&report, Timestamp::now()));
+                    }
+                    if settled {
+                        ctx.out.print("\n");
+                        print(&report)?;
+                    }
+                }
             }
+            first = false;
+            last = fingerprint;
             if report.is_settled() {
                 return Ok(match report.record {
                     Some(r) => ExitCode::for_outcome(r.phase, r.rollback_cause),

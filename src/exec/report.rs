@@ -281,10 +281,15 @@ pub fn render_status(report: &StatusReport, now: Timestamp) -> String {
                 r.started_by,
                 ago(r.started_at, now)
             );
-            let step = if r.step <= r.steps {
-                format!(" at step {}/{}: {}", r.step, r.steps, r.step_description)
-            } else {
+            let step = if r.step > r.steps {
                 format!(", all {} steps done", r.steps)
+            } else if r.phase.is_finished() {
+                format!(
+                    " (stopped at step {}/{}: {})",
+                    r.step, r.steps, r.step_description
+                )
+            } else {
+                format!(" at step {}/{}: {}", r.step, r.steps, r.step_description)
             };
             let pause = match report.record.as_ref().and_then(|x| x.pause.clone()) {
                 Some(PauseReason::User) => " (paused by `rollout pause`)".to_string(),
@@ -338,6 +343,37 @@ pub fn render_status(report: &StatusReport, now: Timestamp) -> String {
         let _ = writeln!(out, "lock:      held by {}{renewed}{state}", lock.holder);
     }
     out
+}
+
+/// One line for `status --watch` after the first full report: the time, the phase and step, the
+/// pods on the new version and Ready, and the first line of the message.
+pub fn render_status_line(report: &StatusReport, now: Timestamp) -> String {
+    let time = now.strftime("%H:%M:%S");
+    let ready = format!("{} of {} Ready", report.ready_replicas, report.replicas);
+    match &report.rollout {
+        None => {
+            let revisions = report
+                .revisions
+                .iter()
+                .map(|r| format!("{} on {}", r.pods.len(), r.revision))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!("{time}  {ready}; {revisions}\n")
+        }
+        Some(r) => {
+            let step = if r.step > r.steps {
+                format!("{}/{}", r.steps, r.steps)
+            } else {
+                format!("{}/{}", r.step, r.steps)
+            };
+            let message = r.message.lines().next().unwrap_or_default();
+            format!(
+                "{time}  {:<11} step {step:<7} new version on {}, {ready}  {message}\n",
+                r.phase.to_string(),
+                r.achieved_weight
+            )
+        }
+    }
 }
 
 /// One ControllerRevision of a StatefulSet.
@@ -550,6 +586,10 @@ target:    web-7d9b (app=time-app:v2): web-1 (1 of 1 Ready)
 message:   gate running
 ";
         assert_eq!(text, expected);
+        assert_eq!(
+            render_status_line(&report, ts(1_700_000_060)),
+            "22:14:20  Progressing step 3/5     new version on 1 of 2 pods (50%), 2 of 2 Ready  gate running\n"
+        );
         let json = serde_json::to_value(&report).unwrap_or_default();
         assert_eq!(json["rollout"]["phase"], "Progressing");
         assert_eq!(json["record"]["id"], "r-1");
@@ -579,6 +619,10 @@ message:   gate running
         let report = status_report("shop", &set, &pods, Some(&lease), ts(130))
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(report.is_settled());
+        assert_eq!(
+            render_status_line(&report, ts(130)),
+            "00:02:10  2 of 2 Ready; 2 on web-6c8f\n"
+        );
         let text = render_status(&report, ts(130));
         assert!(text.contains("rollout:   none recorded"), "{text}");
         assert!(
