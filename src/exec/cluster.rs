@@ -367,8 +367,9 @@ impl WatchState {
     fn apply(&mut self, change: Change, name: &str) -> bool {
         match change {
             Change::Set(Err(e)) | Change::Pod(Err(e)) => {
-                // The watcher retries by itself (with back-off); say so for whoever debugs.
-                tracing::warn!(statefulset = name, error = %e, "watch error; retrying");
+                // The watcher retries by itself (with back-off); a dropped watch is routine, a
+                // cluster that stays away shows up as a lost lease.
+                tracing::info!(statefulset = name, error = %e, "watch error; retrying");
                 false
             }
             Change::Set(Ok(event)) => match event {

@@ -436,6 +436,15 @@ async fn start<C: Cluster, G: GateRunner>(
     let mut view = ctx.cluster.watch(name, &selector_of(&sts));
     let sts = settle(&mut view, name).await?;
     if let Some(reason) = mid_update_reason(&sts) {
+        let reason = match existing.as_ref().filter(|r| r.phase == Phase::Failed) {
+            Some(r) => format!(
+                "its last rollout ({} started by {}) failed and was left as it was: {}; `rollout abort {name}` returns it to the stable revision",
+                r.plan.strategy,
+                r.started_by,
+                r.message.lines().next().unwrap_or_default()
+            ),
+            None => reason,
+        };
         return Err(ExecError::NotRollable {
             statefulset: name.to_string(),
             reason,
@@ -693,6 +702,9 @@ pub async fn promote<C: Cluster, G: GateRunner>(
             record.current_step + 1,
             record.plan.steps.len()
         ));
+        if ctx.output == Output::Json {
+            ctx.print_json(&record)?;
+        }
         return Ok(ExitCode::Done);
     }
     continue_run(ctx, name, change, wait_at_holds).await
@@ -728,6 +740,9 @@ pub async fn pause<C: Cluster, G: GateRunner>(
             None => String::new(),
         }
     ));
+    if ctx.output == Output::Json {
+        ctx.print_json(&record)?;
+    }
     Ok(ExitCode::Done)
 }
 
@@ -752,10 +767,14 @@ pub async fn resume<C: Cluster, G: GateRunner>(
     }
     if let Some(holder) = ctx.live_holder(name).await? {
         if record.phase == Phase::Paused && !at_pause_step {
-            write_transition(ctx, name, |r| r.resume_by_user(Timestamp::now())).await?;
+            let record =
+                write_transition(ctx, name, |r| r.resume_by_user(Timestamp::now())).await?;
             ctx.progress.say(format!(
                 "resumed the rollout of {name}: the running rollout ({holder}) continues"
             ));
+            if ctx.output == Output::Json {
+                ctx.print_json(&record)?;
+            }
             return Ok(ExitCode::Done);
         }
     }

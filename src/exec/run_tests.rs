@@ -588,3 +588,68 @@ async fn commands_without_a_rollout_say_so() {
     assert_eq!(code, ExitCode::Done);
     assert!(ctx.out.text().contains("rollout:   none recorded"));
 }
+
+#[tokio::test]
+async fn an_on_delete_set_is_rolled_with_a_partition_and_given_back_its_strategy() {
+    let mut set = statefulset("web", 2, "app:v1", true);
+    if let Some(spec) = set.spec.as_mut() {
+        spec.update_strategy = Some(k8s_openapi::api::apps::v1::StatefulSetUpdateStrategy {
+            type_: Some("OnDelete".into()),
+            rolling_update: None,
+        });
+    }
+    let fake = FakeCluster::new(set);
+    let ctx = context(&fake, FakeGates::default(), 1);
+    let code = commands::run(&ctx, &request(StrategyKind::Rolling, "", "app:v2"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(code, ExitCode::Done);
+    let r = record(&fake);
+    assert_eq!(r.stable.update_strategy.as_deref(), Some("OnDelete"));
+    assert!(
+        r.plan.notes.iter().any(|n| n.contains("OnDelete")),
+        "{:?}",
+        r.plan.notes
+    );
+    let strategy = fake
+        .set()
+        .spec
+        .and_then(|s| s.update_strategy)
+        .unwrap_or_default();
+    assert_eq!(strategy.type_.as_deref(), Some("OnDelete"));
+    assert_eq!(
+        partitions(&fake),
+        ["RollingUpdate:Some(2)", "P1", "P0", "OnDelete:None"]
+    );
+}
+
+#[tokio::test]
+async fn the_overall_deadline_stops_a_rollout_whose_steps_each_have_time_left() {
+    let fake = FakeCluster::new(statefulset("web", 3, "app:v1", true));
+    let mut req = request(StrategyKind::Rolling, "", "app:v2");
+    req.config.timeouts.total = Some(HumanDuration::from_millis(800));
+    let template = {
+        let mut t = fake.set().spec.map(|s| s.template).unwrap_or_default();
+        if let Some(pod) = t.spec.as_mut() {
+            pod.containers[0].image = Some("app:v2".into());
+        }
+        t
+    };
+    fake.with(|s| {
+        let broken = s.revision_name_for(&template);
+        s.broken.insert(broken);
+    });
+    let ctx = context(&fake, FakeGates::default(), 1);
+    let code = commands::run(&ctx, &req)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(code, ExitCode::TimedOut);
+    let r = record(&fake);
+    assert_eq!(r.phase, Phase::RolledBack);
+    assert!(
+        r.message.contains("overall deadline of 800ms"),
+        "{}",
+        r.message
+    );
+    assert_eq!(fake.image(), "app:v1");
+}

@@ -23,6 +23,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::cluster::{selector_string, ApiError, Cluster, Snapshot, View};
 use super::gates::{gate_targets, GateRunner};
@@ -249,9 +250,17 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
     }
 
     /// Runs until the rollout is finished, or stops at a hold.
-    pub async fn run(mut self) -> Result<RunOutcome, ExecError> {
-        let span = tracing::info_span!("rollout", statefulset = %self.name, id = %self.record.id);
-        let _enter = span.enter();
+    pub async fn run(self) -> Result<RunOutcome, ExecError> {
+        let span = tracing::info_span!(
+            "rollout",
+            namespace = %self.cluster.namespace(),
+            statefulset = %self.name,
+            id = %self.record.id
+        );
+        self.run_loop().instrument(span).await
+    }
+
+    async fn run_loop(mut self) -> Result<RunOutcome, ExecError> {
         loop {
             if let Some(reason) = self.lease_lost.borrow().clone() {
                 return Err(ExecError::LeaseLost {
@@ -334,6 +343,14 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             .await
         {
             Ok(sts) => {
+                tracing::debug!(
+                    statefulset = %self.name,
+                    phase = %self.record.phase,
+                    step = self.record.current_step + 1,
+                    resource_version = sts.metadata.resource_version.as_deref().unwrap_or(""),
+                    mutation = patch.mutates_pods(),
+                    "wrote the rollout record"
+                );
                 self.known.insert(hash_text(&text));
                 self.last_text = text;
                 self.resource_version = sts.metadata.resource_version.clone();
@@ -387,6 +404,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             return Ok(false);
         }
         let record = RolloutState::from_annotation(&self.name, text)?;
+        tracing::info!(statefulset = %self.name, phase = %record.phase, step = record.current_step + 1, "adopting a rollout record written by another command");
         self.known.insert(hash_text(text));
         self.last_text = text.to_string();
         self.resource_version = sts.metadata.resource_version.clone();
@@ -530,15 +548,20 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             step = self.record.current_step + 1,
             kind = step.name()
         );
-        let _enter = span.enter();
         match step {
-            Step::SetTemplateAndFreeze { partition } => self.freeze(partition).await,
+            Step::SetTemplateAndFreeze { partition } => {
+                self.freeze(partition).instrument(span).await
+            }
             Step::SetPartition {
                 partition,
                 ordinals,
                 ..
-            } => self.lower_partition(partition, &ordinals).await,
-            Step::Gate { ordinals } => self.gate(&ordinals).await,
+            } => {
+                self.lower_partition(partition, &ordinals)
+                    .instrument(span)
+                    .await
+            }
+            Step::Gate { ordinals } => self.gate(&ordinals).instrument(span).await,
             Step::Pause { wait } => {
                 // Entering a pause is normally done by the transitions; a record that reached
                 // a pause step while progressing is put in the same state here.
@@ -1055,6 +1078,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 let name = pod.metadata.name.clone().unwrap_or_default();
                 let uid = pod.metadata.uid.clone();
                 let broken = pod_revision(pod).unwrap_or("?").to_string();
+                tracing::info!(pod = %name, revision = %broken, "deleting a pod stuck on the broken revision");
                 self.cluster
                     .delete_pod(&name, uid.as_deref())
                     .await
