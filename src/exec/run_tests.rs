@@ -423,25 +423,7 @@ async fn a_running_rollout_reacts_to_promote_and_abort_written_by_other_processe
         async move { commands::run(&ctx, &req).await }
     });
     // Wait (on the fake's watch) until the run holds.
-    let mut view = super::cluster::Cluster::watch(&fake, "web", "");
-    loop {
-        let paused = view
-            .borrow_and_update()
-            .statefulset
-            .as_ref()
-            .and_then(|s| {
-                RolloutState::from_annotations("web", s.metadata.annotations.as_ref())
-                    .ok()
-                    .flatten()
-            })
-            .is_some_and(|r| r.phase == Phase::Paused);
-        if paused {
-            break;
-        }
-        if view.changed().await.is_err() {
-            panic!("watch ended");
-        }
-    }
+    until_record(&fake, |r| r.phase == Phase::Paused).await;
     let other = context(&fake, FakeGates::default(), 2);
     commands::pause(&other, "web")
         .await
@@ -476,25 +458,7 @@ async fn a_killed_run_is_resumed_from_its_record() {
         let ctx = ctx.clone();
         async move { commands::run(&ctx, &req).await }
     });
-    let mut view = super::cluster::Cluster::watch(&fake, "web", "");
-    loop {
-        let paused = view
-            .borrow_and_update()
-            .statefulset
-            .as_ref()
-            .and_then(|s| {
-                RolloutState::from_annotations("web", s.metadata.annotations.as_ref())
-                    .ok()
-                    .flatten()
-            })
-            .is_some_and(|r| r.phase == Phase::Paused);
-        if paused {
-            break;
-        }
-        if view.changed().await.is_err() {
-            panic!("watch ended");
-        }
-    }
+    until_record(&fake, |r| r.phase == Phase::Paused).await;
     // SIGKILL: the task is gone, its lease stays (on another host, renewed long ago).
     run.abort();
     let _ = run.await;
@@ -651,5 +615,90 @@ async fn the_overall_deadline_stops_a_rollout_whose_steps_each_have_time_left() 
         "{}",
         r.message
     );
+    assert_eq!(fake.image(), "app:v1");
+}
+
+/// Waits on the fake's watch until the record satisfies `check`.
+async fn until_record(fake: &FakeCluster, check: impl Fn(&RolloutState) -> bool) {
+    let mut view = super::cluster::Cluster::watch(fake, "web", "");
+    loop {
+        let done = view
+            .borrow_and_update()
+            .statefulset
+            .as_ref()
+            .and_then(|s| {
+                RolloutState::from_annotations("web", s.metadata.annotations.as_ref())
+                    .ok()
+                    .flatten()
+            })
+            .is_some_and(|r| check(&r));
+        if done {
+            return;
+        }
+        if view.changed().await.is_err() {
+            panic!("watch ended");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_gate_that_cannot_decide_pauses_until_resume_runs_it_again() {
+    let fake = FakeCluster::new(statefulset("web", 2, "app:v1", true));
+    let gates = FakeGates::failing_at(
+        0,
+        Verdict::Inconclusive {
+            message: "HTTP gate could not judge pod web-1".into(),
+        },
+    );
+    let ctx = context(&fake, gates.clone(), 1);
+    let run = tokio::spawn({
+        let ctx = ctx.clone();
+        async move { commands::run(&ctx, &request(StrategyKind::Rolling, "", "app:v2")).await }
+    });
+    until_record(&fake, |r| {
+        matches!(
+            r.pause,
+            Some(crate::model::state::PauseReason::GateInconclusive { .. })
+        )
+    })
+    .await;
+    let other = context(&fake, FakeGates::default(), 2);
+    let code = commands::resume(&other, "web", false)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(code, ExitCode::Done);
+    let outcome = run.await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(outcome.ok(), Some(ExitCode::Done));
+    assert_eq!(record(&fake).phase, Phase::Succeeded);
+    assert_eq!(
+        gates.calls(),
+        [vec!["web-1"], vec!["web-1"], vec!["web-0"]],
+        "the gate on web-1 ran again"
+    );
+}
+
+#[tokio::test]
+async fn no_rollback_holds_a_failure_until_abort() {
+    let fake = FakeCluster::new(statefulset("web", 3, "app:v1", true));
+    let mut req = request(StrategyKind::Rolling, "", "app:v2");
+    req.config.on_failure = OnFailure::Hold;
+    let ctx = context(&fake, FakeGates::failing_at(0, failure("web-2")), 1);
+    let code = commands::run(&ctx, &req)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(code, ExitCode::GateFailed);
+    let held = record(&fake);
+    assert_eq!(held.phase, Phase::Failed);
+    assert_eq!(fake.image(), "app:v2", "left as it is");
+    // Starting again over it is refused with a hint to abort.
+    let err = commands::run(&ctx, &request(StrategyKind::Rolling, "", "app:v3"))
+        .await
+        .expect_err("held failure");
+    assert!(err.to_string().contains("rollout abort web"), "{err}");
+    let code = commands::abort(&ctx, "web", Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(code, ExitCode::Done);
+    assert_eq!(record(&fake).phase, Phase::Aborted);
     assert_eq!(fake.image(), "app:v1");
 }
