@@ -48,6 +48,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Cluster and output")]
 pub struct GlobalArgs {
     /// Kubeconfig file (default: $KUBECONFIG, then ~/.kube/config, then the in-cluster account)
     #[arg(long, global = true, value_name = "FILE")]

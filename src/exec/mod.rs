@@ -95,7 +95,7 @@ pub enum ExecError {
     TooManyConflicts { statefulset: String, attempts: u32 },
     #[error("the watch on StatefulSet {statefulset} ended unexpectedly")]
     WatchEnded { statefulset: String },
-    #[error("StatefulSet {statefulset}: {what}")]
+    #[error("StatefulSet {statefulset} {what}")]
     Revision { statefulset: String, what: String },
     #[error("{what} did not finish within {timeout}")]
     Timeout { what: String, timeout: String },
