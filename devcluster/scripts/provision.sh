@@ -9,7 +9,7 @@ set -euo pipefail
 
 K8S_SOURCE_PACKAGE=kubernetes
 CACHE_ROOT="${ROLLOUT_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/rollout}"
-PACKAGES=(etcd-server golang-go rsync make openssl iproute2 util-linux procps dpkg-dev curl kubectl)
+PACKAGES=(etcd-server golang-go rsync make openssl iproute2 util-linux procps dpkg-dev curl jq kubectl)
 
 say() { printf 'provision: %s\n' "$*" >&2; }
 die() { printf 'provision: error: %s\n' "$*" >&2; exit 1; }
