@@ -11,6 +11,8 @@ if [ "$(id -u)" != 0 ]; then
   exec sudo -E "$0" "$@"
 fi
 
+# rustup installs cargo under ~/.cargo/bin, which a non-login shell may not have on PATH.
+[ -d "$HOME/.cargo/bin" ] && export PATH="$HOME/.cargo/bin:$PATH"
 command -v cargo >/dev/null || { echo "cargo is missing: install a Rust toolchain (rustup) first" >&2; exit 1; }
 
 log "provisioning (Debian packages, control-plane binaries cached under ~/.cache/rollout)"
