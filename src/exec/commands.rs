@@ -316,11 +316,14 @@ fn conclude<C: Cluster, G: GateRunner>(
     })
 }
 
-/// Runs `runner` until it ends, the process is interrupted, then releases the lock.
+/// Runs `runner` until it ends or the process is interrupted, releases the lock, and turns the
+/// end into the command's exit code.
 async fn drive<C: Cluster, G: GateRunner>(
+    ctx: &Context<C, G>,
     runner: Runner<C, G>,
     guard: lease::LeaseGuard<C>,
-) -> Result<Result<RunOutcome, u8>, ExecError> {
+    started: Instant,
+) -> Result<ExitCode, ExecError> {
     let name = runner.record().plan.statefulset.clone();
     let result = tokio::select! {
         outcome = runner.run() => outcome.map(Ok),
@@ -328,7 +331,10 @@ async fn drive<C: Cluster, G: GateRunner>(
     };
     guard.release().await;
     tracing::debug!(statefulset = %name, "run ended");
-    result
+    match result? {
+        Ok(outcome) => conclude(ctx, &outcome, started),
+        Err(signal) => Err(ExecError::Interrupted { statefulset: name, exit: signal }),
+    }
 }
 
 /// `rollout rolling|ramped|canary|apply STS ...`.
@@ -548,13 +554,7 @@ async fn start<C: Cluster, G: GateRunner>(
             template: Some(prepared.template),
         },
     );
-    match drive(runner, guard).await? {
-        Ok(outcome) => conclude(ctx, &outcome, started),
-        Err(signal) => Err(ExecError::Interrupted {
-            statefulset: name.to_string(),
-            exit: signal,
-        }),
-    }
+    drive(ctx, runner, guard, started).await
 }
 
 /// Continues the recorded rollout of `name` in this process: takes the lock, applies `change`
@@ -622,13 +622,7 @@ async fn continue_run<C: Cluster, G: GateRunner>(
             template: None,
         },
     );
-    match drive(runner, guard).await? {
-        Ok(outcome) => conclude(ctx, &outcome, started),
-        Err(signal) => Err(ExecError::Interrupted {
-            statefulset: name.to_string(),
-            exit: signal,
-        }),
-    }
+    drive(ctx, runner, guard, started).await
 }
 
 /// Applies `change` to the record on the set, under its resourceVersion, re-reading on
