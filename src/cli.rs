@@ -18,8 +18,9 @@ use crate::model::image::ImageChange;
 use crate::model::steps::StepList;
 use crate::model::strategy::{
     BatchSize, OnFailure, PauseSpec, StrategyConfig, StrategyError, StrategyFlags, StrategyKind,
-    Timeouts,
+    StrategyParams, Timeouts,
 };
+use crate::model::twin::{DataMode, ReplayLine, ShadowCompare};
 use crate::model::weight::Percent;
 
 const EXIT_CODES: &str = "\
@@ -92,15 +93,31 @@ pub enum Command {
         #[arg(long, value_name = "DURATION", requires = "watch")]
         timeout: Option<HumanDuration>,
     },
-    /// Continue a rollout waiting at a pause (--full: skip to the end)
+    /// Continue a rollout waiting at a pause (--full: skip to the end); end a shadow's
+    /// comparison and roll the real set (--then)
     Promote {
         statefulset: String,
         /// Skip the remaining steps and pauses: every pod moves in one step (then one gate)
-        #[arg(long)]
+        #[arg(long, conflicts_with = "then")]
         full: bool,
         /// If this process runs the rest: keep waiting at later holds
         #[arg(long)]
         wait: bool,
+        /// Shadow: after the shadow is removed, roll the real set with this strategy
+        #[arg(long, value_name = "rolling|ramped|canary")]
+        then: Option<StrategyKind>,
+        /// With --then: pods per step (rolling)
+        #[arg(long, value_name = "N", requires = "then")]
+        batch: Option<BatchSize>,
+        /// With --then: steps (ramped: 1,2,4 or 10%,50%; canary: 20,50,100)
+        #[arg(long, value_name = "LIST", requires = "then")]
+        steps: Option<StepList>,
+        /// With --then canary: hold at this weight until the next promote
+        #[arg(long, value_name = "PERCENT", requires = "then")]
+        weight: Option<Percent>,
+        /// With --then: wait between steps
+        #[arg(long, value_name = "DURATION|promote", requires = "then")]
+        pause: Option<PauseSpec>,
     },
     /// Pause a rollout after its current step
     Pause { statefulset: String },
@@ -140,8 +157,146 @@ pub enum RunCommand {
     Ramped(RampedArgs),
     /// Update a share of the pods and hold (--weight), or walk through weights (--steps)
     Canary(CanaryArgs),
+    /// Start a second set (green) on the new version, gate it, then switch the live Services to it
+    #[command(name = "bluegreen", alias = "blue-green")]
+    BlueGreen(BlueGreenArgs),
+    /// Scheduled downtime: scale to 0, update, scale back, gate (data stays on the same volumes)
+    Recreate(RecreateArgs),
+    /// Run the new version beside stable with no live traffic, replay requests to both, compare
+    Shadow(ShadowArgs),
     /// Roll with a strategy file (see strategies/); flags override the file
     Apply(ApplyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BlueGreenArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// A live Service to switch (repeat for several) [default: every Service with a cluster IP
+    /// that selects the set's pods]
+    #[arg(long = "service", value_name = "SERVICE")]
+    pub services: Vec<String>,
+    /// Switch as soon as green passes its gates instead of waiting for `rollout promote`
+    #[arg(long)]
+    pub auto_promote: bool,
+    /// How long the old set stays scaled after the switch, so abort and undo are instant [default: 30s]
+    #[arg(long, value_name = "DURATION")]
+    pub scale_down_delay: Option<HumanDuration>,
+    /// Green's volumes: `fresh` (new and empty) or `clone` (each ordinal's copied from blue's) [default: fresh]
+    #[arg(long, value_name = "fresh|clone")]
+    pub data: Option<DataMode>,
+    /// Keep green's volumes when green is removed after a failure or an abort
+    #[arg(long)]
+    pub keep_data: bool,
+    #[command(flatten)]
+    pub gates: GateArgs,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RecreateArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    #[command(flatten)]
+    pub gates: GateArgs,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ShadowArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Pods of the shadow set [default: 1]
+    #[arg(long, value_name = "N")]
+    pub replicas: Option<u32>,
+    /// How long requests are replayed and compared [default: 1m]
+    #[arg(long, value_name = "DURATION")]
+    pub duration: Option<HumanDuration>,
+    /// Requests to replay, one `METHOD /path` per line [default: GET /]
+    #[arg(long, value_name = "FILE")]
+    pub requests: Option<PathBuf>,
+    /// Replayed requests per second, to each side [default: 10]
+    #[arg(long, value_name = "N")]
+    pub rate: Option<u32>,
+    /// Most replayed requests, to each side [default: 600]
+    #[arg(long, value_name = "N")]
+    pub max_requests: Option<u32>,
+    /// Fewest answers per side before the comparison can pass [default: 20]
+    #[arg(long, value_name = "N")]
+    pub min_samples: Option<u32>,
+    /// Highest error rate of the shadow above stable's, in percentage points [default: 1]
+    #[arg(long, value_name = "POINTS")]
+    pub max_error_rate_increase: Option<f64>,
+    /// Highest ratio of the shadow's p95 latency to stable's [default: 2]
+    #[arg(long, value_name = "FACTOR")]
+    pub max_p95_ratio: Option<f64>,
+    /// Compare response bodies too
+    #[arg(long)]
+    pub compare_bodies: bool,
+    /// With --compare-bodies: leave out body lines that match this pattern (e.g. a clock)
+    #[arg(long, value_name = "PATTERN", requires = "compare_bodies")]
+    pub ignore_lines: Option<String>,
+    /// Keep the shadow's volumes when it is removed
+    #[arg(long)]
+    pub keep_data: bool,
+    #[command(flatten)]
+    pub gates: GateArgs,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+impl ShadowArgs {
+    fn flags(&self) -> Result<StrategyFlags, SettingsError> {
+        let mut compare = ShadowCompare::default();
+        if let Some(v) = self.rate {
+            compare.rate = v;
+        }
+        if let Some(v) = self.max_requests {
+            compare.max_requests = v;
+        }
+        if let Some(v) = self.min_samples {
+            compare.min_samples = v;
+        }
+        if let Some(v) = self.max_error_rate_increase {
+            compare.max_error_rate_increase = v;
+        }
+        if let Some(v) = self.max_p95_ratio {
+            compare.max_p95_ratio = v;
+        }
+        compare.compare_bodies = self.compare_bodies;
+        compare.ignore_lines = self.ignore_lines.clone();
+        let requests = match &self.requests {
+            Some(path) => Some(read_requests(path)?),
+            None => None,
+        };
+        Ok(StrategyFlags {
+            replicas: self.replicas,
+            duration: self.duration,
+            requests,
+            compare: Some(compare),
+            keep_data: self.keep_data.then_some(true),
+            ..StrategyFlags::default()
+        })
+    }
+}
+
+/// Reads a requests file (`METHOD /path` per line).
+fn read_requests(path: &PathBuf) -> Result<Vec<ReplayLine>, SettingsError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| SettingsError::ReadRequests {
+        file: file.clone(),
+        source,
+    })?;
+    let parsed = crate::gate::compare::parse_requests(&file, &text)?;
+    Ok(parsed
+        .into_iter()
+        .map(|r| ReplayLine {
+            method: r.method,
+            path: r.path,
+        })
+        .collect())
 }
 
 /// The StatefulSet and its new template.
@@ -409,6 +564,14 @@ pub enum SettingsError {
     },
     #[error(transparent)]
     Manifest(#[from] ManifestError),
+    #[error("reading requests file {file}: {source}")]
+    ReadRequests {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Requests(#[from] crate::gate::compare::RequestsError),
 }
 
 fn source(
@@ -484,6 +647,34 @@ impl RunCommand {
                 &a.gates,
                 &a.run,
             ),
+            RunCommand::BlueGreen(a) => request(
+                StrategyKind::BlueGreen,
+                &a.target,
+                StrategyFlags {
+                    services: a.services.clone(),
+                    auto_promote: a.auto_promote.then_some(true),
+                    scale_down_delay: a.scale_down_delay,
+                    data: a.data,
+                    keep_data: a.keep_data.then_some(true),
+                    ..StrategyFlags::default()
+                },
+                &a.gates,
+                &a.run,
+            ),
+            RunCommand::Recreate(a) => request(
+                StrategyKind::Recreate,
+                &a.target,
+                StrategyFlags::default(),
+                &a.gates,
+                &a.run,
+            ),
+            RunCommand::Shadow(a) => request(
+                StrategyKind::Shadow,
+                &a.target,
+                a.flags()?,
+                &a.gates,
+                &a.run,
+            ),
             RunCommand::Apply(a) => {
                 let file = a.file.display().to_string();
                 let text = std::fs::read_to_string(&a.file).map_err(|source| {
@@ -498,6 +689,7 @@ impl RunCommand {
                     steps: a.steps.clone(),
                     weight: a.weight,
                     pause: a.pause,
+                    ..StrategyFlags::default()
                 });
                 let config = StrategyConfig::new(
                     parsed.strategy,
@@ -544,11 +736,39 @@ impl Cli {
                 statefulset,
                 full,
                 wait,
-            } => Action::Promote {
-                statefulset,
-                full,
-                wait,
-            },
+                then,
+                batch,
+                steps,
+                weight,
+                pause,
+            } => {
+                let then = match then {
+                    Some(kind) if kind.uses_partition() => Some(StrategyParams::from_flags(
+                        kind,
+                        &StrategyFlags {
+                            batch,
+                            steps,
+                            weight,
+                            pause,
+                            ..StrategyFlags::default()
+                        },
+                    )?),
+                    Some(kind) => {
+                        return Err(SettingsError::Strategy(StrategyError::FlagNotApplicable {
+                            flag: "then",
+                            strategy: kind,
+                            hint: "after a shadow the real set is rolled with rolling, ramped or canary",
+                        }))
+                    }
+                    None => None,
+                };
+                Action::Promote {
+                    statefulset,
+                    full,
+                    wait,
+                    then,
+                }
+            }
             Command::Pause { statefulset } => Action::Pause { statefulset },
             Command::Resume { statefulset, wait } => Action::Resume { statefulset, wait },
             Command::Abort {

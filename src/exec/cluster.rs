@@ -13,7 +13,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -123,6 +123,42 @@ pub trait Cluster: Clone + Send + Sync + 'static {
         resource_version: &str,
     ) -> impl Future<Output = Result<(), ApiError>> + Send;
 
+    fn create_statefulset(
+        &self,
+        sts: &StatefulSet,
+    ) -> impl Future<Output = Result<StatefulSet, ApiError>> + Send;
+
+    /// Deletes a StatefulSet (its pods go with it; its PVCs stay). Gone already is fine.
+    fn delete_statefulset(&self, name: &str) -> impl Future<Output = Result<(), ApiError>> + Send;
+
+    fn list_statefulsets(&self) -> impl Future<Output = Result<Vec<StatefulSet>, ApiError>> + Send;
+
+    fn list_services(&self) -> impl Future<Output = Result<Vec<Service>, ApiError>> + Send;
+
+    /// Replaces a Service's selector with `selector` in one patch.
+    fn set_service_selector(
+        &self,
+        name: &str,
+        selector: &BTreeMap<String, String>,
+    ) -> impl Future<Output = Result<(), ApiError>> + Send;
+
+    fn create_service(&self, service: &Service) -> impl Future<Output = Result<(), ApiError>> + Send;
+
+    /// Deletes a Service; gone already is fine.
+    fn delete_service(&self, name: &str) -> impl Future<Output = Result<(), ApiError>> + Send;
+
+    fn list_claims(
+        &self,
+    ) -> impl Future<Output = Result<Vec<PersistentVolumeClaim>, ApiError>> + Send;
+
+    fn create_claim(
+        &self,
+        claim: &PersistentVolumeClaim,
+    ) -> impl Future<Output = Result<(), ApiError>> + Send;
+
+    /// Deletes a PVC; gone already is fine.
+    fn delete_claim(&self, name: &str) -> impl Future<Output = Result<(), ApiError>> + Send;
+
     /// Starts watching the StatefulSet `name` and the pods `selector` matches.
     fn watch(&self, name: &str, selector: &str) -> View;
 }
@@ -205,6 +241,24 @@ impl KubeCluster {
 
 /// The field manager name the API server records for rollout's writes.
 const FIELD_MANAGER: &str = "rollout";
+
+fn post_params() -> PostParams {
+    PostParams {
+        field_manager: Some(FIELD_MANAGER.to_string()),
+        ..PostParams::default()
+    }
+}
+
+/// A delete whose object is already gone did what was asked.
+fn gone_is_fine<T>(result: Result<T, kube::Error>) -> Result<(), ApiError> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) => match ApiError::from(e) {
+            ApiError::NotFound => Ok(()),
+            other => Err(other),
+        },
+    }
+}
 
 impl Cluster for KubeCluster {
     fn namespace(&self) -> &str {
@@ -304,6 +358,83 @@ impl Cluster for KubeCluster {
                 other => Err(other),
             },
         }
+    }
+
+    async fn create_statefulset(&self, sts: &StatefulSet) -> Result<StatefulSet, ApiError> {
+        Ok(self.api::<StatefulSet>().create(&post_params(), sts).await?)
+    }
+
+    async fn delete_statefulset(&self, name: &str) -> Result<(), ApiError> {
+        gone_is_fine(self.api::<StatefulSet>().delete(name, &DeleteParams::default()).await)
+    }
+
+    async fn list_statefulsets(&self) -> Result<Vec<StatefulSet>, ApiError> {
+        Ok(self.api::<StatefulSet>().list(&ListParams::default()).await?.items)
+    }
+
+    async fn list_services(&self) -> Result<Vec<Service>, ApiError> {
+        Ok(self.api::<Service>().list(&ListParams::default()).await?.items)
+    }
+
+    async fn set_service_selector(
+        &self,
+        name: &str,
+        selector: &BTreeMap<String, String>,
+    ) -> Result<(), ApiError> {
+        // A JSON merge patch merges maps key by key: keys the new selector drops are sent as
+        // null, so the result is exactly `selector`, in one write.
+        let current = self.api::<Service>().get(name).await?;
+        let mut body = serde_json::Map::new();
+        for key in current.spec.and_then(|s| s.selector).unwrap_or_default().keys() {
+            if !selector.contains_key(key) {
+                body.insert(key.clone(), serde_json::Value::Null);
+            }
+        }
+        for (key, value) in selector {
+            body.insert(key.clone(), serde_json::Value::String(value.clone()));
+        }
+        let patch = serde_json::json!({"spec": {"selector": body}});
+        tracing::debug!(service = name, patch = %patch, "setting Service selector");
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_string()),
+            ..PatchParams::default()
+        };
+        self.api::<Service>()
+            .patch(name, &params, &Patch::Merge(patch))
+            .await?;
+        Ok(())
+    }
+
+    async fn create_service(&self, service: &Service) -> Result<(), ApiError> {
+        self.api::<Service>().create(&post_params(), service).await?;
+        Ok(())
+    }
+
+    async fn delete_service(&self, name: &str) -> Result<(), ApiError> {
+        gone_is_fine(self.api::<Service>().delete(name, &DeleteParams::default()).await)
+    }
+
+    async fn list_claims(&self) -> Result<Vec<PersistentVolumeClaim>, ApiError> {
+        Ok(self
+            .api::<PersistentVolumeClaim>()
+            .list(&ListParams::default())
+            .await?
+            .items)
+    }
+
+    async fn create_claim(&self, claim: &PersistentVolumeClaim) -> Result<(), ApiError> {
+        self.api::<PersistentVolumeClaim>()
+            .create(&post_params(), claim)
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_claim(&self, name: &str) -> Result<(), ApiError> {
+        gone_is_fine(
+            self.api::<PersistentVolumeClaim>()
+                .delete(name, &DeleteParams::default())
+                .await,
+        )
     }
 
     fn watch(&self, name: &str, selector: &str) -> View {

@@ -25,7 +25,9 @@ use crate::model::image::{
     apply_images, container_images, resolve_image_changes, ContainerImage, ImageChange,
 };
 use crate::model::state::{PauseReason, Phase, Revision, RollbackCause, RolloutState};
-use crate::model::strategy::StrategyConfig;
+use crate::model::strategy::{StrategyConfig, StrategyKind, StrategyParams};
+use crate::model::twin::{Twin, HOME_ANNOTATION};
+use crate::strategy::twin::{plan_twin, twin_for, ObservedService, Surroundings};
 use crate::strategy::observed::{stable_from_statefulset, Observed};
 use crate::strategy::planner::plan as make_plan;
 use crate::strategy::predicates::{
@@ -122,6 +124,117 @@ fn selector_of(sts: &StatefulSet) -> String {
         .as_ref()
         .map(|s| selector_string(&s.selector))
         .unwrap_or_default()
+}
+
+/// Follows finished blue/green rollouts from `name` to the set that serves now: the record of
+/// a blue/green that succeeded names its green set, which serves until a later rollout.
+async fn resolve_serving<C: Cluster, G: GateRunner>(
+    ctx: &Context<C, G>,
+    name: &str,
+) -> Result<String, ExecError> {
+    let mut current = name.to_string();
+    // Bounded: each hop is one finished blue/green; a loop of records cannot hang a command.
+    for _ in 0..32 {
+        let sts = ctx.get_set(&current).await?;
+        let next = match record_of(&sts)? {
+            Some(r) if r.plan.strategy == StrategyKind::BlueGreen && r.phase == Phase::Succeeded => {
+                r.twin.map(|t| t.set)
+            }
+            _ => None,
+        };
+        let Some(next) = next else {
+            break;
+        };
+        match ctx.cluster.get_statefulset(&next).await {
+            Ok(Some(_)) => {
+                if current == name {
+                    ctx.progress.say(format!(
+                        "{name}: StatefulSet {next} serves since a blue/green rollout; working on {next}"
+                    ));
+                }
+                current = next;
+            }
+            Ok(None) => break,
+            Err(e) => return Err(ExecError::api("reading StatefulSet", &next, e)),
+        }
+    }
+    Ok(current)
+}
+
+/// The Services, sets and claims around `sts` that a blue/green or shadow plan needs.
+async fn surroundings<C: Cluster, G: GateRunner>(
+    ctx: &Context<C, G>,
+    sts: &StatefulSet,
+) -> Result<Surroundings, ExecError> {
+    let ns = ctx.cluster.namespace().to_string();
+    let services = ctx
+        .cluster
+        .list_services()
+        .await
+        .map_err(|e| ExecError::api("listing Services in namespace", &ns, e))?;
+    let sets = ctx
+        .cluster
+        .list_statefulsets()
+        .await
+        .map_err(|e| ExecError::api("listing StatefulSets in namespace", &ns, e))?;
+    let claims = ctx
+        .cluster
+        .list_claims()
+        .await
+        .map_err(|e| ExecError::api("listing PVCs in namespace", &ns, e))?;
+    let name = sts.metadata.name.clone().unwrap_or_default();
+    let home = sts
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(HOME_ANNOTATION))
+        .cloned()
+        .unwrap_or_else(|| name.clone());
+    let spec = sts.spec.as_ref();
+    Ok(Surroundings {
+        home,
+        template_labels: spec
+            .and_then(|s| s.template.metadata.as_ref())
+            .and_then(|m| m.labels.clone())
+            .unwrap_or_default(),
+        service_name: spec.and_then(|s| s.service_name.clone()),
+        services: services
+            .into_iter()
+            .map(|s| ObservedService {
+                name: s.metadata.name.unwrap_or_default(),
+                selector: s
+                    .spec
+                    .as_ref()
+                    .and_then(|x| x.selector.clone())
+                    .unwrap_or_default(),
+                headless: s.spec.as_ref().and_then(|x| x.cluster_ip.as_deref()) == Some("None"),
+            })
+            .collect(),
+        sets: sets.into_iter().filter_map(|s| s.metadata.name).collect(),
+        claims: claims.into_iter().filter_map(|c| c.metadata.name).collect(),
+    })
+}
+
+/// The plan (and twin record) of a request on `sts` as it is now.
+async fn make_full_plan<C: Cluster, G: GateRunner>(
+    ctx: &Context<C, G>,
+    config: &StrategyConfig,
+    sts: &StatefulSet,
+    new_template: &serde_json::Value,
+) -> Result<(crate::model::plan::Plan, Option<Twin>), ExecError> {
+    let observed = Observed::from_statefulset(sts)?;
+    match config.kind() {
+        StrategyKind::BlueGreen | StrategyKind::Shadow => {
+            let around = surroundings(ctx, sts).await?;
+            let twin = twin_for(config, &observed, &around, new_template)?;
+            let plan = match &twin {
+                Some(t) => plan_twin(config, &observed, t),
+                None => make_plan(config, &observed)?,
+            };
+            Ok((plan, twin))
+        }
+        _ => Ok((make_plan(config, &observed)?, None)),
+    }
 }
 
 /// The new template as a patch, the images it runs and the container the gate probes.
@@ -359,7 +472,8 @@ async fn start<C: Cluster, G: GateRunner>(
     plan_only: bool,
 ) -> Result<ExitCode, ExecError> {
     let started = Instant::now();
-    let name = request.statefulset.as_str();
+    let resolved = resolve_serving(ctx, &request.statefulset).await?;
+    let name = resolved.as_str();
     let sts = ctx.get_set(name).await?;
     let prepared = prepare(&sts, request)?;
     for note in &prepared.notes {
@@ -398,6 +512,8 @@ async fn start<C: Cluster, G: GateRunner>(
         serde_json::to_value(s.spec.as_ref().map(|s| &s.template)).unwrap_or_default()
     };
     let already_there = template_of(&tried) == template_of(&sts);
+    // The whole new template, as the API server completed it.
+    let new_template = template_of(&tried);
 
     if let Some(record) = existing.as_ref().filter(|r| r.phase.is_active()) {
         if already_there && record.config == request.config && !plan_only {
@@ -456,8 +572,7 @@ async fn start<C: Cluster, G: GateRunner>(
             reason,
         });
     }
-    let observed = Observed::from_statefulset(&sts)?;
-    let plan = make_plan(&request.config, &observed)?;
+    let (plan, _) = make_full_plan(ctx, &request.config, &sts, &new_template).await?;
     let stable = stable_from_statefulset(&sts);
     if plan_only {
         match ctx.output {
@@ -503,10 +618,15 @@ async fn start<C: Cluster, G: GateRunner>(
             description: format!("{} started by {}", record.plan.strategy, record.started_by),
         });
     }
-    let observed = Observed::from_statefulset(&sts)?;
-    let plan = make_plan(&request.config, &observed)?;
+    let (plan, twin) = match make_full_plan(ctx, &request.config, &sts, &new_template).await {
+        Ok(p) => p,
+        Err(e) => {
+            guard.release().await;
+            return Err(e);
+        }
+    };
     let now = Timestamp::now();
-    let record = RolloutState::new(
+    let mut record = RolloutState::new(
         format!(
             "{}-{}-{}",
             request.config.kind(),
@@ -523,6 +643,10 @@ async fn start<C: Cluster, G: GateRunner>(
         ctx.me.user_at_host(),
         now,
     );
+    if !request.config.kind().uses_partition() {
+        record.new_template = Some(new_template);
+    }
+    record.twin = twin;
     ctx.progress.say(format!(
         "{} rollout of {}/{name}: {} replicas, {} steps, from revision {} to {}",
         record.plan.strategy,
@@ -671,20 +795,42 @@ async fn existing_record<C: Cluster, G: GateRunner>(
     })
 }
 
-/// `rollout promote STS [--full]`.
+/// The steps of the partition rollout that `promote --then` appends to a shadow.
+async fn then_steps<C: Cluster, G: GateRunner>(
+    ctx: &Context<C, G>,
+    name: &str,
+    record: &RolloutState,
+    then: &StrategyParams,
+) -> Result<Vec<crate::model::plan::Step>, ExecError> {
+    let sts = ctx.get_set(name).await?;
+    let config = StrategyConfig {
+        params: then.clone(),
+        ..record.config.clone()
+    };
+    let observed = Observed::from_statefulset(&sts)?;
+    Ok(make_plan(&config, &observed)?.steps)
+}
+
+/// `rollout promote STS [--full] [--then STRATEGY ...]`.
 pub async fn promote<C: Cluster, G: GateRunner>(
     ctx: &Context<C, G>,
     name: &str,
     full: bool,
     wait_at_holds: bool,
+    then: Option<StrategyParams>,
 ) -> Result<ExitCode, ExecError> {
+    let resolved = resolve_serving(ctx, name).await?;
+    let name = resolved.as_str();
     let record = existing_record(ctx, name, "promote").await?;
-    let change = move |r: &mut RolloutState| {
-        if full {
-            r.promote_full(Timestamp::now())
-        } else {
-            r.promote(Timestamp::now())
-        }
+    let steps = match &then {
+        Some(params) => Some(then_steps(ctx, name, &record, params).await?),
+        None => None,
+    };
+    let then_kind = then.as_ref().map(StrategyParams::kind);
+    let change = move |r: &mut RolloutState| match (&steps, then_kind) {
+        (Some(steps), Some(kind)) => r.promote_then(steps.clone(), kind, Timestamp::now()),
+        _ if full => r.promote_full(Timestamp::now()),
+        _ => r.promote(Timestamp::now()),
     };
     // Checked here first so a refusal is reported the same whether a run is live or not.
     change(&mut record.clone())?;
@@ -709,6 +855,8 @@ pub async fn pause<C: Cluster, G: GateRunner>(
     ctx: &Context<C, G>,
     name: &str,
 ) -> Result<ExitCode, ExecError> {
+    let resolved = resolve_serving(ctx, name).await?;
+    let name = resolved.as_str();
     let record = write_transition(ctx, name, |r| {
         if let Some(PauseReason::Step { until: Some(_) }) = r.pause {
             // A timed pause would end by itself and the rollout go on: `pause` turns it into a
@@ -746,6 +894,8 @@ pub async fn resume<C: Cluster, G: GateRunner>(
     name: &str,
     wait_at_holds: bool,
 ) -> Result<ExitCode, ExecError> {
+    let resolved = resolve_serving(ctx, name).await?;
+    let name = resolved.as_str();
     let record = existing_record(ctx, name, "resume").await?;
     let at_pause_step = matches!(record.pause, Some(PauseReason::Step { .. }));
     let change = move |r: &mut RolloutState| {
@@ -781,6 +931,8 @@ pub async fn abort<C: Cluster, G: GateRunner>(
     name: &str,
     timeout: Duration,
 ) -> Result<ExitCode, ExecError> {
+    let resolved = resolve_serving(ctx, name).await?;
+    let name = resolved.as_str();
     let record = existing_record(ctx, name, "abort").await?;
     record.clone().abort(Timestamp::now())?;
     let started = Instant::now();
@@ -858,6 +1010,8 @@ pub async fn status<C: Cluster, G: GateRunner>(
     watch: bool,
     timeout: Option<Duration>,
 ) -> Result<ExitCode, ExecError> {
+    let resolved = resolve_serving(ctx, name).await?;
+    let name = resolved.as_str();
     let sts = ctx.get_set(name).await?;
     let lease_name = lease::lease_name(name);
     let read_lease = || async {
@@ -972,6 +1126,8 @@ pub async fn show_history<C: Cluster, G: GateRunner>(
     ctx: &Context<C, G>,
     name: &str,
 ) -> Result<ExitCode, ExecError> {
+    let resolved = resolve_serving(ctx, name).await?;
+    let name = resolved.as_str();
     let sts = ctx.get_set(name).await?;
     let revisions = ctx
         .cluster
@@ -995,6 +1151,19 @@ pub async fn undo<C: Cluster, G: GateRunner>(
     to_revision: Option<i64>,
     timeout: Duration,
 ) -> Result<ExitCode, ExecError> {
+    if let Some(blue) = bluegreen_to_undo(ctx, name, to_revision).await? {
+        ctx.progress.say(format!(
+            "undoing the blue/green rollout recorded on {blue}: {blue} serves again"
+        ));
+        continue_run(ctx, &blue, |r| r.undo_bluegreen(Timestamp::now()), false).await?;
+        let after = existing_record(ctx, &blue, "undo").await?;
+        return Ok(match after.phase {
+            Phase::Aborted => ExitCode::Done,
+            phase => ExitCode::for_outcome(phase, after.rollback_cause),
+        });
+    }
+    let resolved = resolve_serving(ctx, name).await?;
+    let name = resolved.as_str();
     let started = Instant::now();
     let sts = ctx.get_set(name).await?;
     let record = record_of(&sts)?;
@@ -1098,6 +1267,41 @@ pub async fn undo<C: Cluster, G: GateRunner>(
         ctx.print_json(&target)?;
     }
     Ok(ExitCode::Done)
+}
+
+/// The blue set of the blue/green rollout that `undo` reverses: the last finished blue/green on
+/// the way from `name` to the serving set, when the serving set has not been rolled since.
+async fn bluegreen_to_undo<C: Cluster, G: GateRunner>(
+    ctx: &Context<C, G>,
+    name: &str,
+    to_revision: Option<i64>,
+) -> Result<Option<String>, ExecError> {
+    if to_revision.is_some() {
+        return Ok(None);
+    }
+    let mut current = name.to_string();
+    let mut blue = None;
+    for _ in 0..32 {
+        let sts = ctx.get_set(&current).await?;
+        let record = record_of(&sts)?;
+        match record {
+            Some(r) if r.plan.strategy == StrategyKind::BlueGreen && r.phase == Phase::Succeeded => {
+                let Some(twin) = r.twin else { break };
+                match ctx.cluster.get_statefulset(&twin.set).await {
+                    Ok(Some(_)) => {
+                        blue = Some(current.clone());
+                        current = twin.set;
+                    }
+                    Ok(None) => break,
+                    Err(e) => return Err(ExecError::api("reading StatefulSet", &twin.set, e)),
+                }
+            }
+            // The serving set was rolled since: undo that instead.
+            Some(_) if blue.is_some() => return Ok(None),
+            _ => break,
+        }
+    }
+    Ok(blue)
 }
 
 /// Waits until every pod of the set runs `revision` and is Ready, deleting pods stuck (not

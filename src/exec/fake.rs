@@ -15,7 +15,8 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, Pod, PodCondition, PodSpec, PodStatus, PodTemplateSpec,
+    Container, ContainerPort, PersistentVolumeClaim, Pod, PodCondition, PodSpec, PodStatus,
+    PodTemplateSpec, Service,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, Time};
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
@@ -51,6 +52,10 @@ pub struct State {
     pub broken: HashSet<String>,
     /// Run just before the next StatefulSet patch (another writer getting there first).
     pub before_patch: VecDeque<Hook>,
+    /// Other StatefulSets (created by the executor; no controller acts on them).
+    pub other_sets: BTreeMap<String, StatefulSet>,
+    pub services: BTreeMap<String, Service>,
+    pub claims: BTreeMap<String, PersistentVolumeClaim>,
 }
 
 impl State {
@@ -324,6 +329,9 @@ impl FakeCluster {
             deleted_pods: Vec::new(),
             broken: HashSet::new(),
             before_patch: VecDeque::new(),
+            other_sets: BTreeMap::new(),
+            services: BTreeMap::new(),
+            claims: BTreeMap::new(),
         };
         let rv = state.bump();
         if let Some(s) = state.sts.as_mut() {
@@ -407,6 +415,9 @@ fn apply_patch(sts: &mut StatefulSet, patch: &StsPatch) -> Result<bool, ApiError
     }
     let spec = sts.spec.get_or_insert_with(Default::default);
     let before = serde_json::to_value(&*spec).unwrap_or_default();
+    if let Some(replicas) = patch.replicas {
+        spec.replicas = Some(i32::try_from(replicas).unwrap_or(i32::MAX));
+    }
     match &patch.template {
         None => {}
         Some(TemplateChange::Images {
@@ -568,6 +579,94 @@ impl Cluster for FakeCluster {
         })
     }
 
+    async fn create_statefulset(&self, sts: &StatefulSet) -> Result<StatefulSet, ApiError> {
+        self.with(|s| {
+            let name = sts.metadata.name.clone().unwrap_or_default();
+            if s.other_sets.contains_key(&name) || s.set_name() == name {
+                return Err(ApiError::AlreadyExists(name));
+            }
+            let mut stored = sts.clone();
+            stored.metadata.resource_version = Some(s.bump());
+            s.other_sets.insert(name, stored.clone());
+            Ok(stored)
+        })
+    }
+
+    async fn delete_statefulset(&self, name: &str) -> Result<(), ApiError> {
+        self.with(|s| {
+            s.other_sets.remove(name);
+        });
+        Ok(())
+    }
+
+    async fn list_statefulsets(&self) -> Result<Vec<StatefulSet>, ApiError> {
+        Ok(self.with(|s| {
+            s.sts
+                .iter()
+                .chain(s.other_sets.values())
+                .cloned()
+                .collect()
+        }))
+    }
+
+    async fn list_services(&self) -> Result<Vec<Service>, ApiError> {
+        Ok(self.with(|s| s.services.values().cloned().collect()))
+    }
+
+    async fn set_service_selector(
+        &self,
+        name: &str,
+        selector: &BTreeMap<String, String>,
+    ) -> Result<(), ApiError> {
+        self.with(|s| match s.services.get_mut(name) {
+            Some(service) => {
+                service.spec.get_or_insert_with(Default::default).selector = Some(selector.clone());
+                Ok(())
+            }
+            None => Err(ApiError::NotFound),
+        })
+    }
+
+    async fn create_service(&self, service: &Service) -> Result<(), ApiError> {
+        self.with(|s| {
+            let name = service.metadata.name.clone().unwrap_or_default();
+            if s.services.contains_key(&name) {
+                return Err(ApiError::AlreadyExists(name));
+            }
+            s.services.insert(name, service.clone());
+            Ok(())
+        })
+    }
+
+    async fn delete_service(&self, name: &str) -> Result<(), ApiError> {
+        self.with(|s| {
+            s.services.remove(name);
+        });
+        Ok(())
+    }
+
+    async fn list_claims(&self) -> Result<Vec<PersistentVolumeClaim>, ApiError> {
+        Ok(self.with(|s| s.claims.values().cloned().collect()))
+    }
+
+    async fn create_claim(&self, claim: &PersistentVolumeClaim) -> Result<(), ApiError> {
+        self.with(|s| {
+            let name = claim.metadata.name.clone().unwrap_or_default();
+            if s.claims.contains_key(&name) {
+                return Err(ApiError::AlreadyExists(name));
+            }
+            s.claims.insert(name, claim.clone());
+            Ok(())
+        })
+    }
+
+    async fn delete_claim(&self, name: &str) -> Result<(), ApiError> {
+        self.with(|s| {
+            s.claims.remove(name);
+        });
+        Ok(())
+    }
+
     fn watch(&self, _name: &str, _selector: &str) -> View {
         self.tx.subscribe()
     }
@@ -605,6 +704,23 @@ impl GateRunner for FakeGates {
     ) -> Verdict {
         if let Ok(mut calls) = self.calls.lock() {
             calls.push(targets.iter().map(|t| t.pod.clone()).collect());
+        }
+        self.script
+            .lock()
+            .ok()
+            .and_then(|mut s| s.pop_front())
+            .unwrap_or(Verdict::Pass)
+    }
+
+    async fn run_service(
+        &self,
+        _spec: &GateSpec,
+        _namespace: &str,
+        service: &str,
+        _port: &str,
+    ) -> Verdict {
+        if let Ok(mut calls) = self.calls.lock() {
+            calls.push(vec![format!("service/{service}")]);
         }
         self.script
             .lock()

@@ -19,6 +19,16 @@ pub trait GateRunner: Clone + Send + Sync + 'static {
         targets: &[PodTarget],
         context: &GateContext,
     ) -> impl Future<Output = Verdict> + Send;
+
+    /// The HTTP gate through a Service (by the API server's service proxy), on `port` (a port
+    /// name or number of the Service).
+    fn run_service(
+        &self,
+        spec: &GateSpec,
+        namespace: &str,
+        service: &str,
+        port: &str,
+    ) -> impl Future<Output = Verdict> + Send;
 }
 
 /// The real gates: HTTP probes, minimum Ready, command and webhook (`crate::gate::probe`).
@@ -36,6 +46,16 @@ impl ProbeGates {
 impl GateRunner for ProbeGates {
     async fn run(&self, spec: &GateSpec, targets: &[PodTarget], context: &GateContext) -> Verdict {
         probe::run_gates_for(&self.client, spec, targets, context).await
+    }
+
+    async fn run_service(
+        &self,
+        spec: &GateSpec,
+        namespace: &str,
+        service: &str,
+        port: &str,
+    ) -> Verdict {
+        probe::run_service_gate(&self.client, &spec.http, namespace, service, port).await
     }
 }
 

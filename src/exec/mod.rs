@@ -176,6 +176,8 @@ pub enum Action {
         statefulset: String,
         full: bool,
         wait: bool,
+        /// `--then`: the partition strategy that rolls the real set after a shadow.
+        then: Option<crate::model::strategy::StrategyParams>,
     },
     Pause {
         statefulset: String,
@@ -277,7 +279,8 @@ pub async fn dispatch<C: Cluster, G: GateRunner>(
             statefulset,
             full,
             wait,
-        } => commands::promote(ctx, &statefulset, full, wait).await,
+            then,
+        } => commands::promote(ctx, &statefulset, full, wait, then).await,
         Action::Pause { statefulset } => commands::pause(ctx, &statefulset).await,
         Action::Resume { statefulset, wait } => commands::resume(ctx, &statefulset, wait).await,
         Action::Abort {

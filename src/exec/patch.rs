@@ -82,6 +82,8 @@ pub struct StsPatch {
     pub record: RecordChange,
     pub template: Option<TemplateChange>,
     pub update_strategy: Option<StrategyChange>,
+    /// `spec.replicas` (recreate and blue/green scale sets).
+    pub replicas: Option<u32>,
 }
 
 impl StsPatch {
@@ -108,9 +110,14 @@ impl StsPatch {
         self
     }
 
+    pub fn with_replicas(mut self, replicas: u32) -> StsPatch {
+        self.replicas = Some(replicas);
+        self
+    }
+
     /// True when it changes more than the record (a mutation of what pods run).
     pub fn mutates_pods(&self) -> bool {
-        self.template.is_some() || self.update_strategy.is_some()
+        self.template.is_some() || self.update_strategy.is_some() || self.replicas.is_some()
     }
 
     /// The strategic merge patch body.
@@ -179,6 +186,9 @@ impl StsPatch {
                     json!({"type": type_, "rollingUpdate": rolling}),
                 );
             }
+        }
+        if let Some(replicas) = self.replicas {
+            spec.insert("replicas".into(), json!(replicas));
         }
         let mut body = Map::new();
         if !metadata.is_empty() {

@@ -405,7 +405,7 @@ async fn a_held_canary_is_promoted_by_another_command_and_finishes() {
     assert_eq!(err.exit_code(), ExitCode::Locked);
     // No run is live: promote runs the rest itself.
     let other = context(&fake, FakeGates::default(), 2);
-    let code = commands::promote(&other, "web", false, false)
+    let code = commands::promote(&other, "web", false, false, None)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(code, ExitCode::Done);
@@ -475,7 +475,7 @@ async fn a_killed_run_is_resumed_from_its_record() {
     // process finishes the rest.
     let code = tokio::time::timeout(
         Duration::from_secs(20),
-        commands::promote(&other, "web", true, false),
+        commands::promote(&other, "web", true, false, None),
     )
     .await
     .unwrap_or_else(|_| panic!("promote hangs: {:#?}", other.progress.lines()))
@@ -538,7 +538,7 @@ async fn commands_without_a_rollout_say_so() {
     let fake = FakeCluster::new(statefulset("web", 2, "app:v1", true));
     let ctx = context(&fake, FakeGates::default(), 1);
     for result in [
-        commands::promote(&ctx, "web", false, false).await,
+        commands::promote(&ctx, "web", false, false, None).await,
         commands::resume(&ctx, "web", false).await,
         commands::abort(&ctx, "web", Duration::from_secs(5)).await,
     ] {

@@ -25,6 +25,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+mod shadow;
+mod twin;
+
 use super::cluster::{selector_string, ApiError, Cluster, Snapshot, View};
 use super::gates::{gate_targets, GateRunner};
 use super::patch::{revision_template, RecordChange, StrategyChange, StsPatch, TemplateChange};
@@ -53,7 +56,7 @@ pub struct RunOutcome {
 }
 
 /// What a write did.
-enum Committed {
+pub(super) enum Committed {
     Written(Box<StatefulSet>),
     /// The set changed under the write; the record was brought in line (or replaced by one
     /// someone else wrote). The loop decides again.
@@ -61,7 +64,7 @@ enum Committed {
 }
 
 /// What a wait ended with.
-enum Waited<T> {
+pub(super) enum Waited<T> {
     Ready(T),
     Deadline,
     /// The record changed from outside, or the set was scaled: decide again.
@@ -97,6 +100,8 @@ pub struct Runner<C: Cluster, G: GateRunner> {
     total_deadline: Option<Instant>,
     /// The step whose pause was announced last, so a pause is announced once.
     announced: Option<(usize, Phase)>,
+    /// A watch on the twin set (blue/green, shadow), made when first needed.
+    twin_view: Option<(String, View)>,
 }
 
 fn hash_text(text: &str) -> u64 {
@@ -241,6 +246,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             options,
             total_deadline,
             announced: None,
+            twin_view: None,
             record,
         }
     }
@@ -332,11 +338,22 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         template: Option<TemplateChange>,
         strategy: Option<StrategyChange>,
     ) -> Result<Committed, ExecError> {
+        self.commit_with(template, strategy, None).await
+    }
+
+    /// [`Self::commit`], also setting the set's replicas.
+    pub(super) async fn commit_with(
+        &mut self,
+        template: Option<TemplateChange>,
+        strategy: Option<StrategyChange>,
+        replicas: Option<u32>,
+    ) -> Result<Committed, ExecError> {
         let text = self.record.to_annotation()?;
         let mut patch = StsPatch::at(self.resource_version.as_deref())
             .with_record(RecordChange::Set(text.clone()));
         patch.template = template;
         patch.update_strategy = strategy;
+        patch.replicas = replicas;
         match self
             .cluster
             .patch_statefulset(&self.name, &patch, false)
@@ -507,6 +524,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                     .and_then(|r| u32::try_from(r).ok())
                     .unwrap_or(1);
                 if replicas != self.record.plan.replicas
+                    && self.record.plan.strategy.uses_partition()
                     && matches!(self.record.phase, Phase::Progressing | Phase::Paused)
                 {
                     self.replan(sts)?;
@@ -550,7 +568,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         );
         match step {
             Step::SetTemplateAndFreeze { partition } => {
-                self.freeze(partition).instrument(span).await
+                self.freeze_or_set(Some(partition)).instrument(span).await
             }
             Step::SetPartition {
                 partition,
@@ -561,7 +579,19 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                     .instrument(span)
                     .await
             }
-            Step::Gate { ordinals } => self.gate(&ordinals).instrument(span).await,
+            Step::Gate { ordinals, set } => {
+                self.gate(&ordinals, set.as_deref()).instrument(span).await
+            }
+            Step::SetTemplate => self.freeze_or_set(None).instrument(span).await,
+            Step::Scale { set, replicas } => self.scale(&set, replicas).instrument(span).await,
+            Step::PinTraffic => self.move_traffic(false).instrument(span).await,
+            Step::SwitchTraffic => self.move_traffic(true).instrument(span).await,
+            Step::CreateTwin { set, replicas } => {
+                self.create_twin(&set, replicas).instrument(span).await
+            }
+            Step::GateService { service } => self.gate_service(&service).instrument(span).await,
+            Step::Compare { set } => self.compare(&set).instrument(span).await,
+            Step::RemoveTwin { set } => self.remove_twin_step(&set).instrument(span).await,
             Step::Pause { wait } => {
                 // Entering a pause is normally done by the transitions; a record that reached
                 // a pause step while progressing is put in the same state here.
@@ -576,19 +606,35 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         }
     }
 
-    async fn freeze(&mut self, partition: u32) -> Result<(), ExecError> {
+    /// The template this run writes: the one it was started with, else the recorded one.
+    pub(super) fn new_template(&self) -> Option<TemplateChange> {
+        self.options.template.clone().or_else(|| {
+            self.record
+                .new_template
+                .clone()
+                .map(TemplateChange::Replace)
+        })
+    }
+
+    /// Writes the new template with the partition at `partition` (a freeze), or with no
+    /// partition at all (`None`: recreate, where no pod runs at that moment).
+    async fn freeze_or_set(&mut self, partition: Option<u32>) -> Result<(), ExecError> {
         let started = Instant::now();
         self.record.begin_step(Self::now())?;
-        let Some(template) = self.options.template.clone() else {
+        let Some(template) = self.new_template() else {
             return Err(ExecError::NotRollable {
                 statefulset: self.name.clone(),
                 reason: "the new template was never written and this run does not have it; run `rollout abort` and start the rollout again".to_string(),
             });
         };
-        let written = match self
-            .commit(Some(template), Some(StrategyChange::freeze(partition)))
-            .await?
-        {
+        let strategy = match partition {
+            Some(p) => StrategyChange::freeze(p),
+            None => StrategyChange::Set {
+                type_: "RollingUpdate".into(),
+                partition: None,
+            },
+        };
+        let written = match self.commit(Some(template), Some(strategy)).await? {
             Committed::Written(sts) => sts,
             Committed::Changed => return Ok(()),
         };
@@ -721,7 +767,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         Ok(())
     }
 
-    async fn gate(&mut self, ordinals: &[u32]) -> Result<(), ExecError> {
+    async fn gate(&mut self, ordinals: &[u32], set: Option<&str>) -> Result<(), ExecError> {
         let started = Instant::now();
         self.record.begin_step(Self::now())?;
         match self.commit(None, None).await? {
@@ -740,9 +786,12 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             .images
             .first()
             .map(|i| i.container.clone());
-        let pods = self.view.borrow().pods.clone();
+        let (set_name, pods) = match set {
+            Some(twin) => (twin.to_string(), self.twin_pods(twin).await),
+            None => (self.name.clone(), self.view.borrow().pods.clone()),
+        };
         let targets = gate_targets(
-            &self.name,
+            &set_name,
             &pods,
             ordinals,
             &self.record.config.gates,
@@ -797,6 +846,18 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 }
             }
         };
+        self.conclude_gate(verdict, index, total, &step_text, started)
+    }
+
+    /// Acts on a gate's verdict: next step, rollback, or pause when it could not decide.
+    fn conclude_gate(
+        &mut self,
+        verdict: Verdict,
+        index: usize,
+        total: usize,
+        step_text: &str,
+        started: Instant,
+    ) -> Result<(), ExecError> {
         match verdict {
             Verdict::Pass => {
                 self.record.complete_step(Self::now())?;
@@ -971,7 +1032,9 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         Ok(TemplateChange::images(&spec, &stable.revision.images))
     }
 
-    async fn rollback(&mut self) -> Result<(), ExecError> {
+    /// Template and partition back to stable, stuck pods deleted, every pod Ready again. True
+    /// when done; false when the loop must decide again (a change, or the rollback failed).
+    async fn rollback_partition(&mut self) -> Result<bool, ExecError> {
         let started = Instant::now();
         let current = self
             .cluster
@@ -1009,7 +1072,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             .await?
         {
             Committed::Written(sts) => sts,
-            Committed::Changed => return Ok(()),
+            Committed::Changed => return Ok(false),
         };
         let generation = written.metadata.generation.unwrap_or(0);
         let deadline = deadline_after(self.record.config.timeouts.step.get());
@@ -1030,12 +1093,13 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         let stable = match waited {
             Waited::Ready(revision) => revision,
             Waited::Deadline => {
-                return self.rollback_failed(
+                self.rollback_failed(
                     "the StatefulSet controller did not go back to the stable revision",
                     started,
-                );
+                )?;
+                return Ok(false);
             }
-            Waited::Changed => return Ok(()),
+            Waited::Changed => return Ok(false),
         };
 
         // Pods stuck on another revision are deleted (once each): an OrderedReady set waits on
@@ -1050,7 +1114,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                     })
                 }
                 // A record written by another command ends this round.
-                Some(sts) if self.adopt_external(sts)? => return Ok(()),
+                Some(sts) if self.adopt_external(sts)? => return Ok(false),
                 _ => {}
             }
             let replicas = snapshot
@@ -1103,10 +1167,11 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                         )
                     })
                     .collect();
-                return self.rollback_failed(
+                self.rollback_failed(
                     &format!("pods did not come back: {}", details.join("; ")),
                     started,
-                );
+                )?;
+                return Ok(false);
             }
             tokio::select! {
                 changed = self.view.changed() => if changed.is_err() {
@@ -1120,16 +1185,30 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             }
         }
 
-        self.record.rollback_done(Self::now())?;
         self.progress.say(format!(
             "[rollback] {:>7}  {} is back on revision {stable}: every pod Ready",
             format_elapsed(started.elapsed()),
             self.name
         ));
+        Ok(true)
+    }
+
+    /// Rolls back the way the strategy needs, then marks the record rolled back.
+    async fn rollback(&mut self) -> Result<(), ExecError> {
+        use crate::model::strategy::StrategyKind;
+        let done = match self.record.plan.strategy {
+            StrategyKind::BlueGreen => self.rollback_bluegreen().await?,
+            StrategyKind::Recreate => self.rollback_recreate().await?,
+            StrategyKind::Shadow => self.rollback_shadow().await?,
+            _ => self.rollback_partition().await?,
+        };
+        if done && self.record.phase == Phase::RollingBack {
+            self.record.rollback_done(Self::now())?;
+        }
         Ok(())
     }
 
-    fn rollback_failed(&mut self, what: &str, started: Instant) -> Result<(), ExecError> {
+    pub(super) fn rollback_failed(&mut self, what: &str, started: Instant) -> Result<(), ExecError> {
         let message = format!(
             "rollback of {} did not finish within {}: {what}; check `kubectl get pods`, then `rollout abort {0}` to try again",
             self.name, self.record.config.timeouts.step

@@ -601,6 +601,79 @@ pub async fn run_http_gate(
     judge_http(gate, &samples)
 }
 
+/// Probes through the API server's service proxy
+/// (`/api/v1/namespaces/NS/services/SVC:PORT/proxy/PATH`): the API server picks a ready endpoint
+/// of the Service, so this checks what the Service serves without ever dialing a ClusterIP.
+struct ServiceProber {
+    client: kube::Client,
+    path: String,
+    timeout: Duration,
+    /// The Service port, by name or number.
+    port: String,
+}
+
+impl Prober for ServiceProber {
+    fn describe(&self, target: &PodTarget) -> String {
+        format!("service proxy {}:{}", target.pod, self.port)
+    }
+
+    async fn probe(&self, target: &PodTarget) -> ProbeOutcome {
+        let collection = format!("/api/v1/namespaces/{}/services", target.namespace);
+        let name = format!("{}:{}", target.pod, self.port);
+        let subresource = format!("proxy{}", self.path);
+        let request =
+            match kube::core::Request::new(collection).get_subresource(&subresource, &name) {
+                Ok(request) => request.map(kube::client::Body::from),
+                Err(e) => {
+                    return ProbeOutcome::ConnectError {
+                        message: format!("building the service proxy request: {e}"),
+                    }
+                }
+            };
+        let started = Instant::now();
+        let exchange = async {
+            let response = self.client.send(request).await?;
+            let status = response.status().as_u16();
+            let body = response.into_body().collect_bytes().await?;
+            Ok::<_, kube::Error>((status, body))
+        };
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(Ok((status, body))) => proxied_outcome(status, &body, started.elapsed()),
+            Ok(Err(e)) => ProbeOutcome::ConnectError {
+                message: format!("service proxy: {}", error_chain(&e)),
+            },
+            Err(_) => ProbeOutcome::Timeout,
+        }
+    }
+}
+
+/// The HTTP gate through a Service (its port by name or number), judged like one pod: every
+/// probe of the window must meet the gate's bounds.
+pub async fn run_service_gate(
+    client: &kube::Client,
+    gate: &HttpGate,
+    namespace: &str,
+    service: &str,
+    port: &str,
+) -> Verdict {
+    let prober = ServiceProber {
+        client: client.clone(),
+        path: gate.path.clone(),
+        timeout: gate.timeout.get(),
+        port: port.to_string(),
+    };
+    let target = PodTarget {
+        namespace: namespace.to_string(),
+        pod: service.to_string(),
+        ip: None,
+        port: port.parse().unwrap_or(0),
+        ready_since: None,
+    };
+    tracing::info!(service, port, "HTTP gate {} through the service proxy", gate.describe());
+    let samples = probe_all(&prober, gate, std::slice::from_ref(&target)).await;
+    judge_http(gate, &samples)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Minimum-Ready gate
 

@@ -7,11 +7,26 @@
 //! ```yaml
 //! apiVersion: rollout.dev/v1alpha1   # optional; this version if given
 //! kind: RolloutStrategy              # optional; this value if given
-//! strategy: canary                   # rolling | ramped | canary
+//! strategy: canary                   # rolling | ramped | canary | bluegreen | recreate | shadow
 //! batch: 2                           # rolling: pods per step, or a percentage ("25%")
 //! steps: [20, 50, 100]               # ramped: pods (1,2,4) or "10%"...; canary: percent
 //! weight: 20                         # canary: hold at this weight until promote
 //! pause: 2m                          # between steps; "promote" waits for `rollout promote`
+//! services: [web]                    # bluegreen: the live Services (default: those selecting the pods)
+//! autoPromote: false                 # bluegreen: switch as soon as green passes its gates
+//! scaleDownDelay: 30s                # bluegreen: how long blue stays scaled after the switch
+//! data: fresh                        # bluegreen: fresh (empty volumes) | clone (copies of blue's)
+//! keepData: false                    # bluegreen, shadow: keep the removed set's volumes
+//! replicas: 1                        # shadow: pods of the shadow set
+//! duration: 1m                       # shadow: how long requests are replayed and compared
+//! compare:                           # shadow: how the shadow is judged against stable
+//!   maxErrorRateIncrease: 1.0        # percentage points above stable's error rate
+//!   maxP95Ratio: 2.0                 # shadow p95 latency / stable p95 latency
+//!   minSamples: 20                   # requests per side before it can pass
+//!   compareBodies: false
+//!   ignoreLines: "^Time:"            # body lines matching this are not compared
+//!   rate: 10                         # replayed requests per second, per side
+//!   maxRequests: 600                 # per side
 //! gates:
 //!   http:                            # on by default: GET / expecting 2xx
 //!     enabled: true
@@ -42,7 +57,9 @@ use super::strategy::{BatchSize, PauseSpec};
 use super::strategy::{
     OnFailure, StrategyConfig, StrategyError, StrategyFlags, StrategyKind, Timeouts,
 };
+use super::twin::{DataMode, ShadowCompare};
 use super::weight::Percent;
+use super::duration::HumanDuration;
 
 pub const API_VERSION: &str = "rollout.dev/v1alpha1";
 pub const KIND: &str = "RolloutStrategy";
@@ -85,6 +102,22 @@ pub struct StrategyFile {
     pub weight: Option<Percent>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pause: Option<PauseSpec>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_promote: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_down_delay: Option<HumanDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<DataMode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_data: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<HumanDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compare: Option<ShadowCompare>,
     #[serde(default)]
     pub gates: GateSpec,
     #[serde(default)]
@@ -123,6 +156,15 @@ impl StrategyFile {
             steps: self.steps.clone(),
             weight: self.weight,
             pause: self.pause,
+            services: self.services.clone(),
+            auto_promote: self.auto_promote,
+            scale_down_delay: self.scale_down_delay,
+            data: self.data,
+            keep_data: self.keep_data,
+            replicas: self.replicas,
+            duration: self.duration,
+            requests: None,
+            compare: self.compare.clone(),
         }
     }
 
@@ -199,7 +241,17 @@ onFailure: hold
     #[test]
     fn bad_files_name_the_file_and_the_problem() {
         let cases: &[(&str, &str)] = &[
-            ("strategy: bluegreen\n", "unknown variant `bluegreen`"),
+            ("strategy: purple\n", "unknown variant `purple`"),
+            (
+                "strategy: recreate\nservices: [web]\n",
+                "--service does not apply to a recreate rollout",
+            ),
+            ("strategy: shadow\nreplicas: 0\n", "a shadow needs at least one pod"),
+            (
+                "strategy: shadow\ncompare:\n  maxP95Ratio: 0.5\n",
+                "--max-p95-ratio 0.5",
+            ),
+            ("strategy: bluegreen\ndata: copy\n", "copy"),
             ("strategy: rolling\nbatchh: 2\n", "unknown field `batchh`"),
             (
                 "strategy: rolling\nsteps: [1, 2]\n",

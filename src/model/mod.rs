@@ -10,6 +10,7 @@ pub mod plan;
 pub mod state;
 pub mod steps;
 pub mod strategy;
+pub mod twin;
 pub mod weight;
 
 pub use duration::HumanDuration;

@@ -1,8 +1,9 @@
 //! Plans: the list of steps a rollout takes, computed by `crate::strategy` and run by the
 //! executor, stored in the state record, printed by `rollout plan` (text) and `-o json`.
 //!
-//! [`Step`] is meant to grow: blue/green, recreate and shadow will add steps such as scaling a
-//! set or switching a Service selector, and the executor matches on it.
+//! The partition strategies use the first four kinds of [`Step`]; blue/green, recreate and
+//! shadow add steps that scale a set, create or remove a twin set, move Service selectors,
+//! gate through a Service and compare a shadow with stable.
 
 use std::fmt;
 
@@ -57,13 +58,43 @@ pub enum Step {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         weight: Option<PodWeight>,
     },
-    /// Run every configured gate on these pods.
-    Gate { ordinals: Vec<u32> },
+    /// Run every configured gate on these pods (of `set`, when it is not the rollout's own).
+    Gate {
+        ordinals: Vec<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        set: Option<String>,
+    },
     /// Wait for `rollout promote`, or for a time.
     Pause { wait: PauseSpec },
+    /// Write the new pod template, with no partition (recreate: no pod runs at that moment).
+    SetTemplate,
+    /// Set the replicas of a set; done when it has exactly that many pods, all Ready on its
+    /// update revision (or none left, for 0).
+    Scale { set: String, replicas: u32 },
+    /// Point the live Services at blue only, so green never enters them before the switch.
+    PinTraffic,
+    /// Create the twin set (green or shadow; its claims first when they are cloned, and the
+    /// preview Service) and wait until all its pods are Ready.
+    CreateTwin { set: String, replicas: u32 },
+    /// Probe through a Service (the API server's service proxy), not pod by pod.
+    GateService { service: String },
+    /// Point the live Services at green, one patch each.
+    SwitchTraffic,
+    /// Replay requests to stable and shadow pods side by side and compare the answers.
+    Compare { set: String },
+    /// Delete the twin set and its preview Service (and its claims unless they are kept).
+    RemoveTwin { set: String },
 }
 
 impl Step {
+    /// A gate on pods of the rollout's own set.
+    pub fn gate(ordinals: Vec<u32>) -> Step {
+        Step::Gate {
+            ordinals,
+            set: None,
+        }
+    }
+
     /// A short name for status output and logs.
     pub fn name(&self) -> &'static str {
         match self {
@@ -71,14 +102,22 @@ impl Step {
             Step::SetPartition { .. } => "partition",
             Step::Gate { .. } => "gate",
             Step::Pause { .. } => "pause",
+            Step::SetTemplate => "template",
+            Step::Scale { .. } => "scale",
+            Step::PinTraffic => "pin",
+            Step::CreateTwin { .. } => "create",
+            Step::GateService { .. } => "gate-service",
+            Step::SwitchTraffic => "switch",
+            Step::Compare { .. } => "compare",
+            Step::RemoveTwin { .. } => "remove",
         }
     }
 
     /// True for steps that write to the cluster (the state record is written before them).
     pub fn mutates(&self) -> bool {
-        matches!(
+        !matches!(
             self,
-            Step::SetTemplateAndFreeze { .. } | Step::SetPartition { .. }
+            Step::Gate { .. } | Step::Pause { .. } | Step::GateService { .. } | Step::Compare { .. }
         )
     }
 }
@@ -154,7 +193,36 @@ impl Plan {
                     self.describe_pods(ordinals)
                 )
             }
-            Step::Gate { ordinals } => format!("gate {}", self.describe_pods(ordinals)),
+            Step::Gate {
+                ordinals,
+                set: None,
+            } => format!("gate {}", self.describe_pods(ordinals)),
+            Step::Gate {
+                ordinals,
+                set: Some(set),
+            } => format!("gate {}", describe_set_pods(set, ordinals)),
+            Step::SetTemplate => "set the new pod template (no pod runs now)".to_string(),
+            Step::Scale { set, replicas: 0 } => {
+                format!("scale {set} to 0 and wait until every pod is gone (volumes stay)")
+            }
+            Step::Scale { set, replicas } => format!(
+                "scale {set} to {replicas} and wait until every pod is Ready"
+            ),
+            Step::PinTraffic => {
+                "pin the live Services to the current pods (no pod restarts)".to_string()
+            }
+            Step::CreateTwin { set, replicas } => {
+                format!("create StatefulSet {set} with {replicas} pods on the new version, and wait until they are Ready")
+            }
+            Step::GateService { service } => format!("gate through Service {service}"),
+            Step::SwitchTraffic => {
+                "switch the live Services to the new set (one patch each)".to_string()
+            }
+            Step::Compare { set } => format!(
+                "replay requests to {} and {set} side by side and compare",
+                self.statefulset
+            ),
+            Step::RemoveTwin { set } => format!("remove StatefulSet {set}"),
             Step::Pause {
                 wait: PauseSpec::UntilPromote,
             } => "pause until `rollout promote`".to_string(),
@@ -162,6 +230,11 @@ impl Plan {
                 wait: PauseSpec::For(d),
             } => format!("pause for {d}"),
         }
+    }
+
+    /// The index of the first step of this kind, if the plan has one.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.steps.iter().position(|s| s.name() == name)
     }
 
     /// Pods on the target revision once steps `..end` are done, as far as the plan knows.
@@ -182,7 +255,10 @@ impl Plan {
         for step in &self.steps[..end.min(self.steps.len())] {
             match step {
                 Step::SetPartition { ordinals, .. } => pending.extend(ordinals),
-                Step::Gate { ordinals } => pending.retain(|o| !ordinals.contains(o)),
+                Step::Gate {
+                    ordinals,
+                    set: None,
+                } => pending.retain(|o| !ordinals.contains(o)),
                 _ => {}
             }
         }
@@ -219,6 +295,21 @@ impl fmt::Display for Plan {
     }
 }
 
+/// `web-bg1-2, web-bg1-1, web-bg1-0` (or a range) for pods of another set.
+fn describe_set_pods(set: &str, ordinals: &[u32]) -> String {
+    match ordinals {
+        [] => "no pod".to_string(),
+        [first, .., last] if ordinals.len() > MAX_LISTED_PODS => {
+            format!("{set}-{first} ... {set}-{last} ({} pods)", ordinals.len())
+        }
+        _ => ordinals
+            .iter()
+            .map(|o| format!("{set}-{o}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
 fn percent_of(part: u32, whole: u32) -> f64 {
     if whole == 0 {
         return 0.0;
@@ -250,7 +341,10 @@ mod tests {
                         5,
                     )),
                 },
-                Step::Gate { ordinals: vec![4] },
+                Step::Gate {
+                    ordinals: vec![4],
+                    set: None,
+                },
                 Step::Pause {
                     wait: PauseSpec::UntilPromote,
                 },
@@ -262,6 +356,7 @@ mod tests {
                 },
                 Step::Gate {
                     ordinals: vec![3, 2, 1, 0],
+                    set: None,
                 },
                 Step::Pause {
                     wait: PauseSpec::For(HumanDuration::from_secs(90)),

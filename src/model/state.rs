@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::image::ContainerImage;
 use super::plan::{Plan, Step};
 use super::strategy::StrategyConfig;
+use super::twin::Twin;
 
 /// The annotation that holds the record.
 pub const ANNOTATION_KEY: &str = "rollout.dev/state";
@@ -165,6 +166,44 @@ pub struct RolloutState {
     /// The latest thing a person should read (a gate failure, why it paused).
     #[serde(default)]
     pub message: String,
+    /// The whole new pod template, for strategies whose template is written after other steps
+    /// (recreate, blue/green, shadow), so that any later run can write it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_template: Option<serde_json::Value>,
+    /// Blue/green and shadow: the twin set and the Services it moves between.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub twin: Option<Twin>,
+    /// Figures measured during the rollout.
+    #[serde(default, skip_serializing_if = "Measured::is_empty")]
+    pub measured: Measured,
+}
+
+/// Figures the executor measured and keeps with the record (so a resumed run goes on counting).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Measured {
+    /// Recreate: since when no pod of the set has been Ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unavailable_since: Option<Timestamp>,
+    /// Recreate: time with no Ready pod, from the last old pod leaving Ready to the first new pod
+    /// being Ready, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downtime_ms: Option<u64>,
+    /// Blue/green: when the live Services were switched to green.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switched_at: Option<Timestamp>,
+    /// Shadow: the latest comparison of shadow with stable (interim while it runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comparison: Option<serde_json::Value>,
+    /// Shadow: true once the comparison passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comparison_passed: Option<bool>,
+}
+
+impl Measured {
+    pub fn is_empty(&self) -> bool {
+        *self == Measured::default()
+    }
 }
 
 impl RolloutState {
@@ -194,6 +233,9 @@ impl RolloutState {
             started_at: now,
             updated_at: now,
             message: String::new(),
+            new_template: None,
+            twin: None,
+            measured: Measured::default(),
         }
     }
 
@@ -282,14 +324,14 @@ pub(crate) mod tests {
                     updated: 1,
                     weight: None,
                 },
-                Step::Gate { ordinals: vec![1] },
+                Step::gate(vec![1]),
                 Step::SetPartition {
                     partition: 0,
                     ordinals: vec![0],
                     updated: 2,
                     weight: None,
                 },
-                Step::Gate { ordinals: vec![0] },
+                Step::gate(vec![0]),
             ],
             notes: vec![],
         };

@@ -10,16 +10,23 @@ use serde::{Deserialize, Serialize};
 use super::duration::{DurationError, HumanDuration};
 use super::gate::{GateSpec, GateSpecError};
 use super::steps::{StepList, StepTarget, StepsError};
+use super::twin::{
+    BlueGreenParams, DataMode, ReplayLine, ShadowCompare, ShadowParams, DEFAULT_SCALE_DOWN_DELAY,
+    DEFAULT_SHADOW_DURATION,
+};
 use super::weight::Percent;
 
-/// The update strategies. Later ones (blue/green, recreate, shadow) join this enum and the
-/// planner's match.
+/// The update strategies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StrategyKind {
     Rolling,
     Ramped,
     Canary,
+    #[serde(rename = "bluegreen")]
+    BlueGreen,
+    Recreate,
+    Shadow,
 }
 
 impl StrategyKind {
@@ -28,7 +35,18 @@ impl StrategyKind {
             StrategyKind::Rolling => "rolling",
             StrategyKind::Ramped => "ramped",
             StrategyKind::Canary => "canary",
+            StrategyKind::BlueGreen => "bluegreen",
+            StrategyKind::Recreate => "recreate",
+            StrategyKind::Shadow => "shadow",
         }
+    }
+
+    /// True for the strategies that move pods with the partition of one set.
+    pub fn uses_partition(self) -> bool {
+        matches!(
+            self,
+            StrategyKind::Rolling | StrategyKind::Ramped | StrategyKind::Canary
+        )
     }
 }
 
@@ -46,6 +64,9 @@ impl FromStr for StrategyKind {
             "rolling" => Ok(StrategyKind::Rolling),
             "ramped" => Ok(StrategyKind::Ramped),
             "canary" => Ok(StrategyKind::Canary),
+            "bluegreen" | "blue-green" | "blue/green" => Ok(StrategyKind::BlueGreen),
+            "recreate" => Ok(StrategyKind::Recreate),
+            "shadow" => Ok(StrategyKind::Shadow),
             other => Err(StrategyError::UnknownStrategy {
                 name: other.to_string(),
             }),
@@ -56,7 +77,7 @@ impl FromStr for StrategyKind {
 /// Why strategy settings were refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum StrategyError {
-    #[error("unknown strategy `{name}`; this version knows rolling, ramped and canary")]
+    #[error("unknown strategy `{name}`; the strategies are rolling, ramped, canary, bluegreen, recreate and shadow")]
     UnknownStrategy { name: String },
     #[error("--{flag} does not apply to a {strategy} rollout ({hint})")]
     FlagNotApplicable {
@@ -80,6 +101,12 @@ pub enum StrategyError {
     Pause(#[from] DurationError),
     #[error("--timeout must be more than 0s")]
     ZeroTimeout,
+    #[error("--{flag} {value} is not valid: {reason}")]
+    BadValue {
+        flag: &'static str,
+        value: String,
+        reason: &'static str,
+    },
 }
 
 /// `--batch N` or `--batch 25%`: pods updated per rolling step.
@@ -218,6 +245,30 @@ pub struct StrategyFlags {
     pub weight: Option<Percent>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pause: Option<PauseSpec>,
+    /// Blue/green: the live Services.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auto_promote: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scale_down_delay: Option<HumanDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<DataMode>,
+    /// Blue/green and shadow: keep the twin's volumes when it is removed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_data: Option<bool>,
+    /// Shadow: pods of the shadow set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
+    /// Shadow: how long requests are replayed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration: Option<HumanDuration>,
+    /// Shadow: the requests to replay.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests: Option<Vec<ReplayLine>>,
+    /// Shadow: how the comparison judges.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compare: Option<ShadowCompare>,
 }
 
 impl StrategyFlags {
@@ -234,6 +285,19 @@ impl StrategyFlags {
             steps,
             weight,
             pause: over.pause.or(self.pause),
+            services: if over.services.is_empty() {
+                self.services
+            } else {
+                over.services
+            },
+            auto_promote: over.auto_promote.or(self.auto_promote),
+            scale_down_delay: over.scale_down_delay.or(self.scale_down_delay),
+            data: over.data.or(self.data),
+            keep_data: over.keep_data.or(self.keep_data),
+            replicas: over.replicas.or(self.replicas),
+            duration: over.duration.or(self.duration),
+            requests: over.requests.or(self.requests),
+            compare: over.compare.or(self.compare),
         }
     }
 }
@@ -268,6 +332,10 @@ pub enum StrategyParams {
         pause: Option<PauseSpec>,
     },
     Canary(CanaryParams),
+    #[serde(rename = "bluegreen")]
+    BlueGreen(BlueGreenParams),
+    Recreate,
+    Shadow(ShadowParams),
 }
 
 /// Ramped steps when none are given: a small first batch, then doubling.
@@ -279,6 +347,9 @@ impl StrategyParams {
             StrategyParams::Rolling { .. } => StrategyKind::Rolling,
             StrategyParams::Ramped { .. } => StrategyKind::Ramped,
             StrategyParams::Canary(_) => StrategyKind::Canary,
+            StrategyParams::BlueGreen(_) => StrategyKind::BlueGreen,
+            StrategyParams::Recreate => StrategyKind::Recreate,
+            StrategyParams::Shadow(_) => StrategyKind::Shadow,
         }
     }
 
@@ -295,7 +366,98 @@ impl StrategyParams {
                 hint,
             })
         };
+        if !matches!(
+            kind,
+            StrategyKind::Rolling | StrategyKind::Ramped | StrategyKind::Canary
+        ) {
+            if flags.batch.is_some() {
+                return not_for("batch", "only rolling moves pods in batches");
+            }
+            if flags.steps.is_some() {
+                return not_for("steps", "only ramped and canary walk through steps");
+            }
+            if flags.weight.is_some() {
+                return not_for("weight", "use canary to hold at a weight");
+            }
+            if flags.pause.is_some() {
+                return not_for("pause", "only the partition strategies pause between steps");
+            }
+        }
+        if kind != StrategyKind::BlueGreen {
+            if !flags.services.is_empty() {
+                return not_for("service", "only blue/green switches Services");
+            }
+            if flags.auto_promote.is_some() {
+                return not_for("auto-promote", "only blue/green switches by itself");
+            }
+            if flags.scale_down_delay.is_some() {
+                return not_for("scale-down-delay", "only blue/green keeps an old set scaled");
+            }
+            if flags.data.is_some() {
+                return not_for("data", "only blue/green can start its new set from copies");
+            }
+        }
+        if !matches!(kind, StrategyKind::BlueGreen | StrategyKind::Shadow) && flags.keep_data.is_some() {
+            return not_for("keep-data", "only blue/green and shadow remove a set they created");
+        }
+        if kind != StrategyKind::Shadow {
+            if flags.replicas.is_some() {
+                return not_for("replicas", "only shadow sizes its own set");
+            }
+            if flags.duration.is_some() {
+                return not_for("duration", "only shadow replays for a time");
+            }
+            if flags.requests.is_some() {
+                return not_for("requests", "only shadow replays requests");
+            }
+            if flags.compare.is_some() {
+                return not_for("compare", "only shadow compares answers");
+            }
+        }
         match kind {
+            StrategyKind::BlueGreen => {
+                let delay = flags.scale_down_delay.unwrap_or(DEFAULT_SCALE_DOWN_DELAY);
+                Ok(StrategyParams::BlueGreen(BlueGreenParams {
+                    services: flags.services.clone(),
+                    auto_promote: flags.auto_promote.unwrap_or(false),
+                    scale_down_delay: delay,
+                    data: flags.data.unwrap_or_default(),
+                    keep_data: flags.keep_data.unwrap_or(false),
+                }))
+            }
+            StrategyKind::Recreate => Ok(StrategyParams::Recreate),
+            StrategyKind::Shadow => {
+                let replicas = flags.replicas.unwrap_or(1);
+                if replicas == 0 {
+                    return Err(StrategyError::BadValue {
+                        flag: "replicas",
+                        value: "0".into(),
+                        reason: "a shadow needs at least one pod",
+                    });
+                }
+                let duration = flags.duration.unwrap_or(DEFAULT_SHADOW_DURATION);
+                if duration.get().is_zero() {
+                    return Err(StrategyError::BadValue {
+                        flag: "duration",
+                        value: duration.to_string(),
+                        reason: "the replay needs some time",
+                    });
+                }
+                let compare = flags.compare.clone().unwrap_or_default();
+                check_compare(&compare)?;
+                Ok(StrategyParams::Shadow(ShadowParams {
+                    replicas,
+                    duration,
+                    requests: flags.requests.clone().unwrap_or_else(|| {
+                        vec![ReplayLine {
+                            method: "GET".into(),
+                            path: "/".into(),
+                        }]
+                    }),
+                    compare,
+                    keep_data: flags.keep_data.unwrap_or(false),
+                }))
+            }
             StrategyKind::Rolling => {
                 if flags.steps.is_some() {
                     return not_for("steps", "use ramped for growing batches, or --batch N");
@@ -360,6 +522,46 @@ impl StrategyParams {
             }
         }
     }
+}
+
+/// Checks the comparison limits of a shadow.
+fn check_compare(compare: &ShadowCompare) -> Result<(), StrategyError> {
+    let bad = |flag, value: String, reason| {
+        Err(StrategyError::BadValue {
+            flag,
+            value,
+            reason,
+        })
+    };
+    if !(0.0..=100.0).contains(&compare.max_error_rate_increase) {
+        return bad(
+            "max-error-rate-increase",
+            compare.max_error_rate_increase.to_string(),
+            "give percentage points from 0 to 100",
+        );
+    }
+    if !(compare.max_p95_ratio >= 1.0 && compare.max_p95_ratio.is_finite()) {
+        return bad(
+            "max-p95-ratio",
+            compare.max_p95_ratio.to_string(),
+            "give a factor of 1 or more (2 = twice stable's p95)",
+        );
+    }
+    if compare.rate == 0 || compare.rate > 1000 {
+        return bad(
+            "rate",
+            compare.rate.to_string(),
+            "give 1 to 1000 requests per second",
+        );
+    }
+    if compare.max_requests == 0 || compare.max_requests < compare.min_samples {
+        return bad(
+            "max-requests",
+            compare.max_requests.to_string(),
+            "give at least as many requests as the comparison needs to pass (--min-samples)",
+        );
+    }
+    Ok(())
 }
 
 /// Deadlines the executor enforces.
@@ -449,6 +651,7 @@ mod tests {
             steps: steps.map(|s| s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))),
             weight: weight.map(|w| Percent::new(w).unwrap_or_else(|e| panic!("{e}"))),
             pause: pause.map(|p| p.parse().unwrap_or_else(|e| panic!("{p}: {e}"))),
+            ..StrategyFlags::default()
         }
     }
 

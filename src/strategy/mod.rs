@@ -6,6 +6,7 @@ pub mod observed;
 pub mod planner;
 pub mod predicates;
 pub mod transitions;
+pub mod twin;
 
 pub use observed::{stable_from_statefulset, ObserveError, Observed};
 pub use planner::{plan, PlanError};

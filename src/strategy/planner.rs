@@ -20,6 +20,15 @@ pub const MAX_STEPS: usize = 1000;
 pub enum PlanError {
     #[error("planning the rollout of StatefulSet {statefulset}: {steps} steps is more than {MAX_STEPS}; use a larger --batch or fewer --steps")]
     TooManySteps { statefulset: String, steps: usize },
+    #[error("blue/green of StatefulSet {statefulset} needs a live Service to switch: {detail}")]
+    NoLiveService { statefulset: String, detail: String },
+    #[error("StatefulSet {twin} already exists, so the shadow of {statefulset} cannot be created; if it is left from an earlier shadow, delete it (`kubectl delete statefulset {twin}`) and its PVCs if you do not need them")]
+    TwinExists { statefulset: String, twin: String },
+    #[error("planning the {strategy} rollout of StatefulSet {statefulset}: its Services and neighbours were not read")]
+    SurroundingsMissing {
+        statefulset: String,
+        strategy: &'static str,
+    },
 }
 
 /// One cumulative target: after this step `pods` run the new revision.
@@ -36,6 +45,17 @@ struct Target {
 /// When the target template is not applied yet, the plan starts with the freeze write. Targets
 /// already reached (a re-run after the partition was lowered) are left out, with a note.
 pub fn plan(config: &StrategyConfig, observed: &Observed) -> Result<Plan, PlanError> {
+    match &config.params {
+        StrategyParams::Recreate => return Ok(super::twin::plan_recreate(config, observed)),
+        StrategyParams::BlueGreen(_) | StrategyParams::Shadow(_) => {
+            // These are planned with their surroundings by `super::twin::plan_twin`.
+            return Err(PlanError::SurroundingsMissing {
+                statefulset: observed.name.clone(),
+                strategy: config.kind().as_str(),
+            });
+        }
+        _ => {}
+    }
     let replicas = observed.replicas;
     let mut notes = Vec::new();
     let targets = targets_for(&config.params, replicas, &mut notes);
@@ -84,7 +104,7 @@ pub fn plan(config: &StrategyConfig, observed: &Observed) -> Result<Plan, PlanEr
             weight: target.weight,
         });
         if gate {
-            steps.push(Step::Gate { ordinals });
+            steps.push(Step::gate(ordinals));
         }
         if let Some(wait) = target.pause {
             steps.push(Step::Pause { wait });
@@ -181,6 +201,7 @@ fn targets_for(params: &StrategyParams, replicas: u32, notes: &mut Vec<String>) 
             }
             finish_at_all_pods(&mut targets, replicas, *pause, notes, "the last weight");
         }
+        StrategyParams::BlueGreen(_) | StrategyParams::Recreate | StrategyParams::Shadow(_) => {}
     }
     merge_equal_targets(&mut targets, notes);
     // No pause after the last step: there is nothing left to wait for, except a canary hold that
@@ -258,6 +279,7 @@ mod tests {
             steps: steps.map(|s| s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))),
             weight: weight.and_then(|w| crate::model::weight::Percent::new(w).ok()),
             pause: pause.map(|p| p.parse().unwrap_or_else(|e| panic!("{p}: {e}"))),
+            ..StrategyFlags::default()
         };
         StrategyConfig::new(
             kind,
@@ -297,13 +319,14 @@ mod tests {
                     ordinals,
                     ..
                 } => format!("P{partition}[{}]", list(ordinals)),
-                Step::Gate { ordinals } => format!("G[{}]", list(ordinals)),
+                Step::Gate { ordinals, set: None } => format!("G[{}]", list(ordinals)),
                 Step::Pause {
                     wait: PauseSpec::UntilPromote,
                 } => "W".to_string(),
                 Step::Pause {
                     wait: PauseSpec::For(d),
                 } => format!("W{d}"),
+                other => other.name().to_string(),
             })
             .collect::<Vec<_>>()
             .join(" ")
@@ -627,9 +650,7 @@ mod tests {
                         assert!(*updated > last_updated);
                         assert_eq!(
                             p.steps.get(i + 1),
-                            Some(&Step::Gate {
-                                ordinals: ordinals.clone()
-                            }),
+                            Some(&Step::gate(ordinals.clone())),
                             "each partition step is gated"
                         );
                         moved.extend(ordinals);

@@ -11,7 +11,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::model::plan::Step;
 use crate::model::state::{PauseReason, Phase, RollbackCause, RolloutState};
-use crate::model::strategy::{OnFailure, PauseSpec};
+use crate::model::strategy::{OnFailure, PauseSpec, StrategyKind};
 
 use super::observed::Observed;
 use super::planner::{plan, PlanError};
@@ -43,6 +43,16 @@ pub enum TransitionError {
     RollingBack { statefulset: String },
     #[error("the rollout of StatefulSet {statefulset} already succeeded; `rollout undo {statefulset}` returns to the previous revision")]
     AlreadySucceeded { statefulset: String },
+    #[error("the shadow of StatefulSet {statefulset} cannot be promoted yet: {why}; `rollout status {statefulset}` shows the comparison so far")]
+    ComparisonNotPassing { statefulset: String, why: String },
+    #[error("--then only applies to a shadow rollout that is still comparing; StatefulSet {statefulset} runs a {strategy} rollout at step {step}")]
+    ThenNotApplicable {
+        statefulset: String,
+        strategy: &'static str,
+        step: usize,
+    },
+    #[error("the blue/green rollout of StatefulSet {statefulset} cannot be undone: {why}")]
+    CannotUndo { statefulset: String, why: String },
 }
 
 impl RolloutState {
@@ -80,13 +90,8 @@ impl RolloutState {
         match self.current().cloned() {
             None => {
                 self.phase = Phase::Succeeded;
-                self.touch(
-                    now,
-                    format!(
-                        "{} runs the new version on every pod",
-                        self.plan.statefulset
-                    ),
-                );
+                let message = self.success_message();
+                self.touch(now, message);
             }
             Some(Step::Pause { wait }) => {
                 let until = match wait {
@@ -108,6 +113,27 @@ impl RolloutState {
                 self.phase = Phase::Progressing;
                 self.updated_at = now;
             }
+        }
+    }
+
+    /// What a finished rollout did, in words.
+    fn success_message(&self) -> String {
+        let name = &self.plan.statefulset;
+        let partition_steps = self
+            .plan
+            .steps
+            .iter()
+            .any(|s| matches!(s, Step::SetTemplateAndFreeze { .. } | Step::SetTemplate));
+        match (&self.twin, self.plan.strategy) {
+            (Some(twin), StrategyKind::BlueGreen) => format!(
+                "{} serves the new version; {name} is scaled to 0 and keeps its volumes",
+                twin.set
+            ),
+            (Some(twin), StrategyKind::Shadow) if !partition_steps => format!(
+                "the shadow {} compared well with {name} and was removed; {name} was not changed (`rollout promote {} --then ...` while it compares rolls it)",
+                twin.set, twin.home
+            ),
+            _ => format!("{name} runs the new version on every pod"),
         }
     }
 
@@ -164,9 +190,31 @@ impl RolloutState {
     }
 
     /// `rollout promote`: continue past the pause the rollout waits at (timed or not), or past
-    /// a gate that could not decide.
+    /// a gate that could not decide, or end a shadow's comparison that passes so far.
     pub fn promote(&mut self, now: Timestamp) -> Result<(), TransitionError> {
         self.require_running("promote")?;
+        if self.phase == Phase::Progressing && matches!(self.current(), Some(Step::Compare { .. })) {
+            match self.measured.comparison_passed {
+                Some(true) => {
+                    self.current_step += 1;
+                    self.enter_current(now);
+                    self.message = "promoted: the comparison passed so far; the shadow is removed".into();
+                    return Ok(());
+                }
+                Some(false) => {
+                    return Err(TransitionError::ComparisonNotPassing {
+                        statefulset: self.name(),
+                        why: "its comparison with stable fails so far".into(),
+                    })
+                }
+                None => {
+                    return Err(TransitionError::ComparisonNotPassing {
+                        statefulset: self.name(),
+                        why: "its comparison has too few answers to judge yet".into(),
+                    })
+                }
+            }
+        }
         match (&self.phase, &self.pause) {
             (Phase::Paused, Some(PauseReason::Step { .. })) => {
                 self.current_step += 1;
@@ -245,7 +293,7 @@ impl RolloutState {
             });
         }
         if gated && !to_gate.is_empty() {
-            tail.push(Step::Gate { ordinals: to_gate });
+            tail.push(Step::gate(to_gate));
         }
         self.plan.steps.truncate(done);
         self.plan.steps.extend(tail);
@@ -253,6 +301,75 @@ impl RolloutState {
         if self.phase == Phase::Progressing {
             self.message = "promoted to the end: the remaining pods move in one step".to_string();
         }
+        Ok(())
+    }
+
+    /// `rollout promote --then ...` on a shadow: after the shadow is removed, `then` (the steps
+    /// of a partition rollout of the real set) run. Only while the shadow still compares (or
+    /// before); the comparison must pass as for a plain promote.
+    pub fn promote_then(
+        &mut self,
+        then: Vec<Step>,
+        strategy: StrategyKind,
+        now: Timestamp,
+    ) -> Result<(), TransitionError> {
+        self.require_running("promote")?;
+        let remove = self
+            .plan
+            .steps
+            .iter()
+            .position(|s| matches!(s, Step::RemoveTwin { .. }));
+        let at_or_before_compare = self
+            .plan
+            .steps
+            .iter()
+            .position(|s| matches!(s, Step::Compare { .. }))
+            .is_some_and(|c| self.current_step <= c);
+        let Some(remove) = remove.filter(|_| {
+            self.plan.strategy == StrategyKind::Shadow && at_or_before_compare
+        }) else {
+            return Err(TransitionError::ThenNotApplicable {
+                statefulset: self.name(),
+                strategy: self.plan.strategy.as_str(),
+                step: self.current_step + 1,
+            });
+        };
+        let mut trial = self.clone();
+        trial.promote(now)?;
+        *self = trial;
+        self.plan.steps.truncate(remove + 1);
+        self.plan.steps.extend(then);
+        self.plan.notes.push(format!(
+            "promoted: after the shadow is removed, a {strategy} rollout updates {}",
+            self.plan.statefulset
+        ));
+        self.message = format!(
+            "promoted: the shadow is removed, then a {strategy} rollout updates {}",
+            self.plan.statefulset
+        );
+        Ok(())
+    }
+
+    /// `rollout undo` of a finished blue/green rollout: blue back up, the live Services back on
+    /// it, green to 0 (green keeps its volumes: it served).
+    pub fn undo_bluegreen(&mut self, now: Timestamp) -> Result<(), TransitionError> {
+        let name = self.name();
+        if self.plan.strategy != StrategyKind::BlueGreen || self.twin.is_none() {
+            return Err(TransitionError::CannotUndo {
+                statefulset: name,
+                why: "it is not a blue/green rollout".into(),
+            });
+        }
+        if self.phase != Phase::Succeeded {
+            return Err(TransitionError::CannotUndo {
+                why: format!("it is {}, not Succeeded; `rollout abort {name}` returns to blue while it runs", self.phase),
+                statefulset: name,
+            });
+        }
+        self.phase = Phase::RollingBack;
+        self.pause = None;
+        self.rollback_cause = Some(RollbackCause::Aborted);
+        self.touch(now, "undo: returning to the previous set");
         Ok(())
     }
 
@@ -392,7 +509,9 @@ impl RolloutState {
         if !matches!(self.phase, Phase::Progressing | Phase::Paused) {
             return Ok(());
         }
-        if observed.replicas == self.plan.replicas {
+        // Only a partition plan is re-planned when the set was scaled; the other strategies
+        // scale sets themselves.
+        if observed.replicas == self.plan.replicas || !self.plan.strategy.uses_partition() {
             if observed.target_applied
                 && matches!(self.current(), Some(Step::SetTemplateAndFreeze { .. }))
             {
@@ -408,7 +527,7 @@ impl RolloutState {
         let gated: BTreeSet<u32> = self.plan.steps[..done]
             .iter()
             .filter_map(|s| match s {
-                Step::Gate { ordinals } => Some(ordinals.iter().copied()),
+                Step::Gate { ordinals, set: None } => Some(ordinals.iter().copied()),
                 _ => None,
             })
             .flatten()
@@ -425,7 +544,7 @@ impl RolloutState {
         .filter(|o| !gated.contains(o))
         .collect();
         if self.config.gates.any() && !ungated.is_empty() {
-            fresh.steps.insert(0, Step::Gate { ordinals: ungated });
+            fresh.steps.insert(0, Step::gate(ungated));
         }
         let note = format!(
             "{} was scaled from {} to {} replicas during the rollout; the remaining steps were planned again",
@@ -477,6 +596,7 @@ mod tests {
             steps: steps.map(|s| s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))),
             weight: weight.and_then(|w| crate::model::weight::Percent::new(w).ok()),
             pause: pause.map(|p| p.parse().unwrap_or_else(|e| panic!("{p}: {e}"))),
+            ..StrategyFlags::default()
         };
         let config = StrategyConfig::new(
             kind,
@@ -574,9 +694,7 @@ mod tests {
                     updated: 10,
                     weight: None
                 },
-                Step::Gate {
-                    ordinals: vec![7, 6, 5, 4, 3, 2, 1, 0]
-                },
+                Step::gate(vec![7, 6, 5, 4, 3, 2, 1, 0]),
             ]
         );
         run(&mut s, &mut t);
@@ -613,9 +731,7 @@ mod tests {
                     updated: 3,
                     weight: None
                 },
-                Step::Gate {
-                    ordinals: vec![2, 1, 0]
-                },
+                Step::gate(vec![2, 1, 0]),
             ]
         );
     }
@@ -792,18 +908,14 @@ mod tests {
         assert_eq!(
             s.remaining(),
             &[
-                Step::Gate {
-                    ordinals: vec![5, 4, 2]
-                },
+                Step::gate(vec![5, 4, 2]),
                 Step::SetPartition {
                     partition: 0,
                     ordinals: vec![1, 0],
                     updated: 6,
                     weight: None
                 },
-                Step::Gate {
-                    ordinals: vec![1, 0]
-                },
+                Step::gate(vec![1, 0]),
             ]
         );
         assert!(s.message.contains("scaled from 4 to 6"), "{}", s.message);
@@ -832,21 +944,21 @@ mod tests {
                     updated: 1,
                     weight: None
                 },
-                Step::Gate { ordinals: vec![2] },
+                Step::gate(vec![2]),
                 Step::SetPartition {
                     partition: 1,
                     ordinals: vec![1],
                     updated: 2,
                     weight: None
                 },
-                Step::Gate { ordinals: vec![1] },
+                Step::gate(vec![1]),
                 Step::SetPartition {
                     partition: 0,
                     ordinals: vec![0],
                     updated: 3,
                     weight: None
                 },
-                Step::Gate { ordinals: vec![0] },
+                Step::gate(vec![0]),
             ]
         );
     }
@@ -870,9 +982,7 @@ mod tests {
         // Pods 2 and 3 were created above the partition, so on the new revision: gated first.
         assert_eq!(
             s.remaining()[0],
-            Step::Gate {
-                ordinals: vec![3, 2]
-            }
+            Step::gate(vec![3, 2])
         );
         assert_eq!(s.remaining().len(), 5);
     }

@@ -1,0 +1,495 @@
+//! Planning the strategies that do not move a partition: blue/green, recreate and shadow.
+//!
+//! Besides the set itself they need to know its surroundings ([`Surroundings`]: the Services
+//! that select its pods, the names already taken), which the executor reads before planning.
+//! Everything here is pure: plans, the twin record with the Service selectors a blue/green
+//! rollout moves between, and the twin StatefulSet object as a value.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, PodTemplateSpec, TypedLocalObjectReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+
+use crate::model::plan::{Plan, Step};
+use crate::model::strategy::{PauseSpec, StrategyConfig, StrategyParams};
+use crate::model::twin::{
+    free_twin_name, preview_name, render_selector, selector_for_set, shadow_name, DataMode,
+    LiveService, Twin, TwinRole, CREATED_BY_LABEL, HOME_ANNOTATION, REPLACES_ANNOTATION, SET_LABEL,
+    SHADOW_OF_LABEL,
+};
+
+use super::observed::Observed;
+use super::planner::PlanError;
+use super::predicates::ordinals_released;
+
+/// A Service in the set's namespace, as far as planning cares.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ObservedService {
+    pub name: String,
+    /// `spec.selector` (empty: selects nothing by itself).
+    pub selector: BTreeMap<String, String>,
+    /// `clusterIP: None`: a headless Service, the set's DNS, never switched.
+    pub headless: bool,
+}
+
+/// What around a set a blue/green or shadow plan depends on.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Surroundings {
+    /// The set the user names in commands (the set itself unless `rollout` created it).
+    pub home: String,
+    /// Labels of the set's pod template.
+    pub template_labels: BTreeMap<String, String>,
+    /// `spec.serviceName` of the set.
+    pub service_name: Option<String>,
+    /// Every Service of the namespace.
+    pub services: Vec<ObservedService>,
+    /// Names of the namespace's StatefulSets and PVCs, so a new set reuses none.
+    pub sets: Vec<String>,
+    pub claims: Vec<String>,
+}
+
+impl Surroundings {
+    /// The Services whose selector matches the set's pods (empty selectors match nothing).
+    fn selecting(&self) -> impl Iterator<Item = &ObservedService> {
+        self.services.iter().filter(|s| {
+            !s.selector.is_empty()
+                && s.selector
+                    .iter()
+                    .all(|(k, v)| self.template_labels.get(k) == Some(v))
+        })
+    }
+}
+
+/// The live Services of a blue/green rollout: the ones named, or every non-headless Service
+/// selecting the pods, each with the selectors it moves between.
+fn live_services(
+    config_services: &[String],
+    observed: &Observed,
+    around: &Surroundings,
+    green: &str,
+) -> Result<Vec<LiveService>, PlanError> {
+    let name = &observed.name;
+    let selecting: Vec<&ObservedService> = around.selecting().collect();
+    let chosen: Vec<&ObservedService> = if config_services.is_empty() {
+        let found: Vec<&ObservedService> = selecting
+            .iter()
+            .copied()
+            .filter(|s| !s.headless && Some(&s.name) != around.service_name.as_ref())
+            .collect();
+        if found.is_empty() {
+            return Err(PlanError::NoLiveService {
+                statefulset: name.clone(),
+                detail: "no Service with a cluster IP selects its pods; give the live Service with --service".into(),
+            });
+        }
+        found
+    } else {
+        let mut chosen = Vec::new();
+        for wanted in config_services {
+            let Some(service) = around.services.iter().find(|s| &s.name == wanted) else {
+                return Err(PlanError::NoLiveService {
+                    statefulset: name.clone(),
+                    detail: format!("--service {wanted}: no such Service in this namespace"),
+                });
+            };
+            if !selecting.iter().any(|s| s.name == service.name) {
+                return Err(PlanError::NoLiveService {
+                    statefulset: name.clone(),
+                    detail: format!(
+                        "--service {wanted} selects {}, which does not match the pods of {name}",
+                        if service.selector.is_empty() {
+                            "nothing".to_string()
+                        } else {
+                            render_selector(&service.selector)
+                        }
+                    ),
+                });
+            }
+            chosen.push(service);
+        }
+        chosen
+    };
+    let labelled = around.template_labels.get(SET_LABEL) == Some(name);
+    let revision = observed
+        .current_revision
+        .as_deref()
+        .or(observed.update_revision.as_deref());
+    Ok(chosen
+        .into_iter()
+        .map(|s| LiveService {
+            name: s.name.clone(),
+            original: s.selector.clone(),
+            blue: selector_for_set(&s.selector, name, labelled, revision),
+            green: selector_for_set(&s.selector, green, true, None),
+        })
+        .collect())
+}
+
+/// The twin record of a blue/green or shadow rollout (`None` for the other strategies).
+pub fn twin_for(
+    config: &StrategyConfig,
+    observed: &Observed,
+    around: &Surroundings,
+    template: &serde_json::Value,
+) -> Result<Option<Twin>, PlanError> {
+    match &config.params {
+        StrategyParams::BlueGreen(p) => {
+            let green = free_twin_name(&around.home, &around.sets, &around.claims);
+            let services = live_services(&p.services, observed, around, &green)?;
+            Ok(Some(Twin {
+                role: TwinRole::Green,
+                preview: Some(preview_name(&around.home)),
+                set: green,
+                home: around.home.clone(),
+                services,
+                data: p.data,
+                keep_data: p.keep_data,
+                template: template.clone(),
+            }))
+        }
+        StrategyParams::Shadow(p) => {
+            let shadow = shadow_name(&around.home);
+            if around.sets.contains(&shadow) {
+                return Err(PlanError::TwinExists {
+                    statefulset: observed.name.clone(),
+                    twin: shadow,
+                });
+            }
+            Ok(Some(Twin {
+                role: TwinRole::Shadow,
+                set: shadow,
+                home: around.home.clone(),
+                services: Vec::new(),
+                preview: None,
+                data: DataMode::Fresh,
+                keep_data: p.keep_data,
+                template: template.clone(),
+            }))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Every ordinal of a set of `replicas` pods, highest first.
+fn all_ordinals(replicas: u32, start: u32) -> Vec<u32> {
+    ordinals_released(replicas, start, replicas, 0)
+}
+
+/// The plan of a recreate rollout: down to 0, the new template, back up, one gate on all.
+pub fn plan_recreate(config: &StrategyConfig, observed: &Observed) -> Plan {
+    let replicas = observed.replicas;
+    let mut steps = Vec::new();
+    let mut notes = Vec::new();
+    if replicas > 0 {
+        steps.push(Step::Scale {
+            set: observed.name.clone(),
+            replicas: 0,
+        });
+    }
+    steps.push(Step::SetTemplate);
+    if replicas > 0 {
+        steps.push(Step::Scale {
+            set: observed.name.clone(),
+            replicas,
+        });
+        if config.gates.any() {
+            steps.push(Step::gate(all_ordinals(replicas, observed.ordinal_start)));
+        }
+        notes.push(format!(
+            "{} is down from the first step until its first new pod is Ready: this is scheduled downtime, and the output reports how long it was",
+            observed.name
+        ));
+    } else {
+        notes.push(format!("{} has 0 replicas: only the template changes", observed.name));
+    }
+    Plan {
+        statefulset: observed.name.clone(),
+        strategy: config.kind(),
+        replicas,
+        ordinal_start: observed.ordinal_start,
+        pod_management_policy: observed.pod_management_policy,
+        steps,
+        notes,
+    }
+}
+
+/// The plan of a blue/green or shadow rollout with its twin.
+pub fn plan_twin(config: &StrategyConfig, observed: &Observed, twin: &Twin) -> Plan {
+    let replicas = observed.replicas;
+    let mut steps = Vec::new();
+    let mut notes = Vec::new();
+    let http = config.gates.http.enabled;
+    match &config.params {
+        StrategyParams::BlueGreen(p) => {
+            if twin.services.iter().any(|s| s.blue != s.original) {
+                steps.push(Step::PinTraffic);
+            }
+            steps.push(Step::CreateTwin {
+                set: twin.set.clone(),
+                replicas,
+            });
+            if config.gates.any() {
+                steps.push(Step::Gate {
+                    ordinals: all_ordinals(replicas, 0),
+                    set: Some(twin.set.clone()),
+                });
+            }
+            if let (true, Some(preview)) = (http, twin.preview.as_ref()) {
+                steps.push(Step::GateService {
+                    service: preview.clone(),
+                });
+            }
+            if !p.auto_promote {
+                steps.push(Step::Pause {
+                    wait: PauseSpec::UntilPromote,
+                });
+            }
+            steps.push(Step::SwitchTraffic);
+            if http {
+                for service in &twin.services {
+                    steps.push(Step::GateService {
+                        service: service.name.clone(),
+                    });
+                }
+            }
+            if !p.scale_down_delay.get().is_zero() {
+                steps.push(Step::Pause {
+                    wait: PauseSpec::For(p.scale_down_delay),
+                });
+            }
+            steps.push(Step::Scale {
+                set: observed.name.clone(),
+                replicas: 0,
+            });
+            notes.push(match twin.data {
+                DataMode::Fresh => format!(
+                    "{} starts with new, empty volumes (--data fresh); --data clone copies each ordinal's volumes from {}",
+                    twin.set, observed.name
+                ),
+                DataMode::Clone => format!(
+                    "{}'s volumes are created first as clones of {}'s, ordinal by ordinal (--data clone)",
+                    twin.set, observed.name
+                ),
+            });
+            notes.push(format!(
+                "live Service(s): {}; preview Service {} selects only {}",
+                twin.services
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                twin.preview.as_deref().unwrap_or("-"),
+                twin.set
+            ));
+            notes.push(format!(
+                "after the switch {} serves and {} goes to 0 replicas (its volumes stay); commands keep using the name {}",
+                twin.set, observed.name, twin.home
+            ));
+        }
+        StrategyParams::Shadow(p) => {
+            steps.push(Step::CreateTwin {
+                set: twin.set.clone(),
+                replicas: p.replicas,
+            });
+            if config.gates.any() {
+                steps.push(Step::Gate {
+                    ordinals: all_ordinals(p.replicas, 0),
+                    set: Some(twin.set.clone()),
+                });
+            }
+            steps.push(Step::Compare {
+                set: twin.set.clone(),
+            });
+            steps.push(Step::RemoveTwin {
+                set: twin.set.clone(),
+            });
+            notes.push(format!(
+                "no live Service selects {}; `rollout promote {} --then rolling|canary ...` while it compares rolls the real set, otherwise it is removed after {}{}",
+                twin.set,
+                twin.home,
+                p.duration,
+                if p.keep_data { " (its volumes are kept)" } else { " with its volumes" }
+            ));
+        }
+        _ => {}
+    }
+    Plan {
+        statefulset: observed.name.clone(),
+        strategy: config.kind(),
+        replicas,
+        ordinal_start: observed.ordinal_start,
+        pod_management_policy: observed.pod_management_policy,
+        steps,
+        notes,
+    }
+}
+
+/// The twin StatefulSet: `blue`'s spec with the new template, its own name, selector and set
+/// label, `replicas` pods and no partition. A shadow's pods keep none of blue's labels, so no
+/// Service or NetworkPolicy written for blue picks them up.
+pub fn twin_statefulset(blue: &StatefulSet, twin: &Twin, replicas: u32, rollout_id: &str) -> Option<StatefulSet> {
+    let blue_name = blue.metadata.name.clone()?;
+    let blue_spec = blue.spec.as_ref()?;
+    let mut template: PodTemplateSpec = serde_json::from_value(twin.template.clone()).ok()?;
+    let mut pod_labels: BTreeMap<String, String> = match twin.role {
+        TwinRole::Green => template.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default(),
+        TwinRole::Shadow => BTreeMap::from([(SHADOW_OF_LABEL.to_string(), twin.home.clone())]),
+    };
+    pod_labels.insert(SET_LABEL.to_string(), twin.set.clone());
+    let mut selector: BTreeMap<String, String> = match twin.role {
+        TwinRole::Green => blue_spec.selector.match_labels.clone().unwrap_or_default(),
+        TwinRole::Shadow => BTreeMap::new(),
+    };
+    selector.insert(SET_LABEL.to_string(), twin.set.clone());
+    for (k, v) in &selector {
+        pod_labels.insert(k.clone(), v.clone());
+    }
+    let meta = template.metadata.get_or_insert_with(ObjectMeta::default);
+    meta.labels = Some(pod_labels.clone());
+    let mut annotations = BTreeMap::from([(HOME_ANNOTATION.to_string(), twin.home.clone())]);
+    if twin.role == TwinRole::Green {
+        annotations.insert(REPLACES_ANNOTATION.to_string(), blue_name.clone());
+    }
+    let mut set_labels = blue.metadata.labels.clone().unwrap_or_default();
+    if twin.role == TwinRole::Shadow {
+        set_labels = BTreeMap::from([(SHADOW_OF_LABEL.to_string(), twin.home.clone())]);
+    }
+    set_labels.insert(SET_LABEL.to_string(), twin.set.clone());
+    set_labels.insert(CREATED_BY_LABEL.to_string(), label_value(rollout_id));
+    let claims = blue_spec.volume_claim_templates.clone().map(|list| {
+        list.into_iter()
+            .map(|mut c| {
+                c.status = None;
+                let labels = c.metadata.labels.get_or_insert_with(BTreeMap::new);
+                labels.insert(CREATED_BY_LABEL.to_string(), label_value(rollout_id));
+                labels.insert(SET_LABEL.to_string(), twin.set.clone());
+                c
+            })
+            .collect()
+    });
+    Some(StatefulSet {
+        metadata: ObjectMeta {
+            name: Some(twin.set.clone()),
+            namespace: blue.metadata.namespace.clone(),
+            labels: Some(set_labels),
+            annotations: Some(annotations),
+            ..ObjectMeta::default()
+        },
+        spec: Some(StatefulSetSpec {
+            replicas: Some(i32::try_from(replicas).unwrap_or(i32::MAX)),
+            selector: LabelSelector {
+                match_labels: Some(selector),
+                match_expressions: None,
+            },
+            template,
+            service_name: blue_spec.service_name.clone(),
+            pod_management_policy: blue_spec.pod_management_policy.clone(),
+            update_strategy: Some(StatefulSetUpdateStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: None,
+            }),
+            volume_claim_templates: claims,
+            min_ready_seconds: blue_spec.min_ready_seconds,
+            revision_history_limit: blue_spec.revision_history_limit,
+            persistent_volume_claim_retention_policy: None,
+            ordinals: None,
+        }),
+        status: None,
+    })
+}
+
+/// A label value from any text: at most 63 characters of `[A-Za-z0-9._-]`.
+fn label_value(text: &str) -> String {
+    let cleaned: String = text
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '-' })
+        .take(63)
+        .collect();
+    cleaned.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_string()
+}
+
+/// The claims to clone before a green set starts (`--data clone`): for each ordinal and claim
+/// template, `<claim>-<green>-<ordinal>` with blue's claim of the same ordinal as `dataSource`.
+/// Claims that exist already are left out.
+pub fn clone_claims(
+    blue: &StatefulSet,
+    green: &StatefulSet,
+    replicas: u32,
+    existing: &[String],
+) -> Vec<PersistentVolumeClaim> {
+    let (Some(blue_name), Some(green_name)) = (blue.metadata.name.as_deref(), green.metadata.name.as_deref()) else {
+        return Vec::new();
+    };
+    let start = blue
+        .spec
+        .as_ref()
+        .and_then(|s| s.ordinals.as_ref())
+        .and_then(|o| o.start)
+        .and_then(|s| u32::try_from(s).ok())
+        .unwrap_or(0);
+    let templates = green
+        .spec
+        .as_ref()
+        .and_then(|s| s.volume_claim_templates.clone())
+        .unwrap_or_default();
+    let mut claims = Vec::new();
+    for i in 0..replicas {
+        for template in &templates {
+            let Some(claim) = template.metadata.name.as_deref() else { continue };
+            let name = format!("{claim}-{green_name}-{i}");
+            if existing.contains(&name) {
+                continue;
+            }
+            let source = format!("{claim}-{blue_name}-{}", start + i);
+            let mut spec = template.spec.clone().unwrap_or_default();
+            spec.data_source = Some(TypedLocalObjectReference {
+                api_group: None,
+                kind: "PersistentVolumeClaim".into(),
+                name: source,
+            });
+            spec.data_source_ref = None;
+            let mut labels = template.metadata.labels.clone().unwrap_or_default();
+            for (k, v) in green
+                .spec
+                .as_ref()
+                .and_then(|s| s.selector.match_labels.clone())
+                .unwrap_or_default()
+            {
+                labels.insert(k, v);
+            }
+            claims.push(PersistentVolumeClaim {
+                metadata: ObjectMeta {
+                    name: Some(name),
+                    labels: Some(labels),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(spec),
+                status: None,
+            });
+        }
+    }
+    claims
+}
+
+/// The names of a set's claims: `<claim>-<set>-<ordinal>` for every template and ordinal below
+/// `replicas` (from 0).
+pub fn claim_names(set: &StatefulSet, replicas: u32) -> Vec<String> {
+    let Some(name) = set.metadata.name.as_deref() else {
+        return Vec::new();
+    };
+    let templates = set
+        .spec
+        .as_ref()
+        .and_then(|s| s.volume_claim_templates.clone())
+        .unwrap_or_default();
+    let mut names = Vec::new();
+    for i in 0..replicas {
+        for t in &templates {
+            if let Some(claim) = t.metadata.name.as_deref() {
+                names.push(format!("{claim}-{name}-{i}"));
+            }
+        }
+    }
+    names
+}
