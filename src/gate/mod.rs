@@ -2,7 +2,9 @@
 //! on. [`verdict`] holds the pure judging; [`probe`] does the I/O that feeds it (HTTP to pod IPs
 //! or through the pod proxy, watching readiness, running commands, calling webhooks).
 
+pub mod compare;
 pub mod probe;
+pub mod replay;
 pub mod verdict;
 
 pub use verdict::{GateFailure, PodSamples, ProbeOutcome, Verdict};
