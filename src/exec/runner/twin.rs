@@ -177,7 +177,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
 
     /// Writes the record (step begun) with no other change; false when the loop must decide
     /// again.
-    async fn begin_and_record(&mut self) -> Result<bool, ExecError> {
+    pub(super) async fn begin_and_record(&mut self) -> Result<bool, ExecError> {
         self.record.begin_step(Self::now())?;
         Ok(matches!(
             self.commit(None, None).await?,
@@ -185,7 +185,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         ))
     }
 
-    fn step_text(&self) -> String {
+    pub(super) fn step_text(&self) -> String {
         self.record
             .current()
             .map(|s| self.record.plan.describe_step(s))
