@@ -142,7 +142,10 @@ pub trait Cluster: Clone + Send + Sync + 'static {
         selector: &BTreeMap<String, String>,
     ) -> impl Future<Output = Result<(), ApiError>> + Send;
 
-    fn create_service(&self, service: &Service) -> impl Future<Output = Result<(), ApiError>> + Send;
+    fn create_service(
+        &self,
+        service: &Service,
+    ) -> impl Future<Output = Result<(), ApiError>> + Send;
 
     /// Deletes a Service; gone already is fine.
     fn delete_service(&self, name: &str) -> impl Future<Output = Result<(), ApiError>> + Send;
@@ -361,19 +364,34 @@ impl Cluster for KubeCluster {
     }
 
     async fn create_statefulset(&self, sts: &StatefulSet) -> Result<StatefulSet, ApiError> {
-        Ok(self.api::<StatefulSet>().create(&post_params(), sts).await?)
+        Ok(self
+            .api::<StatefulSet>()
+            .create(&post_params(), sts)
+            .await?)
     }
 
     async fn delete_statefulset(&self, name: &str) -> Result<(), ApiError> {
-        gone_is_fine(self.api::<StatefulSet>().delete(name, &DeleteParams::default()).await)
+        gone_is_fine(
+            self.api::<StatefulSet>()
+                .delete(name, &DeleteParams::default())
+                .await,
+        )
     }
 
     async fn list_statefulsets(&self) -> Result<Vec<StatefulSet>, ApiError> {
-        Ok(self.api::<StatefulSet>().list(&ListParams::default()).await?.items)
+        Ok(self
+            .api::<StatefulSet>()
+            .list(&ListParams::default())
+            .await?
+            .items)
     }
 
     async fn list_services(&self) -> Result<Vec<Service>, ApiError> {
-        Ok(self.api::<Service>().list(&ListParams::default()).await?.items)
+        Ok(self
+            .api::<Service>()
+            .list(&ListParams::default())
+            .await?
+            .items)
     }
 
     async fn set_service_selector(
@@ -385,7 +403,12 @@ impl Cluster for KubeCluster {
         // null, so the result is exactly `selector`, in one write.
         let current = self.api::<Service>().get(name).await?;
         let mut body = serde_json::Map::new();
-        for key in current.spec.and_then(|s| s.selector).unwrap_or_default().keys() {
+        for key in current
+            .spec
+            .and_then(|s| s.selector)
+            .unwrap_or_default()
+            .keys()
+        {
             if !selector.contains_key(key) {
                 body.insert(key.clone(), serde_json::Value::Null);
             }
@@ -406,12 +429,18 @@ impl Cluster for KubeCluster {
     }
 
     async fn create_service(&self, service: &Service) -> Result<(), ApiError> {
-        self.api::<Service>().create(&post_params(), service).await?;
+        self.api::<Service>()
+            .create(&post_params(), service)
+            .await?;
         Ok(())
     }
 
     async fn delete_service(&self, name: &str) -> Result<(), ApiError> {
-        gone_is_fine(self.api::<Service>().delete(name, &DeleteParams::default()).await)
+        gone_is_fine(
+            self.api::<Service>()
+                .delete(name, &DeleteParams::default())
+                .await,
+        )
     }
 
     async fn list_claims(&self) -> Result<Vec<PersistentVolumeClaim>, ApiError> {

@@ -27,12 +27,12 @@ use crate::model::image::{
 use crate::model::state::{PauseReason, Phase, Revision, RollbackCause, RolloutState};
 use crate::model::strategy::{StrategyConfig, StrategyKind, StrategyParams};
 use crate::model::twin::{Twin, HOME_ANNOTATION};
-use crate::strategy::twin::{plan_twin, twin_for, ObservedService, Surroundings};
 use crate::strategy::observed::{stable_from_statefulset, Observed};
 use crate::strategy::planner::plan as make_plan;
 use crate::strategy::predicates::{
     is_ready, is_terminating, ordinals_not_ready, ordinals_released, pod_revision,
 };
+use crate::strategy::twin::{plan_twin, twin_for, ObservedService, Surroundings};
 use crate::strategy::TransitionError;
 
 /// How results are printed.
@@ -137,7 +137,9 @@ async fn resolve_serving<C: Cluster, G: GateRunner>(
     for _ in 0..32 {
         let sts = ctx.get_set(&current).await?;
         let next = match record_of(&sts)? {
-            Some(r) if r.plan.strategy == StrategyKind::BlueGreen && r.phase == Phase::Succeeded => {
+            Some(r)
+                if r.plan.strategy == StrategyKind::BlueGreen && r.phase == Phase::Succeeded =>
+            {
                 r.twin.map(|t| t.set)
             }
             _ => None,
@@ -408,6 +410,9 @@ fn conclude<C: Cluster, G: GateRunner>(
         format!("rollout of {name} is holding (after {elapsed}); `rollout promote {name}` continues it, `rollout abort {name}` goes back")
     } else {
         match r.phase {
+            Phase::Succeeded if !r.plan.strategy.uses_partition() => {
+                format!("rollout of {name} succeeded in {elapsed}: {first_line}")
+            }
             Phase::Succeeded => format!(
                 "rollout of {name} succeeded in {elapsed}: every pod runs revision {}",
                 r.target.revision.as_deref().unwrap_or("?")
@@ -446,7 +451,10 @@ async fn drive<C: Cluster, G: GateRunner>(
     tracing::debug!(statefulset = %name, "run ended");
     match result? {
         Ok(outcome) => conclude(ctx, &outcome, started),
-        Err(signal) => Err(ExecError::Interrupted { statefulset: name, exit: signal }),
+        Err(signal) => Err(ExecError::Interrupted {
+            statefulset: name,
+            exit: signal,
+        }),
     }
 }
 
@@ -1285,7 +1293,9 @@ async fn bluegreen_to_undo<C: Cluster, G: GateRunner>(
         let sts = ctx.get_set(&current).await?;
         let record = record_of(&sts)?;
         match record {
-            Some(r) if r.plan.strategy == StrategyKind::BlueGreen && r.phase == Phase::Succeeded => {
+            Some(r)
+                if r.plan.strategy == StrategyKind::BlueGreen && r.phase == Phase::Succeeded =>
+            {
                 let Some(twin) = r.twin else { break };
                 match ctx.cluster.get_statefulset(&twin.set).await {
                     Ok(Some(_)) => {

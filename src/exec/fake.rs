@@ -600,13 +600,7 @@ impl Cluster for FakeCluster {
     }
 
     async fn list_statefulsets(&self) -> Result<Vec<StatefulSet>, ApiError> {
-        Ok(self.with(|s| {
-            s.sts
-                .iter()
-                .chain(s.other_sets.values())
-                .cloned()
-                .collect()
-        }))
+        Ok(self.with(|s| s.sts.iter().chain(s.other_sets.values()).cloned().collect()))
     }
 
     async fn list_services(&self) -> Result<Vec<Service>, ApiError> {

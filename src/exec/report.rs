@@ -302,7 +302,14 @@ pub fn render_status(report: &StatusReport, now: Timestamp) -> String {
                 _ => String::new(),
             };
             let _ = writeln!(out, "phase:     {}{step}{pause}", r.phase);
-            let _ = writeln!(out, "weight:    {} on the new version", r.achieved_weight);
+            match report.record.as_ref() {
+                Some(record) if !record.plan.strategy.uses_partition() => {
+                    render_beyond_partition(&mut out, record);
+                }
+                _ => {
+                    let _ = writeln!(out, "weight:    {} on the new version", r.achieved_weight);
+                }
+            }
         }
     }
     for rev in &report.revisions {
@@ -343,6 +350,62 @@ pub fn render_status(report: &StatusReport, now: Timestamp) -> String {
         let _ = writeln!(out, "lock:      held by {}{renewed}{state}", lock.holder);
     }
     out
+}
+
+/// The lines of a blue/green, recreate or shadow record: which set serves, the downtime, the
+/// comparison.
+fn render_beyond_partition(out: &mut String, record: &RolloutState) {
+    use crate::model::twin::TwinRole;
+    if let Some(twin) = &record.twin {
+        match twin.role {
+            TwinRole::Green => {
+                let switched = record.measured.switched_at.is_some();
+                let back = matches!(record.phase, Phase::RolledBack | Phase::Aborted);
+                let serving = if switched && !back {
+                    &twin.set
+                } else {
+                    &record.plan.statefulset
+                };
+                let _ = writeln!(
+                    out,
+                    "serving:   {serving} (blue {}, green {}; live Service(s): {})",
+                    record.plan.statefulset,
+                    twin.set,
+                    twin.services
+                        .iter()
+                        .map(|s| s.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                if let Some(at) = record.measured.switched_at {
+                    let _ = writeln!(out, "switched:  {}", at.strftime("%H:%M:%S UTC"));
+                }
+            }
+            TwinRole::Shadow => {
+                let _ = writeln!(out, "shadow:    {} (no live Service selects it)", twin.set);
+            }
+        }
+    }
+    if let Some(ms) = record.measured.downtime_ms {
+        let _ = writeln!(
+            out,
+            "downtime:  {} (no Ready pod behind the Service)",
+            crate::exec::progress::format_elapsed(std::time::Duration::from_millis(ms))
+        );
+    }
+    if let Some(report) = record
+        .measured
+        .comparison
+        .clone()
+        .and_then(|v| serde_json::from_value::<crate::gate::compare::CompareReport>(v).ok())
+    {
+        let text = crate::gate::compare::render_report(&report);
+        let mut lines = text.lines();
+        let _ = writeln!(out, "compare:   {}", lines.next().unwrap_or_default());
+        for line in lines {
+            let _ = writeln!(out, "           {line}");
+        }
+    }
 }
 
 /// One line for `status --watch` after the first full report: the time, the phase and step, the

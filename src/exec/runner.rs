@@ -1208,7 +1208,11 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         Ok(())
     }
 
-    pub(super) fn rollback_failed(&mut self, what: &str, started: Instant) -> Result<(), ExecError> {
+    pub(super) fn rollback_failed(
+        &mut self,
+        what: &str,
+        started: Instant,
+    ) -> Result<(), ExecError> {
         let message = format!(
             "rollback of {} did not finish within {}: {what}; check `kubectl get pods`, then `rollout abort {0}` to try again",
             self.name, self.record.config.timeouts.step

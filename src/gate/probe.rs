@@ -669,7 +669,12 @@ pub async fn run_service_gate(
         port: port.parse().unwrap_or(0),
         ready_since: None,
     };
-    tracing::info!(service, port, "HTTP gate {} through the service proxy", gate.describe());
+    tracing::info!(
+        service,
+        port,
+        "HTTP gate {} through the service proxy",
+        gate.describe()
+    );
     let samples = probe_all(&prober, gate, std::slice::from_ref(&target)).await;
     judge_http(gate, &samples)
 }

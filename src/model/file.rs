@@ -51,6 +51,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::duration::HumanDuration;
 use super::gate::GateSpec;
 use super::steps::StepList;
 use super::strategy::{BatchSize, PauseSpec};
@@ -59,7 +60,6 @@ use super::strategy::{
 };
 use super::twin::{DataMode, ShadowCompare};
 use super::weight::Percent;
-use super::duration::HumanDuration;
 
 pub const API_VERSION: &str = "rollout.dev/v1alpha1";
 pub const KIND: &str = "RolloutStrategy";
@@ -246,7 +246,10 @@ onFailure: hold
                 "strategy: recreate\nservices: [web]\n",
                 "--service does not apply to a recreate rollout",
             ),
-            ("strategy: shadow\nreplicas: 0\n", "a shadow needs at least one pod"),
+            (
+                "strategy: shadow\nreplicas: 0\n",
+                "a shadow needs at least one pod",
+            ),
             (
                 "strategy: shadow\ncompare:\n  maxP95Ratio: 0.5\n",
                 "--max-p95-ratio 0.5",

@@ -117,7 +117,10 @@ impl Step {
     pub fn mutates(&self) -> bool {
         !matches!(
             self,
-            Step::Gate { .. } | Step::Pause { .. } | Step::GateService { .. } | Step::Compare { .. }
+            Step::Gate { .. }
+                | Step::Pause { .. }
+                | Step::GateService { .. }
+                | Step::Compare { .. }
         )
     }
 }
@@ -205,9 +208,9 @@ impl Plan {
             Step::Scale { set, replicas: 0 } => {
                 format!("scale {set} to 0 and wait until every pod is gone (volumes stay)")
             }
-            Step::Scale { set, replicas } => format!(
-                "scale {set} to {replicas} and wait until every pod is Ready"
-            ),
+            Step::Scale { set, replicas } => {
+                format!("scale {set} to {replicas} and wait until every pod is Ready")
+            }
             Step::PinTraffic => {
                 "pin the live Services to the current pods (no pod restarts)".to_string()
             }

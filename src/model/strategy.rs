@@ -391,14 +391,22 @@ impl StrategyParams {
                 return not_for("auto-promote", "only blue/green switches by itself");
             }
             if flags.scale_down_delay.is_some() {
-                return not_for("scale-down-delay", "only blue/green keeps an old set scaled");
+                return not_for(
+                    "scale-down-delay",
+                    "only blue/green keeps an old set scaled",
+                );
             }
             if flags.data.is_some() {
                 return not_for("data", "only blue/green can start its new set from copies");
             }
         }
-        if !matches!(kind, StrategyKind::BlueGreen | StrategyKind::Shadow) && flags.keep_data.is_some() {
-            return not_for("keep-data", "only blue/green and shadow remove a set they created");
+        if !matches!(kind, StrategyKind::BlueGreen | StrategyKind::Shadow)
+            && flags.keep_data.is_some()
+        {
+            return not_for(
+                "keep-data",
+                "only blue/green and shadow remove a set they created",
+            );
         }
         if kind != StrategyKind::Shadow {
             if flags.replicas.is_some() {

@@ -302,10 +302,7 @@ mod tests {
             selector_for_set(&earlier, "web-bg2", true, None),
             map(&[("app", "web"), (SET_LABEL, "web-bg2")])
         );
-        assert_eq!(
-            render_selector(&map(&[("a", "1"), ("b", "2")])),
-            "a=1,b=2"
-        );
+        assert_eq!(render_selector(&map(&[("a", "1"), ("b", "2")])), "a=1,b=2");
     }
 
     #[test]

@@ -319,7 +319,10 @@ mod tests {
                     ordinals,
                     ..
                 } => format!("P{partition}[{}]", list(ordinals)),
-                Step::Gate { ordinals, set: None } => format!("G[{}]", list(ordinals)),
+                Step::Gate {
+                    ordinals,
+                    set: None,
+                } => format!("G[{}]", list(ordinals)),
                 Step::Pause {
                     wait: PauseSpec::UntilPromote,
                 } => "W".to_string(),

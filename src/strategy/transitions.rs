@@ -193,12 +193,14 @@ impl RolloutState {
     /// a gate that could not decide, or end a shadow's comparison that passes so far.
     pub fn promote(&mut self, now: Timestamp) -> Result<(), TransitionError> {
         self.require_running("promote")?;
-        if self.phase == Phase::Progressing && matches!(self.current(), Some(Step::Compare { .. })) {
+        if self.phase == Phase::Progressing && matches!(self.current(), Some(Step::Compare { .. }))
+        {
             match self.measured.comparison_passed {
                 Some(true) => {
                     self.current_step += 1;
                     self.enter_current(now);
-                    self.message = "promoted: the comparison passed so far; the shadow is removed".into();
+                    self.message =
+                        "promoted: the comparison passed so far; the shadow is removed".into();
                     return Ok(());
                 }
                 Some(false) => {
@@ -325,9 +327,9 @@ impl RolloutState {
             .iter()
             .position(|s| matches!(s, Step::Compare { .. }))
             .is_some_and(|c| self.current_step <= c);
-        let Some(remove) = remove.filter(|_| {
-            self.plan.strategy == StrategyKind::Shadow && at_or_before_compare
-        }) else {
+        let Some(remove) =
+            remove.filter(|_| self.plan.strategy == StrategyKind::Shadow && at_or_before_compare)
+        else {
             return Err(TransitionError::ThenNotApplicable {
                 statefulset: self.name(),
                 strategy: self.plan.strategy.as_str(),
@@ -362,7 +364,10 @@ impl RolloutState {
         }
         if self.phase != Phase::Succeeded {
             return Err(TransitionError::CannotUndo {
-                why: format!("it is {}, not Succeeded; `rollout abort {name}` returns to blue while it runs", self.phase),
+                why: format!(
+                    "it is {}, not Succeeded; `rollout abort {name}` returns to blue while it runs",
+                    self.phase
+                ),
                 statefulset: name,
             });
         }
@@ -527,7 +532,10 @@ impl RolloutState {
         let gated: BTreeSet<u32> = self.plan.steps[..done]
             .iter()
             .filter_map(|s| match s {
-                Step::Gate { ordinals, set: None } => Some(ordinals.iter().copied()),
+                Step::Gate {
+                    ordinals,
+                    set: None,
+                } => Some(ordinals.iter().copied()),
                 _ => None,
             })
             .flatten()
@@ -980,10 +988,7 @@ mod tests {
             (Phase::Paused, Some(PauseReason::User))
         );
         // Pods 2 and 3 were created above the partition, so on the new revision: gated first.
-        assert_eq!(
-            s.remaining()[0],
-            Step::gate(vec![3, 2])
-        );
+        assert_eq!(s.remaining()[0], Step::gate(vec![3, 2]));
         assert_eq!(s.remaining().len(), 5);
     }
 

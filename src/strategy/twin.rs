@@ -8,7 +8,9 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, PodTemplateSpec, TypedLocalObjectReference};
+use k8s_openapi::api::core::v1::{
+    PersistentVolumeClaim, PodTemplateSpec, TypedLocalObjectReference,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
 use crate::model::plan::{Plan, Step};
@@ -201,7 +203,10 @@ pub fn plan_recreate(config: &StrategyConfig, observed: &Observed) -> Plan {
             observed.name
         ));
     } else {
-        notes.push(format!("{} has 0 replicas: only the template changes", observed.name));
+        notes.push(format!(
+            "{} has 0 replicas: only the template changes",
+            observed.name
+        ));
     }
     Plan {
         statefulset: observed.name.clone(),
@@ -328,12 +333,21 @@ pub fn plan_twin(config: &StrategyConfig, observed: &Observed, twin: &Twin) -> P
 /// The twin StatefulSet: `blue`'s spec with the new template, its own name, selector and set
 /// label, `replicas` pods and no partition. A shadow's pods keep none of blue's labels, so no
 /// Service or NetworkPolicy written for blue picks them up.
-pub fn twin_statefulset(blue: &StatefulSet, twin: &Twin, replicas: u32, rollout_id: &str) -> Option<StatefulSet> {
+pub fn twin_statefulset(
+    blue: &StatefulSet,
+    twin: &Twin,
+    replicas: u32,
+    rollout_id: &str,
+) -> Option<StatefulSet> {
     let blue_name = blue.metadata.name.clone()?;
     let blue_spec = blue.spec.as_ref()?;
     let mut template: PodTemplateSpec = serde_json::from_value(twin.template.clone()).ok()?;
     let mut pod_labels: BTreeMap<String, String> = match twin.role {
-        TwinRole::Green => template.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default(),
+        TwinRole::Green => template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.labels.clone())
+            .unwrap_or_default(),
         TwinRole::Shadow => BTreeMap::from([(SHADOW_OF_LABEL.to_string(), twin.home.clone())]),
     };
     pod_labels.insert(SET_LABEL.to_string(), twin.set.clone());
@@ -403,10 +417,18 @@ pub fn twin_statefulset(blue: &StatefulSet, twin: &Twin, replicas: u32, rollout_
 fn label_value(text: &str) -> String {
     let cleaned: String = text
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
         .take(63)
         .collect();
-    cleaned.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_string()
+    cleaned
+        .trim_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_string()
 }
 
 /// The claims to clone before a green set starts (`--data clone`): for each ordinal and claim
@@ -418,7 +440,10 @@ pub fn clone_claims(
     replicas: u32,
     existing: &[String],
 ) -> Vec<PersistentVolumeClaim> {
-    let (Some(blue_name), Some(green_name)) = (blue.metadata.name.as_deref(), green.metadata.name.as_deref()) else {
+    let (Some(blue_name), Some(green_name)) = (
+        blue.metadata.name.as_deref(),
+        green.metadata.name.as_deref(),
+    ) else {
         return Vec::new();
     };
     let start = blue
@@ -436,7 +461,9 @@ pub fn clone_claims(
     let mut claims = Vec::new();
     for i in 0..replicas {
         for template in &templates {
-            let Some(claim) = template.metadata.name.as_deref() else { continue };
+            let Some(claim) = template.metadata.name.as_deref() else {
+                continue;
+            };
             let name = format!("{claim}-{green_name}-{i}");
             if existing.contains(&name) {
                 continue;

@@ -13,7 +13,9 @@ use super::{deadline_after, Committed, Runner};
 use crate::exec::cluster::Cluster;
 use crate::exec::gates::{gate_targets, GateRunner};
 use crate::exec::ExecError;
-use crate::gate::compare::{render_report, CompareReport, CompareSpec, CompareVerdict, ReplayRequest};
+use crate::gate::compare::{
+    render_report, CompareReport, CompareSpec, CompareVerdict, ReplayRequest,
+};
 use crate::gate::probe::PodTarget;
 use crate::gate::replay::{replay, ReplayLimits, TargetPair};
 use crate::model::state::RollbackCause;
@@ -72,12 +74,23 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                     .and_then(|n| crate::strategy::predicates::pod_ordinal(&name, n))
             })
             .collect();
-        let container = self.record.target.images.first().map(|i| i.container.clone());
-        gate_targets(&name, &pods, &ordinals, &self.record.config.gates, container.as_deref())
-            .unwrap_or_default()
-            .iter()
-            .filter_map(address)
-            .collect()
+        let container = self
+            .record
+            .target
+            .images
+            .first()
+            .map(|i| i.container.clone());
+        gate_targets(
+            &name,
+            &pods,
+            &ordinals,
+            &self.record.config.gates,
+            container.as_deref(),
+        )
+        .unwrap_or_default()
+        .iter()
+        .filter_map(address)
+        .collect()
     }
 
     /// Step: replay and compare for the shadow's duration (or until promoted or aborted).
@@ -133,7 +146,8 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         tokio::pin!(run);
         // The replay ends by itself at its duration; the step deadline only guards against a
         // replay that cannot end.
-        let deadline = deadline_after(params.duration.get() + self.record.config.timeouts.step.get());
+        let deadline =
+            deadline_after(params.duration.get() + self.record.config.timeouts.step.get());
         let mut last_publish = Instant::now();
         let result = loop {
             tokio::select! {
@@ -188,7 +202,12 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             Ok(c) => c,
             Err(e) => {
                 let message = format!("the shadow comparison could not run: {e}");
-                self.progress.step(index, total, started.elapsed(), &format!("{step}: could not decide"));
+                self.progress.step(
+                    index,
+                    total,
+                    started.elapsed(),
+                    &format!("{step}: could not decide"),
+                );
                 self.progress.say(format!("        {message}"));
                 self.record.gate_inconclusive(message, Self::now())?;
                 return Ok(());
@@ -201,24 +220,34 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             CompareVerdict::Pass => {
                 self.record.measured.comparison_passed = Some(true);
                 self.record.complete_step(Self::now())?;
-                self.progress.step(index, total, started.elapsed(), &format!("{step}: passed"));
+                self.progress
+                    .step(index, total, started.elapsed(), &format!("{step}: passed"));
                 for line in text.lines() {
                     self.progress.say(format!("        {line}"));
                 }
             }
             CompareVerdict::Fail { reasons } => {
                 self.record.measured.comparison_passed = Some(false);
-                self.progress.step(index, total, started.elapsed(), &format!("{step}: FAILED"));
+                self.progress
+                    .step(index, total, started.elapsed(), &format!("{step}: FAILED"));
                 for line in text.lines() {
                     self.progress.say(format!("        {line}"));
                 }
                 self.fail(
                     RollbackCause::GateFailed,
-                    format!("the shadow compared badly with stable: {}", reasons.join("; ")),
+                    format!(
+                        "the shadow compared badly with stable: {}",
+                        reasons.join("; ")
+                    ),
                 )?;
             }
             CompareVerdict::TooFewSamples { reason } => {
-                self.progress.step(index, total, started.elapsed(), &format!("{step}: could not decide"));
+                self.progress.step(
+                    index,
+                    total,
+                    started.elapsed(),
+                    &format!("{step}: could not decide"),
+                );
                 for line in text.lines() {
                     self.progress.say(format!("        {line}"));
                 }

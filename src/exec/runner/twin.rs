@@ -276,7 +276,10 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 );
                 self.fail(
                     RollbackCause::GateFailed,
-                    format!("step {}/{total} ({step}) cannot finish: {problem}", index + 1),
+                    format!(
+                        "step {}/{total} ({step}) cannot finish: {problem}",
+                        index + 1
+                    ),
                 )?;
             }
             Waited::Deadline => {
@@ -297,8 +300,12 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                         .join("; ")
                 };
                 let message = format!("{}: {details}", self.deadline_message(overall));
-                self.progress
-                    .step(index, total, started.elapsed(), &format!("{step}: TIMED OUT"));
+                self.progress.step(
+                    index,
+                    total,
+                    started.elapsed(),
+                    &format!("{step}: TIMED OUT"),
+                );
                 self.progress.say(format!("        {message}"));
                 self.fail(RollbackCause::TimedOut, message)?;
             }
@@ -320,7 +327,11 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
     /// Sets every live Service's selector to blue's (`switch == false`) or green's.
     async fn point_services(&mut self, twin: &Twin, to_green: bool) -> Result<(), ExecError> {
         for service in &twin.services {
-            let selector = if to_green { &service.green } else { &service.blue };
+            let selector = if to_green {
+                &service.green
+            } else {
+                &service.blue
+            };
             self.cluster
                 .set_service_selector(&service.name, selector)
                 .await
@@ -366,21 +377,27 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             .collect::<Vec<_>>()
             .join("; ");
         self.record.complete_step(Self::now())?;
-        self.progress
-            .step(index, total, started.elapsed(), &format!("{step}: {detail}"));
+        self.progress.step(
+            index,
+            total,
+            started.elapsed(),
+            &format!("{step}: {detail}"),
+        );
         Ok(())
     }
 
     /// The preview Service: the first live Service's ports, selecting only green.
     async fn create_preview(&self, twin: &Twin, preview: &str) -> Result<(), ExecError> {
-        let services = self
-            .cluster
-            .list_services()
-            .await
-            .map_err(|e| ExecError::api("listing Services in namespace", self.cluster.namespace(), e))?;
+        let services = self.cluster.list_services().await.map_err(|e| {
+            ExecError::api("listing Services in namespace", self.cluster.namespace(), e)
+        })?;
         let live = twin.services.first();
         let ports: Vec<ServicePort> = live
-            .and_then(|l| services.iter().find(|s| s.metadata.name.as_deref() == Some(&l.name)))
+            .and_then(|l| {
+                services
+                    .iter()
+                    .find(|s| s.metadata.name.as_deref() == Some(&l.name))
+            })
             .and_then(|s| s.spec.as_ref())
             .and_then(|s| s.ports.clone())
             .unwrap_or_default()
@@ -390,9 +407,9 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 ..p
             })
             .collect();
-        let selector = live.map(|l| l.green.clone()).unwrap_or_else(|| {
-            BTreeMap::from([(SET_LABEL.to_string(), twin.set.clone())])
-        });
+        let selector = live
+            .map(|l| l.green.clone())
+            .unwrap_or_else(|| BTreeMap::from([(SET_LABEL.to_string(), twin.set.clone())]));
         let service = Service {
             metadata: ObjectMeta {
                 name: Some(preview.to_string()),
@@ -457,7 +474,9 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 .cluster
                 .list_claims()
                 .await
-                .map_err(|e| ExecError::api("listing PVCs in namespace", self.cluster.namespace(), e))?
+                .map_err(|e| {
+                    ExecError::api("listing PVCs in namespace", self.cluster.namespace(), e)
+                })?
                 .into_iter()
                 .filter_map(|c| c.metadata.name)
                 .collect();
@@ -490,9 +509,13 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                     .await
                     .map_err(|e| ExecError::api("reading StatefulSet", set, e))?;
                 let ours = found.as_ref().is_some_and(|f| {
-                    f.metadata.annotations.as_ref().and_then(|a| a.get(HOME_ANNOTATION))
+                    f.metadata
+                        .annotations
+                        .as_ref()
+                        .and_then(|a| a.get(HOME_ANNOTATION))
                         == Some(&twin.home)
-                        && f.metadata.labels.as_ref().and_then(|l| l.get(SET_LABEL)) == Some(&twin.set)
+                        && f.metadata.labels.as_ref().and_then(|l| l.get(SET_LABEL))
+                            == Some(&twin.set)
                 });
                 if !ours {
                     return Err(ExecError::NotRollable {
@@ -531,7 +554,10 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 }
                 let data = match (twin.role, twin.data) {
                     (TwinRole::Green, DataMode::Clone) => {
-                        format!("; volumes cloned from {} ({cloned} PVCs created now)", self.name)
+                        format!(
+                            "; volumes cloned from {} ({cloned} PVCs created now)",
+                            self.name
+                        )
                     }
                     _ => "; its volumes start empty".to_string(),
                 };
@@ -552,7 +578,10 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 );
                 self.fail(
                     RollbackCause::GateFailed,
-                    format!("step {}/{total} ({step}) cannot finish: {problem}", index + 1),
+                    format!(
+                        "step {}/{total} ({step}) cannot finish: {problem}",
+                        index + 1
+                    ),
                 )?;
             }
             Waited::Deadline => {
@@ -565,8 +594,12 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                     })
                     .collect();
                 let message = format!("{}: {}", self.deadline_message(overall), details.join("; "));
-                self.progress
-                    .step(index, total, started.elapsed(), &format!("{step}: TIMED OUT"));
+                self.progress.step(
+                    index,
+                    total,
+                    started.elapsed(),
+                    &format!("{step}: TIMED OUT"),
+                );
                 self.progress.say(format!("        {message}"));
                 self.fail(RollbackCause::TimedOut, message)?;
             }
@@ -583,18 +616,21 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         }
         let (index, total) = self.step_label();
         let step = self.step_text();
-        let services = self
-            .cluster
-            .list_services()
-            .await
-            .map_err(|e| ExecError::api("listing Services in namespace", self.cluster.namespace(), e))?;
+        let services = self.cluster.list_services().await.map_err(|e| {
+            ExecError::api("listing Services in namespace", self.cluster.namespace(), e)
+        })?;
         let port = services
             .iter()
             .find(|s| s.metadata.name.as_deref() == Some(service))
             .and_then(|s| s.spec.as_ref())
             .and_then(|s| s.ports.as_ref())
             .and_then(|p| p.first())
-            .map(|p| p.name.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| p.port.to_string()));
+            .map(|p| {
+                p.name
+                    .clone()
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or_else(|| p.port.to_string())
+            });
         let verdict = match port {
             None => Verdict::Inconclusive {
                 message: format!("Service {service} was not found or has no port to probe"),
@@ -604,7 +640,8 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 let spec = self.record.config.gates.clone();
                 let namespace = self.cluster.namespace().to_string();
                 let service = service.to_string();
-                let run = async move { gates.run_service(&spec, &namespace, &service, &port).await };
+                let run =
+                    async move { gates.run_service(&spec, &namespace, &service, &port).await };
                 let (deadline, overall) = self.step_deadline();
                 tokio::select! {
                     verdict = run => verdict,
@@ -631,7 +668,9 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         if !self.begin_and_record().await? {
             return Ok(());
         }
-        let removed = self.remove_twin(set, !twin.keep_data, twin.preview.as_deref()).await?;
+        let removed = self
+            .remove_twin(set, !twin.keep_data, twin.preview.as_deref())
+            .await?;
         let Some(claims) = removed else {
             return Ok(());
         };
@@ -691,7 +730,14 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             .await
             .map_err(|e| ExecError::api("listing PVCs in namespace", self.cluster.namespace(), e))?
             .into_iter()
-            .filter(|c| c.metadata.labels.as_ref().and_then(|l| l.get(SET_LABEL)).map(String::as_str) == Some(set))
+            .filter(|c| {
+                c.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(SET_LABEL))
+                    .map(String::as_str)
+                    == Some(set)
+            })
             .filter_map(|c| c.metadata.name)
             .collect();
         if delete_claims {
@@ -744,7 +790,10 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         {
             Waited::Ready(_) => {}
             Waited::Deadline => {
-                self.rollback_failed(&format!("{} did not come back to {replicas} Ready pods", self.name), started)?;
+                self.rollback_failed(
+                    &format!("{} did not come back to {replicas} Ready pods", self.name),
+                    started,
+                )?;
                 return Ok(false);
             }
             Waited::Changed => return Ok(false),
@@ -753,14 +802,13 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         let served = self.record.measured.switched_at.is_some();
         if served {
             self.set_replicas(&twin.set, 0).await?;
-            match self
+            if let Waited::Changed = self
                 .wait_set(&twin.set, Some(deadline), |snapshot| {
                     snapshot.pods.is_empty().then_some(())
                 })
                 .await?
             {
-                Waited::Changed => return Ok(false),
-                _ => {}
+                return Ok(false);
             }
             if let Some(preview) = &twin.preview {
                 self.cluster
@@ -818,7 +866,9 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             return Ok(false);
         }
         match self
-            .wait_set(&name.clone(), Some(deadline), |s| s.pods.is_empty().then_some(()))
+            .wait_set(&name.clone(), Some(deadline), |s| {
+                s.pods.is_empty().then_some(())
+            })
             .await?
         {
             Waited::Ready(()) => {}
@@ -867,7 +917,10 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         {
             Waited::Ready(r) => r,
             Waited::Deadline => {
-                self.rollback_failed("the StatefulSet controller did not take the stable template back", started)?;
+                self.rollback_failed(
+                    "the StatefulSet controller did not take the stable template back",
+                    started,
+                )?;
                 return Ok(false);
             }
             Waited::Changed => return Ok(false),
@@ -952,7 +1005,10 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
 fn describe_claims(claims: &[String], kept: bool) -> String {
     match (claims.len(), kept) {
         (0, _) => "it had no PVCs".to_string(),
-        (n, true) => format!("its {n} PVC(s) are kept (--keep-data): {}", claims.join(", ")),
+        (n, true) => format!(
+            "its {n} PVC(s) are kept (--keep-data): {}",
+            claims.join(", ")
+        ),
         (n, false) => format!("its {n} PVC(s) were deleted: {}", claims.join(", ")),
     }
 }
