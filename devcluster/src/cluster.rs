@@ -144,24 +144,9 @@ async fn start(layout: &Layout, nodes: usize, bins: &Binaries, bin_dir: &Path) -
     controlplane::wait_healthy(layout, &sched, Duration::from_secs(60), || controlplane::http_ok(&http, "http://127.0.0.1:10251/healthz", None)).await?;
     step("controller-manager and scheduler healthy", t);
 
-    let me = std::env::current_exe().context("finding the devcluster binary")?;
-    let agent_args = vec![
-        "agent".to_string(),
-        format!("--nodes={nodes}"),
-        format!("--kubeconfig={}", agent_kc.display()),
-        format!("--bin-dir={}", bin_dir.display()),
-    ];
-    let agent = procs::spawn(&pids, &logs, "agent", &me, &agent_args, &[("ROLLOUT_DEVCLUSTER_DIR", layout.root.display().to_string()), ("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))])?;
-
+    let agent = spawn_agent(layout, nodes, bin_dir)?;
     let client = layout::client(&layout.kubeconfig()).await?;
-    let ready = tokio::time::timeout(Duration::from_secs(120), wait_nodes_ready(&client, nodes));
-    tokio::select! {
-        r = ready => r.context("nodes did not become Ready within 120s")??,
-        _ = watch_alive(agent.pid) => {
-            let (log, tail) = controlplane::log_tail(layout, "agent", 30);
-            bail!("the node agent exited; its log is {}:\n{tail}", log.display());
-        }
-    }
+    wait_agent_serving(layout, &client, agent.pid, nodes).await?;
     step(&format!("{nodes} node(s) Ready"), t);
 
     let sc: Api<StorageClass> = Api::all(client.clone());
@@ -171,6 +156,77 @@ async fn start(layout: &Layout, nodes: usize, bins: &Binaries, bin_dir: &Path) -
     smoke_pod(&client).await?;
     step("a pod ran", t);
     Ok(())
+}
+
+/// Starts the node agent of this binary, tracked like the other processes.
+fn spawn_agent(layout: &Layout, nodes: usize, bin_dir: &Path) -> anyhow::Result<procs::Started> {
+    let me = std::env::current_exe().context("finding the devcluster binary")?;
+    let agent_kc = layout.pki_dir().join("agent.kubeconfig");
+    let agent_args = vec![
+        "agent".to_string(),
+        format!("--nodes={nodes}"),
+        format!("--kubeconfig={}", agent_kc.display()),
+        format!("--bin-dir={}", bin_dir.display()),
+    ];
+    let envs = [
+        ("ROLLOUT_DEVCLUSTER_DIR", layout.root.display().to_string()),
+        ("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into())),
+    ];
+    Ok(procs::spawn(&layout.pids_dir(), &layout.logs_dir(), "agent", &me, &agent_args, &envs)?)
+}
+
+/// Waits for every node to be Ready, failing early (with the agent's log) if the agent exits.
+async fn wait_agent_serving(layout: &Layout, client: &kube::Client, pid: i32, nodes: usize) -> anyhow::Result<()> {
+    let ready = tokio::time::timeout(Duration::from_secs(120), wait_nodes_ready(client, nodes));
+    tokio::select! {
+        r = ready => r.context("nodes did not become Ready within 120s")??,
+        _ = watch_alive(pid) => {
+            let (log, tail) = controlplane::log_tail(layout, "agent", 30);
+            bail!("the node agent exited; its log is {}:\n{tail}", log.display());
+        }
+    }
+    Ok(())
+}
+
+/// Replaces the running node agent with this binary's, leaving the control plane, the Services,
+/// volumes and every API object alone: for picking up a rebuilt agent without `down`. The old
+/// agent stops its pods' processes as it exits; the new one starts them again (same pod objects,
+/// same volumes, new containers), so tests running meanwhile see their pods restart.
+pub async fn restart_agent(layout: &Layout) -> anyhow::Result<()> {
+    require_root()?;
+    if !healthy_control_plane(layout).await {
+        bail!("no devcluster control plane is running in {}; use `devcluster up`", layout.root.display());
+    }
+    let state: ClusterState = serde_json::from_str(&fs::read_to_string(layout.state_file())?)
+        .with_context(|| format!("reading {}", layout.state_file().display()))?;
+    for p in procs::recorded(&layout.pids_dir()).into_iter().filter(|p| p.name == "agent") {
+        if procs::alive(p.pid) {
+            eprintln!("devcluster: stopping the node agent (pid {})", p.pid);
+            procs::stop(p.pid, Duration::from_secs(20));
+        }
+    }
+    let bin_dir = std::env::current_exe()?.parent().map(PathBuf::from).unwrap_or_default();
+    let agent = spawn_agent(layout, state.nodes, &bin_dir)?;
+    let client = layout::client(&layout.kubeconfig()).await?;
+    // Node Ready may still be True from the old agent; a few seconds alive is the real check.
+    wait_agent_serving(layout, &client, agent.pid, state.nodes).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    if !procs::alive(agent.pid) {
+        let (log, tail) = controlplane::log_tail(layout, "agent", 30);
+        bail!("the new node agent exited; its log is {}:\n{tail}", log.display());
+    }
+    eprintln!("devcluster: node agent restarted (pid {})", agent.pid);
+    Ok(())
+}
+
+/// The API server answers and every recorded control-plane process is alive (the agent aside).
+async fn healthy_control_plane(layout: &Layout) -> bool {
+    if !layout.kubeconfig().exists() {
+        return false;
+    }
+    let Ok(client) = layout::client(&layout.kubeconfig()).await else { return false };
+    client.apiserver_version().await.is_ok()
+        && procs::recorded(&layout.pids_dir()).iter().filter(|p| p.name != "agent").all(|p| procs::alive(p.pid))
 }
 
 async fn watch_alive(pid: i32) {

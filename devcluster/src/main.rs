@@ -27,6 +27,9 @@ enum Cmd {
     Down,
     /// Show the processes, the API server and the nodes.
     Status,
+    /// Replace the running node agent with this binary's (after rebuilding it), keeping the
+    /// control plane and every object; running pods are restarted by the new agent.
+    RestartAgent,
     /// Print the KUBECONFIG export for this cluster.
     Env,
     /// Run the node agent in the foreground (`up` starts it for you).
@@ -73,6 +76,7 @@ fn main() -> ExitCode {
             }
             Cmd::Down => cluster::down(&layout).map(|_| true),
             Cmd::Status => cluster::status(&layout).await,
+            Cmd::RestartAgent => cluster::restart_agent(&layout).await.map(|_| true),
             Cmd::Env => {
                 println!("export KUBECONFIG={}", layout.kubeconfig().display());
                 Ok(true)

@@ -8,8 +8,14 @@
 //!
 //! ```text
 //! devcluster pod-init [--netns NAME] [--hostname NAME] [--bind SRC:DST[:ro]]...
-//!                     [--workdir DIR] [--mountpoints-file FILE] -- CMD [ARGS...]
+//!                     [--workdir DIR] [--mountpoints-file FILE] [--ready-fd FD] -- CMD [ARGS...]
 //! ```
+//!
+//! `--ready-fd` names an inherited pipe: once the namespaces, mounts and working directory are in
+//! place it gets one byte and is closed, just before the exec. The agent runs exec probes and
+//! hooks (which enter the container's namespaces through its pid) only after that byte: before
+//! it, the pid is still in the host's namespaces, and a probe would run there, outside the pod's
+//! volumes.
 //!
 //! It must run before any thread starts: `unshare(CLONE_NEWNS)` fails in a multi-threaded
 //! process. Failures print a message to stderr (the container's log) and exit with 125 (setup),
@@ -71,6 +77,8 @@ pub struct PodInit {
     pub workdir: Option<PathBuf>,
     /// Where to append the host directories (and files) it had to create as mount points.
     pub mountpoints_file: Option<PathBuf>,
+    /// An inherited pipe to tell the agent that setup is done (see the module doc).
+    pub ready_fd: Option<i32>,
     pub command: Vec<String>,
 }
 
@@ -84,6 +92,8 @@ pub enum ArgError {
     BadBind { value: String },
     #[error("pod-init: no command given after --")]
     NoCommand,
+    #[error("pod-init: bad --ready-fd {value:?} (want a file descriptor number above 2)")]
+    BadReadyFd { value: String },
 }
 
 impl PodInit {
@@ -113,6 +123,11 @@ impl PodInit {
                 "--bind" => out.binds.push(Bind::parse(&value(flag)?)?),
                 "--workdir" => out.workdir = Some(value(flag)?.into()),
                 "--mountpoints-file" => out.mountpoints_file = Some(value(flag)?.into()),
+                "--ready-fd" => {
+                    let v = value(flag)?;
+                    let fd = v.parse::<i32>().ok().filter(|fd| *fd > 2);
+                    out.ready_fd = Some(fd.ok_or(ArgError::BadReadyFd { value: v })?);
+                }
                 f if f.starts_with("--") => return Err(ArgError::UnknownFlag { flag: f.to_string() }),
                 _ => {
                     out.command = std::iter::once(a).chain(it.by_ref()).cloned().collect();
@@ -148,6 +163,9 @@ impl PodInit {
         if let Some(f) = &self.mountpoints_file {
             push("--mountpoints-file", f.display().to_string());
         }
+        if let Some(fd) = self.ready_fd {
+            push("--ready-fd", fd.to_string());
+        }
         a.push("--".to_string());
         a.extend(self.command.iter().cloned());
         a
@@ -175,6 +193,9 @@ pub fn main(args: &[String]) -> ! {
     if let Err(msg) = setup(&init) {
         fail(125, &format!("pod-init: {msg}"));
     }
+    if let Some(fd) = init.ready_fd {
+        signal_ready(fd);
+    }
     let err = std::process::Command::new(&init.command[0])
         .args(&init.command[1..])
         .exec();
@@ -183,6 +204,24 @@ pub fn main(args: &[String]) -> ! {
         _ => 126,
     };
     fail(code, &format!("pod-init: could not run {:?}: {err}", init.command[0]))
+}
+
+/// One byte on the agent's pipe, then the pipe is closed so the command does not inherit it.
+/// The write cannot fail while the agent holds the read end; should it fail anyway, the agent
+/// runs no probes for this start: a container that never turns Ready, rather than probes run in
+/// the wrong place.
+fn signal_ready(fd: i32) {
+    // SAFETY: writes one byte from a live buffer to a descriptor this process owns, then closes it.
+    unsafe {
+        if libc::write(fd, b"1".as_ptr().cast(), 1) != 1 {
+            let _ = writeln!(
+                std::io::stderr(),
+                "{}",
+                last_os_error("pod-init: telling the agent setup is done")
+            );
+        }
+        libc::close(fd);
+    }
 }
 
 fn fail(code: i32, msg: &str) -> ! {
@@ -367,6 +406,7 @@ mod tests {
             ],
             workdir: Some("/app".into()),
             mountpoints_file: Some("/var/tmp/created".into()),
+            ready_fd: Some(7),
             command: s(&["python3", "-m", "http.server", "--bind", "0.0.0.0"]),
         };
         assert_eq!(PodInit::parse(&init.to_args()), Ok(init));
@@ -399,6 +439,14 @@ mod tests {
                 },
             ),
             (s(&["--netns", "n", "--"]), ArgError::NoCommand),
+            (
+                s(&["--ready-fd", "1", "--", "a"]),
+                ArgError::BadReadyFd { value: "1".into() },
+            ),
+            (
+                s(&["--ready-fd=x", "--", "a"]),
+                ArgError::BadReadyFd { value: "x".into() },
+            ),
             (s(&[]), ArgError::NoCommand),
         ];
         for (args, want) in cases {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Endpoints, Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Endpoints, Namespace, PersistentVolume, PersistentVolumeClaim, Pod, Service};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::wait::{await_condition, Condition};
 use kube::Client;
@@ -66,14 +66,23 @@ impl TestNs {
             if value.is_null() {
                 continue;
             }
-            let kind = value["kind"].as_str().unwrap_or_default().to_string();
-            let pp = PostParams::default();
-            match kind.as_str() {
-                "StatefulSet" => drop(self.api::<StatefulSet>().create(&pp, &serde_json::from_value(value)?).await?),
-                "Service" => drop(self.api::<Service>().create(&pp, &serde_json::from_value(value)?).await?),
-                "Pod" => drop(self.api::<Pod>().create(&pp, &serde_json::from_value(value)?).await?),
-                other => bail!("testkit cannot apply kind {other:?}"),
+            self.apply_value(value).await?;
+        }
+        Ok(())
+    }
+
+    /// Creates one object given as JSON (kinds: StatefulSet, Service, Pod, PersistentVolumeClaim).
+    pub async fn apply_value(&self, value: serde_json::Value) -> anyhow::Result<()> {
+        let kind = value["kind"].as_str().unwrap_or_default().to_string();
+        let pp = PostParams::default();
+        match kind.as_str() {
+            "StatefulSet" => drop(self.api::<StatefulSet>().create(&pp, &serde_json::from_value(value)?).await?),
+            "Service" => drop(self.api::<Service>().create(&pp, &serde_json::from_value(value)?).await?),
+            "Pod" => drop(self.api::<Pod>().create(&pp, &serde_json::from_value(value)?).await?),
+            "PersistentVolumeClaim" => {
+                drop(self.api::<PersistentVolumeClaim>().create(&pp, &serde_json::from_value(value)?).await?)
             }
+            other => bail!("testkit cannot apply kind {other:?}"),
         }
         Ok(())
     }
@@ -89,6 +98,75 @@ impl TestNs {
 
     pub async fn cleanup(self) {
         let _ = Api::<Namespace>::all(self.client.clone()).delete(&self.name, &DeleteParams::default()).await;
+    }
+}
+
+/// The objects of the time app's manifest (examples/time-app/k8s/time-app.yaml), as JSON.
+pub fn time_app_documents() -> anyhow::Result<Vec<serde_json::Value>> {
+    let path = repo_root().join("examples/time-app/k8s/time-app.yaml");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut out = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let value: serde_json::Value = serde::Deserialize::deserialize(doc)?;
+        if !value.is_null() {
+            out.push(value);
+        }
+    }
+    Ok(out)
+}
+
+/// The time app's StatefulSet as a second, independent set: named `name`, its pods labelled
+/// `app: <name>` (so a Service can select one set or the other), running `image`, `replicas` of
+/// them, each with its own `data` claim (`data-<name>-<ordinal>`).
+pub fn time_app_set(name: &str, image: &str, replicas: i32) -> anyhow::Result<serde_json::Value> {
+    let mut set = time_app_documents()?
+        .into_iter()
+        .find(|d| d["kind"] == "StatefulSet")
+        .context("the time app's manifest has no StatefulSet")?;
+    set["metadata"]["name"] = name.into();
+    set["metadata"]["labels"] = serde_json::json!({ "app": name });
+    set["spec"]["replicas"] = replicas.into();
+    set["spec"]["selector"] = serde_json::json!({ "matchLabels": { "app": name } });
+    set["spec"]["template"]["metadata"]["labels"] = serde_json::json!({ "app": name });
+    set["spec"]["template"]["spec"]["containers"][0]["image"] = image.into();
+    Ok(set)
+}
+
+/// A Service of `type_` in front of the pods labelled `app: <app>`, port `http` (80) to the
+/// containers' `http` port.
+pub fn service_for(name: &str, type_: &str, app: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": { "name": name },
+        "spec": {
+            "type": type_,
+            "selector": { "app": app },
+            "ports": [{ "name": "http", "port": 80, "targetPort": "http" }]
+        }
+    })
+}
+
+/// The host directory behind a bound claim (its PersistentVolume's hostPath).
+pub async fn claim_dir(ns: &TestNs, claim: &str) -> anyhow::Result<std::path::PathBuf> {
+    let pvc = ns.api::<PersistentVolumeClaim>().get(claim).await?;
+    let pv_name = pvc.spec.and_then(|s| s.volume_name).with_context(|| format!("claim {claim} is not bound"))?;
+    let pv = Api::<PersistentVolume>::all(ns.client.clone()).get(&pv_name).await?;
+    let path = pv.spec.and_then(|s| s.host_path).map(|h| h.path);
+    Ok(path.with_context(|| format!("volume {pv_name} of claim {claim} has no hostPath"))?.into())
+}
+
+/// Waits until the object `name` with uid `uid` is gone (deleted, or replaced by a new uid).
+pub async fn wait_gone<K>(api: Api<K>, name: &str, uid: &str, timeout: Duration) -> anyhow::Result<()>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + serde::Serialize + Send + Sync + 'static,
+    K::DynamicType: Default,
+{
+    match tokio::time::timeout(timeout, await_condition(api.clone(), name, kube::runtime::conditions::is_deleted(uid))).await {
+        Ok(r) => Ok(r.map(drop)?),
+        Err(_) => {
+            let now = api.get_opt(name).await.ok().flatten();
+            bail!("{name} is still there after {timeout:?}: {}", describe(&now))
+        }
     }
 }
 
@@ -231,6 +309,35 @@ pub async fn ready_endpoints(ns: &TestNs, service: &str) -> anyhow::Result<Vec<S
         .flat_map(|s| s.addresses.unwrap_or_default())
         .map(|a| a.ip)
         .collect())
+}
+
+/// Not-ready addresses of a Service's Endpoints.
+pub fn not_ready_addresses(ep: &Endpoints) -> Vec<String> {
+    ep.subsets
+        .iter()
+        .flatten()
+        .flat_map(|s| s.not_ready_addresses.iter().flatten())
+        .map(|a| a.ip.clone())
+        .collect()
+}
+
+/// Ready addresses of a Service's Endpoints.
+pub fn ready_addresses(ep: &Endpoints) -> Vec<String> {
+    ep.subsets
+        .iter()
+        .flatten()
+        .flat_map(|s| s.addresses.iter().flatten())
+        .map(|a| a.ip.clone())
+        .collect()
+}
+
+/// The pod named in a time-app page (`pod: <name>` line of `/`, or `"pod":"<name>"` of `/visits`).
+pub fn pod_in_body(body: &str) -> Option<String> {
+    if let Some(line) = body.lines().find_map(|l| l.strip_prefix("pod: ")) {
+        return Some(line.trim().to_string());
+    }
+    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    v["pod"].as_str().map(str::to_string)
 }
 
 pub async fn pods_with_label(ns: &TestNs, selector: &str) -> anyhow::Result<Vec<Pod>> {

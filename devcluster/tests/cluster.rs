@@ -1,11 +1,13 @@
 //! End to end against the running devcluster (`./scripts/test` brings it up): what a user of the
 //! local cluster relies on. Each test works in a namespace of its own.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
+use anyhow::Context;
 use devcluster::testkit::{self, TestNs};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::core::v1::{Endpoints, PersistentVolume, PersistentVolumeClaim, Pod, Service};
 use kube::api::{DeleteParams, Patch, PatchParams};
 
 const READY: Duration = Duration::from_secs(180);
@@ -242,6 +244,502 @@ async fn the_api_servers_pod_proxy_reaches_a_pod() -> anyhow::Result<()> {
     let req = http::Request::get(format!("/api/v1/namespaces/{}/pods/time-app-0:8080/proxy/", ns.name)).body(Vec::new())?;
     let body = ns.client.request_text(req).await?;
     assert!(body.contains("Moscow time") && body.contains("time-app-0"), "{body}");
+    ns.cleanup().await;
+    Ok(())
+}
+
+// ---- What rollout's blue/green, recreate and shadow strategies rely on ----
+
+/// One GET through the API server's service proxy: `/api/v1/namespaces/NS/services/SERVICE/proxy/PATH`,
+/// where SERVICE is `name:port`, `scheme:name:port`, ... (port by name or number).
+async fn service_proxy_get(ns: &TestNs, service: &str, path: &str) -> anyhow::Result<String> {
+    let uri = format!("/api/v1/namespaces/{}/services/{service}/proxy/{}", ns.name, path.trim_start_matches('/'));
+    let req = http::Request::get(&uri).body(Vec::new())?;
+    Ok(ns.client.request_text(req).await?)
+}
+
+/// A claim of the default class; a clone of `source` when given.
+fn claim(name: &str, source: Option<&str>) -> serde_json::Value {
+    let mut c = serde_json::json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": name},
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "storageClassName": "standard",
+            "resources": {"requests": {"storage": "16Mi"}}
+        }
+    });
+    if let Some(src) = source {
+        c["spec"]["dataSource"] = serde_json::json!({"kind": "PersistentVolumeClaim", "name": src});
+    }
+    c
+}
+
+fn is_bound(c: &PersistentVolumeClaim) -> bool {
+    c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound")
+}
+
+fn uid_of<K: kube::Resource>(obj: &K) -> String {
+    obj.meta().uid.clone().unwrap_or_default()
+}
+
+async fn pod_ips(ns: &TestNs, pods: &[&str]) -> anyhow::Result<Vec<String>> {
+    let mut ips = Vec::new();
+    for p in pods {
+        ips.push(testkit::pod_ip(ns, p).await?);
+    }
+    ips.sort();
+    Ok(ips)
+}
+
+/// Waits until the Service's Endpoints list exactly `ready` as ready and `not_ready` as not ready.
+async fn wait_endpoint_sets(ns: &TestNs, service: &str, ready: &[String], not_ready: &[String]) -> anyhow::Result<Endpoints> {
+    let (ready, not_ready) = (sorted(ready), sorted(not_ready));
+    testkit::wait_for(ns.api::<Endpoints>(), service, Duration::from_secs(60), move |e: Option<&Endpoints>| {
+        e.is_some_and(|e| sorted(&testkit::ready_addresses(e)) == ready && sorted(&testkit::not_ready_addresses(e)) == not_ready)
+    })
+    .await
+}
+
+fn sorted(v: &[String]) -> Vec<String> {
+    let mut v = v.to_vec();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn the_api_servers_service_proxy_reaches_the_ready_pods_of_a_cluster_ip_service() -> anyhow::Result<()> {
+    let ns = TestNs::new("svcproxy").await?;
+    ns.deploy_time_app(2).await?;
+    ns.apply_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "plain"},
+        "spec": {"selector": {"app": "time-app"}, "ports": [{"name": "web", "port": 80, "targetPort": "http"}]}
+    }))
+    .await?;
+    testkit::wait_sts_ready(&ns, "time-app", 2, READY).await?;
+    let svc = ns.api::<Service>().get("plain").await?;
+    assert_eq!(svc.spec.as_ref().and_then(|s| s.type_.as_deref()), Some("ClusterIP"));
+
+    // The endpoints controller keeps the Service's Endpoints: each ready pod, pointing at its pod.
+    let ips = pod_ips(&ns, &["time-app-0", "time-app-1"]).await?;
+    let ep = wait_endpoint_sets(&ns, "plain", &ips, &[]).await?;
+    let targets: BTreeSet<String> = ep
+        .subsets
+        .iter()
+        .flatten()
+        .flat_map(|s| s.addresses.iter().flatten())
+        .filter_map(|a| a.target_ref.as_ref().filter(|t| t.kind.as_deref() == Some("Pod")).and_then(|t| t.name.clone()))
+        .collect();
+    assert_eq!(targets, BTreeSet::from(["time-app-0".to_string(), "time-app-1".to_string()]));
+
+    // Every way of naming the port reaches a pod; over 30 requests both pods answer.
+    let mut seen = BTreeSet::new();
+    for form in ["plain:web", "http:plain:80", "http:plain:web"].iter().cycle().take(30) {
+        let body = service_proxy_get(&ns, form, "").await?;
+        assert!(body.contains("Moscow time"), "{form}: {body}");
+        seen.insert(testkit::pod_in_body(&body).unwrap_or_default());
+    }
+    assert_eq!(seen, BTreeSet::from(["time-app-0".to_string(), "time-app-1".to_string()]));
+    let visits: serde_json::Value = serde_json::from_str(&service_proxy_get(&ns, "plain:web", "visits").await?)?;
+    assert!(visits["total"].as_u64().unwrap_or(0) > 0, "{visits}");
+
+    // One pod fewer: the Endpoints follow, and so does the proxy.
+    let gone_uid = uid_of(&ns.api::<Pod>().get("time-app-1").await?);
+    let scale = serde_json::json!({"spec": {"replicas": 1}});
+    ns.api::<StatefulSet>().patch("time-app", &PatchParams::default(), &Patch::Merge(&scale)).await?;
+    testkit::wait_gone(ns.api::<Pod>(), "time-app-1", &gone_uid, READY).await?;
+    wait_endpoint_sets(&ns, "plain", &[testkit::pod_ip(&ns, "time-app-0").await?], &[]).await?;
+    for _ in 0..15 {
+        let body = service_proxy_get(&ns, "http:plain:web", "").await?;
+        assert_eq!(testkit::pod_in_body(&body).as_deref(), Some("time-app-0"), "{body}");
+    }
+    ns.cleanup().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_claim_cloned_from_a_running_pods_claim_is_adopted_by_a_new_set_with_that_data() -> anyhow::Result<()> {
+    let ns = TestNs::new("clone").await?;
+    ns.apply_value(testkit::time_app_set("blue", "time-app:v1", 1)?).await?;
+    testkit::wait_sts_ready(&ns, "blue", 1, READY).await?;
+    let http = testkit::http();
+    let blue_ip = testkit::pod_ip(&ns, "blue-0").await?;
+    for _ in 0..5 {
+        testkit::get(&http, &format!("http://{blue_ip}:8080/")).await?;
+    }
+    let before = testkit::visits(&ns, "blue-0").await?;
+    let before: Vec<serde_json::Value> = before["visits"].as_array().cloned().unwrap_or_default();
+    assert!(before.len() >= 5, "{before:?}");
+
+    // blue-0 keeps running (its probes write a visit every 2 s) while its claim is cloned under
+    // the name the green set's claim template will look for.
+    ns.apply_value(claim("data-green-0", Some("data-blue-0"))).await?;
+    let clone = testkit::wait_for(ns.api::<PersistentVolumeClaim>(), "data-green-0", READY, |c: Option<&PersistentVolumeClaim>| {
+        c.is_some_and(is_bound)
+    })
+    .await?;
+    let (clone_uid, clone_volume) = (uid_of(&clone), clone.spec.and_then(|s| s.volume_name));
+    assert_ne!(testkit::claim_dir(&ns, "data-green-0").await?, testkit::claim_dir(&ns, "data-blue-0").await?);
+
+    ns.apply_value(testkit::time_app_set("green", "time-app:v2", 1)?).await?;
+    testkit::wait_sts_ready(&ns, "green", 1, READY).await?;
+    let adopted = ns.api::<PersistentVolumeClaim>().get("data-green-0").await?;
+    assert_eq!(uid_of(&adopted), clone_uid, "the set uses the claim made before it, not a new one");
+    assert_eq!(adopted.spec.and_then(|s| s.volume_name), clone_volume);
+    let green_claims: Vec<String> = ns
+        .api::<PersistentVolumeClaim>()
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|c| c.metadata.name)
+        .filter(|n| n.contains("green"))
+        .collect();
+    assert_eq!(green_claims, vec!["data-green-0".to_string()]);
+
+    let green = testkit::visits(&ns, "green-0").await?;
+    assert_eq!(green["pod"], "green-0");
+    assert_eq!(green["version"], "v2");
+    let copied: Vec<serde_json::Value> = green["visits"].as_array().cloned().unwrap_or_default();
+    assert!(copied.len() >= before.len(), "green has {} visits, blue had {} before the clone", copied.len(), before.len());
+    assert_eq!(&copied[..before.len()], &before[..], "green starts with blue's visits, in order");
+    ns.cleanup().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn deleting_a_statefulset_deletes_its_pods_and_keeps_their_claims() -> anyhow::Result<()> {
+    let ns = TestNs::new("gc").await?;
+    ns.deploy_time_app(2).await?;
+    let sts = testkit::wait_sts_ready(&ns, "time-app", 2, READY).await?;
+    let sts_uid = uid_of(&sts);
+    let mut pods = Vec::new();
+    for name in ["time-app-0", "time-app-1"] {
+        let pod = ns.api::<Pod>().get(name).await?;
+        let owner = pod.metadata.owner_references.iter().flatten().find(|o| o.controller == Some(true)).cloned();
+        assert_eq!(owner.as_ref().map(|o| (o.kind.as_str(), o.uid.as_str())), Some(("StatefulSet", sts_uid.as_str())), "{name}");
+        pods.push((name, uid_of(&pod)));
+    }
+
+    // The default propagation (background): the set goes at once, the garbage collector takes
+    // its pods after it.
+    ns.api::<StatefulSet>().delete("time-app", &DeleteParams::default()).await?;
+    testkit::wait_gone(ns.api::<StatefulSet>(), "time-app", &sts_uid, READY).await?;
+    for (name, uid) in &pods {
+        testkit::wait_gone(ns.api::<Pod>(), name, uid, READY).await?;
+    }
+    for claim in ["data-time-app-0", "data-time-app-1"] {
+        let c = ns.api::<PersistentVolumeClaim>().get(claim).await?;
+        assert!(is_bound(&c) && c.metadata.deletion_timestamp.is_none(), "{claim}: {:?}", c.status);
+    }
+    ns.cleanup().await;
+    Ok(())
+}
+
+/// A set whose pods note SIGTERM on their own volume (`/data/stopped`) before exiting, and are
+/// Ready once the handler is in place.
+const SIGNAL_NOTING_SET: &str = r#"
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: noter}
+spec:
+  serviceName: noter
+  replicas: 2
+  podManagementPolicy: Parallel
+  selector: {matchLabels: {app: noter}}
+  template:
+    metadata: {labels: {app: noter}}
+    spec:
+      terminationGracePeriodSeconds: 30
+      containers:
+      - name: sh
+        image: busybox
+        command: [sh, -c, "trap 'echo TERM >> /data/stopped; exit 0' TERM; echo up > /data/started; while true; do sleep 1; done"]
+        readinessProbe:
+          exec: {command: [test, -e, /data/started]}
+          periodSeconds: 1
+        volumeMounts: [{name: data, mountPath: /data}]
+  volumeClaimTemplates:
+  - metadata: {name: data}
+    spec:
+      accessModes: [ReadWriteOnce]
+      storageClassName: standard
+      resources: {requests: {storage: 16Mi}}
+"#;
+
+#[tokio::test]
+async fn scaling_a_statefulset_to_zero_stops_its_pods_gracefully_and_keeps_their_claims() -> anyhow::Result<()> {
+    let ns = TestNs::new("scale0").await?;
+    ns.apply_yaml(SIGNAL_NOTING_SET).await?;
+    testkit::wait_sts_ready(&ns, "noter", 2, READY).await?;
+    let claims = ["data-noter-0", "data-noter-1"];
+    let mut before = Vec::new();
+    for (i, c) in claims.iter().enumerate() {
+        let pod = ns.api::<Pod>().get(&format!("noter-{i}")).await?;
+        before.push((uid_of(&ns.api::<PersistentVolumeClaim>().get(c).await?), uid_of(&pod), testkit::claim_dir(&ns, c).await?));
+    }
+
+    let sts = ns.api::<StatefulSet>();
+    sts.patch("noter", &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"replicas": 0}}))).await?;
+    for (i, (_, pod_uid, dir)) in before.iter().enumerate() {
+        testkit::wait_gone(ns.api::<Pod>(), &format!("noter-{i}"), pod_uid, READY).await?;
+        // Only a process that got SIGTERM and had time to handle it writes this.
+        let stopped = std::fs::read_to_string(dir.join("stopped")).unwrap_or_default();
+        assert_eq!(stopped, "TERM\n", "noter-{i} was not stopped with SIGTERM ({})", dir.display());
+    }
+    for (c, (claim_uid, _, _)) in claims.iter().zip(&before) {
+        let now = ns.api::<PersistentVolumeClaim>().get(c).await?;
+        assert!(is_bound(&now) && now.metadata.deletion_timestamp.is_none() && &uid_of(&now) == claim_uid, "{c}");
+    }
+
+    // Back to two (what the recreate strategy does next): the same claims, with their data.
+    sts.patch("noter", &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"replicas": 2}}))).await?;
+    testkit::wait_sts_ready(&ns, "noter", 2, READY).await?;
+    for (c, (claim_uid, _, dir)) in claims.iter().zip(&before) {
+        assert_eq!(&uid_of(&ns.api::<PersistentVolumeClaim>().get(c).await?), claim_uid, "{c}");
+        assert_eq!(&testkit::claim_dir(&ns, c).await?, dir);
+        assert_eq!(std::fs::read_to_string(dir.join("stopped")).unwrap_or_default(), "TERM\n");
+    }
+    ns.cleanup().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_deleted_claim_takes_its_volume_along_once_no_pod_uses_it() -> anyhow::Result<()> {
+    let ns = TestNs::new("pvcdel").await?;
+    let claims = ns.api::<PersistentVolumeClaim>();
+    let volumes: kube::Api<PersistentVolume> = kube::Api::all(ns.client.clone());
+
+    // A claim no pod uses: it goes at once, and its volume and data with it.
+    ns.apply_value(claim("loose", None)).await?;
+    let loose = testkit::wait_for(claims.clone(), "loose", READY, |c: Option<&PersistentVolumeClaim>| c.is_some_and(is_bound)).await?;
+    assert!(loose.metadata.finalizers.iter().flatten().any(|f| f == "kubernetes.io/pvc-protection"), "{:?}", loose.metadata.finalizers);
+    let pv_name = loose.spec.as_ref().and_then(|s| s.volume_name.clone()).unwrap_or_default();
+    let pv = volumes.get(&pv_name).await?;
+    assert_eq!(pv.spec.as_ref().and_then(|s| s.persistent_volume_reclaim_policy.as_deref()), Some("Delete"));
+    assert!(pv.metadata.finalizers.iter().flatten().any(|f| f == "kubernetes.io/pv-protection"), "{:?}", pv.metadata.finalizers);
+    let dir = testkit::claim_dir(&ns, "loose").await?;
+    std::fs::write(dir.join("kept?"), "no")?;
+    claims.delete("loose", &DeleteParams::default()).await?;
+    testkit::wait_gone(claims.clone(), "loose", &uid_of(&loose), READY).await?;
+    testkit::wait_gone(volumes.clone(), &pv_name, &uid_of(&pv), READY).await?;
+    assert!(!dir.exists(), "{} is still on the host", dir.display());
+
+    // A claim a running pod uses: deleting it only marks it; it goes with the pod.
+    ns.apply_value(claim("held", None)).await?;
+    ns.apply_yaml(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: holder}\nspec:\n  terminationGracePeriodSeconds: 1\n  \
+         volumes: [{name: d, persistentVolumeClaim: {claimName: held}}]\n  containers:\n  \
+         - {name: c, image: pause, volumeMounts: [{name: d, mountPath: /data}]}\n",
+    )
+    .await?;
+    let holder = testkit::wait_for(ns.api::<Pod>(), "holder", READY, testkit::is_pod_ready()).await?;
+    let held = claims.get("held").await?;
+    let held_pv = volumes.get(held.spec.as_ref().and_then(|s| s.volume_name.as_deref()).unwrap_or_default()).await?;
+    let held_dir = testkit::claim_dir(&ns, "held").await?;
+    claims.delete("held", &DeleteParams::default()).await?;
+    testkit::wait_for(claims.clone(), "held", READY, |c: Option<&PersistentVolumeClaim>| {
+        c.is_some_and(|c| c.metadata.deletion_timestamp.is_some())
+    })
+    .await?;
+    // Nothing to wait for on a watch here: the point is that nothing happens for a while.
+    let early = testkit::wait_gone(claims.clone(), "held", &uid_of(&held), Duration::from_secs(5)).await;
+    assert!(early.is_err(), "the claim went while its pod still ran");
+    let still = claims.get("held").await?;
+    assert!(still.metadata.finalizers.iter().flatten().any(|f| f == "kubernetes.io/pvc-protection"), "{:?}", still.metadata);
+    assert!(is_bound(&still) && held_dir.exists());
+    assert!(testkit::pod_ready(&ns.api::<Pod>().get("holder").await?), "the pod keeps running");
+
+    ns.api::<Pod>().delete("holder", &DeleteParams::default()).await?;
+    testkit::wait_gone(ns.api::<Pod>(), "holder", &uid_of(&holder), READY).await?;
+    testkit::wait_gone(claims, "held", &uid_of(&held), READY).await?;
+    let held_pv_name = held_pv.metadata.name.clone().unwrap_or_default();
+    testkit::wait_gone(volumes, &held_pv_name, &uid_of(&held_pv), READY).await?;
+    assert!(!held_dir.exists(), "{} is still on the host", held_dir.display());
+    ns.cleanup().await;
+    Ok(())
+}
+
+/// One trial of a selector switch, as the client on 127.0.0.1 saw it.
+#[derive(Debug)]
+struct Switch {
+    /// From the patch's answer to the first answer from a newly selected pod.
+    delay: Duration,
+    /// Answers from the old pods between the patch's answer and that first new one.
+    old_answers: usize,
+}
+
+/// Patches the Service to select `to`, then asks through its node port (a new connection each
+/// time) until a pod of `to` answers, and 30 times more to check that no old pod ever answers
+/// again. At most 2000 requests or 30 s.
+async fn switch_selector(ns: &TestNs, service: &str, port: u16, to: &str) -> anyhow::Result<Switch> {
+    let http = testkit::http();
+    let url = format!("http://127.0.0.1:{port}/healthz");
+    let patch = serde_json::json!({"spec": {"selector": {"app": to}}});
+    ns.api::<Service>().patch(service, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    let start = tokio::time::Instant::now();
+    let mut old_answers = 0;
+    let mut delay = None;
+    let mut after = 0;
+    for _ in 0..2000 {
+        anyhow::ensure!(start.elapsed() < Duration::from_secs(30), "no pod of {to} answered within 30 s of the switch");
+        let a = match testkit::get(&http, &url).await {
+            Ok(a) => a,
+            Err(e) => anyhow::bail!("a request failed during the switch to {to}: {e:#}"),
+        };
+        let new = a.pod.starts_with(&format!("{to}-"));
+        match (delay, new) {
+            (None, true) => delay = Some(start.elapsed()),
+            (None, false) => old_answers += 1,
+            (Some(_), true) => after += 1,
+            (Some(_), false) => anyhow::bail!("{} answered after {to} had taken over", a.pod),
+        }
+        if after == 30 {
+            break;
+        }
+    }
+    let delay = delay.context("no pod of the new selector answered")?;
+    Ok(Switch { delay, old_answers })
+}
+
+fn percentile(sorted_ms: &[f64], p: f64) -> f64 {
+    let i = ((sorted_ms.len() as f64 - 1.0) * p).round() as usize;
+    sorted_ms.get(i).copied().unwrap_or(f64::NAN)
+}
+
+#[tokio::test]
+async fn a_service_selector_switch_moves_node_port_traffic_to_the_new_pods_and_never_back() -> anyhow::Result<()> {
+    let ns = TestNs::new("switch").await?;
+    ns.apply_value(testkit::time_app_set("blue", "time-app:v1", 2)?).await?;
+    ns.apply_value(testkit::time_app_set("green", "time-app:v2", 2)?).await?;
+    ns.apply_value(testkit::service_for("front", "LoadBalancer", "blue")).await?;
+    testkit::wait_sts_ready(&ns, "blue", 2, READY).await?;
+    testkit::wait_sts_ready(&ns, "green", 2, READY).await?;
+    let blue = pod_ips(&ns, &["blue-0", "blue-1"]).await?;
+    let green = pod_ips(&ns, &["green-0", "green-1"]).await?;
+    wait_endpoint_sets(&ns, "front", &blue, &[]).await?;
+    let port = testkit::node_port(&ns, "front").await?;
+    let spread = testkit::spread(port, "/healthz", 40).await;
+    assert_eq!(spread.keys().cloned().collect::<Vec<_>>(), vec!["blue-0".to_string(), "blue-1".to_string()], "{spread:?}");
+
+    let mut trials = Vec::new();
+    for i in 0..20 {
+        let (to, ips) = if i % 2 == 0 { ("green", &green) } else { ("blue", &blue) };
+        let s = switch_selector(&ns, "front", port, to).await?;
+        // The endpoints controller has written exactly the new set by now.
+        wait_endpoint_sets(&ns, "front", ips, &[]).await?;
+        trials.push(s);
+    }
+    let mut ms: Vec<f64> = trials.iter().map(|t| t.delay.as_secs_f64() * 1000.0).collect();
+    ms.sort_by(f64::total_cmp);
+    let olds: Vec<usize> = trials.iter().map(|t| t.old_answers).collect();
+    println!(
+        "selector switch, {} trials: first answer from a new pod {:.1} ms median, {:.1} min, {:.1} p90, {:.1} max after the patch returned; \
+         old-pod answers after the patch returned, per trial: {olds:?}",
+        ms.len(),
+        percentile(&ms, 0.5),
+        percentile(&ms, 0.0),
+        percentile(&ms, 0.9),
+        percentile(&ms, 1.0),
+    );
+    ns.cleanup().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_pod_that_stops_being_ready_leaves_the_endpoints_and_gets_no_new_connections() -> anyhow::Result<()> {
+    let ns = TestNs::new("unready").await?;
+    let flag = |pod: &str| std::env::temp_dir().join(format!("devcluster-{}-ready-{pod}", ns.name));
+    for p in ["web-0", "web-1"] {
+        std::fs::write(flag(p), "")?;
+    }
+    let mut set = testkit::time_app_set("web", "time-app:v1", 2)?;
+    // Ready while the pod's own flag file exists (pods see the host's /tmp).
+    let probe = format!("test -e {}/devcluster-{}-ready-$POD_NAME", std::env::temp_dir().display(), ns.name);
+    set["spec"]["template"]["spec"]["containers"][0]["readinessProbe"] =
+        serde_json::json!({"exec": {"command": ["sh", "-c", probe]}, "periodSeconds": 1, "failureThreshold": 1});
+    ns.apply_value(set).await?;
+    ns.apply_value(testkit::service_for("web", "LoadBalancer", "web")).await?;
+    testkit::wait_sts_ready(&ns, "web", 2, READY).await?;
+    let (ip0, ip1) = (testkit::pod_ip(&ns, "web-0").await?, testkit::pod_ip(&ns, "web-1").await?);
+    wait_endpoint_sets(&ns, "web", &[ip0.clone(), ip1.clone()], &[]).await?;
+    let port = testkit::node_port(&ns, "web").await?;
+    let both = vec!["web-0".to_string(), "web-1".to_string()];
+    let spread = testkit::spread(port, "/healthz", 40).await;
+    assert_eq!(spread.keys().cloned().collect::<Vec<_>>(), both, "{spread:?}");
+
+    std::fs::remove_file(flag("web-1"))?;
+    testkit::wait_for(ns.api::<Pod>(), "web-1", READY, |p: Option<&Pod>| p.is_some_and(|p| !testkit::pod_ready(p))).await?;
+    wait_endpoint_sets(&ns, "web", std::slice::from_ref(&ip0), std::slice::from_ref(&ip1)).await?;
+    let spread = testkit::spread(port, "/healthz", 60).await;
+    assert_eq!(spread.keys().cloned().collect::<Vec<_>>(), vec!["web-0".to_string()], "{spread:?}");
+    for _ in 0..15 {
+        let body = service_proxy_get(&ns, "web:http", "").await?;
+        assert_eq!(testkit::pod_in_body(&body).as_deref(), Some("web-0"), "{body}");
+    }
+    assert_eq!(ns.api::<Pod>().get("web-1").await?.status.and_then(|s| s.phase).as_deref(), Some("Running"));
+
+    std::fs::write(flag("web-1"), "")?;
+    testkit::wait_for(ns.api::<Pod>(), "web-1", READY, testkit::is_pod_ready()).await?;
+    wait_endpoint_sets(&ns, "web", &[ip0, ip1], &[]).await?;
+    let spread = testkit::spread(port, "/healthz", 40).await;
+    assert_eq!(spread.keys().cloned().collect::<Vec<_>>(), both, "{spread:?}");
+    for p in ["web-0", "web-1"] {
+        let _ = std::fs::remove_file(flag(p));
+    }
+    ns.cleanup().await;
+    Ok(())
+}
+
+/// Exec probes enter the container through its pid. Right after the start that pid is still
+/// `pod-init` on the host, before it has entered the pod's namespaces and mounted its volumes;
+/// a probe run then ran on the host, outside the pod's volumes (how a stray file can land on the
+/// host). Many volumes make pod-init's setup long enough for that window to be hit.
+#[tokio::test]
+async fn exec_probes_run_inside_the_pods_mounts_from_the_very_first_one() -> anyhow::Result<()> {
+    let ns = TestNs::new("execns").await?;
+    let tmp = std::env::temp_dir();
+    let mnt = tmp.join(format!("devcluster-{}-mnt", ns.name));
+    let outside = tmp.join(format!("devcluster-{}-outside", ns.name));
+    let last = mnt.join("v39");
+    let check = format!(
+        "grep -q ' {} ' /proc/self/mountinfo || {{ echo \"$(hostname)\" >> {}; exit 1; }}",
+        last.display(),
+        outside.display()
+    );
+    let pods: Vec<String> = (0..6).map(|i| format!("many-{i}")).collect();
+    for name in &pods {
+        let volumes: Vec<_> = (0..40).map(|j| serde_json::json!({"name": format!("v{j}"), "emptyDir": {}})).collect();
+        let mounts: Vec<_> = (0..40)
+            .map(|j| serde_json::json!({"name": format!("v{j}"), "mountPath": mnt.join(format!("v{j}")).display().to_string()}))
+            .collect();
+        ns.apply_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {
+                "terminationGracePeriodSeconds": 1,
+                "volumes": volumes,
+                "containers": [{
+                    "name": "c", "image": "pause", "volumeMounts": mounts,
+                    "readinessProbe": {"exec": {"command": ["sh", "-c", check]}, "periodSeconds": 1}
+                }]
+            }
+        }))
+        .await?;
+    }
+    let mut uids = Vec::new();
+    for name in &pods {
+        uids.push(uid_of(&testkit::wait_for(ns.api::<Pod>(), name, READY, testkit::is_pod_ready()).await?));
+    }
+    let seen = std::fs::read_to_string(&outside).unwrap_or_default();
+    assert!(seen.is_empty(), "exec probes ran outside their pod's mounts, on: {seen:?}");
+
+    for (name, uid) in pods.iter().zip(&uids) {
+        ns.api::<Pod>().delete(name, &DeleteParams::default()).await?;
+        testkit::wait_gone(ns.api::<Pod>(), name, uid, READY).await?;
+    }
+    // Only the empty mount points pod-init made on the host are left there.
+    let _ = std::fs::remove_dir_all(&mnt);
+    let _ = std::fs::remove_file(&outside);
     ns.cleanup().await;
     Ok(())
 }

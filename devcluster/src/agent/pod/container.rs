@@ -194,6 +194,8 @@ impl ContainerTask {
                 binds,
                 workdir: Some(workdir),
                 mountpoints_file: Some(cfg.layout.created_mountpoints_file()),
+                // Set by process::spawn, which makes the pipe.
+                ready_fd: None,
                 command,
             },
             env: env.into_iter().collect(),
@@ -239,7 +241,14 @@ impl ContainerTask {
     /// Runs the preStop hook (bounded by the grace period), then SIGTERM / SIGKILL.
     async fn kill(&self, proc: &mut Process, grace: Duration) -> Exit {
         let deadline = Instant::now() + grace;
-        if let Some(hook) = self.spec.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()) {
+        // A hook entering a process that has not reached its namespaces would run on the host.
+        let hook = self
+            .spec
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.pre_stop.as_ref())
+            .filter(|_| proc.setup().is_done());
+        if let Some(hook) = hook {
             let ports = self.spec.ports.as_deref().unwrap_or(&[]);
             let action = Handler::of_lifecycle(hook)
                 .resolve(&self.spec.name, ports)
@@ -367,7 +376,14 @@ impl ContainerTask {
                     pod_ip: self.pod_ip,
                     pid: proc.pid,
                 };
-                tokio::spawn(probe::run(probes, target, Instant::now(), self.ctx.http.clone(), ptx))
+                let (started, http, mut setup) = (Instant::now(), self.ctx.http.clone(), proc.setup());
+                // Exec probes enter the process's namespaces: not before pod-init is done with
+                // them. If it never is, the process exits and no probe runs at all.
+                tokio::spawn(async move {
+                    if setup.done().await {
+                        probe::run(probes, target, started, http, ptx).await;
+                    }
+                })
             });
             let mut probes_open = probe_task.is_some();
 

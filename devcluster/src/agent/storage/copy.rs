@@ -2,6 +2,12 @@
 //! each entry's mode, owner and times, as a CSI driver's clone would give. A clone is built under
 //! a temporary name and renamed into place, so a directory under its final name is always
 //! complete, even if the agent died half way through an earlier attempt.
+//!
+//! The source may be the claim of a running pod, as CSI drivers allow. Files are copied one after
+//! another while the app may still write, so the copy is not one point-in-time snapshot: each
+//! file is as it was when read, a file appended to meanwhile may end in a partial last record
+//! (the time app skips a torn last line), and entries removed meanwhile are left out rather than
+//! failing the clone.
 
 use std::ffi::CString;
 use std::fs;
@@ -64,7 +70,18 @@ pub fn copy_tree(src: &Path, dst: &Path) -> io::Result<()> {
         fs::create_dir(dst)?;
         for entry in fs::read_dir(src)? {
             let entry = entry?;
-            copy_tree(&entry.path(), &dst.join(entry.file_name()))?;
+            let (from, to) = (entry.path(), dst.join(entry.file_name()));
+            match copy_tree(&from, &to) {
+                // The source may be in use (a clone of a running pod's claim, as CSI drivers
+                // allow): an entry its app removed while we copied is simply not in the copy.
+                Err(e)
+                    if e.kind() == io::ErrorKind::NotFound
+                        && fs::symlink_metadata(&from).is_err() =>
+                {
+                    let _ = fs::remove_dir_all(&to).or_else(|_| fs::remove_file(&to));
+                }
+                r => r?,
+            }
         }
     } else if kind.is_file() {
         fs::copy(src, dst)?;
