@@ -1013,4 +1013,92 @@ mod tests {
         assert_eq!(s, before);
         let _ = HumanDuration::from_secs(1);
     }
+
+    fn shadow_record() -> RolloutState {
+        let mut s = crate::model::state::tests::sample_state();
+        s.plan.strategy = StrategyKind::Shadow;
+        s.plan.steps = vec![
+            Step::CreateTwin {
+                set: "web-shadow".into(),
+                replicas: 1,
+            },
+            Step::Compare {
+                set: "web-shadow".into(),
+            },
+            Step::RemoveTwin {
+                set: "web-shadow".into(),
+            },
+        ];
+        s.current_step = 1;
+        s
+    }
+
+    #[test]
+    fn a_shadow_is_promoted_only_while_its_comparison_passes() {
+        let now = crate::model::state::tests::ts(1_700_000_100);
+        let cases = [
+            (None, Some("too few answers")),
+            (Some(false), Some("fails so far")),
+            (Some(true), None),
+        ];
+        for (passed, refusal) in cases {
+            let mut s = shadow_record();
+            s.measured.comparison_passed = passed;
+            let then = vec![
+                Step::SetTemplateAndFreeze { partition: 2 },
+                Step::gate(vec![1, 0]),
+            ];
+            let result = s.promote_then(then, StrategyKind::Rolling, now);
+            match refusal {
+                Some(fragment) => {
+                    let err = result.expect_err(fragment);
+                    assert!(err.to_string().contains(fragment), "{err}");
+                    assert_eq!(s.current_step, 1, "a refused promote changes nothing");
+                    assert_eq!(s.plan.steps.len(), 3);
+                }
+                None => {
+                    assert!(result.is_ok(), "{result:?}");
+                    assert_eq!(
+                        s.current(),
+                        Some(&Step::RemoveTwin {
+                            set: "web-shadow".into()
+                        })
+                    );
+                    let names: Vec<&str> = s.plan.steps.iter().map(Step::name).collect();
+                    assert_eq!(names, ["create", "compare", "remove", "freeze", "gate"]);
+                }
+            }
+        }
+        // Past the comparison, --then no longer applies.
+        let mut s = shadow_record();
+        s.current_step = 2;
+        let err = s
+            .promote_then(vec![], StrategyKind::Rolling, now)
+            .expect_err("too late");
+        assert!(err.to_string().contains("still comparing"), "{err}");
+    }
+
+    #[test]
+    fn only_a_finished_blue_green_is_undone() {
+        let now = crate::model::state::tests::ts(1_700_000_100);
+        let mut s = crate::model::state::tests::sample_state();
+        assert!(s.undo_bluegreen(now).is_err(), "not a blue/green");
+        s.plan.strategy = StrategyKind::BlueGreen;
+        s.twin = Some(crate::model::twin::Twin {
+            role: crate::model::twin::TwinRole::Green,
+            set: "web-bg1".into(),
+            home: "web".into(),
+            services: vec![],
+            preview: None,
+            data: crate::model::twin::DataMode::Fresh,
+            keep_data: false,
+            template: serde_json::json!({}),
+        });
+        let err = s.undo_bluegreen(now).expect_err("still running");
+        assert!(err.to_string().contains("rollout abort web"), "{err}");
+        s.phase = Phase::Succeeded;
+        assert!(s.undo_bluegreen(now).is_ok());
+        assert_eq!(s.phase, Phase::RollingBack);
+        assert_eq!(s.rollback_cause, Some(RollbackCause::Aborted));
+    }
 }

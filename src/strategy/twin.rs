@@ -520,3 +520,410 @@ pub fn claim_names(set: &StatefulSet, replicas: u32) -> Vec<String> {
     }
     names
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::duration::HumanDuration;
+    use crate::model::gate::GateSpec;
+    use crate::model::strategy::{OnFailure, StrategyFlags, StrategyKind, Timeouts};
+    use crate::model::twin::{REVISION_LABEL, SHADOW_OF_LABEL};
+    use k8s_openapi::api::apps::v1::StatefulSetSpec;
+    use k8s_openapi::api::core::v1::PersistentVolumeClaimSpec;
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn config(kind: StrategyKind, flags: StrategyFlags, gates: GateSpec) -> StrategyConfig {
+        StrategyConfig::new(
+            kind,
+            &flags,
+            gates,
+            Timeouts::default(),
+            OnFailure::Rollback,
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn observed(replicas: u32) -> Observed {
+        Observed {
+            name: "web".into(),
+            replicas,
+            current_revision: Some("web-6c8f".into()),
+            update_revision: Some("web-6c8f".into()),
+            ..Observed::default()
+        }
+    }
+
+    fn around(services: Vec<ObservedService>) -> Surroundings {
+        Surroundings {
+            home: "web".into(),
+            template_labels: map(&[("app", "web")]),
+            service_name: Some("web-pods".into()),
+            services,
+            sets: vec!["web".into()],
+            claims: vec!["data-web-0".into()],
+        }
+    }
+
+    fn service(name: &str, selector: &[(&str, &str)], headless: bool) -> ObservedService {
+        ObservedService {
+            name: name.into(),
+            selector: map(selector),
+            headless,
+        }
+    }
+
+    fn shape(plan: &Plan) -> Vec<&'static str> {
+        plan.steps.iter().map(Step::name).collect()
+    }
+
+    #[test]
+    fn live_services_are_found_or_named() {
+        let services = vec![
+            service("web", &[("app", "web")], false),
+            service("web-pods", &[("app", "web")], true),
+            service("other", &[("app", "other")], false),
+            service("empty", &[], false),
+        ];
+        let bg = config(
+            StrategyKind::BlueGreen,
+            StrategyFlags::default(),
+            GateSpec::default(),
+        );
+        let twin = twin_for(
+            &bg,
+            &observed(3),
+            &around(services.clone()),
+            &serde_json::json!({}),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("a twin"));
+        assert_eq!(twin.set, "web-bg1");
+        assert_eq!(twin.preview.as_deref(), Some("web-preview"));
+        let names: Vec<&str> = twin.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["web"],
+            "headless, unrelated and empty selectors are left out"
+        );
+        let live = &twin.services[0];
+        assert_eq!(live.original, map(&[("app", "web")]));
+        assert_eq!(
+            live.blue,
+            map(&[("app", "web"), (REVISION_LABEL, "web-6c8f")])
+        );
+        assert_eq!(live.green, map(&[("app", "web"), (SET_LABEL, "web-bg1")]));
+
+        let cases: Vec<(Vec<String>, Vec<ObservedService>, &str)> = vec![
+            (
+                vec![],
+                vec![service("web-pods", &[("app", "web")], true)],
+                "no Service with a cluster IP",
+            ),
+            (
+                vec!["nope".into()],
+                services.clone(),
+                "--service nope: no such Service",
+            ),
+            (
+                vec!["other".into()],
+                services.clone(),
+                "does not match the pods of web",
+            ),
+        ];
+        for (named, services, fragment) in cases {
+            let flags = StrategyFlags {
+                services: named,
+                ..StrategyFlags::default()
+            };
+            let bg = config(StrategyKind::BlueGreen, flags, GateSpec::default());
+            let err = twin_for(&bg, &observed(3), &around(services), &serde_json::json!({}))
+                .expect_err(fragment);
+            assert!(err.to_string().contains(fragment), "{err}");
+        }
+    }
+
+    #[test]
+    fn blue_green_plans() {
+        let services = vec![service("web", &[("app", "web")], false)];
+        let cases: Vec<(StrategyFlags, bool, Vec<&str>)> = vec![
+            (
+                StrategyFlags::default(),
+                true,
+                vec![
+                    "pin",
+                    "create",
+                    "gate",
+                    "gate-service",
+                    "pause",
+                    "switch",
+                    "gate-service",
+                    "pause",
+                    "scale",
+                ],
+            ),
+            (
+                StrategyFlags {
+                    auto_promote: Some(true),
+                    scale_down_delay: Some(HumanDuration::from_secs(0)),
+                    ..StrategyFlags::default()
+                },
+                true,
+                vec![
+                    "pin",
+                    "create",
+                    "gate",
+                    "gate-service",
+                    "switch",
+                    "gate-service",
+                    "scale",
+                ],
+            ),
+            (
+                StrategyFlags {
+                    auto_promote: Some(true),
+                    ..StrategyFlags::default()
+                },
+                false,
+                vec!["pin", "create", "switch", "pause", "scale"],
+            ),
+        ];
+        for (flags, gated, expected) in cases {
+            let mut gates = GateSpec::default();
+            gates.http.enabled = gated;
+            let bg = config(StrategyKind::BlueGreen, flags, gates);
+            let twin = twin_for(
+                &bg,
+                &observed(3),
+                &around(services.clone()),
+                &serde_json::json!({}),
+            )
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| panic!("a twin"));
+            let plan = plan_twin(&bg, &observed(3), &twin);
+            assert_eq!(shape(&plan), expected);
+            assert_eq!(
+                plan.steps.last(),
+                Some(&Step::Scale {
+                    set: "web".into(),
+                    replicas: 0
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn an_earlier_green_is_pinned_by_its_set_label() {
+        // The set serving now came from an earlier blue/green: its pods carry the set label and
+        // the live selector already names it, so nothing needs pinning.
+        let mut around = around(vec![service(
+            "web",
+            &[("app", "web"), (SET_LABEL, "web-bg1")],
+            false,
+        )]);
+        around.home = "web".into();
+        around.template_labels = map(&[("app", "web"), (SET_LABEL, "web-bg1")]);
+        around.sets = vec!["web".into(), "web-bg1".into()];
+        let mut seen = observed(3);
+        seen.name = "web-bg1".into();
+        let bg = config(
+            StrategyKind::BlueGreen,
+            StrategyFlags::default(),
+            GateSpec::default(),
+        );
+        let twin = twin_for(&bg, &seen, &around, &serde_json::json!({}))
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| panic!("a twin"));
+        assert_eq!(twin.set, "web-bg2");
+        assert_eq!(twin.services[0].blue, twin.services[0].original);
+        assert_eq!(
+            twin.services[0].green,
+            map(&[("app", "web"), (SET_LABEL, "web-bg2")])
+        );
+        assert_eq!(shape(&plan_twin(&bg, &seen, &twin))[0], "create");
+    }
+
+    #[test]
+    fn recreate_and_shadow_plans() {
+        let rc = config(
+            StrategyKind::Recreate,
+            StrategyFlags::default(),
+            GateSpec::default(),
+        );
+        assert_eq!(
+            shape(&plan_recreate(&rc, &observed(3))),
+            ["scale", "template", "scale", "gate"]
+        );
+        assert_eq!(shape(&plan_recreate(&rc, &observed(0))), ["template"]);
+        let sh = config(
+            StrategyKind::Shadow,
+            StrategyFlags::default(),
+            GateSpec::default(),
+        );
+        let twin = twin_for(&sh, &observed(3), &around(vec![]), &serde_json::json!({}))
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| panic!("a twin"));
+        assert_eq!(twin.set, "web-shadow");
+        let plan = plan_twin(&sh, &observed(3), &twin);
+        assert_eq!(shape(&plan), ["create", "gate", "compare", "remove"]);
+        assert_eq!(
+            plan.steps[0],
+            Step::CreateTwin {
+                set: "web-shadow".into(),
+                replicas: 1
+            }
+        );
+        let mut taken = around(vec![]);
+        taken.sets.push("web-shadow".into());
+        let err = twin_for(&sh, &observed(3), &taken, &serde_json::json!({})).expect_err("exists");
+        assert!(err.to_string().contains("already exists"), "{err}");
+    }
+
+    fn blue() -> StatefulSet {
+        StatefulSet {
+            metadata: ObjectMeta {
+                name: Some("web".into()),
+                labels: Some(map(&[("team", "a")])),
+                ..ObjectMeta::default()
+            },
+            spec: Some(StatefulSetSpec {
+                replicas: Some(3),
+                selector: LabelSelector {
+                    match_labels: Some(map(&[("app", "web")])),
+                    match_expressions: None,
+                },
+                service_name: Some("web-pods".into()),
+                volume_claim_templates: Some(vec![PersistentVolumeClaim {
+                    metadata: ObjectMeta {
+                        name: Some("data".into()),
+                        ..ObjectMeta::default()
+                    },
+                    spec: Some(PersistentVolumeClaimSpec::default()),
+                    status: None,
+                }]),
+                ..StatefulSetSpec::default()
+            }),
+            status: None,
+        }
+    }
+
+    fn twin(role: TwinRole, set: &str) -> Twin {
+        Twin {
+            role,
+            set: set.into(),
+            home: "web".into(),
+            services: vec![],
+            preview: None,
+            data: DataMode::Clone,
+            keep_data: false,
+            template: serde_json::json!({
+                "metadata": {"labels": {"app": "web", "tier": "front"}},
+                "spec": {"containers": [{"name": "app", "image": "app:v2"}]}
+            }),
+        }
+    }
+
+    #[test]
+    fn green_keeps_the_labels_and_adds_its_own() {
+        let green = twin_statefulset(&blue(), &twin(TwinRole::Green, "web-bg1"), 3, "bluegreen-1")
+            .unwrap_or_else(|| panic!("a set"));
+        let spec = green.spec.clone().unwrap_or_default();
+        assert_eq!(green.metadata.name.as_deref(), Some("web-bg1"));
+        assert_eq!(spec.replicas, Some(3));
+        assert_eq!(
+            spec.selector.match_labels,
+            Some(map(&[("app", "web"), (SET_LABEL, "web-bg1")]))
+        );
+        let labels = spec
+            .template
+            .metadata
+            .and_then(|m| m.labels)
+            .unwrap_or_default();
+        assert_eq!(
+            labels,
+            map(&[("app", "web"), ("tier", "front"), (SET_LABEL, "web-bg1")])
+        );
+        assert_eq!(spec.service_name.as_deref(), Some("web-pods"));
+        let annotations = green.metadata.annotations.unwrap_or_default();
+        assert_eq!(
+            annotations.get(REPLACES_ANNOTATION).map(String::as_str),
+            Some("web")
+        );
+        assert_eq!(
+            annotations.get(HOME_ANNOTATION).map(String::as_str),
+            Some("web")
+        );
+    }
+
+    #[test]
+    fn a_shadow_carries_none_of_blues_labels() {
+        let shadow = twin_statefulset(
+            &blue(),
+            &twin(TwinRole::Shadow, "web-shadow"),
+            1,
+            "shadow-1",
+        )
+        .unwrap_or_else(|| panic!("a set"));
+        let spec = shadow.spec.unwrap_or_default();
+        let labels = spec
+            .template
+            .metadata
+            .and_then(|m| m.labels)
+            .unwrap_or_default();
+        assert_eq!(
+            labels,
+            map(&[(SET_LABEL, "web-shadow"), (SHADOW_OF_LABEL, "web")]),
+            "no Service written for blue (app=web) selects the shadow"
+        );
+        assert_eq!(spec.replicas, Some(1));
+    }
+
+    #[test]
+    fn clones_pair_ordinals_and_skip_existing_claims() {
+        let green = twin_statefulset(&blue(), &twin(TwinRole::Green, "web-bg1"), 3, "bluegreen-1")
+            .unwrap_or_else(|| panic!("a set"));
+        let claims = clone_claims(&blue(), &green, 3, &["data-web-bg1-1".to_string()]);
+        let pairs: Vec<(String, String)> = claims
+            .iter()
+            .map(|c| {
+                (
+                    c.metadata.name.clone().unwrap_or_default(),
+                    c.spec
+                        .as_ref()
+                        .and_then(|s| s.data_source.as_ref())
+                        .map(|d| format!("{}/{}", d.kind, d.name))
+                        .unwrap_or_default(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                (
+                    "data-web-bg1-0".to_string(),
+                    "PersistentVolumeClaim/data-web-0".to_string()
+                ),
+                (
+                    "data-web-bg1-2".to_string(),
+                    "PersistentVolumeClaim/data-web-2".to_string()
+                ),
+            ]
+        );
+        assert!(claims.iter().all(|c| c
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SET_LABEL))
+            .map(String::as_str)
+            == Some("web-bg1")));
+        assert_eq!(claim_names(&green, 2), ["data-web-bg1-0", "data-web-bg1-1"]);
+    }
+}
