@@ -320,6 +320,9 @@ onFailure: hold
             "ramped.yaml",
             "canary.yaml",
             "canary-hold.yaml",
+            "bluegreen.yaml",
+            "recreate.yaml",
+            "shadow.yaml",
         ] {
             let path = format!("{dir}/{name}");
             let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
@@ -328,6 +331,6 @@ onFailure: hold
                 .unwrap_or_else(|e| panic!("{e}"));
             seen += 1;
         }
-        assert_eq!(seen, 4);
+        assert_eq!(seen, 7);
     }
 }
