@@ -714,7 +714,10 @@ async fn continue_run<C: Cluster, G: GateRunner>(
             action: "continue",
         })?;
         change(&mut record)?;
-        if record.target.revision.is_none() && record.phase != Phase::RollingBack {
+        if record.target.revision.is_none()
+            && record.phase != Phase::RollingBack
+            && record.plan.strategy.uses_partition()
+        {
             // The record is only ever written together with the new template, so the
             // template on the set is the target.
             record.target.revision = sts.status.as_ref().and_then(|s| s.update_revision.clone());
