@@ -4,8 +4,11 @@
 //! each pod's claim and visits, the exit code and the message. Every test works in a namespace
 //! of its own and deletes it when it passed.
 
+mod bluegreen;
 mod failures;
 mod gates;
 mod recovery;
+mod recreate;
+mod shadow;
 mod strategies;
 mod support;
