@@ -9,6 +9,5 @@ mod failures;
 mod gates;
 mod recovery;
 mod recreate;
-mod shadow;
 mod strategies;
 mod support;
