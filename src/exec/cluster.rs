@@ -123,9 +123,11 @@ pub trait Cluster: Clone + Send + Sync + 'static {
         resource_version: &str,
     ) -> impl Future<Output = Result<(), ApiError>> + Send;
 
+    /// Creates a StatefulSet; `dry_run` asks the server to validate it without storing.
     fn create_statefulset(
         &self,
         sts: &StatefulSet,
+        dry_run: bool,
     ) -> impl Future<Output = Result<StatefulSet, ApiError>> + Send;
 
     /// Deletes a StatefulSet (its pods go with it; its PVCs stay). Gone already is fine.
@@ -363,11 +365,16 @@ impl Cluster for KubeCluster {
         }
     }
 
-    async fn create_statefulset(&self, sts: &StatefulSet) -> Result<StatefulSet, ApiError> {
-        Ok(self
-            .api::<StatefulSet>()
-            .create(&post_params(), sts)
-            .await?)
+    async fn create_statefulset(
+        &self,
+        sts: &StatefulSet,
+        dry_run: bool,
+    ) -> Result<StatefulSet, ApiError> {
+        let params = PostParams {
+            dry_run,
+            ..post_params()
+        };
+        Ok(self.api::<StatefulSet>().create(&params, sts).await?)
     }
 
     async fn delete_statefulset(&self, name: &str) -> Result<(), ApiError> {

@@ -32,7 +32,7 @@ use crate::strategy::planner::plan as make_plan;
 use crate::strategy::predicates::{
     is_ready, is_terminating, ordinals_not_ready, ordinals_released, pod_revision,
 };
-use crate::strategy::twin::{plan_twin, twin_for, ObservedService, Surroundings};
+use crate::strategy::twin::{plan_twin, twin_for, twin_statefulset, ObservedService, Surroundings};
 use crate::strategy::TransitionError;
 
 /// How results are printed.
@@ -236,6 +236,48 @@ async fn make_full_plan<C: Cluster, G: GateRunner>(
             Ok((plan, twin))
         }
         _ => Ok((make_plan(config, &observed)?, None)),
+    }
+}
+
+/// Asks the API server to validate the twin set before anything is written, so a set it would
+/// refuse (a name too long, a bad claim template) stops the rollout with nothing changed.
+async fn check_twin<C: Cluster, G: GateRunner>(
+    ctx: &Context<C, G>,
+    sts: &StatefulSet,
+    twin: &Twin,
+    plan: &crate::model::plan::Plan,
+) -> Result<(), ExecError> {
+    let replicas = plan
+        .steps
+        .iter()
+        .find_map(|s| match s {
+            crate::model::plan::Step::CreateTwin { replicas, .. } => Some(*replicas),
+            _ => None,
+        })
+        .unwrap_or(plan.replicas);
+    let name = sts.metadata.name.clone().unwrap_or_default();
+    let Some(desired) = twin_statefulset(sts, twin, replicas, "check") else {
+        return Err(ExecError::NotRollable {
+            statefulset: name,
+            reason: "the new pod template cannot be read back".into(),
+        });
+    };
+    match ctx.cluster.create_statefulset(&desired, true).await {
+        Ok(_) => Ok(()),
+        Err(ApiError::AlreadyExists(_)) => Err(ExecError::NotRollable {
+            statefulset: name,
+            reason: format!(
+                "StatefulSet {} already exists; delete it (and its PVCs if you do not need them) or let rollout pick another name",
+                twin.set
+            ),
+        }),
+        Err(ApiError::Refused { message, code, .. }) if (400..500).contains(&code) => {
+            Err(ExecError::TemplateRefused {
+                statefulset: twin.set.clone(),
+                message,
+            })
+        }
+        Err(e) => Err(ExecError::api("checking the new StatefulSet", &twin.set, e)),
     }
 }
 
@@ -626,7 +668,15 @@ async fn start<C: Cluster, G: GateRunner>(
             description: format!("{} started by {}", record.plan.strategy, record.started_by),
         });
     }
-    let (plan, twin) = match make_full_plan(ctx, &request.config, &sts, &new_template).await {
+    let planned = async {
+        let (plan, twin) = make_full_plan(ctx, &request.config, &sts, &new_template).await?;
+        if let Some(twin) = &twin {
+            check_twin(ctx, &sts, twin, &plan).await?;
+        }
+        Ok::<_, ExecError>((plan, twin))
+    }
+    .await;
+    let (plan, twin) = match planned {
         Ok(p) => p,
         Err(e) => {
             guard.release().await;
@@ -1021,8 +1071,10 @@ pub async fn status<C: Cluster, G: GateRunner>(
     watch: bool,
     timeout: Option<Duration>,
 ) -> Result<ExitCode, ExecError> {
+    let home = name;
     let resolved = resolve_serving(ctx, name).await?;
     let name = resolved.as_str();
+    let serving_for = (name != home).then(|| home.to_string());
     let sts = ctx.get_set(name).await?;
     let lease_name = lease::lease_name(name);
     let read_lease = || async {
@@ -1057,13 +1109,14 @@ pub async fn status<C: Cluster, G: GateRunner>(
             .filter(|p| super::cluster::belongs_to(&sts, p))
             .collect();
         let lease = read_lease().await?;
-        let report = status_report(
+        let mut report = status_report(
             ctx.cluster.namespace(),
             &sts,
             &pods,
             lease.as_ref(),
             Timestamp::now(),
         )?;
+        report.serving_for = serving_for.clone();
         print(&report)?;
         return Ok(ExitCode::Done);
     }
@@ -1081,13 +1134,14 @@ pub async fn status<C: Cluster, G: GateRunner>(
                 });
             };
             let lease = read_lease().await?;
-            let report = status_report(
+            let mut report = status_report(
                 ctx.cluster.namespace(),
                 sts,
                 &snapshot.pods,
                 lease.as_ref(),
                 Timestamp::now(),
             )?;
+            report.serving_for = serving_for.clone();
             let fingerprint = report.fingerprint();
             let settled = report.is_settled();
             let changed = fingerprint != last;

@@ -579,11 +579,18 @@ impl Cluster for FakeCluster {
         })
     }
 
-    async fn create_statefulset(&self, sts: &StatefulSet) -> Result<StatefulSet, ApiError> {
+    async fn create_statefulset(
+        &self,
+        sts: &StatefulSet,
+        dry_run: bool,
+    ) -> Result<StatefulSet, ApiError> {
         self.with(|s| {
             let name = sts.metadata.name.clone().unwrap_or_default();
             if s.other_sets.contains_key(&name) || s.set_name() == name {
                 return Err(ApiError::AlreadyExists(name));
+            }
+            if dry_run {
+                return Ok(sts.clone());
             }
             let mut stored = sts.clone();
             stored.metadata.resource_version = Some(s.bump());

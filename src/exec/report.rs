@@ -86,6 +86,9 @@ pub struct StatusReport {
     /// The whole record, for scripts that want more.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub record: Option<RolloutState>,
+    /// The set the user named, when this set serves in its place since a blue/green rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving_for: Option<String>,
 }
 
 impl StatusReport {
@@ -215,6 +218,7 @@ pub fn status_report(
     });
 
     Ok(StatusReport {
+        serving_for: None,
         namespace: namespace.to_string(),
         statefulset: name,
         replicas,
@@ -268,6 +272,13 @@ pub fn render_status(report: &StatusReport, now: Timestamp) -> String {
             .map(|p| format!(", partition {p}"))
             .unwrap_or_default()
     );
+    if let Some(home) = &report.serving_for {
+        let _ = writeln!(
+            out,
+            "serving:   {} serves for {home} since a blue/green rollout (`rollout undo {home}` goes back)",
+            report.statefulset
+        );
+    }
     match &report.rollout {
         None => {
             let _ = writeln!(out, "rollout:   none recorded");

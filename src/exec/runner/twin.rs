@@ -500,7 +500,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         if let Some(preview) = &twin.preview {
             self.create_preview(&twin, preview).await?;
         }
-        match self.cluster.create_statefulset(&desired).await {
+        match self.cluster.create_statefulset(&desired, false).await {
             Ok(_) => {}
             Err(ApiError::AlreadyExists(_)) => {
                 let found = self
