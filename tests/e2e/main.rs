@@ -9,5 +9,6 @@ mod failures;
 mod gates;
 mod recovery;
 mod recreate;
+mod shadow;
 mod strategies;
 mod support;
