@@ -918,21 +918,7 @@ pub async fn pause<C: Cluster, G: GateRunner>(
 ) -> Result<ExitCode, ExecError> {
     let resolved = resolve_serving(ctx, name).await?;
     let name = resolved.as_str();
-    let record = write_transition(ctx, name, |r| {
-        if let Some(PauseReason::Step { until: Some(_) }) = r.pause {
-            // A timed pause would end by itself and the rollout go on: `pause` turns it into a
-            // pause that only `resume` ends (which then runs the timed pause again).
-            r.pause = Some(PauseReason::User);
-            r.updated_at = Timestamp::now();
-            r.message = format!(
-                "paused by `rollout pause`; continue with `rollout resume {}`",
-                r.plan.statefulset
-            );
-            return Ok(());
-        }
-        r.pause_by_user(Timestamp::now())
-    })
-    .await?;
+    let record = write_transition(ctx, name, |r| r.pause_by_user(Timestamp::now())).await?;
     let holder = ctx.live_holder(name).await?;
     ctx.progress.say(format!(
         "paused the rollout of {name} at step {}/{}{}; `rollout resume {name}` continues it",

@@ -381,7 +381,11 @@ impl RolloutState {
     /// `rollout pause`.
     pub fn pause_by_user(&mut self, now: Timestamp) -> Result<(), TransitionError> {
         self.require_running("pause")?;
-        if self.phase == Phase::Paused {
+        // A timed pause would end by itself and the rollout go on: `pause` turns it into a pause
+        // that only `resume` ends (which then runs the timed pause again). Any other pause
+        // (a hold, an undecided gate, an earlier `pause`) already waits for a person.
+        let timed = matches!(self.pause, Some(PauseReason::Step { until: Some(_) }));
+        if self.phase == Phase::Paused && !timed {
             return Ok(());
         }
         self.phase = Phase::Paused;
@@ -1100,5 +1104,37 @@ mod tests {
         assert!(s.undo_bluegreen(now).is_ok());
         assert_eq!(s.phase, Phase::RollingBack);
         assert_eq!(s.rollback_cause, Some(RollbackCause::Aborted));
+    }
+
+    #[test]
+    fn pause_turns_a_timed_pause_into_one_that_waits_for_resume() {
+        let now = crate::model::state::tests::ts(1_700_000_100);
+        let cases = [
+            (
+                Some(PauseReason::Step { until: Some(now) }),
+                Some(PauseReason::User),
+            ),
+            (
+                Some(PauseReason::Step { until: None }),
+                Some(PauseReason::Step { until: None }),
+            ),
+            (
+                Some(PauseReason::GateInconclusive {
+                    message: "x".into(),
+                }),
+                Some(PauseReason::GateInconclusive {
+                    message: "x".into(),
+                }),
+            ),
+            (Some(PauseReason::User), Some(PauseReason::User)),
+        ];
+        for (before, after) in cases {
+            let mut s = crate::model::state::tests::sample_state();
+            s.phase = Phase::Paused;
+            s.pause = before.clone();
+            assert!(s.pause_by_user(now).is_ok());
+            assert_eq!(s.pause, after, "{before:?}");
+            assert_eq!(s.phase, Phase::Paused);
+        }
     }
 }
