@@ -132,7 +132,17 @@ async fn resolve_serving<C: Cluster, G: GateRunner>(
     ctx: &Context<C, G>,
     name: &str,
 ) -> Result<String, ExecError> {
+    Ok(serving_chain(ctx, name).await?.0)
+}
+
+/// [`resolve_serving`], also giving the record text of the last blue/green followed (the one
+/// that put the serving set in service).
+async fn serving_chain<C: Cluster, G: GateRunner>(
+    ctx: &Context<C, G>,
+    name: &str,
+) -> Result<(String, Option<String>), ExecError> {
     let mut current = name.to_string();
+    let mut via = None;
     // Bounded: each hop is one finished blue/green; a loop of records cannot hang a command.
     for _ in 0..32 {
         let sts = ctx.get_set(&current).await?;
@@ -154,13 +164,37 @@ async fn resolve_serving<C: Cluster, G: GateRunner>(
                         "{name}: StatefulSet {next} serves since a blue/green rollout; working on {next}"
                     ));
                 }
+                via = sts
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(crate::model::state::ANNOTATION_KEY))
+                    .cloned();
                 current = next;
             }
             Ok(None) => break,
             Err(e) => return Err(ExecError::api("reading StatefulSet", &next, e)),
         }
     }
-    Ok(current)
+    Ok((current, via))
+}
+
+/// The set to report on: the serving set, carrying the record of the blue/green that put it in
+/// service when it has none of its own (so `status` shows that rollout: phase, switch, blue).
+fn with_inherited_record(mut sts: StatefulSet, via: Option<&String>) -> StatefulSet {
+    let key = crate::model::state::ANNOTATION_KEY;
+    let has_own = sts
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(key));
+    if let (false, Some(text)) = (has_own, via) {
+        sts.metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(key.to_string(), text.clone());
+    }
+    sts
 }
 
 /// The Services, sets and claims around `sts` that a blue/green or shadow plan needs.
@@ -1058,7 +1092,7 @@ pub async fn status<C: Cluster, G: GateRunner>(
     timeout: Option<Duration>,
 ) -> Result<ExitCode, ExecError> {
     let home = name;
-    let resolved = resolve_serving(ctx, name).await?;
+    let (resolved, via) = serving_chain(ctx, name).await?;
     let name = resolved.as_str();
     let serving_for = (name != home).then(|| home.to_string());
     let sts = ctx.get_set(name).await?;
@@ -1097,7 +1131,7 @@ pub async fn status<C: Cluster, G: GateRunner>(
         let lease = read_lease().await?;
         let mut report = status_report(
             ctx.cluster.namespace(),
-            &sts,
+            &with_inherited_record(sts.clone(), via.as_ref()),
             &pods,
             lease.as_ref(),
             Timestamp::now(),
@@ -1122,7 +1156,7 @@ pub async fn status<C: Cluster, G: GateRunner>(
             let lease = read_lease().await?;
             let mut report = status_report(
                 ctx.cluster.namespace(),
-                sts,
+                &with_inherited_record(sts.clone(), via.as_ref()),
                 &snapshot.pods,
                 lease.as_ref(),
                 Timestamp::now(),

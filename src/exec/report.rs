@@ -275,7 +275,7 @@ pub fn render_status(report: &StatusReport, now: Timestamp) -> String {
     if let Some(home) = &report.serving_for {
         let _ = writeln!(
             out,
-            "serving:   {} serves for {home} since a blue/green rollout (`rollout undo {home}` goes back)",
+            "home:      {home}, in whose place {} serves since a blue/green rollout (`rollout undo {home}` goes back)",
             report.statefulset
         );
     }

@@ -954,13 +954,20 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                     Some(w) => w.to_string(),
                     None => format!("{updated} of {} pods", self.record.plan.replicas),
                 };
+                let holding = match &self.record.twin {
+                    Some(twin) => format!(
+                        "holding before the switch: {} runs the new version on all its pods, gated; the live Services still select {}",
+                        twin.set, self.name
+                    ),
+                    None => format!("holding at {share} on the new version"),
+                };
                 if !self.options.wait_at_holds {
                     self.progress.step(
                         index,
                         total,
                         Duration::ZERO,
                         &format!(
-                            "holding at {share} on the new version; continue with `rollout promote {0}`, or go back with `rollout abort {0}`",
+                            "{holding}; continue with `rollout promote {0}`, or go back with `rollout abort {0}`",
                             self.name
                         ),
                     );
@@ -971,10 +978,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                         index,
                         total,
                         Duration::ZERO,
-                        &format!(
-                            "holding at {share} on the new version until `rollout promote {}`",
-                            self.name
-                        ),
+                        &format!("{holding} until `rollout promote {}`", self.name),
                     );
                 }
                 self.wait_for(None, |_, _| None::<()>).await?
