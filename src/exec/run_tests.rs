@@ -618,6 +618,67 @@ async fn the_overall_deadline_stops_a_rollout_whose_steps_each_have_time_left() 
     assert_eq!(fake.image(), "app:v1");
 }
 
+#[tokio::test]
+async fn a_resumed_run_keeps_the_overall_deadline_of_the_rollout() {
+    let fake = FakeCluster::new(statefulset("web", 3, "app:v1", true));
+    let mut req = request(StrategyKind::Rolling, "pause=1h", "app:v2");
+    req.config.timeouts.total = Some(HumanDuration::from_secs(60));
+    let ctx = context(&fake, FakeGates::default(), 1);
+    let run = tokio::spawn({
+        let ctx = ctx.clone();
+        async move { commands::run(&ctx, &req).await }
+    });
+    until_record(&fake, |r| r.phase == Phase::Paused).await;
+    run.abort();
+    let _ = run.await;
+    // The rollout started two minutes ago and was paused for 30 s of it: 90 s of its 60 s
+    // deadline are used, whatever a new run's own clock says.
+    let template = fake.set().spec.map(|s| s.template).unwrap_or_default();
+    fake.with(|s| {
+        // The remaining pods would never be Ready: only a deadline ends the wait.
+        let broken = s.revision_name_for(&template);
+        s.broken.insert(broken);
+        s.leases.clear();
+        s.touch_set(|sts| {
+            let annotations = sts
+                .metadata
+                .annotations
+                .get_or_insert_with(Default::default);
+            let text = annotations
+                .get(crate::model::state::ANNOTATION_KEY)
+                .cloned()
+                .unwrap_or_default();
+            let mut r =
+                RolloutState::from_annotation("web", &text).unwrap_or_else(|e| panic!("{e}"));
+            r.started_at = Timestamp::now()
+                .checked_sub(Duration::from_secs(120))
+                .unwrap_or(r.started_at);
+            r.measured.paused_ms = Some(30_000);
+            annotations.insert(
+                crate::model::state::ANNOTATION_KEY.into(),
+                r.to_annotation().unwrap_or_default(),
+            );
+        });
+    });
+    let other = context(&fake, FakeGates::default(), 2);
+    let code = tokio::time::timeout(
+        Duration::from_secs(20),
+        commands::promote(&other, "web", true, false, None),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("promote hangs: {:#?}", other.progress.lines()))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(code, ExitCode::TimedOut);
+    let r = record(&fake);
+    assert_eq!(r.phase, Phase::RolledBack);
+    assert!(
+        r.message.contains("overall deadline of 1m"),
+        "{}",
+        r.message
+    );
+    assert_eq!(fake.image(), "app:v1");
+}
+
 /// Waits on the fake's watch until the record satisfies `check`.
 async fn until_record(fake: &FakeCluster, check: impl Fn(&RolloutState) -> bool) {
     let mut view = super::cluster::Cluster::watch(fake, "web", "");

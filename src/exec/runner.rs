@@ -227,11 +227,16 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         options: RunOptions,
     ) -> Self {
         let start_text = annotation(statefulset).to_string();
-        let total_deadline = record
-            .config
-            .timeouts
-            .total
-            .map(|t| deadline_after(t.get()));
+        // The overall deadline counts from the rollout's start, not this run's, with the time
+        // spent paused left out.
+        let total_deadline = record.config.timeouts.total.map(|t| {
+            let paused = Duration::from_millis(record.measured.paused_ms.unwrap_or(0));
+            let end = record
+                .started_at
+                .checked_add(t.get() + paused)
+                .unwrap_or(Timestamp::MAX);
+            deadline_after(until(end))
+        });
         Runner {
             cluster,
             gates,
@@ -998,9 +1003,13 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             }
         };
         // Pauses do not count toward the overall deadline.
+        let paused = pause_started.elapsed();
         if let Some(total) = self.total_deadline.as_mut() {
-            *total += pause_started.elapsed();
+            *total += paused;
         }
+        let so_far = self.record.measured.paused_ms.unwrap_or(0);
+        self.record.measured.paused_ms =
+            Some(so_far.saturating_add(u64::try_from(paused.as_millis()).unwrap_or(u64::MAX)));
         let _ = waited;
         Ok(true)
     }

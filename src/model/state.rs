@@ -195,6 +195,10 @@ pub struct Measured {
     /// Shadow: the latest comparison of shadow with stable (interim while it runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comparison: Option<serde_json::Value>,
+    /// Time spent paused so far, in milliseconds: the overall deadline (`--total-timeout`)
+    /// leaves it out, also in a resumed run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_ms: Option<u64>,
     /// Shadow: true once the comparison passed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comparison_passed: Option<bool>,
