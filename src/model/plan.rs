@@ -215,7 +215,7 @@ impl Plan {
                 "pin the live Services to the current pods (no pod restarts)".to_string()
             }
             Step::CreateTwin { set, replicas } => {
-                format!("create StatefulSet {set} with {replicas} pods on the new version, and wait until they are Ready")
+                format!("create StatefulSet {set} with {replicas} pod(s) on the new version, and wait until they are Ready")
             }
             Step::GateService { service } => format!("gate through Service {service}"),
             Step::SwitchTraffic => {

@@ -191,25 +191,39 @@ pub struct Twin {
 
 /// The smallest free twin name `<home>-bg<N>`: no StatefulSet and no PVC of it exists yet.
 pub fn free_twin_name(home: &str, taken_sets: &[String], taken_claims: &[String]) -> String {
-    (1u32..)
-        .map(|n| format!("{home}-bg{n}"))
-        .find(|name| {
-            let claim_suffix = format!("-{name}-");
-            !taken_sets.iter().any(|s| s == name)
-                && !taken_claims.iter().any(|c| {
-                    c.find(&claim_suffix).is_some_and(|at| {
-                        c[at + claim_suffix.len()..]
-                            .chars()
-                            .all(|ch| ch.is_ascii_digit())
-                    })
-                })
-        })
-        .unwrap_or_else(|| format!("{home}-bg"))
+    free_name(
+        (1u32..).map(|n| format!("{home}-bg{n}")),
+        taken_sets,
+        taken_claims,
+    )
+    .unwrap_or_else(|| format!("{home}-bg"))
 }
 
-/// The shadow set's name.
-pub fn shadow_name(home: &str) -> String {
-    format!("{home}-shadow")
+/// The shadow's name: `<home>-shadow`, or `<home>-shadow2`, ... when an earlier shadow's set or
+/// kept PVCs hold that name (a new shadow never starts on, or deletes, volumes kept before).
+pub fn shadow_name(home: &str, taken_sets: &[String], taken_claims: &[String]) -> String {
+    let candidates = std::iter::once(format!("{home}-shadow"))
+        .chain((2u32..).map(|n| format!("{home}-shadow{n}")));
+    free_name(candidates, taken_sets, taken_claims).unwrap_or_else(|| format!("{home}-shadow"))
+}
+
+/// The first candidate set name with no StatefulSet and no PVC (`<claim>-<name>-<ordinal>`).
+fn free_name(
+    mut candidates: impl Iterator<Item = String>,
+    taken_sets: &[String],
+    taken_claims: &[String],
+) -> Option<String> {
+    candidates.find(|name| {
+        let claim_suffix = format!("-{name}-");
+        !taken_sets.iter().any(|s| s == name)
+            && !taken_claims.iter().any(|c| {
+                c.find(&claim_suffix).is_some_and(|at| {
+                    c[at + claim_suffix.len()..]
+                        .chars()
+                        .all(|ch| ch.is_ascii_digit())
+                })
+            })
+    })
 }
 
 /// The preview Service's name.
@@ -283,6 +297,24 @@ mod tests {
                 "{sets:?} {claims:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_shadow_name_kept_volumes_hold_is_not_reused() {
+        let none: Vec<String> = vec![];
+        assert_eq!(shadow_name("web", &none, &none), "web-shadow");
+        assert_eq!(
+            shadow_name("web", &none, &["data-web-shadow-0".to_string()]),
+            "web-shadow2"
+        );
+        assert_eq!(
+            shadow_name(
+                "web",
+                &["web-shadow".to_string()],
+                &["data-web-shadow2-0".to_string()]
+            ),
+            "web-shadow3"
+        );
     }
 
     #[test]

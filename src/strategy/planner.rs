@@ -22,8 +22,6 @@ pub enum PlanError {
     TooManySteps { statefulset: String, steps: usize },
     #[error("blue/green of StatefulSet {statefulset} needs a live Service to switch: {detail}")]
     NoLiveService { statefulset: String, detail: String },
-    #[error("StatefulSet {twin} already exists, so the shadow of {statefulset} cannot be created; if it is left from an earlier shadow, delete it (`kubectl delete statefulset {twin}`) and its PVCs if you do not need them")]
-    TwinExists { statefulset: String, twin: String },
     #[error("planning the {strategy} rollout of StatefulSet {statefulset}: its Services and neighbours were not read")]
     SurroundingsMissing {
         statefulset: String,

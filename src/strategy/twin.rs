@@ -151,13 +151,7 @@ pub fn twin_for(
             }))
         }
         StrategyParams::Shadow(p) => {
-            let shadow = shadow_name(&around.home);
-            if around.sets.contains(&shadow) {
-                return Err(PlanError::TwinExists {
-                    statefulset: observed.name.clone(),
-                    twin: shadow,
-                });
-            }
+            let shadow = shadow_name(&around.home, &around.sets, &around.claims);
             Ok(Some(Twin {
                 role: TwinRole::Shadow,
                 set: shadow,
@@ -782,9 +776,16 @@ mod tests {
             }
         );
         let mut taken = around(vec![]);
-        taken.sets.push("web-shadow".into());
-        let err = twin_for(&sh, &observed(3), &taken, &serde_json::json!({})).expect_err("exists");
-        assert!(err.to_string().contains("already exists"), "{err}");
+        taken.claims.push("data-web-shadow-0".into());
+        let kept = twin_for(&sh, &observed(3), &taken, &serde_json::json!({}))
+            .ok()
+            .flatten()
+            .map(|t| t.set);
+        assert_eq!(
+            kept.as_deref(),
+            Some("web-shadow2"),
+            "kept volumes are left alone"
+        );
     }
 
     fn blue() -> StatefulSet {
