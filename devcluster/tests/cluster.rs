@@ -743,3 +743,76 @@ async fn exec_probes_run_inside_the_pods_mounts_from_the_very_first_one() -> any
     ns.cleanup().await;
     Ok(())
 }
+
+/// For a moment after a pod is gone (its network removed), the Endpoints may still list its
+/// address; a connection through the node port that picks it must not hang until the kernel gives
+/// up (~3 s of unanswered ARP) but be tried on another ready pod. Here the Endpoints of a
+/// selector-less Service are written by hand: one real pod and one address in the pod network
+/// that no pod holds.
+#[tokio::test]
+async fn a_stale_endpoint_address_costs_node_port_clients_a_retry_not_a_hang() -> anyhow::Result<()> {
+    let ns = TestNs::new("stale").await?;
+    ns.apply_value(testkit::time_app_set("web", "time-app:v1", 1)?).await?;
+    testkit::wait_sts_ready(&ns, "web", 1, READY).await?;
+    let live = testkit::pod_ip(&ns, "web-0").await?;
+    anyhow::ensure!(live.starts_with("10.244."), "web-0 has IP {live}, outside the devcluster's pod network");
+    // Inside the pod network, and never handed to a pod: the devcluster allocates .2 to .254 of
+    // each node's /24, so this address stays unanswered even while other tests run pods.
+    let stale = "10.244.1.255";
+
+    let endpoints: Endpoints = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "web"},
+        "subsets": [{
+            "addresses": [{"ip": live}, {"ip": stale}],
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]
+        }]
+    }))?;
+    ns.api::<Endpoints>().create(&Default::default(), &endpoints).await?;
+    // No selector: the endpoints controller leaves the hand-written Endpoints alone.
+    ns.apply_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+        "spec": {"type": "LoadBalancer", "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
+    }))
+    .await?;
+    // The proxy reports the ingress right after it has bound the node port.
+    testkit::wait_for(ns.api::<Service>(), "web", READY, |s: Option<&Service>| {
+        s.and_then(|s| s.status.as_ref()?.load_balancer.as_ref()?.ingress.as_ref()?.first()?.ip.clone()).as_deref()
+            == Some("127.0.0.1")
+    })
+    .await?;
+    let listed = testkit::ready_endpoints(&ns, "web").await?;
+    assert_eq!(sorted(&listed), sorted(&[live.clone(), stale.to_string()]), "the Endpoints as written");
+    let port = testkit::node_port(&ns, "web").await?;
+
+    let http = testkit::http();
+    let url = format!("http://127.0.0.1:{port}/healthz");
+    let mut ms = Vec::new();
+    let mut failures = Vec::new();
+    for _ in 0..40 {
+        let start = tokio::time::Instant::now();
+        let answer = testkit::get(&http, &url).await;
+        ms.push(start.elapsed().as_secs_f64() * 1000.0);
+        match answer {
+            Ok(a) if a.status == 200 && a.pod == "web-0" => {}
+            Ok(a) => failures.push(format!("{} from {:?}", a.status, a.pod)),
+            Err(e) => failures.push(format!("{e:#}")),
+        }
+    }
+    let mut sorted_ms = ms.clone();
+    sorted_ms.sort_by(f64::total_cmp);
+    // A request whose first pick was the stale address waits for one connect timeout first.
+    let retried = ms.iter().filter(|m| **m >= 250.0).count();
+    println!(
+        "40 requests through the node port, Endpoints = [{live}, {stale} (unanswered)]: {:.1} ms p50, {:.1} ms p90, \
+         {:.1} ms max; {retried} took 250 ms or more (first pick was the stale address); failures: {}",
+        percentile(&sorted_ms, 0.5),
+        percentile(&sorted_ms, 0.9),
+        percentile(&sorted_ms, 1.0),
+        failures.len()
+    );
+    assert!(failures.is_empty(), "requests failed: {failures:?}");
+    let max = percentile(&sorted_ms, 1.0);
+    assert!(max < 2000.0, "slowest request took {max:.0} ms; the kernel's own give-up is ~3 s");
+    ns.cleanup().await;
+    Ok(())
+}

@@ -1,8 +1,11 @@
 //! The service proxy, playing kube-proxy for the devcluster: every TCP node port of a NodePort or
 //! LoadBalancer Service is served on `127.0.0.1:<nodePort>`, and each connection goes to one ready
 //! pod address of the Service's Endpoints, chosen at random when the connection arrives (so a pod
-//! that leaves the Endpoints gets no new connections). LoadBalancer Services report 127.0.0.1 as
-//! their ingress. Traffic only ever goes to pod addresses, never to ClusterIPs.
+//! that leaves the Endpoints gets no new connections). A pod that does not accept within
+//! [`CONNECT_TIMEOUT`] (gone while the Endpoints still list it for a moment) costs the client a
+//! short delay, not the kernel's ~3 s: the connection is tried on another ready pod of the same
+//! Service port, at most [`MAX_CONNECT_ATTEMPTS`] pods in all. LoadBalancer Services report
+//! 127.0.0.1 as their ingress. Traffic only ever goes to pod addresses, never to ClusterIPs.
 //!
 //! Services and Endpoints are followed with reflectors (watches), not polled.
 
@@ -28,8 +31,14 @@ use tracing::{debug, info, warn};
 use self::routes::{Change, Route};
 use super::AgentConfig;
 
-/// How long a connection waits for its pod to accept before it is closed.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long one connect to a pod may take before another ready pod is tried. Pods sit on the
+/// local bridge, where a live one answers a SYN in well under a millisecond; a pod whose network
+/// is gone never answers, and the kernel would only give up after ~3 s of unanswered ARP.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
+/// Pods one client connection is tried on, each a different one: the first pick and up to two
+/// retries. Bounded so that a Service whose Endpoints are all stale closes the client connection
+/// within about a second instead of walking through every listed address.
+pub const MAX_CONNECT_ATTEMPTS: usize = 3;
 /// Open connections per node port; more are closed at once rather than exhausting file handles.
 const MAX_CONNECTIONS_PER_PORT: usize = 512;
 /// Delay before retrying a node port that could not be bound or a status that could not be set.
@@ -57,7 +66,7 @@ pub enum ProxyError {
         #[source]
         source: std::io::Error,
     },
-    #[error("connecting to {backend} for service {service}: no answer within {}s", CONNECT_TIMEOUT.as_secs())]
+    #[error("connecting to {backend} for service {service}: no answer within {}ms", CONNECT_TIMEOUT.as_millis())]
     ConnectTimeout {
         backend: SocketAddr,
         service: String,
@@ -258,48 +267,75 @@ async fn serve(
     }
 }
 
-/// Sends one client connection to one ready pod, or closes it when there is none.
+/// Sends one client connection to one ready pod, or closes it when none can be reached.
 async fn forward(mut conn: TcpStream, port: u16, route: Route, endpoints: &Store<Endpoints>) {
-    let key = ObjectRef::new(&route.service).within(&route.namespace);
-    let backends = endpoints
-        .get(&key)
-        .map(|ep| routes::ready_backends(&ep, &route.port_name))
-        .unwrap_or_default();
-    for ip in &backends.refused {
-        warn!(port, service = %describe(&route), address = %ip, "refusing to forward to an address outside the pod network");
-    }
-    let Some(backend) = routes::pick(&backends.ready, |n| fastrand::usize(..n)) else {
-        debug!(port, service = %describe(&route), "no ready endpoint; closing the connection");
+    let Some((mut upstream, backend)) = connect_upstream(port, &route, endpoints).await else {
         return;
     };
-    let service = describe(&route);
-    let upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(backend)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(source)) => {
-            let e = ProxyError::Connect {
-                backend,
-                service,
-                source,
-            };
-            info!(
-                error = &e as &dyn std::error::Error,
-                "closing the client connection"
-            );
-            return;
-        }
-        Err(_) => {
-            let e = ProxyError::ConnectTimeout { backend, service };
-            info!(
-                error = &e as &dyn std::error::Error,
-                "closing the client connection"
-            );
-            return;
-        }
-    };
-    let mut upstream = upstream;
     let _ = upstream.set_nodelay(true);
     let _ = conn.set_nodelay(true);
     if let Err(e) = tokio::io::copy_bidirectional(&mut conn, &mut upstream).await {
         debug!(port, %backend, error = &e as &dyn std::error::Error, "connection ended with an error");
     }
+}
+
+/// A connection to a ready pod of the route: a random one, and when it does not accept, another
+/// one not tried yet, up to [`MAX_CONNECT_ATTEMPTS`]. `None` when no pod is ready or none of
+/// those tried accepted.
+async fn connect_upstream(
+    port: u16,
+    route: &Route,
+    endpoints: &Store<Endpoints>,
+) -> Option<(TcpStream, SocketAddr)> {
+    let key = ObjectRef::new(&route.service).within(&route.namespace);
+    let service = describe(route);
+    let mut tried: Vec<SocketAddr> = Vec::with_capacity(MAX_CONNECT_ATTEMPTS);
+    while tried.len() < MAX_CONNECT_ATTEMPTS {
+        // Read afresh on every attempt: by a retry the Endpoints may have dropped the pod that
+        // failed, or gained one.
+        let backends = endpoints
+            .get(&key)
+            .map(|ep| routes::ready_backends(&ep, &route.port_name))
+            .unwrap_or_default();
+        if tried.is_empty() {
+            for ip in &backends.refused {
+                warn!(port, %service, address = %ip, "refusing to forward to an address outside the pod network");
+            }
+        }
+        let Some(backend) = routes::pick_untried(&backends.ready, &tried, |n| fastrand::usize(..n))
+        else {
+            if tried.is_empty() {
+                debug!(port, %service, "no ready endpoint; closing the connection");
+            } else {
+                info!(port, %service, ?tried, "no other ready endpoint to try; closing the client connection");
+            }
+            return None;
+        };
+        let failure = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(backend)).await
+        {
+            Ok(Ok(upstream)) => return Some((upstream, backend)),
+            Ok(Err(source)) => ProxyError::Connect {
+                backend,
+                service: service.clone(),
+                source,
+            },
+            Err(_) => ProxyError::ConnectTimeout {
+                backend,
+                service: service.clone(),
+            },
+        };
+        tried.push(backend);
+        let next = if tried.len() < MAX_CONNECT_ATTEMPTS {
+            "trying another ready endpoint"
+        } else {
+            "closing the client connection"
+        };
+        info!(
+            port,
+            attempt = tried.len(),
+            error = &failure as &dyn std::error::Error,
+            "{next}"
+        );
+    }
+    None
 }

@@ -135,13 +135,25 @@ pub fn ready_backends(endpoints: &Endpoints, port_name: &str) -> Backends {
     out
 }
 
-/// One backend, chosen by `index(n)` (a uniform random index below `n` in the proxy, fixed in
-/// tests); `None` when there is none to choose from.
-pub fn pick(ready: &[SocketAddr], index: impl FnOnce(usize) -> usize) -> Option<SocketAddr> {
-    if ready.is_empty() {
+/// The next backend for one connection: one of the `ready` ones not in `tried`, chosen by
+/// `index(n)` (a uniform random index below `n` in the proxy, fixed in tests); `None` when every
+/// ready backend has been tried or there is none. Excluding the tried ones is what makes a retry
+/// worth it: a backend that just failed to connect (a pod gone while Endpoints still list it) is
+/// the one most likely to fail again.
+pub fn pick_untried(
+    ready: &[SocketAddr],
+    tried: &[SocketAddr],
+    index: impl FnOnce(usize) -> usize,
+) -> Option<SocketAddr> {
+    let untried: Vec<SocketAddr> = ready
+        .iter()
+        .filter(|b| !tried.contains(b))
+        .copied()
+        .collect();
+    if untried.is_empty() {
         return None;
     }
-    ready.get(index(ready.len())).copied()
+    untried.get(index(untried.len())).copied()
 }
 
 /// The status merge patch a Service needs, if any: LoadBalancer Services get the loopback address
@@ -474,26 +486,103 @@ mod tests {
     }
 
     #[test]
-    fn picking() {
-        let two = [sa("10.244.1.2:80"), sa("10.244.2.2:80")];
-        assert_eq!(
-            pick(&[], |_| 0),
-            None,
-            "nothing ready: the connection is closed"
+    fn picking_skips_tried_backends() {
+        let (a, b, c) = (
+            sa("10.244.1.2:80"),
+            sa("10.244.2.2:80"),
+            sa("10.244.3.2:80"),
         );
-        assert_eq!(pick(&two, |n| n - 1), Some(two[1]));
-        assert_eq!(pick(&two, |_| 0), Some(two[0]));
-        assert_eq!(
-            pick(&two, |_| 7),
-            None,
-            "an out-of-range index picks nothing rather than panicking"
-        );
-        // With the real random source, every ready backend gets picked sooner or later.
+        // (what, ready, tried, index to take among the untried, expected)
+        let cases: Vec<(
+            &str,
+            Vec<SocketAddr>,
+            Vec<SocketAddr>,
+            usize,
+            Option<SocketAddr>,
+        )> = vec![
+            (
+                "nothing ready: the connection is closed",
+                vec![],
+                vec![],
+                0,
+                None,
+            ),
+            ("first try, first backend", vec![a, b], vec![], 0, Some(a)),
+            ("first try, last backend", vec![a, b], vec![], 1, Some(b)),
+            (
+                "retry goes to the one not tried",
+                vec![a, b],
+                vec![a],
+                0,
+                Some(b),
+            ),
+            (
+                "retry goes to the one not tried, other order",
+                vec![a, b],
+                vec![b],
+                0,
+                Some(a),
+            ),
+            (
+                "retry among the rest, by index",
+                vec![a, b, c],
+                vec![b],
+                1,
+                Some(c),
+            ),
+            (
+                "second retry: only one left",
+                vec![a, b, c],
+                vec![c, a],
+                0,
+                Some(b),
+            ),
+            ("all tried: give up", vec![a, b], vec![a, b], 0, None),
+            (
+                "the only backend failed: no other to try",
+                vec![a],
+                vec![a],
+                0,
+                None,
+            ),
+            // Endpoints changed between attempts: a tried backend that left them does not count.
+            (
+                "tried one has left the endpoints",
+                vec![b, c],
+                vec![a],
+                1,
+                Some(c),
+            ),
+            (
+                "an out-of-range index picks nothing rather than panicking",
+                vec![a, b],
+                vec![],
+                7,
+                None,
+            ),
+        ];
+        for (what, ready, tried, i, want) in cases {
+            let mut asked = None;
+            let got = pick_untried(&ready, &tried, |n| {
+                asked = Some(n);
+                i
+            });
+            assert_eq!(got, want, "{what}");
+            if let Some(n) = asked {
+                let untried = ready.iter().filter(|r| !tried.contains(r)).count();
+                assert_eq!(
+                    n, untried,
+                    "{what}: the index is drawn among the untried only"
+                );
+            }
+        }
+        // With the real random source, every untried backend gets picked sooner or later and a
+        // tried one never does.
         let mut seen = std::collections::BTreeSet::new();
         for _ in 0..200 {
-            seen.insert(pick(&two, |n| fastrand::usize(..n)).unwrap());
+            seen.insert(pick_untried(&[a, b, c], &[b], |n| fastrand::usize(..n)));
         }
-        assert_eq!(seen.len(), 2);
+        assert_eq!(seen, std::collections::BTreeSet::from([Some(a), Some(c)]));
     }
 
     #[test]
