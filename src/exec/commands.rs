@@ -27,7 +27,7 @@ use crate::model::image::{
 use crate::model::state::{PauseReason, Phase, Revision, RollbackCause, RolloutState};
 use crate::model::strategy::{StrategyConfig, StrategyKind, StrategyParams};
 use crate::model::twin::{Twin, HOME_ANNOTATION};
-use crate::strategy::observed::{stable_from_statefulset, Observed};
+use crate::strategy::observed::{self, stable_from_statefulset, Observed};
 use crate::strategy::planner::plan as make_plan;
 use crate::strategy::predicates::{
     is_ready, is_terminating, ordinals_not_ready, ordinals_released, pod_revision,
@@ -564,12 +564,7 @@ async fn start<C: Cluster, G: GateRunner>(
         ctx.progress.say(format!("note: {note}"));
     }
     let existing = record_of(&sts)?;
-    let replicas = sts
-        .spec
-        .as_ref()
-        .and_then(|s| s.replicas)
-        .and_then(|r| u32::try_from(r).ok())
-        .unwrap_or(1);
+    let replicas = observed::replicas(&sts);
 
     // The API server checks the new template (and says when it changes nothing) before anything
     // is written.
@@ -1438,27 +1433,9 @@ async fn converge<C: Cluster, G: GateRunner>(
                         leaving.unwrap_or("?")
                     ));
                 }
-                let replicas = sts
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.replicas)
-                    .and_then(|r| u32::try_from(r).ok())
-                    .unwrap_or(1);
-                let start = sts
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.ordinals.as_ref())
-                    .and_then(|o| o.start)
-                    .and_then(|s| u32::try_from(s).ok())
-                    .unwrap_or(0);
-                let partition = sts
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.update_strategy.as_ref())
-                    .and_then(|u| u.rolling_update.as_ref())
-                    .and_then(|r| r.partition)
-                    .and_then(|p| u32::try_from(p).ok())
-                    .unwrap_or(0);
+                let replicas = observed::replicas(sts);
+                let start = observed::ordinal_start(sts);
+                let partition = observed::partition(sts).unwrap_or(0);
                 // Pods below a partition keep their revision: only those above it are waited on.
                 let expected = ordinals_released(replicas, start, replicas, partition);
                 if ordinals_not_ready(name, &snapshot.pods, revision, &expected).is_empty() {

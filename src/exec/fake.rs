@@ -30,6 +30,7 @@ use crate::gate::probe::{GateContext, PodTarget};
 use crate::gate::Verdict;
 use crate::model::gate::GateSpec;
 use crate::model::image::apply_images;
+use crate::strategy::observed;
 use crate::strategy::predicates::REVISION_LABEL;
 
 type Hook = Box<dyn FnOnce(&mut State) + Send>;
@@ -130,13 +131,7 @@ impl State {
         let spec = sts.spec.clone().unwrap_or_default();
         let update = self.revision_for(&spec.template);
         let replicas = u32::try_from(spec.replicas.unwrap_or(1)).unwrap_or(0);
-        let partition = spec
-            .update_strategy
-            .as_ref()
-            .and_then(|u| u.rolling_update.as_ref())
-            .and_then(|r| r.partition)
-            .and_then(|p| u32::try_from(p).ok())
-            .unwrap_or(0);
+        let partition = observed::partition(&sts).unwrap_or(0);
         let current = sts
             .status
             .as_ref()

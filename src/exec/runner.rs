@@ -38,7 +38,7 @@ use crate::gate::Verdict;
 use crate::model::plan::Step;
 use crate::model::state::{PauseReason, Phase, RollbackCause, RolloutState, ANNOTATION_KEY};
 use crate::model::strategy::PauseSpec;
-use crate::strategy::observed::Observed;
+use crate::strategy::observed::{self, Observed};
 use crate::strategy::predicates::{
     is_ready, is_terminating, ordinals_not_ready, ordinals_released, pod_ordinal, pod_revision,
 };
@@ -310,6 +310,88 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         (self.record.current_step, self.record.plan.steps.len())
     }
 
+    fn step_text(&self) -> String {
+        self.record
+            .current()
+            .map(|s| self.record.plan.describe_step(s))
+            .unwrap_or_default()
+    }
+
+    /// Ends the step as failed now: `problem` says why waiting out its deadline would not help
+    /// (a pod that cannot start, say).
+    fn step_cannot_finish(&mut self, started: Instant, problem: &str) -> Result<(), ExecError> {
+        let (index, total) = self.step_label();
+        let step = self.step_text();
+        self.progress.step(
+            index,
+            total,
+            started.elapsed(),
+            &format!("{step}: FAILED: {problem}"),
+        );
+        self.fail(
+            RollbackCause::GateFailed,
+            format!(
+                "step {}/{total} ({step}) cannot finish: {problem}",
+                index + 1
+            ),
+        )
+    }
+
+    /// Ends the step at its deadline (or the rollout's, when `overall`); `details` name what it
+    /// was still waiting for, so the user and the record see more than "timed out".
+    fn step_timed_out(
+        &mut self,
+        started: Instant,
+        overall: bool,
+        details: &str,
+    ) -> Result<(), ExecError> {
+        let (index, total) = self.step_label();
+        let step = self.step_text();
+        let message = format!("{}: {details}", self.deadline_message(overall));
+        self.progress.step(
+            index,
+            total,
+            started.elapsed(),
+            &format!("{step}: TIMED OUT"),
+        );
+        self.progress.say(format!("        {message}"));
+        self.fail(RollbackCause::TimedOut, message)
+    }
+
+    /// The error that ends the run once the lease watch fires.
+    fn lease_lost_error(&self) -> ExecError {
+        let reason = self
+            .lease_lost
+            .borrow()
+            .clone()
+            .unwrap_or_else(|| "lease lost".into());
+        ExecError::LeaseLost {
+            statefulset: self.name.clone(),
+            reason,
+        }
+    }
+
+    /// After the set's watch fired in the middle of a step that does not wait through
+    /// [`Runner::wait_for`]: an error when the watch ended or the set is gone; true when another
+    /// command wrote the record (now adopted), so the step must stop for the loop to decide again.
+    fn changed_from_outside(
+        &mut self,
+        changed: Result<(), watch::error::RecvError>,
+    ) -> Result<bool, ExecError> {
+        if changed.is_err() {
+            return Err(ExecError::WatchEnded {
+                statefulset: self.name.clone(),
+            });
+        }
+        let sts = self.view.borrow().statefulset.clone();
+        match sts {
+            None => Err(ExecError::StatefulSetDeleted {
+                name: self.name.clone(),
+            }),
+            Some(sts) => self.adopt_external(&sts),
+        }
+    }
+
     /// Writes the final record, and gives back the update strategy the set had: after a
     /// rollback its type and partition, after a success an `OnDelete` type.
     /// False when the write met a change and the loop must decide again.
@@ -473,11 +555,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
 
     fn deadline_message(&self, overall: bool) -> String {
         let (index, total) = self.step_label();
-        let step = self
-            .record
-            .current()
-            .map(|s| self.record.plan.describe_step(s))
-            .unwrap_or_default();
+        let step = self.step_text();
         if overall {
             format!(
                 "the rollout passed its overall deadline of {} during step {}/{} ({step})",
@@ -522,12 +600,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                     // The newest version that carries our last write: base the next one on it.
                     self.resource_version = sts.metadata.resource_version.clone();
                 }
-                let replicas = sts
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.replicas)
-                    .and_then(|r| u32::try_from(r).ok())
-                    .unwrap_or(1);
+                let replicas = observed::replicas(sts);
                 if replicas != self.record.plan.replicas
                     && self.record.plan.strategy.uses_partition()
                     && matches!(self.record.phase, Phase::Progressing | Phase::Paused)
@@ -552,10 +625,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                     }
                 }
                 _ = sleep => return Ok(Waited::Deadline),
-                _ = self.lease_lost.changed() => {
-                    let reason = self.lease_lost.borrow().clone().unwrap_or_else(|| "lease lost".into());
-                    return Err(ExecError::LeaseLost { statefulset: self.name.clone(), reason });
-                }
+                _ = self.lease_lost.changed() => return Err(self.lease_lost_error()),
             }
         }
     }
@@ -657,11 +727,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         match waited {
             Waited::Ready(revision) => {
                 let (index, total) = self.step_label();
-                let step = self
-                    .record
-                    .current()
-                    .map(|s| self.record.plan.describe_step(s))
-                    .unwrap_or_default();
+                let step = self.step_text();
                 self.record.target.revision = Some(revision.clone());
                 self.record.complete_step(Self::now())?;
                 self.progress.step(
@@ -716,34 +782,15 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                     .map(Err)
             })
             .await?;
-        let (index, total) = self.step_label();
-        let step = self
-            .record
-            .current()
-            .map(|s| self.record.plan.describe_step(s))
-            .unwrap_or_default();
         match waited {
             Waited::Ready(Ok(())) => {
+                let (index, total) = self.step_label();
+                let step = self.step_text();
                 self.record.complete_step(Self::now())?;
                 self.progress
                     .step(index, total, started.elapsed(), &format!("{step}: Ready"));
             }
-            Waited::Ready(Err(problem)) => {
-                self.progress.step(
-                    index,
-                    total,
-                    started.elapsed(),
-                    &format!("{step}: FAILED: {problem}"),
-                );
-                self.fail(
-                    RollbackCause::GateFailed,
-                    format!(
-                        "step {}/{} ({step}) cannot finish: {problem}",
-                        index + 1,
-                        total
-                    ),
-                )?;
-            }
+            Waited::Ready(Err(problem)) => self.step_cannot_finish(started, &problem)?,
             Waited::Deadline => {
                 let pods = self.view.borrow().pods.clone();
                 let not_ready = ordinals_not_ready(&self.name, &pods, &revision, ordinals);
@@ -757,15 +804,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                         )
                     })
                     .collect();
-                let message = format!("{}: {}", self.deadline_message(overall), details.join("; "));
-                self.progress.step(
-                    index,
-                    total,
-                    started.elapsed(),
-                    &format!("{step}: TIMED OUT"),
-                );
-                self.progress.say(format!("        {message}"));
-                self.fail(RollbackCause::TimedOut, message)?;
+                self.step_timed_out(started, overall, &details.join("; "))?;
             }
             Waited::Changed => {}
         }
@@ -780,11 +819,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             Committed::Changed => return Ok(()),
         }
         let (index, total) = self.step_label();
-        let step_text = self
-            .record
-            .current()
-            .map(|s| self.record.plan.describe_step(s))
-            .unwrap_or_default();
+        let step_text = self.step_text();
         let changed_container = self
             .record
             .target
@@ -829,24 +864,12 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                             return Ok(());
                         }
                         changed = self.view.changed() => {
-                            if changed.is_err() {
-                                return Err(ExecError::WatchEnded { statefulset: self.name.clone() });
-                            }
-                            let sts = self.view.borrow().statefulset.clone();
-                            match sts {
-                                None => return Err(ExecError::StatefulSetDeleted { name: self.name.clone() }),
-                                Some(sts) => {
-                                    if self.adopt_external(&sts)? {
-                                        self.progress.step(index, total, started.elapsed(), &format!("{step_text}: interrupted"));
-                                        return Ok(());
-                                    }
-                                }
+                            if self.changed_from_outside(changed)? {
+                                self.progress.step(index, total, started.elapsed(), &format!("{step_text}: interrupted"));
+                                return Ok(());
                             }
                         }
-                        _ = self.lease_lost.changed() => {
-                            let reason = self.lease_lost.borrow().clone().unwrap_or_else(|| "lease lost".into());
-                            return Err(ExecError::LeaseLost { statefulset: self.name.clone(), reason });
-                        }
+                        _ = self.lease_lost.changed() => return Err(self.lease_lost_error()),
                     }
                 }
             }
@@ -1133,9 +1156,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             let replicas = snapshot
                 .statefulset
                 .as_ref()
-                .and_then(|s| s.spec.as_ref())
-                .and_then(|s| s.replicas)
-                .and_then(|r| u32::try_from(r).ok())
+                .and_then(observed::spec_replicas)
                 .unwrap_or(self.record.plan.replicas);
             let all = ordinals_released(replicas, self.record.plan.ordinal_start, replicas, 0);
             let stuck: Vec<&Pod> = snapshot
@@ -1191,10 +1212,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                     return Err(ExecError::WatchEnded { statefulset: self.name.clone() });
                 },
                 _ = tokio::time::sleep_until(deadline) => {}
-                _ = self.lease_lost.changed() => {
-                    let reason = self.lease_lost.borrow().clone().unwrap_or_else(|| "lease lost".into());
-                    return Err(ExecError::LeaseLost { statefulset: self.name.clone(), reason });
-                }
+                _ = self.lease_lost.changed() => return Err(self.lease_lost_error()),
             }
         }
 

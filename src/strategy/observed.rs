@@ -1,6 +1,8 @@
 //! What the planners need to know about the cluster, as a plain value: the executor reads it
 //! from the StatefulSet and its pods ([`Observed::from_statefulset`], [`Observed::with_pods`]);
-//! tests build it by hand.
+//! tests build it by hand. Also the lenient readers of a set's replicas, first ordinal and
+//! partition ([`replicas`], [`ordinal_start`], [`partition`]) for code that must go on with a
+//! default rather than refuse a set.
 
 use std::collections::BTreeSet;
 
@@ -117,6 +119,39 @@ impl Observed {
     }
 }
 
+/// `spec.replicas` as written; `None` when unset or negative.
+pub fn spec_replicas(sts: &StatefulSet) -> Option<u32> {
+    sts.spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .and_then(|r| u32::try_from(r).ok())
+}
+
+/// `spec.replicas`, or 1 (the API default) when [`spec_replicas`] has none.
+pub fn replicas(sts: &StatefulSet) -> u32 {
+    spec_replicas(sts).unwrap_or(1)
+}
+
+/// `spec.ordinals.start`, the first pod's ordinal; 0 (the API default) when unset or negative.
+pub fn ordinal_start(sts: &StatefulSet) -> u32 {
+    sts.spec
+        .as_ref()
+        .and_then(|s| s.ordinals.as_ref())
+        .and_then(|o| o.start)
+        .and_then(|s| u32::try_from(s).ok())
+        .unwrap_or(0)
+}
+
+/// `spec.updateStrategy.rollingUpdate.partition`; `None` when unset or negative.
+pub fn partition(sts: &StatefulSet) -> Option<u32> {
+    sts.spec
+        .as_ref()
+        .and_then(|s| s.update_strategy.as_ref())
+        .and_then(|u| u.rolling_update.as_ref())
+        .and_then(|r| r.partition)
+        .and_then(|p| u32::try_from(p).ok())
+}
+
 /// What a rollback of `sts` would return to, read before the rollout changes anything: the
 /// current revision, its images, and the update strategy and partition as they were.
 pub fn stable_from_statefulset(sts: &StatefulSet) -> Stable {
@@ -131,10 +166,7 @@ pub fn stable_from_statefulset(sts: &StatefulSet) -> Stable {
                 .unwrap_or_default(),
         },
         update_strategy: strategy.and_then(|s| s.type_.clone()),
-        partition: strategy
-            .and_then(|s| s.rolling_update.as_ref())
-            .and_then(|r| r.partition)
-            .and_then(|p| u32::try_from(p).ok()),
+        partition: partition(sts),
     }
 }
 
@@ -213,6 +245,37 @@ mod tests {
         assert_eq!(
             Observed::from_statefulset(&nameless),
             Err(ObserveError::MissingName)
+        );
+    }
+
+    #[test]
+    fn lenient_readers_fall_back_to_the_api_defaults() {
+        // (replicas, partition, start) as written -> (spec_replicas, replicas, partition, start)
+        let cases = [
+            ((Some(5), Some(3), Some(2)), (Some(5), 5, Some(3), 2)),
+            ((None, None, None), (None, 1, None, 0)),
+            ((Some(0), Some(0), Some(0)), (Some(0), 0, Some(0), 0)),
+            ((Some(-1), Some(-2), Some(-3)), (None, 1, None, 0)),
+        ];
+        for ((r, p, start), want) in cases {
+            let set = sts(r, p, None, start);
+            let got = (
+                spec_replicas(&set),
+                replicas(&set),
+                partition(&set),
+                ordinal_start(&set),
+            );
+            assert_eq!(got, want, "{r:?} {p:?} {start:?}");
+        }
+        let specless = StatefulSet::default();
+        assert_eq!(
+            (
+                spec_replicas(&specless),
+                replicas(&specless),
+                partition(&specless),
+                ordinal_start(&specless)
+            ),
+            (None, 1, None, 0)
         );
     }
 

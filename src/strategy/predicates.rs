@@ -8,6 +8,8 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 
+use super::observed;
+
 /// The label the StatefulSet controller puts on each pod: the revision it was created from.
 pub const REVISION_LABEL: &str = "controller-revision-hash";
 
@@ -50,12 +52,7 @@ pub fn statefulset_rollout_progress(sts: &StatefulSet) -> RolloutProgress {
         return RolloutProgress::Waiting(format!("{ready} of {replicas} pods of {name} are Ready"));
     }
     let updated = count(status.updated_replicas);
-    let partition = spec
-        .update_strategy
-        .as_ref()
-        .and_then(|s| s.rolling_update.as_ref())
-        .and_then(|r| r.partition)
-        .filter(|p| *p > 0);
+    let partition = observed::partition(sts).filter(|p| *p > 0);
     if let Some(partition) = partition {
         let expected = (replicas - i64::from(partition)).max(0);
         if updated < expected {

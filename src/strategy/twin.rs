@@ -21,7 +21,7 @@ use crate::model::twin::{
     SHADOW_OF_LABEL,
 };
 
-use super::observed::Observed;
+use super::observed::{self, Observed};
 use super::planner::PlanError;
 use super::predicates::ordinals_released;
 
@@ -440,13 +440,7 @@ pub fn clone_claims(
     ) else {
         return Vec::new();
     };
-    let start = blue
-        .spec
-        .as_ref()
-        .and_then(|s| s.ordinals.as_ref())
-        .and_then(|o| o.start)
-        .and_then(|s| u32::try_from(s).ok())
-        .unwrap_or(0);
+    let start = observed::ordinal_start(blue);
     let templates = green
         .spec
         .as_ref()

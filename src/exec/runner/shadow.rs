@@ -172,30 +172,18 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                         }
                     }
                 }
-                changed = self.view.changed() => {
-                    if changed.is_err() {
-                        return Err(ExecError::WatchEnded { statefulset: self.name.clone() });
-                    }
-                    let sts = self.view.borrow().statefulset.clone();
-                    match sts {
-                        None => return Err(ExecError::StatefulSetDeleted { name: self.name.clone() }),
-                        Some(sts) => if self.adopt_external(&sts)? {
-                            let _ = stop_tx.send(true);
-                            self.progress.step(index, total, started.elapsed(), &format!("{step}: ended by another command"));
-                            return Ok(());
-                        }
-                    }
-                }
+                changed = self.view.changed() => if self.changed_from_outside(changed)? {
+                    let _ = stop_tx.send(true);
+                    self.progress.step(index, total, started.elapsed(), &format!("{step}: ended by another command"));
+                    return Ok(());
+                },
                 _ = tokio::time::sleep_until(deadline) => {
                     let _ = stop_tx.send(true);
                     let message = format!("{}: the replay did not end", self.deadline_message(false));
                     self.fail(RollbackCause::TimedOut, message)?;
                     return Ok(());
                 }
-                _ = self.lease_lost.changed() => {
-                    let reason = self.lease_lost.borrow().clone().unwrap_or_else(|| "lease lost".into());
-                    return Err(ExecError::LeaseLost { statefulset: self.name.clone(), reason });
-                }
+                _ = self.lease_lost.changed() => return Err(self.lease_lost_error()),
             }
         };
         let comparison = match result {

@@ -25,6 +25,7 @@ use crate::gate::Verdict;
 use crate::model::state::{Phase, RollbackCause};
 use crate::model::strategy::StrategyKind;
 use crate::model::twin::{render_selector, DataMode, Twin, TwinRole, HOME_ANNOTATION, SET_LABEL};
+use crate::strategy::observed;
 use crate::strategy::predicates::{
     is_ready, is_terminating, ordinals_not_ready, ordinals_released, pod_revision,
 };
@@ -55,14 +56,7 @@ fn scaled(
         return None;
     }
     let revision = revision.or(status.update_revision.as_deref())?;
-    let start = sts
-        .spec
-        .as_ref()
-        .and_then(|s| s.ordinals.as_ref())
-        .and_then(|o| o.start)
-        .and_then(|s| u32::try_from(s).ok())
-        .unwrap_or(0);
-    let all = ordinals_released(replicas, start, replicas, 0);
+    let all = ordinals_released(replicas, observed::ordinal_start(sts), replicas, 0);
     let missing = ordinals_not_ready(set, &snapshot.pods, revision, &all);
     if missing.is_empty() {
         return Some(Ok(()));
@@ -167,10 +161,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                     return Err(ExecError::WatchEnded { statefulset: set.to_string() });
                 },
                 _ = sleep => return Ok(Waited::Deadline),
-                _ = self.lease_lost.changed() => {
-                    let reason = self.lease_lost.borrow().clone().unwrap_or_else(|| "lease lost".into());
-                    return Err(ExecError::LeaseLost { statefulset: self.name.clone(), reason });
-                }
+                _ = self.lease_lost.changed() => return Err(self.lease_lost_error()),
             }
         }
     }
@@ -183,13 +174,6 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             self.commit(None, None).await?,
             Committed::Written(_)
         ))
-    }
-
-    pub(super) fn step_text(&self) -> String {
-        self.record
-            .current()
-            .map(|s| self.record.plan.describe_step(s))
-            .unwrap_or_default()
     }
 
     /// Sets another set's replicas (no precondition: nothing else writes it).
@@ -248,10 +232,10 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             })
             .await?;
         self.record.measured = measured;
-        let (index, total) = self.step_label();
-        let step = self.step_text();
         match waited {
             Waited::Ready(Ok(())) => {
+                let (index, total) = self.step_label();
+                let step = self.step_text();
                 self.record.complete_step(Self::now())?;
                 let downtime = match (recreate && replicas > 0, self.record.measured.downtime_ms) {
                     (true, Some(ms)) => format!(
@@ -267,21 +251,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                     &format!("{step}: done{downtime}"),
                 );
             }
-            Waited::Ready(Err(problem)) => {
-                self.progress.step(
-                    index,
-                    total,
-                    started.elapsed(),
-                    &format!("{step}: FAILED: {problem}"),
-                );
-                self.fail(
-                    RollbackCause::GateFailed,
-                    format!(
-                        "step {}/{total} ({step}) cannot finish: {problem}",
-                        index + 1
-                    ),
-                )?;
-            }
+            Waited::Ready(Err(problem)) => self.step_cannot_finish(started, &problem)?,
             Waited::Deadline => {
                 let pods = self.set_pods_now(set);
                 let details = if replicas == 0 {
@@ -299,15 +269,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                         .collect::<Vec<_>>()
                         .join("; ")
                 };
-                let message = format!("{}: {details}", self.deadline_message(overall));
-                self.progress.step(
-                    index,
-                    total,
-                    started.elapsed(),
-                    &format!("{step}: TIMED OUT"),
-                );
-                self.progress.say(format!("        {message}"));
-                self.fail(RollbackCause::TimedOut, message)?;
+                self.step_timed_out(started, overall, &details)?;
             }
             Waited::Changed => {}
         }
@@ -539,10 +501,10 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 scaled(snapshot, &name, replicas, None)
             })
             .await?;
-        let (index, total) = self.step_label();
-        let step = self.step_text();
         match waited {
             Waited::Ready(Ok(())) => {
+                let (index, total) = self.step_label();
+                let step = self.step_text();
                 let revision = self
                     .twin_view
                     .as_ref()
@@ -569,21 +531,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                     &format!("{step}: Ready{data}"),
                 );
             }
-            Waited::Ready(Err(problem)) => {
-                self.progress.step(
-                    index,
-                    total,
-                    started.elapsed(),
-                    &format!("{step}: FAILED: {problem}"),
-                );
-                self.fail(
-                    RollbackCause::GateFailed,
-                    format!(
-                        "step {}/{total} ({step}) cannot finish: {problem}",
-                        index + 1
-                    ),
-                )?;
-            }
+            Waited::Ready(Err(problem)) => self.step_cannot_finish(started, &problem)?,
             Waited::Deadline => {
                 let pods = self.set_pods_now(set);
                 let details: Vec<String> = (0..replicas)
@@ -593,15 +541,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                         describe_pod(pod, &format!("{set}-{o}"), &revision)
                     })
                     .collect();
-                let message = format!("{}: {}", self.deadline_message(overall), details.join("; "));
-                self.progress.step(
-                    index,
-                    total,
-                    started.elapsed(),
-                    &format!("{step}: TIMED OUT"),
-                );
-                self.progress.say(format!("        {message}"));
-                self.fail(RollbackCause::TimedOut, message)?;
+                self.step_timed_out(started, overall, &details.join("; "))?;
             }
             Waited::Changed => {}
         }
@@ -651,10 +591,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                         self.fail(RollbackCause::TimedOut, message)?;
                         return Ok(());
                     }
-                    _ = self.lease_lost.changed() => {
-                        let reason = self.lease_lost.borrow().clone().unwrap_or_else(|| "lease lost".into());
-                        return Err(ExecError::LeaseLost { statefulset: self.name.clone(), reason });
-                    }
+                    _ = self.lease_lost.changed() => return Err(self.lease_lost_error()),
                 }
             }
         };
@@ -773,9 +710,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             .borrow()
             .statefulset
             .as_ref()
-            .and_then(|s| s.spec.as_ref())
-            .and_then(|s| s.replicas)
-            .and_then(|r| u32::try_from(r).ok());
+            .and_then(observed::spec_replicas);
         let scale = (current != Some(replicas)).then_some(replicas);
         if let Committed::Changed = self.commit_with(None, None, scale).await? {
             return Ok(false);
