@@ -16,6 +16,7 @@ use super::patch::revision_template;
 use super::progress::format_elapsed;
 use crate::model::image::{container_images, ContainerImage};
 use crate::model::state::{PauseReason, Phase, RolloutState, StateError};
+use crate::model::strategy::StrategyKind;
 use crate::model::weight::format_percent;
 use crate::strategy::predicates::{is_ready, pod_revision};
 
@@ -273,9 +274,17 @@ pub fn render_status(report: &StatusReport, now: Timestamp) -> String {
             .unwrap_or_default()
     );
     if let Some(home) = &report.serving_for {
+        // `undo` goes back to the set that served before only while the blue/green is the last
+        // rollout here; after a later canary on this set it undoes that canary instead.
+        let undo = match &report.rollout {
+            Some(r) if r.strategy == StrategyKind::BlueGreen.as_str() => {
+                format!(" (`rollout undo {home}` goes back)")
+            }
+            _ => String::new(),
+        };
         let _ = writeln!(
             out,
-            "home:      {home}, in whose place {} serves since a blue/green rollout (`rollout undo {home}` goes back)",
+            "home:      {home}, in whose place {} serves since a blue/green rollout{undo}",
             report.statefulset
         );
     }
@@ -667,6 +676,37 @@ message:   gate running
         let json = serde_json::to_value(&report).unwrap_or_default();
         assert_eq!(json["rollout"]["phase"], "Progressing");
         assert_eq!(json["record"]["id"], "r-1");
+    }
+
+    #[test]
+    fn a_set_serving_for_its_home_offers_undo_only_after_the_blue_green() {
+        let pods = vec![
+            pod("web-0", "web-7d9b", true, false),
+            pod("web-1", "web-7d9b", true, false),
+        ];
+        let mut record = sample_state();
+        record.target.revision = Some("web-7d9b".into());
+        for (strategy, hint) in [
+            (StrategyKind::BlueGreen, true),
+            (StrategyKind::Canary, false),
+            (StrategyKind::Rolling, false),
+        ] {
+            record.plan.strategy = strategy;
+            let mut report = status_report("shop", &sts(Some(&record)), &pods, None, ts(0))
+                .unwrap_or_else(|e| panic!("{e}"));
+            report.serving_for = Some("app".into());
+            let text = render_status(&report, ts(0));
+            let home = text.lines().nth(1).unwrap_or_default();
+            assert!(
+                home.starts_with("home:      app, in whose place web serves since a blue/green rollout"),
+                "{strategy}: {text}"
+            );
+            assert_eq!(
+                home.contains("`rollout undo app` goes back"),
+                hint,
+                "{strategy}: {home}"
+            );
+        }
     }
 
     #[test]

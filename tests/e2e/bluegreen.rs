@@ -809,6 +809,140 @@ async fn green_volumes_start_empty_by_default() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs `rollout ARGS` and checks it finished (exit 0).
+async fn done(app: &App, args: &[&str]) -> anyhow::Result<Run> {
+    let run = app.rollout(args).await?;
+    eprintln!("{}", run.stderr);
+    run.expect(ExitCode::Done)?;
+    Ok(run)
+}
+
+/// The live Service selects `set` alone: its Endpoints are that set's Ready pods, and `count`
+/// answers through it all come from those pods on `version`.
+async fn assert_serving(app: &App, set: &str, version: &str, count: usize) -> anyhow::Result<()> {
+    assert_eq!(
+        selector(&app.ns, STS).await?,
+        labels(&[("app", "time-app"), ("rollout.dev/set", set)]),
+        "the live Service selects {set}"
+    );
+    testkit::wait_sts_ready(&app.ns, set, 3, SETTLE).await?;
+    let ips = ready_ips(&app.ns, &format!("rollout.dev/set={set}")).await?;
+    assert_eq!(ips.len(), 3, "{set}: {ips:?}");
+    wait_endpoints(&app.ns, STS, &ips).await?;
+    let answers = ask_service(&app.ns, STS, count).await?;
+    eprintln!("{count} requests with {set} serving: {:?}", tally(&answers));
+    for answer in &answers {
+        match answer {
+            Outcome::Ok { version: v, pod } => assert!(
+                v == version && pod.starts_with(&format!("{set}-")),
+                "{v} from {pod}, expected {version} from {set}"
+            ),
+            other => bail!("a request through the live Service got {other:?}"),
+        }
+    }
+    assert_eq!(status_json(app).await?["statefulset"], set);
+    Ok(())
+}
+
+#[tokio::test]
+async fn repeated_blue_green_rollouts_take_new_names_and_undo_steps_back_one_set(
+) -> anyhow::Result<()> {
+    const SECOND: &str = "time-app-bg2";
+    let mut app = App::deploy("bg-again", 3, false).await?;
+    add_visits(&mut app).await?;
+    let unattended = [
+        "--auto-promote",
+        "--scale-down-delay",
+        "0s",
+        "--data",
+        "clone",
+    ];
+    let first = [
+        &["bluegreen", STS, "--image", "time-app:v2"][..],
+        &unattended,
+    ]
+    .concat();
+    done(&app, &first).await?;
+    assert_green_alone_serves(&app).await?;
+    let mut first_visits = BTreeMap::new();
+    for i in 0..app.replicas {
+        let pod = format!("{GREEN}-{i}");
+        first_visits.insert(i, pod_visits(&app.ns, &pod).await?);
+    }
+
+    // The user still names the home set; the second blue/green starts from the set serving now.
+    let second = [
+        &["bluegreen", STS, "--image", "time-app:v3"][..],
+        &unattended,
+    ]
+    .concat();
+    let run = done(&app, &second).await?;
+    assert!(
+        run.stderr.contains(&format!("working on {GREEN}"))
+            && run
+                .stderr
+                .contains(&format!("{SECOND} serves the new version")),
+        "the run says which set it works on and which serves after it: {}",
+        run.describe()
+    );
+    assert_serving(&app, SECOND, "v3", 100).await?;
+    assert_eq!(replicas(&app.ns, STS).await?, Some(0));
+    assert_eq!(replicas(&app.ns, GREEN).await?, Some(0));
+    assert!(pods(&app.ns, "app=time-app,!rollout.dev/set")
+        .await?
+        .is_empty());
+    assert!(pods(&app.ns, GREEN_PODS).await?.is_empty());
+    let first_claims = claims_of(&app.ns, GREEN).await?;
+    assert_eq!(
+        first_claims.len(),
+        3,
+        "{GREEN} keeps its volumes: {first_claims:?}"
+    );
+    assert_blue_volumes_kept(&app).await?;
+    for (i, before) in &first_visits {
+        let visits = pod_visits(&app.ns, &format!("{SECOND}-{i}")).await?;
+        assert!(
+            visits.starts_with(before),
+            "{SECOND}-{i} was cloned from {GREEN}-{i} and starts with its {} visits ({} now)",
+            before.len(),
+            visits.len()
+        );
+    }
+
+    // Undo steps back one set: the one that served before the second blue/green.
+    done(&app, &["undo", STS]).await?;
+    assert_serving(&app, GREEN, "v2", 100).await?;
+    assert_eq!(replicas(&app.ns, SECOND).await?, Some(0));
+    assert_eq!(
+        claims_of(&app.ns, SECOND).await?.len(),
+        3,
+        "{SECOND} served, so its volumes stay"
+    );
+    assert_eq!(claims_of(&app.ns, GREEN).await?, first_claims);
+
+    // A partition strategy through the home name moves the serving set on its own volumes.
+    done(
+        &app,
+        &["canary", STS, "--image", "time-app:v4", "--steps", "100"],
+    )
+    .await?;
+    assert_serving(&app, GREEN, "v4", 100).await?;
+    assert_eq!(claims_of(&app.ns, GREEN).await?, first_claims);
+    for (i, before) in &first_visits {
+        let visits = pod_visits(&app.ns, &format!("{GREEN}-{i}")).await?;
+        assert!(
+            visits.starts_with(before),
+            "{GREEN}-{i} lost visits across the rollouts ({} before, {} now)",
+            before.len(),
+            visits.len()
+        );
+    }
+    assert_eq!(replicas(&app.ns, STS).await?, Some(0));
+    assert_blue_volumes_kept(&app).await?;
+    app.cleanup().await;
+    Ok(())
+}
+
 /// Starts an unattended blue/green and SIGKILLs it as soon as it reports the step whose line
 /// contains `step` done. Gives that step's number (from 1) and the steps in the plan.
 async fn kill_after(app: &App, step: &str) -> anyhow::Result<(usize, usize)> {
