@@ -1043,7 +1043,9 @@ pub async fn abort<C: Cluster, G: GateRunner>(
     }
     let code = continue_run(ctx, name, |r| r.abort(Timestamp::now()), false).await?;
     let after = existing_record(ctx, name, "abort").await?;
-    if after.phase == Phase::Aborted {
+    // RolledBack: the abort finished a rollback that a dead run had begun; either way the set
+    // is back where the user asked for it.
+    if matches!(after.phase, Phase::Aborted | Phase::RolledBack) {
         return Ok(ExitCode::Done);
     }
     Ok(code)

@@ -402,7 +402,9 @@ impl RolloutState {
 
     /// `rollout resume`: continue after `rollout pause`, or re-run a gate that could not decide.
     pub fn resume_by_user(&mut self, now: Timestamp) -> Result<(), TransitionError> {
-        self.require_running("resume")?;
+        if self.phase != Phase::RollingBack {
+            self.require_running("resume")?;
+        }
         match (&self.phase, &self.pause) {
             (Phase::Paused, Some(PauseReason::User | PauseReason::GateInconclusive { .. })) => {
                 self.phase = Phase::Progressing;
@@ -413,8 +415,9 @@ impl RolloutState {
             (Phase::Paused, Some(PauseReason::Step { .. })) => Err(TransitionError::AtPauseStep {
                 statefulset: self.name(),
             }),
-            // A Progressing record with no live run behind it is resumed as it is.
-            (Phase::Progressing, _) => Ok(()),
+            // A Progressing record with no live run behind it is resumed as it is, and so is a
+            // rollback whose run died half-way: resuming it finishes going back.
+            (Phase::Progressing | Phase::RollingBack, _) => Ok(()),
             (phase, _) => Err(TransitionError::NotPaused {
                 statefulset: self.name(),
                 phase: *phase,
@@ -425,8 +428,12 @@ impl RolloutState {
     /// `rollout abort`: back to stable now. Also allowed on a failed rollout held by
     /// `--no-rollback`.
     pub fn abort(&mut self, now: Timestamp) -> Result<(), TransitionError> {
-        if self.phase != Phase::Failed {
-            self.require_running("abort")?;
+        match self.phase {
+            Phase::Failed => {}
+            // Already going back (a run that died mid-rollback leaves this): abort finishes it
+            // and keeps what caused it.
+            Phase::RollingBack => return Ok(()),
+            _ => self.require_running("abort")?,
         }
         self.phase = Phase::RollingBack;
         self.pause = None;
@@ -799,6 +806,23 @@ mod tests {
             s.promote(ts(6)),
             Err(TransitionError::RollingBack { .. })
         ));
+        // A run that died here leaves RollingBack: resume and abort both carry the rollback
+        // on, keeping its cause and message; pause and a second failure do not apply.
+        let mut resumed = s.clone();
+        resumed.resume_by_user(ts(6)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(resumed, s);
+        let mut aborted = s.clone();
+        aborted.abort(ts(6)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(aborted, s);
+        assert_eq!(aborted.rollback_cause, Some(RollbackCause::GateFailed));
+        assert!(matches!(
+            s.clone().pause_by_user(ts(6)),
+            Err(TransitionError::RollingBack { .. })
+        ));
+        assert!(s
+            .clone()
+            .fail(RollbackCause::TimedOut, "again", ts(6))
+            .is_err());
         s.rollback_done(ts(7)).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(s.phase, Phase::RolledBack);
         assert!(s.message.contains("web-2 answered 500"), "{}", s.message);

@@ -1088,6 +1088,63 @@ async fn killed_after_the_switch_then_aborted_back_to_blue() -> anyhow::Result<(
     Ok(())
 }
 
+#[tokio::test]
+async fn an_undo_killed_half_way_is_finished_by_abort_with_blue_alone_serving() -> anyhow::Result<()>
+{
+    let mut app = App::deploy("bg-kill-undo", 3, false).await?;
+    add_visits(&mut app).await?;
+    done(
+        &app,
+        &[
+            "bluegreen",
+            STS,
+            "--image",
+            "time-app:v2",
+            "--auto-promote",
+            "--scale-down-delay",
+            "0s",
+        ],
+    )
+    .await?;
+    assert_green_alone_serves(&app).await?;
+    let green_claims = claims_of(&app.ns, GREEN).await?;
+
+    // The undo writes RollingBack, then brings blue up (its pods take a moment to be Ready),
+    // switches and scales green down: it is killed right after that first write.
+    crate::recovery::kill_at_phase(&app, STS, &["undo", STS], "RollingBack").await?;
+    let json = status_json(&app).await?;
+    assert_eq!(
+        json.pointer("/rollout/phase"),
+        Some(&"RollingBack".into()),
+        "{json}"
+    );
+    let abort = done(&app, &["abort", STS]).await?;
+    assert!(
+        abort.stderr.contains("serves again"),
+        "abort says blue serves again: {}",
+        abort.describe()
+    );
+    assert_eq!(selector(&app.ns, STS).await?, original_selector());
+    testkit::wait_sts_ready(&app.ns, STS, 3, SETTLE).await?;
+    wait_endpoints(&app.ns, STS, &ready_ips(&app.ns, BLUE_PODS).await?).await?;
+    let seen = tally(&ask_service(&app.ns, STS, 100).await?);
+    assert_eq!(
+        seen,
+        BTreeMap::from([("v1".to_string(), 100)]),
+        "blue alone serves"
+    );
+    assert_eq!(replicas(&app.ns, GREEN).await?, Some(0));
+    assert!(pods(&app.ns, GREEN_PODS).await?.is_empty());
+    assert_eq!(
+        claims_of(&app.ns, GREEN).await?,
+        green_claims,
+        "green served: its volumes stay"
+    );
+    app.assert_data_kept().await?;
+    app.cleanup().await;
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // The client-side readings, without a cluster.
 

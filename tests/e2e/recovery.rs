@@ -1,7 +1,7 @@
 //! Runs that die, collide or are taken back: a SIGKILLed run leaves a record that `status`
 //! reports truthfully and that `resume` finishes or `abort` reverts; a second run at the same
-//! time is refused naming the first; `undo` returns to the previous image and `history` lists
-//! the revisions.
+//! time is refused naming the first; a run killed in the middle of its rollback is finished by
+//! `resume`; `undo` returns to the previous image and `history` lists the revisions.
 
 use std::time::Duration;
 
@@ -11,7 +11,9 @@ use k8s_openapi::api::coordination::v1::Lease;
 use rollout::model::exit::ExitCode;
 
 use crate::strategies::phase;
-use crate::support::{revisions, rollout_command, versions, App, SETTLE, STS};
+use crate::support::{
+    revisions, rollout_command, statefulset_document, time_app_manifest, versions, App, SETTLE, STS,
+};
 
 /// Starts `rollout rolling` to v2 with `pause` between batches, and waits until its first batch
 /// is out: the highest pod runs the new revision and is Ready (its gate is running), the others
@@ -37,6 +39,28 @@ async fn start_until_first_batch(app: &App, pause: &str) -> anyhow::Result<tokio
     )
     .await?;
     Ok(child)
+}
+
+/// Starts `rollout ARGS` and SIGKILLs it as soon as the record on StatefulSet `set` is in
+/// `phase` (read from the watch, so the kill lands right after that write).
+pub async fn kill_at_phase(app: &App, set: &str, args: &[&str], phase: &str) -> anyhow::Result<()> {
+    let child = rollout_command(app.name(), args).spawn()?;
+    let want = phase.to_string();
+    let reached = testkit::wait_for(
+        app.ns.api::<StatefulSet>(),
+        set,
+        SETTLE,
+        move |s: Option<&StatefulSet>| {
+            s.and_then(|s| s.metadata.annotations.as_ref())
+                .and_then(|a| a.get("rollout.dev/state"))
+                .and_then(|text| serde_json::from_str::<serde_json::Value>(text).ok())
+                .is_some_and(|record| record["phase"] == want.as_str())
+        },
+    )
+    .await;
+    kill(child).await?;
+    reached?;
+    Ok(())
 }
 
 async fn kill(mut child: tokio::process::Child) -> anyhow::Result<()> {
@@ -96,6 +120,37 @@ async fn a_killed_run_is_aborted_back_to_stable() -> anyhow::Result<()> {
     app.assert_all_on("v1").await?;
     assert_eq!(app.image().await?, "time-app:v1");
     assert_eq!(phase(&app).await?, "Aborted");
+    app.assert_data_kept().await?;
+    app.cleanup().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_run_killed_in_its_rollback_is_finished_by_resume() -> anyhow::Result<()> {
+    let app = App::deploy("kill-rollback", 3, false).await?;
+    // A release the gate fails (500 on `/`, Ready by its `/healthz` probe), so the run rolls
+    // back; it is killed once the record says so, while the pod is still being replaced.
+    let manifest = time_app_manifest(3, false, &[("FAIL_RATE", "1")], "time-app:v2")
+        .replace("              path: /\n", "              path: /healthz\n");
+    let file = std::env::temp_dir().join(format!("{}-sts.yaml", app.name()));
+    std::fs::write(&file, statefulset_document(&manifest))?;
+    let file_arg = file.display().to_string();
+    let killed = kill_at_phase(&app, STS, &["rolling", STS, "-f", &file_arg], "RollingBack").await;
+    let _ = std::fs::remove_file(&file);
+    killed?;
+    assert_eq!(
+        phase(&app).await?,
+        "RollingBack",
+        "the kill came mid-rollback"
+    );
+
+    // No run holds the Lease any more; resume carries the rollback to its end.
+    let resume = app.rollout(&["resume", STS]).await?;
+    eprintln!("{}", resume.stderr);
+    resume.expect(ExitCode::GateFailed)?;
+    app.assert_all_on("v1").await?;
+    assert_eq!(app.image().await?, "time-app:v1");
+    assert_eq!(phase(&app).await?, "RolledBack");
     app.assert_data_kept().await?;
     app.cleanup().await;
     Ok(())
