@@ -371,12 +371,17 @@ pub fn prepare(sts: &StatefulSet, request: &RunRequest) -> Result<Prepared, Exec
                 .find(|i| !before.contains(i))
                 .or(images.first())
                 .map(|i| i.container.clone());
-            (
-                TemplateChange::Replace(manifest.template.clone()),
-                new_spec,
-                images,
-                changed,
-            )
+            let selector = spec.selector.match_labels.clone().unwrap_or_default();
+            let (template, added) = manifest.template_for(&selector);
+            if !added.is_empty() {
+                notes.push(format!(
+                    "StatefulSet {} selects its pods by {}, which the pod template of {} lacks: added",
+                    sts.metadata.name.as_deref().unwrap_or(name),
+                    added.join(", "),
+                    manifest.file
+                ));
+            }
+            (TemplateChange::Replace(template), new_spec, images, changed)
         }
     };
     check_gate_port(name, &new_spec, &request.config.gates, changed.as_deref())?;

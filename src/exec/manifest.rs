@@ -3,6 +3,8 @@
 //! on the command line is picked. Parsing is pure; reading the file happens once, when the CLI
 //! settings are resolved.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use serde::Deserialize;
@@ -137,6 +139,43 @@ impl Manifest {
     }
 
     /// Reads and parses the file.
+    /// The manifest's pod template with every label of `selector` that it lacks, and the
+    /// labels added. A set `rollout` created for a blue/green selects its pods by a label of
+    /// its own (`rollout.dev/set`) that the user's chart does not write; without it the API
+    /// server refuses the template. A label the template sets to another value is left as
+    /// written: that is a real mismatch, and the API server says so.
+    pub fn template_for(&self, selector: &BTreeMap<String, String>) -> (Value, Vec<String>) {
+        let mut template = self.template.clone();
+        let mut added = Vec::new();
+        let Some(root) = template.as_object_mut() else {
+            return (template, added);
+        };
+        let metadata = root
+            .entry("metadata")
+            .or_insert_with(|| Value::Object(Default::default()));
+        if !metadata.is_object() {
+            *metadata = Value::Object(Default::default());
+        }
+        let Some(labels) = metadata.as_object_mut().map(|m| {
+            m.entry("labels")
+                .or_insert_with(|| Value::Object(Default::default()))
+        }) else {
+            return (template, added);
+        };
+        if !labels.is_object() {
+            *labels = Value::Object(Default::default());
+        }
+        if let Some(labels) = labels.as_object_mut() {
+            for (key, value) in selector {
+                if !labels.contains_key(key) {
+                    labels.insert(key.clone(), Value::String(value.clone()));
+                    added.push(format!("{key}={value}"));
+                }
+            }
+        }
+        (template, added)
+    }
+
     pub fn read(path: &std::path::Path, name: &str) -> Result<Manifest, ManifestError> {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
@@ -150,6 +189,46 @@ impl Manifest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_template_gets_the_selector_labels_it_lacks() {
+        let selector: BTreeMap<String, String> = [
+            ("app".to_string(), "web".to_string()),
+            ("rollout.dev/set".to_string(), "web-bg1".to_string()),
+        ]
+        .into();
+        let manifest = |template: Value| Manifest {
+            file: "f.yaml".into(),
+            template,
+            typed: PodTemplateSpec::default(),
+            replicas: None,
+        };
+        let cases = [
+            (
+                serde_json::json!({"metadata": {"labels": {"app": "web", "tier": "front"}}, "spec": {}}),
+                serde_json::json!({"metadata": {"labels": {"app": "web", "tier": "front", "rollout.dev/set": "web-bg1"}}, "spec": {}}),
+                vec!["rollout.dev/set=web-bg1"],
+            ),
+            (
+                serde_json::json!({"spec": {}}),
+                serde_json::json!({"metadata": {"labels": {"app": "web", "rollout.dev/set": "web-bg1"}}, "spec": {}}),
+                vec!["app=web", "rollout.dev/set=web-bg1"],
+            ),
+            (
+                serde_json::json!({"metadata": {"labels": {"app": "other", "rollout.dev/set": "web-bg1"}}}),
+                serde_json::json!({"metadata": {"labels": {"app": "other", "rollout.dev/set": "web-bg1"}}}),
+                vec![],
+            ),
+        ];
+        for (given, want, added) in cases {
+            let (got, got_added) = manifest(given.clone()).template_for(&selector);
+            assert_eq!(got, want, "{given}");
+            assert_eq!(got_added, added, "{given}");
+        }
+        let (same, none) = manifest(serde_json::json!({"spec": {}})).template_for(&BTreeMap::new());
+        assert_eq!(same["spec"], serde_json::json!({}));
+        assert!(none.is_empty());
+    }
 
     const HELM: &str = "
 ---

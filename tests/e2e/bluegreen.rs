@@ -920,12 +920,26 @@ async fn repeated_blue_green_rollouts_take_new_names_and_undo_steps_back_one_set
     );
     assert_eq!(claims_of(&app.ns, GREEN).await?, first_claims);
 
-    // A partition strategy through the home name moves the serving set on its own volumes.
-    done(
-        &app,
-        &["canary", STS, "--image", "time-app:v4", "--steps", "100"],
-    )
-    .await?;
+    // A partition strategy through the home name, with the user's own manifest (which knows
+    // nothing of the set label), moves the serving set on its own volumes.
+    let manifest = crate::support::time_app_manifest(3, false, &[], "time-app:v4");
+    let file = std::env::temp_dir().join(format!("{}-sts.yaml", app.name()));
+    std::fs::write(&file, crate::support::statefulset_document(&manifest))?;
+    let file_arg = file.display().to_string();
+    let canary = app
+        .rollout(&["canary", STS, "-f", &file_arg, "--steps", "100"])
+        .await;
+    let _ = std::fs::remove_file(&file);
+    let canary = canary?;
+    eprintln!("{}", canary.stderr);
+    canary.expect(ExitCode::Done)?;
+    assert!(
+        canary
+            .stderr
+            .contains(&format!("selects its pods by rollout.dev/set={GREEN}")),
+        "the run says it added the set label to the manifest's template: {}",
+        canary.describe()
+    );
     assert_serving(&app, GREEN, "v4", 100).await?;
     assert_eq!(claims_of(&app.ns, GREEN).await?, first_claims);
     for (i, before) in &first_visits {
