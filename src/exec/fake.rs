@@ -51,6 +51,9 @@ pub struct State {
     pub deleted_pods: Vec<String>,
     /// Revisions whose pods never become Ready.
     pub broken: HashSet<String>,
+    /// Pods that do not go away when the set scales below them: they stay Terminating (as
+    /// with a hung preStop hook) until [`State::release_stuck`].
+    pub stuck: HashSet<String>,
     /// Run just before the next StatefulSet patch (another writer getting there first).
     pub before_patch: VecDeque<Hook>,
     /// Other StatefulSets (created by the executor; no controller acts on them).
@@ -81,6 +84,15 @@ impl State {
             let generation = sts.metadata.generation.unwrap_or(1) + 1;
             sts.metadata.generation = Some(generation);
         }
+        self.controller();
+    }
+
+    /// The stuck pods finish terminating and go; the controller then does its part.
+    pub fn release_stuck(&mut self) {
+        let stuck = std::mem::take(&mut self.stuck);
+        self.pods.retain(|name, pod| {
+            !(stuck.contains(name) && pod.metadata.deletion_timestamp.is_some())
+        });
         self.controller();
     }
 
@@ -140,8 +152,14 @@ impl State {
         let ordered = spec.pod_management_policy.as_deref() != Some("Parallel");
         let pod_spec = spec.template.spec.clone().unwrap_or_default();
         let mut changed_pods = false;
-        self.pods.retain(|pod_name, _| {
-            crate::strategy::predicates::pod_ordinal(&name, pod_name).is_some_and(|o| o < replicas)
+        let stuck = &self.stuck;
+        self.pods.retain(|pod_name, pod| {
+            let wanted = crate::strategy::predicates::pod_ordinal(&name, pod_name)
+                .is_some_and(|o| o < replicas);
+            if !wanted && stuck.contains(pod_name) && pod.metadata.deletion_timestamp.is_none() {
+                pod.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+            }
+            wanted || stuck.contains(pod_name)
         });
         let ready = |pods: &BTreeMap<String, Pod>, n: &str| {
             pods.get(n)
@@ -323,6 +341,7 @@ impl FakeCluster {
             conflicts: 0,
             deleted_pods: Vec::new(),
             broken: HashSet::new(),
+            stuck: HashSet::new(),
             before_patch: VecDeque::new(),
             other_sets: BTreeMap::new(),
             services: BTreeMap::new(),

@@ -763,3 +763,52 @@ async fn no_rollback_holds_a_failure_until_abort() {
     assert_eq!(record(&fake).phase, Phase::Aborted);
     assert_eq!(fake.image(), "app:v1");
 }
+
+#[tokio::test]
+async fn a_recreate_whose_pods_do_not_stop_scales_back_up_on_its_unchanged_template() {
+    let fake = FakeCluster::new(statefulset("web", 3, "app:v1", true));
+    let stable = fake.set().status.and_then(|s| s.current_revision);
+    fake.with(|s| s.stuck.insert("web-2".into()));
+    let mut req = request(StrategyKind::Recreate, "", "app:v2");
+    req.config.timeouts.step = HumanDuration::from_millis(500);
+    // The stuck pod finishes terminating once the rollback has scaled the set up again (before
+    // the fix, the rollback scaled to 0 once more and waited on it until its own deadline).
+    let watcher = fake.clone();
+    let release = tokio::spawn(async move {
+        let mut seen_zero = false;
+        for _ in 0..1000 {
+            let replicas = watcher.set().spec.and_then(|s| s.replicas);
+            seen_zero |= replicas == Some(0);
+            if seen_zero && replicas == Some(3) {
+                watcher.with(|s| s.release_stuck());
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    });
+    let ctx = context(&fake, FakeGates::default(), 1);
+    let code = commands::run(&ctx, &req)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        release.await.unwrap_or(false),
+        "the set never came back to 3 replicas"
+    );
+    assert_eq!(code, ExitCode::TimedOut);
+    let r = record(&fake);
+    assert_eq!(r.phase, Phase::RolledBack, "{}", r.message);
+    assert_eq!(fake.image(), "app:v1");
+    assert_eq!(fake.set().spec.and_then(|s| s.replicas), Some(3));
+    assert!(
+        fake.with(|s| s.patches.iter().all(|p| p.template.is_none())),
+        "the template was never written"
+    );
+    let pods = fake.pod_revisions();
+    assert_eq!(pods.len(), 3, "{pods:?}");
+    assert!(pods
+        .iter()
+        .all(|(_, rev, ready)| Some(rev) == stable.as_ref() && *ready));
+    let lines = ctx.progress.lines().join("\n");
+    assert!(lines.contains("its pod template never changed"), "{lines}");
+}

@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
@@ -38,6 +39,16 @@ fn serving(snapshot: &Snapshot) -> usize {
         .iter()
         .filter(|p| is_ready(p) && !is_terminating(p))
         .count()
+}
+
+/// The stable revision, when the set's template is still the stable one as far as the
+/// controller has seen (its latest spec observed, its update revision the stable one); `None`
+/// when the template changed or that is not known yet.
+fn template_still_stable(sts: &StatefulSet, stable: Option<&str>) -> Option<String> {
+    let stable = stable?;
+    let status = sts.status.as_ref()?;
+    let seen = status.observed_generation.unwrap_or(0) >= sts.metadata.generation.unwrap_or(0);
+    (seen && status.update_revision.as_deref() == Some(stable)).then(|| stable.to_string())
 }
 
 /// What a scale step waits for, judged on a snapshot of the set.
@@ -787,32 +798,16 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         Ok(true)
     }
 
-    /// Recreate in reverse: down to 0, the stable template back, up again and Ready.
+    /// Recreate in reverse: down to 0, the stable template back, up again and Ready. When the
+    /// template never left stable (the run failed while scaling down, e.g. a pod stuck
+    /// terminating), it only scales back up: scaling to 0 again would wait on the same pod and
+    /// leave the app down.
     pub(super) async fn rollback_recreate(&mut self) -> Result<bool, ExecError> {
         let started = Instant::now();
-        self.announce_rollback(&format!(
-            "scaling {} to 0, putting the stable template back, scaling up again",
-            self.name
-        ));
         let replicas = self.record.plan.replicas;
         let deadline = deadline_after(self.record.config.timeouts.step.get());
         let name = self.name.clone();
-        if let Committed::Changed = self.commit_with(None, None, Some(0)).await? {
-            return Ok(false);
-        }
-        match self
-            .wait_set(&name.clone(), Some(deadline), |s| {
-                s.pods.is_empty().then_some(())
-            })
-            .await?
-        {
-            Waited::Ready(()) => {}
-            Waited::Deadline => {
-                self.rollback_failed("the pods did not all stop", started)?;
-                return Ok(false);
-            }
-            Waited::Changed => return Ok(false),
-        }
+        let stable_revision = self.record.stable.revision.revision.clone();
         let current = self
             .cluster
             .get_statefulset(&self.name)
@@ -821,44 +816,24 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             .ok_or_else(|| ExecError::StatefulSetDeleted {
                 name: self.name.clone(),
             })?;
-        let template = self.stable_template(&current).await?;
-        let stable = &self.record.stable;
-        let strategy = StrategyChange::Set {
-            type_: stable
-                .update_strategy
-                .clone()
-                .unwrap_or_else(|| "RollingUpdate".into()),
-            partition: stable.partition,
-        };
-        let written = match self.commit(Some(template), Some(strategy)).await? {
-            Committed::Written(sts) => sts,
-            Committed::Changed => return Ok(false),
-        };
-        let generation = written.metadata.generation.unwrap_or(0);
-        let stable_revision = self.record.stable.revision.revision.clone();
-        let revision = match self
-            .wait_set(&name.clone(), Some(deadline), |s| {
-                let status = s.statefulset.as_ref()?.status.as_ref()?;
-                if status.observed_generation.unwrap_or(0) < generation {
-                    return None;
-                }
-                let update = status.update_revision.clone()?;
-                match &stable_revision {
-                    Some(stable) if *stable != update => None,
-                    _ => Some(update),
-                }
-            })
-            .await?
-        {
-            Waited::Ready(r) => r,
-            Waited::Deadline => {
-                self.rollback_failed(
-                    "the StatefulSet controller did not take the stable template back",
-                    started,
-                )?;
-                return Ok(false);
+        let revision = match template_still_stable(&current, stable_revision.as_deref()) {
+            Some(revision) => {
+                self.announce_rollback(&format!(
+                    "its pod template never changed: scaling {} back to {replicas}",
+                    self.name
+                ));
+                revision
             }
-            Waited::Changed => return Ok(false),
+            None => {
+                self.announce_rollback(&format!(
+                    "scaling {} to 0, putting the stable template back, scaling up again",
+                    self.name
+                ));
+                match self.recreate_on_stable(&current, deadline, started).await? {
+                    Some(revision) => revision,
+                    None => return Ok(false),
+                }
+            }
         };
         if let Committed::Changed = self.commit_with(None, None, Some(replicas)).await? {
             return Ok(false);
@@ -886,6 +861,74 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             self.name
         ));
         Ok(true)
+    }
+
+    /// The first half of [`Self::rollback_recreate`] on a changed template: down to 0, the
+    /// stable template back; gives the stable revision once the controller took it, or `None`
+    /// when the rollback stops here (failed, or the record changed).
+    async fn recreate_on_stable(
+        &mut self,
+        current: &StatefulSet,
+        deadline: Instant,
+        started: Instant,
+    ) -> Result<Option<String>, ExecError> {
+        let name = self.name.clone();
+        if let Committed::Changed = self.commit_with(None, None, Some(0)).await? {
+            return Ok(None);
+        }
+        match self
+            .wait_set(&name.clone(), Some(deadline), |s| {
+                s.pods.is_empty().then_some(())
+            })
+            .await?
+        {
+            Waited::Ready(()) => {}
+            Waited::Deadline => {
+                self.rollback_failed("the pods did not all stop", started)?;
+                return Ok(None);
+            }
+            Waited::Changed => return Ok(None),
+        }
+        let template = self.stable_template(current).await?;
+        let stable = &self.record.stable;
+        let strategy = StrategyChange::Set {
+            type_: stable
+                .update_strategy
+                .clone()
+                .unwrap_or_else(|| "RollingUpdate".into()),
+            partition: stable.partition,
+        };
+        let written = match self.commit(Some(template), Some(strategy)).await? {
+            Committed::Written(sts) => sts,
+            Committed::Changed => return Ok(None),
+        };
+        let generation = written.metadata.generation.unwrap_or(0);
+        let stable_revision = self.record.stable.revision.revision.clone();
+        let revision = match self
+            .wait_set(&name.clone(), Some(deadline), |s| {
+                let status = s.statefulset.as_ref()?.status.as_ref()?;
+                if status.observed_generation.unwrap_or(0) < generation {
+                    return None;
+                }
+                let update = status.update_revision.clone()?;
+                match &stable_revision {
+                    Some(stable) if *stable != update => None,
+                    _ => Some(update),
+                }
+            })
+            .await?
+        {
+            Waited::Ready(r) => r,
+            Waited::Deadline => {
+                self.rollback_failed(
+                    "the StatefulSet controller did not take the stable template back",
+                    started,
+                )?;
+                return Ok(None);
+            }
+            Waited::Changed => return Ok(None),
+        };
+        Ok(Some(revision))
     }
 
     /// A shadow back to nothing: the real set back on stable if its rollout began, the shadow
