@@ -809,7 +809,9 @@ mod tests {
         // A run that died here leaves RollingBack: resume and abort both carry the rollback
         // on, keeping its cause and message; pause and a second failure do not apply.
         let mut resumed = s.clone();
-        resumed.resume_by_user(ts(6)).unwrap_or_else(|e| panic!("{e}"));
+        resumed
+            .resume_by_user(ts(6))
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(resumed, s);
         let mut aborted = s.clone();
         aborted.abort(ts(6)).unwrap_or_else(|e| panic!("{e}"));
