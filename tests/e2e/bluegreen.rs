@@ -1052,6 +1052,118 @@ async fn killed_then_resumed(prefix: &str, step: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs `rollout ARGS` until it reports a step after step `after` done (or a pause begun), then
+/// SIGKILLs it. Gives that step's number (from 1), or `None` when the run ended by itself first.
+/// (A resumed run first repeats the step it was killed after when the record had not yet moved
+/// on: every step is safe to run again.)
+async fn kill_at_next_step(
+    app: &App,
+    args: &[&str],
+    after: usize,
+) -> anyhow::Result<Option<usize>> {
+    let mut child = rollout_command(app.name(), args).spawn()?;
+    let stderr = child.stderr.take().context("no stderr pipe")?;
+    let mut lines = BufReader::new(stderr).lines();
+    let mut seen = String::new();
+    let found = tokio::time::timeout(RUN_LIMIT, async {
+        while let Some(line) = lines.next_line().await? {
+            seen.push_str(&line);
+            seen.push('\n');
+            if let Some(n) = completed_step(&line, "").filter(|n| *n > after) {
+                return Ok::<_, anyhow::Error>(Some(n));
+            }
+        }
+        Ok(None)
+    })
+    .await;
+    child.kill().await?;
+    match found {
+        Ok(Ok(step)) => {
+            eprintln!("{}", seen.trim_end());
+            Ok(step)
+        }
+        Ok(Err(e)) => Err(e),
+        Err(_) => bail!("no step was done after {RUN_LIMIT:?}:\n{seen}"),
+    }
+}
+
+/// Exactly one set behind the live Service: its Endpoints are all blue's pods or all green's.
+async fn assert_one_set_serving(app: &App) -> anyhow::Result<&'static str> {
+    let endpoints = app.ns.api::<Endpoints>().get_opt(STS).await?;
+    let serving: BTreeSet<String> = endpoints
+        .as_ref()
+        .map(testkit::ready_addresses)
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    let blue = ready_ips(&app.ns, BLUE_PODS).await?;
+    let green = ready_ips(&app.ns, GREEN_PODS).await?;
+    let side = if !serving.is_empty() && serving.is_subset(&blue) {
+        "blue"
+    } else if !serving.is_empty() && serving.is_subset(&green) {
+        "green"
+    } else {
+        bail!("the live Service has {serving:?} behind it: blue is {blue:?}, green {green:?}")
+    };
+    Ok(side)
+}
+
+#[tokio::test]
+async fn killed_at_every_step_boundary_and_resumed_each_time() -> anyhow::Result<()> {
+    let mut app = App::deploy("bg-kill-each", 3, false).await?;
+    add_visits(&mut app).await?;
+    let start = [
+        "bluegreen",
+        STS,
+        "--image",
+        "time-app:v2",
+        "--auto-promote",
+        "--scale-down-delay",
+        "3s",
+    ];
+    let mut args: &[&str] = &start;
+    let mut killed_after = Vec::new();
+    // Bounded: the plan has 8 steps; a resume that reports no step before ending stops it.
+    for _ in 0..12 {
+        let after = killed_after.last().copied().unwrap_or(0);
+        let Some(step) = kill_at_next_step(&app, args, after).await? else {
+            break;
+        };
+        killed_after.push(step);
+        let json = status_json(&app).await?;
+        let phase = json.pointer("/rollout/phase").and_then(|p| p.as_str());
+        if phase == Some("Succeeded") {
+            break;
+        }
+        assert!(
+            matches!(phase, Some("Progressing" | "Paused")),
+            "after a kill at step {step}, status says {phase:?}: {json}"
+        );
+        let side = assert_one_set_serving(&app).await?;
+        eprintln!("killed after step {step}: {phase:?}, {side} serving");
+        args = &["resume", STS];
+    }
+    eprintln!("killed after steps {killed_after:?}");
+    // Each kill came at the next boundary: after steps 1, 2, ... up to the last but one (after
+    // the last step the rollout has succeeded).
+    let expected: Vec<usize> = (1..killed_after.len() + 1).collect();
+    assert_eq!(killed_after, expected, "a kill at every step boundary");
+    assert!(
+        killed_after.len() >= 7,
+        "the run was killed after every step but the last: {killed_after:?}"
+    );
+    let last = app.rollout(&["resume", STS]).await?;
+    let json = status_json(&app).await?;
+    if json.pointer("/rollout/phase") != Some(&"Succeeded".into()) {
+        last.expect(ExitCode::Done)?;
+    }
+    assert_green_alone_serves(&app).await?;
+    let seen = tally(&ask_service(&app.ns, STS, 100).await?);
+    assert_eq!(seen, BTreeMap::from([("v2".to_string(), 100)]));
+    app.cleanup().await;
+    Ok(())
+}
+
 #[tokio::test]
 async fn killed_after_pinning_blue_then_resumed() -> anyhow::Result<()> {
     killed_then_resumed("bg-kill-pin", "pin the live Services").await
