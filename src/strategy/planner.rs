@@ -22,6 +22,11 @@ pub enum PlanError {
     TooManySteps { statefulset: String, steps: usize },
     #[error("blue/green of StatefulSet {statefulset} needs a live Service to switch: {detail}")]
     NoLiveService { statefulset: String, detail: String },
+    #[error("blue/green of StatefulSet {statefulset} needs the preview Service name {service}, but a Service {service} that rollout did not create exists in this namespace; rollout would point it at the new pods and delete it, so nothing was changed: rename or delete that Service, then run again")]
+    PreviewServiceTaken {
+        statefulset: String,
+        service: String,
+    },
     #[error("planning the {strategy} rollout of StatefulSet {statefulset}: its Services and neighbours were not read")]
     SurroundingsMissing {
         statefulset: String,

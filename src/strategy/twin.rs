@@ -33,6 +33,17 @@ pub struct ObservedService {
     pub selector: BTreeMap<String, String>,
     /// `clusterIP: None`: a headless Service, the set's DNS, never switched.
     pub headless: bool,
+    /// The home set named by the marker on a preview Service `rollout` created
+    /// ([`rollout_preview_home`]); `None` on anyone else's Service.
+    pub rollout_home: Option<String>,
+}
+
+/// The home set a Service was created for by `rollout` (a preview Service carries the set label
+/// and the home annotation); `None` for a Service someone else made, which `rollout` must never
+/// take over or delete.
+pub fn rollout_preview_home(meta: &ObjectMeta) -> Option<String> {
+    meta.labels.as_ref()?.get(SET_LABEL)?;
+    meta.annotations.as_ref()?.get(HOME_ANNOTATION).cloned()
 }
 
 /// What around a set a blue/green or shadow plan depends on.
@@ -137,11 +148,20 @@ pub fn twin_for(
 ) -> Result<Option<Twin>, PlanError> {
     match &config.params {
         StrategyParams::BlueGreen(p) => {
+            let preview = preview_name(&around.home);
+            if let Some(taken) = around.services.iter().find(|s| s.name == preview) {
+                if taken.rollout_home.as_ref() != Some(&around.home) {
+                    return Err(PlanError::PreviewServiceTaken {
+                        statefulset: observed.name.clone(),
+                        service: preview,
+                    });
+                }
+            }
             let green = free_twin_name(&around.home, &around.sets, &around.claims);
             let services = live_services(&p.services, observed, around, &green)?;
             Ok(Some(Twin {
                 role: TwinRole::Green,
-                preview: Some(preview_name(&around.home)),
+                preview: Some(preview),
                 set: green,
                 home: around.home.clone(),
                 services,
@@ -563,6 +583,7 @@ mod tests {
             name: name.into(),
             selector: map(selector),
             headless,
+            rollout_home: None,
         }
     }
 
@@ -920,5 +941,91 @@ mod tests {
             .map(String::as_str)
             == Some("web-bg1")));
         assert_eq!(claim_names(&green, 2), ["data-web-bg1-0", "data-web-bg1-1"]);
+    }
+
+    fn bluegreen_with(flags: StrategyFlags) -> StrategyConfig {
+        config(StrategyKind::BlueGreen, flags, GateSpec::default())
+    }
+
+    fn plan_error(
+        config: &StrategyConfig,
+        seen: &Observed,
+        around: &Surroundings,
+        template: serde_json::Value,
+    ) -> Option<String> {
+        twin_for(config, seen, around, &template)
+            .err()
+            .map(|e| e.to_string())
+    }
+
+    #[test]
+    fn rollout_marks_the_preview_services_it_makes() {
+        let meta = |labels: &[(&str, &str)], annotations: &[(&str, &str)]| ObjectMeta {
+            labels: (!labels.is_empty()).then(|| map(labels)),
+            annotations: (!annotations.is_empty()).then(|| map(annotations)),
+            ..ObjectMeta::default()
+        };
+        let cases = [
+            (
+                meta(&[(SET_LABEL, "web-bg1")], &[(HOME_ANNOTATION, "web")]),
+                Some("web"),
+            ),
+            (meta(&[], &[(HOME_ANNOTATION, "web")]), None),
+            (meta(&[(SET_LABEL, "web-bg1")], &[]), None),
+            (meta(&[("app", "web")], &[("owner", "me")]), None),
+            (meta(&[], &[]), None),
+        ];
+        for (meta, home) in cases {
+            assert_eq!(rollout_preview_home(&meta).as_deref(), home, "{meta:?}");
+        }
+    }
+
+    #[test]
+    fn a_preview_name_held_by_someone_elses_service_is_refused() {
+        let live = service("web", &[("app", "web")], false);
+        let preview = |home: Option<&str>| ObservedService {
+            rollout_home: home.map(String::from),
+            ..service("web-preview", &[("app", "mine")], false)
+        };
+        // (the Service named web-preview, refused)
+        let cases = [
+            (None, false),
+            (Some(preview(None)), true),
+            (Some(preview(Some("other"))), true),
+            (Some(preview(Some("web"))), false),
+        ];
+        for (taken, refused) in cases {
+            let services: Vec<ObservedService> =
+                std::iter::once(live.clone()).chain(taken.clone()).collect();
+            let err = plan_error(
+                &bluegreen_with(StrategyFlags::default()),
+                &observed(3),
+                &around(services),
+                serde_json::json!({}),
+            );
+            assert_eq!(err.is_some(), refused, "{taken:?}: {err:?}");
+            if let Some(err) = err {
+                assert!(
+                    err.contains("web-preview") && err.contains("rename or delete"),
+                    "{err}"
+                );
+            }
+        }
+        // A shadow makes no preview Service.
+        let shadow = config(
+            StrategyKind::Shadow,
+            StrategyFlags::default(),
+            GateSpec::default(),
+        );
+        let services = vec![live, preview(None)];
+        assert_eq!(
+            plan_error(
+                &shadow,
+                &observed(3),
+                &around(services),
+                serde_json::json!({})
+            ),
+            None
+        );
     }
 }

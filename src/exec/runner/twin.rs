@@ -29,7 +29,7 @@ use crate::strategy::observed;
 use crate::strategy::predicates::{
     is_ready, is_terminating, ordinals_not_ready, ordinals_released, pod_revision,
 };
-use crate::strategy::twin::{clone_claims, twin_statefulset};
+use crate::strategy::twin::{clone_claims, rollout_preview_home, twin_statefulset};
 
 /// Pods of a snapshot that serve: Ready and not terminating (what a Service's endpoints hold).
 fn serving(snapshot: &Snapshot) -> usize {
@@ -318,10 +318,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         self.point_services(&twin, to_green).await?;
         if to_green {
             if let Some(preview) = &twin.preview {
-                self.cluster
-                    .delete_service(preview)
-                    .await
-                    .map_err(|e| ExecError::api("deleting preview Service", preview, e))?;
+                self.delete_preview(&twin, preview).await?;
             }
         }
         let (index, total) = self.step_label();
@@ -348,11 +345,66 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         Ok(())
     }
 
-    /// The preview Service: the first live Service's ports, selecting only green.
-    async fn create_preview(&self, twin: &Twin, preview: &str) -> Result<(), ExecError> {
+    /// Who made the Service `name`: `None` when there is none, `Some(Some(home))` when
+    /// `rollout` made it as the preview of `home`, `Some(None)` when someone else did.
+    async fn service_maker(&self, name: &str) -> Result<Option<Option<String>>, ExecError> {
         let services = self.cluster.list_services().await.map_err(|e| {
             ExecError::api("listing Services in namespace", self.cluster.namespace(), e)
         })?;
+        Ok(services
+            .iter()
+            .find(|s| s.metadata.name.as_deref() == Some(name))
+            .map(|s| rollout_preview_home(&s.metadata)))
+    }
+
+    /// Deletes the preview Service if `rollout` made it for this home; a Service of that name
+    /// someone else made is left as it is.
+    async fn delete_preview(&self, twin: &Twin, preview: &str) -> Result<(), ExecError> {
+        match self.service_maker(preview).await? {
+            None => Ok(()),
+            Some(Some(home)) if home == twin.home => self
+                .cluster
+                .delete_service(preview)
+                .await
+                .map_err(|e| ExecError::api("deleting preview Service", preview, e)),
+            Some(_) => {
+                tracing::warn!(service = %preview, "preview Service not made by rollout for this set; left alone");
+                self.progress.say(format!(
+                    "        Service {preview} was not created by rollout for {}, so it is left as it is",
+                    twin.home
+                ));
+                Ok(())
+            }
+        }
+    }
+
+    /// Why the preview Service `preview` cannot be used: a Service of that name exists that
+    /// `rollout` did not make for this home (planning refuses that; this catches one made since).
+    fn preview_taken(twin: &Twin, preview: &str) -> String {
+        format!(
+            "Service {preview} exists and was not created by rollout for {}; it is left as it is: rename or delete it, then run again",
+            twin.home
+        )
+    }
+
+    /// The preview Service: the first live Service's ports, selecting only green. Gives a
+    /// problem when a Service of that name that `rollout` did not make is in the way.
+    async fn create_preview(
+        &self,
+        twin: &Twin,
+        preview: &str,
+    ) -> Result<Option<String>, ExecError> {
+        let services = self.cluster.list_services().await.map_err(|e| {
+            ExecError::api("listing Services in namespace", self.cluster.namespace(), e)
+        })?;
+        if let Some(found) = services
+            .iter()
+            .find(|s| s.metadata.name.as_deref() == Some(preview))
+        {
+            if rollout_preview_home(&found.metadata).as_ref() != Some(&twin.home) {
+                return Ok(Some(Self::preview_taken(twin, preview)));
+            }
+        }
         let live = twin.services.first();
         let ports: Vec<ServicePort> = live
             .and_then(|l| {
@@ -391,9 +443,17 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             status: None,
         };
         match self.cluster.create_service(&service).await {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(None),
             Err(ApiError::AlreadyExists(_)) => {
-                // Ours from a run that died, or another one's: point it at this green either way.
+                // Ours from a run that died: point it at this green. Anyone else's is not
+                // touched.
+                match self.service_maker(preview).await? {
+                    Some(Some(home)) if home == twin.home => {}
+                    None => {}
+                    Some(None) | Some(Some(_)) => {
+                        return Ok(Some(Self::preview_taken(twin, preview)))
+                    }
+                }
                 let selector = service
                     .spec
                     .as_ref()
@@ -402,7 +462,8 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 self.cluster
                     .set_service_selector(preview, &selector)
                     .await
-                    .map_err(|e| ExecError::api("setting the selector of Service", preview, e))
+                    .map_err(|e| ExecError::api("setting the selector of Service", preview, e))?;
+                Ok(None)
             }
             Err(e) => Err(ExecError::api("creating preview Service", preview, e)),
         }
@@ -460,7 +521,10 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             }
         }
         if let Some(preview) = &twin.preview {
-            self.create_preview(&twin, preview).await?;
+            if let Some(problem) = self.create_preview(&twin, preview).await? {
+                self.step_cannot_finish(started, &problem)?;
+                return Ok(());
+            }
         }
         match self.cluster.create_statefulset(&desired, false).await {
             Ok(_) => {}
@@ -633,10 +697,8 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         preview: Option<&str>,
     ) -> Result<Option<Vec<String>>, ExecError> {
         if let Some(preview) = preview {
-            self.cluster
-                .delete_service(preview)
-                .await
-                .map_err(|e| ExecError::api("deleting preview Service", preview, e))?;
+            let twin = self.twin_record()?;
+            self.delete_preview(&twin, preview).await?;
         }
         let exists = self
             .cluster
@@ -746,10 +808,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 return Ok(false);
             }
             if let Some(preview) = &twin.preview {
-                self.cluster
-                    .delete_service(preview)
-                    .await
-                    .map_err(|e| ExecError::api("deleting preview Service", preview, e))?;
+                self.delete_preview(&twin, preview).await?;
             }
             self.progress.say(format!(
                 "        {} scaled to 0; it served live traffic, so it and its volumes are kept",
