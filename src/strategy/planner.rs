@@ -27,6 +27,16 @@ pub enum PlanError {
         statefulset: String,
         service: String,
     },
+    #[error("blue/green of StatefulSet {statefulset} with --service {named}: {others} its pods and would send traffic to the new pods as soon as they are Ready, before the switch; nothing was changed: give every Service that selects these pods with --service ({flags}), or change the others' selectors so they do not select these pods")]
+    UnlistedServices {
+        statefulset: String,
+        /// The Services named with `--service`, comma-separated.
+        named: String,
+        /// The other Services that select the pods, with the verb (`Service a also selects`).
+        others: String,
+        /// The `--service` flags that list every one of them.
+        flags: String,
+    },
     #[error("planning the {strategy} rollout of StatefulSet {statefulset}: its Services and neighbours were not read")]
     SurroundingsMissing {
         statefulset: String,

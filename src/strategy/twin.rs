@@ -121,6 +121,37 @@ fn live_services(
             }
             chosen.push(service);
         }
+        // A Service that selects the pods but is neither pinned nor switched would take green's
+        // pods as soon as they are Ready, before any gate or promote. The governing headless
+        // Service is left out: green's pods need it for their DNS names.
+        let preview = preview_name(&around.home);
+        let unlisted: Vec<&str> = selecting
+            .iter()
+            .filter(|s| !s.headless && Some(&s.name) != around.service_name.as_ref())
+            .filter(|s| !(s.name == preview && s.rollout_home.as_ref() == Some(&around.home)))
+            .filter(|s| !config_services.contains(&s.name))
+            .map(|s| s.name.as_str())
+            .collect();
+        if !unlisted.is_empty() {
+            let all: Vec<&str> = config_services
+                .iter()
+                .map(String::as_str)
+                .chain(unlisted.iter().copied())
+                .collect();
+            return Err(PlanError::UnlistedServices {
+                statefulset: name.clone(),
+                named: config_services.join(", "),
+                others: match unlisted.as_slice() {
+                    [one] => format!("Service {one} also selects"),
+                    many => format!("Services {} also select", many.join(", ")),
+                },
+                flags: all
+                    .iter()
+                    .map(|s| format!("--service {s}"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            });
+        }
         chosen
     };
     let labelled = around.template_labels.get(SET_LABEL) == Some(name);
@@ -1027,5 +1058,83 @@ mod tests {
             ),
             None
         );
+    }
+
+    #[test]
+    fn services_selecting_the_pods_must_all_be_named() {
+        let named = |names: &[&str]| {
+            bluegreen_with(StrategyFlags {
+                services: names.iter().map(|n| n.to_string()).collect(),
+                ..StrategyFlags::default()
+            })
+        };
+        let web = service("web", &[("app", "web")], false);
+        let own_preview = ObservedService {
+            rollout_home: Some("web".into()),
+            ..service("web-preview", &[("app", "web")], false)
+        };
+        // (Services besides `web`, the --service flags, a fragment of the error or None)
+        let cases: Vec<(Vec<ObservedService>, Vec<&str>, Option<&str>)> = vec![
+            (vec![], vec!["web"], None),
+            (
+                vec![service("web-extra", &[("app", "web")], false)],
+                vec!["web"],
+                Some("Service web-extra also selects its pods"),
+            ),
+            (
+                vec![
+                    service("web-extra", &[("app", "web")], false),
+                    service("web-lb", &[], false),
+                    service("web-admin", &[("app", "web")], false),
+                ],
+                vec!["web"],
+                Some("Services web-extra, web-admin also select"),
+            ),
+            (
+                vec![service("web-extra", &[("app", "web")], false)],
+                vec!["web"],
+                Some("--service web --service web-extra"),
+            ),
+            (
+                vec![service("web-extra", &[("app", "web")], false)],
+                vec!["web", "web-extra"],
+                None,
+            ),
+            // The governing headless Service and any other headless one give pods DNS names and
+            // are left alone.
+            (
+                vec![service("web-pods", &[("app", "web")], true)],
+                vec!["web"],
+                None,
+            ),
+            (
+                vec![service("web-dns", &[("app", "web")], true)],
+                vec!["web"],
+                None,
+            ),
+            (
+                vec![service("other", &[("app", "other")], false)],
+                vec!["web"],
+                None,
+            ),
+            (vec![own_preview], vec!["web"], None),
+        ];
+        for (others, flags, fragment) in cases {
+            let services: Vec<ObservedService> =
+                std::iter::once(web.clone()).chain(others.clone()).collect();
+            let err = plan_error(
+                &named(&flags),
+                &observed(3),
+                &around(services),
+                serde_json::json!({}),
+            );
+            match (fragment, err) {
+                (None, None) => {}
+                (Some(fragment), Some(err)) => assert!(err.contains(fragment), "{err}"),
+                (fragment, err) => {
+                    panic!("{others:?} {flags:?}: expected {fragment:?}, got {err:?}")
+                }
+            }
+        }
     }
 }

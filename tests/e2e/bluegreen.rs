@@ -886,6 +886,43 @@ async fn a_users_own_preview_service_is_refused_and_left_alone() -> anyhow::Resu
     Ok(())
 }
 
+#[tokio::test]
+async fn a_second_service_selecting_the_pods_must_be_listed_with_service() -> anyhow::Result<()> {
+    let app = App::deploy("bg-unlisted", 3, false).await?;
+    let blue = identities(&app.ns, BLUE_PODS).await?;
+    let extra = "time-app-internal";
+    app.ns
+        .apply_value(cluster_ip_service(extra, &[("app", "time-app")]))
+        .await?;
+    let before = service_identity(&app.ns, extra).await?;
+
+    let run = app
+        .rollout(&[
+            "bluegreen",
+            STS,
+            "--image",
+            "time-app:v2",
+            "--service",
+            STS,
+            "--auto-promote",
+        ])
+        .await?;
+    eprintln!("{}", run.stderr);
+    run.expect(ExitCode::BadInput)?;
+    assert!(
+        run.stderr.contains(extra)
+            && run
+                .stderr
+                .contains(&format!("--service {STS} --service {extra}")),
+        "the error names the other Service and the flags to give: {}",
+        run.describe()
+    );
+    assert_eq!(service_identity(&app.ns, extra).await?, before);
+    assert_nothing_changed(&app, &blue).await?;
+    app.cleanup().await;
+    Ok(())
+}
+
 /// Runs `rollout ARGS` and checks it finished (exit 0).
 async fn done(app: &App, args: &[&str]) -> anyhow::Result<Run> {
     let run = app.rollout(args).await?;
