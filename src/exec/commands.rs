@@ -235,6 +235,9 @@ async fn surroundings<C: Cluster, G: GateRunner>(
             .and_then(|s| s.template.metadata.as_ref())
             .and_then(|m| m.labels.clone())
             .unwrap_or_default(),
+        set_selector: spec
+            .and_then(|s| s.selector.match_labels.clone())
+            .unwrap_or_default(),
         service_name: spec.and_then(|s| s.service_name.clone()),
         services: services
             .into_iter()

@@ -37,6 +37,13 @@ pub enum PlanError {
         /// The `--service` flags that list every one of them.
         flags: String,
     },
+    #[error("blue/green of StatefulSet {statefulset}: after the switch Service {service} would select {selector}, which no pod of the new version matches (its pods carry {labels}), so the Service would serve no pod; nothing was changed: keep the labels the Service selects in the new pod template, or change the Service's selector")]
+    GreenUnselected {
+        statefulset: String,
+        service: String,
+        selector: String,
+        labels: String,
+    },
     #[error("planning the {strategy} rollout of StatefulSet {statefulset}: its Services and neighbours were not read")]
     SurroundingsMissing {
         statefulset: String,

@@ -53,6 +53,8 @@ pub struct Surroundings {
     pub home: String,
     /// Labels of the set's pod template.
     pub template_labels: BTreeMap<String, String>,
+    /// `spec.selector.matchLabels` of the set (green's selector starts from it).
+    pub set_selector: BTreeMap<String, String>,
     /// `spec.serviceName` of the set.
     pub service_name: Option<String>,
     /// Every Service of the namespace.
@@ -190,6 +192,25 @@ pub fn twin_for(
             }
             let green = free_twin_name(&around.home, &around.sets, &around.claims);
             let services = live_services(&p.services, observed, around, &green)?;
+            let green_labels = twin_pod_labels(
+                template_labels(template),
+                &twin_selector(&around.set_selector, &green),
+                &green,
+            );
+            for service in &services {
+                let matches = service
+                    .green
+                    .iter()
+                    .all(|(k, v)| green_labels.get(k) == Some(v));
+                if !matches {
+                    return Err(PlanError::GreenUnselected {
+                        statefulset: observed.name.clone(),
+                        service: service.name.clone(),
+                        selector: render_selector(&service.green),
+                        labels: render_selector(&green_labels),
+                    });
+                }
+            }
             Ok(Some(Twin {
                 role: TwinRole::Green,
                 preview: Some(preview),
@@ -216,6 +237,35 @@ pub fn twin_for(
         }
         _ => Ok(None),
     }
+}
+
+/// The labels of a pod template given as JSON (none when it has none or they cannot be read).
+fn template_labels(template: &serde_json::Value) -> BTreeMap<String, String> {
+    template
+        .pointer("/metadata/labels")
+        .and_then(|l| serde_json::from_value(l.clone()).ok())
+        .unwrap_or_default()
+}
+
+/// A twin's selector: `base` (blue's for green, nothing for a shadow) with the set label.
+fn twin_selector(base: &BTreeMap<String, String>, set: &str) -> BTreeMap<String, String> {
+    let mut selector = base.clone();
+    selector.insert(SET_LABEL.to_string(), set.to_string());
+    selector
+}
+
+/// A twin's pod labels: `base` (the new template's for green) with the set label and the
+/// selector's labels, which win (a StatefulSet's selector must match its pods).
+fn twin_pod_labels(
+    mut base: BTreeMap<String, String>,
+    selector: &BTreeMap<String, String>,
+    set: &str,
+) -> BTreeMap<String, String> {
+    base.insert(SET_LABEL.to_string(), set.to_string());
+    for (k, v) in selector {
+        base.insert(k.clone(), v.clone());
+    }
+    base
 }
 
 /// Every ordinal of a set of `replicas` pods, highest first.
@@ -387,7 +437,7 @@ pub fn twin_statefulset(
     let blue_name = blue.metadata.name.clone()?;
     let blue_spec = blue.spec.as_ref()?;
     let mut template: PodTemplateSpec = serde_json::from_value(twin.template.clone()).ok()?;
-    let mut pod_labels: BTreeMap<String, String> = match twin.role {
+    let base_labels: BTreeMap<String, String> = match twin.role {
         TwinRole::Green => template
             .metadata
             .as_ref()
@@ -395,15 +445,14 @@ pub fn twin_statefulset(
             .unwrap_or_default(),
         TwinRole::Shadow => BTreeMap::from([(SHADOW_OF_LABEL.to_string(), twin.home.clone())]),
     };
-    pod_labels.insert(SET_LABEL.to_string(), twin.set.clone());
-    let mut selector: BTreeMap<String, String> = match twin.role {
-        TwinRole::Green => blue_spec.selector.match_labels.clone().unwrap_or_default(),
-        TwinRole::Shadow => BTreeMap::new(),
+    let selector = match twin.role {
+        TwinRole::Green => twin_selector(
+            &blue_spec.selector.match_labels.clone().unwrap_or_default(),
+            &twin.set,
+        ),
+        TwinRole::Shadow => twin_selector(&BTreeMap::new(), &twin.set),
     };
-    selector.insert(SET_LABEL.to_string(), twin.set.clone());
-    for (k, v) in &selector {
-        pod_labels.insert(k.clone(), v.clone());
-    }
+    let pod_labels = twin_pod_labels(base_labels, &selector, &twin.set);
     let meta = template.metadata.get_or_insert_with(ObjectMeta::default);
     meta.labels = Some(pod_labels.clone());
     let mut annotations = BTreeMap::from([(HOME_ANNOTATION.to_string(), twin.home.clone())]);
@@ -602,6 +651,7 @@ mod tests {
         Surroundings {
             home: "web".into(),
             template_labels: map(&[("app", "web")]),
+            set_selector: map(&[("app", "web")]),
             service_name: Some("web-pods".into()),
             services,
             sets: vec!["web".into()],
@@ -1133,6 +1183,67 @@ mod tests {
                 (Some(fragment), Some(err)) => assert!(err.contains(fragment), "{err}"),
                 (fragment, err) => {
                     panic!("{others:?} {flags:?}: expected {fragment:?}, got {err:?}")
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_live_service_must_select_green_pods_after_the_switch() {
+        let template =
+            |labels: serde_json::Value| serde_json::json!({"metadata": {"labels": labels}});
+        // (the live Service's selector, the new template's labels, a fragment of the error)
+        type Case = (
+            Vec<(&'static str, &'static str)>,
+            serde_json::Value,
+            Option<&'static str>,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                vec![("app", "web")],
+                serde_json::json!({"app": "web"}),
+                None,
+            ),
+            (
+                vec![("app", "web"), ("version", "v1")],
+                serde_json::json!({"app": "web", "version": "v1"}),
+                None,
+            ),
+            (
+                vec![("app", "web"), ("version", "v1")],
+                serde_json::json!({"app": "web", "version": "v2"}),
+                Some("Service web would select app=web,rollout.dev/set=web-bg1,version=v1"),
+            ),
+            (
+                vec![("app", "web"), ("tier", "front")],
+                serde_json::json!({"app": "web"}),
+                Some("its pods carry app=web,rollout.dev/set=web-bg1"),
+            ),
+            // Labels of the set's selector are put on green's pods whatever the template says.
+            (
+                vec![("app", "web")],
+                serde_json::json!({"version": "v2"}),
+                None,
+            ),
+            (vec![("app", "web")], serde_json::json!(null), None),
+        ];
+        for (selector, labels, fragment) in cases {
+            let mut around = around(vec![service("web", &selector, false)]);
+            around.template_labels = map(&selector);
+            let err = plan_error(
+                &bluegreen_with(StrategyFlags::default()),
+                &observed(3),
+                &around,
+                template(labels.clone()),
+            );
+            match (fragment, err) {
+                (None, None) => {}
+                (Some(fragment), Some(err)) => {
+                    assert!(err.contains(fragment), "{err}");
+                    assert!(err.contains("serve no pod"), "{err}");
+                }
+                (fragment, err) => {
+                    panic!("{selector:?} {labels}: expected {fragment:?}, got {err:?}")
                 }
             }
         }
