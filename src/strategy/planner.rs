@@ -44,6 +44,13 @@ pub enum PlanError {
         selector: String,
         labels: String,
     },
+    #[error("{strategy} of StatefulSet {statefulset} refused: its persistentVolumeClaimRetentionPolicy.whenScaled is Delete, so {why} would make the StatefulSet controller delete its pods' PVCs and their data; nothing was changed: set spec.persistentVolumeClaimRetentionPolicy.whenScaled to Retain first, or roll with rolling or canary, which keep every pod on its PVC")]
+    ClaimsDeletedWhenScaled {
+        statefulset: String,
+        strategy: &'static str,
+        /// The step that scales the set down.
+        why: &'static str,
+    },
     #[error("planning the {strategy} rollout of StatefulSet {statefulset}: its Services and neighbours were not read")]
     SurroundingsMissing {
         statefulset: String,
@@ -66,7 +73,7 @@ struct Target {
 /// already reached (a re-run after the partition was lowered) are left out, with a note.
 pub fn plan(config: &StrategyConfig, observed: &Observed) -> Result<Plan, PlanError> {
     match &config.params {
-        StrategyParams::Recreate => return Ok(super::twin::plan_recreate(config, observed)),
+        StrategyParams::Recreate => return super::twin::plan_recreate(config, observed),
         StrategyParams::BlueGreen(_) | StrategyParams::Shadow(_) => {
             // These are planned with their surroundings by `super::twin::plan_twin`.
             return Err(PlanError::SurroundingsMissing {

@@ -190,6 +190,11 @@ pub fn twin_for(
                     });
                 }
             }
+            refuse_claim_deletion(
+                config,
+                observed,
+                "scaling it to 0 after the switch (blue/green's last step)",
+            )?;
             let green = free_twin_name(&around.home, &around.sets, &around.claims);
             let services = live_services(&p.services, observed, around, &green)?;
             let green_labels = twin_pod_labels(
@@ -239,6 +244,23 @@ pub fn twin_for(
     }
 }
 
+/// Refuses a strategy that scales the set to 0 when the StatefulSet controller would then
+/// delete the set's PVCs (`whenScaled: Delete`): the data of every pod would be lost.
+fn refuse_claim_deletion(
+    config: &StrategyConfig,
+    observed: &Observed,
+    why: &'static str,
+) -> Result<(), PlanError> {
+    if observed.claims_deleted_when_scaled {
+        return Err(PlanError::ClaimsDeletedWhenScaled {
+            statefulset: observed.name.clone(),
+            strategy: config.kind().as_str(),
+            why,
+        });
+    }
+    Ok(())
+}
+
 /// The labels of a pod template given as JSON (none when it has none or they cannot be read).
 fn template_labels(template: &serde_json::Value) -> BTreeMap<String, String> {
     template
@@ -274,7 +296,12 @@ fn all_ordinals(replicas: u32, start: u32) -> Vec<u32> {
 }
 
 /// The plan of a recreate rollout: down to 0, the new template, back up, one gate on all.
-pub fn plan_recreate(config: &StrategyConfig, observed: &Observed) -> Plan {
+pub fn plan_recreate(config: &StrategyConfig, observed: &Observed) -> Result<Plan, PlanError> {
+    refuse_claim_deletion(
+        config,
+        observed,
+        "scaling it to 0 (recreate's first step, and its rollback)",
+    )?;
     let replicas = observed.replicas;
     let mut steps = Vec::new();
     let mut notes = Vec::new();
@@ -303,7 +330,7 @@ pub fn plan_recreate(config: &StrategyConfig, observed: &Observed) -> Plan {
             observed.name
         ));
     }
-    Plan {
+    Ok(Plan {
         statefulset: observed.name.clone(),
         strategy: config.kind(),
         replicas,
@@ -311,7 +338,7 @@ pub fn plan_recreate(config: &StrategyConfig, observed: &Observed) -> Plan {
         pod_management_policy: observed.pod_management_policy,
         steps,
         notes,
-    }
+    })
 }
 
 /// The plan of a blue/green or shadow rollout with its twin.
@@ -847,11 +874,13 @@ mod tests {
             StrategyFlags::default(),
             GateSpec::default(),
         );
-        assert_eq!(
-            shape(&plan_recreate(&rc, &observed(3))),
-            ["scale", "template", "scale", "gate"]
-        );
-        assert_eq!(shape(&plan_recreate(&rc, &observed(0))), ["template"]);
+        let recreate = |o: Observed| {
+            plan_recreate(&rc, &o)
+                .map(|p| shape(&p).join(" "))
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        assert_eq!(recreate(observed(3)), "scale template scale gate");
+        assert_eq!(recreate(observed(0)), "template");
         let sh = config(
             StrategyKind::Shadow,
             StrategyFlags::default(),
@@ -1247,5 +1276,48 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn strategies_that_scale_to_zero_refuse_sets_whose_claims_go_with_their_pods() {
+        let deleting = Observed {
+            claims_deleted_when_scaled: true,
+            ..observed(3)
+        };
+        let around = around(vec![service("web", &[("app", "web")], false)]);
+        let rc = config(
+            StrategyKind::Recreate,
+            StrategyFlags::default(),
+            GateSpec::default(),
+        );
+        let recreate = plan_recreate(&rc, &deleting)
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        let bg = plan_error(
+            &bluegreen_with(StrategyFlags::default()),
+            &deleting,
+            &around,
+            serde_json::json!({}),
+        );
+        for err in [recreate.err(), bg] {
+            let err = err.unwrap_or_else(|| panic!("refused"));
+            assert!(
+                err.contains("whenScaled is Delete")
+                    && err.contains("delete its pods' PVCs")
+                    && err.contains("to Retain"),
+                "{err}"
+            );
+        }
+        assert!(plan_recreate(&rc, &observed(3)).is_ok());
+        // A shadow never scales the set down.
+        let sh = config(
+            StrategyKind::Shadow,
+            StrategyFlags::default(),
+            GateSpec::default(),
+        );
+        assert_eq!(
+            plan_error(&sh, &deleting, &around, serde_json::json!({})),
+            None
+        );
     }
 }
