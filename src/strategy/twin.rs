@@ -9,8 +9,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
 use k8s_openapi::api::core::v1::{
-    PersistentVolumeClaim, PodTemplateSpec, TypedLocalObjectReference,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodTemplateSpec, TypedLocalObjectReference,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
 use crate::model::plan::{Plan, Step};
@@ -554,12 +555,14 @@ fn label_value(text: &str) -> String {
 
 /// The claims to clone before a green set starts (`--data clone`): for each ordinal and claim
 /// template, `<claim>-<green>-<ordinal>` with blue's claim of the same ordinal as `dataSource`.
-/// Claims that exist already are left out.
+/// Claims that exist already (in `existing`, the namespace's claims) are left out. A clone asks
+/// for at least its source's size (its request or its capacity, when the source was expanded
+/// beyond the claim template), since a clone smaller than its source is refused.
 pub fn clone_claims(
     blue: &StatefulSet,
     green: &StatefulSet,
     replicas: u32,
-    existing: &[String],
+    existing: &[PersistentVolumeClaim],
 ) -> Vec<PersistentVolumeClaim> {
     let (Some(blue_name), Some(green_name)) = (
         blue.metadata.name.as_deref(),
@@ -580,11 +583,24 @@ pub fn clone_claims(
                 continue;
             };
             let name = format!("{claim}-{green_name}-{i}");
-            if existing.contains(&name) {
+            if existing
+                .iter()
+                .any(|c| c.metadata.name.as_deref() == Some(name.as_str()))
+            {
                 continue;
             }
             let source = format!("{claim}-{blue_name}-{}", start + i);
             let mut spec = template.spec.clone().unwrap_or_default();
+            let source_claim = existing
+                .iter()
+                .find(|c| c.metadata.name.as_deref() == Some(source.as_str()));
+            if let Some(size) = clone_size(&spec, source_claim) {
+                spec.resources
+                    .get_or_insert_with(Default::default)
+                    .requests
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(STORAGE.to_string(), size);
+            }
             spec.data_source = Some(TypedLocalObjectReference {
                 api_group: None,
                 kind: "PersistentVolumeClaim".into(),
@@ -612,6 +628,76 @@ pub fn clone_claims(
         }
     }
     claims
+}
+
+const STORAGE: &str = "storage";
+
+/// The storage a clone asks for: the largest of the claim template's request and the source's
+/// request and capacity (`None`: keep the template's as it is). Sizes that cannot be read are
+/// left out of the comparison.
+fn clone_size(
+    template: &PersistentVolumeClaimSpec,
+    source: Option<&PersistentVolumeClaim>,
+) -> Option<Quantity> {
+    let requested = |spec: Option<&PersistentVolumeClaimSpec>| {
+        spec.and_then(|s| s.resources.as_ref())
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|r| r.get(STORAGE))
+            .cloned()
+    };
+    let own = requested(Some(template));
+    let candidates = [
+        own.clone(),
+        requested(source.and_then(|c| c.spec.as_ref())),
+        source
+            .and_then(|c| c.status.as_ref())
+            .and_then(|s| s.capacity.as_ref())
+            .and_then(|c| c.get(STORAGE))
+            .cloned(),
+    ];
+    let largest = candidates
+        .into_iter()
+        .flatten()
+        .filter_map(|q| quantity_value(&q.0).map(|v| (v, q)))
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, q)| q);
+    match (own, largest) {
+        (Some(own), Some(largest)) if quantity_value(&own.0) >= quantity_value(&largest.0) => None,
+        (_, largest) => largest,
+    }
+}
+
+/// The value of a Kubernetes quantity (`10Gi`, `500M`, `1.5e9`, `100m`), for comparing sizes.
+fn quantity_value(text: &str) -> Option<f64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
+        .unwrap_or(text.len());
+    let (number, suffix) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let factor = match suffix {
+        "" => 1.0,
+        "Ki" => 1024f64,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        exponent => {
+            let power: i32 = exponent
+                .strip_prefix(['e', 'E'])
+                .and_then(|e| e.parse().ok())?;
+            10f64.powi(power)
+        }
+    };
+    Some(number * factor)
 }
 
 /// The names of a set's claims: `<claim>-<set>-<ordinal>` for every template and ordinal below
@@ -1016,7 +1102,7 @@ mod tests {
     fn clones_pair_ordinals_and_skip_existing_claims() {
         let green = twin_statefulset(&blue(), &twin(TwinRole::Green, "web-bg1"), 3, "bluegreen-1")
             .unwrap_or_else(|| panic!("a set"));
-        let claims = clone_claims(&blue(), &green, 3, &["data-web-bg1-1".to_string()]);
+        let claims = clone_claims(&blue(), &green, 3, &[claim("data-web-bg1-1", None, None)]);
         let pairs: Vec<(String, String)> = claims
             .iter()
             .map(|c| {
@@ -1318,6 +1404,119 @@ mod tests {
         assert_eq!(
             plan_error(&sh, &deleting, &around, serde_json::json!({})),
             None
+        );
+    }
+
+    /// A claim named `name` asking for `request` with `capacity` in its status.
+    fn claim(name: &str, request: Option<&str>, capacity: Option<&str>) -> PersistentVolumeClaim {
+        let storage = |q: Option<&str>| {
+            q.map(|q| BTreeMap::from([(STORAGE.to_string(), Quantity(q.to_string()))]))
+        };
+        PersistentVolumeClaim {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(PersistentVolumeClaimSpec {
+                resources: Some(k8s_openapi::api::core::v1::VolumeResourceRequirements {
+                    requests: storage(request),
+                    ..Default::default()
+                }),
+                ..PersistentVolumeClaimSpec::default()
+            }),
+            status: capacity.map(
+                |_| k8s_openapi::api::core::v1::PersistentVolumeClaimStatus {
+                    capacity: storage(capacity),
+                    ..Default::default()
+                },
+            ),
+        }
+    }
+
+    #[test]
+    fn quantities_compare_by_value() {
+        let cases = [
+            ("1Gi", Some(1073741824.0)),
+            ("500Mi", Some(524288000.0)),
+            ("2G", Some(2e9)),
+            ("1.5Gi", Some(1.5 * 1073741824.0)),
+            ("1e9", Some(1e9)),
+            ("100m", Some(0.1)),
+            ("123", Some(123.0)),
+            ("1Zi", None),
+            ("", None),
+            ("Gi", None),
+        ];
+        for (text, value) in cases {
+            assert_eq!(quantity_value(text), value, "{text}");
+        }
+    }
+
+    #[test]
+    fn a_clone_is_never_smaller_than_its_source() {
+        let template = |size: Option<&str>| claim("data", size, None).spec.unwrap_or_default();
+        // (template request, source request, source capacity, the clone's request)
+        let cases = [
+            (Some("1Gi"), None, None, "1Gi"),
+            (Some("1Gi"), Some("1Gi"), Some("1Gi"), "1Gi"),
+            (Some("1Gi"), Some("5Gi"), Some("5Gi"), "5Gi"),
+            (Some("1Gi"), Some("5Gi"), None, "5Gi"),
+            // The provisioner gave more than was asked.
+            (Some("1Gi"), Some("1Gi"), Some("2Gi"), "2Gi"),
+            (Some("1Gi"), Some("2000Mi"), Some("1Gi"), "2000Mi"),
+            // The template is larger than the source: the template's size stays.
+            (Some("10Gi"), Some("5Gi"), Some("5Gi"), "10Gi"),
+            (None, Some("3Gi"), None, "3Gi"),
+            // An unreadable size is left out of the comparison.
+            (Some("1Gi"), Some("lots"), Some("2Gi"), "2Gi"),
+        ];
+        for (own, request, capacity, want) in cases {
+            let source = claim("data-web-0", request, capacity);
+            let got = clone_size(&template(own), Some(&source))
+                .or_else(|| own.map(|o| Quantity(o.to_string())));
+            assert_eq!(
+                got.map(|q| q.0).as_deref(),
+                Some(want),
+                "{own:?} {request:?} {capacity:?}"
+            );
+        }
+        assert_eq!(clone_size(&template(Some("1Gi")), None), None);
+
+        // Through clone_claims: blue's data-web-1 was expanded to 8Gi.
+        let mut blue = blue();
+        if let Some(t) = blue
+            .spec
+            .as_mut()
+            .and_then(|s| s.volume_claim_templates.as_mut())
+            .and_then(|t| t.first_mut())
+        {
+            t.spec = claim("data", Some("1Gi"), None).spec;
+        }
+        let green = twin_statefulset(&blue, &twin(TwinRole::Green, "web-bg1"), 3, "bluegreen-1")
+            .unwrap_or_else(|| panic!("a set"));
+        let existing = [
+            claim("data-web-0", Some("1Gi"), Some("1Gi")),
+            claim("data-web-1", Some("8Gi"), Some("8Gi")),
+        ];
+        let sizes: Vec<(String, String)> = clone_claims(&blue, &green, 3, &existing)
+            .into_iter()
+            .map(|c| {
+                let size = c
+                    .spec
+                    .and_then(|s| s.resources)
+                    .and_then(|r| r.requests)
+                    .and_then(|r| r.get(STORAGE).map(|q| q.0.clone()))
+                    .unwrap_or_default();
+                (c.metadata.name.unwrap_or_default(), size)
+            })
+            .collect();
+        assert_eq!(
+            sizes,
+            [
+                ("data-web-bg1-0".to_string(), "1Gi".to_string()),
+                ("data-web-bg1-1".to_string(), "8Gi".to_string()),
+                ("data-web-bg1-2".to_string(), "1Gi".to_string()),
+            ]
         );
     }
 }

@@ -493,16 +493,9 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         };
         let mut cloned = 0;
         if twin.role == TwinRole::Green && twin.data == DataMode::Clone {
-            let existing: Vec<String> = self
-                .cluster
-                .list_claims()
-                .await
-                .map_err(|e| {
-                    ExecError::api("listing PVCs in namespace", self.cluster.namespace(), e)
-                })?
-                .into_iter()
-                .filter_map(|c| c.metadata.name)
-                .collect();
+            let existing = self.cluster.list_claims().await.map_err(|e| {
+                ExecError::api("listing PVCs in namespace", self.cluster.namespace(), e)
+            })?;
             for claim in clone_claims(&blue, &desired, replicas, &existing) {
                 let name = claim.metadata.name.clone().unwrap_or_default();
                 let source = claim
