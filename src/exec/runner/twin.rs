@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::core::v1::{Pod, Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use tokio::time::Instant;
@@ -67,6 +67,24 @@ fn scaled(
         .filter(|p| pod_revision(p) == Some(revision))
         .find_map(hopeless)
         .map(Err)
+}
+
+/// What a scale step still waits for when it times out, pod by pod from the set's first
+/// ordinal (`spec.ordinals.start`, not always 0).
+fn scale_details(set: &str, pods: &[Pod], replicas: u32, start: u32, revision: &str) -> String {
+    if replicas == 0 {
+        return format!("{} pod(s) still there", pods.len());
+    }
+    (start..start.saturating_add(replicas))
+        .map(|o| {
+            describe_pod(
+                pod_by_ordinal(set, pods, o),
+                &format!("{set}-{o}"),
+                revision,
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl<C: Cluster, G: GateRunner> Runner<C, G> {
@@ -254,26 +272,25 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             Waited::Ready(Err(problem)) => self.step_cannot_finish(started, &problem)?,
             Waited::Deadline => {
                 let pods = self.set_pods_now(set);
-                let details = if replicas == 0 {
-                    format!("{} pod(s) still there", pods.len())
-                } else {
-                    let revision = revision.unwrap_or_default();
-                    (0..replicas)
-                        .map(|o| {
-                            describe_pod(
-                                pod_by_ordinal(set, &pods, o),
-                                &format!("{set}-{o}"),
-                                &revision,
-                            )
-                        })
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                };
+                let start = self.set_now(set).map_or(0, |s| observed::ordinal_start(&s));
+                let revision = revision.unwrap_or_default();
+                let details = scale_details(set, &pods, replicas, start, &revision);
                 self.step_timed_out(started, overall, &details)?;
             }
             Waited::Changed => {}
         }
         Ok(())
+    }
+
+    /// The set as its watch last saw it.
+    fn set_now(&self, set: &str) -> Option<k8s_openapi::api::apps::v1::StatefulSet> {
+        if set == self.name {
+            return self.view.borrow().statefulset.clone();
+        }
+        match self.twin_view.as_ref() {
+            Some((name, view)) if name == set => view.borrow().statefulset.clone(),
+            _ => None,
+        }
     }
 
     fn set_pods_now(&self, set: &str) -> Vec<k8s_openapi::api::core::v1::Pod> {
@@ -997,5 +1014,36 @@ fn describe_claims(claims: &[String], kept: bool) -> String {
             claims.join(", ")
         ),
         (n, false) => format!("its {n} PVC(s) were deleted: {}", claims.join(", ")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::strategy::predicates::tests::pod;
+
+    #[test]
+    fn a_timed_out_scale_names_the_pods_from_the_first_ordinal() {
+        let pods = vec![
+            pod("web-5", "web-b", true, false),
+            pod("web-6", "web-a", true, false),
+        ];
+        // (replicas, first ordinal, the details)
+        let cases = [
+            (
+                3,
+                5,
+                "web-5 is Ready; web-6 still runs revision web-a; web-7 does not exist yet",
+            ),
+            (1, 0, "web-0 does not exist yet"),
+            (0, 5, "2 pod(s) still there"),
+        ];
+        for (replicas, start, want) in cases {
+            assert_eq!(
+                scale_details("web", &pods, replicas, start, "web-b"),
+                want,
+                "{replicas} from {start}"
+            );
+        }
     }
 }
