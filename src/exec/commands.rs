@@ -32,7 +32,9 @@ use crate::strategy::planner::plan as make_plan;
 use crate::strategy::predicates::{
     is_ready, is_terminating, ordinals_not_ready, ordinals_released, pod_revision,
 };
-use crate::strategy::twin::{plan_twin, twin_for, twin_statefulset, ObservedService, Surroundings};
+use crate::strategy::twin::{
+    plan_twin, rollout_preview_home, twin_for, twin_statefulset, ObservedService, Surroundings,
+};
 use crate::strategy::TransitionError;
 
 /// How results are printed.
@@ -233,10 +235,14 @@ async fn surroundings<C: Cluster, G: GateRunner>(
             .and_then(|s| s.template.metadata.as_ref())
             .and_then(|m| m.labels.clone())
             .unwrap_or_default(),
+        set_selector: spec
+            .and_then(|s| s.selector.match_labels.clone())
+            .unwrap_or_default(),
         service_name: spec.and_then(|s| s.service_name.clone()),
         services: services
             .into_iter()
             .map(|s| ObservedService {
+                rollout_home: rollout_preview_home(&s.metadata),
                 name: s.metadata.name.unwrap_or_default(),
                 selector: s
                     .spec

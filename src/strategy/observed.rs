@@ -49,6 +49,9 @@ pub struct Observed {
     pub target_applied: bool,
     /// Ordinals of the pods that run the target revision.
     pub updated_ordinals: BTreeSet<u32>,
+    /// `spec.persistentVolumeClaimRetentionPolicy.whenScaled` is `Delete`: the StatefulSet
+    /// controller deletes the PVCs of every ordinal a scale-down removes.
+    pub claims_deleted_when_scaled: bool,
 }
 
 fn non_negative(statefulset: &str, field: &'static str, value: i32) -> Result<u32, ObserveError> {
@@ -95,6 +98,11 @@ impl Observed {
             ),
             target_applied: false,
             updated_ordinals: BTreeSet::new(),
+            claims_deleted_when_scaled: spec
+                .persistent_volume_claim_retention_policy
+                .as_ref()
+                .and_then(|p| p.when_scaled.as_deref())
+                == Some("Delete"),
             name,
         })
     }
@@ -225,6 +233,32 @@ mod tests {
         assert_eq!(o.update_revision.as_deref(), Some("web-b"));
         assert!(!o.target_applied);
         assert_eq!(o.released(), 0);
+    }
+
+    #[test]
+    fn reads_whether_a_scale_down_deletes_claims() {
+        use k8s_openapi::api::apps::v1::StatefulSetPersistentVolumeClaimRetentionPolicy as Policy;
+        let cases = [
+            (None, false),
+            (Some(Policy::default()), false),
+            (Some(policy(Some("Retain"), Some("Delete"))), false),
+            (Some(policy(Some("Delete"), None)), true),
+            (Some(policy(Some("Delete"), Some("Delete"))), true),
+        ];
+        fn policy(when_scaled: Option<&str>, when_deleted: Option<&str>) -> Policy {
+            Policy {
+                when_scaled: when_scaled.map(String::from),
+                when_deleted: when_deleted.map(String::from),
+            }
+        }
+        for (retention, deleted) in cases {
+            let mut set = sts(Some(3), None, None, None);
+            if let Some(spec) = set.spec.as_mut() {
+                spec.persistent_volume_claim_retention_policy = retention.clone();
+            }
+            let o = Observed::from_statefulset(&set).unwrap_or_default();
+            assert_eq!(o.claims_deleted_when_scaled, deleted, "{retention:?}");
+        }
     }
 
     #[test]

@@ -22,6 +22,35 @@ pub enum PlanError {
     TooManySteps { statefulset: String, steps: usize },
     #[error("blue/green of StatefulSet {statefulset} needs a live Service to switch: {detail}")]
     NoLiveService { statefulset: String, detail: String },
+    #[error("blue/green of StatefulSet {statefulset} needs the preview Service name {service}, but a Service {service} that rollout did not create exists in this namespace; rollout would point it at the new pods and delete it, so nothing was changed: rename or delete that Service, then run again")]
+    PreviewServiceTaken {
+        statefulset: String,
+        service: String,
+    },
+    #[error("blue/green of StatefulSet {statefulset} with --service {named}: {others} its pods and would send traffic to the new pods as soon as they are Ready, before the switch; nothing was changed: give every Service that selects these pods with --service ({flags}), or change the others' selectors so they do not select these pods")]
+    UnlistedServices {
+        statefulset: String,
+        /// The Services named with `--service`, comma-separated.
+        named: String,
+        /// The other Services that select the pods, with the verb (`Service a also selects`).
+        others: String,
+        /// The `--service` flags that list every one of them.
+        flags: String,
+    },
+    #[error("blue/green of StatefulSet {statefulset}: after the switch Service {service} would select {selector}, which no pod of the new version matches (its pods carry {labels}), so the Service would serve no pod; nothing was changed: keep the labels the Service selects in the new pod template, or change the Service's selector")]
+    GreenUnselected {
+        statefulset: String,
+        service: String,
+        selector: String,
+        labels: String,
+    },
+    #[error("{strategy} of StatefulSet {statefulset} refused: its persistentVolumeClaimRetentionPolicy.whenScaled is Delete, so {why} would make the StatefulSet controller delete its pods' PVCs and their data; nothing was changed: set spec.persistentVolumeClaimRetentionPolicy.whenScaled to Retain first, or roll with rolling or canary, which keep every pod on its PVC")]
+    ClaimsDeletedWhenScaled {
+        statefulset: String,
+        strategy: &'static str,
+        /// The step that scales the set down.
+        why: &'static str,
+    },
     #[error("planning the {strategy} rollout of StatefulSet {statefulset}: its Services and neighbours were not read")]
     SurroundingsMissing {
         statefulset: String,
@@ -44,7 +73,7 @@ struct Target {
 /// already reached (a re-run after the partition was lowered) are left out, with a note.
 pub fn plan(config: &StrategyConfig, observed: &Observed) -> Result<Plan, PlanError> {
     match &config.params {
-        StrategyParams::Recreate => return Ok(super::twin::plan_recreate(config, observed)),
+        StrategyParams::Recreate => return super::twin::plan_recreate(config, observed),
         StrategyParams::BlueGreen(_) | StrategyParams::Shadow(_) => {
             // These are planned with their surroundings by `super::twin::plan_twin`.
             return Err(PlanError::SurroundingsMissing {

@@ -9,8 +9,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
 use k8s_openapi::api::core::v1::{
-    PersistentVolumeClaim, PodTemplateSpec, TypedLocalObjectReference,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodTemplateSpec, TypedLocalObjectReference,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
 use crate::model::plan::{Plan, Step};
@@ -33,6 +34,17 @@ pub struct ObservedService {
     pub selector: BTreeMap<String, String>,
     /// `clusterIP: None`: a headless Service, the set's DNS, never switched.
     pub headless: bool,
+    /// The home set named by the marker on a preview Service `rollout` created
+    /// ([`rollout_preview_home`]); `None` on anyone else's Service.
+    pub rollout_home: Option<String>,
+}
+
+/// The home set a Service was created for by `rollout` (a preview Service carries the set label
+/// and the home annotation); `None` for a Service someone else made, which `rollout` must never
+/// take over or delete.
+pub fn rollout_preview_home(meta: &ObjectMeta) -> Option<String> {
+    meta.labels.as_ref()?.get(SET_LABEL)?;
+    meta.annotations.as_ref()?.get(HOME_ANNOTATION).cloned()
 }
 
 /// What around a set a blue/green or shadow plan depends on.
@@ -42,6 +54,8 @@ pub struct Surroundings {
     pub home: String,
     /// Labels of the set's pod template.
     pub template_labels: BTreeMap<String, String>,
+    /// `spec.selector.matchLabels` of the set (green's selector starts from it).
+    pub set_selector: BTreeMap<String, String>,
     /// `spec.serviceName` of the set.
     pub service_name: Option<String>,
     /// Every Service of the namespace.
@@ -110,6 +124,37 @@ fn live_services(
             }
             chosen.push(service);
         }
+        // A Service that selects the pods but is neither pinned nor switched would take green's
+        // pods as soon as they are Ready, before any gate or promote. The governing headless
+        // Service is left out: green's pods need it for their DNS names.
+        let preview = preview_name(&around.home);
+        let unlisted: Vec<&str> = selecting
+            .iter()
+            .filter(|s| !s.headless && Some(&s.name) != around.service_name.as_ref())
+            .filter(|s| !(s.name == preview && s.rollout_home.as_ref() == Some(&around.home)))
+            .filter(|s| !config_services.contains(&s.name))
+            .map(|s| s.name.as_str())
+            .collect();
+        if !unlisted.is_empty() {
+            let all: Vec<&str> = config_services
+                .iter()
+                .map(String::as_str)
+                .chain(unlisted.iter().copied())
+                .collect();
+            return Err(PlanError::UnlistedServices {
+                statefulset: name.clone(),
+                named: config_services.join(", "),
+                others: match unlisted.as_slice() {
+                    [one] => format!("Service {one} also selects"),
+                    many => format!("Services {} also select", many.join(", ")),
+                },
+                flags: all
+                    .iter()
+                    .map(|s| format!("--service {s}"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            });
+        }
         chosen
     };
     let labelled = around.template_labels.get(SET_LABEL) == Some(name);
@@ -137,11 +182,44 @@ pub fn twin_for(
 ) -> Result<Option<Twin>, PlanError> {
     match &config.params {
         StrategyParams::BlueGreen(p) => {
+            let preview = preview_name(&around.home);
+            if let Some(taken) = around.services.iter().find(|s| s.name == preview) {
+                if taken.rollout_home.as_ref() != Some(&around.home) {
+                    return Err(PlanError::PreviewServiceTaken {
+                        statefulset: observed.name.clone(),
+                        service: preview,
+                    });
+                }
+            }
+            refuse_claim_deletion(
+                config,
+                observed,
+                "scaling it to 0 after the switch (blue/green's last step)",
+            )?;
             let green = free_twin_name(&around.home, &around.sets, &around.claims);
             let services = live_services(&p.services, observed, around, &green)?;
+            let green_labels = twin_pod_labels(
+                template_labels(template),
+                &twin_selector(&around.set_selector, &green),
+                &green,
+            );
+            for service in &services {
+                let matches = service
+                    .green
+                    .iter()
+                    .all(|(k, v)| green_labels.get(k) == Some(v));
+                if !matches {
+                    return Err(PlanError::GreenUnselected {
+                        statefulset: observed.name.clone(),
+                        service: service.name.clone(),
+                        selector: render_selector(&service.green),
+                        labels: render_selector(&green_labels),
+                    });
+                }
+            }
             Ok(Some(Twin {
                 role: TwinRole::Green,
-                preview: Some(preview_name(&around.home)),
+                preview: Some(preview),
                 set: green,
                 home: around.home.clone(),
                 services,
@@ -167,13 +245,64 @@ pub fn twin_for(
     }
 }
 
+/// Refuses a strategy that scales the set to 0 when the StatefulSet controller would then
+/// delete the set's PVCs (`whenScaled: Delete`): the data of every pod would be lost.
+fn refuse_claim_deletion(
+    config: &StrategyConfig,
+    observed: &Observed,
+    why: &'static str,
+) -> Result<(), PlanError> {
+    if observed.claims_deleted_when_scaled {
+        return Err(PlanError::ClaimsDeletedWhenScaled {
+            statefulset: observed.name.clone(),
+            strategy: config.kind().as_str(),
+            why,
+        });
+    }
+    Ok(())
+}
+
+/// The labels of a pod template given as JSON (none when it has none or they cannot be read).
+fn template_labels(template: &serde_json::Value) -> BTreeMap<String, String> {
+    template
+        .pointer("/metadata/labels")
+        .and_then(|l| serde_json::from_value(l.clone()).ok())
+        .unwrap_or_default()
+}
+
+/// A twin's selector: `base` (blue's for green, nothing for a shadow) with the set label.
+fn twin_selector(base: &BTreeMap<String, String>, set: &str) -> BTreeMap<String, String> {
+    let mut selector = base.clone();
+    selector.insert(SET_LABEL.to_string(), set.to_string());
+    selector
+}
+
+/// A twin's pod labels: `base` (the new template's for green) with the set label and the
+/// selector's labels, which win (a StatefulSet's selector must match its pods).
+fn twin_pod_labels(
+    mut base: BTreeMap<String, String>,
+    selector: &BTreeMap<String, String>,
+    set: &str,
+) -> BTreeMap<String, String> {
+    base.insert(SET_LABEL.to_string(), set.to_string());
+    for (k, v) in selector {
+        base.insert(k.clone(), v.clone());
+    }
+    base
+}
+
 /// Every ordinal of a set of `replicas` pods, highest first.
 fn all_ordinals(replicas: u32, start: u32) -> Vec<u32> {
     ordinals_released(replicas, start, replicas, 0)
 }
 
 /// The plan of a recreate rollout: down to 0, the new template, back up, one gate on all.
-pub fn plan_recreate(config: &StrategyConfig, observed: &Observed) -> Plan {
+pub fn plan_recreate(config: &StrategyConfig, observed: &Observed) -> Result<Plan, PlanError> {
+    refuse_claim_deletion(
+        config,
+        observed,
+        "scaling it to 0 (recreate's first step, and its rollback)",
+    )?;
     let replicas = observed.replicas;
     let mut steps = Vec::new();
     let mut notes = Vec::new();
@@ -202,7 +331,7 @@ pub fn plan_recreate(config: &StrategyConfig, observed: &Observed) -> Plan {
             observed.name
         ));
     }
-    Plan {
+    Ok(Plan {
         statefulset: observed.name.clone(),
         strategy: config.kind(),
         replicas,
@@ -210,7 +339,7 @@ pub fn plan_recreate(config: &StrategyConfig, observed: &Observed) -> Plan {
         pod_management_policy: observed.pod_management_policy,
         steps,
         notes,
-    }
+    })
 }
 
 /// The plan of a blue/green or shadow rollout with its twin.
@@ -336,7 +465,7 @@ pub fn twin_statefulset(
     let blue_name = blue.metadata.name.clone()?;
     let blue_spec = blue.spec.as_ref()?;
     let mut template: PodTemplateSpec = serde_json::from_value(twin.template.clone()).ok()?;
-    let mut pod_labels: BTreeMap<String, String> = match twin.role {
+    let base_labels: BTreeMap<String, String> = match twin.role {
         TwinRole::Green => template
             .metadata
             .as_ref()
@@ -344,15 +473,14 @@ pub fn twin_statefulset(
             .unwrap_or_default(),
         TwinRole::Shadow => BTreeMap::from([(SHADOW_OF_LABEL.to_string(), twin.home.clone())]),
     };
-    pod_labels.insert(SET_LABEL.to_string(), twin.set.clone());
-    let mut selector: BTreeMap<String, String> = match twin.role {
-        TwinRole::Green => blue_spec.selector.match_labels.clone().unwrap_or_default(),
-        TwinRole::Shadow => BTreeMap::new(),
+    let selector = match twin.role {
+        TwinRole::Green => twin_selector(
+            &blue_spec.selector.match_labels.clone().unwrap_or_default(),
+            &twin.set,
+        ),
+        TwinRole::Shadow => twin_selector(&BTreeMap::new(), &twin.set),
     };
-    selector.insert(SET_LABEL.to_string(), twin.set.clone());
-    for (k, v) in &selector {
-        pod_labels.insert(k.clone(), v.clone());
-    }
+    let pod_labels = twin_pod_labels(base_labels, &selector, &twin.set);
     let meta = template.metadata.get_or_insert_with(ObjectMeta::default);
     meta.labels = Some(pod_labels.clone());
     let mut annotations = BTreeMap::from([(HOME_ANNOTATION.to_string(), twin.home.clone())]);
@@ -427,12 +555,14 @@ fn label_value(text: &str) -> String {
 
 /// The claims to clone before a green set starts (`--data clone`): for each ordinal and claim
 /// template, `<claim>-<green>-<ordinal>` with blue's claim of the same ordinal as `dataSource`.
-/// Claims that exist already are left out.
+/// Claims that exist already (in `existing`, the namespace's claims) are left out. A clone asks
+/// for at least its source's size (its request or its capacity, when the source was expanded
+/// beyond the claim template), since a clone smaller than its source is refused.
 pub fn clone_claims(
     blue: &StatefulSet,
     green: &StatefulSet,
     replicas: u32,
-    existing: &[String],
+    existing: &[PersistentVolumeClaim],
 ) -> Vec<PersistentVolumeClaim> {
     let (Some(blue_name), Some(green_name)) = (
         blue.metadata.name.as_deref(),
@@ -453,11 +583,24 @@ pub fn clone_claims(
                 continue;
             };
             let name = format!("{claim}-{green_name}-{i}");
-            if existing.contains(&name) {
+            if existing
+                .iter()
+                .any(|c| c.metadata.name.as_deref() == Some(name.as_str()))
+            {
                 continue;
             }
             let source = format!("{claim}-{blue_name}-{}", start + i);
             let mut spec = template.spec.clone().unwrap_or_default();
+            let source_claim = existing
+                .iter()
+                .find(|c| c.metadata.name.as_deref() == Some(source.as_str()));
+            if let Some(size) = clone_size(&spec, source_claim) {
+                spec.resources
+                    .get_or_insert_with(Default::default)
+                    .requests
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(STORAGE.to_string(), size);
+            }
             spec.data_source = Some(TypedLocalObjectReference {
                 api_group: None,
                 kind: "PersistentVolumeClaim".into(),
@@ -485,6 +628,76 @@ pub fn clone_claims(
         }
     }
     claims
+}
+
+const STORAGE: &str = "storage";
+
+/// The storage a clone asks for: the largest of the claim template's request and the source's
+/// request and capacity (`None`: keep the template's as it is). Sizes that cannot be read are
+/// left out of the comparison.
+fn clone_size(
+    template: &PersistentVolumeClaimSpec,
+    source: Option<&PersistentVolumeClaim>,
+) -> Option<Quantity> {
+    let requested = |spec: Option<&PersistentVolumeClaimSpec>| {
+        spec.and_then(|s| s.resources.as_ref())
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|r| r.get(STORAGE))
+            .cloned()
+    };
+    let own = requested(Some(template));
+    let candidates = [
+        own.clone(),
+        requested(source.and_then(|c| c.spec.as_ref())),
+        source
+            .and_then(|c| c.status.as_ref())
+            .and_then(|s| s.capacity.as_ref())
+            .and_then(|c| c.get(STORAGE))
+            .cloned(),
+    ];
+    let largest = candidates
+        .into_iter()
+        .flatten()
+        .filter_map(|q| quantity_value(&q.0).map(|v| (v, q)))
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, q)| q);
+    match (own, largest) {
+        (Some(own), Some(largest)) if quantity_value(&own.0) >= quantity_value(&largest.0) => None,
+        (_, largest) => largest,
+    }
+}
+
+/// The value of a Kubernetes quantity (`10Gi`, `500M`, `1.5e9`, `100m`), for comparing sizes.
+fn quantity_value(text: &str) -> Option<f64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
+        .unwrap_or(text.len());
+    let (number, suffix) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let factor = match suffix {
+        "" => 1.0,
+        "Ki" => 1024f64,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        exponent => {
+            let power: i32 = exponent
+                .strip_prefix(['e', 'E'])
+                .and_then(|e| e.parse().ok())?;
+            10f64.powi(power)
+        }
+    };
+    Some(number * factor)
 }
 
 /// The names of a set's claims: `<claim>-<set>-<ordinal>` for every template and ordinal below
@@ -551,6 +764,7 @@ mod tests {
         Surroundings {
             home: "web".into(),
             template_labels: map(&[("app", "web")]),
+            set_selector: map(&[("app", "web")]),
             service_name: Some("web-pods".into()),
             services,
             sets: vec!["web".into()],
@@ -563,6 +777,7 @@ mod tests {
             name: name.into(),
             selector: map(selector),
             headless,
+            rollout_home: None,
         }
     }
 
@@ -745,11 +960,13 @@ mod tests {
             StrategyFlags::default(),
             GateSpec::default(),
         );
-        assert_eq!(
-            shape(&plan_recreate(&rc, &observed(3))),
-            ["scale", "template", "scale", "gate"]
-        );
-        assert_eq!(shape(&plan_recreate(&rc, &observed(0))), ["template"]);
+        let recreate = |o: Observed| {
+            plan_recreate(&rc, &o)
+                .map(|p| shape(&p).join(" "))
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        assert_eq!(recreate(observed(3)), "scale template scale gate");
+        assert_eq!(recreate(observed(0)), "template");
         let sh = config(
             StrategyKind::Shadow,
             StrategyFlags::default(),
@@ -885,7 +1102,7 @@ mod tests {
     fn clones_pair_ordinals_and_skip_existing_claims() {
         let green = twin_statefulset(&blue(), &twin(TwinRole::Green, "web-bg1"), 3, "bluegreen-1")
             .unwrap_or_else(|| panic!("a set"));
-        let claims = clone_claims(&blue(), &green, 3, &["data-web-bg1-1".to_string()]);
+        let claims = clone_claims(&blue(), &green, 3, &[claim("data-web-bg1-1", None, None)]);
         let pairs: Vec<(String, String)> = claims
             .iter()
             .map(|c| {
@@ -920,5 +1137,386 @@ mod tests {
             .map(String::as_str)
             == Some("web-bg1")));
         assert_eq!(claim_names(&green, 2), ["data-web-bg1-0", "data-web-bg1-1"]);
+    }
+
+    fn bluegreen_with(flags: StrategyFlags) -> StrategyConfig {
+        config(StrategyKind::BlueGreen, flags, GateSpec::default())
+    }
+
+    fn plan_error(
+        config: &StrategyConfig,
+        seen: &Observed,
+        around: &Surroundings,
+        template: serde_json::Value,
+    ) -> Option<String> {
+        twin_for(config, seen, around, &template)
+            .err()
+            .map(|e| e.to_string())
+    }
+
+    #[test]
+    fn rollout_marks_the_preview_services_it_makes() {
+        let meta = |labels: &[(&str, &str)], annotations: &[(&str, &str)]| ObjectMeta {
+            labels: (!labels.is_empty()).then(|| map(labels)),
+            annotations: (!annotations.is_empty()).then(|| map(annotations)),
+            ..ObjectMeta::default()
+        };
+        let cases = [
+            (
+                meta(&[(SET_LABEL, "web-bg1")], &[(HOME_ANNOTATION, "web")]),
+                Some("web"),
+            ),
+            (meta(&[], &[(HOME_ANNOTATION, "web")]), None),
+            (meta(&[(SET_LABEL, "web-bg1")], &[]), None),
+            (meta(&[("app", "web")], &[("owner", "me")]), None),
+            (meta(&[], &[]), None),
+        ];
+        for (meta, home) in cases {
+            assert_eq!(rollout_preview_home(&meta).as_deref(), home, "{meta:?}");
+        }
+    }
+
+    #[test]
+    fn a_preview_name_held_by_someone_elses_service_is_refused() {
+        let live = service("web", &[("app", "web")], false);
+        let preview = |home: Option<&str>| ObservedService {
+            rollout_home: home.map(String::from),
+            ..service("web-preview", &[("app", "mine")], false)
+        };
+        // (the Service named web-preview, refused)
+        let cases = [
+            (None, false),
+            (Some(preview(None)), true),
+            (Some(preview(Some("other"))), true),
+            (Some(preview(Some("web"))), false),
+        ];
+        for (taken, refused) in cases {
+            let services: Vec<ObservedService> =
+                std::iter::once(live.clone()).chain(taken.clone()).collect();
+            let err = plan_error(
+                &bluegreen_with(StrategyFlags::default()),
+                &observed(3),
+                &around(services),
+                serde_json::json!({}),
+            );
+            assert_eq!(err.is_some(), refused, "{taken:?}: {err:?}");
+            if let Some(err) = err {
+                assert!(
+                    err.contains("web-preview") && err.contains("rename or delete"),
+                    "{err}"
+                );
+            }
+        }
+        // A shadow makes no preview Service.
+        let shadow = config(
+            StrategyKind::Shadow,
+            StrategyFlags::default(),
+            GateSpec::default(),
+        );
+        let services = vec![live, preview(None)];
+        assert_eq!(
+            plan_error(
+                &shadow,
+                &observed(3),
+                &around(services),
+                serde_json::json!({})
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn services_selecting_the_pods_must_all_be_named() {
+        let named = |names: &[&str]| {
+            bluegreen_with(StrategyFlags {
+                services: names.iter().map(|n| n.to_string()).collect(),
+                ..StrategyFlags::default()
+            })
+        };
+        let web = service("web", &[("app", "web")], false);
+        let own_preview = ObservedService {
+            rollout_home: Some("web".into()),
+            ..service("web-preview", &[("app", "web")], false)
+        };
+        // (Services besides `web`, the --service flags, a fragment of the error or None)
+        let cases: Vec<(Vec<ObservedService>, Vec<&str>, Option<&str>)> = vec![
+            (vec![], vec!["web"], None),
+            (
+                vec![service("web-extra", &[("app", "web")], false)],
+                vec!["web"],
+                Some("Service web-extra also selects its pods"),
+            ),
+            (
+                vec![
+                    service("web-extra", &[("app", "web")], false),
+                    service("web-lb", &[], false),
+                    service("web-admin", &[("app", "web")], false),
+                ],
+                vec!["web"],
+                Some("Services web-extra, web-admin also select"),
+            ),
+            (
+                vec![service("web-extra", &[("app", "web")], false)],
+                vec!["web"],
+                Some("--service web --service web-extra"),
+            ),
+            (
+                vec![service("web-extra", &[("app", "web")], false)],
+                vec!["web", "web-extra"],
+                None,
+            ),
+            // The governing headless Service and any other headless one give pods DNS names and
+            // are left alone.
+            (
+                vec![service("web-pods", &[("app", "web")], true)],
+                vec!["web"],
+                None,
+            ),
+            (
+                vec![service("web-dns", &[("app", "web")], true)],
+                vec!["web"],
+                None,
+            ),
+            (
+                vec![service("other", &[("app", "other")], false)],
+                vec!["web"],
+                None,
+            ),
+            (vec![own_preview], vec!["web"], None),
+        ];
+        for (others, flags, fragment) in cases {
+            let services: Vec<ObservedService> =
+                std::iter::once(web.clone()).chain(others.clone()).collect();
+            let err = plan_error(
+                &named(&flags),
+                &observed(3),
+                &around(services),
+                serde_json::json!({}),
+            );
+            match (fragment, err) {
+                (None, None) => {}
+                (Some(fragment), Some(err)) => assert!(err.contains(fragment), "{err}"),
+                (fragment, err) => {
+                    panic!("{others:?} {flags:?}: expected {fragment:?}, got {err:?}")
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_live_service_must_select_green_pods_after_the_switch() {
+        let template =
+            |labels: serde_json::Value| serde_json::json!({"metadata": {"labels": labels}});
+        // (the live Service's selector, the new template's labels, a fragment of the error)
+        type Case = (
+            Vec<(&'static str, &'static str)>,
+            serde_json::Value,
+            Option<&'static str>,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                vec![("app", "web")],
+                serde_json::json!({"app": "web"}),
+                None,
+            ),
+            (
+                vec![("app", "web"), ("version", "v1")],
+                serde_json::json!({"app": "web", "version": "v1"}),
+                None,
+            ),
+            (
+                vec![("app", "web"), ("version", "v1")],
+                serde_json::json!({"app": "web", "version": "v2"}),
+                Some("Service web would select app=web,rollout.dev/set=web-bg1,version=v1"),
+            ),
+            (
+                vec![("app", "web"), ("tier", "front")],
+                serde_json::json!({"app": "web"}),
+                Some("its pods carry app=web,rollout.dev/set=web-bg1"),
+            ),
+            // Labels of the set's selector are put on green's pods whatever the template says.
+            (
+                vec![("app", "web")],
+                serde_json::json!({"version": "v2"}),
+                None,
+            ),
+            (vec![("app", "web")], serde_json::json!(null), None),
+        ];
+        for (selector, labels, fragment) in cases {
+            let mut around = around(vec![service("web", &selector, false)]);
+            around.template_labels = map(&selector);
+            let err = plan_error(
+                &bluegreen_with(StrategyFlags::default()),
+                &observed(3),
+                &around,
+                template(labels.clone()),
+            );
+            match (fragment, err) {
+                (None, None) => {}
+                (Some(fragment), Some(err)) => {
+                    assert!(err.contains(fragment), "{err}");
+                    assert!(err.contains("serve no pod"), "{err}");
+                }
+                (fragment, err) => {
+                    panic!("{selector:?} {labels}: expected {fragment:?}, got {err:?}")
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn strategies_that_scale_to_zero_refuse_sets_whose_claims_go_with_their_pods() {
+        let deleting = Observed {
+            claims_deleted_when_scaled: true,
+            ..observed(3)
+        };
+        let around = around(vec![service("web", &[("app", "web")], false)]);
+        let rc = config(
+            StrategyKind::Recreate,
+            StrategyFlags::default(),
+            GateSpec::default(),
+        );
+        let recreate = plan_recreate(&rc, &deleting)
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        let bg = plan_error(
+            &bluegreen_with(StrategyFlags::default()),
+            &deleting,
+            &around,
+            serde_json::json!({}),
+        );
+        for err in [recreate.err(), bg] {
+            let err = err.unwrap_or_else(|| panic!("refused"));
+            assert!(
+                err.contains("whenScaled is Delete")
+                    && err.contains("delete its pods' PVCs")
+                    && err.contains("to Retain"),
+                "{err}"
+            );
+        }
+        assert!(plan_recreate(&rc, &observed(3)).is_ok());
+        // A shadow never scales the set down.
+        let sh = config(
+            StrategyKind::Shadow,
+            StrategyFlags::default(),
+            GateSpec::default(),
+        );
+        assert_eq!(
+            plan_error(&sh, &deleting, &around, serde_json::json!({})),
+            None
+        );
+    }
+
+    /// A claim named `name` asking for `request` with `capacity` in its status.
+    fn claim(name: &str, request: Option<&str>, capacity: Option<&str>) -> PersistentVolumeClaim {
+        let storage = |q: Option<&str>| {
+            q.map(|q| BTreeMap::from([(STORAGE.to_string(), Quantity(q.to_string()))]))
+        };
+        PersistentVolumeClaim {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(PersistentVolumeClaimSpec {
+                resources: Some(k8s_openapi::api::core::v1::VolumeResourceRequirements {
+                    requests: storage(request),
+                    ..Default::default()
+                }),
+                ..PersistentVolumeClaimSpec::default()
+            }),
+            status: capacity.map(
+                |_| k8s_openapi::api::core::v1::PersistentVolumeClaimStatus {
+                    capacity: storage(capacity),
+                    ..Default::default()
+                },
+            ),
+        }
+    }
+
+    #[test]
+    fn quantities_compare_by_value() {
+        let cases = [
+            ("1Gi", Some(1073741824.0)),
+            ("500Mi", Some(524288000.0)),
+            ("2G", Some(2e9)),
+            ("1.5Gi", Some(1.5 * 1073741824.0)),
+            ("1e9", Some(1e9)),
+            ("100m", Some(0.1)),
+            ("123", Some(123.0)),
+            ("1Zi", None),
+            ("", None),
+            ("Gi", None),
+        ];
+        for (text, value) in cases {
+            assert_eq!(quantity_value(text), value, "{text}");
+        }
+    }
+
+    #[test]
+    fn a_clone_is_never_smaller_than_its_source() {
+        let template = |size: Option<&str>| claim("data", size, None).spec.unwrap_or_default();
+        // (template request, source request, source capacity, the clone's request)
+        let cases = [
+            (Some("1Gi"), None, None, "1Gi"),
+            (Some("1Gi"), Some("1Gi"), Some("1Gi"), "1Gi"),
+            (Some("1Gi"), Some("5Gi"), Some("5Gi"), "5Gi"),
+            (Some("1Gi"), Some("5Gi"), None, "5Gi"),
+            // The provisioner gave more than was asked.
+            (Some("1Gi"), Some("1Gi"), Some("2Gi"), "2Gi"),
+            (Some("1Gi"), Some("2000Mi"), Some("1Gi"), "2000Mi"),
+            // The template is larger than the source: the template's size stays.
+            (Some("10Gi"), Some("5Gi"), Some("5Gi"), "10Gi"),
+            (None, Some("3Gi"), None, "3Gi"),
+            // An unreadable size is left out of the comparison.
+            (Some("1Gi"), Some("lots"), Some("2Gi"), "2Gi"),
+        ];
+        for (own, request, capacity, want) in cases {
+            let source = claim("data-web-0", request, capacity);
+            let got = clone_size(&template(own), Some(&source))
+                .or_else(|| own.map(|o| Quantity(o.to_string())));
+            assert_eq!(
+                got.map(|q| q.0).as_deref(),
+                Some(want),
+                "{own:?} {request:?} {capacity:?}"
+            );
+        }
+        assert_eq!(clone_size(&template(Some("1Gi")), None), None);
+
+        // Through clone_claims: blue's data-web-1 was expanded to 8Gi.
+        let mut blue = blue();
+        if let Some(t) = blue
+            .spec
+            .as_mut()
+            .and_then(|s| s.volume_claim_templates.as_mut())
+            .and_then(|t| t.first_mut())
+        {
+            t.spec = claim("data", Some("1Gi"), None).spec;
+        }
+        let green = twin_statefulset(&blue, &twin(TwinRole::Green, "web-bg1"), 3, "bluegreen-1")
+            .unwrap_or_else(|| panic!("a set"));
+        let existing = [
+            claim("data-web-0", Some("1Gi"), Some("1Gi")),
+            claim("data-web-1", Some("8Gi"), Some("8Gi")),
+        ];
+        let sizes: Vec<(String, String)> = clone_claims(&blue, &green, 3, &existing)
+            .into_iter()
+            .map(|c| {
+                let size = c
+                    .spec
+                    .and_then(|s| s.resources)
+                    .and_then(|r| r.requests)
+                    .and_then(|r| r.get(STORAGE).map(|q| q.0.clone()))
+                    .unwrap_or_default();
+                (c.metadata.name.unwrap_or_default(), size)
+            })
+            .collect();
+        assert_eq!(
+            sizes,
+            [
+                ("data-web-bg1-0".to_string(), "1Gi".to_string()),
+                ("data-web-bg1-1".to_string(), "8Gi".to_string()),
+                ("data-web-bg1-2".to_string(), "1Gi".to_string()),
+            ]
+        );
     }
 }

@@ -809,6 +809,120 @@ async fn green_volumes_start_empty_by_default() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A ClusterIP Service `name` selecting `selector`, port 80 to the app's port.
+fn cluster_ip_service(name: &str, selector: &[(&str, &str)]) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name},
+        "spec": {
+            "type": "ClusterIP",
+            "selector": labels(selector),
+            "ports": [{"port": 80, "targetPort": 8080}]
+        }
+    })
+}
+
+/// A Service as a user would compare it: uid, resourceVersion and selector.
+async fn service_identity(
+    ns: &TestNs,
+    name: &str,
+) -> anyhow::Result<(String, String, BTreeMap<String, String>)> {
+    let svc = ns.api::<Service>().get(name).await?;
+    Ok((
+        svc.metadata.uid.unwrap_or_default(),
+        svc.metadata.resource_version.unwrap_or_default(),
+        svc.spec.and_then(|s| s.selector).unwrap_or_default(),
+    ))
+}
+
+/// Nothing of a blue/green was made: no green set or claims, blue's pods as they were and the
+/// live Service on its original selector.
+async fn assert_nothing_changed(
+    app: &App,
+    blue_before: &BTreeMap<String, (String, i32)>,
+) -> anyhow::Result<()> {
+    assert_eq!(
+        replicas(&app.ns, GREEN).await?,
+        None,
+        "no {GREEN} was created"
+    );
+    assert!(
+        claims_of(&app.ns, GREEN).await?.is_empty(),
+        "no claim of {GREEN}"
+    );
+    assert_eq!(selector(&app.ns, STS).await?, original_selector());
+    assert_eq!(&identities(&app.ns, BLUE_PODS).await?, blue_before);
+    assert_eq!(replicas(&app.ns, STS).await?, Some(3));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_users_own_preview_service_is_refused_and_left_alone() -> anyhow::Result<()> {
+    let app = App::deploy("bg-own-preview", 3, false).await?;
+    let blue = identities(&app.ns, BLUE_PODS).await?;
+    app.ns
+        .apply_value(cluster_ip_service(PREVIEW, &[("app", "reports")]))
+        .await?;
+    let before = service_identity(&app.ns, PREVIEW).await?;
+
+    let run = app
+        .rollout(&["bluegreen", STS, "--image", "time-app:v2", "--auto-promote"])
+        .await?;
+    eprintln!("{}", run.stderr);
+    run.expect(ExitCode::BadInput)?;
+    assert!(
+        run.stderr.contains(PREVIEW) && run.stderr.contains("rename or delete"),
+        "the error names the Service and what to do: {}",
+        run.describe()
+    );
+    assert_eq!(
+        service_identity(&app.ns, PREVIEW).await?,
+        before,
+        "the user's {PREVIEW} is still there, unchanged"
+    );
+    assert_nothing_changed(&app, &blue).await?;
+    app.cleanup().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_second_service_selecting_the_pods_must_be_listed_with_service() -> anyhow::Result<()> {
+    let app = App::deploy("bg-unlisted", 3, false).await?;
+    let blue = identities(&app.ns, BLUE_PODS).await?;
+    let extra = "time-app-internal";
+    app.ns
+        .apply_value(cluster_ip_service(extra, &[("app", "time-app")]))
+        .await?;
+    let before = service_identity(&app.ns, extra).await?;
+
+    let run = app
+        .rollout(&[
+            "bluegreen",
+            STS,
+            "--image",
+            "time-app:v2",
+            "--service",
+            STS,
+            "--auto-promote",
+        ])
+        .await?;
+    eprintln!("{}", run.stderr);
+    run.expect(ExitCode::BadInput)?;
+    assert!(
+        run.stderr.contains(extra)
+            && run
+                .stderr
+                .contains(&format!("--service {STS} --service {extra}")),
+        "the error names the other Service and the flags to give: {}",
+        run.describe()
+    );
+    assert_eq!(service_identity(&app.ns, extra).await?, before);
+    assert_nothing_changed(&app, &blue).await?;
+    app.cleanup().await;
+    Ok(())
+}
+
 /// Runs `rollout ARGS` and checks it finished (exit 0).
 async fn done(app: &App, args: &[&str]) -> anyhow::Result<Run> {
     let run = app.rollout(args).await?;

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::core::v1::{Pod, Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use tokio::time::Instant;
@@ -30,7 +30,7 @@ use crate::strategy::observed;
 use crate::strategy::predicates::{
     is_ready, is_terminating, ordinals_not_ready, ordinals_released, pod_revision,
 };
-use crate::strategy::twin::{clone_claims, twin_statefulset};
+use crate::strategy::twin::{clone_claims, rollout_preview_home, twin_statefulset};
 
 /// Pods of a snapshot that serve: Ready and not terminating (what a Service's endpoints hold).
 fn serving(snapshot: &Snapshot) -> usize {
@@ -78,6 +78,24 @@ fn scaled(
         .filter(|p| pod_revision(p) == Some(revision))
         .find_map(hopeless)
         .map(Err)
+}
+
+/// What a scale step still waits for when it times out, pod by pod from the set's first
+/// ordinal (`spec.ordinals.start`, not always 0).
+fn scale_details(set: &str, pods: &[Pod], replicas: u32, start: u32, revision: &str) -> String {
+    if replicas == 0 {
+        return format!("{} pod(s) still there", pods.len());
+    }
+    (start..start.saturating_add(replicas))
+        .map(|o| {
+            describe_pod(
+                pod_by_ordinal(set, pods, o),
+                &format!("{set}-{o}"),
+                revision,
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl<C: Cluster, G: GateRunner> Runner<C, G> {
@@ -265,26 +283,25 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             Waited::Ready(Err(problem)) => self.step_cannot_finish(started, &problem)?,
             Waited::Deadline => {
                 let pods = self.set_pods_now(set);
-                let details = if replicas == 0 {
-                    format!("{} pod(s) still there", pods.len())
-                } else {
-                    let revision = revision.unwrap_or_default();
-                    (0..replicas)
-                        .map(|o| {
-                            describe_pod(
-                                pod_by_ordinal(set, &pods, o),
-                                &format!("{set}-{o}"),
-                                &revision,
-                            )
-                        })
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                };
+                let start = self.set_now(set).map_or(0, |s| observed::ordinal_start(&s));
+                let revision = revision.unwrap_or_default();
+                let details = scale_details(set, &pods, replicas, start, &revision);
                 self.step_timed_out(started, overall, &details)?;
             }
             Waited::Changed => {}
         }
         Ok(())
+    }
+
+    /// The set as its watch last saw it.
+    fn set_now(&self, set: &str) -> Option<k8s_openapi::api::apps::v1::StatefulSet> {
+        if set == self.name {
+            return self.view.borrow().statefulset.clone();
+        }
+        match self.twin_view.as_ref() {
+            Some((name, view)) if name == set => view.borrow().statefulset.clone(),
+            _ => None,
+        }
     }
 
     fn set_pods_now(&self, set: &str) -> Vec<k8s_openapi::api::core::v1::Pod> {
@@ -329,10 +346,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         self.point_services(&twin, to_green).await?;
         if to_green {
             if let Some(preview) = &twin.preview {
-                self.cluster
-                    .delete_service(preview)
-                    .await
-                    .map_err(|e| ExecError::api("deleting preview Service", preview, e))?;
+                self.delete_preview(&twin, preview).await?;
             }
         }
         let (index, total) = self.step_label();
@@ -359,11 +373,66 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         Ok(())
     }
 
-    /// The preview Service: the first live Service's ports, selecting only green.
-    async fn create_preview(&self, twin: &Twin, preview: &str) -> Result<(), ExecError> {
+    /// Who made the Service `name`: `None` when there is none, `Some(Some(home))` when
+    /// `rollout` made it as the preview of `home`, `Some(None)` when someone else did.
+    async fn service_maker(&self, name: &str) -> Result<Option<Option<String>>, ExecError> {
         let services = self.cluster.list_services().await.map_err(|e| {
             ExecError::api("listing Services in namespace", self.cluster.namespace(), e)
         })?;
+        Ok(services
+            .iter()
+            .find(|s| s.metadata.name.as_deref() == Some(name))
+            .map(|s| rollout_preview_home(&s.metadata)))
+    }
+
+    /// Deletes the preview Service if `rollout` made it for this home; a Service of that name
+    /// someone else made is left as it is.
+    async fn delete_preview(&self, twin: &Twin, preview: &str) -> Result<(), ExecError> {
+        match self.service_maker(preview).await? {
+            None => Ok(()),
+            Some(Some(home)) if home == twin.home => self
+                .cluster
+                .delete_service(preview)
+                .await
+                .map_err(|e| ExecError::api("deleting preview Service", preview, e)),
+            Some(_) => {
+                tracing::warn!(service = %preview, "preview Service not made by rollout for this set; left alone");
+                self.progress.say(format!(
+                    "        Service {preview} was not created by rollout for {}, so it is left as it is",
+                    twin.home
+                ));
+                Ok(())
+            }
+        }
+    }
+
+    /// Why the preview Service `preview` cannot be used: a Service of that name exists that
+    /// `rollout` did not make for this home (planning refuses that; this catches one made since).
+    fn preview_taken(twin: &Twin, preview: &str) -> String {
+        format!(
+            "Service {preview} exists and was not created by rollout for {}; it is left as it is: rename or delete it, then run again",
+            twin.home
+        )
+    }
+
+    /// The preview Service: the first live Service's ports, selecting only green. Gives a
+    /// problem when a Service of that name that `rollout` did not make is in the way.
+    async fn create_preview(
+        &self,
+        twin: &Twin,
+        preview: &str,
+    ) -> Result<Option<String>, ExecError> {
+        let services = self.cluster.list_services().await.map_err(|e| {
+            ExecError::api("listing Services in namespace", self.cluster.namespace(), e)
+        })?;
+        if let Some(found) = services
+            .iter()
+            .find(|s| s.metadata.name.as_deref() == Some(preview))
+        {
+            if rollout_preview_home(&found.metadata).as_ref() != Some(&twin.home) {
+                return Ok(Some(Self::preview_taken(twin, preview)));
+            }
+        }
         let live = twin.services.first();
         let ports: Vec<ServicePort> = live
             .and_then(|l| {
@@ -402,9 +471,17 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             status: None,
         };
         match self.cluster.create_service(&service).await {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(None),
             Err(ApiError::AlreadyExists(_)) => {
-                // Ours from a run that died, or another one's: point it at this green either way.
+                // Ours from a run that died: point it at this green. Anyone else's is not
+                // touched.
+                match self.service_maker(preview).await? {
+                    Some(Some(home)) if home == twin.home => {}
+                    None => {}
+                    Some(None) | Some(Some(_)) => {
+                        return Ok(Some(Self::preview_taken(twin, preview)))
+                    }
+                }
                 let selector = service
                     .spec
                     .as_ref()
@@ -413,7 +490,8 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 self.cluster
                     .set_service_selector(preview, &selector)
                     .await
-                    .map_err(|e| ExecError::api("setting the selector of Service", preview, e))
+                    .map_err(|e| ExecError::api("setting the selector of Service", preview, e))?;
+                Ok(None)
             }
             Err(e) => Err(ExecError::api("creating preview Service", preview, e)),
         }
@@ -443,16 +521,9 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         };
         let mut cloned = 0;
         if twin.role == TwinRole::Green && twin.data == DataMode::Clone {
-            let existing: Vec<String> = self
-                .cluster
-                .list_claims()
-                .await
-                .map_err(|e| {
-                    ExecError::api("listing PVCs in namespace", self.cluster.namespace(), e)
-                })?
-                .into_iter()
-                .filter_map(|c| c.metadata.name)
-                .collect();
+            let existing = self.cluster.list_claims().await.map_err(|e| {
+                ExecError::api("listing PVCs in namespace", self.cluster.namespace(), e)
+            })?;
             for claim in clone_claims(&blue, &desired, replicas, &existing) {
                 let name = claim.metadata.name.clone().unwrap_or_default();
                 let source = claim
@@ -471,7 +542,10 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             }
         }
         if let Some(preview) = &twin.preview {
-            self.create_preview(&twin, preview).await?;
+            if let Some(problem) = self.create_preview(&twin, preview).await? {
+                self.step_cannot_finish(started, &problem)?;
+                return Ok(());
+            }
         }
         match self.cluster.create_statefulset(&desired, false).await {
             Ok(_) => {}
@@ -644,10 +718,8 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         preview: Option<&str>,
     ) -> Result<Option<Vec<String>>, ExecError> {
         if let Some(preview) = preview {
-            self.cluster
-                .delete_service(preview)
-                .await
-                .map_err(|e| ExecError::api("deleting preview Service", preview, e))?;
+            let twin = self.twin_record()?;
+            self.delete_preview(&twin, preview).await?;
         }
         let exists = self
             .cluster
@@ -757,10 +829,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 return Ok(false);
             }
             if let Some(preview) = &twin.preview {
-                self.cluster
-                    .delete_service(preview)
-                    .await
-                    .map_err(|e| ExecError::api("deleting preview Service", preview, e))?;
+                self.delete_preview(&twin, preview).await?;
             }
             self.progress.say(format!(
                 "        {} scaled to 0; it served live traffic, so it and its volumes are kept",
@@ -988,5 +1057,36 @@ fn describe_claims(claims: &[String], kept: bool) -> String {
             claims.join(", ")
         ),
         (n, false) => format!("its {n} PVC(s) were deleted: {}", claims.join(", ")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::strategy::predicates::tests::pod;
+
+    #[test]
+    fn a_timed_out_scale_names_the_pods_from_the_first_ordinal() {
+        let pods = vec![
+            pod("web-5", "web-b", true, false),
+            pod("web-6", "web-a", true, false),
+        ];
+        // (replicas, first ordinal, the details)
+        let cases = [
+            (
+                3,
+                5,
+                "web-5 is Ready; web-6 still runs revision web-a; web-7 does not exist yet",
+            ),
+            (1, 0, "web-0 does not exist yet"),
+            (0, 5, "2 pod(s) still there"),
+        ];
+        for (replicas, start, want) in cases {
+            assert_eq!(
+                scale_details("web", &pods, replicas, start, "web-b"),
+                want,
+                "{replicas} from {start}"
+            );
+        }
     }
 }
