@@ -161,6 +161,20 @@ pub struct LiveService {
     pub green: BTreeMap<String, String>,
 }
 
+impl LiveService {
+    /// The selector that serves blue as it runs now: [`Self::blue`], re-pinned to `revision`
+    /// where it pins blue by revision. Blue's template may have moved on since the pin (a
+    /// `helm upgrade` of the home set after the switch), and the old pin would then select none
+    /// of the pods that come back.
+    pub fn blue_at(&self, revision: Option<&str>) -> BTreeMap<String, String> {
+        let mut selector = self.blue.clone();
+        if let (Some(pinned), Some(now)) = (selector.get_mut(REVISION_LABEL), revision) {
+            *pinned = now.to_string();
+        }
+        selector
+    }
+}
+
 /// The role of a twin set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -344,5 +358,24 @@ mod tests {
         assert!("copy"
             .parse::<DataMode>()
             .is_err_and(|e| e.contains("fresh")));
+    }
+
+    #[test]
+    fn blue_is_re_pinned_to_the_revision_it_runs_now() {
+        let service = |blue: &[(&str, &str)]| LiveService {
+            name: "web".into(),
+            original: map(&[("app", "web")]),
+            blue: map(blue),
+            green: map(&[("app", "web"), (SET_LABEL, "web-bg1")]),
+        };
+        let pinned = service(&[("app", "web"), (REVISION_LABEL, "web-6c8f")]);
+        assert_eq!(
+            pinned.blue_at(Some("web-7d9b")),
+            map(&[("app", "web"), (REVISION_LABEL, "web-7d9b")])
+        );
+        assert_eq!(pinned.blue_at(None), pinned.blue);
+        // A former green is pinned by its set label, which no template change moves.
+        let labelled = service(&[("app", "web"), (SET_LABEL, "web-bg1")]);
+        assert_eq!(labelled.blue_at(Some("web-bg1-55d")), labelled.blue);
     }
 }

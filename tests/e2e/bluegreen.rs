@@ -1385,6 +1385,68 @@ async fn an_undo_killed_half_way_is_finished_by_abort_with_blue_alone_serving() 
     Ok(())
 }
 
+#[tokio::test]
+async fn undo_after_the_home_set_was_upgraded_serves_without_a_gap() -> anyhow::Result<()> {
+    let app = App::deploy("bg-undo-upgraded", 3, false).await?;
+    done(
+        &app,
+        &[
+            "bluegreen",
+            STS,
+            "--image",
+            "time-app:v2",
+            "--auto-promote",
+            "--scale-down-delay",
+            "0s",
+        ],
+    )
+    .await?;
+    assert_green_alone_serves(&app).await?;
+    // What a `helm upgrade` of the chart does to the home set, which no longer serves: a new
+    // template, and the chart's replica count again.
+    let patch = serde_json::json!({"spec": {"replicas": 3, "template": {"spec": {"containers": [
+        {"name": "app", "image": "time-app:v3"}]}}}});
+    app.ns
+        .api::<StatefulSet>()
+        .patch(
+            STS,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Strategic(&patch),
+        )
+        .await?;
+    testkit::wait_sts_ready(&app.ns, STS, 3, SETTLE).await?;
+    let port = testkit::node_port(&app.ns, STS).await?;
+    let mut traffic = Traffic::start(
+        port,
+        Duration::from_millis(5),
+        20_000,
+        Duration::from_secs(240),
+    );
+    traffic.wait_for(20).await?;
+    let undo = app.rollout(&["undo", STS]).await?;
+    let samples = traffic.stop().await?;
+    eprintln!("{}", undo.stderr);
+    undo.expect(ExitCode::Done)?;
+    // Blue came back on the upgraded template: the Services follow the pods it runs now.
+    let switch = switch_over(&samples, "v2", "v3").map_err(anyhow::Error::msg)?;
+    eprintln!(
+        "undo onto the upgraded home set: {} requests {:?}; {:?} between the last v2 and the first v3 answer",
+        samples.len(),
+        tally(samples.iter().map(|s| &s.outcome)),
+        switch.gap()
+    );
+    assert_eq!(
+        switch.failed, 0,
+        "no request failed during the undo: {switch:?}"
+    );
+    assert_eq!(selector(&app.ns, STS).await?, original_selector());
+    let seen = tally(&ask_service(&app.ns, STS, 100).await?);
+    assert_eq!(seen, BTreeMap::from([("v3".to_string(), 100)]));
+    assert_eq!(replicas(&app.ns, GREEN).await?, Some(0));
+    app.cleanup().await;
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // The client-side readings, without a cluster.
 

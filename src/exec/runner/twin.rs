@@ -315,13 +315,21 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
     }
 
     /// Sets every live Service's selector to blue's (`switch == false`) or green's.
-    async fn point_services(&mut self, twin: &Twin, to_green: bool) -> Result<(), ExecError> {
+    /// Points every live Service at green, or at blue: as pinned when the rollout began, or
+    /// re-pinned to `blue_revision` (the revision blue runs now) on the way back.
+    async fn point_services(
+        &mut self,
+        twin: &Twin,
+        to_green: bool,
+        blue_revision: Option<&str>,
+    ) -> Result<(), ExecError> {
         for service in &twin.services {
             let selector = if to_green {
-                &service.green
+                service.green.clone()
             } else {
-                &service.blue
+                service.blue_at(blue_revision)
             };
+            let selector = &selector;
             self.cluster
                 .set_service_selector(&service.name, selector)
                 .await
@@ -343,7 +351,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         if !self.begin_and_record().await? {
             return Ok(());
         }
-        self.point_services(&twin, to_green).await?;
+        self.point_services(&twin, to_green, None).await?;
         if to_green {
             if let Some(preview) = &twin.preview {
                 self.delete_preview(&twin, preview).await?;
@@ -816,7 +824,15 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             }
             Waited::Changed => return Ok(false),
         }
-        self.point_services(&twin, false).await?;
+        let blue_revision = self
+            .view
+            .borrow()
+            .statefulset
+            .as_ref()
+            .and_then(|s| s.status.as_ref())
+            .and_then(|s| s.update_revision.clone());
+        self.point_services(&twin, false, blue_revision.as_deref())
+            .await?;
         let served = self.record.measured.switched_at.is_some();
         if served {
             self.set_replicas(&twin.set, 0).await?;
