@@ -149,13 +149,16 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         let deadline =
             deadline_after(params.duration.get() + self.record.config.timeouts.step.get());
         let mut last_publish = Instant::now();
+        // The last write of the figures met a change of the set and did not land.
+        let mut write_again = false;
         let result = loop {
             tokio::select! {
                 result = &mut run => break result,
                 changed = report_rx.changed() => {
-                    if changed.is_err() || last_publish.elapsed() < PUBLISH_EVERY {
+                    if changed.is_err() || (!write_again && last_publish.elapsed() < PUBLISH_EVERY) {
                         continue;
                     }
+                    write_again = false;
                     let report = report_rx.borrow_and_update().clone();
                     if let Some(report) = report {
                         last_publish = Instant::now();
@@ -165,10 +168,16 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                             CompareVerdict::Fail { .. } => Some(false),
                             CompareVerdict::TooFewSamples { .. } => None,
                         };
+                        let sent = self.record.clone();
                         if let Committed::Changed = self.commit(None, None).await? {
-                            // Promoted or aborted from elsewhere: the loop decides again.
-                            let _ = stop_tx.send(true);
-                            return Ok(());
+                            if self.record != sent {
+                                // Promoted or aborted from elsewhere: the loop decides again.
+                                let _ = stop_tx.send(true);
+                                return Ok(());
+                            }
+                            // Only the set moved on (its status, say): the replay goes on,
+                            // and the figures are written again at the next report.
+                            write_again = true;
                         }
                     }
                 }
