@@ -825,6 +825,40 @@ fn shadow_on_localhost(duration: HumanDuration, port: u16) -> (FakeCluster, RunR
 }
 
 #[tokio::test]
+async fn a_shadow_comparison_with_too_few_answers_removes_the_shadow_and_times_out() {
+    // Nothing listens on the port: no pod answers, so there is nothing to judge by.
+    let port = {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("bind: {e}"));
+        listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("address: {e}"))
+            .port()
+    };
+    let (fake, req) = shadow_on_localhost(HumanDuration::from_secs(2), port);
+    let ctx = context(&fake, FakeGates::default(), 1);
+    let code = tokio::time::timeout(Duration::from_secs(40), commands::run(&ctx, &req))
+        .await
+        .unwrap_or_else(|_| panic!("the shadow run hangs: {:#?}", ctx.progress.lines()))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let lines = ctx.progress.lines();
+    assert_eq!(code, ExitCode::TimedOut, "{lines:#?}");
+    let r = record(&fake);
+    assert_eq!(r.phase, Phase::RolledBack, "{lines:#?}");
+    assert_eq!(r.measured.comparison_passed, None);
+    assert!(r.message.contains("could not decide"), "{}", r.message);
+    assert!(r.message.contains("nothing was judged"), "{}", r.message);
+    assert!(fake.with(|s| s.other_sets.is_empty()), "the shadow is removed");
+    assert_eq!(fake.image(), "app:v1", "the real set is untouched");
+    assert!(
+        fake.pod_revisions().iter().all(|(_, _, ready)| *ready),
+        "{:?}",
+        fake.pod_revisions()
+    );
+}
+
+#[tokio::test]
 async fn a_status_change_of_the_set_does_not_restart_the_shadow_comparison() {
     // Stable and shadow pods all answer at one local server, so the replay gets answers.
     let port = answering_server().await;

@@ -125,6 +125,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             timeout: self.record.config.gates.http.timeout.get(),
         };
         let spec = compare_spec(&params);
+        let limits_max = limits.max_requests;
         self.progress.say(format!(
             "        replaying {} to {} stable and {} shadow pod(s), {} per second for up to {} ({} requests per side at most); `rollout promote {} --then rolling` ends it early once it passes",
             requests.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
@@ -239,6 +240,11 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 )?;
             }
             CompareVerdict::TooFewSamples { reason } => {
+                // The replay has ended (its duration or its request count): waiting for a
+                // person would keep the shadow running for nothing, and passing would claim a
+                // judgement that was never made. The shadow goes, the real set stays as it
+                // was, and the run ends as timed out (exit 5), not as done.
+                self.record.measured.comparison_passed = None;
                 self.progress.step(
                     index,
                     total,
@@ -248,9 +254,17 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 for line in text.lines() {
                     self.progress.say(format!("        {line}"));
                 }
-                self.record.gate_inconclusive(
-                    format!("the shadow comparison could not decide: {reason}"),
-                    Self::now(),
+                let home = self
+                    .record
+                    .twin
+                    .as_ref()
+                    .map_or_else(|| self.name.clone(), |t| t.home.clone());
+                self.fail(
+                    RollbackCause::TimedOut,
+                    format!(
+                        "the shadow comparison could not decide: {reason} when the replay ended (--duration {}, --max-requests {}); nothing was judged, so the shadow is removed and {home} is left as it was; check that the pods' IPs are reachable from where rollout runs, or replay for longer (--duration) or faster (--rate)",
+                        params.duration, limits_max
+                    ),
                 )?;
             }
         }
