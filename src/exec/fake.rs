@@ -1,9 +1,10 @@
 //! A fake cluster for unit tests of the executor: one StatefulSet, its pods and revisions, and
 //! Leases, kept in memory with resourceVersion semantics (a stale write is a conflict), plus a
 //! small stand-in for the StatefulSet controller (revisions from templates, pods above the
-//! partition on the update revision, Ready unless their revision is marked broken). Tests can
-//! make another writer act just before a given write, to drive the error paths a real cluster
-//! only shows by chance.
+//! partition on the update revision, Ready unless their revision is marked broken). Other sets
+//! the executor creates (a shadow, a green) get their pods Ready at once and a watch of their
+//! own. Tests can make another writer act just before a given write, to drive the error paths a
+//! real cluster only shows by chance.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
@@ -60,6 +61,11 @@ pub struct State {
     pub other_sets: BTreeMap<String, StatefulSet>,
     pub services: BTreeMap<String, Service>,
     pub claims: BTreeMap<String, PersistentVolumeClaim>,
+    /// Pods of the other sets, by set.
+    pub other_pods: BTreeMap<String, Vec<Pod>>,
+    /// The IP every new pod gets instead of one per ordinal (a test that serves HTTP on
+    /// 127.0.0.1 for the replay of a shadow).
+    pub pod_ip: Option<String>,
 }
 
 impl State {
@@ -94,6 +100,56 @@ impl State {
             !(stuck.contains(name) && pod.metadata.deletion_timestamp.is_some())
         });
         self.controller();
+    }
+
+    /// Another writer changes only the set's status, as the controller does when a pod
+    /// restarts: its resourceVersion moves on, its spec and record stay.
+    pub fn touch_status(&mut self) {
+        let rv = self.bump();
+        if let Some(sts) = self.sts.as_mut() {
+            let status = sts.status.get_or_insert_with(Default::default);
+            status.available_replicas = Some(status.available_replicas.unwrap_or(0) + 1);
+            sts.metadata.resource_version = Some(rv);
+        }
+    }
+
+    /// The StatefulSet controller's part for another set: its pods, all Ready on one revision.
+    fn run_other(&mut self, name: &str) {
+        let Some(sts) = self.other_sets.get(name).cloned() else {
+            self.other_pods.remove(name);
+            return;
+        };
+        let spec = sts.spec.clone().unwrap_or_default();
+        let replicas = u32::try_from(spec.replicas.unwrap_or(1)).unwrap_or(0);
+        let revision = format!("{name}-1");
+        let pod_spec = spec.template.spec.clone().unwrap_or_default();
+        let mut pods = self.other_pods.remove(name).unwrap_or_default();
+        pods.retain(|p| {
+            p.metadata
+                .name
+                .as_deref()
+                .and_then(|n| crate::strategy::predicates::pod_ordinal(name, n))
+                .is_some_and(|o| o < replicas)
+        });
+        for ordinal in u32::try_from(pods.len()).unwrap_or(u32::MAX)..replicas {
+            let pod = self.make_pod(name, ordinal, &revision, &pod_spec);
+            pods.push(pod);
+        }
+        let count = i32::try_from(pods.len()).unwrap_or(i32::MAX);
+        let rv = self.bump();
+        if let Some(stored) = self.other_sets.get_mut(name) {
+            stored.metadata.resource_version = Some(rv);
+            stored.status = Some(StatefulSetStatus {
+                observed_generation: stored.metadata.generation,
+                replicas: count,
+                ready_replicas: Some(count),
+                updated_replicas: Some(count),
+                current_revision: Some(revision.clone()),
+                update_revision: Some(revision),
+                ..Default::default()
+            });
+        }
+        self.other_pods.insert(name.to_string(), pods);
     }
 
     /// The revision name the controller gives `template`.
@@ -253,7 +309,11 @@ impl State {
             },
             spec: Some(spec.clone()),
             status: Some(PodStatus {
-                pod_ip: Some(format!("10.244.0.{}", 10 + ordinal)),
+                pod_ip: Some(
+                    self.pod_ip
+                        .clone()
+                        .unwrap_or_else(|| format!("10.244.0.{}", 10 + ordinal)),
+                ),
                 conditions: Some(vec![PodCondition {
                     type_: "Ready".into(),
                     status: if ready { "True" } else { "False" }.into(),
@@ -275,6 +335,8 @@ fn is_latest(revision: &ControllerRevision, next: i64) -> bool {
 pub struct FakeCluster {
     pub state: Arc<Mutex<State>>,
     tx: Arc<watch::Sender<Arc<Snapshot>>>,
+    /// Watches of the other sets, by set.
+    others: Arc<Mutex<BTreeMap<String, watch::Sender<Arc<Snapshot>>>>>,
 }
 
 /// A StatefulSet `name` of `replicas` pods running `image`, serving on port 8080.
@@ -346,6 +408,8 @@ impl FakeCluster {
             other_sets: BTreeMap::new(),
             services: BTreeMap::new(),
             claims: BTreeMap::new(),
+            other_pods: BTreeMap::new(),
+            pod_ip: None,
         };
         let rv = state.bump();
         if let Some(s) = state.sts.as_mut() {
@@ -355,6 +419,7 @@ impl FakeCluster {
         let fake = FakeCluster {
             state: Arc::new(Mutex::new(state)),
             tx: Arc::new(tx),
+            others: Arc::default(),
         };
         fake.publish();
         fake
@@ -380,6 +445,20 @@ impl FakeCluster {
             }
         };
         self.tx.send_replace(Arc::new(snapshot));
+        let others = self.others.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, tx) in others.iter() {
+            tx.send_replace(Arc::new(self.other_snapshot(name)));
+        }
+    }
+
+    /// What a watch of the other set `name` sees.
+    fn other_snapshot(&self, name: &str) -> Snapshot {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        Snapshot {
+            synced: true,
+            statefulset: state.other_sets.get(name).cloned(),
+            pods: state.other_pods.get(name).cloned().unwrap_or_default(),
+        }
     }
 
     pub fn set(&self) -> StatefulSet {
@@ -486,6 +565,7 @@ impl Cluster for FakeCluster {
             s.sts
                 .clone()
                 .filter(|x| x.metadata.name.as_deref() == Some(name))
+                .or_else(|| s.other_sets.get(name).cloned())
         }))
     }
 
@@ -496,6 +576,15 @@ impl Cluster for FakeCluster {
         dry_run: bool,
     ) -> Result<StatefulSet, ApiError> {
         self.with(|state| {
+            if let Some(mut other) = state.other_sets.get(name).cloned() {
+                // Nothing else writes the other sets: no hooks, no precondition.
+                if !dry_run {
+                    apply_patch(&mut other, patch)?;
+                    state.other_sets.insert(name.to_string(), other);
+                    state.run_other(name);
+                }
+                return Ok(state.other_sets.get(name).cloned().unwrap_or_default());
+            }
             if !dry_run {
                 if let Some(hook) = state.before_patch.pop_front() {
                     hook(state);
@@ -608,14 +697,17 @@ impl Cluster for FakeCluster {
             }
             let mut stored = sts.clone();
             stored.metadata.resource_version = Some(s.bump());
-            s.other_sets.insert(name, stored.clone());
-            Ok(stored)
+            stored.metadata.generation = Some(stored.metadata.generation.unwrap_or(1));
+            s.other_sets.insert(name.clone(), stored);
+            s.run_other(&name);
+            Ok(s.other_sets.get(&name).cloned().unwrap_or_default())
         })
     }
 
     async fn delete_statefulset(&self, name: &str) -> Result<(), ApiError> {
         self.with(|s| {
             s.other_sets.remove(name);
+            s.other_pods.remove(name);
         });
         Ok(())
     }
@@ -682,8 +774,16 @@ impl Cluster for FakeCluster {
         Ok(())
     }
 
-    fn watch(&self, _name: &str, _selector: &str) -> View {
-        self.tx.subscribe()
+    fn watch(&self, name: &str, _selector: &str) -> View {
+        if self.with(|s| s.set_name() == name) {
+            return self.tx.subscribe();
+        }
+        let snapshot = Arc::new(self.other_snapshot(name));
+        let mut others = self.others.lock().unwrap_or_else(|e| e.into_inner());
+        others
+            .entry(name.to_string())
+            .or_insert_with(|| watch::channel(snapshot).0)
+            .subscribe()
     }
 }
 

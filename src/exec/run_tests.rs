@@ -10,7 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 
 use super::commands::{self, Context, Output, RunRequest, TemplateSource};
-use super::fake::{statefulset, FakeCluster, FakeGates};
+use super::fake::{statefulset, FakeCluster, FakeGates, State};
 use super::lease::{lease_name, Identity};
 use super::patch::{StrategyChange, TemplateChange};
 use super::progress::{Out, Progress};
@@ -811,4 +811,157 @@ async fn a_recreate_whose_pods_do_not_stop_scales_back_up_on_its_unchanged_templ
         .all(|(_, rev, ready)| Some(rev) == stable.as_ref() && *ready));
     let lines = ctx.progress.lines().join("\n");
     assert!(lines.contains("its pod template never changed"), "{lines}");
+}
+
+/// A server on 127.0.0.1 that answers every request with 200; gives its port.
+async fn answering_server() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("bind: {e}"));
+    let port = listener
+        .local_addr()
+        .unwrap_or_else(|e| panic!("address: {e}"))
+        .port();
+    let app = axum::Router::new().fallback(|| async { "ok" });
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    port
+}
+
+/// A fake set of 2 pods whose pods (and a shadow's) are all at 127.0.0.1, and a shadow rollout
+/// to app:v2 replaying at 10 a second for `duration` to `port`.
+fn shadow_on_localhost(duration: HumanDuration, port: u16) -> (FakeCluster, RunRequest) {
+    let fake = FakeCluster::new(statefulset("web", 2, "app:v1", true));
+    fake.with(|s| {
+        s.pod_ip = Some("127.0.0.1".into());
+        for pod in s.pods.values_mut() {
+            if let Some(status) = pod.status.as_mut() {
+                status.pod_ip = Some("127.0.0.1".into());
+            }
+        }
+    });
+    let flags = StrategyFlags {
+        duration: Some(duration),
+        compare: Some(crate::model::twin::ShadowCompare {
+            rate: 10,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut gates = GateSpec::default();
+    gates.http.port = Some(crate::model::gate::PortRef::Number(port));
+    let config = StrategyConfig::new(
+        StrategyKind::Shadow,
+        &flags,
+        gates,
+        Timeouts {
+            step: HumanDuration::from_secs(60),
+            total: None,
+        },
+        OnFailure::Rollback,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let req = RunRequest {
+        statefulset: "web".into(),
+        config,
+        source: TemplateSource::Images(vec!["app:v2"
+            .parse::<ImageChange>()
+            .unwrap_or_else(|e| panic!("{e}"))]),
+        wait_at_holds: false,
+    };
+    (fake, req)
+}
+
+#[tokio::test]
+async fn a_shadow_comparison_with_too_few_answers_removes_the_shadow_and_times_out() {
+    // Nothing listens on the port: no pod answers, so there is nothing to judge by.
+    let port = {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("bind: {e}"));
+        listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("address: {e}"))
+            .port()
+    };
+    let (fake, req) = shadow_on_localhost(HumanDuration::from_secs(2), port);
+    let ctx = context(&fake, FakeGates::default(), 1);
+    let code = tokio::time::timeout(Duration::from_secs(40), commands::run(&ctx, &req))
+        .await
+        .unwrap_or_else(|_| panic!("the shadow run hangs: {:#?}", ctx.progress.lines()))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let lines = ctx.progress.lines();
+    assert_eq!(code, ExitCode::TimedOut, "{lines:#?}");
+    let r = record(&fake);
+    assert_eq!(r.phase, Phase::RolledBack, "{lines:#?}");
+    assert_eq!(r.measured.comparison_passed, None);
+    assert!(r.message.contains("could not decide"), "{}", r.message);
+    assert!(r.message.contains("nothing was judged"), "{}", r.message);
+    assert!(
+        fake.with(|s| s.other_sets.is_empty()),
+        "the shadow is removed"
+    );
+    assert_eq!(fake.image(), "app:v1", "the real set is untouched");
+    assert!(
+        fake.pod_revisions().iter().all(|(_, _, ready)| *ready),
+        "{:?}",
+        fake.pod_revisions()
+    );
+}
+
+#[tokio::test]
+async fn a_status_change_of_the_set_does_not_restart_the_shadow_comparison() {
+    // Stable and shadow pods all answer at one local server, so the replay gets answers.
+    let port = answering_server().await;
+    let (fake, req) = shadow_on_localhost(HumanDuration::from_secs(11), port);
+    let ctx = context(&fake, FakeGates::default(), 1);
+    let run = tokio::spawn({
+        let ctx = ctx.clone();
+        async move { commands::run(&ctx, &req).await }
+    });
+    let comparing = |r: &RolloutState| {
+        matches!(r.current(), Some(crate::model::plan::Step::Compare { .. }))
+            && r.step_started_at.is_some()
+    };
+    until_record(&fake, comparing).await;
+    // A stable pod restarts: the controller writes the set's status. The first figures
+    // (after 5 s) are written on top of it, not refused.
+    fake.with(State::touch_status);
+    until_record(&fake, |r| comparing(r) && r.measured.comparison.is_some()).await;
+    assert_eq!(fake.with(|s| s.conflicts), 0, "{:#?}", ctx.progress.lines());
+    // The same just before the next figures are written: the write meets a conflict, the
+    // record has not changed, and the replay goes on.
+    fake.with(|s| s.before_patch.push_back(Box::new(State::touch_status)));
+
+    let code = tokio::time::timeout(Duration::from_secs(40), run)
+        .await
+        .unwrap_or_else(|_| panic!("the shadow run hangs: {:#?}", ctx.progress.lines()))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let lines = ctx.progress.lines();
+    assert_eq!(code, ExitCode::Done, "{lines:#?}");
+    assert_eq!(fake.with(|s| s.conflicts), 1, "{lines:#?}");
+    let replays = lines.iter().filter(|l| l.contains("replaying")).count();
+    assert_eq!(replays, 1, "the comparison started again: {lines:#?}");
+    let r = record(&fake);
+    assert_eq!(r.phase, Phase::Succeeded, "{lines:#?}");
+    assert_eq!(r.measured.comparison_passed, Some(true));
+    // All 11 s of the replay count (about 110 requests), not only those after a restart.
+    let requests = r
+        .measured
+        .comparison
+        .as_ref()
+        .and_then(|c| c["requests"].as_u64())
+        .unwrap_or(0);
+    assert!(
+        requests >= 80,
+        "{requests} requests: {:?}",
+        r.measured.comparison
+    );
+    assert!(
+        fake.with(|s| s.other_sets.is_empty()),
+        "the shadow is removed"
+    );
+    assert_eq!(fake.image(), "app:v1", "the real set is untouched");
 }

@@ -384,12 +384,20 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             });
         }
         let sts = self.view.borrow().statefulset.clone();
-        match sts {
-            None => Err(ExecError::StatefulSetDeleted {
+        let Some(sts) = sts else {
+            return Err(ExecError::StatefulSetDeleted {
                 name: self.name.clone(),
-            }),
-            Some(sts) => self.adopt_external(&sts),
+            });
+        };
+        if self.adopt_external(&sts)? {
+            return Ok(true);
         }
+        if annotation(&sts) == self.last_text {
+            // Not a command's change (a pod restarted, the controller wrote the status): the
+            // next write is based on it, as in `wait_for`, instead of meeting a conflict.
+            self.resource_version = sts.metadata.resource_version.clone();
+        }
+        Ok(false)
     }
 
     /// Writes the final record, and gives back the update strategy the set had: after a

@@ -21,7 +21,8 @@
 //!
 //! No verdict passes or fails before `minSamples` requests per side, of which stable answered at
 //! least `minSamples`: without a baseline the shadow cannot be judged
-//! ([`CompareVerdict::TooFewSamples`]: pause, as for an inconclusive gate).
+//! ([`CompareVerdict::TooFewSamples`]: when the replay has ended, the shadow is removed and the run
+//! ends as timed out, since nothing was judged).
 
 use std::fmt;
 use std::time::Duration;

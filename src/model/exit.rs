@@ -7,7 +7,7 @@
 //! | 2 | bad input: flags, image reference, strategy file, manifest, or a StatefulSet that does not exist or cannot be rolled (the same code clap uses for usage errors) |
 //! | 3 | rolled back: a gate failed (or someone ran `abort`) and the StatefulSet is back on the stable revision; also a failed gate held by `--no-rollback` |
 //! | 4 | locked: another run holds the StatefulSet's Lease; the message names the holder |
-//! | 5 | timed out: a step or the whole rollout passed its deadline (rolled back unless `--no-rollback`) |
+//! | 5 | timed out: a step or the whole rollout passed its deadline (rolled back unless `--no-rollback`), or a shadow's comparison ended with too few answers to judge (the shadow removed, the set untouched): not a pass |
 
 use serde::{Deserialize, Serialize};
 

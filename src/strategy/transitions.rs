@@ -193,29 +193,16 @@ impl RolloutState {
     /// a gate that could not decide, or end a shadow's comparison that passes so far.
     pub fn promote(&mut self, now: Timestamp) -> Result<(), TransitionError> {
         self.require_running("promote")?;
-        if self.phase == Phase::Progressing && matches!(self.current(), Some(Step::Compare { .. }))
+        // A comparison that could not decide is not skipped like an undecided gate: the shadow
+        // would be reported as having compared well. A `rollout pause` is answered below.
+        if matches!(self.current(), Some(Step::Compare { .. }))
+            && self.pause != Some(PauseReason::User)
         {
-            match self.measured.comparison_passed {
-                Some(true) => {
-                    self.current_step += 1;
-                    self.enter_current(now);
-                    self.message =
-                        "promoted: the comparison passed so far; the shadow is removed".into();
-                    return Ok(());
-                }
-                Some(false) => {
-                    return Err(TransitionError::ComparisonNotPassing {
-                        statefulset: self.name(),
-                        why: "its comparison with stable fails so far".into(),
-                    })
-                }
-                None => {
-                    return Err(TransitionError::ComparisonNotPassing {
-                        statefulset: self.name(),
-                        why: "its comparison has too few answers to judge yet".into(),
-                    })
-                }
-            }
+            self.require_comparison_passed()?;
+            self.current_step += 1;
+            self.enter_current(now);
+            self.message = "promoted: the comparison passed so far; the shadow is removed".into();
+            return Ok(());
         }
         match (&self.phase, &self.pause) {
             (Phase::Paused, Some(PauseReason::Step { .. })) => {
@@ -248,6 +235,31 @@ impl RolloutState {
                     .unwrap_or_default(),
             }),
         }
+    }
+
+    /// Refuses, saying what the comparison lacks, unless a shadow's comparison has passed.
+    fn require_comparison_passed(&self) -> Result<(), TransitionError> {
+        let compare_at = self
+            .plan
+            .steps
+            .iter()
+            .position(|s| matches!(s, Step::Compare { .. }));
+        let why = match (self.measured.comparison_passed, &self.pause) {
+            (Some(true), _) => return Ok(()),
+            (Some(false), _) => "its comparison with stable fails so far".to_string(),
+            (None, _) if compare_at.is_some_and(|c| self.current_step < c) => {
+                "its comparison has not started yet".to_string()
+            }
+            (None, Some(PauseReason::GateInconclusive { message })) => format!(
+                "its comparison could not decide ({message}); `rollout resume {}` runs it again",
+                self.plan.statefulset
+            ),
+            (None, _) => "its comparison has too few answers to judge yet".to_string(),
+        };
+        Err(TransitionError::ComparisonNotPassing {
+            statefulset: self.name(),
+            why,
+        })
     }
 
     /// `rollout promote --full`: replace the remaining steps with one partition step to 0 and
@@ -336,6 +348,9 @@ impl RolloutState {
                 step: self.current_step + 1,
             });
         };
+        // Checked here and not only by `promote`: before the comparison step, or paused at it,
+        // `promote` would move on without a comparison that passed.
+        self.require_comparison_passed()?;
         let mut trial = self.clone();
         trial.promote(now)?;
         *self = trial;
@@ -1064,30 +1079,48 @@ mod tests {
     }
 
     #[test]
-    fn a_shadow_is_promoted_only_while_its_comparison_passes() {
+    fn a_shadow_is_promoted_only_once_its_comparison_passed() {
         let now = crate::model::state::tests::ts(1_700_000_100);
+        let undecided = Some(PauseReason::GateInconclusive {
+            message: "the shadow comparison could not run: no Ready pods".into(),
+        });
+        // (step, phase, pause, comparison passed, refusal); step 0 creates the shadow, 1
+        // compares.
         let cases = [
-            (None, Some("too few answers")),
-            (Some(false), Some("fails so far")),
-            (Some(true), None),
+            (1, Phase::Progressing, None, None, Some("too few answers")),
+            (1, Phase::Progressing, None, Some(false), Some("fails so far")),
+            (0, Phase::Progressing, None, None, Some("has not started yet")),
+            (1, Phase::Paused, undecided.clone(), None, Some("could not decide")),
+            (1, Phase::Paused, undecided, Some(false), Some("fails so far")),
+            (1, Phase::Paused, Some(PauseReason::User), None, Some("too few answers")),
+            (1, Phase::Paused, Some(PauseReason::User), Some(true), Some("rollout resume")),
+            (1, Phase::Progressing, None, Some(true), None),
         ];
-        for (passed, refusal) in cases {
+        for (step, phase, pause, passed, refusal) in cases {
             let mut s = shadow_record();
+            s.current_step = step;
+            s.phase = phase;
+            s.pause = pause.clone();
             s.measured.comparison_passed = passed;
             let then = vec![
                 Step::SetTemplateAndFreeze { partition: 2 },
                 Step::gate(vec![1, 0]),
             ];
+            let case = format!("step {step}, {phase}, {pause:?}, passed {passed:?}");
+            let before = s.clone();
             let result = s.promote_then(then, StrategyKind::Rolling, now);
             match refusal {
                 Some(fragment) => {
-                    let err = result.expect_err(fragment);
-                    assert!(err.to_string().contains(fragment), "{err}");
-                    assert_eq!(s.current_step, 1, "a refused promote changes nothing");
-                    assert_eq!(s.plan.steps.len(), 3);
+                    let err = result.err().unwrap_or_else(|| panic!("{case}: promoted"));
+                    assert!(err.to_string().contains(fragment), "{case}: {err}");
+                    assert_eq!(s, before, "{case}: a refused promote changes nothing");
+                    // A plain promote does not skip the comparison either.
+                    let mut plain = before.clone();
+                    assert!(plain.promote(now).is_err(), "{case}: plain promote");
+                    assert_eq!(plain, before, "{case}: plain promote changed the record");
                 }
                 None => {
-                    assert!(result.is_ok(), "{result:?}");
+                    assert!(result.is_ok(), "{case}: {result:?}");
                     assert_eq!(
                         s.current(),
                         Some(&Step::RemoveTwin {
@@ -1102,9 +1135,11 @@ mod tests {
         // Past the comparison, --then no longer applies.
         let mut s = shadow_record();
         s.current_step = 2;
+        s.measured.comparison_passed = Some(true);
         let err = s
             .promote_then(vec![], StrategyKind::Rolling, now)
-            .expect_err("too late");
+            .err()
+            .unwrap_or_else(|| panic!("promoted past the comparison"));
         assert!(err.to_string().contains("still comparing"), "{err}");
     }
 

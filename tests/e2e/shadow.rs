@@ -2,7 +2,8 @@
 //! selects, fed replayed requests beside stable and compared with it. A bad shadow is caught and
 //! removed with its volumes; a good one is promoted into a rolling update of the real set; a
 //! shadow nobody promotes is removed and leaves the real set as it was (`--keep-data` keeps its
-//! volume); promote is refused while the comparison has too few answers. Throughout, live
+//! volume); promote is refused while the comparison has too few answers, and a comparison that
+//! still has too few at the end of its duration removes the shadow and exits 5. Throughout, live
 //! traffic through the Service only ever reaches the real pods, and the shadow's own visits
 //! account for nothing but the replayed requests.
 
@@ -531,6 +532,46 @@ async fn promote_is_refused_while_the_comparison_has_too_few_answers() -> anyhow
     assert_shadow_removed(&app, false).await?;
     assert_real_set_untouched(&app, &uids).await?;
     assert_eq!(phase(&app).await?, "Aborted");
+    app.cleanup().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_comparison_left_with_too_few_answers_removes_the_shadow_and_is_no_pass(
+) -> anyhow::Result<()> {
+    let app = deploy_quiet("shadow-undecided", 2).await?;
+    let uids = pod_uids(&app).await?;
+    // At 1 request a second for 5 s the replay sends about 5 requests per side, fewer than
+    // the 20 (--min-samples) it needs to judge.
+    let run = app
+        .rollout(&[
+            "shadow",
+            STS,
+            "--image",
+            "time-app:v2",
+            "--duration",
+            "5s",
+            "--rate",
+            "1",
+            "--probe-path",
+            "/healthz",
+        ])
+        .await?;
+    run.expect(ExitCode::TimedOut)?;
+    ensure!(
+        run.stderr.contains("could not decide") && run.stderr.contains("nothing was judged"),
+        "the message says the comparison could not decide: {}",
+        run.describe()
+    );
+    assert_shadow_removed(&app, false).await?;
+    assert_real_set_untouched(&app, &uids).await?;
+    let status = status(&app).await?;
+    assert_eq!(
+        status.pointer("/record/measured/comparisonPassed"),
+        None,
+        "{status}"
+    );
+    assert_eq!(phase(&app).await?, "RolledBack");
     app.cleanup().await;
     Ok(())
 }

@@ -125,6 +125,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             timeout: self.record.config.gates.http.timeout.get(),
         };
         let spec = compare_spec(&params);
+        let limits_max = limits.max_requests;
         self.progress.say(format!(
             "        replaying {} to {} stable and {} shadow pod(s), {} per second for up to {} ({} requests per side at most); `rollout promote {} --then rolling` ends it early once it passes",
             requests.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
@@ -149,13 +150,16 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         let deadline =
             deadline_after(params.duration.get() + self.record.config.timeouts.step.get());
         let mut last_publish = Instant::now();
+        // The last write of the figures met a change of the set and did not land.
+        let mut write_again = false;
         let result = loop {
             tokio::select! {
                 result = &mut run => break result,
                 changed = report_rx.changed() => {
-                    if changed.is_err() || last_publish.elapsed() < PUBLISH_EVERY {
+                    if changed.is_err() || (!write_again && last_publish.elapsed() < PUBLISH_EVERY) {
                         continue;
                     }
+                    write_again = false;
                     let report = report_rx.borrow_and_update().clone();
                     if let Some(report) = report {
                         last_publish = Instant::now();
@@ -165,10 +169,16 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                             CompareVerdict::Fail { .. } => Some(false),
                             CompareVerdict::TooFewSamples { .. } => None,
                         };
+                        let sent = self.record.clone();
                         if let Committed::Changed = self.commit(None, None).await? {
-                            // Promoted or aborted from elsewhere: the loop decides again.
-                            let _ = stop_tx.send(true);
-                            return Ok(());
+                            if self.record != sent {
+                                // Promoted or aborted from elsewhere: the loop decides again.
+                                let _ = stop_tx.send(true);
+                                return Ok(());
+                            }
+                            // Only the set moved on (its status, say): the replay goes on,
+                            // and the figures are written again at the next report.
+                            write_again = true;
                         }
                     }
                 }
@@ -230,6 +240,11 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 )?;
             }
             CompareVerdict::TooFewSamples { reason } => {
+                // The replay has ended (its duration or its request count): waiting for a
+                // person would keep the shadow running for nothing, and passing would claim a
+                // judgement that was never made. The shadow goes, the real set stays as it
+                // was, and the run ends as timed out (exit 5), not as done.
+                self.record.measured.comparison_passed = None;
                 self.progress.step(
                     index,
                     total,
@@ -239,9 +254,17 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 for line in text.lines() {
                     self.progress.say(format!("        {line}"));
                 }
-                self.record.gate_inconclusive(
-                    format!("the shadow comparison could not decide: {reason}"),
-                    Self::now(),
+                let home = self
+                    .record
+                    .twin
+                    .as_ref()
+                    .map_or_else(|| self.name.clone(), |t| t.home.clone());
+                self.fail(
+                    RollbackCause::TimedOut,
+                    format!(
+                        "the shadow comparison could not decide: {reason} when the replay ended (--duration {}, --max-requests {}); nothing was judged, so the shadow is removed and {home} is left as it was; check that the pods' IPs are reachable from where rollout runs, or replay for longer (--duration) or faster (--rate)",
+                        params.duration, limits_max
+                    ),
                 )?;
             }
         }
