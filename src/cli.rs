@@ -229,7 +229,7 @@ pub struct ShadowArgs {
     /// Highest error rate of the shadow above stable's, in percentage points [default: 1]
     #[arg(long, value_name = "POINTS")]
     pub max_error_rate_increase: Option<f64>,
-    /// Highest ratio of the shadow's p95 latency to stable's [default: 2]
+    /// Highest ratio of the shadow's p95 latency to stable's, stable's counted as at least 5 ms [default: 2]
     #[arg(long, value_name = "FACTOR")]
     pub max_p95_ratio: Option<f64>,
     /// Compare response bodies too
