@@ -129,6 +129,22 @@ impl Traffic {
     }
 }
 
+/// Runs `rollout ARGS` while a client asks through the live Service every `interval` (at most
+/// 20 000 requests or 4 minutes); gives the run and what the client got.
+pub async fn run_under_traffic(
+    app: &App,
+    interval: Duration,
+    args: &[&str],
+) -> anyhow::Result<(Run, Vec<Sample>)> {
+    let port = testkit::node_port(&app.ns, STS).await?;
+    let mut traffic = Traffic::start(port, interval, 20_000, Duration::from_secs(240));
+    traffic.wait_for(5).await?;
+    let run = app.rollout(args).await?;
+    let samples = traffic.stop().await?;
+    eprintln!("{}", run.stderr);
+    Ok((run, samples))
+}
+
 /// `count` requests to `/` through the Service's node port, one after the other.
 pub async fn ask_service(ns: &TestNs, service: &str, count: usize) -> anyhow::Result<Vec<Outcome>> {
     let port = testkit::node_port(ns, service).await?;
@@ -547,7 +563,6 @@ async fn hold_green(app: &App) -> anyhow::Result<Run> {
 async fn blue_green_switches_all_traffic_at_once_and_undo_brings_blue_back() -> anyhow::Result<()> {
     let mut app = App::deploy("bg-switch", 3, false).await?;
     add_visits(&mut app).await?;
-    let port = testkit::node_port(&app.ns, STS).await?;
 
     let run = hold_green(&app).await?;
     eprintln!("{}", run.stderr);
@@ -571,16 +586,8 @@ async fn blue_green_switches_all_traffic_at_once_and_undo_brings_blue_back() -> 
     wait_endpoints(&app.ns, PREVIEW, &green_ips).await?;
 
     // The switch, with a client asking all the time.
-    let mut traffic = Traffic::start(
-        port,
-        Duration::from_millis(5),
-        20_000,
-        Duration::from_secs(240),
-    );
-    traffic.wait_for(20).await?;
-    let promote = app.rollout(&["promote", STS]).await?;
-    let samples = traffic.stop().await?;
-    eprintln!("{}", promote.stderr);
+    let (promote, samples) =
+        run_under_traffic(&app, Duration::from_millis(5), &["promote", STS]).await?;
     promote.expect(ExitCode::Done)?;
     let switch = switch_over(&samples, "v1", "v2").map_err(anyhow::Error::msg)?;
     eprintln!(
@@ -668,22 +675,15 @@ async fn abort_before_the_switch_removes_green_and_leaves_blue_untouched() -> an
 async fn a_green_that_fails_its_gate_never_serves_and_is_removed() -> anyhow::Result<()> {
     let app = App::deploy("bg-bad", 3, false).await?;
     let blue = identities(&app.ns, BLUE_PODS).await?;
-    let port = testkit::node_port(&app.ns, STS).await?;
     let manifest = testkit::repo_root().join("examples/time-app/k8s/time-app-v3-bad.yaml");
     let manifest = manifest.display().to_string();
 
-    let mut traffic = Traffic::start(
-        port,
+    let (run, samples) = run_under_traffic(
+        &app,
         Duration::from_millis(20),
-        10_000,
-        Duration::from_secs(240),
-    );
-    traffic.wait_for(5).await?;
-    let run = app
-        .rollout(&["bluegreen", STS, "-f", &manifest, "--auto-promote"])
-        .await?;
-    let samples = traffic.stop().await?;
-    eprintln!("{}", run.stderr);
+        &["bluegreen", STS, "-f", &manifest, "--auto-promote"],
+    )
+    .await?;
     let seen = tally(samples.iter().map(|s| &s.outcome));
     eprintln!("through the live Service during the run: {seen:?}");
     run.expect(ExitCode::GateFailed)?;
@@ -1037,14 +1037,10 @@ async fn repeated_blue_green_rollouts_take_new_names_and_undo_steps_back_one_set
     // A partition strategy through the home name, with the user's own manifest (which knows
     // nothing of the set label), moves the serving set on its own volumes.
     let manifest = crate::support::time_app_manifest(3, false, &[], "time-app:v4");
-    let file = std::env::temp_dir().join(format!("{}-sts.yaml", app.name()));
-    std::fs::write(&file, crate::support::statefulset_document(&manifest))?;
-    let file_arg = file.display().to_string();
+    let file = crate::support::ManifestFile::write(&app, &manifest)?;
     let canary = app
-        .rollout(&["canary", STS, "-f", &file_arg, "--steps", "100"])
-        .await;
-    let _ = std::fs::remove_file(&file);
-    let canary = canary?;
+        .rollout(&["canary", STS, "-f", &file.arg(), "--steps", "100"])
+        .await?;
     eprintln!("{}", canary.stderr);
     canary.expect(ExitCode::Done)?;
     assert!(
@@ -1415,17 +1411,7 @@ async fn undo_after_the_home_set_was_upgraded_serves_without_a_gap() -> anyhow::
         )
         .await?;
     testkit::wait_sts_ready(&app.ns, STS, 3, SETTLE).await?;
-    let port = testkit::node_port(&app.ns, STS).await?;
-    let mut traffic = Traffic::start(
-        port,
-        Duration::from_millis(5),
-        20_000,
-        Duration::from_secs(240),
-    );
-    traffic.wait_for(20).await?;
-    let undo = app.rollout(&["undo", STS]).await?;
-    let samples = traffic.stop().await?;
-    eprintln!("{}", undo.stderr);
+    let (undo, samples) = run_under_traffic(&app, Duration::from_millis(5), &["undo", STS]).await?;
     undo.expect(ExitCode::Done)?;
     // Blue came back on the upgraded template: the Services follow the pods it runs now.
     let switch = switch_over(&samples, "v2", "v3").map_err(anyhow::Error::msg)?;

@@ -8,7 +8,7 @@ use kube::api::ListParams;
 use rollout::model::exit::ExitCode;
 
 use crate::strategies::phase;
-use crate::support::{statefulset_document, time_app_manifest, App, STS};
+use crate::support::{failing_release_manifest, time_app_manifest, App, ManifestFile, STS};
 
 /// No pod of the set waits on an image or sits not Ready.
 async fn assert_no_pod_stuck(app: &App) -> anyhow::Result<()> {
@@ -38,14 +38,8 @@ async fn a_release_that_fails_its_gate_is_rolled_back() -> anyhow::Result<()> {
     let app = App::deploy("bad-release", 3, false).await?;
     // The new release answers 500 on `/`, and its readiness probe only asks `/healthz`, so
     // Kubernetes calls its pods Ready: only the gate can catch it.
-    let manifest = time_app_manifest(3, false, &[("FAIL_RATE", "1")], "time-app:v2")
-        .replace("              path: /\n", "              path: /healthz\n");
-    let file = std::env::temp_dir().join(format!("{}-sts.yaml", app.name()));
-    std::fs::write(&file, statefulset_document(&manifest))?;
-    let file_arg = file.display().to_string();
-
-    let run = app.rollout(&["rolling", STS, "-f", &file_arg]).await?;
-    let _ = std::fs::remove_file(&file);
+    let file = ManifestFile::write(&app, &failing_release_manifest(3, false, "time-app:v2"))?;
+    let run = app.rollout(&["rolling", STS, "-f", &file.arg()]).await?;
     run.expect(ExitCode::GateFailed)?;
     assert!(
         run.stderr.contains("time-app-2") && run.stderr.contains("500"),
@@ -122,13 +116,10 @@ async fn a_release_that_never_gets_ready_on_an_ordered_set_times_out_and_is_roll
     let app = App::deploy("never-ready", 3, true).await?;
     // Runs, but answers 503 for ten minutes: its pod never turns Ready.
     let manifest = time_app_manifest(3, true, &[("NOT_READY_SECONDS", "600")], "time-app:v2");
-    let file = std::env::temp_dir().join(format!("{}-sts.yaml", app.name()));
-    std::fs::write(&file, statefulset_document(&manifest))?;
-    let file_arg = file.display().to_string();
+    let file = ManifestFile::write(&app, &manifest)?;
     let run = app
-        .rollout(&["rolling", STS, "-f", &file_arg, "--timeout", "20s"])
+        .rollout(&["rolling", STS, "-f", &file.arg(), "--timeout", "20s"])
         .await?;
-    let _ = std::fs::remove_file(&file);
     run.expect(ExitCode::TimedOut)?;
     assert!(
         run.stderr.contains("time-app-2"),

@@ -12,7 +12,7 @@ use rollout::model::exit::ExitCode;
 
 use crate::strategies::phase;
 use crate::support::{
-    revisions, rollout_command, statefulset_document, time_app_manifest, versions, App, SETTLE, STS,
+    failing_release_manifest, revisions, rollout_command, versions, App, ManifestFile, SETTLE, STS,
 };
 
 /// Starts `rollout rolling` to v2 with `pause` between batches, and waits until its first batch
@@ -130,14 +130,14 @@ async fn a_run_killed_in_its_rollback_is_finished_by_resume() -> anyhow::Result<
     let app = App::deploy("kill-rollback", 3, false).await?;
     // A release the gate fails (500 on `/`, Ready by its `/healthz` probe), so the run rolls
     // back; it is killed once the record says so, while the pod is still being replaced.
-    let manifest = time_app_manifest(3, false, &[("FAIL_RATE", "1")], "time-app:v2")
-        .replace("              path: /\n", "              path: /healthz\n");
-    let file = std::env::temp_dir().join(format!("{}-sts.yaml", app.name()));
-    std::fs::write(&file, statefulset_document(&manifest))?;
-    let file_arg = file.display().to_string();
-    let killed = kill_at_phase(&app, STS, &["rolling", STS, "-f", &file_arg], "RollingBack").await;
-    let _ = std::fs::remove_file(&file);
-    killed?;
+    let file = ManifestFile::write(&app, &failing_release_manifest(3, false, "time-app:v2"))?;
+    kill_at_phase(
+        &app,
+        STS,
+        &["rolling", STS, "-f", &file.arg()],
+        "RollingBack",
+    )
+    .await?;
     assert_eq!(
         phase(&app).await?,
         "RollingBack",

@@ -4,10 +4,9 @@
 
 use std::time::Duration;
 
-use devcluster::testkit;
 use rollout::model::exit::ExitCode;
 
-use crate::bluegreen::{add_visits, switch_over, tally, Traffic};
+use crate::bluegreen::{add_visits, run_under_traffic, switch_over, tally};
 use crate::strategies::phase;
 use crate::support::{App, STS};
 
@@ -15,21 +14,13 @@ use crate::support::{App, STS};
 async fn recreate_moves_every_pod_with_its_data_and_reports_the_downtime() -> anyhow::Result<()> {
     let mut app = App::deploy("recreate", 3, false).await?;
     add_visits(&mut app).await?;
-    let port = testkit::node_port(&app.ns, STS).await?;
-
-    // A client asking every 20 ms, at most 3000 times or for 2 minutes.
-    let mut traffic = Traffic::start(
-        port,
+    // A client asking every 20 ms through the Service while the rollout runs.
+    let (run, samples) = run_under_traffic(
+        &app,
         Duration::from_millis(20),
-        3000,
-        Duration::from_secs(120),
-    );
-    traffic.wait_for(5).await?;
-    let run = app
-        .rollout(&["recreate", STS, "--image", "time-app:v2"])
-        .await?;
-    let samples = traffic.stop().await?;
-    eprintln!("{}", run.stderr);
+        &["recreate", STS, "--image", "time-app:v2"],
+    )
+    .await?;
     run.expect(ExitCode::Done)?;
 
     app.assert_all_on("v2").await?;

@@ -135,6 +135,36 @@ pub fn statefulset_document(manifest: &str) -> String {
         .to_string()
 }
 
+/// A release the HTTP gate fails and Kubernetes does not: `/` answers 500, while its readiness
+/// probe only asks `/healthz`, so its pods turn Ready.
+pub fn failing_release_manifest(replicas: i32, ordered: bool, image: &str) -> String {
+    time_app_manifest(replicas, ordered, &[("FAIL_RATE", "1")], image)
+        .replace("              path: /\n", "              path: /healthz\n")
+}
+
+/// The StatefulSet of a manifest written to a file for `rollout -f`, removed when dropped.
+pub struct ManifestFile(PathBuf);
+
+impl ManifestFile {
+    /// Writes the StatefulSet document of `manifest` (see [`time_app_manifest`]) for `app`.
+    pub fn write(app: &App, manifest: &str) -> anyhow::Result<ManifestFile> {
+        let path = std::env::temp_dir().join(format!("{}-sts.yaml", app.name()));
+        std::fs::write(&path, statefulset_document(manifest))?;
+        Ok(ManifestFile(path))
+    }
+
+    /// The path, as `rollout -f` takes it.
+    pub fn arg(&self) -> String {
+        self.0.display().to_string()
+    }
+}
+
+impl Drop for ManifestFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// One pod's data before a rollout: the volume its claim is bound to and its visits.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PodData {
