@@ -533,6 +533,39 @@ async fn assert_green_alone_serves(app: &App) -> anyhow::Result<()> {
     assert_blue_volumes_kept(app).await
 }
 
+/// Back on blue after green served: the live Service's original selector, blue's 3 pods Ready
+/// behind it, `count` answers all from v1, green at 0 replicas with no pods and the volumes it
+/// had (`green_claims`), every blue pod's data kept.
+async fn assert_blue_back_green_kept(
+    app: &App,
+    green_claims: &BTreeMap<String, String>,
+    count: usize,
+) -> anyhow::Result<()> {
+    assert_eq!(selector(&app.ns, STS).await?, original_selector());
+    testkit::wait_sts_ready(&app.ns, STS, 3, SETTLE).await?;
+    let blue_ips = ready_ips(&app.ns, BLUE_PODS).await?;
+    assert_eq!(blue_ips.len(), 3, "{blue_ips:?}");
+    wait_endpoints(&app.ns, STS, &blue_ips).await?;
+    let seen = tally(&ask_service(&app.ns, STS, count).await?);
+    eprintln!("back on blue, {count} requests through the live Service: {seen:?}");
+    assert_eq!(
+        seen,
+        BTreeMap::from([("v1".to_string(), count)]),
+        "blue alone serves"
+    );
+    assert_eq!(replicas(&app.ns, GREEN).await?, Some(0));
+    assert!(
+        pods(&app.ns, GREEN_PODS).await?.is_empty(),
+        "green has no pods left"
+    );
+    assert_eq!(
+        &claims_of(&app.ns, GREEN).await?,
+        green_claims,
+        "green served: its volumes stay"
+    );
+    app.assert_data_kept().await
+}
+
 /// Starts a blue/green to v2 that holds before the switch, and checks it stopped there.
 async fn hold_green(app: &App) -> anyhow::Result<Run> {
     let run = app
@@ -626,23 +659,7 @@ async fn blue_green_switches_all_traffic_at_once_and_undo_brings_blue_back() -> 
     let undo = app.rollout(&["undo", STS]).await?;
     eprintln!("{}", undo.stderr);
     undo.expect(ExitCode::Done)?;
-    testkit::wait_sts_ready(&app.ns, STS, 3, SETTLE).await?;
-    let blue_ips = ready_ips(&app.ns, BLUE_PODS).await?;
-    assert_eq!(blue_ips.len(), 3);
-    assert_eq!(selector(&app.ns, STS).await?, original_selector());
-    wait_endpoints(&app.ns, STS, &blue_ips).await?;
-    let after = ask_service(&app.ns, STS, 300).await?;
-    let seen = tally(&after);
-    eprintln!("after undo, 300 requests through the live Service: {seen:?}");
-    assert_eq!(seen, BTreeMap::from([("v1".to_string(), 300)]));
-    assert_eq!(replicas(&app.ns, GREEN).await?, Some(0));
-    assert!(pods(&app.ns, GREEN_PODS).await?.is_empty());
-    assert_eq!(
-        claims_of(&app.ns, GREEN).await?,
-        green_claims,
-        "green's volumes are kept"
-    );
-    app.assert_data_kept().await?;
+    assert_blue_back_green_kept(&app, &green_claims, 300).await?;
     app.cleanup().await;
     Ok(())
 }
@@ -1360,23 +1377,7 @@ async fn an_undo_killed_half_way_is_finished_by_abort_with_blue_alone_serving() 
         "abort says blue serves again: {}",
         abort.describe()
     );
-    assert_eq!(selector(&app.ns, STS).await?, original_selector());
-    testkit::wait_sts_ready(&app.ns, STS, 3, SETTLE).await?;
-    wait_endpoints(&app.ns, STS, &ready_ips(&app.ns, BLUE_PODS).await?).await?;
-    let seen = tally(&ask_service(&app.ns, STS, 100).await?);
-    assert_eq!(
-        seen,
-        BTreeMap::from([("v1".to_string(), 100)]),
-        "blue alone serves"
-    );
-    assert_eq!(replicas(&app.ns, GREEN).await?, Some(0));
-    assert!(pods(&app.ns, GREEN_PODS).await?.is_empty());
-    assert_eq!(
-        claims_of(&app.ns, GREEN).await?,
-        green_claims,
-        "green served: its volumes stay"
-    );
-    app.assert_data_kept().await?;
+    assert_blue_back_green_kept(&app, &green_claims, 100).await?;
     app.cleanup().await;
     Ok(())
 }
