@@ -492,16 +492,20 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         }
     }
 
-    /// After a conflict: reads the set, adopts a record someone else wrote, or re-plans.
-    async fn reread(&mut self) -> Result<(), ExecError> {
-        let fresh = self
-            .cluster
+    /// The rollout's own set as the API server has it now.
+    pub(super) async fn read_set(&self) -> Result<StatefulSet, ExecError> {
+        self.cluster
             .get_statefulset(&self.name)
             .await
             .map_err(|e| ExecError::api("reading StatefulSet", &self.name, e))?
             .ok_or_else(|| ExecError::StatefulSetDeleted {
                 name: self.name.clone(),
-            })?;
+            })
+    }
+
+    /// After a conflict: reads the set, adopts a record someone else wrote, or re-plans.
+    async fn reread(&mut self) -> Result<(), ExecError> {
+        let fresh = self.read_set().await?;
         self.resource_version = fresh.metadata.resource_version.clone();
         if !self.adopt_external(&fresh)? {
             self.replan(&fresh)?;
@@ -1080,14 +1084,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
     /// when done; false when the loop must decide again (a change, or the rollback failed).
     async fn rollback_partition(&mut self) -> Result<bool, ExecError> {
         let started = Instant::now();
-        let current = self
-            .cluster
-            .get_statefulset(&self.name)
-            .await
-            .map_err(|e| ExecError::api("reading StatefulSet", &self.name, e))?
-            .ok_or_else(|| ExecError::StatefulSetDeleted {
-                name: self.name.clone(),
-            })?;
+        let current = self.read_set().await?;
         let template = self.stable_template(&current).await?;
         let stable_images = self
             .record

@@ -513,14 +513,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         if !self.begin_and_record().await? {
             return Ok(());
         }
-        let blue = self
-            .cluster
-            .get_statefulset(&self.name)
-            .await
-            .map_err(|e| ExecError::api("reading StatefulSet", &self.name, e))?
-            .ok_or_else(|| ExecError::StatefulSetDeleted {
-                name: self.name.clone(),
-            })?;
+        let blue = self.read_set().await?;
         let Some(desired) = twin_statefulset(&blue, &twin, replicas, &self.record.id) else {
             return Err(ExecError::NotRollable {
                 statefulset: self.name.clone(),
@@ -893,14 +886,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         let deadline = deadline_after(self.record.config.timeouts.step.get());
         let name = self.name.clone();
         let stable_revision = self.record.stable.revision.revision.clone();
-        let current = self
-            .cluster
-            .get_statefulset(&self.name)
-            .await
-            .map_err(|e| ExecError::api("reading StatefulSet", &self.name, e))?
-            .ok_or_else(|| ExecError::StatefulSetDeleted {
-                name: self.name.clone(),
-            })?;
+        let current = self.read_set().await?;
         let revision = match template_still_stable(&current, stable_revision.as_deref()) {
             Some(revision) => {
                 self.announce_rollback(&format!(
