@@ -22,6 +22,13 @@ pub enum PlanError {
     TooManySteps { statefulset: String, steps: usize },
     #[error("blue/green of StatefulSet {statefulset} needs a live Service to switch: {detail}")]
     NoLiveService { statefulset: String, detail: String },
+    #[error("{strategy} of StatefulSet {statefulset} would create the StatefulSet {twin}, whose name is longer than the 52 characters a StatefulSet may have (its pods' controller-revision-hash label adds up to 11 more and may not pass 63); nothing was changed: give the set a name of at most {max_home} characters")]
+    TwinNameTooLong {
+        statefulset: String,
+        strategy: &'static str,
+        twin: String,
+        max_home: usize,
+    },
     #[error("blue/green of StatefulSet {statefulset} needs the preview Service name {service}, but a Service {service} that rollout did not create exists in this namespace; rollout would point it at the new pods and delete it, so nothing was changed: rename or delete that Service, then run again")]
     PreviewServiceTaken {
         statefulset: String,

@@ -197,6 +197,7 @@ pub fn twin_for(
                 "scaling it to 0 after the switch (blue/green's last step)",
             )?;
             let green = free_twin_name(&around.home, &around.sets, &around.claims);
+            check_twin_name(config, observed, &around.home, &green)?;
             let services = live_services(&p.services, observed, around, &green)?;
             let green_labels = twin_pod_labels(
                 template_labels(template),
@@ -230,6 +231,7 @@ pub fn twin_for(
         }
         StrategyParams::Shadow(p) => {
             let shadow = shadow_name(&around.home, &around.sets, &around.claims);
+            check_twin_name(config, observed, &around.home, &shadow)?;
             Ok(Some(Twin {
                 role: TwinRole::Shadow,
                 set: shadow,
@@ -243,6 +245,30 @@ pub fn twin_for(
         }
         _ => Ok(None),
     }
+}
+
+/// The longest StatefulSet name whose pods' `controller-revision-hash` label (the name, a dash
+/// and a hash of up to 10 characters) stays within a label value's 63 characters.
+pub const MAX_SET_NAME: usize = 52;
+
+/// Refuses a twin name the StatefulSet controller could not work with: the set would be
+/// created, and then no pod of it, leaving a rollout to time out.
+fn check_twin_name(
+    config: &StrategyConfig,
+    observed: &Observed,
+    home: &str,
+    twin: &str,
+) -> Result<(), PlanError> {
+    if twin.len() <= MAX_SET_NAME {
+        return Ok(());
+    }
+    let suffix = twin.len().saturating_sub(home.len());
+    Err(PlanError::TwinNameTooLong {
+        statefulset: observed.name.clone(),
+        strategy: config.kind().as_str(),
+        twin: twin.to_string(),
+        max_home: MAX_SET_NAME.saturating_sub(suffix),
+    })
 }
 
 /// Refuses a strategy that scales the set to 0 when the StatefulSet controller would then
@@ -918,6 +944,34 @@ mod tests {
                     replicas: 0
                 })
             );
+        }
+    }
+
+    #[test]
+    fn twin_names_stay_within_what_a_statefulset_may_be_called() {
+        // (home name length, strategy, refused): green adds "-bg1" (4), a shadow "-shadow" (7).
+        for (len, kind, refused) in [
+            (48, StrategyKind::BlueGreen, false),
+            (49, StrategyKind::BlueGreen, true),
+            (45, StrategyKind::Shadow, false),
+            (46, StrategyKind::Shadow, true),
+        ] {
+            let home = "w".repeat(len);
+            let mut around = around(vec![service(&home, &[("app", "web")], false)]);
+            around.home = home.clone();
+            around.sets = vec![home.clone()];
+            let mut seen = observed(3);
+            seen.name = home.clone();
+            let cfg = config(kind, StrategyFlags::default(), GateSpec::default());
+            let result = twin_for(&cfg, &seen, &around, &serde_json::json!({}));
+            match (result, refused) {
+                (Err(PlanError::TwinNameTooLong { twin, max_home, .. }), true) => {
+                    assert!(twin.len() > MAX_SET_NAME, "{twin}");
+                    assert_eq!(max_home, MAX_SET_NAME - (twin.len() - len), "{twin}");
+                }
+                (Ok(Some(t)), false) => assert!(t.set.len() <= MAX_SET_NAME, "{}", t.set),
+                (other, _) => panic!("{kind} with a {len}-character name: {other:?}"),
+            }
         }
     }
 
