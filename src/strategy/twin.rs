@@ -104,9 +104,21 @@ fn live_services(
         let mut chosen = Vec::new();
         for wanted in config_services {
             let Some(service) = around.services.iter().find(|s| &s.name == wanted) else {
+                let candidates: Vec<&str> = selecting
+                    .iter()
+                    .filter(|s| !s.headless)
+                    .map(|s| s.name.as_str())
+                    .collect();
+                let hint = if candidates.is_empty() {
+                    "no Service with a cluster IP selects its pods".to_string()
+                } else {
+                    format!("Services selecting its pods: {}", candidates.join(", "))
+                };
                 return Err(PlanError::NoLiveService {
                     statefulset: name.clone(),
-                    detail: format!("--service {wanted}: no such Service in this namespace"),
+                    detail: format!(
+                        "--service {wanted}: no such Service in this namespace ({hint})"
+                    ),
                 });
             };
             if !selecting.iter().any(|s| s.name == service.name) {
@@ -857,7 +869,7 @@ mod tests {
             (
                 vec!["nope".into()],
                 services.clone(),
-                "--service nope: no such Service",
+                "--service nope: no such Service in this namespace (Services selecting its pods: web)",
             ),
             (
                 vec!["other".into()],
