@@ -47,6 +47,11 @@ const MAX_EXAMPLES: usize = 5;
 const MAX_QUOTED_LINE: usize = 80;
 /// The least p95 that stable is taken to have when the factor is applied.
 pub const P95_FLOOR: Duration = Duration::from_millis(5);
+/// The highest p95 (ms) the shadow may have beside a stable p95 of `stable_ms`.
+fn allowed_p95(stable_ms: f64, ratio: f64) -> f64 {
+    stable_ms.max(P95_FLOOR.as_secs_f64() * 1000.0) * ratio
+}
+
 /// Slack for rates that sit exactly on a limit (2 of 200 against 1 %).
 const EPSILON: f64 = 1e-9;
 /// Longest method name accepted in a request file.
@@ -656,8 +661,7 @@ pub fn judge(report: &CompareReport) -> CompareVerdict {
         ));
     }
     if let (Some(shadow_p95), Some(stable_p95)) = (shadow.p95_ms, stable.p95_ms) {
-        let floor = P95_FLOOR.as_secs_f64() * 1000.0;
-        let allowed = stable_p95.max(floor) * limits.max_p95_ratio;
+        let allowed = allowed_p95(stable_p95, limits.max_p95_ratio);
         if shadow_p95 > allowed + EPSILON {
             reasons.push(format!(
                 "p95 latency {} vs stable {} (limit x{:.1} = {})",
@@ -709,9 +713,12 @@ pub fn render_report(report: &CompareReport) -> String {
         }
         _ => "bodies not compared".to_string(),
     };
+    let p95_limit = stable.p95_ms.map_or_else(String::new, |ms| {
+        format!(" = {}", latency_ms(allowed_p95(ms, limits.max_p95_ratio)))
+    });
     let mut lines = vec![
         format!(
-            "shadow vs stable: {} requests each; errors {} vs {} (limit +{:.1} pts); p95 {} vs {} (limit x{:.1})",
+            "shadow vs stable: {} requests each; errors {} vs {} (limit +{:.1} pts); p95 {} vs {} (limit x{:.1}{p95_limit})",
             report.requests,
             percent(shadow.error_rate),
             percent(stable.error_rate),
@@ -1280,7 +1287,7 @@ mod tests {
         let passing = compare(&spec, 200, |_| (body("Date: 1\nok"), body("Date: 2\nok")));
         assert_eq!(
             render_report(&passing.report()),
-            "shadow vs stable: 200 requests each; errors 0.0% vs 0.0% (limit +1.0 pts); p95 1ms vs 1ms (limit x2.0)\n\
+            "shadow vs stable: 200 requests each; errors 0.0% vs 0.0% (limit +1.0 pts); p95 1ms vs 1ms (limit x2.0 = 10ms)\n\
              status mismatches 0 of 200 (limit 1.0%); body mismatches 0 of 200, ignoring lines matching `^Date:`\n\
              verdict: pass"
         );
@@ -1292,7 +1299,7 @@ mod tests {
         });
         assert_eq!(
             render_report(&failing.report()),
-            "shadow vs stable: 20 requests each; errors 100.0% vs 0.0% (limit +1.0 pts); p95 25ms vs 10ms (limit x2.0)\n\
+            "shadow vs stable: 20 requests each; errors 100.0% vs 0.0% (limit +1.0 pts); p95 25ms vs 10ms (limit x2.0 = 20ms)\n\
              status mismatches 10 of 10 (limit 1.0%); bodies not compared\n\
              shadow: no answer to 10 of 20 requests (last: 127.0.0.1:9: connection refused)\n\
              verdict: fail: error rate 100.0% vs stable 0.0% (limit +1.0 pts); p95 latency 25ms vs stable 10ms (limit x2.0 = 20ms); status differs on 10 of 10 requests (100.0%, limit 1.0%)\n\
