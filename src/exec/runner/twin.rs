@@ -51,6 +51,15 @@ fn template_still_stable(sts: &StatefulSet, stable: Option<&str>) -> Option<Stri
     (seen && status.update_revision.as_deref() == Some(stable)).then(|| stable.to_string())
 }
 
+/// Whether the Service `name` among `services` is the preview `rollout` made for `home`;
+/// `None` when there is no Service of that name.
+fn preview_owned(services: &[Service], name: &str, home: &str) -> Option<bool> {
+    services
+        .iter()
+        .find(|s| s.metadata.name.as_deref() == Some(name))
+        .map(|s| rollout_preview_home(&s.metadata).as_deref() == Some(home))
+}
+
 /// What a scale step waits for, judged on a snapshot of the set.
 fn scaled(
     snapshot: &Snapshot,
@@ -294,7 +303,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
     }
 
     /// The set as its watch last saw it.
-    fn set_now(&self, set: &str) -> Option<k8s_openapi::api::apps::v1::StatefulSet> {
+    fn set_now(&self, set: &str) -> Option<StatefulSet> {
         if set == self.name {
             return self.view.borrow().statefulset.clone();
         }
@@ -314,7 +323,6 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         }
     }
 
-    /// Sets every live Service's selector to blue's (`switch == false`) or green's.
     /// Points every live Service at green, or at blue: as pinned when the rollout began, or
     /// re-pinned to `blue_revision` (the revision blue runs now) on the way back.
     async fn point_services(
@@ -329,12 +337,11 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             } else {
                 service.blue_at(blue_revision)
             };
-            let selector = &selector;
             self.cluster
-                .set_service_selector(&service.name, selector)
+                .set_service_selector(&service.name, &selector)
                 .await
                 .map_err(|e| ExecError::api("setting the selector of Service", &service.name, e))?;
-            tracing::info!(service = %service.name, selector = %render_selector(selector), "Service selector set");
+            tracing::info!(service = %service.name, selector = %render_selector(&selector), "Service selector set");
         }
         Ok(())
     }
@@ -381,29 +388,25 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         Ok(())
     }
 
-    /// Who made the Service `name`: `None` when there is none, `Some(Some(home))` when
-    /// `rollout` made it as the preview of `home`, `Some(None)` when someone else did.
-    async fn service_maker(&self, name: &str) -> Result<Option<Option<String>>, ExecError> {
+    /// Whether the Service `name` is `rollout`'s preview for `home` (`None`: no such Service).
+    async fn preview_owned_now(&self, name: &str, home: &str) -> Result<Option<bool>, ExecError> {
         let services = self.cluster.list_services().await.map_err(|e| {
             ExecError::api("listing Services in namespace", self.cluster.namespace(), e)
         })?;
-        Ok(services
-            .iter()
-            .find(|s| s.metadata.name.as_deref() == Some(name))
-            .map(|s| rollout_preview_home(&s.metadata)))
+        Ok(preview_owned(&services, name, home))
     }
 
     /// Deletes the preview Service if `rollout` made it for this home; a Service of that name
     /// someone else made is left as it is.
     async fn delete_preview(&self, twin: &Twin, preview: &str) -> Result<(), ExecError> {
-        match self.service_maker(preview).await? {
+        match self.preview_owned_now(preview, &twin.home).await? {
             None => Ok(()),
-            Some(Some(home)) if home == twin.home => self
+            Some(true) => self
                 .cluster
                 .delete_service(preview)
                 .await
                 .map_err(|e| ExecError::api("deleting preview Service", preview, e)),
-            Some(_) => {
+            Some(false) => {
                 tracing::warn!(service = %preview, "preview Service not made by rollout for this set; left alone");
                 self.progress.say(format!(
                     "        Service {preview} was not created by rollout for {}, so it is left as it is",
@@ -433,13 +436,8 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         let services = self.cluster.list_services().await.map_err(|e| {
             ExecError::api("listing Services in namespace", self.cluster.namespace(), e)
         })?;
-        if let Some(found) = services
-            .iter()
-            .find(|s| s.metadata.name.as_deref() == Some(preview))
-        {
-            if rollout_preview_home(&found.metadata).as_ref() != Some(&twin.home) {
-                return Ok(Some(Self::preview_taken(twin, preview)));
-            }
+        if preview_owned(&services, preview, &twin.home) == Some(false) {
+            return Ok(Some(Self::preview_taken(twin, preview)));
         }
         let live = twin.services.first();
         let ports: Vec<ServicePort> = live
@@ -481,14 +479,10 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         match self.cluster.create_service(&service).await {
             Ok(()) => Ok(None),
             Err(ApiError::AlreadyExists(_)) => {
-                // Ours from a run that died: point it at this green. Anyone else's is not
-                // touched.
-                match self.service_maker(preview).await? {
-                    Some(Some(home)) if home == twin.home => {}
-                    None => {}
-                    Some(None) | Some(Some(_)) => {
-                        return Ok(Some(Self::preview_taken(twin, preview)))
-                    }
+                // Ours from a run that died: point it at this green. Anyone else's (made since
+                // the listing above) is not touched.
+                if self.preview_owned_now(preview, &twin.home).await? == Some(false) {
+                    return Ok(Some(Self::preview_taken(twin, preview)));
                 }
                 let selector = service
                     .spec
