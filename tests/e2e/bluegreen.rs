@@ -736,21 +736,8 @@ async fn bluegreen_with_data(
     app: &App,
     mode: Option<&str>,
 ) -> anyhow::Result<BTreeMap<i32, Vec<String>>> {
-    let mut args = vec![
-        "bluegreen",
-        STS,
-        "--image",
-        "time-app:v2",
-        "--auto-promote",
-        "--scale-down-delay",
-        "0s",
-    ];
-    if let Some(mode) = mode {
-        args.extend(["--data", mode]);
-    }
-    let run = app.rollout(&args).await?;
-    eprintln!("{}", run.stderr);
-    run.expect(ExitCode::Done)?;
+    let data = mode.map(|m| vec!["--data", m]).unwrap_or_default();
+    unattended_bluegreen(app, "time-app:v2", &data).await?;
     assert_green_alone_serves(app).await?;
     let mut out = BTreeMap::new();
     for i in 0..app.replicas {
@@ -948,6 +935,22 @@ async fn done(app: &App, args: &[&str]) -> anyhow::Result<Run> {
     Ok(run)
 }
 
+/// An unattended blue/green to `image` (`--auto-promote`, blue down at once after the switch)
+/// with `extra` flags, checked to have finished (exit 0).
+async fn unattended_bluegreen(app: &App, image: &str, extra: &[&str]) -> anyhow::Result<Run> {
+    let mut args = vec![
+        "bluegreen",
+        STS,
+        "--image",
+        image,
+        "--auto-promote",
+        "--scale-down-delay",
+        "0s",
+    ];
+    args.extend_from_slice(extra);
+    done(app, &args).await
+}
+
 /// The live Service selects `set` alone: its Endpoints are that set's Ready pods, and `count`
 /// answers through it all come from those pods on `version`.
 async fn assert_serving(app: &App, set: &str, version: &str, count: usize) -> anyhow::Result<()> {
@@ -981,19 +984,8 @@ async fn repeated_blue_green_rollouts_take_new_names_and_undo_steps_back_one_set
     const SECOND: &str = "time-app-bg2";
     let mut app = App::deploy("bg-again", 3, false).await?;
     add_visits(&mut app).await?;
-    let unattended = [
-        "--auto-promote",
-        "--scale-down-delay",
-        "0s",
-        "--data",
-        "clone",
-    ];
-    let first = [
-        &["bluegreen", STS, "--image", "time-app:v2"][..],
-        &unattended,
-    ]
-    .concat();
-    done(&app, &first).await?;
+    let clone = ["--data", "clone"];
+    unattended_bluegreen(&app, "time-app:v2", &clone).await?;
     assert_green_alone_serves(&app).await?;
     let mut first_visits = BTreeMap::new();
     for i in 0..app.replicas {
@@ -1002,12 +994,7 @@ async fn repeated_blue_green_rollouts_take_new_names_and_undo_steps_back_one_set
     }
 
     // The user still names the home set; the second blue/green starts from the set serving now.
-    let second = [
-        &["bluegreen", STS, "--image", "time-app:v3"][..],
-        &unattended,
-    ]
-    .concat();
-    let run = done(&app, &second).await?;
+    let run = unattended_bluegreen(&app, "time-app:v3", &clone).await?;
     assert!(
         run.stderr.contains(&format!("working on {GREEN}"))
             && run
@@ -1346,19 +1333,7 @@ async fn an_undo_killed_half_way_is_finished_by_abort_with_blue_alone_serving() 
 {
     let mut app = App::deploy("bg-kill-undo", 3, false).await?;
     add_visits(&mut app).await?;
-    done(
-        &app,
-        &[
-            "bluegreen",
-            STS,
-            "--image",
-            "time-app:v2",
-            "--auto-promote",
-            "--scale-down-delay",
-            "0s",
-        ],
-    )
-    .await?;
+    unattended_bluegreen(&app, "time-app:v2", &[]).await?;
     assert_green_alone_serves(&app).await?;
     let green_claims = claims_of(&app.ns, GREEN).await?;
 
@@ -1385,19 +1360,7 @@ async fn an_undo_killed_half_way_is_finished_by_abort_with_blue_alone_serving() 
 #[tokio::test]
 async fn undo_after_the_home_set_was_upgraded_serves_without_a_gap() -> anyhow::Result<()> {
     let app = App::deploy("bg-undo-upgraded", 3, false).await?;
-    done(
-        &app,
-        &[
-            "bluegreen",
-            STS,
-            "--image",
-            "time-app:v2",
-            "--auto-promote",
-            "--scale-down-delay",
-            "0s",
-        ],
-    )
-    .await?;
+    unattended_bluegreen(&app, "time-app:v2", &[]).await?;
     assert_green_alone_serves(&app).await?;
     // What a `helm upgrade` of the chart does to the home set, which no longer serves: a new
     // template, and the chart's replica count again.
