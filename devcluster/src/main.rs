@@ -8,7 +8,11 @@ use devcluster::agent::AgentConfig;
 use devcluster::{cluster, layout, Layout};
 
 #[derive(Parser)]
-#[command(name = "devcluster", version, about = "A real Kubernetes control plane on this machine, with pods run as local processes")]
+#[command(
+    name = "devcluster",
+    version,
+    about = "A real Kubernetes control plane on this machine, with pods run as local processes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -58,7 +62,9 @@ fn main() -> ExitCode {
         devcluster::podinit::main(&args);
     }
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let rt = match tokio::runtime::Runtime::new() {
@@ -71,7 +77,10 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Cmd::Up { nodes } => {
-                let bin_dir = std::env::current_exe()?.parent().map(PathBuf::from).unwrap_or_default();
+                let bin_dir = std::env::current_exe()?
+                    .parent()
+                    .map(PathBuf::from)
+                    .unwrap_or_default();
                 cluster::up(&layout, nodes, &bin_dir).await.map(|_| true)
             }
             Cmd::Down => cluster::down(&layout).map(|_| true),
@@ -81,7 +90,11 @@ fn main() -> ExitCode {
                 println!("export KUBECONFIG={}", layout.kubeconfig().display());
                 Ok(true)
             }
-            Cmd::Agent { nodes, kubeconfig, bin_dir } => {
+            Cmd::Agent {
+                nodes,
+                kubeconfig,
+                bin_dir,
+            } => {
                 let cfg = AgentConfig {
                     layout: layout.clone(),
                     nodes: (1..=nodes).map(layout::node_name).collect(),

@@ -18,13 +18,13 @@ use super::progress::{format_elapsed, Out, Progress};
 use super::report::{
     history, pick_undo_revision, render_history, render_status, render_status_line, status_report,
 };
-use super::runner::{RunOptions, RunOutcome, Runner};
+use super::runner::{RunOptions, RunOutcome, Runner, Tools};
 use super::ExecError;
 use crate::model::exit::ExitCode;
 use crate::model::image::{
     apply_images, container_images, resolve_image_changes, ContainerImage, ImageChange,
 };
-use crate::model::state::{PauseReason, Phase, Revision, RollbackCause, RolloutState};
+use crate::model::state::{PauseReason, Phase, Revision, RolloutState};
 use crate::model::strategy::{StrategyConfig, StrategyKind, StrategyParams};
 use crate::model::twin::{Twin, HOME_ANNOTATION};
 use crate::strategy::observed::{self, stable_from_statefulset, Observed};
@@ -77,7 +77,25 @@ pub struct RunRequest {
 /// before it plans on it.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Run options for a run that continues a rollout: whether it waits at holds.
+fn holding(wait_at_holds: bool) -> RunOptions {
+    RunOptions {
+        wait_at_holds,
+        ..RunOptions::default()
+    }
+}
+
 impl<C: Cluster, G: GateRunner> Context<C, G> {
+    /// What a runner works with, for a run holding the lease whose loss `lease_lost` signals.
+    fn tools(&self, lease_lost: tokio::sync::watch::Receiver<Option<String>>) -> Tools<C, G> {
+        Tools {
+            cluster: self.cluster.clone(),
+            gates: self.gates.clone(),
+            progress: self.progress.clone(),
+            lease_lost,
+        }
+    }
+
     async fn get_set(&self, name: &str) -> Result<StatefulSet, ExecError> {
         self.cluster
             .get_statefulset(name)
@@ -506,6 +524,7 @@ fn conclude<C: Cluster, G: GateRunner>(
             ),
             Phase::RolledBack => format!("rollout of {name} failed and was rolled back (after {elapsed}): {first_line}"),
             Phase::Aborted => format!("rollout of {name} was aborted; back on the stable revision (after {elapsed})"),
+            Phase::Failed if r.rollback.is_some() => format!("rollout of {name} failed and its rollback did not finish (after {elapsed}): {first_line}"),
             Phase::Failed => format!("rollout of {name} failed and was left as it is (after {elapsed}): {first_line}; `rollout abort {name}` returns to the stable revision"),
             phase => format!("rollout of {name} stopped while {phase}: {first_line}"),
         }
@@ -517,7 +536,7 @@ fn conclude<C: Cluster, G: GateRunner>(
     Ok(if outcome.held {
         ExitCode::Done
     } else {
-        ExitCode::for_outcome(r.phase, r.rollback_cause)
+        ExitCode::of_record(r)
     })
 }
 
@@ -611,7 +630,7 @@ async fn start<C: Cluster, G: GateRunner>(
                 "a {} rollout of {name} to this template is under way (started by {}); continuing it",
                 record.plan.strategy, record.started_by
             ));
-            return continue_run(ctx, name, |_| Ok(()), request.wait_at_holds).await;
+            return continue_run(ctx, name, |_| Ok(()), holding(request.wait_at_holds)).await;
         }
         if !plan_only {
             let running = match ctx.live_holder(name).await? {
@@ -764,16 +783,14 @@ async fn start<C: Cluster, G: GateRunner>(
         ctx.progress.say(format!("note: {note}"));
     }
     let runner = Runner::new(
-        ctx.cluster.clone(),
-        ctx.gates.clone(),
-        ctx.progress.clone(),
+        ctx.tools(guard.lost()),
         &sts,
         record,
         view,
-        guard.lost(),
         RunOptions {
             wait_at_holds: request.wait_at_holds,
             template: Some(prepared.template),
+            rollback_limit: None,
         },
     );
     drive(ctx, runner, guard, started).await
@@ -785,7 +802,7 @@ async fn continue_run<C: Cluster, G: GateRunner>(
     ctx: &Context<C, G>,
     name: &str,
     change: impl FnOnce(&mut RolloutState) -> Result<(), TransitionError>,
-    wait_at_holds: bool,
+    options: RunOptions,
 ) -> Result<ExitCode, ExecError> {
     let started = Instant::now();
     let sts = ctx.get_set(name).await?;
@@ -834,19 +851,7 @@ async fn continue_run<C: Cluster, G: GateRunner>(
         record.plan.steps.len(),
         record.phase
     ));
-    let runner = Runner::new(
-        ctx.cluster.clone(),
-        ctx.gates.clone(),
-        ctx.progress.clone(),
-        &sts,
-        record,
-        view,
-        guard.lost(),
-        RunOptions {
-            wait_at_holds,
-            template: None,
-        },
-    );
+    let runner = Runner::new(ctx.tools(guard.lost()), &sts, record, view, options);
     drive(ctx, runner, guard, started).await
 }
 
@@ -948,7 +953,7 @@ pub async fn promote<C: Cluster, G: GateRunner>(
         }
         return Ok(ExitCode::Done);
     }
-    continue_run(ctx, name, change, wait_at_holds).await
+    continue_run(ctx, name, change, holding(wait_at_holds)).await
 }
 
 /// `rollout pause STS`.
@@ -1009,7 +1014,7 @@ pub async fn resume<C: Cluster, G: GateRunner>(
             return Ok(ExitCode::Done);
         }
     }
-    continue_run(ctx, name, change, wait_at_holds).await
+    continue_run(ctx, name, change, holding(wait_at_holds)).await
 }
 
 /// `rollout abort STS`: back to the stable revision now.
@@ -1052,7 +1057,11 @@ pub async fn abort<C: Cluster, G: GateRunner>(
             }
         }
     }
-    let code = continue_run(ctx, name, |r| r.abort(Timestamp::now()), false).await?;
+    let options = RunOptions {
+        rollback_limit: Some(timeout),
+        ..RunOptions::default()
+    };
+    let code = continue_run(ctx, name, |r| r.abort(Timestamp::now()), options).await?;
     let after = existing_record(ctx, name, "abort").await?;
     // RolledBack: the abort finished a rollback that a dead run had begun; either way the set
     // is back where the user asked for it.
@@ -1084,10 +1093,7 @@ fn finish_abort<C: Cluster, G: GateRunner>(
                 "the rollback of {name} did not finish: {}",
                 record.message
             ));
-            Ok(ExitCode::for_outcome(
-                record.phase,
-                record.rollback_cause.or(Some(RollbackCause::Aborted)),
-            ))
+            Ok(ExitCode::of_record(record))
         }
     }
 }
@@ -1195,7 +1201,7 @@ pub async fn status<C: Cluster, G: GateRunner>(
             last = fingerprint;
             if report.is_settled() {
                 return Ok(match report.record {
-                    Some(r) => ExitCode::for_outcome(r.phase, r.rollback_cause),
+                    Some(r) => ExitCode::of_record(&r),
                     None => ExitCode::Done,
                 });
             }
@@ -1248,11 +1254,15 @@ pub async fn undo<C: Cluster, G: GateRunner>(
         ctx.progress.say(format!(
             "undoing the blue/green rollout recorded on {blue}: {blue} serves again"
         ));
-        continue_run(ctx, &blue, |r| r.undo_bluegreen(Timestamp::now()), false).await?;
+        let options = RunOptions {
+            rollback_limit: Some(timeout),
+            ..RunOptions::default()
+        };
+        continue_run(ctx, &blue, |r| r.undo_bluegreen(Timestamp::now()), options).await?;
         let after = existing_record(ctx, &blue, "undo").await?;
         return Ok(match after.phase {
             Phase::Aborted => ExitCode::Done,
-            phase => ExitCode::for_outcome(phase, after.rollback_cause),
+            _ => ExitCode::of_record(&after),
         });
     }
     let resolved = resolve_serving(ctx, name).await?;

@@ -698,7 +698,9 @@ message:   gate running
             let text = render_status(&report, ts(0));
             let home = text.lines().nth(1).unwrap_or_default();
             assert!(
-                home.starts_with("home:      app, in whose place web serves since a blue/green rollout"),
+                home.starts_with(
+                    "home:      app, in whose place web serves since a blue/green rollout"
+                ),
                 "{strategy}: {text}"
             );
             assert_eq!(

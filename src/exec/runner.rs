@@ -1,16 +1,27 @@
-//! The run loop: takes a rollout record and drives the StatefulSet through its remaining steps.
+//! The run loop: an interpreter of steps. It takes a rollout record and runs its steps, forward
+//! while the rollout progresses and back through the record's rollback steps once it fails or is
+//! aborted, each step kind by one function (in the files beside this one):
 //!
-//! - Every mutation goes out in one strategic merge patch together with the record that
-//!   describes it, under the resourceVersion this run last saw: either both land or neither.
+//! - [`partition`]: the pod template and the partition of the rollout's own set, and the way
+//!   back (the stable template, pods stuck on a broken revision replaced);
+//! - [`sets`]: scaling a set, creating and removing a second set (green, a shadow);
+//! - [`traffic`]: moving the live Services' selectors, the preview Service;
+//! - [`gating`]: the gates, on pods and through a Service;
+//! - [`shadow`]: the shadow's comparison.
+//!
+//! What every step shares lives here:
+//! - Every mutation goes out in one write together with the record that describes it, under
+//!   the resourceVersion this run last saw (or, for another object, after a write of the record
+//!   alone): the record always tells what may have changed.
 //! - On a conflict the set is read again: a record someone else wrote (`promote`, `pause`,
 //!   `abort` from another terminal) is adopted; otherwise the plan is brought in line with the
 //!   cluster (`reconcile`) and the loop decides again. Nothing is ever overwritten blindly.
-//! - Waiting is on the watch [`View`]: the next change of the set or its pods, a deadline, or
-//!   the loss of the lease, whichever comes first. The same wake-ups notice a record written by
-//!   another process, so a `rollout promote` elsewhere takes effect at once.
-//! - Rollback: template and partition back to stable, then the pods stuck on the broken
-//!   revision are deleted (kubernetes #67250), then the set is waited on until every pod is back
-//!   and Ready. PVCs are never touched.
+//! - One wait primitive, [`Runner::wait_on`]: the next change of a watched set or its pods, a
+//!   deadline, or the loss of the lease, whichever comes first, with a pure check from
+//!   `crate::strategy::predicates` deciding when the step is done. The same wake-ups notice a
+//!   record written by another process, so a `rollout promote` elsewhere takes effect at once.
+//! - A failure going forward plans the rollback (`crate::strategy::rollback`) and writes the
+//!   record before anything else is done; a failure going back ends the rollback as failed.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashSet;
@@ -19,29 +30,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+mod gating;
+mod partition;
+mod sets;
 mod shadow;
-mod twin;
+mod traffic;
 
-use super::cluster::{selector_string, ApiError, Cluster, Snapshot, View};
-use super::gates::{gate_targets, GateRunner};
-use super::patch::{revision_template, RecordChange, StrategyChange, StsPatch, TemplateChange};
+use super::cluster::{ApiError, Cluster, Snapshot, View};
+use super::gates::GateRunner;
+use super::patch::{RecordChange, StrategyChange, StsPatch, TemplateChange};
 use super::progress::{format_elapsed, Progress};
 use super::ExecError;
-use crate::gate::probe::GateContext;
-use crate::gate::Verdict;
 use crate::model::plan::Step;
 use crate::model::state::{PauseReason, Phase, RollbackCause, RolloutState, ANNOTATION_KEY};
 use crate::model::strategy::PauseSpec;
+use crate::model::twin::{Twin, SET_LABEL};
 use crate::strategy::observed::{self, Observed};
-use crate::strategy::predicates::{
-    is_ready, is_terminating, ordinals_not_ready, ordinals_released, pod_ordinal, pod_revision,
-};
 
 /// Conflicting writes in a row before the run gives up.
 const MAX_CONFLICTS: u32 = 20;
@@ -78,30 +87,51 @@ pub struct RunOptions {
     pub wait_at_holds: bool,
     /// The template the freeze step writes (only a run that starts the rollout has it).
     pub template: Option<TemplateChange>,
+    /// How long this run may take for the rollback it runs (`abort --timeout`); each rollback
+    /// step also has the rollout's step deadline.
+    pub rollback_limit: Option<Duration>,
+}
+
+/// What a runner works with: the cluster, the gates, where progress goes, and the signal that
+/// the lease was lost.
+pub struct Tools<C: Cluster, G: GateRunner> {
+    pub cluster: C,
+    pub gates: G,
+    pub progress: Progress,
+    pub lease_lost: watch::Receiver<Option<String>>,
+}
+
+/// The record as this run last wrote it, and what the next write is based on.
+struct Writes {
+    /// Hashes of the annotation texts this run wrote (or found at its start): any other text
+    /// is someone else's.
+    known: HashSet<u64>,
+    last_text: String,
+    /// The phase of the last record written.
+    last_phase: Option<Phase>,
+    /// The resourceVersion the next write is based on.
+    resource_version: Option<String>,
+    conflicts: u32,
 }
 
 pub struct Runner<C: Cluster, G: GateRunner> {
     cluster: C,
     gates: G,
     progress: Progress,
+    lease_lost: watch::Receiver<Option<String>>,
     name: String,
     view: View,
-    lease_lost: watch::Receiver<Option<String>>,
+    /// A watch on another set (green, a shadow), made when first needed.
+    other_view: Option<(String, View)>,
     record: RolloutState,
-    /// Hashes of the annotation texts this run wrote (or found at its start): any other text is
-    /// someone else's.
-    known: HashSet<u64>,
-    last_text: String,
-    /// The resourceVersion the next write is based on.
-    resource_version: Option<String>,
-    conflicts: u32,
+    writes: Writes,
     options: RunOptions,
     /// The overall deadline (pauses push it back).
     total_deadline: Option<Instant>,
-    /// The step whose pause was announced last, so a pause is announced once.
+    /// The end of the time this run may spend rolling back.
+    rollback_deadline: Option<Instant>,
+    /// The step whose pause (or rollback) was announced last, so it is announced once.
     announced: Option<(usize, Phase)>,
-    /// A watch on the twin set (blue/green, shadow), made when first needed.
-    twin_view: Option<(String, View)>,
 }
 
 fn hash_text(text: &str) -> u64 {
@@ -132,98 +162,14 @@ fn until(at: Timestamp) -> Duration {
         .unwrap_or(Duration::ZERO)
 }
 
-/// What keeps a pod from being counted as done, in words.
-pub fn describe_pod(pod: Option<&Pod>, name: &str, revision: &str) -> String {
-    let Some(pod) = pod else {
-        return format!("{name} does not exist yet");
-    };
-    if is_terminating(pod) {
-        return format!("{name} is terminating");
-    }
-    let on = pod_revision(pod).unwrap_or("?");
-    if on != revision {
-        return format!("{name} still runs revision {on}");
-    }
-    let mut parts = vec![];
-    for status in pod
-        .status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())
-        .into_iter()
-        .flatten()
-    {
-        let state = status.state.as_ref();
-        if let Some(waiting) = state.and_then(|s| s.waiting.as_ref()) {
-            let reason = waiting.reason.as_deref().unwrap_or("waiting");
-            match waiting.message.as_deref().filter(|m| !m.is_empty()) {
-                Some(m) => parts.push(format!("container {} {reason}: {m}", status.name)),
-                None => parts.push(format!("container {} {reason}", status.name)),
-            }
-        } else if let Some(done) = state.and_then(|s| s.terminated.as_ref()) {
-            parts.push(format!(
-                "container {} exited with {}",
-                status.name, done.exit_code
-            ));
-        } else if !status.ready {
-            parts.push(format!("container {} is not ready", status.name));
-        }
-        if status.restart_count > 0 {
-            parts.push(format!("restarted {} times", status.restart_count));
-        }
-    }
-    if parts.is_empty() {
-        if is_ready(pod) {
-            return format!("{name} is Ready");
-        }
-        parts.push("not Ready".to_string());
-    }
-    format!("{name}: {}", parts.join(", "))
-}
-
-/// A reason that waiting cannot fix (the image cannot be pulled, the container cannot be
-/// configured), so the step fails now instead of at its deadline.
-pub fn hopeless(pod: &Pod) -> Option<String> {
-    const HOPELESS: [&str; 4] = [
-        "ImagePullBackOff",
-        "InvalidImageName",
-        "ErrImageNeverPull",
-        "CreateContainerConfigError",
-    ];
-    pod.status
-        .as_ref()?
-        .container_statuses
-        .as_ref()?
-        .iter()
-        .find_map(|c| {
-            let waiting = c.state.as_ref()?.waiting.as_ref()?;
-            let reason = waiting.reason.as_deref()?;
-            HOPELESS.contains(&reason).then(|| {
-                let name = pod.metadata.name.as_deref().unwrap_or("?");
-                match waiting.message.as_deref().filter(|m| !m.is_empty()) {
-                    Some(m) => format!("pod {name}: container {} {reason}: {m}", c.name),
-                    None => format!("pod {name}: container {} {reason}", c.name),
-                }
-            })
-        })
-}
-
-fn pod_by_ordinal<'a>(set: &str, pods: &'a [Pod], ordinal: u32) -> Option<&'a Pod> {
-    pods.iter()
-        .find(|p| p.metadata.name.as_deref().and_then(|n| pod_ordinal(set, n)) == Some(ordinal))
-}
-
 impl<C: Cluster, G: GateRunner> Runner<C, G> {
     /// A runner for `record` on the StatefulSet `statefulset` (as last read: its annotation and
-    /// resourceVersion are where the run starts from).
-    #[allow(clippy::too_many_arguments)]
+    /// resourceVersion are where the run starts from), watched by `view`.
     pub fn new(
-        cluster: C,
-        gates: G,
-        progress: Progress,
+        tools: Tools<C, G>,
         statefulset: &StatefulSet,
         record: RolloutState,
         view: View,
-        lease_lost: watch::Receiver<Option<String>>,
         options: RunOptions,
     ) -> Self {
         let start_text = annotation(statefulset).to_string();
@@ -238,20 +184,26 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             deadline_after(until(end))
         });
         Runner {
-            cluster,
-            gates,
-            progress,
+            cluster: tools.cluster,
+            gates: tools.gates,
+            progress: tools.progress,
+            lease_lost: tools.lease_lost,
             name: record.plan.statefulset.clone(),
             view,
-            lease_lost,
-            known: HashSet::from([hash_text(&start_text), hash_text("")]),
-            last_text: start_text,
-            resource_version: statefulset.metadata.resource_version.clone(),
-            conflicts: 0,
-            options,
+            other_view: None,
+            writes: Writes {
+                known: HashSet::from([hash_text(&start_text), hash_text("")]),
+                last_phase: RolloutState::from_annotation("", &start_text)
+                    .ok()
+                    .map(|r| r.phase),
+                last_text: start_text,
+                resource_version: statefulset.metadata.resource_version.clone(),
+                conflicts: 0,
+            },
             total_deadline,
+            rollback_deadline: options.rollback_limit.map(deadline_after),
+            options,
             announced: None,
-            twin_view: None,
             record,
         }
     }
@@ -288,7 +240,6 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                         });
                     }
                 }
-                Phase::RollingBack => self.rollback().await?,
                 Phase::Paused => {
                     if !self.paused().await? {
                         return Ok(RunOutcome {
@@ -297,24 +248,169 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                         });
                     }
                 }
-                Phase::Progressing => self.run_step().await?,
+                Phase::Progressing => match self.record.current().cloned() {
+                    // Past the last step while still marked progressing: completing finishes.
+                    None => self.record.complete_step(Self::now())?,
+                    Some(step) => self.run_step(step).await?,
+                },
+                Phase::RollingBack => self.step_back().await?,
             }
         }
+    }
+
+    /// One step of the rollback, or its end.
+    async fn step_back(&mut self) -> Result<(), ExecError> {
+        if self.writes.last_phase != Some(Phase::RollingBack) {
+            // The failure (or abort) is written before the rollback writes anything: a run
+            // killed in between must not find the failed step still to run.
+            self.announce_rollback();
+            let _ = self.commit(None, None).await?;
+            return Ok(());
+        }
+        self.announce_rollback();
+        let step = self.record.rollback_steps().current().cloned();
+        match step {
+            Some(step) => self.run_step(step).await,
+            None => {
+                self.record.rollback_done(Self::now())?;
+                self.progress
+                    .say(format!("[rollback] {}", self.back_where_it_was()));
+                Ok(())
+            }
+        }
+    }
+
+    /// Runs one step, forward or back: one function per kind of step.
+    async fn run_step(&mut self, step: Step) -> Result<(), ExecError> {
+        let span = tracing::info_span!(
+            "step",
+            step = self.step_label().0 + 1,
+            kind = step.name(),
+            back = self.backwards()
+        );
+        let run = async {
+            match step {
+                Step::SetTemplateAndFreeze { partition } => {
+                    self.write_template(Some(partition)).await
+                }
+                Step::SetTemplate => self.write_template(None).await,
+                Step::SetPartition {
+                    partition,
+                    ordinals,
+                    ..
+                } => self.lower_partition(partition, &ordinals).await,
+                Step::RestoreTemplate => self.restore_template().await,
+                Step::ReplaceStuckPods => self.replace_stuck_pods().await,
+                Step::Gate { ordinals, set } => self.gate(&ordinals, set.as_deref()).await,
+                Step::GateService { service } => self.gate_service(&service).await,
+                Step::Scale { set, replicas } => self.scale(&set, replicas).await,
+                Step::CreateTwin { set, replicas } => self.create_twin(&set, replicas).await,
+                Step::RemoveTwin { set } => self.remove_twin_step(&set).await,
+                Step::PinTraffic => self.point_traffic(traffic::To::PinnedBlue).await,
+                Step::SwitchTraffic => self.point_traffic(traffic::To::Green).await,
+                Step::ReturnTraffic => self.point_traffic(traffic::To::BlueNow).await,
+                Step::RestoreSelectors => self.point_traffic(traffic::To::Original).await,
+                Step::RemovePreview => self.remove_preview_step().await,
+                Step::Compare { set } => self.compare(&set).await,
+                Step::Pause { wait } => {
+                    // Entering a pause is normally done by the transitions; a record that
+                    // reached a pause step while progressing is put in the same state here.
+                    self.record.phase = Phase::Paused;
+                    let until = match wait {
+                        PauseSpec::UntilPromote => None,
+                        PauseSpec::For(d) => Self::now().checked_add(d.get()).ok(),
+                    };
+                    self.record.pause = Some(PauseReason::Step { until });
+                    Ok(())
+                }
+            }
+        };
+        run.instrument(span).await
     }
 
     fn now() -> Timestamp {
         Timestamp::now()
     }
 
+    /// True while the rollout goes back (the steps run are the rollback's).
+    fn backwards(&self) -> bool {
+        self.record.phase == Phase::RollingBack
+    }
+
+    /// The step being run, forward or back.
+    fn current_step(&self) -> Option<&Step> {
+        if self.backwards() {
+            self.record.rollback.as_ref().and_then(|r| r.current())
+        } else {
+            self.record.current()
+        }
+    }
+
+    /// (index, total) of the step being run in its list.
     fn step_label(&self) -> (usize, usize) {
-        (self.record.current_step, self.record.plan.steps.len())
+        match (&self.record.rollback, self.backwards()) {
+            (Some(r), true) => (r.current_step, r.steps.len()),
+            _ => (self.record.current_step, self.record.plan.steps.len()),
+        }
     }
 
     fn step_text(&self) -> String {
-        self.record
-            .current()
+        self.current_step()
             .map(|s| self.record.plan.describe_step(s))
             .unwrap_or_default()
+    }
+
+    /// The step is about to write: its start is recorded (its deadline counts from there).
+    fn begin(&mut self) -> Result<(), ExecError> {
+        if self.backwards() {
+            self.record.begin_rollback_step(Self::now())?;
+        } else {
+            self.record.begin_step(Self::now())?;
+        }
+        Ok(())
+    }
+
+    /// The step is done; `detail` says how it ended, after the step's own words.
+    fn complete(&mut self, started: Instant, detail: &str) -> Result<(), ExecError> {
+        self.report(started, detail);
+        if self.backwards() {
+            self.record.complete_rollback_step(Self::now())?;
+        } else {
+            self.record.complete_step(Self::now())?;
+        }
+        Ok(())
+    }
+
+    /// The step's line of progress: `[2/7] 4.2s  <step>: <detail>` (`[rollback 1/3]` going
+    /// back).
+    fn report(&self, started: Instant, detail: &str) {
+        let (index, total) = self.step_label();
+        let text = format!("{}{detail}", self.step_text());
+        if self.backwards() {
+            self.progress.say(format!(
+                "[rollback {}/{total}] {:>7}  {text}",
+                index + 1,
+                format_elapsed(started.elapsed())
+            ));
+        } else {
+            self.progress.step(index, total, started.elapsed(), &text);
+        }
+    }
+
+    /// The step failed. Going forward the rollout fails (and rolls back, unless told to hold);
+    /// going back the rollback ends as failed: someone has to look.
+    fn step_failed(&mut self, cause: RollbackCause, message: String) -> Result<(), ExecError> {
+        if self.backwards() {
+            let message = format!(
+                "rollback of {0} did not finish: {message}; check `kubectl get pods`, then `rollout abort {0}` to try again",
+                self.name
+            );
+            self.progress.say(format!("[rollback] FAILED: {message}"));
+            self.record.rollback_failed(message, Self::now())?;
+        } else {
+            self.record.fail(cause, message, Self::now())?;
+        }
+        Ok(())
     }
 
     /// Ends the step as failed now: `problem` says why waiting out its deadline would not help
@@ -322,13 +418,8 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
     fn step_cannot_finish(&mut self, started: Instant, problem: &str) -> Result<(), ExecError> {
         let (index, total) = self.step_label();
         let step = self.step_text();
-        self.progress.step(
-            index,
-            total,
-            started.elapsed(),
-            &format!("{step}: FAILED: {problem}"),
-        );
-        self.fail(
+        self.report(started, &format!(": FAILED: {problem}"));
+        self.step_failed(
             RollbackCause::GateFailed,
             format!(
                 "step {}/{total} ({step}) cannot finish: {problem}",
@@ -345,17 +436,10 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         overall: bool,
         details: &str,
     ) -> Result<(), ExecError> {
-        let (index, total) = self.step_label();
-        let step = self.step_text();
         let message = format!("{}: {details}", self.deadline_message(overall));
-        self.progress.step(
-            index,
-            total,
-            started.elapsed(),
-            &format!("{step}: TIMED OUT"),
-        );
+        self.report(started, ": TIMED OUT");
         self.progress.say(format!("        {message}"));
-        self.fail(RollbackCause::TimedOut, message)
+        self.step_failed(RollbackCause::TimedOut, message)
     }
 
     /// The error that ends the run once the lease watch fires.
@@ -369,35 +453,6 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             statefulset: self.name.clone(),
             reason,
         }
-    }
-
-    /// After the set's watch fired in the middle of a step that does not wait through
-    /// [`Runner::wait_for`]: an error when the watch ended or the set is gone; true when another
-    /// command wrote the record (now adopted), so the step must stop for the loop to decide again.
-    fn changed_from_outside(
-        &mut self,
-        changed: Result<(), watch::error::RecvError>,
-    ) -> Result<bool, ExecError> {
-        if changed.is_err() {
-            return Err(ExecError::WatchEnded {
-                statefulset: self.name.clone(),
-            });
-        }
-        let sts = self.view.borrow().statefulset.clone();
-        let Some(sts) = sts else {
-            return Err(ExecError::StatefulSetDeleted {
-                name: self.name.clone(),
-            });
-        };
-        if self.adopt_external(&sts)? {
-            return Ok(true);
-        }
-        if annotation(&sts) == self.last_text {
-            // Not a command's change (a pod restarted, the controller wrote the status): the
-            // next write is based on it, as in `wait_for`, instead of meeting a conflict.
-            self.resource_version = sts.metadata.resource_version.clone();
-        }
-        Ok(false)
     }
 
     /// Writes the final record, and gives back the update strategy the set had: after a
@@ -418,7 +473,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             _ => None,
         };
         let text = self.record.to_annotation()?;
-        if text == self.last_text && restore.is_none() {
+        if text == self.writes.last_text && restore.is_none() {
             return Ok(true);
         }
         Ok(matches!(
@@ -427,28 +482,28 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         ))
     }
 
-    /// Sends the record (and a mutation) under the last seen resourceVersion.
+    /// Sends the record (and a change of template or update strategy) under the last seen
+    /// resourceVersion.
     async fn commit(
         &mut self,
         template: Option<TemplateChange>,
         strategy: Option<StrategyChange>,
     ) -> Result<Committed, ExecError> {
-        self.commit_with(template, strategy, None).await
-    }
-
-    /// [`Self::commit`], also setting the set's replicas.
-    pub(super) async fn commit_with(
-        &mut self,
-        template: Option<TemplateChange>,
-        strategy: Option<StrategyChange>,
-        replicas: Option<u32>,
-    ) -> Result<Committed, ExecError> {
-        let text = self.record.to_annotation()?;
-        let mut patch = StsPatch::at(self.resource_version.as_deref())
-            .with_record(RecordChange::Set(text.clone()));
+        let mut patch = StsPatch::at(None);
         patch.template = template;
         patch.update_strategy = strategy;
-        patch.replicas = replicas;
+        self.commit_patch(patch).await
+    }
+
+    /// Sends the record with `patch` (a change of the set's own fields) in one write, under
+    /// the last seen resourceVersion.
+    async fn commit_patch(&mut self, patch: StsPatch) -> Result<Committed, ExecError> {
+        let text = self.record.to_annotation()?;
+        let patch = StsPatch {
+            resource_version: self.writes.resource_version.clone(),
+            ..patch
+        }
+        .with_record(RecordChange::Set(text.clone()));
         match self
             .cluster
             .patch_statefulset(&self.name, &patch, false)
@@ -458,24 +513,25 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 tracing::debug!(
                     statefulset = %self.name,
                     phase = %self.record.phase,
-                    step = self.record.current_step + 1,
+                    step = self.step_label().0 + 1,
                     resource_version = sts.metadata.resource_version.as_deref().unwrap_or(""),
                     mutation = patch.mutates_pods(),
                     "wrote the rollout record"
                 );
-                self.known.insert(hash_text(&text));
-                self.last_text = text;
-                self.resource_version = sts.metadata.resource_version.clone();
-                self.conflicts = 0;
+                self.writes.known.insert(hash_text(&text));
+                self.writes.last_text = text;
+                self.writes.last_phase = Some(self.record.phase);
+                self.writes.resource_version = sts.metadata.resource_version.clone();
+                self.writes.conflicts = 0;
                 Ok(Committed::Written(Box::new(sts)))
             }
             Err(ApiError::Conflict(message)) => {
-                self.conflicts += 1;
+                self.writes.conflicts += 1;
                 tracing::debug!(statefulset = %self.name, %message, "write conflict; reading again");
-                if self.conflicts > MAX_CONFLICTS {
+                if self.writes.conflicts > MAX_CONFLICTS {
                     return Err(ExecError::TooManyConflicts {
                         statefulset: self.name.clone(),
-                        attempts: self.conflicts,
+                        attempts: self.writes.conflicts,
                     });
                 }
                 self.reread().await?;
@@ -492,8 +548,18 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         }
     }
 
+    /// The step begins: its start is recorded and written with no other change. False when
+    /// the write met a change and the loop must decide again.
+    async fn begin_and_record(&mut self) -> Result<bool, ExecError> {
+        self.begin()?;
+        Ok(matches!(
+            self.commit(None, None).await?,
+            Committed::Written(_)
+        ))
+    }
+
     /// The rollout's own set as the API server has it now.
-    pub(super) async fn read_set(&self) -> Result<StatefulSet, ExecError> {
+    async fn read_set(&self) -> Result<StatefulSet, ExecError> {
         self.cluster
             .get_statefulset(&self.name)
             .await
@@ -506,7 +572,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
     /// After a conflict: reads the set, adopts a record someone else wrote, or re-plans.
     async fn reread(&mut self) -> Result<(), ExecError> {
         let fresh = self.read_set().await?;
-        self.resource_version = fresh.metadata.resource_version.clone();
+        self.writes.resource_version = fresh.metadata.resource_version.clone();
         if !self.adopt_external(&fresh)? {
             self.replan(&fresh)?;
         }
@@ -516,14 +582,15 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
     /// Adopts the record on `sts` when someone else wrote it; true when it did.
     fn adopt_external(&mut self, sts: &StatefulSet) -> Result<bool, ExecError> {
         let text = annotation(sts);
-        if self.known.contains(&hash_text(text)) {
+        if self.writes.known.contains(&hash_text(text)) {
             return Ok(false);
         }
         let record = RolloutState::from_annotation(&self.name, text)?;
         tracing::info!(statefulset = %self.name, phase = %record.phase, step = record.current_step + 1, "adopting a rollout record written by another command");
-        self.known.insert(hash_text(text));
-        self.last_text = text.to_string();
-        self.resource_version = sts.metadata.resource_version.clone();
+        self.writes.known.insert(hash_text(text));
+        self.writes.last_text = text.to_string();
+        self.writes.last_phase = Some(record.phase);
+        self.writes.resource_version = sts.metadata.resource_version.clone();
         self.progress.say(format!(
             "        rollout of {} changed by another command: {} ({})",
             self.name,
@@ -553,13 +620,27 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         Ok(())
     }
 
-    /// The deadline of the current step: its own, or the overall one when that comes first.
+    /// The deadline of the current step: its own, or the overall one when that comes first
+    /// (`true`). Going back, the time this run may spend rolling back bounds it too.
     fn step_deadline(&self) -> (Instant, bool) {
-        let started = self.record.step_started_at.unwrap_or_else(Self::now);
+        let started = if self.backwards() {
+            self.record
+                .rollback
+                .as_ref()
+                .and_then(|r| r.step_started_at)
+        } else {
+            self.record.step_started_at
+        };
+        let started = started.unwrap_or_else(Self::now);
         let step = self.record.config.timeouts.step.get();
         let end = started.checked_add(step).unwrap_or(Timestamp::MAX);
         let own = deadline_after(until(end));
-        match self.total_deadline {
+        let overall = if self.backwards() {
+            self.rollback_deadline
+        } else {
+            self.total_deadline
+        };
+        match overall {
             Some(total) if total < own => (total, true),
             _ => (own, false),
         }
@@ -568,39 +649,74 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
     fn deadline_message(&self, overall: bool) -> String {
         let (index, total) = self.step_label();
         let step = self.step_text();
-        if overall {
-            format!(
-                "the rollout passed its overall deadline of {} during step {}/{} ({step})",
+        match (overall, self.backwards()) {
+            (true, true) => format!(
+                "the rollback passed the time it was given ({}) during step {}/{total} ({step})",
+                self.options
+                    .rollback_limit
+                    .map(format_elapsed)
+                    .unwrap_or_default(),
+                index + 1
+            ),
+            (true, false) => format!(
+                "the rollout passed its overall deadline of {} during step {}/{total} ({step})",
                 self.record
                     .config
                     .timeouts
                     .total
                     .map(|t| t.to_string())
                     .unwrap_or_default(),
+                index + 1
+            ),
+            (false, back) => format!(
+                "{}step {}/{total} ({step}) passed its deadline of {}",
+                if back { "rollback " } else { "" },
                 index + 1,
-                total
-            )
-        } else {
-            format!(
-                "step {}/{} ({step}) passed its deadline of {}",
-                index + 1,
-                total,
                 self.record.config.timeouts.step
-            )
+            ),
         }
     }
 
-    /// Waits until `check` gives a value, the deadline passes, the record changes from outside
-    /// or the set is scaled. Errors when the set is deleted or the lease is lost.
-    async fn wait_for<T>(
+    /// Starts (once) the watch on another set and its pods.
+    fn watch_other(&mut self, set: &str) {
+        if self
+            .other_view
+            .as_ref()
+            .is_some_and(|(name, _)| name == set)
+        {
+            return;
+        }
+        let view = self.cluster.watch(set, &format!("{SET_LABEL}={set}"));
+        self.other_view = Some((set.to_string(), view));
+    }
+
+    /// The latest snapshot of `set`: the rollout's own, or the other set's once watched.
+    fn snapshot_of(&self, set: &str) -> Arc<Snapshot> {
+        match self.other_view.as_ref() {
+            Some((name, view)) if name == set && set != self.name => view.borrow().clone(),
+            _ if set == self.name => self.view.borrow().clone(),
+            _ => Arc::new(Snapshot::default()),
+        }
+    }
+
+    /// The one wait: until `check` gives a value on the snapshot of `set` (the rollout's own
+    /// set or another), the deadline passes, the record changes from outside or (for a
+    /// partition rollout going forward) the set is scaled. Errors when the set is deleted, a
+    /// watch ends or the lease is lost.
+    async fn wait_on<T>(
         &mut self,
+        set: &str,
         deadline: Option<Instant>,
-        mut check: impl FnMut(&Snapshot, &StatefulSet) -> Option<T>,
+        mut check: impl FnMut(&Snapshot) -> Option<T>,
     ) -> Result<Waited<T>, ExecError> {
+        let own_set = set == self.name;
+        if !own_set {
+            self.watch_other(set);
+        }
         loop {
-            let snapshot: Arc<Snapshot> = self.view.borrow_and_update().clone();
-            if snapshot.synced {
-                let Some(sts) = snapshot.statefulset.as_ref() else {
+            let own = self.view.borrow_and_update().clone();
+            if own.synced {
+                let Some(sts) = own.statefulset.as_ref() else {
                     return Err(ExecError::StatefulSetDeleted {
                         name: self.name.clone(),
                     });
@@ -608,19 +724,24 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 if self.adopt_external(sts)? {
                     return Ok(Waited::Changed);
                 }
-                if annotation(sts) == self.last_text {
+                if annotation(sts) == self.writes.last_text {
                     // The newest version that carries our last write: base the next one on it.
-                    self.resource_version = sts.metadata.resource_version.clone();
+                    self.writes.resource_version = sts.metadata.resource_version.clone();
                 }
-                let replicas = observed::replicas(sts);
-                if replicas != self.record.plan.replicas
+                if observed::replicas(sts) != self.record.plan.replicas
                     && self.record.plan.strategy.uses_partition()
                     && matches!(self.record.phase, Phase::Progressing | Phase::Paused)
                 {
                     self.replan(sts)?;
                     return Ok(Waited::Changed);
                 }
-                if let Some(value) = check(&snapshot, sts) {
+            }
+            let snapshot = match self.other_view.as_mut() {
+                Some((_, view)) if !own_set => view.borrow_and_update().clone(),
+                _ => own,
+            };
+            if snapshot.synced {
+                if let Some(value) = check(&snapshot) {
                     return Ok(Waited::Ready(value));
                 }
             }
@@ -630,323 +751,136 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                     None => std::future::pending().await,
                 }
             };
-            tokio::select! {
-                changed = self.view.changed() => {
-                    if changed.is_err() {
-                        return Err(ExecError::WatchEnded { statefulset: self.name.clone() });
-                    }
+            let other = async {
+                match self.other_view.as_mut() {
+                    Some((_, view)) if !own_set => view.changed().await.is_ok(),
+                    _ => std::future::pending().await,
                 }
+            };
+            tokio::select! {
+                changed = self.view.changed() => if changed.is_err() {
+                    return Err(ExecError::WatchEnded { statefulset: self.name.clone() });
+                },
+                ok = other => if !ok {
+                    return Err(ExecError::WatchEnded { statefulset: set.to_string() });
+                },
                 _ = sleep => return Ok(Waited::Deadline),
                 _ = self.lease_lost.changed() => return Err(self.lease_lost_error()),
             }
         }
     }
 
-    async fn run_step(&mut self) -> Result<(), ExecError> {
-        let Some(step) = self.record.current().cloned() else {
-            // Past the last step while still marked progressing: completing it finishes.
-            self.record.complete_step(Self::now())?;
-            return Ok(());
-        };
-        let span = tracing::info_span!(
-            "step",
-            step = self.record.current_step + 1,
-            kind = step.name()
-        );
-        match step {
-            Step::SetTemplateAndFreeze { partition } => {
-                self.freeze_or_set(Some(partition)).instrument(span).await
-            }
-            Step::SetPartition {
-                partition,
-                ordinals,
-                ..
-            } => {
-                self.lower_partition(partition, &ordinals)
-                    .instrument(span)
-                    .await
-            }
-            Step::Gate { ordinals, set } => {
-                self.gate(&ordinals, set.as_deref()).instrument(span).await
-            }
-            Step::SetTemplate => self.freeze_or_set(None).instrument(span).await,
-            Step::Scale { set, replicas } => self.scale(&set, replicas).instrument(span).await,
-            Step::PinTraffic => self.move_traffic(false).instrument(span).await,
-            Step::SwitchTraffic => self.move_traffic(true).instrument(span).await,
-            Step::CreateTwin { set, replicas } => {
-                self.create_twin(&set, replicas).instrument(span).await
-            }
-            Step::GateService { service } => self.gate_service(&service).instrument(span).await,
-            Step::Compare { set } => self.compare(&set).instrument(span).await,
-            Step::RemoveTwin { set } => self.remove_twin_step(&set).instrument(span).await,
-            Step::Pause { wait } => {
-                // Entering a pause is normally done by the transitions; a record that reached
-                // a pause step while progressing is put in the same state here.
-                self.record.phase = Phase::Paused;
-                let until = match wait {
-                    PauseSpec::UntilPromote => None,
-                    PauseSpec::For(d) => Self::now().checked_add(d.get()).ok(),
-                };
-                self.record.pause = Some(PauseReason::Step { until });
-                Ok(())
-            }
-        }
-    }
-
-    /// The template this run writes: the one it was started with, else the recorded one.
-    pub(super) fn new_template(&self) -> Option<TemplateChange> {
-        self.options.template.clone().or_else(|| {
-            self.record
-                .new_template
-                .clone()
-                .map(TemplateChange::Replace)
-        })
-    }
-
-    /// Writes the new template with the partition at `partition` (a freeze), or with no
-    /// partition at all (`None`: recreate, where no pod runs at that moment).
-    async fn freeze_or_set(&mut self, partition: Option<u32>) -> Result<(), ExecError> {
-        let started = Instant::now();
-        self.record.begin_step(Self::now())?;
-        let Some(template) = self.new_template() else {
-            return Err(ExecError::NotRollable {
-                statefulset: self.name.clone(),
-                reason: "the new template was never written and this run does not have it; run `rollout abort` and start the rollout again".to_string(),
-            });
-        };
-        let strategy = match partition {
-            Some(p) => StrategyChange::freeze(p),
-            None => StrategyChange::Set {
-                type_: "RollingUpdate".into(),
-                partition: None,
-            },
-        };
-        let written = match self.commit(Some(template), Some(strategy)).await? {
-            Committed::Written(sts) => sts,
-            Committed::Changed => return Ok(()),
-        };
-        let generation = written.metadata.generation.unwrap_or(0);
-        let (deadline, overall) = self.step_deadline();
-        let waited = self
-            .wait_for(Some(deadline), |_, sts| {
-                let status = sts.status.as_ref()?;
-                if status.observed_generation.unwrap_or(0) < generation {
-                    return None;
-                }
-                status.update_revision.clone()
-            })
-            .await?;
-        match waited {
-            Waited::Ready(revision) => {
-                let (index, total) = self.step_label();
-                let step = self.step_text();
-                self.record.target.revision = Some(revision.clone());
-                self.record.complete_step(Self::now())?;
-                self.progress.step(
-                    index,
-                    total,
-                    started.elapsed(),
-                    &format!("{step}; new revision {revision}"),
-                );
-            }
-            Waited::Deadline => {
-                let message = format!(
-                    "{}: the StatefulSet controller did not take up the new template",
-                    self.deadline_message(overall)
-                );
-                self.fail(RollbackCause::TimedOut, message)?;
-            }
-            Waited::Changed => {}
-        }
-        Ok(())
-    }
-
-    async fn lower_partition(&mut self, partition: u32, ordinals: &[u32]) -> Result<(), ExecError> {
-        let started = Instant::now();
-        self.record.begin_step(Self::now())?;
-        match self
-            .commit(None, Some(StrategyChange::Partition(partition)))
-            .await?
-        {
-            Committed::Written(_) => {}
-            Committed::Changed => return Ok(()),
-        }
-        let Some(revision) = self.record.target.revision.clone() else {
-            return Err(ExecError::NotRollable {
-                statefulset: self.name.clone(),
-                reason: "the rollout record does not name the new revision".to_string(),
-            });
-        };
-        let name = self.name.clone();
-        let wanted = ordinals.to_vec();
-        let (deadline, overall) = self.step_deadline();
-        let waited = self
-            .wait_for(Some(deadline), |snapshot, _| {
-                let missing = ordinals_not_ready(&name, &snapshot.pods, &revision, &wanted);
-                if missing.is_empty() {
-                    return Some(Ok(()));
-                }
-                missing
-                    .iter()
-                    .filter_map(|o| pod_by_ordinal(&name, &snapshot.pods, *o))
-                    .filter(|p| pod_revision(p) == Some(revision.as_str()))
-                    .find_map(hopeless)
-                    .map(Err)
-            })
-            .await?;
-        match waited {
-            Waited::Ready(Ok(())) => {
-                let (index, total) = self.step_label();
-                let step = self.step_text();
-                self.record.complete_step(Self::now())?;
-                self.progress
-                    .step(index, total, started.elapsed(), &format!("{step}: Ready"));
-            }
-            Waited::Ready(Err(problem)) => self.step_cannot_finish(started, &problem)?,
-            Waited::Deadline => {
-                let pods = self.view.borrow().pods.clone();
-                let not_ready = ordinals_not_ready(&self.name, &pods, &revision, ordinals);
-                let details: Vec<String> = not_ready
-                    .iter()
-                    .map(|o| {
-                        describe_pod(
-                            pod_by_ordinal(&self.name, &pods, *o),
-                            &format!("{}-{o}", self.name),
-                            &revision,
-                        )
-                    })
-                    .collect();
-                self.step_timed_out(started, overall, &details.join("; "))?;
-            }
-            Waited::Changed => {}
-        }
-        Ok(())
-    }
-
-    async fn gate(&mut self, ordinals: &[u32], set: Option<&str>) -> Result<(), ExecError> {
-        let started = Instant::now();
-        self.record.begin_step(Self::now())?;
-        match self.commit(None, None).await? {
-            Committed::Written(_) => {}
-            Committed::Changed => return Ok(()),
-        }
-        let (index, total) = self.step_label();
-        let step_text = self.step_text();
-        let changed_container = self
-            .record
-            .target
-            .images
-            .first()
-            .map(|i| i.container.clone());
-        let (set_name, pods) = match set {
-            Some(twin) => (twin.to_string(), self.twin_pods(twin).await),
-            None => (self.name.clone(), self.view.borrow().pods.clone()),
-        };
-        let targets = gate_targets(
-            &set_name,
-            &pods,
-            ordinals,
-            &self.record.config.gates,
-            changed_container.as_deref(),
-        );
-        let verdict = match targets {
-            Err(problem) => Verdict::Inconclusive {
-                message: format!("the gate could not run: {problem}"),
-            },
-            Ok(targets) => {
-                let context = GateContext {
-                    statefulset: Some(self.name.clone()),
-                    rollout_id: Some(self.record.id.clone()),
-                    step: Some(self.record.current_step),
-                    description: Some(step_text.clone()),
-                    revision: self.record.target.revision.clone(),
-                };
-                let gates = self.gates.clone();
-                let spec = self.record.config.gates.clone();
-                let run = async move { gates.run(&spec, &targets, &context).await };
-                tokio::pin!(run);
-                let (deadline, overall) = self.step_deadline();
-                loop {
-                    tokio::select! {
-                        verdict = &mut run => break verdict,
-                        _ = tokio::time::sleep_until(deadline) => {
-                            let message = format!("{}: the gate did not finish", self.deadline_message(overall));
-                            self.progress.step(index, total, started.elapsed(), &format!("{step_text}: TIMED OUT"));
-                            self.fail(RollbackCause::TimedOut, message)?;
-                            return Ok(());
-                        }
-                        changed = self.view.changed() => {
-                            if self.changed_from_outside(changed)? {
-                                self.progress.step(index, total, started.elapsed(), &format!("{step_text}: interrupted"));
-                                return Ok(());
-                            }
-                        }
-                        _ = self.lease_lost.changed() => return Err(self.lease_lost_error()),
-                    }
-                }
-            }
-        };
-        self.conclude_gate(verdict, index, total, &step_text, started)
-    }
-
-    /// Acts on a gate's verdict: next step, rollback, or pause when it could not decide.
-    fn conclude_gate(
+    /// After the set's watch fired in the middle of a step that does not wait through
+    /// [`Runner::wait_on`] (a gate, a comparison): an error when the watch ended or the set is
+    /// gone; true when another command wrote the record (now adopted), so the step must stop
+    /// for the loop to decide again.
+    fn changed_from_outside(
         &mut self,
-        verdict: Verdict,
-        index: usize,
-        total: usize,
-        step_text: &str,
-        started: Instant,
-    ) -> Result<(), ExecError> {
-        match verdict {
-            Verdict::Pass => {
-                self.record.complete_step(Self::now())?;
-                self.progress.step(
-                    index,
-                    total,
-                    started.elapsed(),
-                    &format!("{step_text}: passed"),
-                );
-            }
-            Verdict::Fail { .. } => {
-                let message = verdict.message();
-                self.progress.step(
-                    index,
-                    total,
-                    started.elapsed(),
-                    &format!("{step_text}: FAILED"),
-                );
-                for line in message.lines() {
-                    self.progress.say(format!("        {line}"));
-                }
-                self.fail(RollbackCause::GateFailed, message)?;
-            }
-            Verdict::Inconclusive { message } => {
-                self.progress.step(
-                    index,
-                    total,
-                    started.elapsed(),
-                    &format!("{step_text}: could not decide"),
-                );
-                for line in message.lines() {
-                    self.progress.say(format!("        {line}"));
-                }
-                self.record.gate_inconclusive(message, Self::now())?;
-            }
+        changed: Result<(), watch::error::RecvError>,
+    ) -> Result<bool, ExecError> {
+        if changed.is_err() {
+            return Err(ExecError::WatchEnded {
+                statefulset: self.name.clone(),
+            });
         }
-        Ok(())
+        let sts = self.view.borrow().statefulset.clone();
+        let Some(sts) = sts else {
+            return Err(ExecError::StatefulSetDeleted {
+                name: self.name.clone(),
+            });
+        };
+        if self.adopt_external(&sts)? {
+            return Ok(true);
+        }
+        if annotation(&sts) == self.writes.last_text {
+            // Not a command's change (a pod restarted, the controller wrote the status): the
+            // next write is based on it, as in `wait_on`, instead of meeting a conflict.
+            self.writes.resource_version = sts.metadata.resource_version.clone();
+        }
+        Ok(false)
     }
 
-    fn fail(&mut self, cause: RollbackCause, message: String) -> Result<(), ExecError> {
-        self.record.fail(cause, message, Self::now())?;
-        Ok(())
+    /// The record's second set, for the steps that work with one.
+    fn twin(&self) -> Result<Twin, ExecError> {
+        self.record
+            .twin
+            .clone()
+            .ok_or_else(|| ExecError::NotRollable {
+                statefulset: self.name.clone(),
+                reason: "its rollout record names no second StatefulSet; `rollout abort` returns it to stable".into(),
+            })
+    }
+
+    /// Says once what the rollback will do.
+    fn announce_rollback(&mut self) {
+        if self.announced == Some((usize::MAX, Phase::RollingBack)) {
+            return;
+        }
+        self.announced = Some((usize::MAX, Phase::RollingBack));
+        let steps = self.record.rollback_steps().steps.clone();
+        let what = match steps.as_slice() {
+            [] => "nothing this rollout did needs undoing".to_string(),
+            [Step::Scale { replicas, .. }] if *replicas > 0 => format!(
+                "its pod template never changed: scaling {} back to {replicas}",
+                self.name
+            ),
+            steps => steps
+                .iter()
+                .map(|s| self.record.plan.describe_step(s))
+                .collect::<Vec<_>>()
+                .join("; then "),
+        };
+        self.progress.say(format!(
+            "rolling back {} to the stable revision {}: {what}",
+            self.name,
+            self.record
+                .stable
+                .revision
+                .revision
+                .as_deref()
+                .unwrap_or("?")
+        ));
+    }
+
+    /// Where the app stands once the rollback is done, in words.
+    fn back_where_it_was(&self) -> String {
+        let stable = self
+            .record
+            .stable
+            .revision
+            .revision
+            .as_deref()
+            .unwrap_or("?");
+        match &self.record.twin {
+            Some(twin)
+                if self.record.plan.strategy == crate::model::strategy::StrategyKind::BlueGreen =>
+            {
+                format!(
+                    "{} serves again: {}",
+                    self.name,
+                    twin.services
+                        .iter()
+                        .map(|s| format!(
+                            "{} selects {}",
+                            s.name,
+                            crate::model::twin::render_selector(&s.original)
+                        ))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                )
+            }
+            _ => format!(
+                "{} is back on revision {stable}: every pod Ready",
+                self.name
+            ),
+        }
     }
 
     /// At a pause: waits for its end, a promote or another command. False when the run should
     /// stop here (a hold it is not asked to wait at).
     async fn paused(&mut self) -> Result<bool, ExecError> {
         let text = self.record.to_annotation()?;
-        if text != self.last_text {
+        if text != self.writes.last_text {
             if let Committed::Changed = self.commit(None, None).await? {
                 return Ok(true);
             }
@@ -955,7 +889,9 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         let first = self.announced != Some((index, self.record.phase));
         self.announced = Some((index, self.record.phase));
         let pause_started = Instant::now();
-        let waited = match self.record.pause.clone() {
+        let name = self.name.clone();
+        let nothing = |_: &Snapshot| None::<()>;
+        match self.record.pause.clone() {
             Some(PauseReason::Step { until: Some(at) }) => {
                 if first {
                     self.progress.step(
@@ -970,37 +906,14 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                     );
                 }
                 let waited = self
-                    .wait_for(Some(deadline_after(until(at))), |_, _| None::<()>)
+                    .wait_on(&name, Some(deadline_after(until(at))), nothing)
                     .await?;
                 if matches!(waited, Waited::Deadline) {
                     self.record.finish_timed_pause(Self::now());
                 }
-                waited
             }
             Some(PauseReason::Step { until: None }) => {
-                let updated = self
-                    .record
-                    .plan
-                    .updated_after(self.record.current_step)
-                    .unwrap_or(0);
-                let weight = self.record.plan.steps[..self.record.current_step]
-                    .iter()
-                    .rev()
-                    .find_map(|s| match s {
-                        Step::SetPartition { weight, .. } => *weight,
-                        _ => None,
-                    });
-                let share = match weight {
-                    Some(w) => w.to_string(),
-                    None => format!("{updated} of {} pods", self.record.plan.replicas),
-                };
-                let holding = match &self.record.twin {
-                    Some(twin) => format!(
-                        "holding before the switch: {} runs the new version on all its pods, gated; the live Services still select {}",
-                        twin.set, self.name
-                    ),
-                    None => format!("holding at {share} on the new version"),
-                };
+                let holding = self.holding_text();
                 if !self.options.wait_at_holds {
                     self.progress.step(
                         index,
@@ -1021,7 +934,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                         &format!("{holding} until `rollout promote {}`", self.name),
                     );
                 }
-                self.wait_for(None, |_, _| None::<()>).await?
+                self.wait_on(&name, None, nothing).await?;
             }
             Some(PauseReason::User) | Some(PauseReason::GateInconclusive { .. }) => {
                 if first {
@@ -1030,13 +943,13 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                         self.record.message, self.name
                     ));
                 }
-                self.wait_for(None, |_, _| None::<()>).await?
+                self.wait_on(&name, None, nothing).await?;
             }
             None => {
                 self.record.phase = Phase::Progressing;
                 return Ok(true);
             }
-        };
+        }
         // Pauses do not count toward the overall deadline.
         let paused = pause_started.elapsed();
         if let Some(total) = self.total_deadline.as_mut() {
@@ -1045,301 +958,30 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         let so_far = self.record.measured.paused_ms.unwrap_or(0);
         self.record.measured.paused_ms =
             Some(so_far.saturating_add(u64::try_from(paused.as_millis()).unwrap_or(u64::MAX)));
-        let _ = waited;
         Ok(true)
     }
 
-    /// The stable template as a patch: the stable ControllerRevision's template when it still
-    /// exists, else the stable images on the current template.
-    async fn stable_template(&self, sts: &StatefulSet) -> Result<TemplateChange, ExecError> {
-        let stable = &self.record.stable;
-        if let Some(revision) = stable.revision.revision.as_deref() {
-            let selector = sts
-                .spec
-                .as_ref()
-                .map(|s| selector_string(&s.selector))
-                .unwrap_or_default();
-            let revisions = self.cluster.list_revisions(&selector).await.map_err(|e| {
-                ExecError::api("listing the revisions of StatefulSet", &self.name, e)
-            })?;
-            if let Some(template) = revisions
-                .iter()
-                .find(|r| r.metadata.name.as_deref() == Some(revision))
-                .and_then(|r| r.data.as_ref())
-                .and_then(|d| revision_template(&d.0))
-            {
-                return Ok(TemplateChange::Replace(template));
-            }
-            tracing::warn!(statefulset = %self.name, revision, "stable ControllerRevision not found; restoring the stable images only");
-        }
-        let spec = sts
-            .spec
-            .as_ref()
-            .and_then(|s| s.template.spec.clone())
-            .unwrap_or_default();
-        Ok(TemplateChange::images(&spec, &stable.revision.images))
-    }
-
-    /// Template and partition back to stable, stuck pods deleted, every pod Ready again. True
-    /// when done; false when the loop must decide again (a change, or the rollback failed).
-    async fn rollback_partition(&mut self) -> Result<bool, ExecError> {
-        let started = Instant::now();
-        let current = self.read_set().await?;
-        let template = self.stable_template(&current).await?;
-        let stable_images = self
-            .record
-            .stable
-            .revision
-            .images
+    /// What a hold holds at, in words.
+    fn holding_text(&self) -> String {
+        let done = self.record.current_step;
+        let updated = self.record.plan.updated_after(done).unwrap_or(0);
+        let weight = self.record.plan.steps[..done.min(self.record.plan.steps.len())]
             .iter()
-            .map(|i| format!("{}={}", i.container, i.image))
-            .collect::<Vec<_>>()
-            .join(", ");
-        if self.announced != Some((usize::MAX, Phase::RollingBack)) {
-            self.announced = Some((usize::MAX, Phase::RollingBack));
-            self.progress.say(format!(
-                "rolling back {} to the stable revision {} ({stable_images})",
-                self.name,
-                self.record
-                    .stable
-                    .revision
-                    .revision
-                    .as_deref()
-                    .unwrap_or("?")
-            ));
-        }
-        let written = match self
-            .commit(Some(template), Some(StrategyChange::freeze(0)))
-            .await?
-        {
-            Committed::Written(sts) => sts,
-            Committed::Changed => return Ok(false),
+            .rev()
+            .find_map(|s| match s {
+                Step::SetPartition { weight, .. } => *weight,
+                _ => None,
+            });
+        let share = match weight {
+            Some(w) => w.to_string(),
+            None => format!("{updated} of {} pods", self.record.plan.replicas),
         };
-        let generation = written.metadata.generation.unwrap_or(0);
-        let deadline = deadline_after(self.record.config.timeouts.step.get());
-        let stable_revision = self.record.stable.revision.revision.clone();
-        let waited = self
-            .wait_for(Some(deadline), |_, sts| {
-                let status = sts.status.as_ref()?;
-                if status.observed_generation.unwrap_or(0) < generation {
-                    return None;
-                }
-                let update = status.update_revision.clone()?;
-                match &stable_revision {
-                    Some(stable) if *stable != update => None,
-                    _ => Some(update),
-                }
-            })
-            .await?;
-        let stable = match waited {
-            Waited::Ready(revision) => revision,
-            Waited::Deadline => {
-                self.rollback_failed(
-                    "the StatefulSet controller did not go back to the stable revision",
-                    started,
-                )?;
-                return Ok(false);
-            }
-            Waited::Changed => return Ok(false),
-        };
-
-        // Pods stuck on another revision are deleted (once each): an OrderedReady set waits on
-        // them forever otherwise (kubernetes #67250). Their PVCs stay.
-        let mut deleted: HashSet<String> = HashSet::new();
-        loop {
-            let snapshot = self.view.borrow_and_update().clone();
-            match snapshot.statefulset.as_ref() {
-                None if snapshot.synced => {
-                    return Err(ExecError::StatefulSetDeleted {
-                        name: self.name.clone(),
-                    })
-                }
-                // A record written by another command ends this round.
-                Some(sts) if self.adopt_external(sts)? => return Ok(false),
-                _ => {}
-            }
-            let replicas = snapshot
-                .statefulset
-                .as_ref()
-                .and_then(observed::spec_replicas)
-                .unwrap_or(self.record.plan.replicas);
-            let all = ordinals_released(replicas, self.record.plan.ordinal_start, replicas, 0);
-            let stuck: Vec<&Pod> = snapshot
-                .pods
-                .iter()
-                .filter(|p| {
-                    pod_revision(p) != Some(stable.as_str()) && !is_ready(p) && !is_terminating(p)
-                })
-                .filter(|p| {
-                    p.metadata
-                        .uid
-                        .as_ref()
-                        .is_none_or(|uid| !deleted.contains(uid))
-                })
-                .collect();
-            for pod in stuck {
-                let name = pod.metadata.name.clone().unwrap_or_default();
-                let uid = pod.metadata.uid.clone();
-                let broken = pod_revision(pod).unwrap_or("?").to_string();
-                tracing::info!(pod = %name, revision = %broken, "deleting a pod stuck on the broken revision");
-                self.cluster
-                    .delete_pod(&name, uid.as_deref())
-                    .await
-                    .map_err(|e| ExecError::api("deleting stuck pod", &name, e))?;
-                self.progress.say(format!(
-                    "        deleted pod {name}: not Ready on the broken revision {broken}; the controller recreates it on {stable}, its volume stays"
-                ));
-                deleted.insert(uid.unwrap_or(name));
-            }
-            let not_ready = ordinals_not_ready(&self.name, &snapshot.pods, &stable, &all);
-            if not_ready.is_empty() {
-                break;
-            }
-            if Instant::now() >= deadline {
-                let details: Vec<String> = not_ready
-                    .iter()
-                    .map(|o| {
-                        describe_pod(
-                            pod_by_ordinal(&self.name, &snapshot.pods, *o),
-                            &format!("{}-{o}", self.name),
-                            &stable,
-                        )
-                    })
-                    .collect();
-                self.rollback_failed(
-                    &format!("pods did not come back: {}", details.join("; ")),
-                    started,
-                )?;
-                return Ok(false);
-            }
-            tokio::select! {
-                changed = self.view.changed() => if changed.is_err() {
-                    return Err(ExecError::WatchEnded { statefulset: self.name.clone() });
-                },
-                _ = tokio::time::sleep_until(deadline) => {}
-                _ = self.lease_lost.changed() => return Err(self.lease_lost_error()),
-            }
-        }
-
-        self.progress.say(format!(
-            "[rollback] {:>7}  {} is back on revision {stable}: every pod Ready",
-            format_elapsed(started.elapsed()),
-            self.name
-        ));
-        Ok(true)
-    }
-
-    /// Rolls back the way the strategy needs, then marks the record rolled back.
-    async fn rollback(&mut self) -> Result<(), ExecError> {
-        use crate::model::strategy::StrategyKind;
-        let done = match self.record.plan.strategy {
-            StrategyKind::BlueGreen => self.rollback_bluegreen().await?,
-            StrategyKind::Recreate => self.rollback_recreate().await?,
-            StrategyKind::Shadow => self.rollback_shadow().await?,
-            _ => self.rollback_partition().await?,
-        };
-        if done && self.record.phase == Phase::RollingBack {
-            self.record.rollback_done(Self::now())?;
-        }
-        Ok(())
-    }
-
-    pub(super) fn rollback_failed(
-        &mut self,
-        what: &str,
-        started: Instant,
-    ) -> Result<(), ExecError> {
-        let message = format!(
-            "rollback of {} did not finish within {}: {what}; check `kubectl get pods`, then `rollout abort {0}` to try again",
-            self.name, self.record.config.timeouts.step
-        );
-        self.progress.say(format!(
-            "[rollback] {:>7}  FAILED: {message}",
-            format_elapsed(started.elapsed())
-        ));
-        self.record.rollback_failed(message, Self::now())?;
-        Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use k8s_openapi::api::core::v1::{
-        ContainerState, ContainerStateWaiting, ContainerStatus, PodStatus,
-    };
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-
-    fn pod(revision: &str, waiting: Option<(&str, &str)>, restarts: i32) -> Pod {
-        Pod {
-            metadata: ObjectMeta {
-                name: Some("web-2".into()),
-                labels: Some(
-                    [("controller-revision-hash".to_string(), revision.to_string())].into(),
-                ),
-                ..Default::default()
-            },
-            spec: None,
-            status: Some(PodStatus {
-                container_statuses: Some(vec![ContainerStatus {
-                    name: "app".into(),
-                    ready: false,
-                    restart_count: restarts,
-                    state: waiting.map(|(reason, message)| ContainerState {
-                        waiting: Some(ContainerStateWaiting {
-                            reason: Some(reason.into()),
-                            message: Some(message.into()),
-                        }),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }]),
-                ..Default::default()
-            }),
-        }
-    }
-
-    #[test]
-    fn pods_are_described_by_what_blocks_them() {
-        let cases = [
-            (None, "web-2 does not exist yet"),
-            (
-                Some(pod("web-a", None, 0)),
-                "web-2 still runs revision web-a",
+        match &self.record.twin {
+            Some(twin) => format!(
+                "holding before the switch: {} runs the new version on all its pods, gated; the live Services still select {}",
+                twin.set, self.name
             ),
-            (
-                Some(pod("web-b", Some(("CrashLoopBackOff", "back-off 10s")), 3)),
-                "web-2: container app CrashLoopBackOff: back-off 10s, restarted 3 times",
-            ),
-            (
-                Some(pod("web-b", None, 0)),
-                "web-2: container app is not ready",
-            ),
-        ];
-        for (p, expected) in cases {
-            assert_eq!(describe_pod(p.as_ref(), "web-2", "web-b"), expected);
+            None => format!("holding at {share} on the new version"),
         }
-    }
-
-    #[test]
-    fn only_hopeless_waits_fail_early() {
-        let cases = [
-            (
-                pod("b", Some(("ImagePullBackOff", "no such image")), 0),
-                true,
-            ),
-            (pod("b", Some(("InvalidImageName", "")), 0), true),
-            (pod("b", Some(("CrashLoopBackOff", "")), 5), false),
-            (pod("b", Some(("ContainerCreating", "")), 0), false),
-            (pod("b", None, 0), false),
-        ];
-        for (p, expected) in cases {
-            assert_eq!(hopeless(&p).is_some(), expected, "{:?}", p.status);
-        }
-        let message = hopeless(&pod("b", Some(("ImagePullBackOff", "no such image")), 0));
-        assert_eq!(
-            message.as_deref(),
-            Some("pod web-2: container app ImagePullBackOff: no such image")
-        );
     }
 }

@@ -11,7 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::state::{Phase, RollbackCause};
+use super::state::{Phase, RollbackCause, RolloutState};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -39,6 +39,15 @@ impl ExitCode {
             ExitCode::Locked => "locked by another run",
             ExitCode::TimedOut => "timed out",
         }
+    }
+
+    /// The code for a run that ended with `record`: a rollback that could not finish is a
+    /// cluster error (1), whatever caused it; otherwise as [`ExitCode::for_outcome`].
+    pub fn of_record(record: &RolloutState) -> ExitCode {
+        if record.phase == Phase::Failed && record.rollback.is_some() {
+            return ExitCode::ClusterError;
+        }
+        ExitCode::for_outcome(record.phase, record.rollback_cause)
     }
 
     /// The code for a run that ended with the record in `phase` (an active phase means the run

@@ -84,6 +84,21 @@ pub enum Step {
     Compare { set: String },
     /// Delete the twin set and its preview Service (and its claims unless they are kept).
     RemoveTwin { set: String },
+    /// Rollback: the stable pod template back on the rollout's own set, with partition 0, in
+    /// one write; done when the StatefulSet controller has taken it up.
+    RestoreTemplate,
+    /// Rollback: pods of the rollout's own set that are not Ready on the stable revision are
+    /// deleted, once each, so that the controller recreates them on stable (on their own
+    /// volumes; an `OrderedReady` set waits on a broken pod forever otherwise, kubernetes
+    /// #67250); done when every pod runs the stable revision and is Ready.
+    ReplaceStuckPods,
+    /// Rollback of a blue/green: the live Services back on blue, pinned to the revision blue
+    /// runs now, so green leaves them before it is scaled down.
+    ReturnTraffic,
+    /// Rollback of a blue/green: the live Services' selectors as they were before the rollout.
+    RestoreSelectors,
+    /// Rollback of a blue/green: delete the preview Service (only one `rollout` made).
+    RemovePreview,
 }
 
 impl Step {
@@ -110,18 +125,12 @@ impl Step {
             Step::SwitchTraffic => "switch",
             Step::Compare { .. } => "compare",
             Step::RemoveTwin { .. } => "remove",
+            Step::RestoreTemplate => "restore-template",
+            Step::ReplaceStuckPods => "replace-stuck",
+            Step::ReturnTraffic => "return-traffic",
+            Step::RestoreSelectors => "restore-selectors",
+            Step::RemovePreview => "remove-preview",
         }
-    }
-
-    /// True for steps that write to the cluster (the state record is written before them).
-    pub fn mutates(&self) -> bool {
-        !matches!(
-            self,
-            Step::Gate { .. }
-                | Step::Pause { .. }
-                | Step::GateService { .. }
-                | Step::Compare { .. }
-        )
     }
 }
 
@@ -226,6 +235,22 @@ impl Plan {
                 self.statefulset
             ),
             Step::RemoveTwin { set } => format!("remove StatefulSet {set}"),
+            Step::RestoreTemplate => format!(
+                "set the stable pod template back on {} with partition 0",
+                self.statefulset
+            ),
+            Step::ReplaceStuckPods => format!(
+                "wait until every pod of {} is Ready on the stable revision, deleting pods stuck on another one (their volumes stay)",
+                self.statefulset
+            ),
+            Step::ReturnTraffic => format!(
+                "point the live Services back at {} (pinned to the revision it runs now)",
+                self.statefulset
+            ),
+            Step::RestoreSelectors => {
+                "set the live Services' selectors back as they were".to_string()
+            }
+            Step::RemovePreview => "remove the preview Service".to_string(),
             Step::Pause {
                 wait: PauseSpec::UntilPromote,
             } => "pause until `rollout promote`".to_string(),
@@ -233,11 +258,6 @@ impl Plan {
                 wait: PauseSpec::For(d),
             } => format!("pause for {d}"),
         }
-    }
-
-    /// The index of the first step of this kind, if the plan has one.
-    pub fn index_of(&self, name: &str) -> Option<usize> {
-        self.steps.iter().position(|s| s.name() == name)
     }
 
     /// Pods on the target revision once steps `..end` are done, as far as the plan knows.
@@ -266,11 +286,6 @@ impl Plan {
             }
         }
         pending
-    }
-
-    /// The text `rollout plan` prints.
-    pub fn render_text(&self) -> String {
-        self.to_string()
     }
 }
 
@@ -371,7 +386,7 @@ mod tests {
 
     #[test]
     fn text_rendering() {
-        let text = sample().render_text();
+        let text = sample().to_string();
         let expected = "\
 canary rollout of StatefulSet web (5 replicas, Parallel)
   1. set the new pod template with partition 5 (no pod moves yet)

@@ -176,6 +176,38 @@ pub struct RolloutState {
     /// Figures measured during the rollout.
     #[serde(default, skip_serializing_if = "Measured::is_empty")]
     pub measured: Measured,
+    /// The way back, once the rollout is rolling back (planned when it began, by
+    /// `crate::strategy::rollback`), and how far it got.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<Rollback>,
+}
+
+/// A rollback as steps, with its progress, kept in the record so that a run killed half-way
+/// through it is continued from where it stopped (every step is safe to run again).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rollback {
+    pub steps: Vec<Step>,
+    /// Index in `steps` of the step being run, or of the next one.
+    pub current_step: usize,
+    /// When the current step started (its deadline counts from here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_started_at: Option<Timestamp>,
+}
+
+impl Rollback {
+    pub fn new(steps: Vec<Step>) -> Self {
+        Rollback {
+            steps,
+            current_step: 0,
+            step_started_at: None,
+        }
+    }
+
+    /// The step being run or next to run; `None` when all are done.
+    pub fn current(&self) -> Option<&Step> {
+        self.steps.get(self.current_step)
+    }
 }
 
 /// Figures the executor measured and keeps with the record (so a resumed run goes on counting).
@@ -240,6 +272,7 @@ impl RolloutState {
             new_template: None,
             twin: None,
             measured: Measured::default(),
+            rollback: None,
         }
     }
 

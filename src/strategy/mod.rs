@@ -5,6 +5,7 @@
 pub mod observed;
 pub mod planner;
 pub mod predicates;
+pub mod rollback;
 pub mod transitions;
 pub mod twin;
 

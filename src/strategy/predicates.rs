@@ -167,22 +167,224 @@ pub fn ordinals_not_ready(
         .collect()
 }
 
-/// Pods that would keep an `OrderedReady` set wedged after its template is reverted: created
-/// from `broken_revision`, not Ready, not already being deleted (kubernetes #67250). The
-/// StatefulSet controller replaces Ready pods itself; these it waits on forever, so the rollback
-/// deletes them (never their PVCs).
-pub fn stuck_pods(statefulset: &str, pods: &[Pod], broken_revision: &str) -> Vec<String> {
-    let mut stuck: Vec<(u32, String)> = pods
+/// Pods that would keep a set wedged once its template is back on `keep_revision`: on another
+/// revision, not Ready, not already being deleted (kubernetes #67250). The StatefulSet
+/// controller replaces Ready pods itself; these an `OrderedReady` set waits on forever, so a
+/// rollback deletes them (never their PVCs). Highest ordinal first, the order the controller
+/// works in; each as (name, uid).
+pub fn stuck_pods(
+    statefulset: &str,
+    pods: &[Pod],
+    keep_revision: &str,
+) -> Vec<(String, Option<String>)> {
+    let mut stuck: Vec<(u32, String, Option<String>)> = pods
         .iter()
-        .filter(|p| pod_revision(p) == Some(broken_revision) && !is_ready(p) && !is_terminating(p))
+        .filter(|p| pod_revision(p) != Some(keep_revision) && !is_ready(p) && !is_terminating(p))
         .filter_map(|p| {
             let name = p.metadata.name.clone()?;
-            Some((pod_ordinal(statefulset, &name)?, name))
+            Some((
+                pod_ordinal(statefulset, &name)?,
+                name,
+                p.metadata.uid.clone(),
+            ))
         })
         .collect();
-    // Highest first, the order the controller itself works in.
     stuck.sort_by_key(|s| std::cmp::Reverse(s.0));
-    stuck.into_iter().map(|(_, name)| name).collect()
+    stuck
+        .into_iter()
+        .map(|(_, name, uid)| (name, uid))
+        .collect()
+}
+
+/// The pod of `set` with `ordinal`, if it exists.
+pub fn pod_by_ordinal<'a>(set: &str, pods: &'a [Pod], ordinal: u32) -> Option<&'a Pod> {
+    pods.iter()
+        .find(|p| p.metadata.name.as_deref().and_then(|n| pod_ordinal(set, n)) == Some(ordinal))
+}
+
+/// Pods that serve: Ready and not terminating (what a Service's endpoints hold).
+pub fn serving_pods(pods: &[Pod]) -> usize {
+    pods.iter()
+        .filter(|p| is_ready(p) && !is_terminating(p))
+        .count()
+}
+
+/// What keeps a pod from being counted as done, in words.
+pub fn describe_pod(pod: Option<&Pod>, name: &str, revision: &str) -> String {
+    let Some(pod) = pod else {
+        return format!("{name} does not exist yet");
+    };
+    if is_terminating(pod) {
+        return format!("{name} is terminating");
+    }
+    let on = pod_revision(pod).unwrap_or("?");
+    if on != revision {
+        return format!("{name} still runs revision {on}");
+    }
+    let mut parts = vec![];
+    for status in pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .into_iter()
+        .flatten()
+    {
+        let state = status.state.as_ref();
+        if let Some(waiting) = state.and_then(|s| s.waiting.as_ref()) {
+            let reason = waiting.reason.as_deref().unwrap_or("waiting");
+            match waiting.message.as_deref().filter(|m| !m.is_empty()) {
+                Some(m) => parts.push(format!("container {} {reason}: {m}", status.name)),
+                None => parts.push(format!("container {} {reason}", status.name)),
+            }
+        } else if let Some(done) = state.and_then(|s| s.terminated.as_ref()) {
+            parts.push(format!(
+                "container {} exited with {}",
+                status.name, done.exit_code
+            ));
+        } else if !status.ready {
+            parts.push(format!("container {} is not ready", status.name));
+        }
+        if status.restart_count > 0 {
+            parts.push(format!("restarted {} times", status.restart_count));
+        }
+    }
+    if parts.is_empty() {
+        if is_ready(pod) {
+            return format!("{name} is Ready");
+        }
+        parts.push("not Ready".to_string());
+    }
+    format!("{name}: {}", parts.join(", "))
+}
+
+/// What the pods `ordinals` of `set` still wait for, pod by pod, for a step that timed out.
+pub fn describe_pods(set: &str, pods: &[Pod], ordinals: &[u32], revision: &str) -> String {
+    ordinals
+        .iter()
+        .map(|o| {
+            describe_pod(
+                pod_by_ordinal(set, pods, *o),
+                &format!("{set}-{o}"),
+                revision,
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// What a scale step of `set` to `replicas` still waits for when it times out, pod by pod from
+/// the set's first ordinal (`spec.ordinals.start`, not always 0).
+pub fn describe_scale(
+    set: &str,
+    pods: &[Pod],
+    replicas: u32,
+    start: u32,
+    revision: &str,
+) -> String {
+    if replicas == 0 {
+        return format!("{} pod(s) still there", pods.len());
+    }
+    let ordinals: Vec<u32> = (start..start.saturating_add(replicas)).collect();
+    describe_pods(set, pods, &ordinals, revision)
+}
+
+/// What the pods of a new set (green, a shadow) still wait for, each judged on the revision it
+/// runs, from the set's first ordinal.
+pub fn describe_new_set(set: &str, pods: &[Pod], replicas: u32, start: u32) -> String {
+    (start..start.saturating_add(replicas))
+        .map(|o| {
+            let pod = pod_by_ordinal(set, pods, o);
+            let revision = pod.and_then(pod_revision).unwrap_or("?");
+            describe_pod(pod, &format!("{set}-{o}"), revision)
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// A reason that waiting cannot fix (the image cannot be pulled, the container cannot be
+/// configured), so a step fails now instead of at its deadline.
+pub fn hopeless(pod: &Pod) -> Option<String> {
+    const HOPELESS: [&str; 4] = [
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "ErrImageNeverPull",
+        "CreateContainerConfigError",
+    ];
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find_map(|c| {
+            let waiting = c.state.as_ref()?.waiting.as_ref()?;
+            let reason = waiting.reason.as_deref()?;
+            HOPELESS.contains(&reason).then(|| {
+                let name = pod.metadata.name.as_deref().unwrap_or("?");
+                match waiting.message.as_deref().filter(|m| !m.is_empty()) {
+                    Some(m) => format!("pod {name}: container {} {reason}: {m}", c.name),
+                    None => format!("pod {name}: container {} {reason}", c.name),
+                }
+            })
+        })
+}
+
+/// Whether the pods `ordinals` of `set` run `revision` and are Ready: `Some(Ok)` when they do,
+/// `Some(Err(why))` when one of them can never get there ([`hopeless`]), `None` while waiting.
+pub fn pods_ready_on(
+    set: &str,
+    pods: &[Pod],
+    revision: &str,
+    ordinals: &[u32],
+) -> Option<Result<(), String>> {
+    let missing = ordinals_not_ready(set, pods, revision, ordinals);
+    if missing.is_empty() {
+        return Some(Ok(()));
+    }
+    missing
+        .iter()
+        .filter_map(|o| pod_by_ordinal(set, pods, *o))
+        .filter(|p| pod_revision(p) == Some(revision))
+        .find_map(hopeless)
+        .map(Err)
+}
+
+/// The update revision of `sts` once the controller has seen its latest spec (generation at
+/// least `generation`), and only when it is `wanted` (any revision when `wanted` is `None`).
+pub fn revision_taken_up(
+    sts: &StatefulSet,
+    generation: i64,
+    wanted: Option<&str>,
+) -> Option<String> {
+    let status = sts.status.as_ref()?;
+    if status.observed_generation.unwrap_or(0) < generation {
+        return None;
+    }
+    let update = status.update_revision.clone()?;
+    match wanted {
+        Some(w) if w != update => None,
+        _ => Some(update),
+    }
+}
+
+/// Whether `set` has been scaled to `replicas`: none left for 0; otherwise every pod from the
+/// first ordinal on `revision` (default: the set's update revision, once the controller has
+/// seen the latest spec) and Ready. As [`pods_ready_on`] otherwise.
+pub fn scaled(
+    set: &str,
+    sts: Option<&StatefulSet>,
+    pods: &[Pod],
+    replicas: u32,
+    revision: Option<&str>,
+) -> Option<Result<(), String>> {
+    if replicas == 0 {
+        return pods.is_empty().then_some(Ok(()));
+    }
+    let sts = sts?;
+    let generation = sts.metadata.generation.unwrap_or(0);
+    let update = revision_taken_up(sts, generation, None)?;
+    let revision = revision.unwrap_or(&update);
+    let all = ordinals_released(replicas, observed::ordinal_start(sts), replicas, 0);
+    pods_ready_on(set, pods, revision, &all)
 }
 
 #[cfg(test)]
@@ -460,19 +662,189 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn stuck_pods_are_unready_pods_of_the_broken_revision() {
+    fn stuck_pods_are_unready_pods_off_the_revision_kept() {
         let pods = vec![
             pod("web-0", "good", true, false),
             pod("web-1", "bad", true, false),
             pod("web-2", "bad", false, false),
             pod("web-3", "bad", false, true),
-            pod("web-4", "bad", false, false),
+            pod("web-4", "other", false, false),
+            pod("web-5", "good", false, false),
             pod("web-10", "bad", false, false),
         ];
+        let names = |keep: &str| -> Vec<String> {
+            stuck_pods("web", &pods, keep)
+                .into_iter()
+                .map(|(name, _)| name)
+                .collect()
+        };
+        // Ready pods the controller replaces itself; terminating ones are going; a pod not
+        // Ready on the kept revision is only waited on.
+        assert_eq!(names("good"), ["web-10", "web-4", "web-2"]);
+        assert_eq!(names("bad"), ["web-5", "web-4"]);
+    }
+
+    #[test]
+    fn scaled_sets_and_hopeless_pods() {
+        let mut sts = StatefulSet {
+            metadata: ObjectMeta {
+                name: Some("web".into()),
+                generation: Some(2),
+                ..Default::default()
+            },
+            spec: Some(StatefulSetSpec {
+                replicas: Some(3),
+                ..Default::default()
+            }),
+            status: None,
+        };
+        let status = sts.status.get_or_insert_with(Default::default);
+        status.observed_generation = Some(2);
+        status.update_revision = Some("new".into());
+        let ready = vec![
+            pod("web-0", "new", true, false),
+            pod("web-1", "new", true, false),
+            pod("web-2", "new", true, false),
+        ];
+        assert_eq!(scaled("web", Some(&sts), &ready, 3, None), Some(Ok(())));
+        assert_eq!(scaled("web", Some(&sts), &ready[..2], 3, None), None);
+        assert_eq!(scaled("web", Some(&sts), &ready, 3, Some("old")), None);
+        assert_eq!(scaled("web", Some(&sts), &ready, 0, None), None);
+        assert_eq!(scaled("web", None, &[], 0, None), Some(Ok(())));
         assert_eq!(
-            stuck_pods("web", &pods, "bad"),
-            vec!["web-10", "web-4", "web-2"]
+            scaled("web", None, &ready, 3, None),
+            None,
+            "no set seen yet"
         );
-        assert!(stuck_pods("web", &pods, "good").is_empty());
+        let mut pulling = pod("web-2", "new", false, false);
+        pulling
+            .status
+            .get_or_insert_with(Default::default)
+            .container_statuses = Some(vec![k8s_openapi::api::core::v1::ContainerStatus {
+            name: "app".into(),
+            state: Some(k8s_openapi::api::core::v1::ContainerState {
+                waiting: Some(k8s_openapi::api::core::v1::ContainerStateWaiting {
+                    reason: Some("ImagePullBackOff".into()),
+                    message: Some("no such image".into()),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }]);
+        let pods = vec![ready[0].clone(), ready[1].clone(), pulling];
+        assert_eq!(
+            scaled("web", Some(&sts), &pods, 3, None),
+            Some(Err(
+                "pod web-2: container app ImagePullBackOff: no such image".to_string()
+            ))
+        );
+        // Behind the latest spec, nothing is judged yet.
+        sts.metadata.generation = Some(3);
+        assert_eq!(scaled("web", Some(&sts), &ready, 3, None), None);
+    }
+
+    fn waiting_pod(revision: &str, waiting: Option<(&str, &str)>, restarts: i32) -> Pod {
+        use k8s_openapi::api::core::v1::{ContainerState, ContainerStateWaiting, ContainerStatus};
+        Pod {
+            metadata: ObjectMeta {
+                name: Some("web-2".into()),
+                labels: Some([(REVISION_LABEL.to_string(), revision.to_string())].into()),
+                ..Default::default()
+            },
+            spec: None,
+            status: Some(PodStatus {
+                container_statuses: Some(vec![ContainerStatus {
+                    name: "app".into(),
+                    ready: false,
+                    restart_count: restarts,
+                    state: waiting.map(|(reason, message)| ContainerState {
+                        waiting: Some(ContainerStateWaiting {
+                            reason: Some(reason.into()),
+                            message: Some(message.into()),
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn pods_are_described_by_what_blocks_them() {
+        let cases = [
+            (None, "web-2 does not exist yet"),
+            (
+                Some(waiting_pod("web-a", None, 0)),
+                "web-2 still runs revision web-a",
+            ),
+            (
+                Some(waiting_pod(
+                    "web-b",
+                    Some(("CrashLoopBackOff", "back-off 10s")),
+                    3,
+                )),
+                "web-2: container app CrashLoopBackOff: back-off 10s, restarted 3 times",
+            ),
+            (
+                Some(waiting_pod("web-b", None, 0)),
+                "web-2: container app is not ready",
+            ),
+        ];
+        for (p, expected) in cases {
+            assert_eq!(describe_pod(p.as_ref(), "web-2", "web-b"), expected);
+        }
+    }
+
+    #[test]
+    fn only_hopeless_waits_fail_early() {
+        let cases = [
+            (
+                waiting_pod("b", Some(("ImagePullBackOff", "no such image")), 0),
+                true,
+            ),
+            (waiting_pod("b", Some(("InvalidImageName", "")), 0), true),
+            (waiting_pod("b", Some(("CrashLoopBackOff", "")), 5), false),
+            (waiting_pod("b", Some(("ContainerCreating", "")), 0), false),
+            (waiting_pod("b", None, 0), false),
+        ];
+        for (p, expected) in cases {
+            assert_eq!(hopeless(&p).is_some(), expected, "{:?}", p.status);
+        }
+        let message = hopeless(&waiting_pod(
+            "b",
+            Some(("ImagePullBackOff", "no such image")),
+            0,
+        ));
+        assert_eq!(
+            message.as_deref(),
+            Some("pod web-2: container app ImagePullBackOff: no such image")
+        );
+    }
+
+    #[test]
+    fn a_timed_out_scale_names_the_pods_from_the_first_ordinal() {
+        let pods = vec![
+            pod("web-5", "web-b", true, false),
+            pod("web-6", "web-a", true, false),
+        ];
+        // (replicas, first ordinal, the details)
+        let cases = [
+            (
+                3,
+                5,
+                "web-5 is Ready; web-6 still runs revision web-a; web-7 does not exist yet",
+            ),
+            (1, 0, "web-0 does not exist yet"),
+            (0, 5, "2 pod(s) still there"),
+        ];
+        for (replicas, start, want) in cases {
+            assert_eq!(
+                describe_scale("web", &pods, replicas, start, "web-b"),
+                want,
+                "{replicas} from {start}"
+            );
+        }
     }
 }

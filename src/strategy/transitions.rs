@@ -10,12 +10,13 @@ use std::collections::BTreeSet;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::model::plan::Step;
-use crate::model::state::{PauseReason, Phase, RollbackCause, RolloutState};
+use crate::model::state::{PauseReason, Phase, Rollback, RollbackCause, RolloutState};
 use crate::model::strategy::{OnFailure, PauseSpec, StrategyKind};
 
 use super::observed::Observed;
 use super::planner::{plan, PlanError};
 use super::predicates::ordinals_released;
+use super::rollback::plan_rollback;
 
 /// Why a command cannot change the rollout as asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -386,9 +387,7 @@ impl RolloutState {
                 statefulset: name,
             });
         }
-        self.phase = Phase::RollingBack;
-        self.pause = None;
-        self.rollback_cause = Some(RollbackCause::Aborted);
+        self.start_rollback(RollbackCause::Aborted);
         self.touch(now, "undo: returning to the previous set");
         Ok(())
     }
@@ -450,9 +449,7 @@ impl RolloutState {
             Phase::RollingBack => return Ok(()),
             _ => self.require_running("abort")?,
         }
-        self.phase = Phase::RollingBack;
-        self.pause = None;
-        self.rollback_cause = Some(RollbackCause::Aborted);
+        self.start_rollback(RollbackCause::Aborted);
         self.touch(now, "aborted: returning to the stable revision");
         Ok(())
     }
@@ -465,12 +462,14 @@ impl RolloutState {
         now: Timestamp,
     ) -> Result<(), TransitionError> {
         self.require_running("fail")?;
-        self.rollback_cause = Some(cause);
-        self.pause = None;
-        self.phase = match self.config.on_failure {
-            OnFailure::Rollback => Phase::RollingBack,
-            OnFailure::Hold => Phase::Failed,
-        };
+        match self.config.on_failure {
+            OnFailure::Rollback => self.start_rollback(cause),
+            OnFailure::Hold => {
+                self.rollback_cause = Some(cause);
+                self.pause = None;
+                self.phase = Phase::Failed;
+            }
+        }
         self.touch(now, message);
         Ok(())
     }
@@ -490,6 +489,55 @@ impl RolloutState {
         });
         self.touch(now, message);
         Ok(())
+    }
+
+    /// Going back: the rollback planned from what this rollout did, from its first step.
+    fn start_rollback(&mut self, cause: RollbackCause) {
+        self.phase = Phase::RollingBack;
+        self.pause = None;
+        self.rollback_cause = Some(cause);
+        self.rollback = Some(Rollback::new(plan_rollback(self)));
+    }
+
+    /// The rollback of a record that is rolling back, planned now if a run of an earlier
+    /// `rollout` (which kept no rollback steps) began it.
+    pub fn rollback_steps(&mut self) -> &mut Rollback {
+        if self.rollback.is_none() {
+            self.rollback = Some(Rollback::new(plan_rollback(self)));
+        }
+        self.rollback.get_or_insert_with(Rollback::default)
+    }
+
+    /// The executor is about to run the current rollback step.
+    pub fn begin_rollback_step(&mut self, now: Timestamp) -> Result<(), TransitionError> {
+        self.require_rolling_back("run a rollback step")?;
+        let rollback = self.rollback_steps();
+        if rollback.step_started_at.is_none() {
+            rollback.step_started_at = Some(now);
+        }
+        self.updated_at = now;
+        Ok(())
+    }
+
+    /// The current rollback step is done; the next one (if any) is current.
+    pub fn complete_rollback_step(&mut self, now: Timestamp) -> Result<(), TransitionError> {
+        self.require_rolling_back("complete a rollback step")?;
+        let rollback = self.rollback_steps();
+        rollback.current_step += 1;
+        rollback.step_started_at = None;
+        self.updated_at = now;
+        Ok(())
+    }
+
+    fn require_rolling_back(&self, action: &'static str) -> Result<(), TransitionError> {
+        if self.phase == Phase::RollingBack {
+            return Ok(());
+        }
+        Err(TransitionError::NotActive {
+            statefulset: self.name(),
+            phase: self.phase,
+            action,
+        })
     }
 
     /// The rollback finished: the StatefulSet runs the stable revision again.
@@ -1088,12 +1136,48 @@ mod tests {
         // compares.
         let cases = [
             (1, Phase::Progressing, None, None, Some("too few answers")),
-            (1, Phase::Progressing, None, Some(false), Some("fails so far")),
-            (0, Phase::Progressing, None, None, Some("has not started yet")),
-            (1, Phase::Paused, undecided.clone(), None, Some("could not decide")),
-            (1, Phase::Paused, undecided, Some(false), Some("fails so far")),
-            (1, Phase::Paused, Some(PauseReason::User), None, Some("too few answers")),
-            (1, Phase::Paused, Some(PauseReason::User), Some(true), Some("rollout resume")),
+            (
+                1,
+                Phase::Progressing,
+                None,
+                Some(false),
+                Some("fails so far"),
+            ),
+            (
+                0,
+                Phase::Progressing,
+                None,
+                None,
+                Some("has not started yet"),
+            ),
+            (
+                1,
+                Phase::Paused,
+                undecided.clone(),
+                None,
+                Some("could not decide"),
+            ),
+            (
+                1,
+                Phase::Paused,
+                undecided,
+                Some(false),
+                Some("fails so far"),
+            ),
+            (
+                1,
+                Phase::Paused,
+                Some(PauseReason::User),
+                None,
+                Some("too few answers"),
+            ),
+            (
+                1,
+                Phase::Paused,
+                Some(PauseReason::User),
+                Some(true),
+                Some("rollout resume"),
+            ),
             (1, Phase::Progressing, None, Some(true), None),
         ];
         for (step, phase, pause, passed, refusal) in cases {

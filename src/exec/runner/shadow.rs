@@ -60,10 +60,8 @@ fn pairs(stable: &[SocketAddr], shadow: &[SocketAddr]) -> Vec<TargetPair> {
 impl<C: Cluster, G: GateRunner> Runner<C, G> {
     /// The addresses of `set`'s Ready pods, on the gate's port.
     async fn ready_addresses(&mut self, set: Option<&str>) -> Vec<SocketAddr> {
-        let (name, pods) = match set {
-            Some(s) => (s.to_string(), self.twin_pods(s).await),
-            None => (self.name.clone(), self.view.borrow().pods.clone()),
-        };
+        let name = set.map_or_else(|| self.name.clone(), str::to_string);
+        let pods = self.pods_of(&name).await;
         let ordinals: Vec<u32> = pods
             .iter()
             .filter(|p| crate::strategy::predicates::is_ready(p))
@@ -105,8 +103,6 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         if !self.begin_and_record().await? {
             return Ok(());
         }
-        let (index, total) = self.step_label();
-        let step = self.step_text();
         let stable = self.ready_addresses(None).await;
         let shadow = self.ready_addresses(Some(set)).await;
         let pairs = pairs(&stable, &shadow);
@@ -184,13 +180,13 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 }
                 changed = self.view.changed() => if self.changed_from_outside(changed)? {
                     let _ = stop_tx.send(true);
-                    self.progress.step(index, total, started.elapsed(), &format!("{step}: ended by another command"));
+                    self.report(started, ": ended by another command");
                     return Ok(());
                 },
                 _ = tokio::time::sleep_until(deadline) => {
                     let _ = stop_tx.send(true);
                     let message = format!("{}: the replay did not end", self.deadline_message(false));
-                    self.fail(RollbackCause::TimedOut, message)?;
+                    self.step_failed(RollbackCause::TimedOut, message)?;
                     return Ok(());
                 }
                 _ = self.lease_lost.changed() => return Err(self.lease_lost_error()),
@@ -200,12 +196,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             Ok(c) => c,
             Err(e) => {
                 let message = format!("the shadow comparison could not run: {e}");
-                self.progress.step(
-                    index,
-                    total,
-                    started.elapsed(),
-                    &format!("{step}: could not decide"),
-                );
+                self.report(started, ": could not decide");
                 self.progress.say(format!("        {message}"));
                 self.record.gate_inconclusive(message, Self::now())?;
                 return Ok(());
@@ -217,21 +208,18 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         match report.verdict.clone() {
             CompareVerdict::Pass => {
                 self.record.measured.comparison_passed = Some(true);
-                self.record.complete_step(Self::now())?;
-                self.progress
-                    .step(index, total, started.elapsed(), &format!("{step}: passed"));
+                self.complete(started, ": passed")?;
                 for line in text.lines() {
                     self.progress.say(format!("        {line}"));
                 }
             }
             CompareVerdict::Fail { reasons } => {
                 self.record.measured.comparison_passed = Some(false);
-                self.progress
-                    .step(index, total, started.elapsed(), &format!("{step}: FAILED"));
+                self.report(started, ": FAILED");
                 for line in text.lines() {
                     self.progress.say(format!("        {line}"));
                 }
-                self.fail(
+                self.step_failed(
                     RollbackCause::GateFailed,
                     format!(
                         "the shadow compared badly with stable: {}",
@@ -245,12 +233,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 // judgement that was never made. The shadow goes, the real set stays as it
                 // was, and the run ends as timed out (exit 5), not as done.
                 self.record.measured.comparison_passed = None;
-                self.progress.step(
-                    index,
-                    total,
-                    started.elapsed(),
-                    &format!("{step}: could not decide"),
-                );
+                self.report(started, ": could not decide");
                 for line in text.lines() {
                     self.progress.say(format!("        {line}"));
                 }
@@ -259,7 +242,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                     .twin
                     .as_ref()
                     .map_or_else(|| self.name.clone(), |t| t.home.clone());
-                self.fail(
+                self.step_failed(
                     RollbackCause::TimedOut,
                     format!(
                         "the shadow comparison could not decide: {reason} when the replay ended (--duration {}, --max-requests {}); nothing was judged, so the shadow is removed and {home} is left as it was; check that the pods' IPs are reachable from where rollout runs, or replay for longer (--duration) or faster (--rate)",

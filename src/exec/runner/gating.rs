@@ -1,0 +1,152 @@
+//! The gate steps: `Gate` (every configured gate on the pods a step changed) and `GateService`
+//! (the HTTP gate through a Service, by the API server's service proxy). A gate changes
+//! nothing; its verdict moves the rollout on, rolls it back, or pauses it when it could not
+//! decide.
+
+use tokio::time::Instant;
+
+use super::Runner;
+use crate::exec::cluster::Cluster;
+use crate::exec::gates::{gate_targets, GateRunner};
+use crate::exec::ExecError;
+use crate::gate::probe::GateContext;
+use crate::gate::Verdict;
+use crate::model::state::RollbackCause;
+
+impl<C: Cluster, G: GateRunner> Runner<C, G> {
+    /// Step: every configured gate on the pods `ordinals` of `set` (the rollout's own set when
+    /// `None`).
+    pub(super) async fn gate(
+        &mut self,
+        ordinals: &[u32],
+        set: Option<&str>,
+    ) -> Result<(), ExecError> {
+        let started = Instant::now();
+        if !self.begin_and_record().await? {
+            return Ok(());
+        }
+        let step_text = self.step_text();
+        let changed_container = self
+            .record
+            .target
+            .images
+            .first()
+            .map(|i| i.container.clone());
+        let set_name = set.map_or_else(|| self.name.clone(), str::to_string);
+        let pods = self.pods_of(&set_name).await;
+        let targets = gate_targets(
+            &set_name,
+            &pods,
+            ordinals,
+            &self.record.config.gates,
+            changed_container.as_deref(),
+        );
+        let verdict = match targets {
+            Err(problem) => Verdict::Inconclusive {
+                message: format!("the gate could not run: {problem}"),
+            },
+            Ok(targets) => {
+                let context = GateContext {
+                    statefulset: Some(self.name.clone()),
+                    rollout_id: Some(self.record.id.clone()),
+                    step: Some(self.record.current_step),
+                    description: Some(step_text),
+                    revision: self.record.target.revision.clone(),
+                };
+                let gates = self.gates.clone();
+                let spec = self.record.config.gates.clone();
+                let run = async move { gates.run(&spec, &targets, &context).await };
+                tokio::pin!(run);
+                let (deadline, overall) = self.step_deadline();
+                loop {
+                    tokio::select! {
+                        verdict = &mut run => break verdict,
+                        _ = tokio::time::sleep_until(deadline) => {
+                            let message = format!("{}: the gate did not finish", self.deadline_message(overall));
+                            self.report(started, ": TIMED OUT");
+                            return self.step_failed(RollbackCause::TimedOut, message);
+                        }
+                        changed = self.view.changed() => {
+                            if self.changed_from_outside(changed)? {
+                                self.report(started, ": interrupted");
+                                return Ok(());
+                            }
+                        }
+                        _ = self.lease_lost.changed() => return Err(self.lease_lost_error()),
+                    }
+                }
+            }
+        };
+        self.conclude_gate(verdict, started)
+    }
+
+    /// Step: the HTTP gate through a Service.
+    pub(super) async fn gate_service(&mut self, service: &str) -> Result<(), ExecError> {
+        let started = Instant::now();
+        if !self.begin_and_record().await? {
+            return Ok(());
+        }
+        let services = self.cluster.list_services().await.map_err(|e| {
+            ExecError::api("listing Services in namespace", self.cluster.namespace(), e)
+        })?;
+        let port = services
+            .iter()
+            .find(|s| s.metadata.name.as_deref() == Some(service))
+            .and_then(|s| s.spec.as_ref())
+            .and_then(|s| s.ports.as_ref())
+            .and_then(|p| p.first())
+            .map(|p| {
+                p.name
+                    .clone()
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or_else(|| p.port.to_string())
+            });
+        let verdict = match port {
+            None => Verdict::Inconclusive {
+                message: format!("Service {service} was not found or has no port to probe"),
+            },
+            Some(port) => {
+                let gates = self.gates.clone();
+                let spec = self.record.config.gates.clone();
+                let namespace = self.cluster.namespace().to_string();
+                let service = service.to_string();
+                let run =
+                    async move { gates.run_service(&spec, &namespace, &service, &port).await };
+                let (deadline, overall) = self.step_deadline();
+                tokio::select! {
+                    verdict = run => verdict,
+                    _ = tokio::time::sleep_until(deadline) => {
+                        let message = format!("{}: the gate did not finish", self.deadline_message(overall));
+                        self.report(started, ": TIMED OUT");
+                        return self.step_failed(RollbackCause::TimedOut, message);
+                    }
+                    _ = self.lease_lost.changed() => return Err(self.lease_lost_error()),
+                }
+            }
+        };
+        self.conclude_gate(verdict, started)
+    }
+
+    /// Acts on a gate's verdict: next step, rollback, or pause when it could not decide.
+    fn conclude_gate(&mut self, verdict: Verdict, started: Instant) -> Result<(), ExecError> {
+        match verdict {
+            Verdict::Pass => self.complete(started, ": passed"),
+            Verdict::Fail { .. } => {
+                let message = verdict.message();
+                self.report(started, ": FAILED");
+                for line in message.lines() {
+                    self.progress.say(format!("        {line}"));
+                }
+                self.step_failed(RollbackCause::GateFailed, message)
+            }
+            Verdict::Inconclusive { message } => {
+                self.report(started, ": could not decide");
+                for line in message.lines() {
+                    self.progress.say(format!("        {line}"));
+                }
+                self.record.gate_inconclusive(message, Self::now())?;
+                Ok(())
+            }
+        }
+    }
+}

@@ -1,0 +1,430 @@
+//! The way back, planned as steps: what a rollout that failed, or was aborted or undone, must
+//! do to return the app to where it was before, computed from the record alone.
+//!
+//! Every write `rollout` makes carries the record that describes it, so the record tells which
+//! steps can have changed the cluster: the steps before `currentStep`, and the current one when
+//! it has begun (`stepStartedAt`). Each forward step kind has its inverse here, beside it:
+//!
+//! | forward step | undone by |
+//! |---|---|
+//! | `SetTemplateAndFreeze`, `SetPartition` | `RestoreTemplate`, then `ReplaceStuckPods` |
+//! | `SetTemplate` (recreate) | `Scale` to 0, `RestoreTemplate`, `Scale` back up |
+//! | `Scale` of the own set to 0 | `Scale` back up |
+//! | `PinTraffic` | `RestoreSelectors` |
+//! | `CreateTwin` (never served) | `RemoveTwin` (its volumes too, unless kept) |
+//! | `SwitchTraffic` | `ReturnTraffic`, green `Scale`d to 0 (kept with its volumes), `RemovePreview` |
+//! | `Gate`, `GateService`, `Compare`, `Pause` | nothing: they change nothing |
+//!
+//! The executor runs these steps as it runs forward ones, one function per kind, and keeps the
+//! progress in the record, so a rollback interrupted half-way goes on from its current step.
+
+use crate::model::plan::Step;
+use crate::model::state::RolloutState;
+use crate::model::strategy::StrategyKind;
+
+/// The rollback steps for `record`, in order. Empty when nothing the rollout did needs undoing.
+pub fn plan_rollback(record: &RolloutState) -> Vec<Step> {
+    let reached = reached_steps(record);
+    let touched = |matches: fn(&Step) -> bool| reached.iter().any(|s| matches(s));
+    let own = record.plan.statefulset.clone();
+    let replicas = record.plan.replicas;
+    let partition_moved = touched(|s| {
+        matches!(
+            s,
+            Step::SetTemplateAndFreeze { .. } | Step::SetPartition { .. }
+        )
+    });
+    let mut steps = Vec::new();
+    match record.plan.strategy {
+        StrategyKind::Rolling | StrategyKind::Ramped | StrategyKind::Canary => {
+            if partition_moved {
+                steps.extend([Step::RestoreTemplate, Step::ReplaceStuckPods]);
+            }
+        }
+        StrategyKind::Recreate => {
+            if touched(|s| matches!(s, Step::SetTemplate)) {
+                steps.extend([
+                    Step::Scale {
+                        set: own.clone(),
+                        replicas: 0,
+                    },
+                    Step::RestoreTemplate,
+                ]);
+            }
+            // Scaling up again is all it takes when the template never changed (a pod that
+            // would not stop while scaling down): going to 0 again would wait on it again.
+            if touched(|s| matches!(s, Step::Scale { .. } | Step::SetTemplate)) {
+                steps.push(Step::Scale { set: own, replicas });
+            }
+        }
+        StrategyKind::BlueGreen => {
+            let Some(twin) = record.twin.as_ref() else {
+                return steps;
+            };
+            let switched = record.measured.switched_at.is_some();
+            // Blue back at full size and Ready before any traffic returns to it.
+            steps.push(Step::Scale { set: own, replicas });
+            if switched {
+                steps.push(Step::ReturnTraffic);
+                steps.push(Step::Scale {
+                    set: twin.set.clone(),
+                    replicas: 0,
+                });
+                if twin.preview.is_some() {
+                    steps.push(Step::RemovePreview);
+                }
+            } else if touched(|s| matches!(s, Step::CreateTwin { .. })) {
+                steps.push(Step::RemoveTwin {
+                    set: twin.set.clone(),
+                });
+            }
+            if switched || touched(|s| matches!(s, Step::PinTraffic)) {
+                steps.push(Step::RestoreSelectors);
+            }
+        }
+        StrategyKind::Shadow => {
+            if partition_moved {
+                steps.extend([Step::RestoreTemplate, Step::ReplaceStuckPods]);
+            }
+            if let Some(twin) = record.twin.as_ref() {
+                if touched(|s| matches!(s, Step::CreateTwin { .. })) {
+                    steps.push(Step::RemoveTwin {
+                        set: twin.set.clone(),
+                    });
+                }
+            }
+        }
+    }
+    steps
+}
+
+/// The forward steps that can have written to the cluster: those done, and the current one
+/// once it has begun.
+fn reached_steps(record: &RolloutState) -> &[Step] {
+    let steps = &record.plan.steps;
+    let done = record.current_step.min(steps.len());
+    let begun = done < steps.len() && record.step_started_at.is_some();
+    &steps[..done + usize::from(begun)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::duration::HumanDuration;
+    use crate::model::plan::{Plan, PodManagementPolicy};
+    use crate::model::state::{Revision, Stable};
+    use crate::model::strategy::{OnFailure, PauseSpec, StrategyConfig, StrategyFlags, Timeouts};
+    use crate::model::twin::{DataMode, LiveService, Twin, TwinRole};
+    use k8s_openapi::jiff::Timestamp;
+    use std::collections::BTreeMap;
+
+    fn record(kind: StrategyKind, steps: Vec<Step>, twin: Option<Twin>) -> RolloutState {
+        let flags = StrategyFlags {
+            weight: (kind == StrategyKind::Canary)
+                .then(|| crate::model::weight::Percent::new(20).ok())
+                .flatten(),
+            ..StrategyFlags::default()
+        };
+        let config = StrategyConfig::new(
+            kind,
+            &flags,
+            crate::model::gate::GateSpec::default(),
+            Timeouts::default(),
+            OnFailure::Rollback,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let plan = Plan {
+            statefulset: "web".into(),
+            strategy: kind,
+            replicas: 3,
+            ordinal_start: 0,
+            pod_management_policy: PodManagementPolicy::Parallel,
+            steps,
+            notes: vec![],
+        };
+        let mut r = RolloutState::new(
+            "r".into(),
+            config,
+            plan,
+            Stable::default(),
+            Revision::default(),
+            "me".into(),
+            Timestamp::UNIX_EPOCH,
+        );
+        r.twin = twin;
+        r
+    }
+
+    fn twin(role: TwinRole, set: &str, preview: bool) -> Twin {
+        let selector = |k: &str| BTreeMap::from([("app".to_string(), k.to_string())]);
+        Twin {
+            role,
+            set: set.into(),
+            home: "web".into(),
+            services: vec![LiveService {
+                name: "web".into(),
+                original: selector("web"),
+                blue: selector("blue"),
+                green: selector("green"),
+            }],
+            preview: preview.then(|| "web-preview".to_string()),
+            data: DataMode::Fresh,
+            keep_data: false,
+            template: serde_json::Value::Null,
+        }
+    }
+
+    /// The rollback of `r` failing at step `at` (0-based), begun or not, as step names.
+    fn rollback_at(r: &RolloutState, at: usize, begun: bool, switched: bool) -> Vec<String> {
+        let mut r = r.clone();
+        r.current_step = at;
+        r.step_started_at = begun.then_some(Timestamp::UNIX_EPOCH);
+        if switched {
+            r.measured.switched_at = Some(Timestamp::UNIX_EPOCH);
+        }
+        plan_rollback(&r)
+            .iter()
+            .map(|s| match s {
+                Step::Scale { set, replicas } => format!("scale {set} {replicas}"),
+                Step::RemoveTwin { set } => format!("remove {set}"),
+                other => other.name().to_string(),
+            })
+            .collect()
+    }
+
+    fn partition_steps() -> Vec<Step> {
+        vec![
+            Step::SetTemplateAndFreeze { partition: 3 },
+            Step::SetPartition {
+                partition: 2,
+                ordinals: vec![2],
+                updated: 1,
+                weight: None,
+            },
+            Step::gate(vec![2]),
+            Step::Pause {
+                wait: PauseSpec::UntilPromote,
+            },
+            Step::SetPartition {
+                partition: 0,
+                ordinals: vec![1, 0],
+                updated: 3,
+                weight: None,
+            },
+            Step::gate(vec![1, 0]),
+        ]
+    }
+
+    #[test]
+    fn partition_strategies_go_back_once_the_template_may_have_changed() {
+        let back = ["restore-template", "replace-stuck"];
+        for kind in [
+            StrategyKind::Rolling,
+            StrategyKind::Ramped,
+            StrategyKind::Canary,
+        ] {
+            let r = record(kind, partition_steps(), None);
+            // (failing step, begun, expected)
+            let cases: [(usize, bool, &[&str]); 8] = [
+                (0, false, &[]),
+                (0, true, &back),
+                (1, false, &back),
+                (1, true, &back),
+                (2, true, &back),
+                (3, false, &back),
+                (5, true, &back),
+                // Past the last step (an undo of a finished rollout).
+                (6, false, &back),
+            ];
+            for (at, begun, expected) in cases {
+                assert_eq!(
+                    rollback_at(&r, at, begun, false),
+                    expected,
+                    "{kind} failing at step {} (begun: {begun})",
+                    at + 1
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn recreate_only_scales_back_up_while_the_template_is_unchanged() {
+        let steps = vec![
+            Step::Scale {
+                set: "web".into(),
+                replicas: 0,
+            },
+            Step::SetTemplate,
+            Step::Scale {
+                set: "web".into(),
+                replicas: 3,
+            },
+            Step::gate(vec![2, 1, 0]),
+        ];
+        let r = record(StrategyKind::Recreate, steps, None);
+        let full = ["scale web 0", "restore-template", "scale web 3"];
+        let cases: [(usize, bool, &[&str]); 7] = [
+            (0, false, &[]),
+            // A pod that would not stop: only back up, never to 0 again.
+            (0, true, &["scale web 3"]),
+            (1, false, &["scale web 3"]),
+            (1, true, &full),
+            (2, false, &full),
+            (2, true, &full),
+            (3, true, &full),
+        ];
+        for (at, begun, expected) in cases {
+            assert_eq!(
+                rollback_at(&r, at, begun, false),
+                expected,
+                "recreate failing at step {} (begun: {begun})",
+                at + 1
+            );
+        }
+    }
+
+    fn bluegreen_steps() -> Vec<Step> {
+        vec![
+            Step::PinTraffic,
+            Step::CreateTwin {
+                set: "web-bg1".into(),
+                replicas: 3,
+            },
+            Step::Gate {
+                ordinals: vec![0, 1, 2],
+                set: Some("web-bg1".into()),
+            },
+            Step::GateService {
+                service: "web-preview".into(),
+            },
+            Step::Pause {
+                wait: PauseSpec::UntilPromote,
+            },
+            Step::SwitchTraffic,
+            Step::GateService {
+                service: "web".into(),
+            },
+            Step::Pause {
+                wait: PauseSpec::For(HumanDuration::from_secs(30)),
+            },
+            Step::Scale {
+                set: "web".into(),
+                replicas: 0,
+            },
+        ]
+    }
+
+    #[test]
+    fn bluegreen_removes_green_before_the_switch_and_keeps_it_after() {
+        let r = record(
+            StrategyKind::BlueGreen,
+            bluegreen_steps(),
+            Some(twin(TwinRole::Green, "web-bg1", true)),
+        );
+        let before_create = ["scale web 3", "restore-selectors"];
+        let never_served = ["scale web 3", "remove web-bg1", "restore-selectors"];
+        let served = [
+            "scale web 3",
+            "return-traffic",
+            "scale web-bg1 0",
+            "remove-preview",
+            "restore-selectors",
+        ];
+        // (failing step, begun, switched, expected)
+        let cases: [(usize, bool, bool, &[&str]); 10] = [
+            (0, false, false, &["scale web 3"]),
+            (0, true, false, &before_create),
+            (1, false, false, &before_create),
+            (1, true, false, &never_served),
+            (3, true, false, &never_served),
+            (4, false, false, &never_served),
+            // The switch records `switchedAt` before its write: from then on green may have
+            // served, and its data is kept.
+            (5, true, true, &served),
+            (6, true, true, &served),
+            (8, true, true, &served),
+            // `undo` of a finished blue/green.
+            (9, false, true, &served),
+        ];
+        for (at, begun, switched, expected) in cases {
+            assert_eq!(
+                rollback_at(&r, at, begun, switched),
+                expected,
+                "blue/green failing at step {} (begun: {begun}, switched: {switched})",
+                at + 1
+            );
+        }
+    }
+
+    #[test]
+    fn bluegreen_without_a_preview_or_pins_has_less_to_undo() {
+        let mut steps = bluegreen_steps();
+        steps.remove(0);
+        let mut t = twin(TwinRole::Green, "web-bg1", false);
+        t.services[0].blue = t.services[0].original.clone();
+        let r = record(StrategyKind::BlueGreen, steps, Some(t));
+        assert_eq!(
+            rollback_at(&r, 1, true, false),
+            ["scale web 3", "remove web-bg1"]
+        );
+        assert_eq!(
+            rollback_at(&r, 5, true, true),
+            [
+                "scale web 3",
+                "return-traffic",
+                "scale web-bg1 0",
+                "restore-selectors"
+            ]
+        );
+    }
+
+    #[test]
+    fn shadow_removes_the_shadow_and_restores_a_promoted_set() {
+        let mut steps = vec![
+            Step::CreateTwin {
+                set: "web-shadow".into(),
+                replicas: 1,
+            },
+            Step::Gate {
+                ordinals: vec![0],
+                set: Some("web-shadow".into()),
+            },
+            Step::Compare {
+                set: "web-shadow".into(),
+            },
+            Step::RemoveTwin {
+                set: "web-shadow".into(),
+            },
+        ];
+        let r = record(
+            StrategyKind::Shadow,
+            steps.clone(),
+            Some(twin(TwinRole::Shadow, "web-shadow", false)),
+        );
+        assert_eq!(rollback_at(&r, 0, false, false), Vec::<String>::new());
+        assert_eq!(rollback_at(&r, 0, true, false), ["remove web-shadow"]);
+        assert_eq!(rollback_at(&r, 2, true, false), ["remove web-shadow"]);
+        // `promote --then rolling` appended a partition rollout of the real set.
+        steps.extend(partition_steps());
+        let r = record(
+            StrategyKind::Shadow,
+            steps,
+            Some(twin(TwinRole::Shadow, "web-shadow", false)),
+        );
+        assert_eq!(rollback_at(&r, 4, false, false), ["remove web-shadow"]);
+        assert_eq!(
+            rollback_at(&r, 4, true, false),
+            ["restore-template", "replace-stuck", "remove web-shadow"]
+        );
+        assert_eq!(
+            rollback_at(&r, 6, true, false),
+            ["restore-template", "replace-stuck", "remove web-shadow"]
+        );
+    }
+
+    #[test]
+    fn a_record_without_its_twin_has_nothing_of_a_twin_to_undo() {
+        let r = record(StrategyKind::BlueGreen, bluegreen_steps(), None);
+        assert_eq!(rollback_at(&r, 5, true, true), Vec::<String>::new());
+    }
+}
