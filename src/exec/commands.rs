@@ -1270,6 +1270,21 @@ pub async fn undo<C: Cluster, G: GateRunner>(
     let started = Instant::now();
     let sts = ctx.get_set(name).await?;
     let record = record_of(&sts)?;
+    if record.as_ref().is_some_and(|r| r.phase == Phase::Failed) && to_revision.is_none() {
+        // A failure held by `--no-rollback`, or a rollback that did not finish, left things
+        // only its record knows about (pinned Services, a second set, the partition): going
+        // back means finishing that rollback, which keeps the record.
+        ctx.progress.say(format!(
+            "the last rollout of {name} failed and was not rolled back: undo returns to its stable revision, as `rollout abort {name}` does"
+        ));
+        return abort(ctx, name, timeout).await;
+    }
+    if record.as_ref().is_some_and(|r| r.phase == Phase::Failed) {
+        return Err(ExecError::NotRollable {
+            statefulset: name.to_string(),
+            reason: format!("its last rollout failed and was not rolled back, so it may have left Services pinned or a second set behind; run `rollout abort {name}` first, then `rollout undo {name} --to-revision N`"),
+        });
+    }
     if let Some(r) = record.as_ref().filter(|r| r.phase.is_active()) {
         return Err(ExecError::InProgress {
             statefulset: name.to_string(),

@@ -965,3 +965,146 @@ async fn a_status_change_of_the_set_does_not_restart_the_shadow_comparison() {
     );
     assert_eq!(fake.image(), "app:v1", "the real set is untouched");
 }
+
+/// The revision name the fake's controller gives `web`'s template with `image`.
+fn revision_with_image(fake: &FakeCluster, image: &str) -> String {
+    let mut sts = fake.set();
+    if let Some(pod) = sts.spec.as_mut().and_then(|x| x.template.spec.as_mut()) {
+        pod.containers[0].image = Some(image.into());
+    }
+    let template = sts.spec.map(|s| s.template).unwrap_or_default();
+    fake.with(|s| s.revision_name_for(&template))
+}
+
+fn record_in(patch: &super::patch::StsPatch) -> Option<RolloutState> {
+    match &patch.record {
+        super::patch::RecordChange::Set(text) => RolloutState::from_annotation("web", text).ok(),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn a_gate_failure_is_written_before_the_rollback_writes_anything() {
+    let fake = FakeCluster::new(statefulset("web", 3, "app:v1", true));
+    let ctx = context(&fake, FakeGates::failing_at(0, failure("web-2")), 1);
+    let code = commands::run(&ctx, &request(StrategyKind::Rolling, "", "app:v2"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(code, ExitCode::GateFailed);
+    let patches = fake.with(|s| s.patches.clone());
+    let first_back = patches
+        .iter()
+        .position(|p| record_in(p).is_some_and(|r| r.phase == Phase::RollingBack))
+        .unwrap_or_else(|| panic!("no write of the rollback"));
+    // A run killed right after the failure finds it recorded, with the way back planned, and
+    // no change of the set yet: `resume` goes back instead of gating the failed release again.
+    let written = &patches[first_back];
+    assert!(!written.mutates_pods(), "{written:?}");
+    let r = record_in(written).unwrap_or_else(|| panic!("no record"));
+    assert!(r.message.contains("web-2"), "{}", r.message);
+    let rollback = r.rollback.unwrap_or_default();
+    assert_eq!(rollback.current_step, 0);
+    assert_eq!(
+        rollback.steps,
+        [
+            crate::model::plan::Step::RestoreTemplate,
+            crate::model::plan::Step::ReplaceStuckPods
+        ]
+    );
+    assert!(patches[first_back + 1..]
+        .iter()
+        .any(|p| p.template.is_some()));
+}
+
+#[tokio::test]
+async fn a_rollback_that_cannot_finish_ends_failed_with_exit_1() {
+    let fake = FakeCluster::new(statefulset("web", 3, "app:v1", true));
+    // Pods made anew on the stable revision never become Ready (those running stay Ready).
+    let stable = revision_with_image(&fake, "app:v1");
+    fake.with(|s| {
+        s.broken.insert(stable.clone());
+    });
+    let mut req = request(StrategyKind::Rolling, "", "app:v2");
+    req.config.timeouts.step = HumanDuration::from_millis(800);
+    let ctx = context(&fake, FakeGates::failing_at(0, failure("web-2")), 1);
+    let code = tokio::time::timeout(Duration::from_secs(30), commands::run(&ctx, &req))
+        .await
+        .unwrap_or_else(|_| panic!("the run hangs: {:#?}", ctx.progress.lines()))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(code, ExitCode::ClusterError, "{:#?}", ctx.progress.lines());
+    let r = record(&fake);
+    assert_eq!(r.phase, Phase::Failed);
+    assert!(
+        r.message.contains("rollback of web did not finish"),
+        "{}",
+        r.message
+    );
+    assert!(r.message.contains("web-2"), "{}", r.message);
+}
+
+#[tokio::test]
+async fn abort_timeout_bounds_the_rollback_it_runs() {
+    let fake = FakeCluster::new(statefulset("web", 3, "app:v1", true));
+    let stable = revision_with_image(&fake, "app:v1");
+    let mut req = request(StrategyKind::Rolling, "", "app:v2");
+    req.config.on_failure = OnFailure::Hold;
+    let ctx = context(&fake, FakeGates::failing_at(0, failure("web-2")), 1);
+    let code = commands::run(&ctx, &req)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(code, ExitCode::GateFailed);
+    fake.with(|s| {
+        s.broken.insert(stable.clone());
+    });
+    // Each step may take a minute; the abort was given 500ms.
+    let started = std::time::Instant::now();
+    let code = tokio::time::timeout(
+        Duration::from_secs(20),
+        commands::abort(&ctx, "web", Duration::from_millis(500)),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("abort waits out the step deadline instead of its --timeout"))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_eq!(code, ExitCode::ClusterError);
+    let r = record(&fake);
+    assert_eq!(r.phase, Phase::Failed);
+    assert!(
+        r.message.contains("the time it was given (500ms)"),
+        "{}",
+        r.message
+    );
+}
+
+#[tokio::test]
+async fn undo_of_a_held_failure_returns_to_stable_and_keeps_the_record() {
+    let fake = FakeCluster::new(statefulset("web", 3, "app:v1", true));
+    let mut req = request(StrategyKind::Rolling, "", "app:v2");
+    req.config.on_failure = OnFailure::Hold;
+    let ctx = context(&fake, FakeGates::failing_at(0, failure("web-2")), 1);
+    let code = commands::run(&ctx, &req)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(code, ExitCode::GateFailed);
+    assert_eq!(record(&fake).phase, Phase::Failed);
+    // --to-revision cannot know what the failed rollout left: refused, saying what to run.
+    let err = commands::undo(&ctx, "web", Some(1), Duration::from_secs(30))
+        .await
+        .expect_err("undo --to-revision over a held failure");
+    assert!(err.to_string().contains("rollout abort web"), "{err}");
+    assert_eq!(fake.image(), "app:v2", "nothing changed");
+    let code = commands::undo(&ctx, "web", None, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(code, ExitCode::Done);
+    assert_eq!(fake.image(), "app:v1");
+    let r = record(&fake);
+    assert_eq!(
+        r.phase,
+        Phase::Aborted,
+        "the record stays, and says what happened"
+    );
+    let set = fake.set();
+    let strategy = set.spec.and_then(|s| s.update_strategy).unwrap_or_default();
+    assert_eq!(strategy.rolling_update.and_then(|r| r.partition), Some(0));
+}
