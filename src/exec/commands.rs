@@ -32,6 +32,7 @@ use crate::strategy::planner::plan as make_plan;
 use crate::strategy::predicates::{
     is_ready, is_terminating, ordinals_not_ready, ordinals_released, pod_revision,
 };
+use crate::strategy::rollback::{rollback_by_step, RollbackAt};
 use crate::strategy::twin::{
     plan_twin, rollout_preview_home, twin_for, twin_statefulset, ObservedService, Surroundings,
 };
@@ -76,6 +77,62 @@ pub struct RunRequest {
 /// How long a command waits for the StatefulSet controller to catch up with the latest spec
 /// before it plans on it.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The record of a rollout that is about to start with `plan` on `sts`.
+fn new_record<C: Cluster, G: GateRunner>(
+    ctx: &Context<C, G>,
+    request: &RunRequest,
+    sts: &StatefulSet,
+    prepared: &Prepared,
+    plan: crate::model::plan::Plan,
+    twin: Option<Twin>,
+    new_template: serde_json::Value,
+) -> RolloutState {
+    let now = Timestamp::now();
+    let mut record = RolloutState::new(
+        format!(
+            "{}-{}-{}",
+            request.config.kind(),
+            now.strftime("%Y%m%d%H%M%S"),
+            ctx.me.pid
+        ),
+        request.config.clone(),
+        plan,
+        stable_from_statefulset(sts),
+        Revision {
+            revision: None,
+            images: prepared.target_images.clone(),
+        },
+        ctx.me.user_at_host(),
+        now,
+    );
+    if !request.config.kind().uses_partition() {
+        record.new_template = Some(new_template);
+    }
+    record.twin = twin;
+    record
+}
+
+/// `rollout plan`'s second half: what a failure at each step would undo.
+fn render_rollback(plan: &crate::model::plan::Plan, back: &[RollbackAt]) -> String {
+    let mut out = String::from("if a step fails (or `rollout abort` runs during it):\n");
+    for run in back {
+        let steps = if run.from_step == run.to_step {
+            format!("step {}", run.from_step)
+        } else {
+            format!("steps {}-{}", run.from_step, run.to_step)
+        };
+        if run.steps.is_empty() {
+            out.push_str(&format!("  {steps}: nothing to undo\n"));
+            continue;
+        }
+        out.push_str(&format!("  {steps}:\n"));
+        for (i, step) in run.steps.iter().enumerate() {
+            out.push_str(&format!("    {}. {}\n", i + 1, plan.describe_step(step)));
+        }
+    }
+    out
+}
 
 /// Run options for a run that continues a rollout: whether it waits at holds.
 fn holding(wait_at_holds: bool) -> RunOptions {
@@ -681,11 +738,22 @@ async fn start<C: Cluster, G: GateRunner>(
             reason,
         });
     }
-    let (plan, _) = make_full_plan(ctx, &request.config, &sts, &new_template).await?;
-    let stable = stable_from_statefulset(&sts);
     if plan_only {
+        let (plan, twin) = make_full_plan(ctx, &request.config, &sts, &new_template).await?;
+        let record = new_record(ctx, request, &sts, &prepared, plan, twin, new_template);
+        let back = rollback_by_step(&record);
+        let plan = &record.plan;
         match ctx.output {
-            Output::Json => ctx.print_json(&plan)?,
+            Output::Json => {
+                let mut value = serde_json::to_value(plan).unwrap_or_default();
+                if let Some(object) = value.as_object_mut() {
+                    object.insert(
+                        "rollback".into(),
+                        serde_json::to_value(&back).unwrap_or_default(),
+                    );
+                }
+                ctx.print_json(&value)?;
+            }
             Output::Text => {
                 let images = |list: &[ContainerImage]| {
                     list.iter()
@@ -693,11 +761,13 @@ async fn start<C: Cluster, G: GateRunner>(
                         .collect::<Vec<_>>()
                         .join(", ")
                 };
+                let stable = &record.stable;
                 ctx.out.print(&format!(
-                    "from revision {} ({}) to {}\n{plan}",
+                    "from revision {} ({}) to {}\n{plan}{}",
                     stable.revision.revision.as_deref().unwrap_or("?"),
                     images(&stable.revision.images),
-                    images(&prepared.target_images)
+                    images(&prepared.target_images),
+                    render_rollback(plan, &back)
                 ));
             }
         }
@@ -742,28 +812,7 @@ async fn start<C: Cluster, G: GateRunner>(
             return Err(e);
         }
     };
-    let now = Timestamp::now();
-    let mut record = RolloutState::new(
-        format!(
-            "{}-{}-{}",
-            request.config.kind(),
-            now.strftime("%Y%m%d%H%M%S"),
-            ctx.me.pid
-        ),
-        request.config.clone(),
-        plan,
-        stable_from_statefulset(&sts),
-        Revision {
-            revision: None,
-            images: prepared.target_images.clone(),
-        },
-        ctx.me.user_at_host(),
-        now,
-    );
-    if !request.config.kind().uses_partition() {
-        record.new_template = Some(new_template);
-    }
-    record.twin = twin;
+    let record = new_record(ctx, request, &sts, &prepared, plan, twin, new_template);
     ctx.progress.say(format!(
         "{} rollout of {}/{name}: {} replicas, {} steps, from revision {} to {}",
         record.plan.strategy,

@@ -258,6 +258,37 @@ fn ago(at: Timestamp, now: Timestamp) -> String {
 }
 
 /// The text `rollout status` prints.
+/// The rollback's steps, with where it stands, while it runs or once it stopped short.
+fn render_rollback(out: &mut String, record: &RolloutState) {
+    let Some(rollback) = record.rollback.as_ref() else {
+        return;
+    };
+    let going = matches!(record.phase, Phase::RollingBack | Phase::Failed);
+    if !going || rollback.steps.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "rollback:  step {}/{}",
+        (rollback.current_step + 1).min(rollback.steps.len()),
+        rollback.steps.len()
+    );
+    for (i, step) in rollback.steps.iter().enumerate() {
+        let mark = match i.cmp(&rollback.current_step) {
+            std::cmp::Ordering::Less => "done",
+            std::cmp::Ordering::Equal if record.phase == Phase::Failed => "FAILED",
+            std::cmp::Ordering::Equal => "running",
+            std::cmp::Ordering::Greater => "to do",
+        };
+        let _ = writeln!(
+            out,
+            "           {}. {} ({mark})",
+            i + 1,
+            record.plan.describe_step(step)
+        );
+    }
+}
+
 pub fn render_status(report: &StatusReport, now: Timestamp) -> String {
     let mut out = String::new();
     let _ = writeln!(
@@ -322,6 +353,9 @@ pub fn render_status(report: &StatusReport, now: Timestamp) -> String {
                 _ => String::new(),
             };
             let _ = writeln!(out, "phase:     {}{step}{pause}", r.phase);
+            if let Some(record) = report.record.as_ref() {
+                render_rollback(&mut out, record);
+            }
             match report.record.as_ref() {
                 Some(record) if !record.plan.strategy.uses_partition() => {
                     render_beyond_partition(&mut out, record);

@@ -98,6 +98,42 @@ pub fn plan_rollback(record: &RolloutState) -> Vec<Step> {
     steps
 }
 
+/// What a failure at each step of `record`'s plan would do: runs of consecutive steps (1-based,
+/// inclusive) whose failure (or an `abort` during them) takes the same way back. For
+/// `rollout plan`, which shows both directions.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RollbackAt {
+    pub from_step: usize,
+    pub to_step: usize,
+    pub steps: Vec<Step>,
+}
+
+pub fn rollback_by_step(record: &RolloutState) -> Vec<RollbackAt> {
+    let mut out: Vec<RollbackAt> = Vec::new();
+    for index in 0..record.plan.steps.len() {
+        let mut at = record.clone();
+        at.current_step = index;
+        at.step_started_at = Some(record.started_at);
+        if record.plan.steps[..=index]
+            .iter()
+            .any(|s| matches!(s, Step::SwitchTraffic))
+        {
+            at.measured.switched_at = Some(record.started_at);
+        }
+        let steps = plan_rollback(&at);
+        match out.last_mut() {
+            Some(last) if last.steps == steps => last.to_step = index + 1,
+            _ => out.push(RollbackAt {
+                from_step: index + 1,
+                to_step: index + 1,
+                steps,
+            }),
+        }
+    }
+    out
+}
+
 /// The forward steps that can have written to the cluster: those done, and the current one
 /// once it has begun.
 fn reached_steps(record: &RolloutState) -> &[Step] {
@@ -420,6 +456,27 @@ mod tests {
             rollback_at(&r, 6, true, false),
             ["restore-template", "replace-stuck", "remove web-shadow"]
         );
+    }
+
+    #[test]
+    fn the_way_back_is_listed_for_runs_of_steps() {
+        let r = record(
+            StrategyKind::BlueGreen,
+            bluegreen_steps(),
+            Some(twin(TwinRole::Green, "web-bg1", true)),
+        );
+        let runs: Vec<(usize, usize, usize)> = rollback_by_step(&r)
+            .iter()
+            .map(|a| (a.from_step, a.to_step, a.steps.len()))
+            .collect();
+        // Pin; green created (never served) up to the hold; switched.
+        assert_eq!(runs, [(1, 1, 2), (2, 5, 3), (6, 9, 5)]);
+        let r = record(StrategyKind::Rolling, partition_steps(), None);
+        let runs: Vec<(usize, usize, usize)> = rollback_by_step(&r)
+            .iter()
+            .map(|a| (a.from_step, a.to_step, a.steps.len()))
+            .collect();
+        assert_eq!(runs, [(1, 6, 2)]);
     }
 
     #[test]
