@@ -683,25 +683,24 @@ impl RunCommand {
                         source,
                     }
                 })?;
-                let parsed = StrategyFile::parse(&file, &text)?;
-                let flags = parsed.flags().overlaid_with(StrategyFlags {
+                let cli = StrategyFlags {
                     batch: a.batch,
                     steps: a.steps.clone(),
                     weight: a.weight,
                     pause: a.pause,
                     ..StrategyFlags::default()
-                });
-                let config = StrategyConfig::new(
-                    parsed.strategy,
-                    &flags,
-                    a.gates.apply_to(parsed.gates.clone()),
-                    a.run.timeouts(parsed.timeouts),
-                    a.run.on_failure(parsed.on_failure),
-                )
-                .map_err(|source| StrategyFileError::Invalid {
-                    file: file.clone(),
-                    source,
-                })?;
+                };
+                let config = StrategyFile::parse(&file, &text)?.into_config(
+                    &file,
+                    cli,
+                    |gates, timeouts, on_failure| {
+                        (
+                            a.gates.apply_to(gates),
+                            a.run.timeouts(timeouts),
+                            a.run.on_failure(on_failure),
+                        )
+                    },
+                )?;
                 Ok(RunRequest {
                     statefulset: a.statefulset.clone(),
                     config,

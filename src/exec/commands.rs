@@ -27,14 +27,14 @@ use crate::model::image::{
 use crate::model::state::{PauseReason, Phase, Revision, RolloutState};
 use crate::model::strategy::{StrategyConfig, StrategyKind, StrategyParams};
 use crate::model::twin::{Twin, HOME_ANNOTATION};
-use crate::strategy::observed::{self, stable_from_statefulset, Observed};
-use crate::strategy::planner::plan as make_plan;
+use crate::strategy::observed::{stable_from_statefulset, Observed};
+use crate::strategy::predicates;
 use crate::strategy::predicates::{
     is_ready, is_terminating, ordinals_not_ready, ordinals_released, pod_revision,
 };
 use crate::strategy::rollback::{rollback_by_step, RollbackAt};
 use crate::strategy::twin::{
-    plan_twin, rollout_preview_home, twin_for, twin_statefulset, ObservedService, Surroundings,
+    rollout_preview_home, twin_statefulset, ObservedService, Surroundings,
 };
 use crate::strategy::TransitionError;
 
@@ -340,18 +340,16 @@ async fn make_full_plan<C: Cluster, G: GateRunner>(
     new_template: &serde_json::Value,
 ) -> Result<(crate::model::plan::Plan, Option<Twin>), ExecError> {
     let observed = Observed::from_statefulset(sts)?;
-    match config.kind() {
-        StrategyKind::BlueGreen | StrategyKind::Shadow => {
-            let around = surroundings(ctx, sts).await?;
-            let twin = twin_for(config, &observed, &around, new_template)?;
-            let plan = match &twin {
-                Some(t) => plan_twin(config, &observed, t),
-                None => make_plan(config, &observed)?,
-            };
-            Ok((plan, twin))
-        }
-        _ => Ok((make_plan(config, &observed)?, None)),
-    }
+    let around = match config.kind() {
+        StrategyKind::BlueGreen | StrategyKind::Shadow => Some(surroundings(ctx, sts).await?),
+        _ => None,
+    };
+    Ok(crate::strategy::plan(
+        config,
+        &observed,
+        around.as_ref(),
+        new_template,
+    )?)
 }
 
 /// Asks the API server to validate the twin set before anything is written, so a set it would
@@ -651,7 +649,7 @@ async fn start<C: Cluster, G: GateRunner>(
         ctx.progress.say(format!("note: {note}"));
     }
     let existing = record_of(&sts)?;
-    let replicas = observed::replicas(&sts);
+    let replicas = predicates::replicas(&sts);
 
     // The API server checks the new template (and says when it changes nothing) before anything
     // is written.
@@ -963,7 +961,8 @@ async fn then_steps<C: Cluster, G: GateRunner>(
         ..record.config.clone()
     };
     let observed = Observed::from_statefulset(&sts)?;
-    Ok(make_plan(&config, &observed)?.steps)
+    let (plan, _) = crate::strategy::plan(&config, &observed, None, &serde_json::Value::Null)?;
+    Ok(plan.steps)
 }
 
 /// `rollout promote STS [--full] [--then STRATEGY ...]`.
@@ -1520,9 +1519,9 @@ async fn converge<C: Cluster, G: GateRunner>(
                         leaving.unwrap_or("?")
                     ));
                 }
-                let replicas = observed::replicas(sts);
-                let start = observed::ordinal_start(sts);
-                let partition = observed::partition(sts).unwrap_or(0);
+                let replicas = predicates::replicas(sts);
+                let start = predicates::ordinal_start(sts);
+                let partition = predicates::partition(sts).unwrap_or(0);
                 // Pods below a partition keep their revision: only those above it are waited on.
                 let expected = ordinals_released(replicas, start, replicas, partition);
                 if ordinals_not_ready(name, &snapshot.pods, revision, &expected).is_empty() {

@@ -31,7 +31,7 @@ use crate::gate::probe::{GateContext, PodTarget};
 use crate::gate::Verdict;
 use crate::model::gate::GateSpec;
 use crate::model::image::apply_images;
-use crate::strategy::observed;
+use crate::strategy::predicates;
 use crate::strategy::predicates::REVISION_LABEL;
 
 type Hook = Box<dyn FnOnce(&mut State) + Send>;
@@ -199,7 +199,7 @@ impl State {
         let spec = sts.spec.clone().unwrap_or_default();
         let update = self.revision_for(&spec.template);
         let replicas = u32::try_from(spec.replicas.unwrap_or(1)).unwrap_or(0);
-        let partition = observed::partition(&sts).unwrap_or(0);
+        let partition = predicates::partition(&sts).unwrap_or(0);
         let current = sts
             .status
             .as_ref()

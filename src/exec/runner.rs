@@ -50,7 +50,8 @@ use crate::model::plan::Step;
 use crate::model::state::{PauseReason, Phase, RollbackCause, RolloutState, ANNOTATION_KEY};
 use crate::model::strategy::PauseSpec;
 use crate::model::twin::{Twin, SET_LABEL};
-use crate::strategy::observed::{self, Observed};
+use crate::strategy::observed::Observed;
+use crate::strategy::predicates;
 
 /// Conflicting writes in a row before the run gives up.
 const MAX_CONFLICTS: u32 = 20;
@@ -728,7 +729,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                     // The newest version that carries our last write: base the next one on it.
                     self.writes.resource_version = sts.metadata.resource_version.clone();
                 }
-                if observed::replicas(sts) != self.record.plan.replicas
+                if predicates::replicas(sts) != self.record.plan.replicas
                     && self.record.plan.strategy.uses_partition()
                     && matches!(self.record.phase, Phase::Progressing | Phase::Paused)
                 {

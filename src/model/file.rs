@@ -168,23 +168,22 @@ impl StrategyFile {
         }
     }
 
-    /// The checked configuration, with `cli` flags taking precedence over the file's.
+    /// The checked configuration, with `cli` flags taking precedence over the file's, and the
+    /// file's gates, timeouts and failure handling as `overlay` leaves them (the command line
+    /// overrides them field by field).
     pub fn into_config(
         self,
         file: &str,
         cli: StrategyFlags,
+        overlay: impl FnOnce(GateSpec, Timeouts, OnFailure) -> (GateSpec, Timeouts, OnFailure),
     ) -> Result<StrategyConfig, StrategyFileError> {
         let flags = self.flags().overlaid_with(cli);
-        StrategyConfig::new(
-            self.strategy,
-            &flags,
-            self.gates,
-            self.timeouts,
-            self.on_failure,
-        )
-        .map_err(|source| StrategyFileError::Invalid {
-            file: file.to_string(),
-            source,
+        let (gates, timeouts, on_failure) = overlay(self.gates, self.timeouts, self.on_failure);
+        StrategyConfig::new(self.strategy, &flags, gates, timeouts, on_failure).map_err(|source| {
+            StrategyFileError::Invalid {
+                file: file.to_string(),
+                source,
+            }
         })
     }
 }
@@ -215,7 +214,7 @@ onFailure: hold
 ";
         let file = StrategyFile::parse("canary.yaml", text).unwrap_or_else(|e| panic!("{e}"));
         let config = file
-            .into_config("canary.yaml", StrategyFlags::default())
+            .into_config("canary.yaml", StrategyFlags::default(), |g, t, o| (g, t, o))
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(
             matches!(config.params, StrategyParams::Canary(CanaryParams::Steps { ref weights, .. }) if weights.len() == 3)
@@ -231,7 +230,7 @@ onFailure: hold
         let file =
             StrategyFile::parse("r.yaml", "strategy: rolling\n").unwrap_or_else(|e| panic!("{e}"));
         let config = file
-            .into_config("r.yaml", StrategyFlags::default())
+            .into_config("r.yaml", StrategyFlags::default(), |g, t, o| (g, t, o))
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(config.gates, GateSpec::default());
         assert_eq!(config.timeouts, Timeouts::default());
@@ -278,8 +277,9 @@ onFailure: hold
             ("strategy: rolling\ntimeouts:\n  step: 10\n", "no unit"),
         ];
         for (text, fragment) in cases {
-            let result = StrategyFile::parse("my.yaml", text)
-                .and_then(|f| f.into_config("my.yaml", StrategyFlags::default()));
+            let result = StrategyFile::parse("my.yaml", text).and_then(|f| {
+                f.into_config("my.yaml", StrategyFlags::default(), |g, t, o| (g, t, o))
+            });
             let err = result.expect_err(text);
             let message = format!("{err}");
             assert!(
@@ -302,7 +302,7 @@ onFailure: hold
             ..StrategyFlags::default()
         };
         let config = file
-            .into_config("c.yaml", cli)
+            .into_config("c.yaml", cli, |g, t, o| (g, t, o))
             .unwrap_or_else(|e| panic!("{e}"));
         let expected = StrategyParams::Canary(CanaryParams::Hold {
             weight: Percent::new(10).unwrap_or(Percent::HUNDRED),
@@ -327,7 +327,7 @@ onFailure: hold
             let path = format!("{dir}/{name}");
             let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
             let file = StrategyFile::parse(name, &text).unwrap_or_else(|e| panic!("{e}"));
-            file.into_config(name, StrategyFlags::default())
+            file.into_config(name, StrategyFlags::default(), |g, t, o| (g, t, o))
                 .unwrap_or_else(|e| panic!("{e}"));
             seen += 1;
         }

@@ -10,6 +10,42 @@ pub mod transitions;
 pub mod twin;
 
 pub use observed::{stable_from_statefulset, ObserveError, Observed};
-pub use planner::{plan, PlanError};
-pub use predicates::{statefulset_rollout_progress, RolloutProgress};
+pub use planner::PlanError;
+
+use crate::model::plan::Plan;
+use crate::model::strategy::StrategyConfig;
+use crate::model::twin::Twin;
+
+/// The one planning entry point, for all six strategies: the plan of a rollout of `observed`
+/// with `config` to the pod template `template`, and for blue/green and shadow the record of
+/// their second set. Those two need the set's `surroundings` (Services, sets, claims in the
+/// namespace); the others plan from the set alone.
+pub fn plan(
+    config: &StrategyConfig,
+    observed: &Observed,
+    surroundings: Option<&twin::Surroundings>,
+    template: &serde_json::Value,
+) -> Result<(Plan, Option<Twin>), PlanError> {
+    use crate::model::strategy::StrategyKind;
+    match config.kind() {
+        StrategyKind::Rolling | StrategyKind::Ramped | StrategyKind::Canary => {
+            Ok((planner::plan_partition(config, observed)?, None))
+        }
+        StrategyKind::Recreate => Ok((twin::plan_recreate(config, observed)?, None)),
+        StrategyKind::BlueGreen | StrategyKind::Shadow => {
+            let around = surroundings.ok_or_else(|| PlanError::SurroundingsMissing {
+                statefulset: observed.name.clone(),
+                strategy: config.kind().as_str(),
+            })?;
+            let twin = twin::twin_for(config, observed, around, template)?.ok_or_else(|| {
+                PlanError::SurroundingsMissing {
+                    statefulset: observed.name.clone(),
+                    strategy: config.kind().as_str(),
+                }
+            })?;
+            Ok((twin::plan_twin(config, observed, &twin), Some(twin)))
+        }
+    }
+}
+
 pub use transitions::TransitionError;

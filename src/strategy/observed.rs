@@ -13,7 +13,7 @@ use crate::model::image::container_images;
 use crate::model::plan::PodManagementPolicy;
 use crate::model::state::{Revision, Stable};
 
-use super::predicates;
+use super::predicates::{self, ordinal_start, partition, replicas};
 
 /// Why a StatefulSet could not be read into an [`Observed`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -125,39 +125,6 @@ impl Observed {
         }
         self.replicas - self.partition.unwrap_or(0).min(self.replicas)
     }
-}
-
-/// `spec.replicas` as written; `None` when unset or negative.
-pub fn spec_replicas(sts: &StatefulSet) -> Option<u32> {
-    sts.spec
-        .as_ref()
-        .and_then(|s| s.replicas)
-        .and_then(|r| u32::try_from(r).ok())
-}
-
-/// `spec.replicas`, or 1 (the API default) when [`spec_replicas`] has none.
-pub fn replicas(sts: &StatefulSet) -> u32 {
-    spec_replicas(sts).unwrap_or(1)
-}
-
-/// `spec.ordinals.start`, the first pod's ordinal; 0 (the API default) when unset or negative.
-pub fn ordinal_start(sts: &StatefulSet) -> u32 {
-    sts.spec
-        .as_ref()
-        .and_then(|s| s.ordinals.as_ref())
-        .and_then(|o| o.start)
-        .and_then(|s| u32::try_from(s).ok())
-        .unwrap_or(0)
-}
-
-/// `spec.updateStrategy.rollingUpdate.partition`; `None` when unset or negative.
-pub fn partition(sts: &StatefulSet) -> Option<u32> {
-    sts.spec
-        .as_ref()
-        .and_then(|s| s.update_strategy.as_ref())
-        .and_then(|u| u.rolling_update.as_ref())
-        .and_then(|r| r.partition)
-        .and_then(|p| u32::try_from(p).ok())
 }
 
 /// What a rollback of `sts` would return to, read before the rollout changes anything: the
@@ -294,7 +261,7 @@ mod tests {
         for ((r, p, start), want) in cases {
             let set = sts(r, p, None, start);
             let got = (
-                spec_replicas(&set),
+                predicates::spec_replicas(&set),
                 replicas(&set),
                 partition(&set),
                 ordinal_start(&set),
@@ -304,7 +271,7 @@ mod tests {
         let specless = StatefulSet::default();
         assert_eq!(
             (
-                spec_replicas(&specless),
+                predicates::spec_replicas(&specless),
                 replicas(&specless),
                 partition(&specless),
                 ordinal_start(&specless)

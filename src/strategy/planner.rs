@@ -74,21 +74,16 @@ struct Target {
     pause: Option<PauseSpec>,
 }
 
-/// Plans a rollout of `observed` with `config`.
+/// Plans a partition rollout (rolling, ramped, canary) of `observed` with `config`.
 ///
 /// When the target template is not applied yet, the plan starts with the freeze write. Targets
 /// already reached (a re-run after the partition was lowered) are left out, with a note.
-pub fn plan(config: &StrategyConfig, observed: &Observed) -> Result<Plan, PlanError> {
-    match &config.params {
-        StrategyParams::Recreate => return super::twin::plan_recreate(config, observed),
-        StrategyParams::BlueGreen(_) | StrategyParams::Shadow(_) => {
-            // These are planned with their surroundings by `super::twin::plan_twin`.
-            return Err(PlanError::SurroundingsMissing {
-                statefulset: observed.name.clone(),
-                strategy: config.kind().as_str(),
-            });
-        }
-        _ => {}
+pub fn plan_partition(config: &StrategyConfig, observed: &Observed) -> Result<Plan, PlanError> {
+    if !config.kind().uses_partition() {
+        return Err(PlanError::SurroundingsMissing {
+            statefulset: observed.name.clone(),
+            strategy: config.kind().as_str(),
+        });
     }
     let replicas = observed.replicas;
     let mut notes = Vec::new();
@@ -402,7 +397,7 @@ mod tests {
             (config(Rolling, None, None, None, None), 0, "F0"),
         ];
         for (cfg, replicas, expected) in cases {
-            let plan = plan(&cfg, &fresh(replicas)).unwrap_or_else(|e| panic!("{e}"));
+            let plan = plan_partition(&cfg, &fresh(replicas)).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(shape(&plan), expected, "{:?} on {replicas}", cfg.params);
         }
     }
@@ -438,7 +433,7 @@ mod tests {
             ),
         ];
         for (cfg, replicas, expected) in cases {
-            let plan = plan(&cfg, &fresh(replicas)).unwrap_or_else(|e| panic!("{e}"));
+            let plan = plan_partition(&cfg, &fresh(replicas)).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(shape(&plan), expected, "{:?} on {replicas}", cfg.params);
         }
     }
@@ -489,7 +484,7 @@ mod tests {
             ),
         ];
         for (cfg, replicas, expected) in cases {
-            let plan = plan(&cfg, &fresh(replicas)).unwrap_or_else(|e| panic!("{e}"));
+            let plan = plan_partition(&cfg, &fresh(replicas)).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(shape(&plan), expected, "{:?} on {replicas}", cfg.params);
         }
     }
@@ -526,7 +521,7 @@ mod tests {
             (config(Rolling, None, None, None, None), 0, "0 replicas"),
         ];
         for (cfg, replicas, fragment) in cases {
-            let plan = plan(&cfg, &fresh(replicas)).unwrap_or_else(|e| panic!("{e}"));
+            let plan = plan_partition(&cfg, &fresh(replicas)).unwrap_or_else(|e| panic!("{e}"));
             assert!(
                 plan.notes.iter().any(|n| n.contains(fragment)),
                 "{:?}: notes {:?} lack `{fragment}`",
@@ -534,7 +529,7 @@ mod tests {
                 plan.notes
             );
         }
-        let clean = plan(&config(Rolling, None, None, None, None), &fresh(3))
+        let clean = plan_partition(&config(Rolling, None, None, None, None), &fresh(3))
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(clean.notes.is_empty(), "{:?}", clean.notes);
     }
@@ -542,7 +537,7 @@ mod tests {
     #[test]
     fn canary_steps_report_achieved_weights() {
         let cfg = config(StrategyKind::Canary, None, Some("20,50,100"), None, None);
-        let plan = plan(&cfg, &fresh(3)).unwrap_or_else(|e| panic!("{e}"));
+        let plan = plan_partition(&cfg, &fresh(3)).unwrap_or_else(|e| panic!("{e}"));
         let weights: Vec<String> = plan
             .steps
             .iter()
@@ -587,7 +582,7 @@ mod tests {
                 target_applied: applied,
                 ..fresh(5)
             };
-            let p = plan(&cfg, &observed).unwrap_or_else(|e| panic!("{e}"));
+            let p = plan_partition(&cfg, &observed).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(
                 shape(&p),
                 expected,
@@ -600,10 +595,10 @@ mod tests {
     fn no_gates_means_no_gate_steps() {
         let mut cfg = config(StrategyKind::Rolling, Some("2"), None, None, None);
         cfg.gates.http.enabled = false;
-        let p = plan(&cfg, &fresh(4)).unwrap_or_else(|e| panic!("{e}"));
+        let p = plan_partition(&cfg, &fresh(4)).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(shape(&p), "F4 P2[3,2] P0[1,0]");
         cfg.gates.min_ready = Some(HumanDuration::from_secs(5));
-        let p = plan(&cfg, &fresh(4)).unwrap_or_else(|e| panic!("{e}"));
+        let p = plan_partition(&cfg, &fresh(4)).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(shape(&p), "F4 P2[3,2] G[3,2] P0[1,0] G[1,0]");
     }
 
@@ -614,7 +609,7 @@ mod tests {
             ordinal_start: 10,
             ..fresh(3)
         };
-        let p = plan(&cfg, &observed).unwrap_or_else(|e| panic!("{e}"));
+        let p = plan_partition(&cfg, &observed).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(shape(&p), "F3 P1[12,11] G[12,11] P0[10] G[10]");
     }
 
@@ -625,7 +620,7 @@ mod tests {
             update_strategy: "OnDelete".into(),
             ..fresh(2)
         };
-        let p = plan(&cfg, &observed).unwrap_or_else(|e| panic!("{e}"));
+        let p = plan_partition(&cfg, &observed).unwrap_or_else(|e| panic!("{e}"));
         assert!(
             p.notes.iter().any(|n| n.contains("OnDelete")),
             "{:?}",
@@ -636,9 +631,9 @@ mod tests {
     #[test]
     fn huge_plans_are_refused() {
         let cfg = config(StrategyKind::Rolling, None, None, None, None);
-        let err = plan(&cfg, &fresh(2000)).expect_err("4001 steps");
+        let err = plan_partition(&cfg, &fresh(2000)).expect_err("4001 steps");
         assert!(err.to_string().contains("use a larger --batch"), "{err}");
-        assert!(plan(
+        assert!(plan_partition(
             &config(StrategyKind::Rolling, Some("10"), None, None, None),
             &fresh(2000)
         )
@@ -660,7 +655,7 @@ mod tests {
         ];
         for cfg in &configs {
             for replicas in 0..=25u32 {
-                let p = plan(cfg, &fresh(replicas)).unwrap_or_else(|e| panic!("{e}"));
+                let p = plan_partition(cfg, &fresh(replicas)).unwrap_or_else(|e| panic!("{e}"));
                 assert_eq!(
                     p.steps.first(),
                     Some(&Step::SetTemplateAndFreeze {

@@ -8,68 +8,40 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 
-use super::observed;
-
 /// The label the StatefulSet controller puts on each pod: the revision it was created from.
 pub const REVISION_LABEL: &str = "controller-revision-hash";
 
-/// Where a StatefulSet's rollout stands, with the reason when it is not done.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RolloutProgress {
-    Complete,
-    Waiting(String),
+/// `spec.replicas` as written; `None` when unset or negative.
+pub fn spec_replicas(sts: &StatefulSet) -> Option<u32> {
+    sts.spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .and_then(|r| u32::try_from(r).ok())
 }
 
-impl RolloutProgress {
-    pub fn is_complete(&self) -> bool {
-        matches!(self, RolloutProgress::Complete)
-    }
+/// `spec.replicas`, or 1 (the API default) when [`spec_replicas`] has none.
+pub fn replicas(sts: &StatefulSet) -> u32 {
+    spec_replicas(sts).unwrap_or(1)
 }
 
-fn count(value: Option<i32>) -> i64 {
-    i64::from(value.unwrap_or(0))
+/// `spec.ordinals.start`, the first pod's ordinal; 0 (the API default) when unset or negative.
+pub fn ordinal_start(sts: &StatefulSet) -> u32 {
+    sts.spec
+        .as_ref()
+        .and_then(|s| s.ordinals.as_ref())
+        .and_then(|o| o.start)
+        .and_then(|s| u32::try_from(s).ok())
+        .unwrap_or(0)
 }
 
-/// Is the StatefulSet's rollout complete, the way `kubectl rollout status` decides, plus every
-/// replica Ready: the controller has seen the latest spec; with a partition, the pods at or
-/// above it are updated; without one, the current revision has caught up with the update
-/// revision.
-pub fn statefulset_rollout_progress(sts: &StatefulSet) -> RolloutProgress {
-    let name = sts.metadata.name.as_deref().unwrap_or("<unnamed>");
-    let (Some(spec), Some(status)) = (sts.spec.as_ref(), sts.status.as_ref()) else {
-        return RolloutProgress::Waiting(format!("StatefulSet {name} has no status yet"));
-    };
-    let generation = sts.metadata.generation.unwrap_or(0);
-    let observed = status.observed_generation.unwrap_or(0);
-    if observed < generation {
-        return RolloutProgress::Waiting(format!(
-            "waiting for the StatefulSet controller to see the change to {name} (generation {generation}, seen {observed})"
-        ));
-    }
-    let replicas = count(spec.replicas.or(Some(1)));
-    let ready = count(status.ready_replicas);
-    if ready < replicas {
-        return RolloutProgress::Waiting(format!("{ready} of {replicas} pods of {name} are Ready"));
-    }
-    let updated = count(status.updated_replicas);
-    let partition = observed::partition(sts).filter(|p| *p > 0);
-    if let Some(partition) = partition {
-        let expected = (replicas - i64::from(partition)).max(0);
-        if updated < expected {
-            return RolloutProgress::Waiting(format!(
-                "{updated} of {expected} pods of {name} above partition {partition} are updated"
-            ));
-        }
-        return RolloutProgress::Complete;
-    }
-    if status.update_revision.is_some() && status.update_revision != status.current_revision {
-        return RolloutProgress::Waiting(format!(
-            "{updated} of {replicas} pods of {name} are updated (revision {} of {})",
-            status.update_revision.as_deref().unwrap_or("?"),
-            status.current_revision.as_deref().unwrap_or("?")
-        ));
-    }
-    RolloutProgress::Complete
+/// `spec.updateStrategy.rollingUpdate.partition`; `None` when unset or negative.
+pub fn partition(sts: &StatefulSet) -> Option<u32> {
+    sts.spec
+        .as_ref()
+        .and_then(|s| s.update_strategy.as_ref())
+        .and_then(|u| u.rolling_update.as_ref())
+        .and_then(|r| r.partition)
+        .and_then(|p| u32::try_from(p).ok())
 }
 
 /// The pod ordinals, highest first, that lowering the partition from `from` to `to` releases to
@@ -383,17 +355,14 @@ pub fn scaled(
     let generation = sts.metadata.generation.unwrap_or(0);
     let update = revision_taken_up(sts, generation, None)?;
     let revision = revision.unwrap_or(&update);
-    let all = ordinals_released(replicas, observed::ordinal_start(sts), replicas, 0);
+    let all = ordinals_released(replicas, ordinal_start(sts), replicas, 0);
     pods_ready_on(set, pods, revision, &all)
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use k8s_openapi::api::apps::v1::{
-        RollingUpdateStatefulSetStrategy, StatefulSetSpec, StatefulSetStatus,
-        StatefulSetUpdateStrategy,
-    };
+    use k8s_openapi::api::apps::v1::StatefulSetSpec;
     use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
@@ -418,154 +387,6 @@ pub(crate) mod tests {
                 ..Default::default()
             }),
         }
-    }
-
-    struct StsCase {
-        generation: i64,
-        observed: i64,
-        replicas: i32,
-        partition: Option<i32>,
-        ready: i32,
-        updated: i32,
-        current: &'static str,
-        update: &'static str,
-    }
-
-    fn sts(c: &StsCase) -> StatefulSet {
-        StatefulSet {
-            metadata: ObjectMeta {
-                name: Some("web".into()),
-                generation: Some(c.generation),
-                ..Default::default()
-            },
-            spec: Some(StatefulSetSpec {
-                replicas: Some(c.replicas),
-                update_strategy: Some(StatefulSetUpdateStrategy {
-                    type_: Some("RollingUpdate".into()),
-                    rolling_update: c.partition.map(|p| RollingUpdateStatefulSetStrategy {
-                        partition: Some(p),
-                        ..Default::default()
-                    }),
-                }),
-                ..Default::default()
-            }),
-            status: Some(StatefulSetStatus {
-                observed_generation: Some(c.observed),
-                replicas: c.replicas,
-                ready_replicas: Some(c.ready),
-                updated_replicas: Some(c.updated),
-                current_revision: Some(c.current.into()),
-                update_revision: Some(c.update.into()),
-                ..Default::default()
-            }),
-        }
-    }
-
-    #[test]
-    fn rollout_completion() {
-        let base = StsCase {
-            generation: 2,
-            observed: 2,
-            replicas: 3,
-            partition: None,
-            ready: 3,
-            updated: 3,
-            current: "b",
-            update: "b",
-        };
-        let cases: Vec<(StsCase, Result<(), &str>)> = vec![
-            (StsCase { ..base }, Ok(())),
-            (
-                StsCase {
-                    observed: 1,
-                    ..base
-                },
-                Err("generation 2, seen 1"),
-            ),
-            (
-                StsCase { ready: 2, ..base },
-                Err("2 of 3 pods of web are Ready"),
-            ),
-            (
-                StsCase {
-                    current: "a",
-                    updated: 2,
-                    ..base
-                },
-                Err("2 of 3 pods of web are updated"),
-            ),
-            (
-                StsCase {
-                    partition: Some(1),
-                    updated: 2,
-                    current: "a",
-                    ..base
-                },
-                Ok(()),
-            ),
-            (
-                StsCase {
-                    partition: Some(1),
-                    updated: 1,
-                    current: "a",
-                    ..base
-                },
-                Err("1 of 2 pods of web above partition 1"),
-            ),
-            (
-                StsCase {
-                    partition: Some(3),
-                    updated: 0,
-                    current: "a",
-                    ..base
-                },
-                Ok(()),
-            ),
-            (
-                StsCase {
-                    partition: Some(5),
-                    updated: 0,
-                    current: "a",
-                    ..base
-                },
-                Ok(()),
-            ),
-            (
-                StsCase {
-                    partition: Some(0),
-                    updated: 2,
-                    current: "a",
-                    ..base
-                },
-                Err("are updated"),
-            ),
-            (
-                StsCase {
-                    observed: 3,
-                    ..base
-                },
-                Ok(()),
-            ),
-        ];
-        for (i, (case, expected)) in cases.into_iter().enumerate() {
-            let got = statefulset_rollout_progress(&sts(&case));
-            match expected {
-                Ok(()) => assert_eq!(got, RolloutProgress::Complete, "case {i}"),
-                Err(fragment) => match got {
-                    RolloutProgress::Waiting(reason) => {
-                        assert!(reason.contains(fragment), "case {i}: {reason}")
-                    }
-                    RolloutProgress::Complete => {
-                        panic!("case {i}: complete, expected `{fragment}`")
-                    }
-                },
-            }
-        }
-        let no_status = StatefulSet {
-            status: None,
-            ..sts(&base)
-        };
-        assert!(!statefulset_rollout_progress(&no_status).is_complete());
     }
 
     #[test]

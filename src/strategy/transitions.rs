@@ -14,7 +14,7 @@ use crate::model::state::{PauseReason, Phase, Rollback, RollbackCause, RolloutSt
 use crate::model::strategy::{OnFailure, PauseSpec, StrategyKind};
 
 use super::observed::Observed;
-use super::planner::{plan, PlanError};
+use super::planner::{plan_partition, PlanError};
 use super::predicates::ordinals_released;
 use super::rollback::plan_rollback;
 
@@ -614,7 +614,7 @@ impl RolloutState {
             })
             .flatten()
             .collect();
-        let mut fresh = plan(&self.config, observed)?;
+        let mut fresh = plan_partition(&self.config, observed)?;
         let released = observed.released();
         let ungated: Vec<u32> = ordinals_released(
             observed.replicas,
@@ -688,7 +688,7 @@ mod tests {
             OnFailure::Rollback,
         )
         .unwrap_or_else(|e| panic!("{e}"));
-        let plan = plan(&config, &observed(replicas)).unwrap_or_else(|e| panic!("{e}"));
+        let plan = plan_partition(&config, &observed(replicas)).unwrap_or_else(|e| panic!("{e}"));
         RolloutState::new(
             "r".into(),
             config,

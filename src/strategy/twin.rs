@@ -22,8 +22,9 @@ use crate::model::twin::{
     SHADOW_OF_LABEL,
 };
 
-use super::observed::{self, Observed};
+use super::observed::Observed;
 use super::planner::PlanError;
+use super::predicates;
 use super::predicates::ordinals_released;
 
 /// A Service in the set's namespace, as far as planning cares.
@@ -608,7 +609,7 @@ pub fn clone_claims(
     ) else {
         return Vec::new();
     };
-    let start = observed::ordinal_start(blue);
+    let start = predicates::ordinal_start(blue);
     let templates = green
         .spec
         .as_ref()

@@ -15,7 +15,7 @@ use crate::exec::gates::GateRunner;
 use crate::exec::patch::{revision_template, StrategyChange, TemplateChange};
 use crate::exec::ExecError;
 use crate::model::state::RollbackCause;
-use crate::strategy::observed;
+use crate::strategy::predicates;
 use crate::strategy::predicates::{
     describe_pods, ordinals_not_ready, ordinals_released, pods_ready_on, revision_taken_up,
     stuck_pods,
@@ -229,7 +229,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                     let replicas = s
                         .statefulset
                         .as_ref()
-                        .and_then(observed::spec_replicas)
+                        .and_then(predicates::spec_replicas)
                         .unwrap_or(replicas_planned);
                     let all = ordinals_released(replicas, start, replicas, 0);
                     if ordinals_not_ready(&name, &s.pods, &stable, &all).is_empty() {
@@ -274,7 +274,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                     let replicas = snapshot
                         .statefulset
                         .as_ref()
-                        .and_then(observed::spec_replicas)
+                        .and_then(predicates::spec_replicas)
                         .unwrap_or(replicas_planned);
                     let all = ordinals_released(replicas, start, replicas, 0);
                     let not_ready = ordinals_not_ready(&name, &snapshot.pods, &stable, &all);

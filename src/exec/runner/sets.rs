@@ -16,7 +16,7 @@ use crate::exec::progress::format_elapsed;
 use crate::exec::ExecError;
 use crate::model::strategy::StrategyKind;
 use crate::model::twin::{DataMode, TwinRole, HOME_ANNOTATION, SET_LABEL};
-use crate::strategy::observed;
+use crate::strategy::predicates;
 use crate::strategy::predicates::{describe_new_set, describe_scale, scaled, serving_pods};
 use crate::strategy::twin::{clone_claims, twin_statefulset};
 
@@ -118,7 +118,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 let start = snapshot
                     .statefulset
                     .as_ref()
-                    .map_or(0, observed::ordinal_start);
+                    .map_or(0, predicates::ordinal_start);
                 let revision = revision.unwrap_or_default();
                 let details = describe_scale(set, &snapshot.pods, replicas, start, &revision);
                 self.step_timed_out(started, overall, &details)?;
@@ -242,7 +242,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 let start = snapshot
                     .statefulset
                     .as_ref()
-                    .map_or(0, observed::ordinal_start);
+                    .map_or(0, predicates::ordinal_start);
                 let details = describe_new_set(set, &snapshot.pods, replicas, start);
                 self.step_timed_out(started, overall, &details)?;
             }
