@@ -14,6 +14,10 @@ fi
 # rustup installs cargo under ~/.cargo/bin, which a non-login shell may not have on PATH.
 [ -d "$HOME/.cargo/bin" ] && export PATH="$HOME/.cargo/bin:$PATH"
 command -v cargo >/dev/null || { echo "cargo is missing: install a Rust toolchain (rustup) first" >&2; exit 1; }
+for tool in clippy fmt; do
+  cargo "$tool" --version >/dev/null 2>&1 \
+    || { echo "cargo $tool is missing: rustup component add ${tool/fmt/rustfmt}" >&2; exit 1; }
+done
 
 log "provisioning (Debian packages, control-plane binaries cached under ~/.cache/rollout)"
 bash devcluster/scripts/provision.sh >/dev/null

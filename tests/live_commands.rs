@@ -4,6 +4,9 @@
 //! changes nothing; `undo` recovers an OrderedReady set wedged by a release rollout never saw
 //! (kubernetes #67250).
 
+// Helpers outside #[test] functions fail the test with a message instead of returning errors.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 #[path = "e2e/support.rs"]
 mod support;
 

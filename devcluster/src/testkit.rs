@@ -73,7 +73,7 @@ impl TestNs {
     }
 
     pub async fn apply_yaml(&self, text: &str) -> anyhow::Result<()> {
-        for doc in serde_yaml::Deserializer::from_str(text) {
+        for doc in serde_yaml_ng::Deserializer::from_str(text) {
             let value: serde_json::Value = serde::Deserialize::deserialize(doc)?;
             if value.is_null() {
                 continue;
@@ -135,7 +135,7 @@ pub fn time_app_documents() -> anyhow::Result<Vec<serde_json::Value>> {
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let mut out = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(&text) {
+    for doc in serde_yaml_ng::Deserializer::from_str(&text) {
         let value: serde_json::Value = serde::Deserialize::deserialize(doc)?;
         if !value.is_null() {
             out.push(value);

@@ -1,6 +1,9 @@
 //! End to end against the running devcluster (`./scripts/test` brings it up): what a user of the
 //! local cluster relies on. Each test works in a namespace of its own.
 
+// Helpers outside #[test] functions fail the test with a message instead of returning errors.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use std::collections::BTreeSet;
 use std::time::Duration;
 

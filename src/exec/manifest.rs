@@ -60,7 +60,7 @@ impl Manifest {
     pub fn parse(file: &str, text: &str, name: &str) -> Result<Manifest, ManifestError> {
         let mut kinds = Vec::new();
         let mut sets: Vec<(String, Value)> = Vec::new();
-        for (index, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        for (index, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
             let value = Value::deserialize(doc).map_err(|e| ManifestError::Parse {
                 file: file.to_string(),
                 document: index + 1,

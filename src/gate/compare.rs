@@ -924,7 +924,7 @@ mod tests {
     #[test]
     fn spec_reads_from_camel_case_with_defaults() {
         let spec: CompareSpec =
-            serde_yaml::from_str("maxP95Ratio: 3\ncompareBodies: true\nignoreLines: '^Date:'\n")
+            serde_yaml_ng::from_str("maxP95Ratio: 3\ncompareBodies: true\nignoreLines: '^Date:'\n")
                 .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
             spec,
@@ -935,7 +935,7 @@ mod tests {
                 ..CompareSpec::default()
             }
         );
-        assert!(serde_yaml::from_str::<CompareSpec>("maxP95: 3\n").is_err());
+        assert!(serde_yaml_ng::from_str::<CompareSpec>("maxP95: 3\n").is_err());
     }
 
     #[test]

@@ -71,7 +71,7 @@ pub enum StrategyFileError {
     Parse {
         file: String,
         #[source]
-        source: serde_yaml::Error,
+        source: serde_yaml_ng::Error,
     },
     #[error("strategy file {file}: apiVersion `{found}` is not supported (this version reads {API_VERSION})")]
     ApiVersion { file: String, found: String },
@@ -130,7 +130,7 @@ impl StrategyFile {
     /// Parses and checks the file's header; `file` names it in errors.
     pub fn parse(file: &str, text: &str) -> Result<StrategyFile, StrategyFileError> {
         let parsed: StrategyFile =
-            serde_yaml::from_str(text).map_err(|source| StrategyFileError::Parse {
+            serde_yaml_ng::from_str(text).map_err(|source| StrategyFileError::Parse {
                 file: file.to_string(),
                 source,
             })?;

@@ -623,7 +623,7 @@ command:
 webhook:
   url: http://127.0.0.1:9000/check
 ";
-        let spec: GateSpec = serde_yaml::from_str(yaml).unwrap_or_else(|e| panic!("{e}"));
+        let spec: GateSpec = serde_yaml_ng::from_str(yaml).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(spec.http.path, "/healthz");
         assert_eq!(spec.http.port, Some(PortRef::Name("http".into())));
         assert_eq!(spec.http.status, StatusRange { min: 200, max: 200 });
@@ -644,7 +644,7 @@ webhook:
         assert_eq!(spec.validate(), Ok(()));
         assert_eq!(spec.http.describe(), "GET :http/healthz expecting 200");
 
-        let typo = serde_yaml::from_str::<GateSpec>("http:\n  pathh: /\n");
+        let typo = serde_yaml_ng::from_str::<GateSpec>("http:\n  pathh: /\n");
         assert!(typo.is_err_and(|e| e.to_string().contains("pathh")));
     }
 }

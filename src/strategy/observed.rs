@@ -13,7 +13,7 @@ use crate::model::image::container_images;
 use crate::model::plan::PodManagementPolicy;
 use crate::model::state::{Revision, Stable};
 
-use super::predicates::{self, ordinal_start, partition, replicas};
+use super::predicates::{self, partition};
 
 /// Why a StatefulSet could not be read into an [`Observed`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -148,6 +148,7 @@ pub fn stable_from_statefulset(sts: &StatefulSet) -> Stable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::strategy::predicates::{ordinal_start, replicas};
     use k8s_openapi::api::apps::v1::{
         RollingUpdateStatefulSetStrategy, StatefulSetOrdinals, StatefulSetSpec, StatefulSetStatus,
         StatefulSetUpdateStrategy,

@@ -25,7 +25,7 @@ use crate::model::strategy::StrategyKind;
 /// The rollback steps for `record`, in order. Empty when nothing the rollout did needs undoing.
 pub fn plan_rollback(record: &RolloutState) -> Vec<Step> {
     let reached = reached_steps(record);
-    let touched = |matches: fn(&Step) -> bool| reached.iter().any(|s| matches(s));
+    let touched = |matches: fn(&Step) -> bool| reached.iter().any(matches);
     let own = record.plan.statefulset.clone();
     let replicas = record.plan.replicas;
     let partition_moved = touched(|s| {

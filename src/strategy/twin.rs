@@ -739,28 +739,6 @@ fn quantity_value(text: &str) -> Option<f64> {
     Some(number * factor)
 }
 
-/// The names of a set's claims: `<claim>-<set>-<ordinal>` for every template and ordinal below
-/// `replicas` (from 0).
-pub fn claim_names(set: &StatefulSet, replicas: u32) -> Vec<String> {
-    let Some(name) = set.metadata.name.as_deref() else {
-        return Vec::new();
-    };
-    let templates = set
-        .spec
-        .as_ref()
-        .and_then(|s| s.volume_claim_templates.clone())
-        .unwrap_or_default();
-    let mut names = Vec::new();
-    for i in 0..replicas {
-        for t in &templates {
-            if let Some(claim) = t.metadata.name.as_deref() {
-                names.push(format!("{claim}-{name}-{i}"));
-            }
-        }
-    }
-    names
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1203,7 +1181,6 @@ mod tests {
             .and_then(|l| l.get(SET_LABEL))
             .map(String::as_str)
             == Some("web-bg1")));
-        assert_eq!(claim_names(&green, 2), ["data-web-bg1-0", "data-web-bg1-1"]);
     }
 
     fn bluegreen_with(flags: StrategyFlags) -> StrategyConfig {

@@ -4,6 +4,9 @@
 //! each pod's claim and visits, the exit code and the message. Every test works in a namespace
 //! of its own and deletes it when it passed.
 
+// Helpers outside #[test] functions fail the test with a message instead of returning errors.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 mod bluegreen;
 mod failures;
 mod gates;

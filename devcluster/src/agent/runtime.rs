@@ -20,7 +20,7 @@ pub enum RuntimeError {
     ParseFile {
         path: PathBuf,
         #[source]
-        source: serde_yaml::Error,
+        source: serde_yaml_ng::Error,
     },
     #[error("no command is mapped for image {image:?} (add `{name}:` to {path})")]
     NoMapping {
@@ -101,8 +101,8 @@ impl RuntimeMap {
 
     pub fn parse(path: &Path, text: &str) -> Result<Self, RuntimeError> {
         // An empty file (or one with only comments) is an empty map.
-        let images: Option<BTreeMap<String, ImageCommand>> =
-            serde_yaml::from_str(text).map_err(|source| RuntimeError::ParseFile {
+        let images: Option<BTreeMap<String, ImageCommand>> = serde_yaml_ng::from_str(text)
+            .map_err(|source| RuntimeError::ParseFile {
                 path: path.to_path_buf(),
                 source,
             })?;

@@ -2,6 +2,9 @@
 //! StatefulSet shape from the seeds, the probes on `/`, the per-pod volume at `DATA_DIR`, and
 //! Services that select the pods by the same label.
 
+// Helpers outside #[test] functions fail the test with a message instead of returning errors.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Container, Probe, Service};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -19,15 +22,15 @@ fn objects() -> Objects {
         statefulsets: Vec::new(),
         services: Vec::new(),
     };
-    for document in serde_yaml::Deserializer::from_str(MANIFEST) {
-        let value = serde_yaml::Value::deserialize(document).expect("valid YAML");
+    for document in serde_yaml_ng::Deserializer::from_str(MANIFEST) {
+        let value = serde_yaml_ng::Value::deserialize(document).expect("valid YAML");
         match value["kind"].as_str() {
             Some("StatefulSet") => objects
                 .statefulsets
-                .push(serde_yaml::from_value(value).expect("a StatefulSet")),
+                .push(serde_yaml_ng::from_value(value).expect("a StatefulSet")),
             Some("Service") => objects
                 .services
-                .push(serde_yaml::from_value(value).expect("a Service")),
+                .push(serde_yaml_ng::from_value(value).expect("a Service")),
             other => panic!("unexpected object kind {other:?}"),
         }
     }
