@@ -643,6 +643,68 @@ async fn start<C: Cluster, G: GateRunner>(
     let started = Instant::now();
     let resolved = resolve_serving(ctx, &request.statefulset).await?;
     let name = resolved.as_str();
+    let checked = match check_start(ctx, name, request, plan_only).await? {
+        Checked::Go(checked) => checked,
+        Checked::Done(code) => return Ok(code),
+    };
+    if plan_only {
+        return print_plan(ctx, request, checked).await;
+    }
+    let guard = lease::acquire(&ctx.cluster, &checked.sts, &ctx.me, ctx.lease_duration).await?;
+    if let Some(previous) = &guard.taken_over_from {
+        ctx.progress.say(format!(
+            "took over Lease {} from {previous}, whose run stopped renewing it",
+            guard.name()
+        ));
+    }
+    // Everything between taking the lease and the run that releases it, in one place: any
+    // error here releases it too.
+    let ready = new_rollout(ctx, name, request, &checked).await;
+    let (sts, record) = match ready {
+        Ok(ready) => ready,
+        Err(e) => {
+            guard.release().await;
+            return Err(e);
+        }
+    };
+    let runner = Runner::new(
+        ctx.tools(guard.lost()),
+        &sts,
+        record,
+        checked.view,
+        RunOptions {
+            wait_at_holds: request.wait_at_holds,
+            template: Some(checked.prepared.template),
+            rollback_limit: None,
+        },
+    );
+    drive(ctx, runner, guard, started).await
+}
+
+/// A request that passed the checks before any write: the set as settled on its watch, the new
+/// template as the API server completed it.
+struct StartChecked {
+    sts: StatefulSet,
+    view: View,
+    prepared: Prepared,
+    new_template: serde_json::Value,
+}
+
+enum Checked {
+    Go(Box<StartChecked>),
+    /// Nothing to start: the run ended (nothing to do, or it continued a rollout under way).
+    Done(ExitCode),
+}
+
+/// The checks of a new rollout before anything is written: the API server's dry run of the new
+/// template, a rollout already under way (continued when it is this very one), nothing to do,
+/// a set in the middle of an update.
+async fn check_start<C: Cluster, G: GateRunner>(
+    ctx: &Context<C, G>,
+    name: &str,
+    request: &RunRequest,
+    plan_only: bool,
+) -> Result<Checked, ExecError> {
     let sts = ctx.get_set(name).await?;
     let prepared = prepare(&sts, request)?;
     for note in &prepared.notes {
@@ -650,9 +712,6 @@ async fn start<C: Cluster, G: GateRunner>(
     }
     let existing = record_of(&sts)?;
     let replicas = predicates::replicas(&sts);
-
-    // The API server checks the new template (and says when it changes nothing) before anything
-    // is written.
     let trial = StsPatch::at(None)
         .with_template(prepared.template.clone())
         .with_strategy(StrategyChange::freeze(replicas));
@@ -676,16 +735,14 @@ async fn start<C: Cluster, G: GateRunner>(
         serde_json::to_value(s.spec.as_ref().map(|s| &s.template)).unwrap_or_default()
     };
     let already_there = template_of(&tried) == template_of(&sts);
-    // The whole new template, as the API server completed it.
-    let new_template = template_of(&tried);
-
     if let Some(record) = existing.as_ref().filter(|r| r.phase.is_active()) {
         if already_there && record.config == request.config && !plan_only {
             ctx.progress.say(format!(
                 "a {} rollout of {name} to this template is under way (started by {}); continuing it",
                 record.plan.strategy, record.started_by
             ));
-            return continue_run(ctx, name, |_| Ok(()), holding(request.wait_at_holds)).await;
+            let code = continue_run(ctx, name, |_| Ok(()), holding(request.wait_at_holds)).await?;
+            return Ok(Checked::Done(code));
         }
         if !plan_only {
             let running = match ctx.live_holder(name).await? {
@@ -716,9 +773,8 @@ async fn start<C: Cluster, G: GateRunner>(
         if ctx.output == Output::Json && plan_only {
             ctx.print_json(&serde_json::json!({"statefulset": name, "steps": []}))?;
         }
-        return Ok(ExitCode::Done);
+        return Ok(Checked::Done(ExitCode::Done));
     }
-
     let mut view = ctx.cluster.watch(name, &selector_of(&sts));
     let sts = settle(&mut view, name).await?;
     if let Some(reason) = mid_update_reason(&sts) {
@@ -736,81 +792,89 @@ async fn start<C: Cluster, G: GateRunner>(
             reason,
         });
     }
-    if plan_only {
-        let (plan, twin) = make_full_plan(ctx, &request.config, &sts, &new_template).await?;
-        let record = new_record(ctx, request, &sts, &prepared, plan, twin, new_template);
-        let back = rollback_by_step(&record);
-        let plan = &record.plan;
-        match ctx.output {
-            Output::Json => {
-                let mut value = serde_json::to_value(plan).unwrap_or_default();
-                if let Some(object) = value.as_object_mut() {
-                    object.insert(
-                        "rollback".into(),
-                        serde_json::to_value(&back).unwrap_or_default(),
-                    );
-                }
-                ctx.print_json(&value)?;
-            }
-            Output::Text => {
-                let images = |list: &[ContainerImage]| {
-                    list.iter()
-                        .map(|i| format!("{}={}", i.container, i.image))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                };
-                let stable = &record.stable;
-                ctx.out.print(&format!(
-                    "from revision {} ({}) to {}\n{plan}{}",
-                    stable.revision.revision.as_deref().unwrap_or("?"),
-                    images(&stable.revision.images),
-                    images(&prepared.target_images),
-                    render_rollback(plan, &back)
-                ));
-            }
-        }
-        return Ok(ExitCode::Done);
-    }
+    Ok(Checked::Go(Box::new(StartChecked {
+        sts,
+        view,
+        prepared,
+        new_template: template_of(&tried),
+    })))
+}
 
-    let guard = lease::acquire(&ctx.cluster, &sts, &ctx.me, ctx.lease_duration).await?;
-    if let Some(previous) = &guard.taken_over_from {
-        ctx.progress.say(format!(
-            "took over Lease {} from {previous}, whose run stopped renewing it",
-            guard.name()
-        ));
-    }
-    // What the set looks like now that this run holds the lock (another run may have started
-    // and finished in between).
-    let sts = match ctx.get_set(name).await {
-        Ok(s) => s,
-        Err(e) => {
-            guard.release().await;
-            return Err(e);
+/// `rollout plan`: the steps both ways; nothing is written.
+async fn print_plan<C: Cluster, G: GateRunner>(
+    ctx: &Context<C, G>,
+    request: &RunRequest,
+    checked: Box<StartChecked>,
+) -> Result<ExitCode, ExecError> {
+    let StartChecked {
+        sts,
+        prepared,
+        new_template,
+        ..
+    } = *checked;
+    let (plan, twin) = make_full_plan(ctx, &request.config, &sts, &new_template).await?;
+    let record = new_record(ctx, request, &sts, &prepared, plan, twin, new_template);
+    let back = rollback_by_step(&record);
+    let plan = &record.plan;
+    match ctx.output {
+        Output::Json => {
+            let mut value = serde_json::to_value(plan).unwrap_or_default();
+            if let Some(object) = value.as_object_mut() {
+                object.insert(
+                    "rollback".into(),
+                    serde_json::to_value(&back).unwrap_or_default(),
+                );
+            }
+            ctx.print_json(&value)?;
         }
-    };
+        Output::Text => {
+            let images = |list: &[ContainerImage]| {
+                list.iter()
+                    .map(|i| format!("{}={}", i.container, i.image))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let stable = &record.stable;
+            ctx.out.print(&format!(
+                "from revision {} ({}) to {}\n{plan}{}",
+                stable.revision.revision.as_deref().unwrap_or("?"),
+                images(&stable.revision.images),
+                images(&prepared.target_images),
+                render_rollback(plan, &back)
+            ));
+        }
+    }
+    Ok(ExitCode::Done)
+}
+
+/// With the lease held: the set as it is now (another run may have started and finished in
+/// between), planned, and the record of the new rollout.
+async fn new_rollout<C: Cluster, G: GateRunner>(
+    ctx: &Context<C, G>,
+    name: &str,
+    request: &RunRequest,
+    checked: &StartChecked,
+) -> Result<(StatefulSet, RolloutState), ExecError> {
+    let sts = ctx.get_set(name).await?;
     if let Some(record) = record_of(&sts)?.filter(|r| r.phase.is_active()) {
-        guard.release().await;
         return Err(ExecError::InProgress {
             statefulset: name.to_string(),
             description: format!("{} started by {}", record.plan.strategy, record.started_by),
         });
     }
-    let planned = async {
-        let (plan, twin) = make_full_plan(ctx, &request.config, &sts, &new_template).await?;
-        if let Some(twin) = &twin {
-            check_twin(ctx, &sts, twin, &plan).await?;
-        }
-        Ok::<_, ExecError>((plan, twin))
+    let (plan, twin) = make_full_plan(ctx, &request.config, &sts, &checked.new_template).await?;
+    if let Some(twin) = &twin {
+        check_twin(ctx, &sts, twin, &plan).await?;
     }
-    .await;
-    let (plan, twin) = match planned {
-        Ok(p) => p,
-        Err(e) => {
-            guard.release().await;
-            return Err(e);
-        }
-    };
-    let record = new_record(ctx, request, &sts, &prepared, plan, twin, new_template);
+    let record = new_record(
+        ctx,
+        request,
+        &sts,
+        &checked.prepared,
+        plan,
+        twin,
+        checked.new_template.clone(),
+    );
     ctx.progress.say(format!(
         "{} rollout of {}/{name}: {} replicas, {} steps, from revision {} to {}",
         record.plan.strategy,
@@ -829,18 +893,7 @@ async fn start<C: Cluster, G: GateRunner>(
     for note in &record.plan.notes {
         ctx.progress.say(format!("note: {note}"));
     }
-    let runner = Runner::new(
-        ctx.tools(guard.lost()),
-        &sts,
-        record,
-        view,
-        RunOptions {
-            wait_at_holds: request.wait_at_holds,
-            template: Some(prepared.template),
-            rollback_limit: None,
-        },
-    );
-    drive(ctx, runner, guard, started).await
+    Ok((sts, record))
 }
 
 /// Continues the recorded rollout of `name` in this process: takes the lock, applies `change`
