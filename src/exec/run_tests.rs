@@ -1042,17 +1042,24 @@ async fn a_rollback_that_cannot_finish_ends_failed_with_exit_1() {
     assert!(r.message.contains("web-2"), "{}", r.message);
 }
 
-#[tokio::test]
-async fn abort_timeout_bounds_the_rollback_it_runs() {
-    let fake = FakeCluster::new(statefulset("web", 3, "app:v1", true));
-    let stable = revision_with_image(&fake, "app:v1");
+/// A rolling rollout of `web` to app:v2 whose first gate failed, held by `--no-rollback`.
+async fn held_failure(fake: &FakeCluster) -> Context<FakeCluster, FakeGates> {
     let mut req = request(StrategyKind::Rolling, "", "app:v2");
     req.config.on_failure = OnFailure::Hold;
-    let ctx = context(&fake, FakeGates::failing_at(0, failure("web-2")), 1);
+    let ctx = context(fake, FakeGates::failing_at(0, failure("web-2")), 1);
     let code = commands::run(&ctx, &req)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(code, ExitCode::GateFailed);
+    assert_eq!(record(fake).phase, Phase::Failed);
+    ctx
+}
+
+#[tokio::test]
+async fn abort_timeout_bounds_the_rollback_it_runs() {
+    let fake = FakeCluster::new(statefulset("web", 3, "app:v1", true));
+    let stable = revision_with_image(&fake, "app:v1");
+    let ctx = held_failure(&fake).await;
     fake.with(|s| {
         s.broken.insert(stable.clone());
     });
@@ -1079,14 +1086,7 @@ async fn abort_timeout_bounds_the_rollback_it_runs() {
 #[tokio::test]
 async fn undo_of_a_held_failure_returns_to_stable_and_keeps_the_record() {
     let fake = FakeCluster::new(statefulset("web", 3, "app:v1", true));
-    let mut req = request(StrategyKind::Rolling, "", "app:v2");
-    req.config.on_failure = OnFailure::Hold;
-    let ctx = context(&fake, FakeGates::failing_at(0, failure("web-2")), 1);
-    let code = commands::run(&ctx, &req)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(code, ExitCode::GateFailed);
-    assert_eq!(record(&fake).phase, Phase::Failed);
+    let ctx = held_failure(&fake).await;
     // --to-revision cannot know what the failed rollout left: refused, saying what to run.
     let err = commands::undo(&ctx, "web", Some(1), Duration::from_secs(30))
         .await

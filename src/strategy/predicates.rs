@@ -245,32 +245,35 @@ pub fn describe_pods(set: &str, pods: &[Pod], ordinals: &[u32], revision: &str) 
 }
 
 /// What a scale step of `set` to `replicas` still waits for when it times out, pod by pod from
-/// the set's first ordinal (`spec.ordinals.start`, not always 0).
+/// the set's first ordinal (`spec.ordinals.start`, not always 0): each pod on `revision`, or on
+/// the revision it runs when `None` (a new set, whose revision is its own).
 pub fn describe_scale(
     set: &str,
     pods: &[Pod],
     replicas: u32,
     start: u32,
-    revision: &str,
+    revision: Option<&str>,
 ) -> String {
     if replicas == 0 {
         return format!("{} pod(s) still there", pods.len());
     }
-    let ordinals: Vec<u32> = (start..start.saturating_add(replicas)).collect();
-    describe_pods(set, pods, &ordinals, revision)
-}
-
-/// What the pods of a new set (green, a shadow) still wait for, each judged on the revision it
-/// runs, from the set's first ordinal.
-pub fn describe_new_set(set: &str, pods: &[Pod], replicas: u32, start: u32) -> String {
     (start..start.saturating_add(replicas))
         .map(|o| {
             let pod = pod_by_ordinal(set, pods, o);
-            let revision = pod.and_then(pod_revision).unwrap_or("?");
+            let revision = revision
+                .or_else(|| pod.and_then(pod_revision))
+                .unwrap_or("?");
             describe_pod(pod, &format!("{set}-{o}"), revision)
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// The ordinals of the pods `sts` should have (as many as its replicas, `planned` when the set
+/// is not known), from `start`.
+pub fn set_ordinals(sts: Option<&StatefulSet>, planned: u32, start: u32) -> Vec<u32> {
+    let replicas = sts.and_then(spec_replicas).unwrap_or(planned);
+    ordinals_released(replicas, start, replicas, 0)
 }
 
 /// A reason that waiting cannot fix (the image cannot be pulled, the container cannot be
@@ -662,7 +665,7 @@ pub(crate) mod tests {
         ];
         for (replicas, start, want) in cases {
             assert_eq!(
-                describe_scale("web", &pods, replicas, start, "web-b"),
+                describe_scale("web", &pods, replicas, start, Some("web-b")),
                 want,
                 "{replicas} from {start}"
             );

@@ -15,10 +15,9 @@ use crate::exec::gates::GateRunner;
 use crate::exec::patch::{revision_template, StrategyChange, TemplateChange};
 use crate::exec::ExecError;
 use crate::model::state::RollbackCause;
-use crate::strategy::predicates;
 use crate::strategy::predicates::{
-    describe_pods, ordinals_not_ready, ordinals_released, pods_ready_on, revision_taken_up,
-    stuck_pods,
+    describe_pods, ordinals_not_ready, pod_revision, pods_ready_on, revision_taken_up,
+    set_ordinals, stuck_pods,
 };
 
 /// What `ReplaceStuckPods` found on a snapshot.
@@ -226,12 +225,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         loop {
             let waited = self
                 .wait_on(&name, Some(deadline), |s| {
-                    let replicas = s
-                        .statefulset
-                        .as_ref()
-                        .and_then(predicates::spec_replicas)
-                        .unwrap_or(replicas_planned);
-                    let all = ordinals_released(replicas, start, replicas, 0);
+                    let all = set_ordinals(s.statefulset.as_ref(), replicas_planned, start);
                     if ordinals_not_ready(&name, &s.pods, &stable, &all).is_empty() {
                         return Some(Stuck::AllReady);
                     }
@@ -254,9 +248,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                             .pods
                             .iter()
                             .find(|p| p.metadata.name.as_deref() == Some(pod.as_str()))
-                            .and_then(|p| {
-                                crate::strategy::predicates::pod_revision(p).map(String::from)
-                            })
+                            .and_then(|p| pod_revision(p).map(String::from))
                             .unwrap_or_else(|| "?".into());
                         tracing::info!(pod = %pod, revision = %broken, "deleting a pod stuck on another revision");
                         self.cluster
@@ -271,12 +263,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 }
                 Waited::Deadline => {
                     let snapshot = self.view.borrow().clone();
-                    let replicas = snapshot
-                        .statefulset
-                        .as_ref()
-                        .and_then(predicates::spec_replicas)
-                        .unwrap_or(replicas_planned);
-                    let all = ordinals_released(replicas, start, replicas, 0);
+                    let all = set_ordinals(snapshot.statefulset.as_ref(), replicas_planned, start);
                     let not_ready = ordinals_not_ready(&name, &snapshot.pods, &stable, &all);
                     let details = format!(
                         "pods did not come back: {}",

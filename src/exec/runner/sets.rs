@@ -17,7 +17,7 @@ use crate::exec::ExecError;
 use crate::model::strategy::StrategyKind;
 use crate::model::twin::{DataMode, TwinRole, HOME_ANNOTATION, SET_LABEL};
 use crate::strategy::predicates;
-use crate::strategy::predicates::{describe_new_set, describe_scale, scaled, serving_pods};
+use crate::strategy::predicates::{describe_scale, scaled, serving_pods};
 use crate::strategy::twin::{clone_claims, twin_statefulset};
 
 impl<C: Cluster, G: GateRunner> Runner<C, G> {
@@ -114,18 +114,30 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             }
             Waited::Ready(Err(problem)) => self.step_cannot_finish(started, &problem)?,
             Waited::Deadline => {
-                let snapshot = self.snapshot_of(set);
-                let start = snapshot
-                    .statefulset
-                    .as_ref()
-                    .map_or(0, predicates::ordinal_start);
-                let revision = revision.unwrap_or_default();
-                let details = describe_scale(set, &snapshot.pods, replicas, start, &revision);
-                self.step_timed_out(started, overall, &details)?;
+                self.scale_timed_out(started, overall, set, replicas, revision.as_deref())?;
             }
             Waited::Changed => {}
         }
         Ok(())
+    }
+
+    /// Ends a step that scales `set` at its deadline, naming what each pod still waits for
+    /// (on `revision`, or on the revision each runs).
+    fn scale_timed_out(
+        &mut self,
+        started: Instant,
+        overall: bool,
+        set: &str,
+        replicas: u32,
+        revision: Option<&str>,
+    ) -> Result<(), ExecError> {
+        let snapshot = self.snapshot_of(set);
+        let start = snapshot
+            .statefulset
+            .as_ref()
+            .map_or(0, predicates::ordinal_start);
+        let details = describe_scale(set, &snapshot.pods, replicas, start, revision);
+        self.step_timed_out(started, overall, &details)
     }
 
     /// Step: create the twin set (claims cloned first when asked, the preview Service) and wait
@@ -237,15 +249,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 self.complete(started, &format!(": Ready{data}"))?;
             }
             Waited::Ready(Err(problem)) => self.step_cannot_finish(started, &problem)?,
-            Waited::Deadline => {
-                let snapshot = self.snapshot_of(set);
-                let start = snapshot
-                    .statefulset
-                    .as_ref()
-                    .map_or(0, predicates::ordinal_start);
-                let details = describe_new_set(set, &snapshot.pods, replicas, start);
-                self.step_timed_out(started, overall, &details)?;
-            }
+            Waited::Deadline => self.scale_timed_out(started, overall, set, replicas, None)?,
             Waited::Changed => {}
         }
         Ok(())
@@ -259,9 +263,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         if !self.begin_and_record().await? {
             return Ok(());
         }
-        if let Some(preview) = &twin.preview {
-            self.delete_preview(&twin, preview).await?;
-        }
+        self.delete_preview(&twin).await?;
         let exists = self
             .cluster
             .get_statefulset(set)

@@ -88,9 +88,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             ));
         }
         if to == To::Green {
-            if let Some(preview) = &twin.preview {
-                self.delete_preview(&twin, preview).await?;
-            }
+            self.delete_preview(&twin).await?;
         }
         self.complete(started, &format!(": {}", detail.join("; ")))
     }
@@ -102,9 +100,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         if !self.begin_and_record().await? {
             return Ok(());
         }
-        if let Some(preview) = &twin.preview {
-            self.delete_preview(&twin, preview).await?;
-        }
+        self.delete_preview(&twin).await?;
         self.complete(started, ": done")
     }
 
@@ -116,9 +112,12 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         Ok(preview_owned(&services, name, home))
     }
 
-    /// Deletes the preview Service if `rollout` made it for this home; a Service of that name
-    /// someone else made is left as it is.
-    pub(super) async fn delete_preview(&self, twin: &Twin, preview: &str) -> Result<(), ExecError> {
+    /// Deletes the twin's preview Service (if it has one) when `rollout` made it for this
+    /// home; a Service of that name someone else made is left as it is.
+    pub(super) async fn delete_preview(&self, twin: &Twin) -> Result<(), ExecError> {
+        let Some(preview) = twin.preview.as_deref() else {
+            return Ok(());
+        };
         match self.preview_owned_now(preview, &twin.home).await? {
             None => Ok(()),
             Some(true) => match self.cluster.delete_service(preview).await {
