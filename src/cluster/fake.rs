@@ -10,17 +10,9 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
-use k8s_openapi::api::apps::v1::{
-    ControllerRevision, RollingUpdateStatefulSetStrategy, StatefulSet, StatefulSetSpec,
-    StatefulSetStatus, StatefulSetUpdateStrategy,
-};
-use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, Pod, PodCondition, PodSpec, PodStatus, PodTemplateSpec, Service,
-};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
-    LabelSelector, ObjectMeta, OwnerReference, Time,
-};
-use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
+use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet, StatefulSetStatus};
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
 use serde_json::{json, Value};
 use tokio::sync::watch;
@@ -34,19 +26,11 @@ use crate::strategy::predicates::{is_ready, pod_ordinal, pod_revision, REVISION_
 
 type Hook = Box<dyn FnOnce(&mut State) + Send>;
 
-/// What a stored write did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verb {
-    Create,
-    Replace,
-    Patch,
-    Delete,
-}
-
 /// One write the fake stored (dry runs and refused writes are not kept).
 #[derive(Debug, Clone)]
 pub struct Write {
-    pub verb: Verb,
+    /// `create`, `replace`, `patch` or `delete`.
+    pub verb: &'static str,
     pub kind: String,
     pub name: String,
     /// The object created or replaced, or the patch body.
@@ -157,7 +141,7 @@ impl State {
     pub fn patches(&self) -> Vec<Value> {
         self.writes
             .iter()
-            .filter(|w| w.verb == Verb::Patch && w.kind == "StatefulSet" && w.name == self.main)
+            .filter(|w| w.verb == "patch" && w.kind == "StatefulSet" && w.name == self.main)
             .map(|w| w.body.clone())
             .collect()
     }
@@ -166,7 +150,7 @@ impl State {
     pub fn deleted_pods(&self) -> Vec<String> {
         self.writes
             .iter()
-            .filter(|w| w.verb == Verb::Delete && w.kind == "Pod")
+            .filter(|w| w.verb == "delete" && w.kind == "Pod")
             .map(|w| w.name.clone())
             .collect()
     }
@@ -216,45 +200,29 @@ impl State {
         let set = sts.metadata.name.clone().unwrap_or_default();
         let template = sts.spec.clone().unwrap_or_default().template;
         let name = revision_name(&set, &template);
-        let ours: Vec<ControllerRevision> = self
-            .list::<ControllerRevision>()
-            .into_iter()
-            .filter(|r| {
-                r.metadata
-                    .name
-                    .as_deref()
-                    .and_then(|n| n.strip_prefix(&set))
-                    .is_some()
-            })
+        let ours: Vec<ControllerRevision> = (self.list::<ControllerRevision>().into_iter())
             .filter(|r| controlled_by(&r.metadata, sts))
             .collect();
         let next = ours.iter().map(|r| r.revision).max().unwrap_or(0) + 1;
-        match ours
+        let existing = ours
             .into_iter()
-            .find(|r| r.metadata.name.as_deref() == Some(name.as_str()))
-        {
+            .find(|r| r.metadata.name == Some(name.clone()));
+        match existing {
             Some(mut existing) if existing.revision != next - 1 => {
                 existing.revision = next;
                 self.store_typed(&existing);
             }
             Some(_) => {}
             None => {
-                let mut data = json!({ "spec": { "template": template } });
-                data["spec"]["template"]["$patch"] = json!("replace");
-                let labels = sts
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.selector.match_labels.clone());
-                self.store_typed(&ControllerRevision {
-                    metadata: ObjectMeta {
-                        name: Some(name.clone()),
-                        labels,
-                        owner_references: Some(vec![owner(sts)]),
-                        ..Default::default()
-                    },
-                    revision: next,
-                    data: Some(RawExtension(data)),
+                let mut template = serde_json::to_value(template).unwrap_or_default();
+                template["$patch"] = json!("replace");
+                let labels = sts.spec.as_ref().map(|s| &s.selector.match_labels);
+                let revision = json!({
+                    "metadata": {"name": name, "labels": labels, "ownerReferences": [owner(sts)]},
+                    "revision": next,
+                    "data": {"spec": {"template": template}},
                 });
+                self.store("ControllerRevision", revision);
             }
         }
         name
@@ -388,37 +356,27 @@ impl State {
     }
 
     fn make_pod(&mut self, sts: &StatefulSet, ordinal: u32, revision: &str) -> Pod {
-        let set = sts.metadata.name.clone().unwrap_or_default();
         let template = sts.spec.clone().unwrap_or_default().template;
         let mut labels = template.metadata.and_then(|m| m.labels).unwrap_or_default();
         labels.insert(REVISION_LABEL.to_string(), revision.to_string());
-        let ready = !self.broken.contains(revision);
-        let uid = self.bump();
-        Pod {
-            metadata: ObjectMeta {
-                name: Some(format!("{set}-{ordinal}")),
-                namespace: Some(self.namespace.clone()),
-                uid: Some(format!("uid-{uid}")),
-                labels: Some(labels),
-                owner_references: Some(vec![owner(sts)]),
-                ..Default::default()
+        let ready = if self.broken.contains(revision) {
+            "False"
+        } else {
+            "True"
+        };
+        let ip = (self.pod_ip.clone()).unwrap_or_else(|| format!("10.244.0.{}", 10 + ordinal));
+        let pod = json!({
+            "metadata": {
+                "name": format!("{}-{ordinal}", sts.metadata.name.as_deref().unwrap_or_default()),
+                "namespace": self.namespace, "uid": format!("uid-{}", self.bump()),
+                "labels": labels, "ownerReferences": [owner(sts)],
             },
-            spec: template.spec,
-            status: Some(PodStatus {
-                pod_ip: Some(
-                    self.pod_ip
-                        .clone()
-                        .unwrap_or_else(|| format!("10.244.0.{}", 10 + ordinal)),
-                ),
-                conditions: Some(vec![PodCondition {
-                    type_: "Ready".into(),
-                    status: if ready { "True" } else { "False" }.into(),
-                    last_transition_time: Some(Time(Timestamp::now())),
-                    ..Default::default()
-                }]),
-                ..Default::default()
-            }),
-        }
+            "spec": template.spec,
+            "status": {"podIP": ip, "conditions": [
+                {"type": "Ready", "status": ready, "lastTransitionTime": Timestamp::now().to_string()},
+            ]},
+        });
+        decode(&pod).unwrap_or_default()
     }
 
     /// The proxy's part: a pod answers when it is Ready, a Service when one of its pods is;
@@ -576,52 +534,23 @@ pub struct FakeCluster {
 
 /// A StatefulSet `name` of `replicas` pods running `image`, serving on port 8080.
 pub fn statefulset(name: &str, replicas: i32, image: &str, parallel: bool) -> StatefulSet {
-    StatefulSet {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some("test".into()),
-            uid: Some(format!("{name}-uid")),
-            generation: Some(1),
-            ..Default::default()
+    let labels = json!({ "app": name });
+    let sts = json!({
+        "metadata": {"name": name, "namespace": "test", "uid": format!("{name}-uid"), "generation": 1},
+        "spec": {
+            "replicas": replicas,
+            "podManagementPolicy": if parallel { json!("Parallel") } else { Value::Null },
+            "selector": {"matchLabels": labels},
+            "serviceName": name,
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [{"name": "app", "image": image,
+                    "ports": [{"name": "http", "containerPort": 8080}]}]},
+            },
+            "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"partition": 0}},
         },
-        spec: Some(StatefulSetSpec {
-            replicas: Some(replicas),
-            pod_management_policy: parallel.then(|| "Parallel".to_string()),
-            selector: LabelSelector {
-                match_labels: Some([("app".to_string(), name.to_string())].into()),
-                ..Default::default()
-            },
-            service_name: Some(name.into()),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some([("app".to_string(), name.to_string())].into()),
-                    ..Default::default()
-                }),
-                spec: Some(PodSpec {
-                    containers: vec![Container {
-                        name: "app".into(),
-                        image: Some(image.into()),
-                        ports: Some(vec![ContainerPort {
-                            name: Some("http".into()),
-                            container_port: 8080,
-                            ..Default::default()
-                        }]),
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                }),
-            },
-            update_strategy: Some(StatefulSetUpdateStrategy {
-                type_: Some("RollingUpdate".into()),
-                rolling_update: Some(RollingUpdateStatefulSetStrategy {
-                    partition: Some(0),
-                    ..Default::default()
-                }),
-            }),
-            ..Default::default()
-        }),
-        status: None,
-    }
+    });
+    decode(&sts).unwrap_or_default()
 }
 
 impl FakeCluster {
@@ -656,6 +585,20 @@ impl FakeCluster {
         result
     }
 
+    /// A watch: `now` of the state, again after every change.
+    fn subscribe<T: Send + Sync + 'static>(
+        &self,
+        now: impl Fn(&State) -> T + Send + 'static,
+    ) -> watch::Receiver<Arc<T>> {
+        let (tx, rx) = watch::channel(Arc::new(self.with(|s| now(s))));
+        let mut watchers = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
+        watchers.push(Box::new(move |state| {
+            tx.send_replace(Arc::new(now(state)));
+            !tx.is_closed()
+        }));
+        rx
+    }
+
     /// The main set.
     pub fn set(&self) -> StatefulSet {
         self.with(|s| s.get(&s.main.clone())).unwrap_or_default()
@@ -685,6 +628,14 @@ impl FakeCluster {
                 })
                 .collect()
         })
+    }
+}
+
+/// What a watch of `select` sees: the fake is always in sync.
+fn listed<K: Object>(state: &State, select: &Select) -> Listing<K> {
+    Listing {
+        synced: true,
+        items: listing(state, select).unwrap_or_default(),
     }
 }
 
@@ -729,7 +680,7 @@ impl State {
     }
 
     /// Stores a write: the generation moves on with the spec, the controllers act.
-    fn write(&mut self, verb: Verb, kind: &str, mut value: Value, body: Value) -> Value {
+    fn write(&mut self, verb: &'static str, kind: &str, mut value: Value, body: Value) -> Value {
         let name = name_of(&value);
         if let Ok(current) = self.current(kind, &name) {
             let generation = current["metadata"]["generation"].as_i64().unwrap_or(1);
@@ -781,7 +732,7 @@ impl Cluster for FakeCluster {
             if dry_run {
                 return decode(&value);
             }
-            decode(&s.write(Verb::Create, &kind, value.clone(), value))
+            decode(&s.write("create", &kind, value.clone(), value))
         })
     }
 
@@ -795,7 +746,7 @@ impl Cluster for FakeCluster {
                 value["metadata"]["resourceVersion"].as_str(),
                 None,
             )?;
-            decode(&s.write(Verb::Replace, &kind, value.clone(), value))
+            decode(&s.write("replace", &kind, value.clone(), value))
         })
     }
 
@@ -825,7 +776,7 @@ impl Cluster for FakeCluster {
             if dry_run {
                 return decode(&value);
             }
-            decode(&s.write(Verb::Patch, &of, value, patch.clone()))
+            decode(&s.write("patch", &of, value, patch.clone()))
         })
     }
 
@@ -844,7 +795,7 @@ impl Cluster for FakeCluster {
             )?;
             s.objects.remove(&(kind.clone(), name.to_string()));
             s.writes.push(Write {
-                verb: Verb::Delete,
+                verb: "delete",
                 kind: kind.clone(),
                 name: name.to_string(),
                 body: Value::Null,
@@ -856,21 +807,7 @@ impl Cluster for FakeCluster {
 
     fn observe<K: Object>(&self, select: &Select) -> Watched<K> {
         let select = select.clone();
-        let now = move |state: &State| {
-            Arc::new(Listing {
-                synced: true,
-                items: listing(state, &select).unwrap_or_default(),
-            })
-        };
-        let (tx, rx) = watch::channel(self.with(|s| now(s)));
-        let mut watchers = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
-        watchers.push(Box::new(move |state| {
-            !tx.is_closed() && {
-                tx.send_replace(now(state));
-                true
-            }
-        }));
-        rx
+        self.subscribe(move |state| listed(state, &select))
     }
 
     async fn proxy_get(&self, to: &ProxyTo, _path: &str) -> Result<ProxyAnswer, ApiError> {
@@ -880,28 +817,8 @@ impl Cluster for FakeCluster {
     /// The snapshot is made at each write, before the writer goes on: executor tests see every
     /// write at once, so what they assert does not hang on when a folding task runs.
     fn watch(&self, name: &str, selector: &str) -> View {
-        let sets = Select::named(name);
-        let pods = Select::labels(selector);
-        let now = move |state: &State| {
-            let sets = Listing {
-                synced: true,
-                items: listing(state, &sets).unwrap_or_default(),
-            };
-            let pods = Listing {
-                synced: true,
-                items: listing(state, &pods).unwrap_or_default(),
-            };
-            Arc::new(Snapshot::of(&sets, &pods))
-        };
-        let (tx, rx) = watch::channel(self.with(|s| now(s)));
-        let mut watchers = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
-        watchers.push(Box::new(move |state| {
-            !tx.is_closed() && {
-                tx.send_replace(now(state));
-                true
-            }
-        }));
-        rx
+        let (sets, pods) = (Select::named(name), Select::labels(selector));
+        self.subscribe(move |state| Snapshot::of(&listed(state, &sets), &listed(state, &pods)))
     }
 }
 
