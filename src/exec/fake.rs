@@ -32,39 +32,23 @@ impl FakeGates {
     pub fn calls(&self) -> Vec<Vec<String>> {
         self.calls.lock().map(|c| c.clone()).unwrap_or_default()
     }
+
+    /// Records a call about `targets` and answers with the next verdict of the script.
+    fn answer(&self, targets: Vec<String>) -> Verdict {
+        if let Ok(mut calls) = self.calls.lock() {
+            calls.push(targets);
+        }
+        let next = self.script.lock().ok().and_then(|mut s| s.pop_front());
+        next.unwrap_or(Verdict::Pass)
+    }
 }
 
 impl GateRunner for FakeGates {
-    async fn run(
-        &self,
-        _spec: &GateSpec,
-        targets: &[PodTarget],
-        _context: &GateContext,
-    ) -> Verdict {
-        if let Ok(mut calls) = self.calls.lock() {
-            calls.push(targets.iter().map(|t| t.pod.clone()).collect());
-        }
-        self.script
-            .lock()
-            .ok()
-            .and_then(|mut s| s.pop_front())
-            .unwrap_or(Verdict::Pass)
+    async fn run(&self, _: &GateSpec, targets: &[PodTarget], _: &GateContext) -> Verdict {
+        self.answer(targets.iter().map(|t| t.pod.clone()).collect())
     }
 
-    async fn run_service(
-        &self,
-        _spec: &GateSpec,
-        _namespace: &str,
-        service: &str,
-        _port: &str,
-    ) -> Verdict {
-        if let Ok(mut calls) = self.calls.lock() {
-            calls.push(vec![format!("service/{service}")]);
-        }
-        self.script
-            .lock()
-            .ok()
-            .and_then(|mut s| s.pop_front())
-            .unwrap_or(Verdict::Pass)
+    async fn run_service(&self, _: &GateSpec, _: &str, service: &str, _: &str) -> Verdict {
+        self.answer(vec![format!("service/{service}")])
     }
 }
