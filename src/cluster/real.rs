@@ -259,8 +259,12 @@ impl<K: Object> Fold<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
+
+    use axum::http::{HeaderMap, Method, StatusCode, Uri};
     use k8s_openapi::api::core::v1::Pod;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use serde_json::json;
 
     fn pod(name: &str) -> Pod {
         Pod {
@@ -298,30 +302,64 @@ mod tests {
         assert!(fold.listing().items.is_empty());
     }
 
-    #[test]
-    fn proxy_requests_hang_off_the_pod_or_the_service() {
-        let cases = [
-            (
-                ProxyTo::Pod {
-                    name: "web-1".into(),
-                    port: 8080,
-                },
-                "/api/v1/namespaces/shop/pods/web-1:8080/proxy/healthz",
-            ),
-            (
-                ProxyTo::Service {
-                    name: "web".into(),
-                    port: "http".into(),
-                },
-                "/api/v1/namespaces/shop/services/web:http/proxy/healthz",
-            ),
-        ];
-        for (to, expected) in cases {
-            let (collection, name) = to.collection_and_name("shop");
-            let request = kube::core::Request::new(collection)
-                .get_subresource("proxy/healthz", &name)
-                .unwrap_or_else(|e| panic!("{e}"));
-            assert_eq!(request.uri().to_string(), expected);
-        }
+    /// An API server on 127.0.0.1 that keeps each request's method, path and content type,
+    /// answers proxied GETs with 200 and refuses every patch with a conflict.
+    async fn api_server(seen: Arc<Mutex<Vec<String>>>) -> kube::Client {
+        let app = axum::Router::new().fallback(
+            move |method: Method, uri: Uri, headers: HeaderMap| async move {
+                let kind = headers.get("content-type").and_then(|v| v.to_str().ok());
+                let line = format!("{method} {uri} {}", kind.unwrap_or("-"));
+                seen.lock().map(|mut s| s.push(line)).unwrap_or_default();
+                if method == Method::PATCH {
+                    let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                        "reason": "Conflict", "code": 409, "message": "the object has been modified"});
+                    return (StatusCode::CONFLICT, status.to_string());
+                }
+                (StatusCode::OK, "ok".to_string())
+            },
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await;
+        let listener = listener.unwrap_or_else(|e| panic!("bind: {e}"));
+        let address = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let url = format!("http://{address}")
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"));
+        kube::Client::try_from(kube::Config::new(url)).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[tokio::test]
+    async fn requests_go_where_the_api_server_expects_them() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let cluster = KubeCluster::new(api_server(seen.clone()).await, "shop");
+        let pod = ProxyTo::Pod {
+            name: "web-1".into(),
+            port: 8080,
+        };
+        let answer = cluster.proxy_get(&pod, "/healthz?full=1").await;
+        assert_eq!(
+            answer.ok().map(|a| (a.status, a.body)),
+            Some((200, b"ok".to_vec()))
+        );
+        let service = ProxyTo::Service {
+            name: "web".into(),
+            port: "http".into(),
+        };
+        let answer = cluster.proxy_get(&service, "/").await;
+        assert_eq!(answer.ok().map(|a| a.status), Some(200));
+        let patch = json!({"metadata": {"resourceVersion": "7"}});
+        let refused = cluster
+            .patch::<Pod>("web-1", &patch, PatchKind::Strategic, true)
+            .await;
+        assert!(matches!(refused, Err(ApiError::Conflict(_))), "{refused:?}");
+        let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
+        assert_eq!(
+            seen,
+            [
+                "GET /api/v1/namespaces/shop/pods/web-1:8080/proxy/healthz?full=1 -",
+                "GET /api/v1/namespaces/shop/services/web:http/proxy/ -",
+                "PATCH /api/v1/namespaces/shop/pods/web-1?&dryRun=All&fieldManager=rollout application/strategic-merge-patch+json",
+            ]
+        );
     }
 }
