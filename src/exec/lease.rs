@@ -413,16 +413,12 @@ impl<C: Cluster> LeaseGuard<C> {
                 resource_version: Some(rv),
                 uid: None,
             };
-            let deleted = match self
-                .cluster
-                .delete::<Lease>(&self.name, &preconditions)
-                .await
-            {
-                Err(ApiError::NotFound) => Ok(()),
-                other => other,
-            };
-            if let Err(e) = deleted {
-                tracing::warn!(lease = %self.name, error = %e, "could not release the lease; it expires by itself");
+            let deleted = self.cluster.delete::<Lease>(&self.name, &preconditions);
+            match deleted.await {
+                Ok(()) | Err(ApiError::NotFound) => {}
+                Err(e) => {
+                    tracing::warn!(lease = %self.name, error = %e, "could not release the lease; it expires by itself")
+                }
             }
         }
     }

@@ -144,7 +144,7 @@ async fn a_rolling_run_freezes_then_lowers_the_partition_writing_the_record_with
     // The freeze is one write: template, partition = replicas, record, under a precondition.
     let first = fake.with(|s| s.patches()[0].clone());
     assert!(first["metadata"]["resourceVersion"].is_string());
-    // The template change names images only (`TemplateChange::Images`), it is no replace.
+    // The template change sets images; it does not replace the whole template.
     let template = &first["spec"]["template"];
     assert!(template["spec"]["containers"].is_array() && template.get("$patch").is_none());
     let freeze = StsPatch::at(None).with_strategy(StrategyChange::freeze(3));
