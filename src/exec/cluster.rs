@@ -195,3 +195,42 @@ fn selector_patch(current: &Service, selector: &BTreeMap<String, String>) -> Val
     }
     json!({"spec": {"selector": body}})
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::ServiceSpec;
+
+    fn service(selector: &[(&str, &str)]) -> Service {
+        let selector = selector.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Service {
+            spec: Some(ServiceSpec {
+                selector: Some(selector.collect()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_selector_patch_drops_the_keys_the_new_selector_has_not() {
+        let current = service(&[("app", "web"), ("rollout.dev/set", "web-bg1")]);
+        let cases = [
+            (
+                vec![("app", "web")],
+                json!({"spec": {"selector": {"app": "web", "rollout.dev/set": null}}}),
+            ),
+            (
+                vec![("app", "web"), ("rollout.dev/set", "web-bg2")],
+                json!({"spec": {"selector": {"app": "web", "rollout.dev/set": "web-bg2"}}}),
+            ),
+        ];
+        for (selector, expected) in cases {
+            let selector = selector
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            assert_eq!(selector_patch(&current, &selector), expected);
+        }
+    }
+}
