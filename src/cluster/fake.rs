@@ -680,7 +680,7 @@ impl Cluster for FakeCluster {
             if let Some(meta) = value["metadata"].as_object_mut() {
                 meta.insert("namespace".into(), json!(s.namespace));
                 meta.entry("uid")
-                    .or_insert(json!(format!("uid-{}", s.next_rv)));
+                    .or_insert(json!(format!("uid-{}", s.next_rv + 1)));
                 meta.entry("generation").or_insert(json!(1));
             }
             decode::<K>(&value)?;
