@@ -256,18 +256,12 @@ impl State {
         let update = self.revision_for(sts);
         let replicas = u32::try_from(spec.replicas.unwrap_or(1)).unwrap_or(0);
         let partition = observed::partition(sts).unwrap_or(0);
-        let current = sts
-            .status
-            .as_ref()
-            .and_then(|s| s.current_revision.clone())
-            .unwrap_or_else(|| update.clone());
+        let status = sts.status.clone().unwrap_or_default();
+        let current = status.current_revision.unwrap_or_else(|| update.clone());
         let ordered = spec.pod_management_policy.as_deref() != Some("Parallel");
-        let before: BTreeMap<String, Pod> = self
-            .list::<Pod>()
-            .into_iter()
-            .filter(|p| belongs_to(sts, p))
-            .map(|p| (p.metadata.name.clone().unwrap_or_default(), p))
-            .collect();
+        let own = |p: Pod| Some((p.metadata.name.clone()?, p)).filter(|(_, p)| belongs_to(sts, p));
+        let before: BTreeMap<String, Pod> =
+            self.list::<Pod>().into_iter().filter_map(own).collect();
         let mut pods = before.clone();
         let stuck = &self.stuck;
         pods.retain(|pod_name, pod| {
@@ -308,21 +302,15 @@ impl State {
                 }
             }
         }
-        let mut changed_pods = false;
+        let changed_pods = before != pods;
         for gone in before.keys().filter(|n| !pods.contains_key(*n)) {
             self.remove::<Pod>(gone);
-            changed_pods = true;
         }
-        for (pod_name, pod) in &pods {
-            if before.get(pod_name) != Some(pod) {
-                self.store_typed(pod);
-                changed_pods = true;
-            }
+        for (_, pod) in pods.iter().filter(|(n, p)| before.get(*n) != Some(*p)) {
+            self.store_typed(pod);
         }
-        let on_update = pods
-            .values()
-            .filter(|p| pod_revision(p) == Some(update.as_str()))
-            .count();
+        let on_update = |p: &&Pod| pod_revision(p) == Some(update.as_str());
+        let on_update = pods.values().filter(on_update).count();
         let count = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
         let new_status = StatefulSetStatus {
             observed_generation: sts.metadata.generation,
