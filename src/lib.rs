@@ -6,6 +6,8 @@
 //!   record, exit codes);
 //! - [`strategy`]: pure planners and predicates (strategy + flags + observed cluster -> plan;
 //!   is the StatefulSet done; which pods a partition moves) and state transitions;
+//! - [`cluster`]: the one seam to the API server (generic get / list / create / replace / patch
+//!   / delete / observe, and proxied GETs), used by the executor and the gates alike;
 //! - [`gate`]: gate verdicts from probe results, and the probing itself (`gate::probe`);
 //! - [`exec`]: the executor, the only code that talks to the cluster: the run loop, the lock,
 //!   the rollout record on the StatefulSet, one function per command;
@@ -14,6 +16,7 @@
 //! `model` and `strategy` never talk to the cluster or the network.
 
 pub mod cli;
+pub mod cluster;
 pub mod exec;
 pub mod gate;
 pub mod model;

@@ -6,6 +6,7 @@ use std::future::Future;
 
 use k8s_openapi::api::core::v1::{Pod, PodSpec};
 
+use crate::cluster::Cluster;
 use crate::gate::probe::{self, GateContext, PodTarget, TargetError};
 use crate::gate::Verdict;
 use crate::model::gate::{GateSpec, PortRef};
@@ -31,31 +32,33 @@ pub trait GateRunner: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Verdict> + Send;
 }
 
-/// The real gates: HTTP probes, minimum Ready, command and webhook (`crate::gate::probe`).
+/// The real gates: HTTP probes, minimum Ready, command and webhook (`crate::gate::probe`),
+/// reaching the API server through the same seam as the executor.
 #[derive(Clone)]
-pub struct ProbeGates {
-    client: kube::Client,
+pub struct ProbeGates<C> {
+    cluster: C,
 }
 
-impl ProbeGates {
-    pub fn new(client: kube::Client) -> Self {
-        ProbeGates { client }
+impl<C: Cluster> ProbeGates<C> {
+    pub fn new(cluster: C) -> Self {
+        ProbeGates { cluster }
     }
 }
 
-impl GateRunner for ProbeGates {
+impl<C: Cluster> GateRunner for ProbeGates<C> {
     async fn run(&self, spec: &GateSpec, targets: &[PodTarget], context: &GateContext) -> Verdict {
-        probe::run_gates_for(&self.client, spec, targets, context).await
+        probe::run_gates_for(&self.cluster, spec, targets, context).await
     }
 
+    /// The Service is in the cluster's namespace (the one the executor works in).
     async fn run_service(
         &self,
         spec: &GateSpec,
-        namespace: &str,
+        _namespace: &str,
         service: &str,
         port: &str,
     ) -> Verdict {
-        probe::run_service_gate(&self.client, &spec.http, namespace, service, port).await
+        probe::run_service_gate(&self.cluster, &spec.http, service, port).await
     }
 }
 

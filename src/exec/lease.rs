@@ -17,7 +17,7 @@ use k8s_openapi::jiff::Timestamp;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::cluster::{ApiError, Cluster};
+use crate::cluster::{ApiError, Cluster, Preconditions};
 
 /// How long a lease stays valid without renewal.
 pub const LEASE_DURATION: Duration = Duration::from_secs(15);
@@ -283,13 +283,13 @@ pub async fn acquire<C: Cluster>(
     for _ in 0..5 {
         let now = Timestamp::now();
         let existing = cluster
-            .get_lease(&name)
+            .get::<Lease>(&name)
             .await
             .map_err(|e| api("reading", e))?;
         let written = match &existing {
             None => {
                 let lease = claimed(None, statefulset, me, now, duration);
-                cluster.create_lease(&lease).await
+                cluster.create(&lease, false).await
             }
             Some(current) => match assess(current, me, now, local_process_gone) {
                 LeaseState::Held {
@@ -308,11 +308,11 @@ pub async fn acquire<C: Cluster>(
                 LeaseState::Expired { holder } => {
                     tracing::info!(lease = %name, %holder, "taking over an expired lease");
                     let lease = claimed(Some(current), statefulset, me, now, duration);
-                    cluster.replace_lease(&lease).await
+                    cluster.replace(&lease).await
                 }
                 LeaseState::Free | LeaseState::Ours => {
                     let lease = claimed(Some(current), statefulset, me, now, duration);
-                    cluster.replace_lease(&lease).await
+                    cluster.replace(&lease).await
                 }
             },
         };
@@ -409,8 +409,16 @@ impl<C: Cluster> LeaseGuard<C> {
             return;
         }
         if let Some(rv) = rv {
-            if let Err(e) = self.cluster.delete_lease(&self.name, &rv).await {
-                tracing::warn!(lease = %self.name, error = %e, "could not release the lease; it expires by itself");
+            let preconditions = Preconditions {
+                resource_version: Some(rv),
+                uid: None,
+            };
+            let deleted = self.cluster.delete::<Lease>(&self.name, &preconditions);
+            match deleted.await {
+                Ok(()) | Err(ApiError::NotFound) => {}
+                Err(e) => {
+                    tracing::warn!(lease = %self.name, error = %e, "could not release the lease; it expires by itself")
+                }
             }
         }
     }
@@ -444,16 +452,16 @@ async fn renew_loop<C: Cluster>(
         if let Some(spec) = renewed.spec.as_mut() {
             spec.renew_time = Some(MicroTime(Timestamp::now()));
         }
-        let result = match cluster.replace_lease(&renewed).await {
+        let result = match cluster.replace(&renewed).await {
             Err(ApiError::Conflict(_)) => {
                 // Changed under us: still ours (a stale resourceVersion), or taken?
-                match cluster.get_lease(&name).await {
+                match cluster.get::<Lease>(&name).await {
                     Ok(Some(fresh)) if holder(&fresh) == Some(me.to_string()) => {
                         let mut again = fresh;
                         if let Some(spec) = again.spec.as_mut() {
                             spec.renew_time = Some(MicroTime(Timestamp::now()));
                         }
-                        cluster.replace_lease(&again).await
+                        cluster.replace(&again).await
                     }
                     Ok(Some(fresh)) => {
                         let who = holder(&fresh).unwrap_or_else(|| "nobody".to_string());

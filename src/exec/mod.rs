@@ -4,7 +4,7 @@
 //! pods a step changed, gates them, and rolls back by itself when a gate fails or a deadline
 //! passes. A Lease per StatefulSet keeps two runs apart.
 //!
-//! - [`cluster`]: the seam over the API server (a trait; the real one wraps `kube::Api`);
+//! - [`cluster`]: the executor's side of the seam over the API server (`crate::cluster`);
 //! - [`patch`]: the writes as values (strategic merge patches);
 //! - [`lease`]: the lock;
 //! - [`gates`]: gate targets and the seam over `crate::gate::probe`;
@@ -250,9 +250,10 @@ pub async fn connect(connection: &Connection) -> Result<(kube::Client, String), 
 /// Runs one command against the real cluster.
 pub async fn execute(invocation: Invocation) -> Result<crate::model::ExitCode, ExecError> {
     let (client, namespace) = connect(&invocation.connection).await?;
+    let cluster = KubeCluster::new(client, &namespace);
     let ctx = Context {
-        cluster: KubeCluster::new(client.clone(), &namespace),
-        gates: ProbeGates::new(client),
+        cluster: cluster.clone(),
+        gates: ProbeGates::new(cluster),
         progress: Progress::stderr(invocation.quiet),
         out: progress::Out::stdout(),
         output: invocation.output,

@@ -5,14 +5,16 @@
 
 use std::time::Duration;
 
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 
 use super::commands::{self, Context, Output, RunRequest, TemplateSource};
 use super::fake::{statefulset, FakeCluster, FakeGates, State};
 use super::lease::{lease_name, Identity};
-use super::patch::{StrategyChange, TemplateChange};
+use super::patch::{StrategyChange, StsPatch};
 use super::progress::{Out, Progress};
 use super::ExecError;
 use crate::gate::verdict::{GateFailure, GateKind};
@@ -97,19 +99,29 @@ fn failure(pod: &str) -> Verdict {
     }
 }
 
+/// The update strategy writes, in order: `P2` for a partition alone, `Type:Some(n)` for a
+/// type and a partition.
 fn partitions(fake: &FakeCluster) -> Vec<String> {
     fake.with(|s| {
-        s.patches
+        s.patches()
             .iter()
-            .filter_map(|p| match &p.update_strategy {
-                Some(StrategyChange::Partition(n)) => Some(format!("P{n}")),
-                Some(StrategyChange::Set { type_, partition }) => {
-                    Some(format!("{type_}:{partition:?}"))
-                }
-                None => None,
+            .filter_map(|p| {
+                let strategy = p.pointer("/spec/updateStrategy")?;
+                let partition = strategy
+                    .pointer("/rollingUpdate/partition")
+                    .and_then(|n| n.as_u64());
+                Some(match strategy["type"].as_str() {
+                    Some(type_) => format!("{type_}:{partition:?}"),
+                    None => format!("P{}", partition.unwrap_or_default()),
+                })
             })
             .collect()
     })
+}
+
+/// True when a patch body writes the rollout record (sets the annotation).
+fn sets_record(patch: &serde_json::Value) -> bool {
+    patch["metadata"]["annotations"][crate::model::state::ANNOTATION_KEY].is_string()
 }
 
 #[tokio::test]
@@ -130,26 +142,31 @@ async fn a_rolling_run_freezes_then_lowers_the_partition_writing_the_record_with
         .iter()
         .all(|(_, rev, ready)| *rev == target && *ready));
     // The freeze is one write: template, partition = replicas, record, under a precondition.
-    let first = fake.with(|s| s.patches[0].clone());
-    assert!(first.resource_version.is_some());
-    assert!(matches!(
-        first.template,
-        Some(TemplateChange::Images { .. })
-    ));
-    assert_eq!(first.update_strategy, Some(StrategyChange::freeze(3)));
-    assert!(matches!(first.record, super::patch::RecordChange::Set(_)));
+    let first = fake.with(|s| s.patches()[0].clone());
+    assert!(first["metadata"]["resourceVersion"].is_string());
+    // The template change sets images; it does not replace the whole template.
+    let template = &first["spec"]["template"];
+    assert!(template["spec"]["containers"].is_array() && template.get("$patch").is_none());
+    let freeze = StsPatch::at(None).with_strategy(StrategyChange::freeze(3));
+    assert_eq!(
+        first["spec"]["updateStrategy"],
+        freeze.to_json()["spec"]["updateStrategy"]
+    );
+    assert!(sets_record(&first));
     assert_eq!(
         partitions(&fake),
         ["RollingUpdate:Some(3)", "P2", "P1", "P0"]
     );
     // Every write carries the record and a resourceVersion.
     assert!(fake.with(|s| s
-        .patches
+        .patches()
         .iter()
-        .all(|p| p.resource_version.is_some()
-            && matches!(p.record, super::patch::RecordChange::Set(_)))));
+        .all(|p| p["metadata"]["resourceVersion"].is_string() && sets_record(p))));
     assert_eq!(gates.calls(), [["web-2"], ["web-1"], ["web-0"]]);
-    assert!(fake.with(|s| s.leases.is_empty()), "the lease is released");
+    assert!(
+        fake.with(|s| s.list::<Lease>().is_empty()),
+        "the lease is released"
+    );
     let lines = ctx.progress.lines();
     assert!(
         lines
@@ -202,7 +219,7 @@ async fn a_step_past_its_deadline_rolls_back_and_deletes_pods_stuck_on_the_broke
     let mut request = request(StrategyKind::Rolling, "", "app:v2");
     request.config.timeouts.step = HumanDuration::from_millis(1500);
     let trial = fake.with(|s| {
-        let mut t = s.sts.clone().unwrap_or_default();
+        let mut t = s.get::<StatefulSet>("web").unwrap_or_default();
         if let Some(pod) = t.spec.as_mut().and_then(|x| x.template.spec.as_mut()) {
             pod.containers[0].image = Some("app:v2".into());
         }
@@ -220,7 +237,7 @@ async fn a_step_past_its_deadline_rolls_back_and_deletes_pods_stuck_on_the_broke
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(code, ExitCode::TimedOut);
     assert_eq!(fake.image(), "app:v1");
-    assert_eq!(fake.with(|s| s.deleted_pods.clone()), ["web-2"]);
+    assert_eq!(fake.with(|s| s.deleted_pods()), ["web-2"]);
     assert!(fake
         .pod_revisions()
         .iter()
@@ -295,34 +312,28 @@ fn held_lease(holder: &str, renewed_secs_ago: i64) -> Lease {
 #[tokio::test]
 async fn a_second_run_fails_fast_naming_the_holder_and_changes_nothing() {
     let fake = FakeCluster::new(statefulset("web", 3, "app:v1", true));
-    fake.with(|s| {
-        s.leases
-            .insert(lease_name("web"), held_lease("ci@runner-9 pid 77", 2));
-    });
+    fake.with(|s| s.put(&held_lease("ci@runner-9 pid 77", 2)));
     let ctx = context(&fake, FakeGates::default(), 1);
     let err = commands::run(&ctx, &request(StrategyKind::Rolling, "", "app:v2"))
         .await
         .expect_err("locked");
     assert_eq!(err.exit_code(), ExitCode::Locked);
     assert!(err.to_string().contains("ci@runner-9 pid 77"), "{err}");
-    assert!(fake.with(|s| s.patches.is_empty()), "nothing written");
+    assert!(fake.with(|s| s.patches().is_empty()), "nothing written");
     assert_eq!(fake.image(), "app:v1");
 }
 
 #[tokio::test]
 async fn an_expired_lease_is_taken_over() {
     let fake = FakeCluster::new(statefulset("web", 2, "app:v1", true));
-    fake.with(|s| {
-        s.leases
-            .insert(lease_name("web"), held_lease("ci@runner-9 pid 77", 60));
-    });
+    fake.with(|s| s.put(&held_lease("ci@runner-9 pid 77", 60)));
     // Look at the lease while the run holds it (just before its first write).
     let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
     let slot = seen.clone();
     fake.with(|s| {
         s.before_patch.push_back(Box::new(move |s| {
             if let Ok(mut slot) = slot.lock() {
-                *slot = s.leases.get(&lease_name("web")).cloned();
+                *slot = s.get::<Lease>(&lease_name("web"));
             }
         }))
     });
@@ -372,7 +383,7 @@ async fn bad_input_is_refused_before_any_write() {
         assert_eq!(err.exit_code(), ExitCode::BadInput, "{err}");
         assert!(err.to_string().contains(needle), "{err}");
     }
-    assert!(fake.with(|s| s.patches.is_empty() && s.leases.is_empty()));
+    assert!(fake.with(|s| s.patches().is_empty() && s.list::<Lease>().is_empty()));
 }
 
 #[tokio::test]
@@ -383,7 +394,7 @@ async fn nothing_to_do_when_the_set_already_runs_the_image() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(code, ExitCode::Done);
-    assert!(fake.with(|s| s.patches.is_empty()));
+    assert!(fake.with(|s| s.patches().is_empty()));
     assert!(ctx.progress.lines()[0].contains("nothing to do"));
 }
 
@@ -463,10 +474,10 @@ async fn a_killed_run_is_resumed_from_its_record() {
     run.abort();
     let _ = run.await;
     fake.with(|s| {
-        let old = s.leases.get(&lease_name("web")).cloned();
+        let old = s.get::<Lease>(&lease_name("web"));
         let mut stale = held_lease("dev@other-host pid 1", 60);
         stale.metadata.resource_version = old.and_then(|l| l.metadata.resource_version);
-        s.leases.insert(lease_name("web"), stale);
+        s.put(&stale);
     });
     let at_kill = record(&fake);
     assert_eq!(at_kill.current_step, 3, "paused after web-2 was gated");
@@ -493,8 +504,7 @@ async fn undo_returns_to_the_previous_revision_of_a_set_rollout_never_touched() 
     // kubectl set image: a new revision whose pods never get Ready, wedging the set.
     let broken = fake.with(|s| {
         let mut template = s
-            .sts
-            .clone()
+            .get::<StatefulSet>("web")
             .unwrap_or_default()
             .spec
             .unwrap_or_default()
@@ -521,7 +531,7 @@ async fn undo_returns_to_the_previous_revision_of_a_set_rollout_never_touched() 
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(code, ExitCode::Done);
     assert_eq!(fake.image(), "app:v1");
-    assert_eq!(fake.with(|s| s.deleted_pods.clone()), ["web-2"]);
+    assert_eq!(fake.with(|s| s.deleted_pods()), ["web-2"]);
     assert!(fake
         .pod_revisions()
         .iter()
@@ -638,7 +648,7 @@ async fn a_resumed_run_keeps_the_overall_deadline_of_the_rollout() {
         // The remaining pods would never be Ready: only a deadline ends the wait.
         let broken = s.revision_name_for(&template);
         s.broken.insert(broken);
-        s.leases.clear();
+        s.remove::<Lease>(&lease_name("web"));
         s.touch_set(|sts| {
             let annotations = sts
                 .metadata
@@ -681,7 +691,7 @@ async fn a_resumed_run_keeps_the_overall_deadline_of_the_rollout() {
 
 /// Waits on the fake's watch until the record satisfies `check`.
 async fn until_record(fake: &FakeCluster, check: impl Fn(&RolloutState) -> bool) {
-    let mut view = super::cluster::Cluster::watch(fake, "web", "");
+    let mut view = crate::cluster::Cluster::watch(fake, "web", "");
     loop {
         let done = view
             .borrow_and_update()
@@ -801,7 +811,10 @@ async fn a_recreate_whose_pods_do_not_stop_scales_back_up_on_its_unchanged_templ
     assert_eq!(fake.image(), "app:v1");
     assert_eq!(fake.set().spec.and_then(|s| s.replicas), Some(3));
     assert!(
-        fake.with(|s| s.patches.iter().all(|p| p.template.is_none())),
+        fake.with(|s| s
+            .patches()
+            .iter()
+            .all(|p| p.pointer("/spec/template").is_none())),
         "the template was never written"
     );
     let pods = fake.pod_revisions();
@@ -835,10 +848,11 @@ fn shadow_on_localhost(duration: HumanDuration, port: u16) -> (FakeCluster, RunR
     let fake = FakeCluster::new(statefulset("web", 2, "app:v1", true));
     fake.with(|s| {
         s.pod_ip = Some("127.0.0.1".into());
-        for pod in s.pods.values_mut() {
+        for mut pod in s.list::<Pod>() {
             if let Some(status) = pod.status.as_mut() {
                 status.pod_ip = Some("127.0.0.1".into());
             }
+            s.put(&pod);
         }
     });
     let flags = StrategyFlags {
@@ -899,7 +913,7 @@ async fn a_shadow_comparison_with_too_few_answers_removes_the_shadow_and_times_o
     assert!(r.message.contains("could not decide"), "{}", r.message);
     assert!(r.message.contains("nothing was judged"), "{}", r.message);
     assert!(
-        fake.with(|s| s.other_sets.is_empty()),
+        fake.with(|s| s.list::<StatefulSet>().len() == 1),
         "the shadow is removed"
     );
     assert_eq!(fake.image(), "app:v1", "the real set is untouched");
@@ -960,7 +974,7 @@ async fn a_status_change_of_the_set_does_not_restart_the_shadow_comparison() {
         r.measured.comparison
     );
     assert!(
-        fake.with(|s| s.other_sets.is_empty()),
+        fake.with(|s| s.list::<StatefulSet>().len() == 1),
         "the shadow is removed"
     );
     assert_eq!(fake.image(), "app:v1", "the real set is untouched");
@@ -976,11 +990,10 @@ fn revision_with_image(fake: &FakeCluster, image: &str) -> String {
     fake.with(|s| s.revision_name_for(&template))
 }
 
-fn record_in(patch: &super::patch::StsPatch) -> Option<RolloutState> {
-    match &patch.record {
-        super::patch::RecordChange::Set(text) => RolloutState::from_annotation("web", text).ok(),
-        _ => None,
-    }
+/// The record a patch of the set writes, if it writes one.
+fn record_in(patch: &serde_json::Value) -> Option<RolloutState> {
+    let text = patch["metadata"]["annotations"][crate::model::state::ANNOTATION_KEY].as_str()?;
+    RolloutState::from_annotation("web", text).ok()
 }
 
 #[tokio::test]
@@ -991,7 +1004,7 @@ async fn a_gate_failure_is_written_before_the_rollback_writes_anything() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(code, ExitCode::GateFailed);
-    let patches = fake.with(|s| s.patches.clone());
+    let patches = fake.with(|s| s.patches());
     let first_back = patches
         .iter()
         .position(|p| record_in(p).is_some_and(|r| r.phase == Phase::RollingBack))
@@ -999,7 +1012,7 @@ async fn a_gate_failure_is_written_before_the_rollback_writes_anything() {
     // A run killed right after the failure finds it recorded, with the way back planned, and
     // no change of the set yet: `resume` goes back instead of gating the failed release again.
     let written = &patches[first_back];
-    assert!(!written.mutates_pods(), "{written:?}");
+    assert!(written.get("spec").is_none(), "{written}");
     let r = record_in(written).unwrap_or_else(|| panic!("no record"));
     assert!(r.message.contains("web-2"), "{}", r.message);
     let rollback = r.rollback.unwrap_or_default();
@@ -1013,7 +1026,7 @@ async fn a_gate_failure_is_written_before_the_rollback_writes_anything() {
     );
     assert!(patches[first_back + 1..]
         .iter()
-        .any(|p| p.template.is_some()));
+        .any(|p| p["spec"].get("template").is_some()));
 }
 
 #[tokio::test]

@@ -2,6 +2,9 @@
 //! executor calls [`run_gates`] with the pods that step changed; every configured gate runs at
 //! once and their verdicts are combined with [`Verdict::all`].
 //!
+//! Everything that reaches the API server (the pod and service proxies, the watch of the
+//! minimum-Ready gate) goes through the same seam as the executor, [`crate::cluster::Cluster`].
+//!
 //! - **HTTP**: each pod is probed concurrently, one `GET` per interval for the gate's window (at
 //!   most [`HttpGate::probes_per_pod`] probes, none started after the window, each bounded by the
 //!   probe timeout), and probing stops for every pod as soon as one pod can no longer pass.
@@ -32,11 +35,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, PodSpec};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::Api;
-use kube::runtime::{watcher, WatchStreamExt};
 use serde::Serialize;
 use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
@@ -45,6 +45,7 @@ use super::verdict::{
     certain_http_failure, judge_command, judge_http, judge_min_ready, judge_webhook,
     CommandOutcome, GateFailure, GateKind, PodSamples, ProbeOutcome, ReadyCheck, Verdict,
 };
+use crate::cluster::{error_chain, ApiError, Cluster, ProxyTo, Select};
 use crate::model::duration::HumanDuration;
 use crate::model::gate::{CommandGate, GateSpec, HttpGate, PortRef, ProbeVia, WebhookGate};
 use crate::strategy::predicates;
@@ -249,13 +250,13 @@ impl GatePayload {
 }
 
 /// Runs every gate `spec` configures on `targets` and combines the verdicts.
-pub async fn run_gates(client: &kube::Client, spec: &GateSpec, targets: &[PodTarget]) -> Verdict {
-    run_gates_for(client, spec, targets, &GateContext::default()).await
+pub async fn run_gates<C: Cluster>(cluster: &C, spec: &GateSpec, targets: &[PodTarget]) -> Verdict {
+    run_gates_for(cluster, spec, targets, &GateContext::default()).await
 }
 
 /// [`run_gates`] with what the executor knows about the step, for the webhook and command gates.
-pub async fn run_gates_for(
-    client: &kube::Client,
+pub async fn run_gates_for<C: Cluster>(
+    cluster: &C,
     spec: &GateSpec,
     targets: &[PodTarget],
     context: &GateContext,
@@ -263,14 +264,14 @@ pub async fn run_gates_for(
     let payload = GatePayload::new(targets, context);
     let http = async {
         if spec.http.enabled {
-            run_http_gate(client, &spec.http, targets).await
+            run_http_gate(cluster, &spec.http, targets).await
         } else {
             Verdict::Pass
         }
     };
     let min_ready = async {
         match spec.min_ready {
-            Some(min) => run_min_ready_gate(client, targets, min).await,
+            Some(min) => run_min_ready_gate(cluster, targets, min).await,
             None => Verdict::Pass,
         }
     };
@@ -374,14 +375,6 @@ pub fn direct_url(target: &PodTarget, path: &str) -> Result<String, String> {
     Ok(format!("http://{}{path}", target.socket_addr()?))
 }
 
-/// The API server path that proxies `path` to the pod's port.
-pub fn proxy_path(target: &PodTarget, path: &str) -> String {
-    format!(
-        "/api/v1/namespaces/{}/pods/{}:{}/proxy{path}",
-        target.namespace, target.pod, target.port
-    )
-}
-
 /// Reads an answer that came through the pod proxy. The API server reports its own failure to
 /// reach the pod (connection refused, no IP, pod not found) as an error status with a
 /// `kind: Status` body; that is a connection error, not the pod's answer.
@@ -397,20 +390,6 @@ fn proxied_outcome(status: u16, body: &[u8], latency: Duration) -> ProbeOutcome 
         }
     }
     ProbeOutcome::Answered { status, latency }
-}
-
-/// The source chain of an error in one line (reqwest's own message hides the cause).
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![error.to_string()];
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        source = cause.source();
-    }
-    parts.join(": ")
 }
 
 /// Sends one probe to one pod.
@@ -477,42 +456,61 @@ impl Prober for DirectProber {
     }
 }
 
-struct ProxyProber {
-    client: kube::Client,
+/// Probes through the API server's proxy: of each pod, or (`service_port` set) of the Service
+/// whose name the target carries (`/api/v1/namespaces/NS/services/SVC:PORT/proxy/PATH`): the
+/// API server picks a ready endpoint of the Service, so this checks what the Service serves
+/// without ever dialing a ClusterIP.
+struct ProxyProber<'a, C> {
+    cluster: &'a C,
     path: String,
     timeout: Duration,
+    /// The Service port, by name or number.
+    service_port: Option<String>,
 }
 
-impl Prober for ProxyProber {
+impl<C: Cluster> ProxyProber<'_, C> {
+    fn to(&self, target: &PodTarget) -> ProxyTo {
+        match &self.service_port {
+            None => ProxyTo::Pod {
+                name: target.pod.clone(),
+                port: target.port,
+            },
+            Some(port) => ProxyTo::Service {
+                name: target.pod.clone(),
+                port: port.clone(),
+            },
+        }
+    }
+}
+
+impl<C: Cluster> Prober for ProxyProber<'_, C> {
     fn describe(&self, target: &PodTarget) -> String {
-        format!("pod proxy {}:{}", target.pod, target.port)
+        match &self.service_port {
+            None => format!("pod proxy {}:{}", target.pod, target.port),
+            Some(port) => format!("service proxy {}:{port}", target.pod),
+        }
     }
 
     async fn probe(&self, target: &PodTarget) -> ProbeOutcome {
-        let collection = format!("/api/v1/namespaces/{}/pods", target.namespace);
-        let name = format!("{}:{}", target.pod, target.port);
-        let subresource = format!("proxy{}", self.path);
-        let request =
-            match kube::core::Request::new(collection).get_subresource(&subresource, &name) {
-                Ok(request) => request.map(kube::client::Body::from),
-                Err(e) => {
-                    return ProbeOutcome::ConnectError {
-                        message: format!("building the pod proxy request: {e}"),
-                    }
-                }
-            };
         let started = Instant::now();
-        let exchange = async {
-            let response = self.client.send(request).await?;
-            let status = response.status().as_u16();
-            let body = response.into_body().collect_bytes().await?;
-            Ok::<_, kube::Error>((status, body))
-        };
+        let to = self.to(target);
+        let exchange = self.cluster.proxy_get(&to, &self.path);
         match tokio::time::timeout(self.timeout, exchange).await {
-            Ok(Ok((status, body))) => proxied_outcome(status, &body, started.elapsed()),
-            Ok(Err(e)) => ProbeOutcome::ConnectError {
-                message: format!("pod proxy: {}", error_chain(&e)),
-            },
+            Ok(Ok(answer)) => proxied_outcome(answer.status, &answer.body, started.elapsed()),
+            Ok(Err(e)) => {
+                let why = match e {
+                    ApiError::Unreachable(why) => why,
+                    other => other.to_string(),
+                };
+                let proxy = if self.service_port.is_some() {
+                    "service"
+                } else {
+                    "pod"
+                };
+                ProbeOutcome::ConnectError {
+                    message: format!("{proxy} proxy: {why}"),
+                }
+            }
             Err(_) => ProbeOutcome::Timeout,
         }
     }
@@ -563,8 +561,8 @@ async fn probe_all(
 }
 
 /// The HTTP gate on every target: decide the route, probe, judge.
-pub async fn run_http_gate(
-    client: &kube::Client,
+pub async fn run_http_gate<C: Cluster>(
+    cluster: &C,
     gate: &HttpGate,
     targets: &[PodTarget],
 ) -> Verdict {
@@ -591,9 +589,10 @@ pub async fn run_http_gate(
         },
         Route::Proxy => {
             let prober = ProxyProber {
-                client: client.clone(),
+                cluster,
                 path: gate.path.clone(),
                 timeout: gate.timeout.get(),
+                service_port: None,
             };
             probe_all(&prober, gate, targets).await
         }
@@ -601,69 +600,22 @@ pub async fn run_http_gate(
     judge_http(gate, &samples)
 }
 
-/// Probes through the API server's service proxy
-/// (`/api/v1/namespaces/NS/services/SVC:PORT/proxy/PATH`): the API server picks a ready endpoint
-/// of the Service, so this checks what the Service serves without ever dialing a ClusterIP.
-struct ServiceProber {
-    client: kube::Client,
-    path: String,
-    timeout: Duration,
-    /// The Service port, by name or number.
-    port: String,
-}
-
-impl Prober for ServiceProber {
-    fn describe(&self, target: &PodTarget) -> String {
-        format!("service proxy {}:{}", target.pod, self.port)
-    }
-
-    async fn probe(&self, target: &PodTarget) -> ProbeOutcome {
-        let collection = format!("/api/v1/namespaces/{}/services", target.namespace);
-        let name = format!("{}:{}", target.pod, self.port);
-        let subresource = format!("proxy{}", self.path);
-        let request =
-            match kube::core::Request::new(collection).get_subresource(&subresource, &name) {
-                Ok(request) => request.map(kube::client::Body::from),
-                Err(e) => {
-                    return ProbeOutcome::ConnectError {
-                        message: format!("building the service proxy request: {e}"),
-                    }
-                }
-            };
-        let started = Instant::now();
-        let exchange = async {
-            let response = self.client.send(request).await?;
-            let status = response.status().as_u16();
-            let body = response.into_body().collect_bytes().await?;
-            Ok::<_, kube::Error>((status, body))
-        };
-        match tokio::time::timeout(self.timeout, exchange).await {
-            Ok(Ok((status, body))) => proxied_outcome(status, &body, started.elapsed()),
-            Ok(Err(e)) => ProbeOutcome::ConnectError {
-                message: format!("service proxy: {}", error_chain(&e)),
-            },
-            Err(_) => ProbeOutcome::Timeout,
-        }
-    }
-}
-
 /// The HTTP gate through a Service (its port by name or number), judged like one pod: every
 /// probe of the window must meet the gate's bounds.
-pub async fn run_service_gate(
-    client: &kube::Client,
+pub async fn run_service_gate<C: Cluster>(
+    cluster: &C,
     gate: &HttpGate,
-    namespace: &str,
     service: &str,
     port: &str,
 ) -> Verdict {
-    let prober = ServiceProber {
-        client: client.clone(),
+    let prober = ProxyProber {
+        cluster,
         path: gate.path.clone(),
         timeout: gate.timeout.get(),
-        port: port.to_string(),
+        service_port: Some(port.to_string()),
     };
     let target = PodTarget {
-        namespace: namespace.to_string(),
+        namespace: cluster.namespace().to_string(),
         pod: service.to_string(),
         ip: None,
         port: port.parse().unwrap_or(0),
@@ -683,20 +635,20 @@ pub async fn run_service_gate(
 // Minimum-Ready gate
 
 /// Every target stays Ready for `min` (counted from when it became Ready).
-pub async fn run_min_ready_gate(
-    client: &kube::Client,
+pub async fn run_min_ready_gate<C: Cluster>(
+    cluster: &C,
     targets: &[PodTarget],
     min: HumanDuration,
 ) -> Verdict {
-    Verdict::all(join_all(targets.iter().map(|t| min_ready_of_pod(client, t, min))).await)
+    Verdict::all(join_all(targets.iter().map(|t| min_ready_of_pod(cluster, t, min))).await)
 }
 
 fn duration_until(until: Timestamp, now: Timestamp) -> Duration {
     Duration::try_from(until.duration_since(now)).unwrap_or_default()
 }
 
-async fn min_ready_of_pod(
-    client: &kube::Client,
+async fn min_ready_of_pod<C: Cluster>(
+    cluster: &C,
     target: &PodTarget,
     min: HumanDuration,
 ) -> Verdict {
@@ -710,10 +662,7 @@ async fn min_ready_of_pod(
         ReadyCheck::WaitUntil(until) => until,
     };
     // Waiting is watching: the pod leaving Ready fails the gate at once.
-    let api: Api<Pod> = Api::namespaced(client.clone(), &target.namespace);
-    let config = watcher::Config::default().fields(&format!("metadata.name={}", target.pod));
-    let events = watcher(api, config).default_backoff().applied_objects();
-    let mut events = std::pin::pin!(events);
+    let mut pod = cluster.observe::<Pod>(&Select::named(&target.pod));
     let give_up = tokio::time::Instant::now() + min.get() * MIN_READY_ROUNDS;
     let mut deadline = tokio::time::Instant::now() + duration_until(until, Timestamp::now());
     let mut since = target.ready_since;
@@ -721,13 +670,20 @@ async fn min_ready_of_pod(
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(deadline.min(give_up)) => {}
-            event = events.next(), if watching => match event {
-                Some(Ok(pod)) => {
-                    since = if predicates::is_terminating(&pod) { None } else { predicates::ready_since(&pod) };
+            // The watch retries by itself with backoff; the deadline still bounds the wait.
+            changed = pod.changed(), if watching => match changed {
+                Ok(()) => {
+                    let listing = pod.borrow_and_update().clone();
+                    if listing.synced {
+                        // A pod that is gone, or going, is not Ready.
+                        since = listing
+                            .items
+                            .first()
+                            .filter(|p| !predicates::is_terminating(p))
+                            .and_then(predicates::ready_since);
+                    }
                 }
-                // The watcher retries by itself with backoff; the deadline still bounds the wait.
-                Some(Err(e)) => tracing::debug!(pod = %target.pod, "watching for the minimum-Ready gate: {e}"),
-                None => watching = false,
+                Err(_) => watching = false,
             },
         }
         match judge_min_ready(&target.pod, since, min, Timestamp::now()) {
@@ -970,6 +926,8 @@ mod tests {
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpListener;
 
+    use crate::cluster::fake::{statefulset, FakeCluster};
+
     fn container(name: &str, ports: &[(Option<&str>, i32)]) -> Container {
         Container {
             name: name.into(),
@@ -1132,10 +1090,6 @@ mod tests {
                 }
             }
         }
-        assert_eq!(
-            proxy_path(&target("web-1", None, 8080), "/healthz"),
-            "/api/v1/namespaces/shop/pods/web-1:8080/proxy/healthz"
-        );
     }
 
     #[test]
@@ -1443,10 +1397,9 @@ mod tests {
         listener.local_addr().map(|a| a.port()).unwrap_or_default()
     }
 
-    /// A client for an API server that is never contacted (the gates here go direct).
-    fn offline_client() -> kube::Client {
-        let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap_or_default());
-        kube::Client::try_from(config).unwrap_or_else(|e| panic!("client: {e}"))
+    /// A fake cluster with the Ready pods web-0 and web-1 (serving through its proxy).
+    fn fake_cluster() -> FakeCluster {
+        FakeCluster::new(statefulset("web", 2, "app:v1", true))
     }
 
     fn http_spec(path: &str, via: ProbeVia, window_ms: u64, interval_ms: u64) -> GateSpec {
@@ -1463,13 +1416,13 @@ mod tests {
     #[tokio::test]
     async fn http_gate_against_a_local_server() {
         let server = test_server().await;
-        let client = offline_client();
+        let cluster = fake_cluster();
         let pod = |name: &str| target(name, Some("127.0.0.1"), server.port);
 
         // A healthy pod passes after the whole window.
         let started = Instant::now();
         let verdict = run_gates(
-            &client,
+            &cluster,
             &http_spec("/ok", ProbeVia::Auto, 500, 100),
             &[pod("web-1"), pod("web-2")],
         )
@@ -1486,7 +1439,7 @@ mod tests {
         // A 500 fails at the first answer, long before the window ends.
         let started = Instant::now();
         let verdict = run_gates(
-            &client,
+            &cluster,
             &http_spec("/fail", ProbeVia::Direct, 10_000, 100),
             &[pod("web-1")],
         )
@@ -1505,7 +1458,7 @@ mod tests {
         // window + timeout (the server would take 3 s per answer).
         let started = Instant::now();
         let verdict = run_gates(
-            &client,
+            &cluster,
             &http_spec("/slow", ProbeVia::Direct, 1_000, 100),
             &[pod("web-1")],
         )
@@ -1520,11 +1473,11 @@ mod tests {
     #[tokio::test]
     async fn http_gate_tells_connection_errors_from_answers() {
         let port = closed_port().await;
-        let client = offline_client();
+        let cluster = fake_cluster();
         let refused = [target("web-3", Some("127.0.0.1"), port)];
         // Four refusals in a row are retried: no evidence either way.
         let verdict = run_gates(
-            &client,
+            &cluster,
             &http_spec("/", ProbeVia::Direct, 400, 100),
             &refused,
         )
@@ -1537,7 +1490,7 @@ mod tests {
         );
         // Beyond the limit they count, and the message says it could not connect.
         let verdict = run_gates(
-            &client,
+            &cluster,
             &http_spec("/", ProbeVia::Direct, 1_000, 50),
             &refused,
         )
@@ -1550,7 +1503,7 @@ mod tests {
         );
         // A pod without an IP cannot be probed directly.
         let verdict = run_gates(
-            &client,
+            &cluster,
             &http_spec("/", ProbeVia::Direct, 300, 100),
             &[target("web-4", None, 80)],
         )
@@ -1681,22 +1634,15 @@ mod tests {
     #[test]
     fn the_gate_future_can_run_on_a_spawned_task() {
         fn assert_send<T: Send>(_: &T) {}
-        let client = offline_client_lazy();
+        let cluster = fake_cluster();
         let spec = GateSpec::default();
-        let future = run_gates(&client, &spec, &[]);
+        let future = run_gates(&cluster, &spec, &[]);
         assert_send(&future);
-    }
-
-    /// [`offline_client`] needs a runtime for its tower buffer; a plain test builds one.
-    fn offline_client_lazy() -> kube::Client {
-        let runtime = tokio::runtime::Builder::new_current_thread().build();
-        let runtime = runtime.unwrap_or_else(|e| panic!("runtime: {e}"));
-        runtime.block_on(async { offline_client() })
     }
 
     #[tokio::test]
     async fn gates_combine_and_min_ready_judges_without_waiting_when_it_can() {
-        let client = offline_client();
+        let cluster = fake_cluster();
         let long_ready = PodTarget {
             ready_since: Timestamp::from_second(100).ok(),
             ..target("web-0", None, 80)
@@ -1710,16 +1656,18 @@ mod tests {
             command: Some(CommandGate::shell("exit 0")),
             ..GateSpec::default()
         };
-        assert!(run_gates(&client, &spec, std::slice::from_ref(&long_ready))
-            .await
-            .is_pass());
+        assert!(
+            run_gates(&cluster, &spec, std::slice::from_ref(&long_ready))
+                .await
+                .is_pass()
+        );
 
         let not_ready = target("web-1", None, 80);
         let spec = GateSpec {
             command: Some(CommandGate::shell("exit 4")),
             ..spec
         };
-        let verdict = run_gates(&client, &spec, &[long_ready, not_ready]).await;
+        let verdict = run_gates(&cluster, &spec, &[long_ready, not_ready]).await;
         let Verdict::Fail { failures } = &verdict else {
             panic!("{verdict:?}")
         };
@@ -1731,5 +1679,89 @@ mod tests {
                 (GateKind::Command, None)
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn proxied_probes_go_through_the_seam() {
+        let cluster = fake_cluster();
+        let spec = http_spec("/healthz", ProbeVia::Proxy, 300, 100);
+        let verdict = run_gates(&cluster, &spec, &[target("web-0", None, 8080)]).await;
+        assert!(verdict.is_pass(), "{}", verdict.message());
+        // The API server's own failure to reach a pod is no answer of the pod.
+        let verdict = run_gates(&cluster, &spec, &[target("web-7", None, 8080)]).await;
+        let message = verdict.message();
+        assert!(matches!(verdict, Verdict::Inconclusive { .. }), "{message}");
+        assert!(message.contains("pod proxy web-7:8080"), "{message}");
+
+        let gate = fast_gate(300, 100);
+        let service = |selector: &[(&str, &str)]| k8s_openapi::api::core::v1::Service {
+            metadata: ObjectMeta {
+                name: Some("web".into()),
+                ..Default::default()
+            },
+            spec: Some(k8s_openapi::api::core::v1::ServiceSpec {
+                selector: Some(
+                    selector
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        cluster.with(|s| s.put(&service(&[("app", "web")])));
+        let verdict = run_service_gate(&cluster, &gate, "web", "http").await;
+        assert!(verdict.is_pass(), "{}", verdict.message());
+        cluster.with(|s| s.put(&service(&[("app", "nothing")])));
+        let verdict = run_service_gate(&cluster, &gate, "web", "http").await;
+        let message = verdict.message();
+        assert!(message.contains("service proxy web:http"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn min_ready_fails_the_moment_the_pod_leaves_ready() {
+        let cluster = fake_cluster();
+        let just_ready = PodTarget {
+            ready_since: Some(Timestamp::now()),
+            ..target("web-0", None, 8080)
+        };
+        let spec = GateSpec {
+            http: HttpGate {
+                enabled: false,
+                ..HttpGate::default()
+            },
+            min_ready: Some(HumanDuration::from_secs(20)),
+            ..GateSpec::default()
+        };
+        let flip = cluster.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            flip.with(|s| {
+                if let Some(mut pod) = s.get::<Pod>("web-0") {
+                    if let Some(ready) = pod
+                        .status
+                        .as_mut()
+                        .and_then(|st| st.conditions.as_mut())
+                        .and_then(|c| c.iter_mut().find(|c| c.type_ == "Ready"))
+                    {
+                        ready.status = "False".into();
+                    }
+                    pod.metadata.resource_version = None;
+                    s.put(&pod);
+                }
+            });
+        });
+        let started = Instant::now();
+        let verdict = run_gates(&cluster, &spec, &[just_ready]).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        let Verdict::Fail { failures } = &verdict else {
+            panic!("{verdict:?}")
+        };
+        assert_eq!(failures[0].gate, GateKind::MinReady);
     }
 }

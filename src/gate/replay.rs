@@ -17,6 +17,8 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 
+use crate::cluster::error_chain;
+
 use super::compare::{
     CompareSpec, CompareSpecError, Comparison, ReplayRequest, Sample, MAX_BODY_BYTES,
 };
@@ -305,21 +307,6 @@ async fn send(
         Ok(Err(e)) => Sample::no_answer(started.elapsed(), format!("{addr}: {}", error_chain(&e))),
         Err(_) => Sample::no_answer(started.elapsed(), no_answer_in_time()),
     }
-}
-
-/// The source chain of an error in one line (reqwest's own message hides the cause, e.g.
-/// "connection refused").
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![error.to_string()];
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        source = cause.source();
-    }
-    parts.join(": ")
 }
 
 #[cfg(test)]

@@ -7,12 +7,18 @@ use std::time::{Duration, Instant};
 use devcluster::testkit::{self, TestNs};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::DeleteParams;
+use rollout::cluster::KubeCluster;
 use rollout::gate::probe::{run_gates, PodTarget};
 use rollout::gate::Verdict;
 use rollout::model::duration::HumanDuration;
 use rollout::model::gate::{GateSpec, HttpGate, PortRef, ProbeVia};
 
 use crate::support::{pod_name, time_app_manifest, SETTLE, STS};
+
+/// The seam the gates reach the API server through, in the test's namespace.
+fn cluster(ns: &TestNs) -> KubeCluster {
+    KubeCluster::new(ns.client.clone(), &ns.name)
+}
 
 fn http_gate(via: ProbeVia, port: Option<PortRef>) -> GateSpec {
     GateSpec {
@@ -47,7 +53,7 @@ async fn http_gate_probes_pods_directly_and_through_the_pod_proxy() -> anyhow::R
     assert_eq!(good[0].port, 8080, "the named port resolves from the pod");
 
     for via in [ProbeVia::Auto, ProbeVia::Direct, ProbeVia::Proxy] {
-        let verdict = run_gates(&ns.client, &http_gate(via, None), &good).await;
+        let verdict = run_gates(&cluster(&ns), &http_gate(via, None), &good).await;
         assert!(verdict.is_pass(), "{via:?}: {}", verdict.message());
     }
 
@@ -67,7 +73,7 @@ async fn http_gate_probes_pods_directly_and_through_the_pod_proxy() -> anyhow::R
         },
         ..GateSpec::default()
     };
-    let verdict = run_gates(&ns.client, &spec, &closed).await;
+    let verdict = run_gates(&cluster(&ns), &spec, &closed).await;
     let message = verdict.message();
     assert!(matches!(verdict, Verdict::Fail { .. }), "{message}");
     assert!(
@@ -103,7 +109,7 @@ async fn a_failing_release_fails_the_http_gate_by_either_route() -> anyhow::Resu
             },
             ..GateSpec::default()
         };
-        let verdict = run_gates(&ns.client, &spec, &bad).await;
+        let verdict = run_gates(&cluster(&ns), &spec, &bad).await;
         let message = verdict.message();
         assert!(
             matches!(verdict, Verdict::Fail { .. }),
@@ -150,7 +156,7 @@ async fn min_ready_gate_waits_on_the_pod_and_fails_when_it_leaves_ready() -> any
     };
     let started = Instant::now();
     let verdict = run_gates(
-        &ns.client,
+        &cluster(&ns),
         &spec(Duration::from_secs(2)),
         std::slice::from_ref(&target),
     )
@@ -170,8 +176,9 @@ async fn min_ready_gate_waits_on_the_pod_and_fails_when_it_leaves_ready() -> any
     };
     let long = spec(Duration::from_secs(60));
     let started = Instant::now();
+    let seam = cluster(&ns);
     let (verdict, deleted) = tokio::join!(
-        run_gates(&ns.client, &long, std::slice::from_ref(&target)),
+        run_gates(&seam, &long, std::slice::from_ref(&target)),
         deleter
     );
     deleted?;
