@@ -1,26 +1,21 @@
-//! The executor's side of the seam to the cluster ([`crate::cluster`]), and conveniences over
-//! it for the calls the run loop and the commands make today: one StatefulSet, its pods and
-//! revisions, the Lease, Services and claims of a second set.
-//!
-//! Each convenience is the generic call it names, written once for every cluster; none is a
-//! method a cluster implements. In the executor, [`Cluster`] names the seam with these
-//! conveniences ([`ClusterExt`]), so its call sites read as before; they move onto the generic
-//! calls, and a convenience goes when nothing calls it.
+//! The executor's side of the seam to the cluster ([`crate::cluster`]): the seam itself, and
+//! [`ClusterExt`], the few calls that carry more meaning than the generic ones (a StatefulSet
+//! write from an [`StsPatch`], a pod deleted only if it is the pod that was looked at, a
+//! Service's selector replaced, a delete of something already gone taken as done), written
+//! once for every cluster; none is a method a cluster implements.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 
-use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet};
-use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use serde_json::{json, Map, Value};
 
+pub use crate::cluster::Cluster;
 pub use crate::cluster::{
     belongs_to, selector_string, ApiError, KubeCluster, PatchKind, Preconditions, Select, Snapshot,
     View,
 };
-/// The seam with the conveniences, under the name the executor has always used.
-pub use ClusterExt as Cluster;
 
 use super::patch::StsPatch;
 
@@ -32,15 +27,10 @@ fn gone_is_fine(result: Result<(), ApiError>) -> Result<(), ApiError> {
     }
 }
 
-/// Conveniences over the generic calls of [`crate::cluster::Cluster`] (see the module header).
+/// The calls that carry more than the generic seam says: a StatefulSet write from an
+/// [`StsPatch`], a pod deleted only if it is the one looked at, a Service's selector replaced,
+/// a delete of something already gone taken as done. Written once for every cluster.
 pub trait ClusterExt: crate::cluster::Cluster {
-    fn get_statefulset(
-        &self,
-        name: &str,
-    ) -> impl Future<Output = Result<Option<StatefulSet>, ApiError>> + Send {
-        self.get::<StatefulSet>(name)
-    }
-
     /// Sends `patch` as a strategic merge patch (with its resourceVersion precondition);
     /// `dry_run` asks the server to validate and default without storing.
     fn patch_statefulset(
@@ -54,11 +44,6 @@ pub trait ClusterExt: crate::cluster::Cluster {
             self.patch::<StatefulSet>(name, &body, PatchKind::Strategic, dry_run)
                 .await
         }
-    }
-
-    fn list_pods(&self, selector: &str) -> impl Future<Output = Result<Vec<Pod>, ApiError>> + Send {
-        let select = Select::labels(selector);
-        async move { self.list::<Pod>(&select).await }
     }
 
     /// Deletes a pod; `uid` makes sure it is the pod that was looked at, not a replacement.
@@ -80,41 +65,6 @@ pub trait ClusterExt: crate::cluster::Cluster {
         }
     }
 
-    fn list_revisions(
-        &self,
-        selector: &str,
-    ) -> impl Future<Output = Result<Vec<ControllerRevision>, ApiError>> + Send {
-        let select = Select::labels(selector);
-        async move { self.list::<ControllerRevision>(&select).await }
-    }
-
-    /// Creates a StatefulSet; `dry_run` asks the server to validate it without storing.
-    fn create_statefulset(
-        &self,
-        sts: &StatefulSet,
-        dry_run: bool,
-    ) -> impl Future<Output = Result<StatefulSet, ApiError>> + Send {
-        self.create(sts, dry_run)
-    }
-
-    /// Deletes a StatefulSet (its pods go with it; its PVCs stay). Gone already is fine.
-    fn delete_statefulset(&self, name: &str) -> impl Future<Output = Result<(), ApiError>> + Send {
-        async move {
-            gone_is_fine(
-                self.delete::<StatefulSet>(name, &Preconditions::default())
-                    .await,
-            )
-        }
-    }
-
-    fn list_statefulsets(&self) -> impl Future<Output = Result<Vec<StatefulSet>, ApiError>> + Send {
-        async move { self.list::<StatefulSet>(&Select::all()).await }
-    }
-
-    fn list_services(&self) -> impl Future<Output = Result<Vec<Service>, ApiError>> + Send {
-        async move { self.list::<Service>(&Select::all()).await }
-    }
-
     /// Replaces a Service's selector with `selector` in one write.
     fn set_service_selector(
         &self,
@@ -130,51 +80,13 @@ pub trait ClusterExt: crate::cluster::Cluster {
         }
     }
 
-    fn create_service(
-        &self,
-        service: &Service,
-    ) -> impl Future<Output = Result<(), ApiError>> + Send {
-        async move { self.create(service, false).await.map(|_| ()) }
-    }
-
-    /// Deletes a Service; gone already is fine.
-    fn delete_service(&self, name: &str) -> impl Future<Output = Result<(), ApiError>> + Send {
-        async move {
-            gone_is_fine(
-                self.delete::<Service>(name, &Preconditions::default())
-                    .await,
-            )
-        }
-    }
-
-    fn list_claims(
-        &self,
-    ) -> impl Future<Output = Result<Vec<PersistentVolumeClaim>, ApiError>> + Send {
-        async move { self.list::<PersistentVolumeClaim>(&Select::all()).await }
-    }
-
-    fn create_claim(
-        &self,
-        claim: &PersistentVolumeClaim,
-    ) -> impl Future<Output = Result<(), ApiError>> + Send {
-        async move { self.create(claim, false).await.map(|_| ()) }
-    }
-
-    /// Deletes a PVC; gone already is fine.
-    fn delete_claim(&self, name: &str) -> impl Future<Output = Result<(), ApiError>> + Send {
-        async move {
-            gone_is_fine(
-                self.delete::<PersistentVolumeClaim>(name, &Preconditions::default())
-                    .await,
-            )
-        }
-    }
-
-    fn get_lease(
+    /// Deletes an object; gone already is fine (a StatefulSet's pods go with it, its PVCs
+    /// stay).
+    fn remove<K: crate::cluster::Object>(
         &self,
         name: &str,
-    ) -> impl Future<Output = Result<Option<Lease>, ApiError>> + Send {
-        self.get::<Lease>(name)
+    ) -> impl Future<Output = Result<(), ApiError>> + Send {
+        async move { gone_is_fine(self.delete::<K>(name, &Preconditions::default()).await) }
     }
 }
 

@@ -2,6 +2,13 @@
 //! changes nothing in the cluster), takes the lock when it changes the set, and hands the work to
 //! the [`Runner`]. Results go to stdout (text or JSON); progress to stderr.
 
+use crate::cluster::Select;
+use crate::exec::cluster::ClusterExt;
+use k8s_openapi::api::apps::v1::ControllerRevision;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::Service;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -155,7 +162,7 @@ impl<C: Cluster, G: GateRunner> Context<C, G> {
 
     async fn get_set(&self, name: &str) -> Result<StatefulSet, ExecError> {
         self.cluster
-            .get_statefulset(name)
+            .get::<StatefulSet>(name)
             .await
             .map_err(|e| ExecError::api("reading StatefulSet", name, e))?
             .ok_or_else(|| ExecError::StatefulSetNotFound {
@@ -176,7 +183,7 @@ impl<C: Cluster, G: GateRunner> Context<C, G> {
         let lease_name = lease::lease_name(name);
         let lease = self
             .cluster
-            .get_lease(&lease_name)
+            .get::<Lease>(&lease_name)
             .await
             .map_err(|e| ExecError::api("reading Lease", &lease_name, e))?;
         Ok(lease.and_then(|l| {
@@ -234,7 +241,7 @@ async fn serving_chain<C: Cluster, G: GateRunner>(
         let Some(next) = next else {
             break;
         };
-        match ctx.cluster.get_statefulset(&next).await {
+        match ctx.cluster.get::<StatefulSet>(&next).await {
             Ok(Some(_)) => {
                 if current == name {
                     ctx.progress.say(format!(
@@ -282,17 +289,17 @@ async fn surroundings<C: Cluster, G: GateRunner>(
     let ns = ctx.cluster.namespace().to_string();
     let services = ctx
         .cluster
-        .list_services()
+        .list::<Service>(&Select::all())
         .await
         .map_err(|e| ExecError::api("listing Services in namespace", &ns, e))?;
     let sets = ctx
         .cluster
-        .list_statefulsets()
+        .list::<StatefulSet>(&Select::all())
         .await
         .map_err(|e| ExecError::api("listing StatefulSets in namespace", &ns, e))?;
     let claims = ctx
         .cluster
-        .list_claims()
+        .list::<PersistentVolumeClaim>(&Select::all())
         .await
         .map_err(|e| ExecError::api("listing PVCs in namespace", &ns, e))?;
     let name = sts.metadata.name.clone().unwrap_or_default();
@@ -375,7 +382,7 @@ async fn check_twin<C: Cluster, G: GateRunner>(
             reason: "the new pod template cannot be read back".into(),
         });
     };
-    match ctx.cluster.create_statefulset(&desired, true).await {
+    match ctx.cluster.create(&desired, true).await {
         Ok(_) => Ok(()),
         Err(ApiError::AlreadyExists(_)) => Err(ExecError::NotRollable {
             statefulset: name,
@@ -1214,7 +1221,7 @@ pub async fn status<C: Cluster, G: GateRunner>(
     let lease_name = lease::lease_name(name);
     let read_lease = || async {
         ctx.cluster
-            .get_lease(&lease_name)
+            .get::<Lease>(&lease_name)
             .await
             .map_err(|e| ExecError::api("reading Lease", &lease_name, e))
     };
@@ -1236,7 +1243,7 @@ pub async fn status<C: Cluster, G: GateRunner>(
     if !watch {
         let pods = ctx
             .cluster
-            .list_pods(&selector_of(&sts))
+            .list::<Pod>(&Select::labels(&selector_of(&sts)))
             .await
             .map_err(|e| ExecError::api("listing the pods of StatefulSet", name, e))?;
         let pods: Vec<_> = pods
@@ -1331,7 +1338,7 @@ pub async fn show_history<C: Cluster, G: GateRunner>(
     let sts = ctx.get_set(name).await?;
     let revisions = ctx
         .cluster
-        .list_revisions(&selector_of(&sts))
+        .list::<ControllerRevision>(&Select::labels(&selector_of(&sts)))
         .await
         .map_err(|e| ExecError::api("listing the revisions of StatefulSet", name, e))?;
     let entries = history(&sts, &revisions);
@@ -1397,7 +1404,7 @@ pub async fn undo<C: Cluster, G: GateRunner>(
     }
     let revisions = ctx
         .cluster
-        .list_revisions(&selector_of(&sts))
+        .list::<ControllerRevision>(&Select::labels(&selector_of(&sts)))
         .await
         .map_err(|e| ExecError::api("listing the revisions of StatefulSet", name, e))?;
     let entries = history(&sts, &revisions);
@@ -1508,7 +1515,7 @@ async fn bluegreen_to_undo<C: Cluster, G: GateRunner>(
                 if r.plan.strategy == StrategyKind::BlueGreen && r.phase == Phase::Succeeded =>
             {
                 let Some(twin) = r.twin else { break };
-                match ctx.cluster.get_statefulset(&twin.set).await {
+                match ctx.cluster.get::<StatefulSet>(&twin.set).await {
                     Ok(Some(_)) => {
                         blue = Some(current.clone());
                         current = twin.set;

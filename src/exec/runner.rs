@@ -23,6 +23,7 @@
 //! - A failure going forward plans the rollback (`crate::strategy::rollback`) and writes the
 //!   record before anything else is done; a failure going back ends the rollback as failed.
 
+use crate::exec::cluster::ClusterExt;
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
@@ -562,7 +563,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
     /// The rollout's own set as the API server has it now.
     async fn read_set(&self) -> Result<StatefulSet, ExecError> {
         self.cluster
-            .get_statefulset(&self.name)
+            .get::<StatefulSet>(&self.name)
             .await
             .map_err(|e| ExecError::api("reading StatefulSet", &self.name, e))?
             .ok_or_else(|| ExecError::StatefulSetDeleted {

@@ -3,6 +3,8 @@
 //! nothing; its verdict moves the rollout on, rolls it back, or pauses it when it could not
 //! decide.
 
+use crate::cluster::Select;
+use k8s_openapi::api::core::v1::Service;
 use tokio::time::Instant;
 
 use super::Runner;
@@ -86,9 +88,13 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         if !self.begin_and_record().await? {
             return Ok(());
         }
-        let services = self.cluster.list_services().await.map_err(|e| {
-            ExecError::api("listing Services in namespace", self.cluster.namespace(), e)
-        })?;
+        let services = self
+            .cluster
+            .list::<Service>(&Select::all())
+            .await
+            .map_err(|e| {
+                ExecError::api("listing Services in namespace", self.cluster.namespace(), e)
+            })?;
         let port = services
             .iter()
             .find(|s| s.metadata.name.as_deref() == Some(service))

@@ -4,6 +4,9 @@
 //! `ReplaceStuckPods` (pods stuck on a broken revision deleted until every pod is Ready on
 //! stable). Each writes the record with its change in one patch.
 
+use crate::cluster::Select;
+use crate::exec::cluster::ClusterExt;
+use k8s_openapi::api::apps::v1::ControllerRevision;
 use std::collections::HashSet;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -139,9 +142,13 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 .as_ref()
                 .map(|s| selector_string(&s.selector))
                 .unwrap_or_default();
-            let revisions = self.cluster.list_revisions(&selector).await.map_err(|e| {
-                ExecError::api("listing the revisions of StatefulSet", &self.name, e)
-            })?;
+            let revisions = self
+                .cluster
+                .list::<ControllerRevision>(&Select::labels(&selector))
+                .await
+                .map_err(|e| {
+                    ExecError::api("listing the revisions of StatefulSet", &self.name, e)
+                })?;
             if let Some(template) = revisions
                 .iter()
                 .find(|r| r.metadata.name.as_deref() == Some(revision))

@@ -4,6 +4,10 @@
 //! half-way through a step repeats it (create-or-adopt, scale-to), so `resume` and `abort`
 //! always find a consistent cluster.
 
+use crate::cluster::Select;
+use crate::exec::cluster::ClusterExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use tokio::time::Instant;
@@ -157,9 +161,13 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         };
         let mut cloned = 0;
         if twin.role == TwinRole::Green && twin.data == DataMode::Clone {
-            let existing = self.cluster.list_claims().await.map_err(|e| {
-                ExecError::api("listing PVCs in namespace", self.cluster.namespace(), e)
-            })?;
+            let existing = self
+                .cluster
+                .list::<PersistentVolumeClaim>(&Select::all())
+                .await
+                .map_err(|e| {
+                    ExecError::api("listing PVCs in namespace", self.cluster.namespace(), e)
+                })?;
             for claim in clone_claims(&blue, &desired, replicas, &existing) {
                 let name = claim.metadata.name.clone().unwrap_or_default();
                 let source = claim
@@ -168,8 +176,8 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                     .and_then(|s| s.data_source.as_ref())
                     .map(|d| d.name.clone())
                     .unwrap_or_default();
-                match self.cluster.create_claim(&claim).await {
-                    Ok(()) | Err(ApiError::AlreadyExists(_)) => {}
+                match self.cluster.create(&claim, false).await {
+                    Ok(_) | Err(ApiError::AlreadyExists(_)) => {}
                     Err(e) => return Err(ExecError::api("creating PVC", &name, e)),
                 }
                 cloned += 1;
@@ -182,12 +190,12 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 return self.step_cannot_finish(started, &problem);
             }
         }
-        match self.cluster.create_statefulset(&desired, false).await {
+        match self.cluster.create(&desired, false).await {
             Ok(_) => {}
             Err(ApiError::AlreadyExists(_)) => {
                 let found = self
                     .cluster
-                    .get_statefulset(set)
+                    .get::<StatefulSet>(set)
                     .await
                     .map_err(|e| ExecError::api("reading StatefulSet", set, e))?;
                 let ours = found.as_ref().is_some_and(|f| {
@@ -266,7 +274,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         self.delete_preview(&twin).await?;
         let exists = self
             .cluster
-            .get_statefulset(set)
+            .get::<StatefulSet>(set)
             .await
             .map_err(|e| ExecError::api("reading StatefulSet", set, e))?
             .is_some();
@@ -284,13 +292,13 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 return Ok(());
             }
             self.cluster
-                .delete_statefulset(set)
+                .remove::<StatefulSet>(set)
                 .await
                 .map_err(|e| ExecError::api("deleting StatefulSet", set, e))?;
         }
         let claims: Vec<String> = self
             .cluster
-            .list_claims()
+            .list::<PersistentVolumeClaim>(&Select::all())
             .await
             .map_err(|e| ExecError::api("listing PVCs in namespace", self.cluster.namespace(), e))?
             .into_iter()
@@ -307,7 +315,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         if !twin.keep_data {
             for claim in &claims {
                 self.cluster
-                    .delete_claim(claim)
+                    .remove::<PersistentVolumeClaim>(claim)
                     .await
                     .map_err(|e| ExecError::api("deleting PVC", claim, e))?;
             }

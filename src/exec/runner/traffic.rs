@@ -4,6 +4,8 @@
 //! `RemovePreview`. `rollout` never deletes or changes a Service it did not make, except the
 //! selectors of the live Services the rollout was told (or found) to move.
 
+use crate::cluster::Select;
+use crate::exec::cluster::ClusterExt;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
@@ -106,9 +108,13 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
 
     /// Whether the Service `name` is `rollout`'s preview for `home` (`None`: no such Service).
     async fn preview_owned_now(&self, name: &str, home: &str) -> Result<Option<bool>, ExecError> {
-        let services = self.cluster.list_services().await.map_err(|e| {
-            ExecError::api("listing Services in namespace", self.cluster.namespace(), e)
-        })?;
+        let services = self
+            .cluster
+            .list::<Service>(&Select::all())
+            .await
+            .map_err(|e| {
+                ExecError::api("listing Services in namespace", self.cluster.namespace(), e)
+            })?;
         Ok(preview_owned(&services, name, home))
     }
 
@@ -120,7 +126,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         };
         match self.preview_owned_now(preview, &twin.home).await? {
             None => Ok(()),
-            Some(true) => match self.cluster.delete_service(preview).await {
+            Some(true) => match self.cluster.remove::<Service>(preview).await {
                 Ok(()) | Err(ApiError::NotFound) => Ok(()),
                 Err(e) => Err(ExecError::api("deleting preview Service", preview, e)),
             },
@@ -142,9 +148,13 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         twin: &Twin,
         preview: &str,
     ) -> Result<Option<String>, ExecError> {
-        let services = self.cluster.list_services().await.map_err(|e| {
-            ExecError::api("listing Services in namespace", self.cluster.namespace(), e)
-        })?;
+        let services = self
+            .cluster
+            .list::<Service>(&Select::all())
+            .await
+            .map_err(|e| {
+                ExecError::api("listing Services in namespace", self.cluster.namespace(), e)
+            })?;
         if preview_owned(&services, preview, &twin.home) == Some(false) {
             return Ok(Some(preview_taken(twin, preview)));
         }
@@ -185,8 +195,8 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             }),
             status: None,
         };
-        match self.cluster.create_service(&service).await {
-            Ok(()) => Ok(None),
+        match self.cluster.create(&service, false).await {
+            Ok(_) => Ok(None),
             Err(ApiError::AlreadyExists(_)) => {
                 // Ours from a run that died: point it at this green. Anyone else's (made since
                 // the listing above) is not touched.
