@@ -220,7 +220,7 @@ pub async fn connect(connection: &Connection) -> Result<(kube::Client, String), 
         cluster: None,
         user: None,
     };
-    let config = match &connection.kubeconfig {
+    let mut config = match &connection.kubeconfig {
         Some(path) => {
             let file = Kubeconfig::read_from(path)
                 .map_err(|e| connect_error(&format!("reading kubeconfig {}", path.display()), &e))?;
@@ -238,6 +238,11 @@ pub async fn connect(connection: &Connection) -> Result<(kube::Client, String), 
             )
         })?,
     };
+    // rollout retries API faults itself, within each step's deadline. The client's own retry of
+    // 429/503/504 (up to 15 times, minutes of back-off) would wait past those deadlines unseen,
+    // and would resend a gate's probe through the pod proxy, whose 503 is the API server saying
+    // it could not reach the pod: an answer to judge, not a fault to hide.
+    config.default_retry = false;
     let namespace = connection
         .namespace
         .clone()

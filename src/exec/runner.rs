@@ -95,6 +95,8 @@ pub struct Runner<C: Cluster, G: GateRunner> {
     /// The resourceVersion the next write is based on.
     resource_version: Option<String>,
     conflicts: u32,
+    /// `maxUnavailable` for the next write: a batch's size, or what the set had before.
+    max_unavailable: Option<serde_json::Value>,
     options: RunOptions,
     /// The overall deadline (pauses push it back).
     total_deadline: Option<Instant>,
@@ -248,6 +250,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             last_text: start_text,
             resource_version: statefulset.metadata.resource_version.clone(),
             conflicts: 0,
+            max_unavailable: None,
             options,
             total_deadline,
             announced: None,
@@ -417,8 +420,11 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             }),
             _ => None,
         };
+        if moved_in_batches(&self.record.plan.steps) && stable.update_strategy.as_deref() != Some("OnDelete") {
+            self.max_unavailable = Some(stable.max_unavailable.clone().unwrap_or(serde_json::Value::Null));
+        }
         let text = self.record.to_annotation()?;
-        if text == self.last_text && restore.is_none() {
+        if text == self.last_text && restore.is_none() && self.max_unavailable.is_none() {
             return Ok(true);
         }
         Ok(matches!(
@@ -449,6 +455,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         patch.template = template;
         patch.update_strategy = strategy;
         patch.replicas = replicas;
+        patch.max_unavailable = self.max_unavailable.take();
         match self
             .cluster
             .patch_statefulset(&self.name, &patch, false)
@@ -764,10 +771,21 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
     async fn lower_partition(&mut self, partition: u32, ordinals: &[u32]) -> Result<(), ExecError> {
         let started = Instant::now();
         self.record.begin_step(Self::now())?;
+        // The partition releases the batch; maxUnavailable lets the controller replace all of it
+        // at once (one at a time is its default).
+        if ordinals.len() > 1 {
+            self.max_unavailable = Some(serde_json::json!(ordinals.len()));
+        }
         match self
             .commit(None, Some(StrategyChange::Partition(partition)))
             .await?
         {
+            Committed::Written(sts) if ordinals.len() > 1 && !honours_max_unavailable(&sts) => {
+                self.progress.say(format!(
+                    "  note: this cluster ignores StatefulSet maxUnavailable (Kubernetes before 1.24, or the MaxUnavailableStatefulSet feature gate off), so the StatefulSet controller replaces these {} pods one at a time; the batch is still gated as one",
+                    ordinals.len()
+                ));
+            }
             Committed::Written(_) => {}
             Committed::Changed => return Ok(()),
         }
@@ -1262,6 +1280,21 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
     }
 }
 
+/// Did the plan move several pods in one step (so the run set `maxUnavailable`, to be given back)?
+fn moved_in_batches(steps: &[Step]) -> bool {
+    steps.iter().any(|s| matches!(s, Step::SetPartition { ordinals, .. } if ordinals.len() > 1))
+}
+
+/// The API server drops `maxUnavailable` from a StatefulSet it was written to when its release
+/// lacks the field or the feature gate is off: the answer to the write tells.
+fn honours_max_unavailable(sts: &StatefulSet) -> bool {
+    sts.spec
+        .as_ref()
+        .and_then(|s| s.update_strategy.as_ref())
+        .and_then(|s| s.rolling_update.as_ref())
+        .is_some_and(|r| r.max_unavailable.is_some())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1343,3 +1376,4 @@ mod tests {
         );
     }
 }
+

@@ -14,6 +14,16 @@ use rollout::model::gate::{GateSpec, HttpGate, PortRef, ProbeVia};
 
 use crate::support::{pod_name, time_app_manifest, SETTLE, STS};
 
+/// A client made as `rollout` makes its own (the gates run on it).
+async fn rollout_client() -> anyhow::Result<kube::Client> {
+    let connection = rollout::exec::Connection {
+        kubeconfig: Some(devcluster::Layout::from_env().kubeconfig()),
+        context: None,
+        namespace: None,
+    };
+    Ok(rollout::exec::connect(&connection).await?.0)
+}
+
 fn http_gate(via: ProbeVia, port: Option<PortRef>) -> GateSpec {
     GateSpec {
         http: HttpGate {
@@ -39,6 +49,7 @@ async fn targets(ns: &TestNs, replicas: i32, port: &PortRef) -> anyhow::Result<V
 #[tokio::test]
 async fn http_gate_probes_pods_directly_and_through_the_pod_proxy() -> anyhow::Result<()> {
     let ns = TestNs::new("gate-http").await?;
+    let client = rollout_client().await?;
     ns.apply_yaml(&time_app_manifest(2, false, &[], "time-app:v1"))
         .await?;
     testkit::wait_sts_ready(&ns, STS, 2, SETTLE).await?;
@@ -47,7 +58,7 @@ async fn http_gate_probes_pods_directly_and_through_the_pod_proxy() -> anyhow::R
     assert_eq!(good[0].port, 8080, "the named port resolves from the pod");
 
     for via in [ProbeVia::Auto, ProbeVia::Direct, ProbeVia::Proxy] {
-        let verdict = run_gates(&ns.client, &http_gate(via, None), &good).await;
+        let verdict = run_gates(&client, &http_gate(via, None), &good).await;
         assert!(verdict.is_pass(), "{via:?}: {}", verdict.message());
     }
 
@@ -67,7 +78,7 @@ async fn http_gate_probes_pods_directly_and_through_the_pod_proxy() -> anyhow::R
         },
         ..GateSpec::default()
     };
-    let verdict = run_gates(&ns.client, &spec, &closed).await;
+    let verdict = run_gates(&client, &spec, &closed).await;
     let message = verdict.message();
     assert!(matches!(verdict, Verdict::Fail { .. }), "{message}");
     assert!(

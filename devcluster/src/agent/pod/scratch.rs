@@ -29,7 +29,11 @@ pub fn private_binds(root: &Path, volume_dsts: &[&Path], must_see: &[&Path]) -> 
         .map(|(dir, _)| Path::new(dir))
         .filter(|dir| !volume_dsts.contains(dir))
         .filter(|dir| !must_see.iter().any(|p| p.starts_with(dir)))
-        .map(|dir| Bind { src: source(root, dir), dst: dir.to_path_buf(), read_only: false })
+        .map(|dir| Bind {
+            src: source(root, dir),
+            dst: dir.to_path_buf(),
+            read_only: false,
+        })
         .collect()
 }
 
@@ -41,8 +45,14 @@ fn source(root: &Path, dir: &Path) -> PathBuf {
 /// Makes the sources of `binds`. Idempotent: a restarted container finds what it wrote before.
 pub fn prepare(binds: &[Bind]) -> io::Result<()> {
     for b in binds {
-        let mode = PRIVATE_DIRS.iter().find(|(d, _)| Path::new(d) == b.dst).map_or(0o755, |(_, m)| *m);
-        fs::DirBuilder::new().recursive(true).mode(mode).create(&b.src)?;
+        let mode = PRIVATE_DIRS
+            .iter()
+            .find(|(d, _)| Path::new(d) == b.dst)
+            .map_or(0o755, |(_, m)| *m);
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(mode)
+            .create(&b.src)?;
         // The umask may have trimmed the sticky, world-writable /tmp.
         fs::set_permissions(&b.src, fs::Permissions::from_mode(mode))?;
         if b.dst == Path::new("/var/log") {
@@ -57,7 +67,9 @@ fn copy_dir_tree(from: &Path, to: &Path, depth: usize) -> io::Result<()> {
     if depth == 0 {
         return Ok(());
     }
-    let Ok(entries) = fs::read_dir(from) else { return Ok(()) };
+    let Ok(entries) = fs::read_dir(from) else {
+        return Ok(());
+    };
     for entry in entries.flatten() {
         let Ok(meta) = entry.metadata() else { continue };
         if !meta.is_dir() {
@@ -89,16 +101,46 @@ mod tests {
         let layout = Path::new("/var/tmp/rdc");
         let bin = Path::new("/src/rollout/target/debug");
         let cases: Vec<(&str, Vec<&Path>, Vec<&Path>, Vec<&str>)> = vec![
-            ("all three", vec![], vec![layout, bin], vec!["/tmp", "/run", "/var/log"]),
-            ("a volume at /tmp wins", vec![Path::new("/tmp")], vec![layout], vec!["/run", "/var/log"]),
-            ("a volume below /var/log does not", vec![Path::new("/var/log/app")], vec![layout], vec!["/tmp", "/run", "/var/log"]),
-            ("a checkout under /tmp keeps /tmp shared", vec![], vec![layout, Path::new("/tmp/co/target/debug")], vec!["/run", "/var/log"]),
-            ("a devcluster dir under /tmp too", vec![], vec![Path::new("/tmp/rdc")], vec!["/run", "/var/log"]),
+            (
+                "all three",
+                vec![],
+                vec![layout, bin],
+                vec!["/tmp", "/run", "/var/log"],
+            ),
+            (
+                "a volume at /tmp wins",
+                vec![Path::new("/tmp")],
+                vec![layout],
+                vec!["/run", "/var/log"],
+            ),
+            (
+                "a volume below /var/log does not",
+                vec![Path::new("/var/log/app")],
+                vec![layout],
+                vec!["/tmp", "/run", "/var/log"],
+            ),
+            (
+                "a checkout under /tmp keeps /tmp shared",
+                vec![],
+                vec![layout, Path::new("/tmp/co/target/debug")],
+                vec!["/run", "/var/log"],
+            ),
+            (
+                "a devcluster dir under /tmp too",
+                vec![],
+                vec![Path::new("/tmp/rdc")],
+                vec!["/run", "/var/log"],
+            ),
         ];
         for (name, volumes, must_see, want) in cases {
             let binds = private_binds(root, &volumes, &must_see);
             assert_eq!(dsts(&binds), want, "{name}");
-            assert!(binds.iter().all(|b| b.src.starts_with(root) && !b.read_only), "{name}");
+            assert!(
+                binds
+                    .iter()
+                    .all(|b| b.src.starts_with(root) && !b.read_only),
+                "{name}"
+            );
         }
         assert_eq!(private_binds(root, &[], &[])[2].src, root.join("var/log"));
     }
