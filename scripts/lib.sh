@@ -15,13 +15,14 @@ fi
 [ -d "$HOME/.cargo/bin" ] && export PATH="$HOME/.cargo/bin:$PATH"
 command -v cargo >/dev/null || { echo "cargo is missing: install a Rust toolchain (rustup) first" >&2; exit 1; }
 
-log "provisioning (Debian packages, control-plane binaries cached under ~/.cache/rollout)"
-bash devcluster/scripts/provision.sh >/dev/null
+log "provisioning (Debian packages; Kubernetes built from its Go modules once, cached under ~/.cache/rollout)"
+K8S_BIN="$(bash devcluster/scripts/provision.sh)"
 
 log "building the workspace"
 cargo build --workspace --bins --quiet
 
-export PATH="$REPO/target/debug:$PATH"
+# The cluster's own release of kubectl first: the tests and the demo run it.
+export PATH="$K8S_BIN:$REPO/target/debug:$PATH"
 export KUBECONFIG="${ROLLOUT_DEVCLUSTER_DIR:-/var/tmp/rollout-devcluster}/kubeconfig"
 
 devcluster_up() {

@@ -91,6 +91,8 @@ pub enum ExecError {
     LeaseLost { statefulset: String, reason: String },
     #[error("the rollout record on StatefulSet {statefulset} was removed by someone else; stopped without changing anything more")]
     RecordRemoved { statefulset: String },
+    #[error("the pod template of StatefulSet {statefulset} was changed by someone else during the rollout (a `kubectl apply`, `helm upgrade` or GitOps sync?): its update revision is now {now}, not this rollout's {target}. Stopped without changing anything, so that change stays; `rollout status {statefulset}` shows the pods as they are, and `rollout abort {statefulset}` would put the set back on the stable version, over that change")]
+    TemplateChangedElsewhere { statefulset: String, now: String, target: String },
     #[error("StatefulSet {statefulset} kept changing under this run ({attempts} conflicting writes in a row); stopped. `rollout resume {statefulset}` continues")]
     TooManyConflicts { statefulset: String, attempts: u32 },
     #[error("the watch on StatefulSet {statefulset} ended unexpectedly")]
@@ -118,7 +120,7 @@ impl ExecError {
             | ExecError::Transition(_)
             | ExecError::Plan(_)
             | ExecError::Revision { .. } => ExitCode::BadInput,
-            ExecError::InProgress { .. } => ExitCode::Locked,
+            ExecError::InProgress { .. } | ExecError::TemplateChangedElsewhere { .. } => ExitCode::Locked,
             ExecError::Lease(lease::LeaseError::Held { .. }) => ExitCode::Locked,
             ExecError::Timeout { .. } => ExitCode::TimedOut,
             ExecError::Connect { .. }

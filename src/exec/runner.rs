@@ -40,7 +40,7 @@ use crate::model::state::{PauseReason, Phase, RollbackCause, RolloutState, ANNOT
 use crate::model::strategy::PauseSpec;
 use crate::strategy::observed::{self, Observed};
 use crate::strategy::predicates::{
-    is_ready, is_terminating, ordinals_not_ready, ordinals_released, pod_ordinal, pod_revision,
+    is_ready, is_terminating, ordinals_not_available, ordinals_not_ready, ordinals_released, pod_ordinal, pod_revision,
 };
 
 /// Conflicting writes in a row before the run gives up.
@@ -615,6 +615,13 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 if self.adopt_external(sts)? {
                     return Ok(Waited::Changed);
                 }
+                if let Some(now) = template_changed_elsewhere(&self.record, sts) {
+                    return Err(ExecError::TemplateChangedElsewhere {
+                        statefulset: self.name.clone(),
+                        now,
+                        target: self.record.target.revision.clone().unwrap_or_default(),
+                    });
+                }
                 if annotation(sts) == self.last_text {
                     // The newest version that carries our last write: base the next one on it.
                     self.resource_version = sts.metadata.resource_version.clone();
@@ -799,10 +806,15 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         let wanted = ordinals.to_vec();
         let (deadline, overall) = self.step_deadline();
         let waited = self
-            .wait_for(Some(deadline), |snapshot, _| {
+            .wait_for(Some(deadline), |snapshot, sts| {
                 let missing = ordinals_not_ready(&name, &snapshot.pods, &revision, &wanted);
                 if missing.is_empty() {
-                    return Some(Ok(()));
+                    // Gated only once Available: Ready for the set's minReadySeconds. The
+                    // controller writes availableReplicas when that time is up, which wakes
+                    // this wait again.
+                    let min_ready = sts.spec.as_ref().and_then(|s| s.min_ready_seconds).unwrap_or(0);
+                    let unavailable = ordinals_not_available(&name, &snapshot.pods, &wanted, min_ready, Timestamp::now());
+                    return unavailable.is_empty().then_some(Ok(()));
                 }
                 missing
                     .iter()
@@ -1278,6 +1290,21 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         self.record.rollback_failed(message, Self::now())?;
         Ok(())
     }
+}
+
+/// The set's update revision, when someone else's write of the pod template (not this rollout's,
+/// and not a rollback's, which changes the record with it) made it other than the rollout's
+/// target. Partition strategies only: there the set's update revision is the target.
+fn template_changed_elsewhere(record: &RolloutState, sts: &StatefulSet) -> Option<String> {
+    // Blue/green and shadow target another set's revision; recreate has no pods to compare.
+    if !record.plan.strategy.uses_partition() || !matches!(record.phase, Phase::Progressing | Phase::Paused) {
+        return None;
+    }
+    let target = record.target.revision.as_deref()?;
+    let status = sts.status.as_ref()?;
+    let observed = status.observed_generation.unwrap_or(0) >= sts.metadata.generation.unwrap_or(0);
+    let now = status.update_revision.as_deref()?;
+    (observed && now != target).then(|| now.to_string())
 }
 
 /// Did the plan move several pods in one step (so the run set `maxUnavailable`, to be given back)?

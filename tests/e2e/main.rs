@@ -5,6 +5,7 @@
 //! of its own and deletes it when it passed.
 
 mod bluegreen;
+mod current;
 mod failures;
 mod gates;
 mod recovery;
