@@ -19,13 +19,14 @@ for tool in clippy fmt; do
     || { echo "cargo $tool is missing: rustup component add ${tool/fmt/rustfmt}" >&2; exit 1; }
 done
 
-log "provisioning (Debian packages, control-plane binaries cached under ~/.cache/rollout)"
-bash devcluster/scripts/provision.sh >/dev/null
+log "provisioning (Debian packages; Kubernetes built from its Go modules once, cached under ~/.cache/rollout)"
+K8S_BIN="$(bash devcluster/scripts/provision.sh)"
 
 log "building the workspace"
 cargo build --workspace --bins --quiet
 
-export PATH="$REPO/target/debug:$PATH"
+# The cluster's own release of kubectl first: the tests and the demo run it.
+export PATH="$K8S_BIN:$REPO/target/debug:$PATH"
 export KUBECONFIG="${ROLLOUT_DEVCLUSTER_DIR:-/var/tmp/rollout-devcluster}/kubeconfig"
 
 devcluster_up() {

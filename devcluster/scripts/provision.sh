@@ -1,111 +1,112 @@
 #!/usr/bin/env bash
-# Installs what the devcluster needs on a fresh Debian machine and builds the Kubernetes control
-# plane (kube-apiserver, kube-controller-manager, kube-scheduler) from Debian's `kubernetes`
-# source package. Idempotent: a second run finds everything in place and returns in seconds.
+# Installs what the devcluster needs on a fresh Debian machine and builds its Kubernetes control
+# plane from the published Go modules: the small Go module in devcluster/controlplane/ requires
+# k8s.io/kubernetes at one exact release and builds one multi-call binary that runs as etcd,
+# kube-apiserver, kube-controller-manager, kube-scheduler and kubectl (by the name it is called
+# by). Idempotent: a second run finds the build in place and returns in about a second.
 #
-# The binaries are cached outside the repository, keyed by version:
+# Usage: provision.sh [VERSION]   (VERSION defaults to the release devcluster/controlplane/go.mod
+#                                  pins; any other is refused)
+#
+# The build is cached outside the repository, keyed by version, and installed atomically (built
+# in a temporary directory, renamed into place; a failed or killed build leaves no cache):
 #   ${ROLLOUT_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/rollout}/kubernetes-<version>/bin
+# Prints that bin directory on stdout (one line); everything else goes to stderr.
 set -euo pipefail
 
-K8S_SOURCE_PACKAGE=kubernetes
-CACHE_ROOT="${ROLLOUT_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/rollout}"
-PACKAGES=(etcd-server golang-go rsync make openssl iproute2 util-linux procps dpkg-dev curl jq kubectl)
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+MODULE_DIR="$(cd "$HERE/../controlplane" && pwd)"
+CACHE_ROOT="${ROLLOUT_CACHE_DIR:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/rollout}"
+PACKAGES=(openssl iproute2 util-linux procps curl jq ca-certificates)
+# Names the multi-call binary answers to; one symlink each in the bin directory.
+COMMANDS=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl)
 
 say() { printf 'provision: %s\n' "$*" >&2; }
 die() { printf 'provision: error: %s\n' "$*" >&2; exit 1; }
 
 [ "$(id -u)" = 0 ] || die "must run as root (it installs Debian packages and the devcluster needs network namespaces); try: sudo $0"
 
-apt_updated=0
-apt_update_once() {
-  [ "$apt_updated" = 1 ] && return 0
-  say "apt-get update"
-  apt-get update -qq >/tmp/rollout-apt-update.log 2>&1 \
-    || die "apt-get update failed; see /tmp/rollout-apt-update.log"
-  apt_updated=1
-}
+# The one release this repository builds: the version go.mod requires.
+version=$(awk '$1 == "k8s.io/kubernetes" && $2 ~ /^v1\./ {print $2; exit}' "$MODULE_DIR/go.mod")
+[ -n "$version" ] || die "$MODULE_DIR/go.mod requires no k8s.io/kubernetes release"
+if [ $# -gt 0 ] && [ "v${1#v}" != "$version" ]; then
+  die "Kubernetes $1 is not a version this repository builds; known: $version"
+fi
 
-# kubectl ships on the machine image; the others come from Debian.
 missing=()
 for p in "${PACKAGES[@]}"; do
-  if [ "$p" = kubectl ]; then command -v kubectl >/dev/null && continue; fi
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
-  apt_update_once
+  say "apt-get update"
+  apt-get update -qq >/tmp/rollout-apt-update.log 2>&1 \
+    || die "apt-get update failed; see /tmp/rollout-apt-update.log"
   say "installing ${missing[*]}"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" \
     >/tmp/rollout-apt-install.log 2>&1 \
     || die "apt-get install ${missing[*]} failed; see /tmp/rollout-apt-install.log"
 fi
 
-# The source package's version decides the cache key. apt-cache needs a deb-src entry for it.
-SRC_LIST=/etc/apt/sources.list.d/rollout-deb-src.sources
-ensure_deb_src() {
-  [ -f "$SRC_LIST" ] && return 0
-  local main=/etc/apt/sources.list.d/debian.sources
-  [ -f "$main" ] || die "no $main to mirror for a deb-src entry; add a deb-src line for Debian main by hand"
-  # Mirror the first stanza (URIs, Suites, Components, Signed-By) with Types: deb-src.
-  awk 'BEGIN{RS=""; FS="\n"} NR==1 {
-         for (i = 1; i <= NF; i++) {
-           if ($i ~ /^Types:/) print "Types: deb-src";
-           else if ($i !~ /^#/) print $i
-         }
-       }' "$main" >"$SRC_LIST"
-  grep -q '^URIs:' "$SRC_LIST" || { rm -f "$SRC_LIST"; die "could not read URIs from $main"; }
-  apt_updated=0
+CACHE_DIR="$CACHE_ROOT/kubernetes-$version"
+BIN_DIR="$CACHE_DIR/bin"
+major=${version#v}; major=${major%%.*}
+minor=${version#v"$major".}; minor=${minor%%.*}
+# What `kubectl version` and the API server's /version report, as the release's own build sets it
+# (hack/lib/version.sh: the same variables in component-base and client-go).
+ldflags="-s -w"
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+  ldflags+=" -X $pkg.gitVersion=$version -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
+  ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+done
+# The cache is keyed by version, and checked against the recipe it was built from, so an edit of
+# the module or of the flags above rebuilds instead of serving a stale binary.
+recipe=$(cat "$MODULE_DIR/go.mod" "$MODULE_DIR/go.sum" "$MODULE_DIR/main.go" <(echo "$ldflags") | sha256sum | cut -d' ' -f1)
+
+cached() {
+  [ -f "$CACHE_DIR/recipe" ] && [ "$(cat "$CACHE_DIR/recipe")" = "$recipe" ] || return 1
+  for c in "${COMMANDS[@]}"; do [ -x "$BIN_DIR/$c" ] || return 1; done
 }
 
-version_file="$CACHE_ROOT/kubernetes.version"
-if [ -f "$version_file" ] && [ -x "$CACHE_ROOT/kubernetes-$(cat "$version_file")/bin/kube-apiserver" ]; then
-  version=$(cat "$version_file")
+if cached; then
+  say "Kubernetes $version cached in $BIN_DIR"
 else
-  ensure_deb_src
-  apt_update_once
-  version=$(apt-cache showsrc "$K8S_SOURCE_PACKAGE" 2>/dev/null | awk '/^Version:/ {print $2; exit}')
-  [ -n "$version" ] || die "apt has no source package '$K8S_SOURCE_PACKAGE' (is the deb-src entry in $SRC_LIST right?)"
-fi
-
-BIN_DIR="$CACHE_ROOT/kubernetes-$version/bin"
-WANT=(kube-apiserver kube-controller-manager kube-scheduler)
-have_all=1
-for b in "${WANT[@]}"; do [ -x "$BIN_DIR/$b" ] || have_all=0; done
-
-if [ "$have_all" = 1 ]; then
-  say "control plane $version cached in $BIN_DIR"
-else
-  build_root="$CACHE_ROOT/build-$version"
-  rm -rf "$build_root"
-  mkdir -p "$build_root"
-  say "fetching source package $K8S_SOURCE_PACKAGE $version"
-  (cd "$build_root" && apt-get source --download-only "$K8S_SOURCE_PACKAGE" >"$build_root/fetch.log" 2>&1) \
-    || die "apt-get source $K8S_SOURCE_PACKAGE failed; see $build_root/fetch.log"
-  orig=$(ls "$build_root"/*.orig.tar.* 2>/dev/null | head -n1)
-  [ -n "$orig" ] || die "no orig tarball in $build_root"
-  mkdir -p "$build_root/tree"
-  tar -xf "$orig" -C "$build_root/tree" --strip-components=1 \
-    || die "could not unpack $orig"
-  tree="$build_root/tree"
-  # The tree builds in GOPATH mode (module mode wants go.mod updates it cannot fetch offline).
-  mkdir -p "$tree/.go/src/k8s.io" "$build_root/home"
-  ln -sfn "$tree" "$tree/.go/src/k8s.io/kubernetes"
-  say "building ${WANT[*]} (about 5 minutes on 2 cores; log: $build_root/build.log)"
-  (
-    cd "$tree/.go/src/k8s.io/kubernetes"
-    export GOPATH="$tree/.go" GO111MODULE=off CGO_ENABLED=0 HOME="$build_root/home" \
-           GOFLAGS= KUBE_BUILD_PLATFORMS=linux/amd64
-    make WHAT="cmd/kube-apiserver cmd/kube-controller-manager cmd/kube-scheduler"
-  ) >"$build_root/build.log" 2>&1 || { tail -n 30 "$build_root/build.log" >&2; die "control-plane build failed; see $build_root/build.log"; }
-  mkdir -p "$BIN_DIR"
-  for b in "${WANT[@]}"; do
-    src=$(find "$tree/_output" -type f -name "$b" -perm -u+x | head -n1)
-    [ -n "$src" ] || die "build finished but $b is missing under $tree/_output"
-    install -m 0755 "$src" "$BIN_DIR/$b.tmp" && mv "$BIN_DIR/$b.tmp" "$BIN_DIR/$b"
+  command -v go >/dev/null \
+    || die "Go is missing: the control plane builds from the Go module proxy with a current Go (go.mod asks for $(awk '$1 == "go" {print $2}' "$MODULE_DIR/go.mod"))"
+  mkdir -p "$CACHE_ROOT"
+  # Stale half-builds of killed runs (their owner is gone) go first.
+  for old in "$CACHE_ROOT"/.build-*; do
+    [ -e "$old" ] || continue
+    pid=${old##*.build-}; pid=${pid%%-*}
+    kill -0 "$pid" 2>/dev/null || rm -rf "$old"
   done
-  echo "$version" >"$version_file"
-  rm -rf "$build_root"
-  say "control plane $version built into $BIN_DIR"
+  tmp="$CACHE_ROOT/.build-$$-$version"
+  rm -rf "$tmp"
+  mkdir -p "$tmp/bin"
+  log="$CACHE_ROOT/build-$version.log"
+  say "building Kubernetes $version (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl) with $(go version | awk '{print $3}') from the Go module proxy"
+  say "first build: about 25 minutes on 2 cores, most of it compiling; log: $log"
+  started=$(date +%s)
+  (
+    cd "$MODULE_DIR"
+    # A fresh machine (root, maybe no HOME) gets Go's default caches under the cache root; a user's
+    # own GOFLAGS (-mod=vendor, ...) or a go.work above the repository must not change this build.
+    if [ -z "${HOME:-}" ]; then
+      export GOPATH="${GOPATH:-$CACHE_ROOT/go}" GOCACHE="${GOCACHE:-$CACHE_ROOT/go-build}"
+    fi
+    export CGO_ENABLED=0 GOWORK=off GO111MODULE=on GOFLAGS="-mod=readonly -buildvcs=false"
+    go build -trimpath -ldflags="$ldflags" -o "$tmp/bin/k8s" .
+  ) >"$log" 2>&1 || { tail -n 30 "$log" >&2; rm -rf "$tmp"; die "building Kubernetes $version failed; see $log"; }
+  for c in "${COMMANDS[@]}"; do ln -s k8s "$tmp/bin/$c"; done
+  "$tmp/bin/kube-apiserver" --version >>"$log" 2>&1 || { rm -rf "$tmp"; die "the built kube-apiserver does not run; see $log"; }
+  echo "$recipe" >"$tmp/recipe"
+  # Atomic install: the versioned directory appears whole or not at all.
+  if [ -e "$CACHE_DIR" ]; then
+    mv -T "$CACHE_DIR" "$tmp.old"
+  fi
+  mv -T "$tmp" "$CACHE_DIR"
+  rm -rf "$tmp.old"
+  took=$(( $(date +%s) - started ))
+  say "built Kubernetes $version into $BIN_DIR in $((took / 60))m$((took % 60))s"
 fi
 
-# Tell callers where the binaries are (stdout, one line).
 echo "$BIN_DIR"

@@ -19,20 +19,24 @@ use crate::controlplane::{self, Binaries};
 use crate::layout::{self, Layout};
 use crate::{hostnet, procs};
 
-/// What `up` records about the running cluster, read by `status`.
+/// What `up` records about the running cluster, read by `status` and by an `up` that heals it.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ClusterState {
     pub nodes: usize,
     pub kube_bin_dir: PathBuf,
     pub started_at: String,
+    /// The Kubernetes release the control plane runs (absent in records of older devclusters).
+    #[serde(default)]
+    pub kubernetes_version: Option<String>,
 }
 
-/// Runs the provisioning script (installs packages, builds or finds the cached control plane)
-/// and returns the directory of the kube-* binaries.
-pub fn provision() -> anyhow::Result<PathBuf> {
+/// Runs the provisioning script (installs packages, builds or finds the cached control plane of
+/// `version`) and returns the directory of its binaries.
+pub fn provision(version: &str) -> anyhow::Result<PathBuf> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/provision.sh");
     let out = Command::new("bash")
         .arg(&script)
+        .arg(version)
         .stderr(std::process::Stdio::inherit())
         .output()
         .with_context(|| format!("running {}", script.display()))?;
@@ -75,28 +79,52 @@ pub async fn healthy(layout: &Layout) -> bool {
             .all(|p| procs::alive(p.pid))
 }
 
-pub async fn up(layout: &Layout, nodes: usize, bin_dir: &Path) -> anyhow::Result<()> {
+fn read_state(layout: &Layout) -> anyhow::Result<ClusterState> {
+    let path = layout.state_file();
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))
+}
+
+/// `up`: start a cluster, or find it up, or heal it. A cluster that finished starting once (its
+/// record exists) keeps its objects: processes that died are started again with the same flags
+/// and data. Only what a killed `up` left half-made is cleaned away; wiping a cluster that holds
+/// objects is `down`'s job alone.
+pub async fn up(
+    layout: &Layout,
+    nodes: usize,
+    version: &str,
+    bin_dir: &Path,
+) -> anyhow::Result<()> {
     require_root()?;
     if nodes == 0 || nodes > 200 {
         bail!("--nodes must be between 1 and 200 (got {nodes})");
     }
-    if healthy(layout).await {
-        println!(
-            "devcluster: already up ({}); run `devcluster down` first to start afresh",
-            layout.root.display()
-        );
-        println!("export KUBECONFIG={}", layout.kubeconfig().display());
-        return Ok(());
+    let recorded = read_state(layout).ok();
+    if let Some(state) = &recorded {
+        let running = state
+            .kubernetes_version
+            .as_deref()
+            .unwrap_or("an older release");
+        if running != version {
+            bail!(
+                "the devcluster in {} runs Kubernetes {running}, not {version}; `devcluster down` removes it (and every object in it), then `devcluster up --kubernetes {version}`",
+                layout.root.display()
+            );
+        }
+        if healthy(layout).await {
+            println!("devcluster: already up ({}, Kubernetes {version}); run `devcluster down` first to start afresh", layout.root.display());
+            println!("export KUBECONFIG={}", layout.kubeconfig().display());
+            return Ok(());
+        }
+        return heal(layout, state, nodes, bin_dir).await;
     }
     if layout.root.exists() || !hostnet::leftovers().is_empty() {
-        eprintln!("devcluster: cleaning up what an earlier cluster left behind");
+        eprintln!("devcluster: cleaning up what an earlier, unfinished `up` left behind");
         down(layout)?;
     }
     let t0 = Instant::now();
-    let kube_dir = provision()?;
     let bins = Binaries {
-        kube_dir,
-        etcd: PathBuf::from("etcd"),
+        dir: provision(version)?,
     };
     let t_provisioned = t0.elapsed();
 
@@ -130,14 +158,104 @@ pub async fn up(layout: &Layout, nodes: usize, bin_dir: &Path) -> anyhow::Result
     }
     let state = ClusterState {
         nodes,
-        kube_bin_dir: bins.kube_dir.clone(),
+        kube_bin_dir: bins.dir.clone(),
         started_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        kubernetes_version: Some(version.to_string()),
     };
     fs::write(layout.state_file(), serde_json::to_string_pretty(&state)?)?;
     println!(
-        "devcluster: up in {:.1}s (provision check {:.1}s) with {nodes} node(s)",
+        "devcluster: up in {:.1}s (provision check {:.1}s) with {nodes} node(s), Kubernetes {version}",
         t0.elapsed().as_secs_f64(),
         t_provisioned.as_secs_f64()
+    );
+    println!("export KUBECONFIG={}", layout.kubeconfig().display());
+    Ok(())
+}
+
+/// Starts again, with the same flags and data, every control-plane process of a recorded cluster
+/// that is no longer running, then the node agent if it died; says which. Objects, volumes,
+/// certificates and tokens are the cluster's own, untouched.
+async fn heal(
+    layout: &Layout,
+    state: &ClusterState,
+    nodes: usize,
+    bin_dir: &Path,
+) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    if nodes != state.nodes {
+        eprintln!("devcluster: the cluster has {} node(s); keeping them (`devcluster down` first for {nodes})", state.nodes);
+    }
+    let bins = Binaries {
+        dir: state.kube_bin_dir.clone(),
+    };
+    if !bins.dir.join("kube-apiserver").exists() {
+        bail!(
+            "the control-plane binaries of this cluster are gone from {}; `devcluster down`, then `devcluster up`",
+            bins.dir.display()
+        );
+    }
+    hostnet::ensure_bridge().context("creating the pod network bridge")?;
+    let recorded = procs::recorded(&layout.pids_dir());
+    let is_running = |name: &str| {
+        recorded
+            .iter()
+            .any(|p| p.name == name && procs::alive(p.pid))
+    };
+    let http = controlplane::health_client(layout)?;
+    let token = controlplane::admin_token(layout);
+    let mut restarted = Vec::new();
+    for c in controlplane::components(layout, &bins) {
+        if is_running(c.name) {
+            continue;
+        }
+        eprintln!(
+            "devcluster: {} is not running; starting it again with the same flags and data",
+            c.name
+        );
+        let started = procs::spawn(
+            &layout.pids_dir(),
+            &layout.logs_dir(),
+            c.name,
+            &c.program,
+            &c.args,
+            &[],
+        )?;
+        let took = controlplane::wait_healthy(layout, &started, c.start_timeout, || {
+            controlplane::http_ok(&http, &c.health_url, token.as_deref())
+        })
+        .await
+        .with_context(|| {
+            format!(
+                "restarting {}; `devcluster down` wipes the cluster if it cannot be healed",
+                c.name
+            )
+        })?;
+        eprintln!(
+            "devcluster: {} serving again (pid {}, {:.1}s)",
+            c.name,
+            started.pid,
+            took.as_secs_f64()
+        );
+        restarted.push(c.name.to_string());
+    }
+    if !is_running("agent") {
+        eprintln!(
+            "devcluster: the node agent is not running; starting it again (its pods restart)"
+        );
+        let agent = spawn_agent(layout, state.nodes, bin_dir)?;
+        let client = layout::client(&layout.kubeconfig()).await?;
+        wait_agent_serving(layout, &client, agent.pid, state.nodes).await?;
+        restarted.push("agent".into());
+    }
+    if restarted.is_empty() {
+        // Every process runs but the API server did not answer a moment ago: say so rather than
+        // restarting a process that may only be slow.
+        bail!("every devcluster process is running but the API server does not answer; see `devcluster status` and {}", layout.logs_dir().display());
+    }
+    println!(
+        "devcluster: healed in {:.1}s: restarted {}; every object kept",
+        t0.elapsed().as_secs_f64(),
+        restarted.join(", ")
     );
     println!("export KUBECONFIG={}", layout.kubeconfig().display());
     Ok(())
@@ -179,64 +297,22 @@ async fn start(
 
     hostnet::ensure_bridge().context("creating the pod network bridge")?;
 
-    let (pids, logs) = (layout.pids_dir(), layout.logs_dir());
     let http = controlplane::health_client(layout)?;
-
-    let etcd = procs::spawn(
-        &pids,
-        &logs,
-        "etcd",
-        &bins.etcd,
-        &controlplane::etcd_args(layout),
-        &[],
-    )?;
-    let etcd_health = format!("http://127.0.0.1:{}/health", layout::ETCD_CLIENT_PORT);
-    controlplane::wait_healthy(layout, &etcd, Duration::from_secs(60), || {
-        controlplane::http_ok(&http, &etcd_health, None)
-    })
-    .await?;
-    step("etcd healthy", t);
-
-    let api = procs::spawn(
-        &pids,
-        &logs,
-        "kube-apiserver",
-        &bins.kube_dir.join("kube-apiserver"),
-        &controlplane::apiserver_args(layout),
-        &[],
-    )?;
-    let readyz = format!("{}/readyz", controlplane::api_url());
-    controlplane::wait_healthy(layout, &api, Duration::from_secs(120), || {
-        controlplane::http_ok(&http, &readyz, Some(&tokens.admin))
-    })
-    .await?;
-    step("kube-apiserver ready", t);
-
-    let kcm = procs::spawn(
-        &pids,
-        &logs,
-        "kube-controller-manager",
-        &bins.kube_dir.join("kube-controller-manager"),
-        &controlplane::controller_manager_args(layout, &kcm_kc),
-        &[],
-    )?;
-    let sched = procs::spawn(
-        &pids,
-        &logs,
-        "kube-scheduler",
-        &bins.kube_dir.join("kube-scheduler"),
-        &controlplane::scheduler_args(&sched_kc),
-        &[],
-    )?;
-    controlplane::wait_healthy(layout, &kcm, Duration::from_secs(60), || {
-        controlplane::http_ok(&http, "http://127.0.0.1:10252/healthz", None)
-    })
-    .await?;
-    controlplane::wait_healthy(layout, &sched, Duration::from_secs(60), || {
-        controlplane::http_ok(&http, "http://127.0.0.1:10251/healthz", None)
-    })
-    .await?;
-    step("controller-manager and scheduler healthy", t);
+    for c in controlplane::components(layout, bins) {
+        let started = procs::spawn(
+            &layout.pids_dir(),
+            &layout.logs_dir(),
+            c.name,
+            &c.program,
+            &c.args,
+            &[],
+        )?;
+        controlplane::wait_healthy(layout, &started, c.start_timeout, || {
+            controlplane::http_ok(&http, &c.health_url, Some(&tokens.admin))
+        })
+        .await?;
+        step(&format!("{} serving", c.name), t);
+    }
 
     let agent = spawn_agent(layout, nodes, bin_dir)?;
     let client = layout::client(&layout.kubeconfig()).await?;

@@ -1,6 +1,6 @@
 //! The control plane: keys and certificates, kubeconfigs, and the four processes (etcd,
 //! kube-apiserver, kube-controller-manager, kube-scheduler) with the flags that make them a
-//! small but real cluster on loopback.
+//! small but real cluster on loopback, and the Kubernetes releases the devcluster knows how to run.
 
 use std::fs;
 use std::io;
@@ -40,11 +40,96 @@ pub enum ControlPlaneError {
     },
 }
 
-/// Where the control-plane binaries are: kube-* in `bin_dir` (the provision cache), etcd on PATH.
+/// The Kubernetes releases `devcluster up --kubernetes` accepts, newest (the default) first. Each
+/// is built from `devcluster/controlplane/go.mod` by `scripts/provision.sh`.
+pub const KUBERNETES_VERSIONS: &[&str] = &["v1.37.2"];
+
+/// The release `--kubernetes VERSION` names (`1.37.2`, `v1.37.2` or the minor `1.37`), or an
+/// error naming the known ones.
+pub fn known_version(asked: &str) -> Result<&'static str, String> {
+    let want = asked.trim().trim_start_matches('v');
+    KUBERNETES_VERSIONS
+        .iter()
+        .find(|v| {
+            let v = v.trim_start_matches('v');
+            v == want || v.rsplit_once('.').is_some_and(|(minor, _)| minor == want)
+        })
+        .copied()
+        .ok_or_else(|| {
+            format!(
+                "Kubernetes {asked} is not a version the devcluster runs; known: {}",
+                KUBERNETES_VERSIONS.join(", ")
+            )
+        })
+}
+
+/// Where the control-plane binaries are: the provision cache's bin directory, holding etcd,
+/// kube-apiserver, kube-controller-manager, kube-scheduler and kubectl of one release.
 #[derive(Debug, Clone)]
 pub struct Binaries {
-    pub kube_dir: PathBuf,
-    pub etcd: PathBuf,
+    pub dir: PathBuf,
+}
+
+/// One control-plane process: how to start it and how to tell it is serving.
+#[derive(Debug, Clone)]
+pub struct Component {
+    pub name: &'static str,
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    /// An HTTP(S) URL on loopback that answers 2xx once the process serves.
+    pub health_url: String,
+    /// How long a start may take before it counts as failed.
+    pub start_timeout: Duration,
+}
+
+/// The control plane in start order (each needs the one before it), with the same flags and data
+/// every time: `up` starts them, and restarts any that died without losing the cluster's objects.
+pub fn components(layout: &Layout, bins: &Binaries) -> Vec<Component> {
+    let kcm_kc = layout.pki_dir().join("controller-manager.kubeconfig");
+    let sched_kc = layout.pki_dir().join("scheduler.kubeconfig");
+    vec![
+        Component {
+            name: "etcd",
+            program: bins.dir.join("etcd"),
+            args: etcd_args(layout),
+            health_url: format!("http://127.0.0.1:{}/health", layout::ETCD_CLIENT_PORT),
+            start_timeout: Duration::from_secs(60),
+        },
+        Component {
+            name: "kube-apiserver",
+            program: bins.dir.join("kube-apiserver"),
+            args: apiserver_args(layout),
+            health_url: format!("{}/readyz", api_url()),
+            start_timeout: Duration::from_secs(120),
+        },
+        Component {
+            name: "kube-controller-manager",
+            program: bins.dir.join("kube-controller-manager"),
+            args: controller_manager_args(layout, &kcm_kc),
+            health_url: format!(
+                "https://127.0.0.1:{}/healthz",
+                layout::CONTROLLER_MANAGER_PORT
+            ),
+            start_timeout: Duration::from_secs(60),
+        },
+        Component {
+            name: "kube-scheduler",
+            program: bins.dir.join("kube-scheduler"),
+            args: scheduler_args(layout, &sched_kc),
+            health_url: format!("https://127.0.0.1:{}/healthz", layout::SCHEDULER_PORT),
+            start_timeout: Duration::from_secs(60),
+        },
+    ]
+}
+
+/// The admin token `make_pki` wrote, for health checks of a cluster this process did not start.
+pub fn admin_token(layout: &Layout) -> Option<String> {
+    let tokens = fs::read_to_string(layout.pki_dir().join("tokens.csv")).ok()?;
+    tokens
+        .lines()
+        .find(|l| l.split(',').nth(1) == Some("admin"))
+        .and_then(|l| l.split(',').next())
+        .map(str::to_string)
 }
 
 /// Bearer tokens, one per client identity, generated fresh for each `up`.
@@ -284,21 +369,43 @@ pub fn controller_manager_args(layout: &Layout, kubeconfig: &Path) -> Vec<String
         format!("--service-cluster-ip-range={}", layout::SERVICE_CIDR),
         "--cluster-cidr=10.244.0.0/16".into(),
         "--allocate-node-cidrs=false".into(),
-        "--address=127.0.0.1".into(),
-        "--port=10252".into(),
-        "--secure-port=0".into(),
-        "--profiling=false".into(),
-        "--v=1".into(),
     ]
+    .into_iter()
+    .chain(secure_serving_args(
+        layout,
+        kubeconfig,
+        layout::CONTROLLER_MANAGER_PORT,
+    ))
+    .collect()
 }
 
-pub fn scheduler_args(kubeconfig: &Path) -> Vec<String> {
+pub fn scheduler_args(layout: &Layout, kubeconfig: &Path) -> Vec<String> {
     vec![
         format!("--kubeconfig={}", kubeconfig.display()),
         "--leader-elect=false".into(),
-        "--address=127.0.0.1".into(),
-        "--port=10251".into(),
-        "--secure-port=0".into(),
+    ]
+    .into_iter()
+    .chain(secure_serving_args(
+        layout,
+        kubeconfig,
+        layout::SCHEDULER_PORT,
+    ))
+    .collect()
+}
+
+/// The controller-manager and the scheduler serve /healthz only over TLS (their plain-HTTP port
+/// went away in 1.24). They serve the API server's certificate, which is valid for 127.0.0.1 and
+/// signed by the cluster CA, so the health checks verify it like any other client; requests are
+/// authenticated and authorized by asking the API server, as kubeadm sets them up.
+fn secure_serving_args(layout: &Layout, kubeconfig: &Path, port: u16) -> Vec<String> {
+    let pki = |f: &str| layout.pki_dir().join(f).display().to_string();
+    vec![
+        "--bind-address=127.0.0.1".into(),
+        format!("--secure-port={port}"),
+        format!("--tls-cert-file={}", pki("apiserver.crt")),
+        format!("--tls-private-key-file={}", pki("apiserver.key")),
+        format!("--authentication-kubeconfig={}", kubeconfig.display()),
+        format!("--authorization-kubeconfig={}", kubeconfig.display()),
         "--profiling=false".into(),
         "--v=1".into(),
     ]
@@ -385,6 +492,54 @@ mod tests {
         ];
         for (input, want) in cases {
             assert_eq!(base64(input.as_bytes()), want, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn version_choice_accepts_known_releases_and_names_them_otherwise() {
+        let newest = KUBERNETES_VERSIONS[0];
+        let minor = newest
+            .trim_start_matches('v')
+            .rsplit_once('.')
+            .unwrap()
+            .0
+            .to_string();
+        for asked in [newest, newest.trim_start_matches('v'), minor.as_str()] {
+            assert_eq!(known_version(asked), Ok(newest), "{asked}");
+        }
+        let err = known_version("1.20.2").unwrap_err();
+        assert!(err.contains("1.20.2") && err.contains(newest), "{err}");
+    }
+
+    #[test]
+    fn the_newest_known_version_is_the_one_the_go_module_builds() {
+        let go_mod =
+            fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("controlplane/go.mod"))
+                .unwrap();
+        let line = format!("k8s.io/kubernetes {}", KUBERNETES_VERSIONS[0]);
+        assert!(
+            go_mod.lines().any(|l| l.trim() == line),
+            "go.mod lacks `{line}`"
+        );
+    }
+
+    #[test]
+    fn no_flag_removed_since_1_20_is_passed() {
+        let layout = Layout::new("/x");
+        let bins = Binaries { dir: "/bin".into() };
+        for c in components(&layout, &bins) {
+            for removed in [
+                "--address=",
+                "--port=",
+                "--insecure-port",
+                "--secure-port=0",
+            ] {
+                assert!(
+                    !c.args.iter().any(|a| a.starts_with(removed)),
+                    "{} gets {removed}",
+                    c.name
+                );
+            }
         }
     }
 

@@ -13,6 +13,9 @@ pub const VETH_PREFIX: &str = "rdcv";
 pub const API_PORT: u16 = 6443;
 pub const ETCD_CLIENT_PORT: u16 = 23790;
 pub const ETCD_PEER_PORT: u16 = 23800;
+/// The controller-manager's and the scheduler's secure ports (their defaults), on loopback.
+pub const CONTROLLER_MANAGER_PORT: u16 = 10257;
+pub const SCHEDULER_PORT: u16 = 10259;
 pub const SERVICE_CIDR: &str = "10.96.0.0/12";
 pub const STORAGE_CLASS: &str = "standard";
 pub const PROVISIONER_NAME: &str = "devcluster.rollout.dev/hostpath";

@@ -5,7 +5,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use devcluster::agent::AgentConfig;
-use devcluster::{cluster, layout, Layout};
+use devcluster::{cluster, controlplane, layout, Layout};
+
+fn parse_kubernetes_version(asked: &str) -> Result<&'static str, String> {
+    controlplane::known_version(asked)
+}
 
 #[derive(Parser)]
 #[command(
@@ -26,6 +30,10 @@ enum Cmd {
         /// Number of Node objects the agent plays.
         #[arg(long, default_value_t = 3)]
         nodes: usize,
+        /// The Kubernetes release to run (default: the newest the devcluster knows); an unknown
+        /// one is refused, naming the known ones.
+        #[arg(long, value_name = "VERSION", value_parser = parse_kubernetes_version, default_value = controlplane::KUBERNETES_VERSIONS[0])]
+        kubernetes: &'static str,
     },
     /// Stop every process and remove every namespace, veth, bridge, mount and file it made.
     Down,
@@ -76,12 +84,14 @@ fn main() -> ExitCode {
     };
     let result = rt.block_on(async {
         match cli.command {
-            Cmd::Up { nodes } => {
+            Cmd::Up { nodes, kubernetes } => {
                 let bin_dir = std::env::current_exe()?
                     .parent()
                     .map(PathBuf::from)
                     .unwrap_or_default();
-                cluster::up(&layout, nodes, &bin_dir).await.map(|_| true)
+                cluster::up(&layout, nodes, kubernetes, &bin_dir)
+                    .await
+                    .map(|_| true)
             }
             Cmd::Down => cluster::down(&layout).map(|_| true),
             Cmd::Status => cluster::status(&layout).await,

@@ -3,7 +3,7 @@
 //! HTTP to Services (127.0.0.1:<nodePort>) and pods (their pod IPs). Used by tests only.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -18,6 +18,12 @@ use kube::Client;
 use crate::Layout;
 
 /// The repository's root (for manifests and binaries).
+/// A host directory that pods see as the host does, for files a test and its pods share (a
+/// pod's `/tmp`, `/run` and `/var/log` are its own).
+pub fn dir_shared_with_pods() -> PathBuf {
+    PathBuf::from("/var/tmp")
+}
+
 pub fn repo_root() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
 }

@@ -1,9 +1,6 @@
 //! End to end against the running devcluster (`./scripts/test` brings it up): what a user of the
 //! local cluster relies on. Each test works in a namespace of its own.
 
-// Helpers outside #[test] functions fail the test with a message instead of returning errors.
-#![allow(clippy::expect_used, clippy::unwrap_used)]
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -268,7 +265,7 @@ async fn an_unmapped_image_stays_in_image_pull_back_off() -> anyhow::Result<()> 
 #[tokio::test]
 async fn a_failing_readiness_probe_drops_the_pod_from_its_service() -> anyhow::Result<()> {
     let ns = TestNs::new("ready").await?;
-    let flag = std::env::temp_dir().join(format!("devcluster-ready-{}", ns.name));
+    let flag = testkit::dir_shared_with_pods().join(format!("devcluster-ready-{}", ns.name));
     std::fs::write(&flag, "")?;
     ns.apply_yaml(&format!(
         "apiVersion: v1\nkind: Service\nmetadata: {{name: probe}}\nspec:\n  selector: {{app: probe}}\n  ports: [{{name: http, port: 80, targetPort: 8080}}]\n---\n\
@@ -293,7 +290,6 @@ async fn a_failing_readiness_probe_drops_the_pod_from_its_service() -> anyhow::R
     testkit::wait_for(ns.api::<Pod>(), "probe", READY, testkit::is_pod_ready()).await?;
     wait_endpoints(&ns, "probe", vec![ip]).await?;
     let _ = std::fs::remove_file(&flag);
-    let _ = std::fs::remove_dir_all(format!("/tmp/{}-data", ns.name));
     ns.cleanup().await;
     Ok(())
 }
@@ -347,7 +343,6 @@ async fn a_failing_liveness_probe_restarts_the_container() -> anyhow::Result<()>
         .and_then(|s| s.terminated)
         .expect("the restarted container's last state is terminated");
     assert!(last.finished_at.is_some(), "{last:?}");
-    let _ = std::fs::remove_dir_all(format!("/tmp/{}-data", ns.name));
     ns.cleanup().await;
     Ok(())
 }
@@ -1018,15 +1013,17 @@ async fn a_service_selector_switch_moves_node_port_traffic_to_the_new_pods_and_n
 async fn a_pod_that_stops_being_ready_leaves_the_endpoints_and_gets_no_new_connections(
 ) -> anyhow::Result<()> {
     let ns = TestNs::new("unready").await?;
-    let flag = |pod: &str| std::env::temp_dir().join(format!("devcluster-{}-ready-{pod}", ns.name));
+    let flag = |pod: &str| {
+        testkit::dir_shared_with_pods().join(format!("devcluster-{}-ready-{pod}", ns.name))
+    };
     for p in ["web-0", "web-1"] {
         std::fs::write(flag(p), "")?;
     }
     let mut set = testkit::time_app_set("web", "time-app:v1", 2)?;
-    // Ready while the pod's own flag file exists (pods see the host's /tmp).
+    // Ready while the pod's own flag file exists on the host.
     let probe = format!(
         "test -e {}/devcluster-{}-ready-$POD_NAME",
-        std::env::temp_dir().display(),
+        testkit::dir_shared_with_pods().display(),
         ns.name
     );
     set["spec"]["template"]["spec"]["containers"][0]["readinessProbe"] = serde_json::json!({"exec": {"command": ["sh", "-c", probe]}, "periodSeconds": 1, "failureThreshold": 1});
@@ -1256,6 +1253,51 @@ async fn a_stale_endpoint_address_costs_node_port_clients_a_retry_not_a_hang() -
         max < 2000.0,
         "slowest request took {max:.0} ms; the kernel's own give-up is ~3 s"
     );
+    ns.cleanup().await;
+    Ok(())
+}
+
+/// Each container has its own writable /tmp, /run and /var/log, as an image's layer gives it:
+/// two pods writing the same pid file and log do not see each other's, nor leave them on the host.
+#[tokio::test]
+async fn each_pod_has_its_own_tmp_run_and_var_log() -> anyhow::Result<()> {
+    let ns = TestNs::new("ownfs").await?;
+    let marker = format!("devcluster-{}", ns.name);
+    // Ready once what it wrote reads back as its own: its name in /run, /tmp and /var/log.
+    let script = format!(
+        "for f in /run/{marker}.pid /tmp/{marker} /var/log/{marker}.log; do echo $POD_NAME > $f || exit 1; done; \
+         test -d /var/log/apt && exec sleep infinity"
+    );
+    let check = format!(
+        "for f in /run/{marker}.pid /tmp/{marker} /var/log/{marker}.log; do grep -qx $POD_NAME $f || exit 1; done"
+    );
+    for pod in ["a", "b"] {
+        ns.apply_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod},
+            "spec": {
+                "terminationGracePeriodSeconds": 1,
+                "containers": [{
+                    "name": "app", "image": "busybox", "command": ["sh", "-c", script],
+                    "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+                    "readinessProbe": {"exec": {"command": ["sh", "-c", check]}, "periodSeconds": 1}
+                }]
+            }
+        }))
+        .await?;
+    }
+    for pod in ["a", "b"] {
+        testkit::wait_for(ns.api::<Pod>(), pod, READY, testkit::is_pod_ready()).await?;
+    }
+    for host_path in [
+        format!("/run/{marker}.pid"),
+        format!("/tmp/{marker}"),
+        format!("/var/log/{marker}.log"),
+    ] {
+        assert!(
+            !std::path::Path::new(&host_path).exists(),
+            "{host_path} landed on the host"
+        );
+    }
     ns.cleanup().await;
     Ok(())
 }

@@ -91,6 +91,12 @@ pub enum ExecError {
     LeaseLost { statefulset: String, reason: String },
     #[error("the rollout record on StatefulSet {statefulset} was removed by someone else; stopped without changing anything more")]
     RecordRemoved { statefulset: String },
+    #[error("the pod template of StatefulSet {statefulset} was changed by someone else during the rollout (a `kubectl apply`, `helm upgrade` or GitOps sync?): its update revision is now {now}, not this rollout's {target}. Stopped without changing anything, so that change stays; `rollout status {statefulset}` shows the pods as they are, and `rollout abort {statefulset}` would put the set back on the stable version, over that change")]
+    TemplateChangedElsewhere {
+        statefulset: String,
+        now: String,
+        target: String,
+    },
     #[error("StatefulSet {statefulset} kept changing under this run ({attempts} conflicting writes in a row); stopped. `rollout resume {statefulset}` continues")]
     TooManyConflicts { statefulset: String, attempts: u32 },
     #[error("the watch on StatefulSet {statefulset} ended unexpectedly")]
@@ -118,7 +124,9 @@ impl ExecError {
             | ExecError::Transition(_)
             | ExecError::Plan(_)
             | ExecError::Revision { .. } => ExitCode::BadInput,
-            ExecError::InProgress { .. } => ExitCode::Locked,
+            ExecError::InProgress { .. } | ExecError::TemplateChangedElsewhere { .. } => {
+                ExitCode::Locked
+            }
             ExecError::Lease(lease::LeaseError::Held { .. }) => ExitCode::Locked,
             ExecError::Timeout { .. } => ExitCode::TimedOut,
             ExecError::Connect { .. }
@@ -220,7 +228,7 @@ pub async fn connect(connection: &Connection) -> Result<(kube::Client, String), 
         cluster: None,
         user: None,
     };
-    let config = match &connection.kubeconfig {
+    let mut config = match &connection.kubeconfig {
         Some(path) => {
             let file = Kubeconfig::read_from(path)
                 .map_err(|e| connect_error(&format!("reading kubeconfig {}", path.display()), &e))?;
@@ -238,6 +246,11 @@ pub async fn connect(connection: &Connection) -> Result<(kube::Client, String), 
             )
         })?,
     };
+    // rollout retries API faults itself, within each step's deadline. The client's own retry of
+    // 429/503/504 (up to 15 times, minutes of back-off) would wait past those deadlines unseen,
+    // and would resend a gate's probe through the pod proxy, whose 503 is the API server saying
+    // it could not reach the pod: an answer to judge, not a fault to hide.
+    config.default_retry = false;
     let namespace = connection
         .namespace
         .clone()

@@ -84,6 +84,9 @@ pub struct StsPatch {
     pub update_strategy: Option<StrategyChange>,
     /// `spec.replicas` (recreate and blue/green scale sets).
     pub replicas: Option<u32>,
+    /// `spec.updateStrategy.rollingUpdate.maxUnavailable`: how many pods the StatefulSet
+    /// controller may replace at once (a batch), or `Null` to remove it. Ignored with `OnDelete`.
+    pub max_unavailable: Option<Value>,
 }
 
 impl StsPatch {
@@ -117,7 +120,10 @@ impl StsPatch {
 
     /// True when it changes more than the record (a mutation of what pods run).
     pub fn mutates_pods(&self) -> bool {
-        self.template.is_some() || self.update_strategy.is_some() || self.replicas.is_some()
+        self.template.is_some()
+            || self.update_strategy.is_some()
+            || self.replicas.is_some()
+            || self.max_unavailable.is_some()
     }
 
     /// The strategic merge patch body.
@@ -185,6 +191,16 @@ impl StsPatch {
                     "updateStrategy".into(),
                     json!({"type": type_, "rollingUpdate": rolling}),
                 );
+            }
+        }
+        if let Some(max) = &self.max_unavailable {
+            let strategy = spec.entry("updateStrategy").or_insert_with(|| json!({}));
+            if let Some(strategy) = strategy.as_object_mut() {
+                match strategy.entry("rollingUpdate").or_insert_with(|| json!({})) {
+                    // OnDelete: no rollingUpdate at all, so nothing to limit.
+                    Value::Null => {}
+                    rolling => rolling["maxUnavailable"] = max.clone(),
+                }
             }
         }
         if let Some(replicas) = self.replicas {
@@ -292,6 +308,46 @@ mod tests {
         for (change, expected) in cases {
             let body = StsPatch::at(None).with_strategy(change).to_json();
             assert_eq!(body, json!({"spec": {"updateStrategy": expected}}));
+        }
+    }
+
+    #[test]
+    fn max_unavailable_rides_on_the_rolling_update_it_belongs_to() {
+        let on_delete = StrategyChange::Set {
+            type_: "OnDelete".into(),
+            partition: None,
+        };
+        let cases = [
+            (
+                Some(StrategyChange::Partition(3)),
+                json!(3),
+                json!({"rollingUpdate": {"partition": 3, "maxUnavailable": 3}}),
+            ),
+            (
+                None,
+                json!("25%"),
+                json!({"rollingUpdate": {"maxUnavailable": "25%"}}),
+            ),
+            (
+                StrategyChange::freeze(0).into(),
+                Value::Null,
+                json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0, "maxUnavailable": null}}),
+            ),
+            (
+                Some(on_delete),
+                json!(3),
+                json!({"type": "OnDelete", "rollingUpdate": null}),
+            ),
+        ];
+        for (strategy, max, expected) in cases {
+            let mut patch = StsPatch::at(None);
+            patch.update_strategy = strategy;
+            patch.max_unavailable = Some(max);
+            assert!(patch.mutates_pods());
+            assert_eq!(
+                patch.to_json(),
+                json!({"spec": {"updateStrategy": expected}})
+            );
         }
     }
 

@@ -474,12 +474,25 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             }),
             _ => None,
         };
+        // A rollout that moved pods in batches set maxUnavailable: the set's own value goes back.
+        let max_unavailable = (predicates::moves_in_batches(&self.record.plan.steps)
+            && stable.update_strategy.as_deref() != Some("OnDelete")
+            && self.record.phase != Phase::Failed)
+            .then(|| {
+                stable
+                    .max_unavailable
+                    .clone()
+                    .unwrap_or(serde_json::Value::Null)
+            });
         let text = self.record.to_annotation()?;
-        if text == self.writes.last_text && restore.is_none() {
+        if text == self.writes.last_text && restore.is_none() && max_unavailable.is_none() {
             return Ok(true);
         }
+        let mut patch = StsPatch::at(None);
+        patch.update_strategy = restore;
+        patch.max_unavailable = max_unavailable;
         Ok(matches!(
-            self.commit(None, restore).await?,
+            self.commit_patch(patch).await?,
             Committed::Written(_)
         ))
     }
@@ -725,6 +738,13 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 };
                 if self.adopt_external(sts)? {
                     return Ok(Waited::Changed);
+                }
+                if let Some(now) = predicates::template_changed_elsewhere(&self.record, sts) {
+                    return Err(ExecError::TemplateChangedElsewhere {
+                        statefulset: self.name.clone(),
+                        now,
+                        target: self.record.target.revision.clone().unwrap_or_default(),
+                    });
                 }
                 if annotation(sts) == self.writes.last_text {
                     // The newest version that carries our last write: base the next one on it.

@@ -135,6 +135,10 @@ pub struct Stable {
     /// `spec.updateStrategy.rollingUpdate.partition` before the rollout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partition: Option<u32>,
+    /// `spec.updateStrategy.rollingUpdate.maxUnavailable` before the rollout (a count or a
+    /// percentage), given back when a rollout that moved several pods at once ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<serde_json::Value>,
 }
 
 /// The record kept in the [`ANNOTATION_KEY`] annotation.
@@ -391,6 +395,7 @@ pub(crate) mod tests {
             },
             update_strategy: Some("RollingUpdate".into()),
             partition: None,
+            max_unavailable: None,
         };
         let target = Revision {
             revision: None,

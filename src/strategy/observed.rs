@@ -142,6 +142,10 @@ pub fn stable_from_statefulset(sts: &StatefulSet) -> Stable {
         },
         update_strategy: strategy.and_then(|s| s.type_.clone()),
         partition: partition(sts),
+        max_unavailable: strategy
+            .and_then(|s| s.rolling_update.as_ref())
+            .and_then(|r| r.max_unavailable.as_ref())
+            .and_then(|m| serde_json::to_value(m).ok()),
     }
 }
 

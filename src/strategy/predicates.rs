@@ -139,6 +139,81 @@ pub fn ordinals_not_ready(
         .collect()
 }
 
+/// Of `ordinals`, those whose pod has not yet been Ready for the StatefulSet's
+/// `minReadySeconds` at `now`: not Available, as the StatefulSet controller counts it. With
+/// `minReadySeconds` 0 every Ready pod is Available.
+pub fn ordinals_not_available(
+    statefulset: &str,
+    pods: &[Pod],
+    ordinals: &[u32],
+    min_ready_seconds: i32,
+    now: Timestamp,
+) -> Vec<u32> {
+    let available = |p: &Pod| {
+        ready_since(p).is_some_and(|since| {
+            min_ready_seconds <= 0
+                || since
+                    .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(i64::from(
+                        min_ready_seconds,
+                    )))
+                    .is_ok_and(|at| at <= now)
+        })
+    };
+    ordinals
+        .iter()
+        .copied()
+        .filter(|ordinal| {
+            !pods.iter().any(|p| {
+                p.metadata
+                    .name
+                    .as_deref()
+                    .and_then(|n| pod_ordinal(statefulset, n))
+                    == Some(*ordinal)
+                    && available(p)
+            })
+        })
+        .collect()
+}
+
+/// The set's update revision, when someone else's write of the pod template (not this
+/// rollout's, and not a rollback's, which changes the record with it) made it other than the
+/// rollout's target. Partition strategies only: there the set's update revision is the target.
+pub fn template_changed_elsewhere(
+    record: &crate::model::state::RolloutState,
+    sts: &StatefulSet,
+) -> Option<String> {
+    use crate::model::state::Phase;
+    // Blue/green and shadow target another set's revision; recreate has no pods to compare.
+    if !record.plan.strategy.uses_partition()
+        || !matches!(record.phase, Phase::Progressing | Phase::Paused)
+    {
+        return None;
+    }
+    let target = record.target.revision.as_deref()?;
+    let status = sts.status.as_ref()?;
+    let observed = status.observed_generation.unwrap_or(0) >= sts.metadata.generation.unwrap_or(0);
+    let now = status.update_revision.as_deref()?;
+    (observed && now != target).then(|| now.to_string())
+}
+
+/// Whether the plan moves several pods in one step (so the run sets `maxUnavailable`, to be
+/// given back at the end).
+pub fn moves_in_batches(steps: &[crate::model::plan::Step]) -> bool {
+    steps.iter().any(
+        |s| matches!(s, crate::model::plan::Step::SetPartition { ordinals, .. } if ordinals.len() > 1),
+    )
+}
+
+/// The API server drops `maxUnavailable` from a StatefulSet it was written to when its release
+/// lacks the field or the feature gate is off: the answer to the write tells.
+pub fn honours_max_unavailable(sts: &StatefulSet) -> bool {
+    sts.spec
+        .as_ref()
+        .and_then(|s| s.update_strategy.as_ref())
+        .and_then(|s| s.rolling_update.as_ref())
+        .is_some_and(|r| r.max_unavailable.is_some())
+}
+
 /// Pods that would keep a set wedged once its template is back on `keep_revision`: on another
 /// revision, not Ready, not already being deleted (kubernetes #67250). The StatefulSet
 /// controller replaces Ready pods itself; these an `OrderedReady` set waits on forever, so a
@@ -483,6 +558,34 @@ pub(crate) mod tests {
             vec![7],
             "a missing pod is not ready"
         );
+    }
+
+    #[test]
+    fn available_means_ready_for_min_ready_seconds() {
+        // Ready since second 100.
+        let pods = [
+            pod("web-5", "r2", true, false),
+            pod("web-6", "r2", false, false),
+        ];
+        let at = |s: i64| Timestamp::from_second(s).unwrap();
+        let cases = [
+            (
+                "no minReadySeconds: Ready is Available",
+                0,
+                at(100),
+                vec![6, 7],
+            ),
+            ("Ready 5s of 10s", 10, at(105), vec![5, 6, 7]),
+            ("Ready exactly 10s", 10, at(110), vec![6, 7]),
+            ("Ready 30s of 10s", 10, at(130), vec![6, 7]),
+        ];
+        for (what, min_ready, now, want) in cases {
+            assert_eq!(
+                ordinals_not_available("web", &pods, &[5, 6, 7], min_ready, now),
+                want,
+                "{what}"
+            );
+        }
     }
 
     #[test]

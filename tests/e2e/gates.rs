@@ -20,6 +20,16 @@ fn cluster(ns: &TestNs) -> KubeCluster {
     KubeCluster::new(ns.client.clone(), &ns.name)
 }
 
+/// A client made as `rollout` makes its own (the gates run on it).
+async fn rollout_client() -> anyhow::Result<kube::Client> {
+    let connection = rollout::exec::Connection {
+        kubeconfig: Some(devcluster::Layout::from_env().kubeconfig()),
+        context: None,
+        namespace: None,
+    };
+    Ok(rollout::exec::connect(&connection).await?.0)
+}
+
 fn http_gate(via: ProbeVia, port: Option<PortRef>) -> GateSpec {
     GateSpec {
         http: HttpGate {
@@ -45,6 +55,7 @@ async fn targets(ns: &TestNs, replicas: i32, port: &PortRef) -> anyhow::Result<V
 #[tokio::test]
 async fn http_gate_probes_pods_directly_and_through_the_pod_proxy() -> anyhow::Result<()> {
     let ns = TestNs::new("gate-http").await?;
+    let client = rollout_client().await?;
     ns.apply_yaml(&time_app_manifest(2, false, &[], "time-app:v1"))
         .await?;
     testkit::wait_sts_ready(&ns, STS, 2, SETTLE).await?;
@@ -53,7 +64,12 @@ async fn http_gate_probes_pods_directly_and_through_the_pod_proxy() -> anyhow::R
     assert_eq!(good[0].port, 8080, "the named port resolves from the pod");
 
     for via in [ProbeVia::Auto, ProbeVia::Direct, ProbeVia::Proxy] {
-        let verdict = run_gates(&cluster(&ns), &http_gate(via, None), &good).await;
+        let verdict = run_gates(
+            &KubeCluster::new(client.clone(), &ns.name),
+            &http_gate(via, None),
+            &good,
+        )
+        .await;
         assert!(verdict.is_pass(), "{via:?}: {}", verdict.message());
     }
 
@@ -73,7 +89,7 @@ async fn http_gate_probes_pods_directly_and_through_the_pod_proxy() -> anyhow::R
         },
         ..GateSpec::default()
     };
-    let verdict = run_gates(&cluster(&ns), &spec, &closed).await;
+    let verdict = run_gates(&KubeCluster::new(client.clone(), &ns.name), &spec, &closed).await;
     let message = verdict.message();
     assert!(matches!(verdict, Verdict::Fail { .. }), "{message}");
     assert!(

@@ -8,6 +8,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 mod bluegreen;
+mod current;
 mod failures;
 mod gates;
 mod recovery;

@@ -373,7 +373,7 @@ pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
         .redirect(reqwest::redirect::Policy::none())
         .pool_max_idle_per_host(0)
         .danger_accept_invalid_certs(true)
-        .user_agent("kube-probe/1.20")
+        .user_agent("kube-probe/1.37")
         .build()
 }
 

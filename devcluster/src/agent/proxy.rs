@@ -1,13 +1,14 @@
 //! The service proxy, playing kube-proxy for the devcluster: every TCP node port of a NodePort or
 //! LoadBalancer Service is served on `127.0.0.1:<nodePort>`, and each connection goes to one ready
-//! pod address of the Service's Endpoints, chosen at random when the connection arrives (so a pod
-//! that leaves the Endpoints gets no new connections). A pod that does not accept within
-//! [`CONNECT_TIMEOUT`] (gone while the Endpoints still list it for a moment) costs the client a
+//! pod address of the Service's EndpointSlices, chosen at random when the connection arrives (so a
+//! pod that stops being ready gets no new connections). A pod that does not accept within
+//! [`CONNECT_TIMEOUT`] (gone while its slice still lists it for a moment) costs the client a
 //! short delay, not the kernel's ~3 s: the connection is tried on another ready pod of the same
 //! Service port, at most [`MAX_CONNECT_ATTEMPTS`] pods in all. LoadBalancer Services report
 //! 127.0.0.1 as their ingress. Traffic only ever goes to pod addresses, never to ClusterIPs.
 //!
-//! Services and Endpoints are followed with reflectors (watches), not polled.
+//! Services and EndpointSlices (what kube-proxy reads; core/v1 Endpoints are deprecated since 1.33)
+//! are followed with reflectors (watches), not polled.
 
 pub mod routes;
 
@@ -18,9 +19,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Endpoints, Service};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -88,8 +90,8 @@ impl Drop for Listener {
 }
 
 pub async fn run(client: Client, _cfg: Arc<AgentConfig>) -> anyhow::Result<()> {
-    let (endpoints, endpoints_writer) = reflector::store::<Endpoints>();
-    let endpoints_api: Api<Endpoints> = Api::all(client.clone());
+    let (endpoints, endpoints_writer) = reflector::store::<EndpointSlice>();
+    let endpoints_api: Api<EndpointSlice> = Api::all(client.clone());
     tokio::spawn(
         watcher(endpoints_api, watcher::Config::default())
             .default_backoff()
@@ -98,7 +100,7 @@ pub async fn run(client: Client, _cfg: Arc<AgentConfig>) -> anyhow::Result<()> {
                 if let Err(e) = ev {
                     debug!(
                         error = &e as &dyn std::error::Error,
-                        "endpoints watch hiccup"
+                        "endpoint slices watch hiccup"
                     );
                 }
             }),
@@ -140,7 +142,7 @@ pub async fn run(client: Client, _cfg: Arc<AgentConfig>) -> anyhow::Result<()> {
 async fn reconcile(
     client: &Client,
     services: &Store<Service>,
-    endpoints: &Store<Endpoints>,
+    endpoints: &Store<EndpointSlice>,
     listeners: &mut BTreeMap<u16, Listener>,
 ) -> bool {
     let all = services.state();
@@ -219,7 +221,7 @@ fn describe(r: &Route) -> String {
 async fn start(
     port: u16,
     route: Route,
-    endpoints: Store<Endpoints>,
+    endpoints: Store<EndpointSlice>,
 ) -> Result<Listener, ProxyError> {
     let socket = TcpListener::bind(("127.0.0.1", port))
         .await
@@ -241,7 +243,7 @@ async fn serve(
     socket: TcpListener,
     port: u16,
     targets: watch::Receiver<Route>,
-    endpoints: Store<Endpoints>,
+    endpoints: Store<EndpointSlice>,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS_PER_PORT));
     loop {
@@ -268,7 +270,7 @@ async fn serve(
 }
 
 /// Sends one client connection to one ready pod, or closes it when none can be reached.
-async fn forward(mut conn: TcpStream, port: u16, route: Route, endpoints: &Store<Endpoints>) {
+async fn forward(mut conn: TcpStream, port: u16, route: Route, endpoints: &Store<EndpointSlice>) {
     let Some((mut upstream, backend)) = connect_upstream(port, &route, endpoints).await else {
         return;
     };
@@ -285,18 +287,19 @@ async fn forward(mut conn: TcpStream, port: u16, route: Route, endpoints: &Store
 async fn connect_upstream(
     port: u16,
     route: &Route,
-    endpoints: &Store<Endpoints>,
+    endpoints: &Store<EndpointSlice>,
 ) -> Option<(TcpStream, SocketAddr)> {
-    let key = ObjectRef::new(&route.service).within(&route.namespace);
     let service = describe(route);
     let mut tried: Vec<SocketAddr> = Vec::with_capacity(MAX_CONNECT_ATTEMPTS);
     while tried.len() < MAX_CONNECT_ATTEMPTS {
-        // Read afresh on every attempt: by a retry the Endpoints may have dropped the pod that
+        // Read afresh on every attempt: by a retry the slices may have dropped the pod that
         // failed, or gained one.
-        let backends = endpoints
-            .get(&key)
-            .map(|ep| routes::ready_backends(&ep, &route.port_name))
-            .unwrap_or_default();
+        let slices = endpoints.state();
+        let of_service = slices
+            .iter()
+            .map(|s| s.as_ref())
+            .filter(|s| routes::slice_of(s, &route.namespace, &route.service));
+        let backends = routes::ready_backends(of_service, &route.port_name);
         if tried.is_empty() {
             for ip in &backends.refused {
                 warn!(port, %service, address = %ip, "refusing to forward to an address outside the pod network");

@@ -10,17 +10,18 @@ use k8s_openapi::api::apps::v1::ControllerRevision;
 use std::collections::HashSet;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::jiff::Timestamp;
 use tokio::time::Instant;
 
 use super::{Committed, Runner, Waited};
 use crate::exec::cluster::{selector_string, Cluster};
 use crate::exec::gates::GateRunner;
-use crate::exec::patch::{revision_template, StrategyChange, TemplateChange};
+use crate::exec::patch::{revision_template, StrategyChange, StsPatch, TemplateChange};
 use crate::exec::ExecError;
 use crate::model::state::RollbackCause;
 use crate::strategy::predicates::{
-    describe_pods, ordinals_not_ready, pod_revision, pods_ready_on, revision_taken_up,
-    set_ordinals, stuck_pods,
+    describe_pods, honours_max_unavailable, ordinals_not_available, ordinals_not_ready,
+    pod_revision, pods_ready_on, revision_taken_up, set_ordinals, stuck_pods,
 };
 
 /// What `ReplaceStuckPods` found on a snapshot.
@@ -98,10 +99,19 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
     ) -> Result<(), ExecError> {
         let started = Instant::now();
         self.begin()?;
-        match self
-            .commit(None, Some(StrategyChange::Partition(partition)))
-            .await?
-        {
+        let mut patch = StsPatch::at(None).with_strategy(StrategyChange::Partition(partition));
+        // The partition releases the batch; maxUnavailable lets the controller replace all of it
+        // at once (one at a time is its default).
+        if ordinals.len() > 1 {
+            patch.max_unavailable = Some(serde_json::json!(ordinals.len()));
+        }
+        match self.commit_patch(patch).await? {
+            Committed::Written(sts) if ordinals.len() > 1 && !honours_max_unavailable(&sts) => {
+                self.progress.say(format!(
+                    "        note: this cluster ignores StatefulSet maxUnavailable (Kubernetes before 1.24, or the MaxUnavailableStatefulSet feature gate off), so the StatefulSet controller replaces these {} pods one at a time; the batch is still gated as one",
+                    ordinals.len()
+                ));
+            }
             Committed::Written(_) => {}
             Committed::Changed => return Ok(()),
         }
@@ -115,7 +125,29 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         let (deadline, overall) = self.step_deadline();
         let waited = self
             .wait_on(&name, Some(deadline), |s| {
-                pods_ready_on(&name, &s.pods, &revision, ordinals)
+                match pods_ready_on(&name, &s.pods, &revision, ordinals)? {
+                    // Gated only once Available: Ready for the set's minReadySeconds. The
+                    // controller writes availableReplicas when that time is up, which wakes
+                    // this wait again.
+                    Ok(()) => {
+                        let min_ready = s
+                            .statefulset
+                            .as_ref()
+                            .and_then(|x| x.spec.as_ref())
+                            .and_then(|x| x.min_ready_seconds)
+                            .unwrap_or(0);
+                        ordinals_not_available(
+                            &name,
+                            &s.pods,
+                            ordinals,
+                            min_ready,
+                            Timestamp::now(),
+                        )
+                        .is_empty()
+                        .then_some(Ok(()))
+                    }
+                    Err(problem) => Some(Err(problem)),
+                }
             })
             .await?;
         match waited {

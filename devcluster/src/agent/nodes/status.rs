@@ -12,8 +12,8 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
 
-/// The Kubernetes release the node claims to run; it matches the control plane's.
-pub const KUBELET_VERSION: &str = "v1.20.2";
+/// The Kubernetes release the node claims to run: the control plane's (the devcluster runs one).
+pub const KUBELET_VERSION: &str = crate::controlplane::KUBERNETES_VERSIONS[0];
 pub const CONTAINER_RUNTIME_VERSION: &str = "devcluster://0.1";
 /// Namespace the API server creates for node heartbeats.
 pub const LEASE_NAMESPACE: &str = "kube-node-lease";
@@ -145,7 +145,8 @@ pub fn node_status(
             boot_id: host.boot_id.clone(),
             system_uuid: host.system_uuid.clone(),
             kubelet_version: KUBELET_VERSION.into(),
-            kube_proxy_version: KUBELET_VERSION.into(),
+            // Deprecated since 1.31; kubelets leave it empty.
+            kube_proxy_version: String::new(),
             container_runtime_version: CONTAINER_RUNTIME_VERSION.into(),
             swap: None,
         }),
@@ -320,7 +321,10 @@ mod tests {
             vec![("InternalIP", "10.244.0.1"), ("Hostname", "node-1")]
         );
         let info = s.node_info.as_ref().unwrap();
-        assert_eq!(info.kubelet_version, "v1.20.2");
+        assert_eq!(
+            info.kubelet_version,
+            crate::controlplane::KUBERNETES_VERSIONS[0]
+        );
         assert_eq!(info.container_runtime_version, "devcluster://0.1");
         assert_eq!(
             (info.operating_system.as_str(), info.architecture.as_str()),
@@ -385,7 +389,7 @@ mod tests {
         );
         assert!(
             p["status"].get("runtimeHandlers").is_none(),
-            "fields v1.20 does not know are not sent"
+            "fields the agent does not set are not sent"
         );
         assert!(p["status"]["nodeInfo"].get("swap").is_none());
     }

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use super::env;
 use super::events::{self, Kind, PodRef};
 use super::process::{self, Exit, Process};
+use super::scratch;
 use super::sources::Objects;
 use super::state::{
     should_restart, ContainerView, CrashBackoff, PodView, RestartPolicy, RetryBackoff, Role,
@@ -184,7 +185,22 @@ impl ContainerTask {
         }
         let mounts = volumes::mounts(&self.spec, &self.volumes, &env)
             .map_err(|e| StartProblem::Config(e.to_string()))?;
-        let mut binds: Vec<Bind> = Vec::new();
+        // The container's own /tmp, /run and /var/log first, so volumes below them land on top.
+        let rootfs = self.pod_dir.join("rootfs").join(&self.spec.name);
+        let volume_dsts: Vec<&std::path::Path> =
+            mounts.iter().map(|m| m.bind.dst.as_path()).collect();
+        let must_see = [
+            cfg.layout.root.as_path(),
+            cfg.bin_dir.as_path(),
+            cfg.runtime_file.as_path(),
+        ];
+        let mut binds = scratch::private_binds(&rootfs, &volume_dsts, &must_see);
+        scratch::prepare(&binds).map_err(|e| {
+            StartProblem::Config(format!(
+                "making the container's /tmp, /run and /var/log under {}: {e}",
+                rootfs.display()
+            ))
+        })?;
         // Like the kubelet: the pod's own /etc/hosts, unless the container mounts one itself.
         if !mounts
             .iter()

@@ -1,6 +1,6 @@
 //! The parts of running one pod: its state as plain data ([`state`]), the status computed from
 //! it ([`status`]), its environment and volume sources ([`env`], [`sources`]), its processes
-//! ([`process`]), each container's lifecycle ([`container`]), the per-pod worker tying them
+//! ([`process`]), each container's private `/tmp`, `/run` and `/var/log` ([`scratch`]), each container's lifecycle ([`container`]), the per-pod worker tying them
 //! together ([`worker`]) and the events it records ([`events`]).
 
 use std::path::PathBuf;
@@ -13,6 +13,7 @@ pub mod container;
 pub mod env;
 pub mod events;
 pub mod process;
+pub mod scratch;
 pub mod sources;
 pub mod state;
 pub mod status;

@@ -1,11 +1,12 @@
 //! The service proxy's decisions as plain functions: which node ports need a listener and where
-//! each leads (and how that differs from the listeners running), which backends of an Endpoints
-//! object a connection may go to, and the LoadBalancer status to report. No I/O here.
+//! each leads (and how that differs from the listeners running), which backends of a Service's
+//! EndpointSlices a connection may go to, and the LoadBalancer status to report. No I/O here.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use k8s_openapi::api::core::v1::{Endpoints, Service};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::layout::{BRIDGE_IP, POD_NETWORK_PREFIX_LEN};
 
@@ -13,12 +14,12 @@ use crate::layout::{BRIDGE_IP, POD_NETWORK_PREFIX_LEN};
 pub const LOAD_BALANCER_IP: &str = "127.0.0.1";
 
 /// Where connections to one node port go: a port of a Service, matched by its name against the
-/// ports of the Service's Endpoints.
+/// ports of the Service's EndpointSlices.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     pub namespace: String,
     pub service: String,
-    /// The Service port's name; empty for an unnamed (single) port, as in Endpoints.
+    /// The Service port's name; empty for an unnamed (single) port, as in EndpointSlices.
     pub port_name: String,
     /// The Service port number, for logs.
     pub port: i32,
@@ -112,23 +113,58 @@ pub struct Backends {
     pub refused: Vec<String>,
 }
 
-/// The ready backends for the Service port named `port_name`. Each subset carries its own port
-/// numbers (a named target port may differ per pod), so the port is resolved per subset.
-/// `notReadyAddresses` are never used.
-pub fn ready_backends(endpoints: &Endpoints, port_name: &str) -> Backends {
+/// The label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// Is `slice` one of the slices of Service `namespace/service`?
+pub fn slice_of(slice: &EndpointSlice, namespace: &str, service: &str) -> bool {
+    slice.metadata.namespace.as_deref() == Some(namespace)
+        && slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME_LABEL))
+            .map(String::as_str)
+            == Some(service)
+}
+
+/// The ready backends for the Service port named `port_name`, over all the Service's slices. Each
+/// slice carries its own port numbers (a named target port may differ per pod), so the port is
+/// resolved per slice. An endpoint counts when its `ready` condition is true or unset (unknown
+/// means ready, as kube-proxy reads it); terminating and not-ready endpoints are never used. An
+/// address listed by two slices (while the controller moves it) is one backend.
+pub fn ready_backends<'a>(
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    port_name: &str,
+) -> Backends {
     let mut out = Backends::default();
-    for subset in endpoints.subsets.iter().flatten() {
-        let port = subset.ports.iter().flatten().find(|p| {
+    for slice in slices {
+        if slice.address_type != "IPv4" {
+            continue;
+        }
+        let port = slice.ports.iter().flatten().find(|p| {
             p.name.as_deref().unwrap_or("") == port_name
                 && p.protocol.as_deref().unwrap_or("TCP") == "TCP"
         });
-        let Some(port) = port.and_then(|p| u16::try_from(p.port).ok()) else {
+        let Some(port) = port
+            .and_then(|p| p.port)
+            .and_then(|p| u16::try_from(p).ok())
+        else {
             continue;
         };
-        for addr in subset.addresses.iter().flatten() {
-            match addr.ip.parse::<IpAddr>() {
-                Ok(ip) if in_pod_network(ip) => out.ready.push(SocketAddr::new(ip, port)),
-                _ => out.refused.push(addr.ip.clone()),
+        let ready = slice
+            .endpoints
+            .iter()
+            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true));
+        for addr in ready.flat_map(|e| e.addresses.iter()) {
+            match addr.parse::<IpAddr>() {
+                Ok(ip) if in_pod_network(ip) => {
+                    let backend = SocketAddr::new(ip, port);
+                    if !out.ready.contains(&backend) {
+                        out.ready.push(backend);
+                    }
+                }
+                _ => out.refused.push(addr.clone()),
             }
         }
     }
@@ -188,9 +224,9 @@ pub fn load_balancer_patch(svc: &Service) -> Option<serde_json::Value> {
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{
-        EndpointAddress, EndpointPort, EndpointSubset, LoadBalancerIngress, LoadBalancerStatus,
-        ServicePort, ServiceSpec, ServiceStatus,
+        LoadBalancerIngress, LoadBalancerStatus, ServicePort, ServiceSpec, ServiceStatus,
     };
+    use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     fn port(
@@ -385,36 +421,33 @@ mod tests {
         }
     }
 
-    fn subset(ready: &[&str], not_ready: &[&str], ports: &[(Option<&str>, i32)]) -> EndpointSubset {
-        let addrs = |ips: &[&str]| {
-            Some(
-                ips.iter()
-                    .map(|ip| EndpointAddress {
-                        ip: ip.to_string(),
-                        ..Default::default()
-                    })
-                    .collect(),
-            )
+    /// A slice of `ports` with ready and not-ready endpoints (one address each).
+    fn slice(ready: &[&str], not_ready: &[&str], ports: &[(Option<&str>, i32)]) -> EndpointSlice {
+        let endpoint = |ip: &&str, r: bool| Endpoint {
+            addresses: vec![ip.to_string()],
+            conditions: Some(EndpointConditions {
+                ready: Some(r),
+                ..Default::default()
+            }),
+            ..Default::default()
         };
-        EndpointSubset {
-            addresses: addrs(ready),
-            not_ready_addresses: addrs(not_ready),
+        EndpointSlice {
+            address_type: "IPv4".into(),
+            endpoints: ready
+                .iter()
+                .map(|ip| endpoint(ip, true))
+                .chain(not_ready.iter().map(|ip| endpoint(ip, false)))
+                .collect(),
             ports: Some(
                 ports
                     .iter()
                     .map(|(n, p)| EndpointPort {
                         name: n.map(str::to_string),
-                        port: *p,
+                        port: Some(*p),
                         ..Default::default()
                     })
                     .collect(),
             ),
-        }
-    }
-
-    fn endpoints(subsets: Vec<EndpointSubset>) -> Endpoints {
-        Endpoints {
-            subsets: Some(subsets),
             ..Default::default()
         }
     }
@@ -424,65 +457,109 @@ mod tests {
     }
 
     #[test]
-    fn backends_from_endpoints() {
-        let cases: Vec<(&str, Endpoints, &str, Vec<SocketAddr>, Vec<&str>)> = vec![
-            ("no subsets", Endpoints::default(), "", vec![], vec![]),
+    fn backends_from_endpoint_slices() {
+        let unknown = {
+            let mut s = slice(&["10.244.1.2"], &[], &[(None, 8080)]);
+            s.endpoints[0].conditions = None;
+            s
+        };
+        let ipv6 = EndpointSlice {
+            address_type: "IPv6".into(),
+            ..slice(&["10.244.1.9"], &[], &[(None, 80)])
+        };
+        let cases: Vec<(&str, Vec<EndpointSlice>, &str, Vec<SocketAddr>, Vec<&str>)> = vec![
+            ("no slices", vec![], "", vec![], vec![]),
+            (
+                "an empty slice",
+                vec![EndpointSlice::default()],
+                "",
+                vec![],
+                vec![],
+            ),
             (
                 "unnamed port, not-ready ignored",
-                endpoints(vec![subset(
+                vec![slice(
                     &["10.244.1.2", "10.244.2.2"],
                     &["10.244.1.3"],
                     &[(None, 8080)],
-                )]),
+                )],
                 "",
                 vec![sa("10.244.1.2:8080"), sa("10.244.2.2:8080")],
                 vec![],
             ),
             (
                 "only not-ready",
-                endpoints(vec![subset(&[], &["10.244.1.3"], &[(None, 8080)])]),
+                vec![slice(&[], &["10.244.1.3"], &[(None, 8080)])],
                 "",
                 vec![],
                 vec![],
             ),
             (
-                "named port matched per subset",
-                endpoints(vec![
-                    subset(
+                "ready unknown counts as ready",
+                vec![unknown],
+                "",
+                vec![sa("10.244.1.2:8080")],
+                vec![],
+            ),
+            ("IPv6 slices are not ours", vec![ipv6], "", vec![], vec![]),
+            (
+                "named port matched per slice",
+                vec![
+                    slice(
                         &["10.244.1.2"],
                         &[],
                         &[(Some("http"), 8080), (Some("admin"), 9000)],
                     ),
-                    subset(&["10.244.2.2"], &[], &[(Some("http"), 8081)]),
-                ]),
+                    slice(&["10.244.2.2"], &[], &[(Some("http"), 8081)]),
+                ],
                 "http",
                 vec![sa("10.244.1.2:8080"), sa("10.244.2.2:8081")],
                 vec![],
             ),
             (
+                "an address in two slices is one backend",
+                vec![
+                    slice(&["10.244.1.2"], &[], &[(None, 80)]),
+                    slice(&["10.244.1.2"], &[], &[(None, 80)]),
+                ],
+                "",
+                vec![sa("10.244.1.2:80")],
+                vec![],
+            ),
+            (
                 "port name not present",
-                endpoints(vec![subset(&["10.244.1.2"], &[], &[(Some("admin"), 9000)])]),
+                vec![slice(&["10.244.1.2"], &[], &[(Some("admin"), 9000)])],
                 "http",
                 vec![],
                 vec![],
             ),
             (
                 "addresses outside the pod network refused",
-                endpoints(vec![subset(
+                vec![slice(
                     &["10.244.1.2", "10.96.0.1", "192.168.1.1", "bogus"],
                     &[],
                     &[(None, 80)],
-                )]),
+                )],
                 "",
                 vec![sa("10.244.1.2:80")],
                 vec!["10.96.0.1", "192.168.1.1", "bogus"],
             ),
         ];
-        for (what, ep, port_name, ready, refused) in cases {
-            let b = ready_backends(&ep, port_name);
+        for (what, slices, port_name, ready, refused) in cases {
+            let b = ready_backends(&slices, port_name);
             assert_eq!(b.ready, ready, "{what}");
             assert_eq!(b.refused, refused, "{what}");
         }
+    }
+
+    #[test]
+    fn slices_belong_to_their_service_by_label_and_namespace() {
+        let mut s = slice(&[], &[], &[]);
+        s.metadata.namespace = Some("ns".into());
+        s.metadata.labels = Some([(SERVICE_NAME_LABEL.to_string(), "web".to_string())].into());
+        assert!(slice_of(&s, "ns", "web"));
+        assert!(!slice_of(&s, "other", "web"));
+        assert!(!slice_of(&s, "ns", "web-preview"));
     }
 
     #[test]
