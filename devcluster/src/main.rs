@@ -12,11 +12,7 @@ fn parse_kubernetes_version(asked: &str) -> Result<&'static str, String> {
 }
 
 #[derive(Parser)]
-#[command(
-    name = "devcluster",
-    version,
-    about = "A real Kubernetes control plane on this machine, with pods run as local processes"
-)]
+#[command(name = "devcluster", version, about = "A real Kubernetes control plane on this machine, with pods run as local processes")]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -70,8 +66,11 @@ fn main() -> ExitCode {
         devcluster::podinit::main(&args);
     }
     tracing_subscriber::fmt()
+        // A control plane that is down (what `up` heals) makes the client log every refused
+        // connection as an error; `up` says it in its own words.
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,kube_client::client::builder=off".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -85,13 +84,8 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Cmd::Up { nodes, kubernetes } => {
-                let bin_dir = std::env::current_exe()?
-                    .parent()
-                    .map(PathBuf::from)
-                    .unwrap_or_default();
-                cluster::up(&layout, nodes, kubernetes, &bin_dir)
-                    .await
-                    .map(|_| true)
+                let bin_dir = std::env::current_exe()?.parent().map(PathBuf::from).unwrap_or_default();
+                cluster::up(&layout, nodes, kubernetes, &bin_dir).await.map(|_| true)
             }
             Cmd::Down => cluster::down(&layout).map(|_| true),
             Cmd::Status => cluster::status(&layout).await,
@@ -100,11 +94,7 @@ fn main() -> ExitCode {
                 println!("export KUBECONFIG={}", layout.kubeconfig().display());
                 Ok(true)
             }
-            Cmd::Agent {
-                nodes,
-                kubeconfig,
-                bin_dir,
-            } => {
+            Cmd::Agent { nodes, kubeconfig, bin_dir } => {
                 let cfg = AgentConfig {
                     layout: layout.clone(),
                     nodes: (1..=nodes).map(layout::node_name).collect(),
