@@ -83,13 +83,6 @@ pub struct ImageRef {
     pub digest: Option<String>,
 }
 
-impl ImageRef {
-    /// The reference as the kubelet will see it in `spec.containers[].image`.
-    pub fn as_string(&self) -> String {
-        self.to_string()
-    }
-}
-
 impl fmt::Display for ImageRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(registry) = &self.registry {
@@ -378,19 +371,6 @@ pub fn container_images(spec: &PodSpec) -> Vec<ContainerImage> {
             image: c.image.clone().unwrap_or_default(),
         })
         .collect()
-}
-
-/// True when every listed container of `spec` (containers or init containers) runs the listed
-/// image: how a resumed run tells that its template write already landed.
-pub fn images_match(spec: &PodSpec, images: &[ContainerImage]) -> bool {
-    let all = spec
-        .containers
-        .iter()
-        .chain(spec.init_containers.iter().flatten());
-    images.iter().all(|want| {
-        all.clone()
-            .any(|c| c.name == want.container && c.image.as_deref() == Some(want.image.as_str()))
-    })
 }
 
 /// Resolves `--image` arguments against a pod spec: which container each one names (a bare
@@ -816,23 +796,5 @@ mod tests {
         assert_eq!(images[1].image, "envoy:2");
         let init = pod.init_containers.clone().unwrap_or_default();
         assert_eq!(init[0].image.as_deref(), Some("m:2"));
-        let image = |c: &str, i: &str| ContainerImage {
-            container: c.into(),
-            image: i.into(),
-        };
-        let cases = [
-            (vec![image("proxy", "envoy:2")], true),
-            (
-                vec![image("proxy", "envoy:2"), image("migrate", "m:2")],
-                true,
-            ),
-            (vec![image("app", "old:1"), image("proxy", "envoy:2")], true),
-            (vec![image("app", "new:2")], false),
-            (vec![image("db", "envoy:2")], false),
-            (vec![], true),
-        ];
-        for (images, expected) in cases {
-            assert_eq!(images_match(&pod, &images), expected, "{images:?}");
-        }
     }
 }
