@@ -573,6 +573,18 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         ))
     }
 
+    /// Every object of kind `K` in the namespace; `action` says what failed, before the
+    /// namespace's name ("listing Services in namespace").
+    async fn list_all<K: crate::cluster::Object>(
+        &self,
+        action: &'static str,
+    ) -> Result<Vec<K>, ExecError> {
+        self.cluster
+            .list::<K>(&crate::cluster::Select::all())
+            .await
+            .map_err(|e| ExecError::api(action, self.cluster.namespace(), e))
+    }
+
     /// The rollout's own set as the API server has it now.
     async fn read_set(&self) -> Result<StatefulSet, ExecError> {
         self.cluster

@@ -123,6 +123,18 @@ pub fn ordinals_not_ready(
     revision: &str,
     ordinals: &[u32],
 ) -> Vec<u32> {
+    ordinals_without(statefulset, pods, ordinals, |p| {
+        is_updated_and_ready(p, revision)
+    })
+}
+
+/// Of `ordinals`, those with no pod for which `done` holds (a missing pod counts as not done).
+fn ordinals_without(
+    statefulset: &str,
+    pods: &[Pod],
+    ordinals: &[u32],
+    done: impl Fn(&Pod) -> bool,
+) -> Vec<u32> {
     ordinals
         .iter()
         .copied()
@@ -133,7 +145,7 @@ pub fn ordinals_not_ready(
                     .as_deref()
                     .and_then(|n| pod_ordinal(statefulset, n))
                     == Some(*ordinal)
-                    && is_updated_and_ready(p, revision)
+                    && done(p)
             })
         })
         .collect()
@@ -159,20 +171,7 @@ pub fn ordinals_not_available(
                     .is_ok_and(|at| at <= now)
         })
     };
-    ordinals
-        .iter()
-        .copied()
-        .filter(|ordinal| {
-            !pods.iter().any(|p| {
-                p.metadata
-                    .name
-                    .as_deref()
-                    .and_then(|n| pod_ordinal(statefulset, n))
-                    == Some(*ordinal)
-                    && available(p)
-            })
-        })
-        .collect()
+    ordinals_without(statefulset, pods, ordinals, available)
 }
 
 /// The set's update revision, when someone else's write of the pod template (not this

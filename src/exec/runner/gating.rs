@@ -3,7 +3,6 @@
 //! nothing; its verdict moves the rollout on, rolls it back, or pauses it when it could not
 //! decide.
 
-use crate::cluster::Select;
 use k8s_openapi::api::core::v1::Service;
 use tokio::time::Instant;
 
@@ -89,12 +88,8 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             return Ok(());
         }
         let services = self
-            .cluster
-            .list::<Service>(&Select::all())
-            .await
-            .map_err(|e| {
-                ExecError::api("listing Services in namespace", self.cluster.namespace(), e)
-            })?;
+            .list_all::<Service>("listing Services in namespace")
+            .await?;
         let port = services
             .iter()
             .find(|s| s.metadata.name.as_deref() == Some(service))

@@ -4,7 +4,6 @@
 //! half-way through a step repeats it (create-or-adopt, scale-to), so `resume` and `abort`
 //! always find a consistent cluster.
 
-use crate::cluster::Select;
 use crate::exec::cluster::ClusterExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
@@ -162,12 +161,8 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         let mut cloned = 0;
         if twin.role == TwinRole::Green && twin.data == DataMode::Clone {
             let existing = self
-                .cluster
-                .list::<PersistentVolumeClaim>(&Select::all())
-                .await
-                .map_err(|e| {
-                    ExecError::api("listing PVCs in namespace", self.cluster.namespace(), e)
-                })?;
+                .list_all::<PersistentVolumeClaim>("listing PVCs in namespace")
+                .await?;
             for claim in clone_claims(&blue, &desired, replicas, &existing) {
                 let name = claim.metadata.name.clone().unwrap_or_default();
                 let source = claim
@@ -297,10 +292,8 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 .map_err(|e| ExecError::api("deleting StatefulSet", set, e))?;
         }
         let claims: Vec<String> = self
-            .cluster
-            .list::<PersistentVolumeClaim>(&Select::all())
-            .await
-            .map_err(|e| ExecError::api("listing PVCs in namespace", self.cluster.namespace(), e))?
+            .list_all::<PersistentVolumeClaim>("listing PVCs in namespace")
+            .await?
             .into_iter()
             .filter(|c| {
                 c.metadata

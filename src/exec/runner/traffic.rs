@@ -4,7 +4,6 @@
 //! `RemovePreview`. `rollout` never deletes or changes a Service it did not make, except the
 //! selectors of the live Services the rollout was told (or found) to move.
 
-use crate::cluster::Select;
 use crate::exec::cluster::ClusterExt;
 use std::collections::BTreeMap;
 
@@ -109,12 +108,8 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
     /// Whether the Service `name` is `rollout`'s preview for `home` (`None`: no such Service).
     async fn preview_owned_now(&self, name: &str, home: &str) -> Result<Option<bool>, ExecError> {
         let services = self
-            .cluster
-            .list::<Service>(&Select::all())
-            .await
-            .map_err(|e| {
-                ExecError::api("listing Services in namespace", self.cluster.namespace(), e)
-            })?;
+            .list_all::<Service>("listing Services in namespace")
+            .await?;
         Ok(preview_owned(&services, name, home))
     }
 
@@ -149,12 +144,8 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         preview: &str,
     ) -> Result<Option<String>, ExecError> {
         let services = self
-            .cluster
-            .list::<Service>(&Select::all())
-            .await
-            .map_err(|e| {
-                ExecError::api("listing Services in namespace", self.cluster.namespace(), e)
-            })?;
+            .list_all::<Service>("listing Services in namespace")
+            .await?;
         if preview_owned(&services, preview, &twin.home) == Some(false) {
             return Ok(Some(preview_taken(twin, preview)));
         }
