@@ -1121,3 +1121,24 @@ async fn undo_of_a_held_failure_returns_to_stable_and_keeps_the_record() {
     let strategy = set.spec.and_then(|s| s.update_strategy).unwrap_or_default();
     assert_eq!(strategy.rolling_update.and_then(|r| r.partition), Some(0));
 }
+
+#[tokio::test]
+async fn plan_shows_both_ways_and_changes_nothing() {
+    let fake = FakeCluster::new(statefulset("web", 3, "app:v1", true));
+    let ctx = context(&fake, FakeGates::default(), 1);
+    let code = commands::plan(&ctx, &request(StrategyKind::Rolling, "", "app:v2"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(code, ExitCode::Done);
+    let text = ctx.out.text();
+    assert!(
+        text.contains("1. set the new pod template with partition 3"),
+        "{text}"
+    );
+    assert!(
+        text.contains("if a step fails (or `rollout abort` runs during it):\n  steps 1-7:\n    1. set the stable pod template back on web with partition 0\n    2. wait until every pod of web is Ready on the stable revision"),
+        "{text}"
+    );
+    assert!(fake.with(|s| s.patches().is_empty()), "nothing written");
+    assert_eq!(fake.image(), "app:v1");
+}
