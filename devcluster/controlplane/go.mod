@@ -1,3 +1,9 @@
+// The devcluster's control plane, built from Kubernetes' published Go modules: one release of
+// k8s.io/kubernetes, every k8s.io staging module pinned to the matching release (the replace
+// lines below; k8s.io/kubernetes requires them as v0.0.0), and etcd at the version that release
+// lists in build/dependencies.yaml. devcluster/scripts/provision.sh builds it. To move to another
+// release: change those versions, run `go mod tidy`, and update KUBERNETES_VERSIONS in
+// devcluster/src/controlplane.rs (a unit test checks they agree).
 module rollout.dev/devcluster/controlplane
 
 go 1.26.0

@@ -1,4 +1,6 @@
-// One multi-call binary for the devcluster's control plane.
+// One multi-call binary for the devcluster's control plane: it runs as etcd, kube-apiserver,
+// kube-controller-manager, kube-scheduler or kubectl, by the name it is called by
+// (devcluster/scripts/provision.sh makes a symlink of each name).
 package main
 
 import (

@@ -66,7 +66,12 @@ fn main() -> ExitCode {
         devcluster::podinit::main(&args);
     }
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        // A control plane that is down (what `up` heals) makes the client log every refused
+        // connection as an error; `up` says it in its own words.
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,kube_client::client::builder=off".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let rt = match tokio::runtime::Runtime::new() {

@@ -100,7 +100,9 @@ mod tests {
         let root = Path::new("/var/tmp/rdc/pods/p/rootfs/app");
         let layout = Path::new("/var/tmp/rdc");
         let bin = Path::new("/src/rollout/target/debug");
-        let cases: Vec<(&str, Vec<&Path>, Vec<&Path>, Vec<&str>)> = vec![
+        // (what, volume mount paths, paths the container must see, private dirs it gets)
+        type Case<'a> = (&'a str, Vec<&'a Path>, Vec<&'a Path>, Vec<&'a str>);
+        let cases: Vec<Case> = vec![
             (
                 "all three",
                 vec![],
