@@ -587,6 +587,120 @@ pub(crate) mod tests {
         }
     }
 
+    /// A set at `generation`, its controller having seen `observed`, updating to `update`.
+    fn updating_set(
+        generation: i64,
+        observed: i64,
+        update: &str,
+        max_unavailable: Option<i32>,
+    ) -> StatefulSet {
+        use k8s_openapi::api::apps::v1::{
+            RollingUpdateStatefulSetStrategy, StatefulSetStatus, StatefulSetUpdateStrategy,
+        };
+        use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+        StatefulSet {
+            metadata: ObjectMeta {
+                generation: Some(generation),
+                ..Default::default()
+            },
+            spec: Some(StatefulSetSpec {
+                update_strategy: Some(StatefulSetUpdateStrategy {
+                    type_: Some("RollingUpdate".into()),
+                    rolling_update: Some(RollingUpdateStatefulSetStrategy {
+                        partition: Some(1),
+                        max_unavailable: max_unavailable.map(IntOrString::Int),
+                    }),
+                }),
+                ..Default::default()
+            }),
+            status: Some(StatefulSetStatus {
+                observed_generation: Some(observed),
+                update_revision: Some(update.into()),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn a_template_changed_by_someone_else_is_told_apart_from_this_rollouts() {
+        use crate::model::state::Phase;
+        let record = |phase: Phase, target: Option<&str>| {
+            let mut r = crate::model::state::tests::sample_state();
+            r.phase = phase;
+            r.target.revision = target.map(String::from);
+            r
+        };
+        let cases = [
+            (
+                "on the target",
+                record(Phase::Progressing, Some("web-2")),
+                updating_set(3, 3, "web-2", None),
+                None,
+            ),
+            (
+                "another revision, seen",
+                record(Phase::Progressing, Some("web-2")),
+                updating_set(4, 4, "web-9", None),
+                Some("web-9"),
+            ),
+            (
+                "held canary, another revision",
+                record(Phase::Paused, Some("web-2")),
+                updating_set(4, 4, "web-1", None),
+                Some("web-1"),
+            ),
+            (
+                "not yet seen by the controller",
+                record(Phase::Progressing, Some("web-2")),
+                updating_set(4, 3, "web-9", None),
+                None,
+            ),
+            (
+                "target not known yet (freeze)",
+                record(Phase::Progressing, None),
+                updating_set(4, 4, "web-9", None),
+                None,
+            ),
+            (
+                "rolling back: the stable template is ours",
+                record(Phase::RollingBack, Some("web-2")),
+                updating_set(4, 4, "web-1", None),
+                None,
+            ),
+        ];
+        for (what, record, sts, want) in cases {
+            assert_eq!(
+                template_changed_elsewhere(&record, &sts).as_deref(),
+                want,
+                "{what}"
+            );
+        }
+    }
+
+    #[test]
+    fn max_unavailable_is_given_back_only_after_batches_and_read_from_the_write() {
+        use crate::model::plan::Step;
+        let plan = crate::model::state::tests::sample_state().plan;
+        assert!(!moves_in_batches(&plan.steps), "one pod per step");
+        let batch = Step::SetPartition {
+            partition: 0,
+            ordinals: vec![0, 1],
+            updated: 2,
+            weight: None,
+        };
+        assert!(moves_in_batches(&[batch]));
+        assert!(honours_max_unavailable(&updating_set(
+            1,
+            1,
+            "web-2",
+            Some(3)
+        )));
+        assert!(
+            !honours_max_unavailable(&updating_set(1, 1, "web-2", None)),
+            "dropped by the API server"
+        );
+    }
+
     #[test]
     fn stuck_pods_are_unready_pods_off_the_revision_kept() {
         let pods = vec![

@@ -18,7 +18,7 @@ use crate::layout::{PROVISIONER_NAME, STORAGE_CLASS};
 /// Set on every volume this provisioner made; it is how a released volume is recognised as ours.
 pub const PROVISIONED_BY: &str = "pv.kubernetes.io/provisioned-by";
 pub const DEFAULT_CLASS: &str = "storageclass.kubernetes.io/is-default-class";
-/// The pre-`storageClassName` way of naming a claim's class, still honoured by v1.20.
+/// The pre-`storageClassName` way of naming a claim's class, deprecated but still honoured by the PV controller (and so here).
 const BETA_CLASS: &str = "volume.beta.kubernetes.io/storage-class";
 
 /// The default class, like minikube's `standard`: volumes appear as soon as a claim does, and go
