@@ -313,19 +313,41 @@ mod tests {
 
     #[test]
     fn max_unavailable_rides_on_the_rolling_update_it_belongs_to() {
-        let on_delete = StrategyChange::Set { type_: "OnDelete".into(), partition: None };
+        let on_delete = StrategyChange::Set {
+            type_: "OnDelete".into(),
+            partition: None,
+        };
         let cases = [
-            (Some(StrategyChange::Partition(3)), json!(3), json!({"rollingUpdate": {"partition": 3, "maxUnavailable": 3}})),
-            (None, json!("25%"), json!({"rollingUpdate": {"maxUnavailable": "25%"}})),
-            (StrategyChange::freeze(0).into(), Value::Null, json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0, "maxUnavailable": null}})),
-            (Some(on_delete), json!(3), json!({"type": "OnDelete", "rollingUpdate": null})),
+            (
+                Some(StrategyChange::Partition(3)),
+                json!(3),
+                json!({"rollingUpdate": {"partition": 3, "maxUnavailable": 3}}),
+            ),
+            (
+                None,
+                json!("25%"),
+                json!({"rollingUpdate": {"maxUnavailable": "25%"}}),
+            ),
+            (
+                StrategyChange::freeze(0).into(),
+                Value::Null,
+                json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0, "maxUnavailable": null}}),
+            ),
+            (
+                Some(on_delete),
+                json!(3),
+                json!({"type": "OnDelete", "rollingUpdate": null}),
+            ),
         ];
         for (strategy, max, expected) in cases {
             let mut patch = StsPatch::at(None);
             patch.update_strategy = strategy;
             patch.max_unavailable = Some(max);
             assert!(patch.mutates_pods());
-            assert_eq!(patch.to_json(), json!({"spec": {"updateStrategy": expected}}));
+            assert_eq!(
+                patch.to_json(),
+                json!({"spec": {"updateStrategy": expected}})
+            );
         }
     }
 

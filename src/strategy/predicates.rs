@@ -181,7 +181,9 @@ pub fn ordinals_not_available(
         ready_since(p).is_some_and(|since| {
             min_ready_seconds <= 0
                 || since
-                    .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(i64::from(min_ready_seconds)))
+                    .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(i64::from(
+                        min_ready_seconds,
+                    )))
                     .is_ok_and(|at| at <= now)
         })
     };
@@ -190,7 +192,11 @@ pub fn ordinals_not_available(
         .copied()
         .filter(|ordinal| {
             !pods.iter().any(|p| {
-                p.metadata.name.as_deref().and_then(|n| pod_ordinal(statefulset, n)) == Some(*ordinal)
+                p.metadata
+                    .name
+                    .as_deref()
+                    .and_then(|n| pod_ordinal(statefulset, n))
+                    == Some(*ordinal)
                     && available(p)
             })
         })
@@ -251,16 +257,28 @@ pub(crate) mod tests {
     #[test]
     fn available_means_ready_for_min_ready_seconds() {
         // Ready since second 100.
-        let pods = [pod("web-5", "r2", true, false), pod("web-6", "r2", false, false)];
+        let pods = [
+            pod("web-5", "r2", true, false),
+            pod("web-6", "r2", false, false),
+        ];
         let at = |s: i64| Timestamp::from_second(s).unwrap();
         let cases = [
-            ("no minReadySeconds: Ready is Available", 0, at(100), vec![6, 7]),
+            (
+                "no minReadySeconds: Ready is Available",
+                0,
+                at(100),
+                vec![6, 7],
+            ),
             ("Ready 5s of 10s", 10, at(105), vec![5, 6, 7]),
             ("Ready exactly 10s", 10, at(110), vec![6, 7]),
             ("Ready 30s of 10s", 10, at(130), vec![6, 7]),
         ];
         for (what, min_ready, now, want) in cases {
-            assert_eq!(ordinals_not_available("web", &pods, &[5, 6, 7], min_ready, now), want, "{what}");
+            assert_eq!(
+                ordinals_not_available("web", &pods, &[5, 6, 7], min_ready, now),
+                want,
+                "{what}"
+            );
         }
     }
 
