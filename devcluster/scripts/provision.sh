@@ -84,7 +84,7 @@ else
   mkdir -p "$tmp/bin"
   log="$CACHE_ROOT/build-$version.log"
   say "building Kubernetes $version (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl) with $(go version | awk '{print $3}') from the Go module proxy"
-  say "first build: about 17 minutes on 2 cores, nearly all of it compiling (the modules, 610 MB, download in seconds to minutes); log: $log"
+  say "first build: about 10 minutes on 2 cores, nearly all of it compiling (the modules, 610 MB, download in seconds); log: $log"
   started=$(date +%s)
   (
     cd "$MODULE_DIR"

@@ -321,7 +321,10 @@ mod tests {
             vec![("InternalIP", "10.244.0.1"), ("Hostname", "node-1")]
         );
         let info = s.node_info.as_ref().unwrap();
-        assert_eq!(info.kubelet_version, crate::controlplane::KUBERNETES_VERSIONS[0]);
+        assert_eq!(
+            info.kubelet_version,
+            crate::controlplane::KUBERNETES_VERSIONS[0]
+        );
         assert_eq!(info.container_runtime_version, "devcluster://0.1");
         assert_eq!(
             (info.operating_system.as_str(), info.architecture.as_str()),

@@ -119,7 +119,13 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// Is `slice` one of the slices of Service `namespace/service`?
 pub fn slice_of(slice: &EndpointSlice, namespace: &str, service: &str) -> bool {
     slice.metadata.namespace.as_deref() == Some(namespace)
-        && slice.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)).map(String::as_str) == Some(service)
+        && slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME_LABEL))
+            .map(String::as_str)
+            == Some(service)
 }
 
 /// The ready backends for the Service port named `port_name`, over all the Service's slices. Each
@@ -127,16 +133,23 @@ pub fn slice_of(slice: &EndpointSlice, namespace: &str, service: &str) -> bool {
 /// resolved per slice. An endpoint counts when its `ready` condition is true or unset (unknown
 /// means ready, as kube-proxy reads it); terminating and not-ready endpoints are never used. An
 /// address listed by two slices (while the controller moves it) is one backend.
-pub fn ready_backends<'a>(slices: impl IntoIterator<Item = &'a EndpointSlice>, port_name: &str) -> Backends {
+pub fn ready_backends<'a>(
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    port_name: &str,
+) -> Backends {
     let mut out = Backends::default();
     for slice in slices {
         if slice.address_type != "IPv4" {
             continue;
         }
         let port = slice.ports.iter().flatten().find(|p| {
-            p.name.as_deref().unwrap_or("") == port_name && p.protocol.as_deref().unwrap_or("TCP") == "TCP"
+            p.name.as_deref().unwrap_or("") == port_name
+                && p.protocol.as_deref().unwrap_or("TCP") == "TCP"
         });
-        let Some(port) = port.and_then(|p| p.port).and_then(|p| u16::try_from(p).ok()) else {
+        let Some(port) = port
+            .and_then(|p| p.port)
+            .and_then(|p| u16::try_from(p).ok())
+        else {
             continue;
         };
         let ready = slice
@@ -210,7 +223,9 @@ pub fn load_balancer_patch(svc: &Service) -> Option<serde_json::Value> {
 #[allow(clippy::type_complexity)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{LoadBalancerIngress, LoadBalancerStatus, ServicePort, ServiceSpec, ServiceStatus};
+    use k8s_openapi::api::core::v1::{
+        LoadBalancerIngress, LoadBalancerStatus, ServicePort, ServiceSpec, ServiceStatus,
+    };
     use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -410,16 +425,27 @@ mod tests {
     fn slice(ready: &[&str], not_ready: &[&str], ports: &[(Option<&str>, i32)]) -> EndpointSlice {
         let endpoint = |ip: &&str, r: bool| Endpoint {
             addresses: vec![ip.to_string()],
-            conditions: Some(EndpointConditions { ready: Some(r), ..Default::default() }),
+            conditions: Some(EndpointConditions {
+                ready: Some(r),
+                ..Default::default()
+            }),
             ..Default::default()
         };
         EndpointSlice {
             address_type: "IPv4".into(),
-            endpoints: ready.iter().map(|ip| endpoint(ip, true)).chain(not_ready.iter().map(|ip| endpoint(ip, false))).collect(),
+            endpoints: ready
+                .iter()
+                .map(|ip| endpoint(ip, true))
+                .chain(not_ready.iter().map(|ip| endpoint(ip, false)))
+                .collect(),
             ports: Some(
                 ports
                     .iter()
-                    .map(|(n, p)| EndpointPort { name: n.map(str::to_string), port: Some(*p), ..Default::default() })
+                    .map(|(n, p)| EndpointPort {
+                        name: n.map(str::to_string),
+                        port: Some(*p),
+                        ..Default::default()
+                    })
                     .collect(),
             ),
             ..Default::default()
@@ -437,24 +463,53 @@ mod tests {
             s.endpoints[0].conditions = None;
             s
         };
-        let ipv6 = EndpointSlice { address_type: "IPv6".into(), ..slice(&["10.244.1.9"], &[], &[(None, 80)]) };
+        let ipv6 = EndpointSlice {
+            address_type: "IPv6".into(),
+            ..slice(&["10.244.1.9"], &[], &[(None, 80)])
+        };
         let cases: Vec<(&str, Vec<EndpointSlice>, &str, Vec<SocketAddr>, Vec<&str>)> = vec![
             ("no slices", vec![], "", vec![], vec![]),
-            ("an empty slice", vec![EndpointSlice::default()], "", vec![], vec![]),
+            (
+                "an empty slice",
+                vec![EndpointSlice::default()],
+                "",
+                vec![],
+                vec![],
+            ),
             (
                 "unnamed port, not-ready ignored",
-                vec![slice(&["10.244.1.2", "10.244.2.2"], &["10.244.1.3"], &[(None, 8080)])],
+                vec![slice(
+                    &["10.244.1.2", "10.244.2.2"],
+                    &["10.244.1.3"],
+                    &[(None, 8080)],
+                )],
                 "",
                 vec![sa("10.244.1.2:8080"), sa("10.244.2.2:8080")],
                 vec![],
             ),
-            ("only not-ready", vec![slice(&[], &["10.244.1.3"], &[(None, 8080)])], "", vec![], vec![]),
-            ("ready unknown counts as ready", vec![unknown], "", vec![sa("10.244.1.2:8080")], vec![]),
+            (
+                "only not-ready",
+                vec![slice(&[], &["10.244.1.3"], &[(None, 8080)])],
+                "",
+                vec![],
+                vec![],
+            ),
+            (
+                "ready unknown counts as ready",
+                vec![unknown],
+                "",
+                vec![sa("10.244.1.2:8080")],
+                vec![],
+            ),
             ("IPv6 slices are not ours", vec![ipv6], "", vec![], vec![]),
             (
                 "named port matched per slice",
                 vec![
-                    slice(&["10.244.1.2"], &[], &[(Some("http"), 8080), (Some("admin"), 9000)]),
+                    slice(
+                        &["10.244.1.2"],
+                        &[],
+                        &[(Some("http"), 8080), (Some("admin"), 9000)],
+                    ),
                     slice(&["10.244.2.2"], &[], &[(Some("http"), 8081)]),
                 ],
                 "http",
@@ -463,15 +518,28 @@ mod tests {
             ),
             (
                 "an address in two slices is one backend",
-                vec![slice(&["10.244.1.2"], &[], &[(None, 80)]), slice(&["10.244.1.2"], &[], &[(None, 80)])],
+                vec![
+                    slice(&["10.244.1.2"], &[], &[(None, 80)]),
+                    slice(&["10.244.1.2"], &[], &[(None, 80)]),
+                ],
                 "",
                 vec![sa("10.244.1.2:80")],
                 vec![],
             ),
-            ("port name not present", vec![slice(&["10.244.1.2"], &[], &[(Some("admin"), 9000)])], "http", vec![], vec![]),
+            (
+                "port name not present",
+                vec![slice(&["10.244.1.2"], &[], &[(Some("admin"), 9000)])],
+                "http",
+                vec![],
+                vec![],
+            ),
             (
                 "addresses outside the pod network refused",
-                vec![slice(&["10.244.1.2", "10.96.0.1", "192.168.1.1", "bogus"], &[], &[(None, 80)])],
+                vec![slice(
+                    &["10.244.1.2", "10.96.0.1", "192.168.1.1", "bogus"],
+                    &[],
+                    &[(None, 80)],
+                )],
                 "",
                 vec![sa("10.244.1.2:80")],
                 vec!["10.96.0.1", "192.168.1.1", "bogus"],
