@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use futures::TryStreamExt;
-use kube::runtime::WatchStreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
+use kube::runtime::WatchStreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::controlplane::{self, Binaries};
@@ -41,9 +41,17 @@ pub fn provision(version: &str) -> anyhow::Result<PathBuf> {
         .output()
         .with_context(|| format!("running {}", script.display()))?;
     if !out.status.success() {
-        bail!("provisioning failed ({}); see the messages above", script.display());
+        bail!(
+            "provisioning failed ({}); see the messages above",
+            script.display()
+        );
     }
-    let dir = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().trim().to_string();
+    let dir = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
     if dir.is_empty() {
         bail!("{} printed no binary directory", script.display());
     }
@@ -62,9 +70,13 @@ pub async fn healthy(layout: &Layout) -> bool {
     if !layout.kubeconfig().exists() {
         return false;
     }
-    let Ok(client) = layout::client(&layout.kubeconfig()).await else { return false };
+    let Ok(client) = layout::client(&layout.kubeconfig()).await else {
+        return false;
+    };
     client.apiserver_version().await.is_ok()
-        && procs::recorded(&layout.pids_dir()).iter().all(|p| procs::alive(p.pid))
+        && procs::recorded(&layout.pids_dir())
+            .iter()
+            .all(|p| procs::alive(p.pid))
 }
 
 fn read_state(layout: &Layout) -> anyhow::Result<ClusterState> {
@@ -77,14 +89,22 @@ fn read_state(layout: &Layout) -> anyhow::Result<ClusterState> {
 /// record exists) keeps its objects: processes that died are started again with the same flags
 /// and data. Only what a killed `up` left half-made is cleaned away; wiping a cluster that holds
 /// objects is `down`'s job alone.
-pub async fn up(layout: &Layout, nodes: usize, version: &str, bin_dir: &Path) -> anyhow::Result<()> {
+pub async fn up(
+    layout: &Layout,
+    nodes: usize,
+    version: &str,
+    bin_dir: &Path,
+) -> anyhow::Result<()> {
     require_root()?;
     if nodes == 0 || nodes > 200 {
         bail!("--nodes must be between 1 and 200 (got {nodes})");
     }
     let recorded = read_state(layout).ok();
     if let Some(state) = &recorded {
-        let running = state.kubernetes_version.as_deref().unwrap_or("an older release");
+        let running = state
+            .kubernetes_version
+            .as_deref()
+            .unwrap_or("an older release");
         if running != version {
             bail!(
                 "the devcluster in {} runs Kubernetes {running}, not {version}; `devcluster down` removes it (and every object in it), then `devcluster up --kubernetes {version}`",
@@ -103,20 +123,38 @@ pub async fn up(layout: &Layout, nodes: usize, version: &str, bin_dir: &Path) ->
         down(layout)?;
     }
     let t0 = Instant::now();
-    let bins = Binaries { dir: provision(version)? };
+    let bins = Binaries {
+        dir: provision(version)?,
+    };
     let t_provisioned = t0.elapsed();
 
-    for d in [layout.root.clone(), layout.pids_dir(), layout.logs_dir(), layout.pods_dir(), layout.volumes_dir()] {
+    for d in [
+        layout.root.clone(),
+        layout.pids_dir(),
+        layout.logs_dir(),
+        layout.pods_dir(),
+        layout.volumes_dir(),
+    ] {
         fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
     }
     let result = start(layout, nodes, &bins, bin_dir).await;
     if let Err(e) = result {
-        eprintln!("devcluster: up failed; cleaning up (logs kept in {})", layout.logs_dir().display());
+        eprintln!(
+            "devcluster: up failed; cleaning up (logs kept in {})",
+            layout.logs_dir().display()
+        );
         let keep = std::env::temp_dir().join("rollout-devcluster-failed-logs");
         let _ = fs::remove_dir_all(&keep);
-        let _ = Command::new("cp").arg("-a").arg(layout.logs_dir()).arg(&keep).status();
+        let _ = Command::new("cp")
+            .arg("-a")
+            .arg(layout.logs_dir())
+            .arg(&keep)
+            .status();
         let _ = down(layout);
-        return Err(e.context(format!("devcluster up failed; logs copied to {}", keep.display())));
+        return Err(e.context(format!(
+            "devcluster up failed; logs copied to {}",
+            keep.display()
+        )));
     }
     let state = ClusterState {
         nodes,
@@ -137,12 +175,19 @@ pub async fn up(layout: &Layout, nodes: usize, version: &str, bin_dir: &Path) ->
 /// Starts again, with the same flags and data, every control-plane process of a recorded cluster
 /// that is no longer running, then the node agent if it died; says which. Objects, volumes,
 /// certificates and tokens are the cluster's own, untouched.
-async fn heal(layout: &Layout, state: &ClusterState, nodes: usize, bin_dir: &Path) -> anyhow::Result<()> {
+async fn heal(
+    layout: &Layout,
+    state: &ClusterState,
+    nodes: usize,
+    bin_dir: &Path,
+) -> anyhow::Result<()> {
     let t0 = Instant::now();
     if nodes != state.nodes {
         eprintln!("devcluster: the cluster has {} node(s); keeping them (`devcluster down` first for {nodes})", state.nodes);
     }
-    let bins = Binaries { dir: state.kube_bin_dir.clone() };
+    let bins = Binaries {
+        dir: state.kube_bin_dir.clone(),
+    };
     if !bins.dir.join("kube-apiserver").exists() {
         bail!(
             "the control-plane binaries of this cluster are gone from {}; `devcluster down`, then `devcluster up`",
@@ -151,7 +196,11 @@ async fn heal(layout: &Layout, state: &ClusterState, nodes: usize, bin_dir: &Pat
     }
     hostnet::ensure_bridge().context("creating the pod network bridge")?;
     let recorded = procs::recorded(&layout.pids_dir());
-    let is_running = |name: &str| recorded.iter().any(|p| p.name == name && procs::alive(p.pid));
+    let is_running = |name: &str| {
+        recorded
+            .iter()
+            .any(|p| p.name == name && procs::alive(p.pid))
+    };
     let http = controlplane::health_client(layout)?;
     let token = controlplane::admin_token(layout);
     let mut restarted = Vec::new();
@@ -159,18 +208,40 @@ async fn heal(layout: &Layout, state: &ClusterState, nodes: usize, bin_dir: &Pat
         if is_running(c.name) {
             continue;
         }
-        eprintln!("devcluster: {} is not running; starting it again with the same flags and data", c.name);
-        let started = procs::spawn(&layout.pids_dir(), &layout.logs_dir(), c.name, &c.program, &c.args, &[])?;
+        eprintln!(
+            "devcluster: {} is not running; starting it again with the same flags and data",
+            c.name
+        );
+        let started = procs::spawn(
+            &layout.pids_dir(),
+            &layout.logs_dir(),
+            c.name,
+            &c.program,
+            &c.args,
+            &[],
+        )?;
         let took = controlplane::wait_healthy(layout, &started, c.start_timeout, || {
             controlplane::http_ok(&http, &c.health_url, token.as_deref())
         })
         .await
-        .with_context(|| format!("restarting {}; `devcluster down` wipes the cluster if it cannot be healed", c.name))?;
-        eprintln!("devcluster: {} serving again (pid {}, {:.1}s)", c.name, started.pid, took.as_secs_f64());
+        .with_context(|| {
+            format!(
+                "restarting {}; `devcluster down` wipes the cluster if it cannot be healed",
+                c.name
+            )
+        })?;
+        eprintln!(
+            "devcluster: {} serving again (pid {}, {:.1}s)",
+            c.name,
+            started.pid,
+            took.as_secs_f64()
+        );
         restarted.push(c.name.to_string());
     }
     if !is_running("agent") {
-        eprintln!("devcluster: the node agent is not running; starting it again (its pods restart)");
+        eprintln!(
+            "devcluster: the node agent is not running; starting it again (its pods restart)"
+        );
         let agent = spawn_agent(layout, state.nodes, bin_dir)?;
         let client = layout::client(&layout.kubeconfig()).await?;
         wait_agent_serving(layout, &client, agent.pid, state.nodes).await?;
@@ -190,26 +261,56 @@ async fn heal(layout: &Layout, state: &ClusterState, nodes: usize, bin_dir: &Pat
     Ok(())
 }
 
-async fn start(layout: &Layout, nodes: usize, bins: &Binaries, bin_dir: &Path) -> anyhow::Result<()> {
-    let step = |what: &str, since: Instant| eprintln!("devcluster: {what} ({:.1}s)", since.elapsed().as_secs_f64());
+async fn start(
+    layout: &Layout,
+    nodes: usize,
+    bins: &Binaries,
+    bin_dir: &Path,
+) -> anyhow::Result<()> {
+    let step = |what: &str, since: Instant| {
+        eprintln!("devcluster: {what} ({:.1}s)", since.elapsed().as_secs_f64())
+    };
     let t = Instant::now();
     let tokens = controlplane::make_pki(layout)?;
     let admin_kc = controlplane::kubeconfig(layout, "admin", &tokens.admin)?;
     fs::write(layout.kubeconfig(), &admin_kc)?;
     let kcm_kc = layout.pki_dir().join("controller-manager.kubeconfig");
-    fs::write(&kcm_kc, controlplane::kubeconfig(layout, "system:kube-controller-manager", &tokens.controller_manager)?)?;
+    fs::write(
+        &kcm_kc,
+        controlplane::kubeconfig(
+            layout,
+            "system:kube-controller-manager",
+            &tokens.controller_manager,
+        )?,
+    )?;
     let sched_kc = layout.pki_dir().join("scheduler.kubeconfig");
-    fs::write(&sched_kc, controlplane::kubeconfig(layout, "system:kube-scheduler", &tokens.scheduler)?)?;
+    fs::write(
+        &sched_kc,
+        controlplane::kubeconfig(layout, "system:kube-scheduler", &tokens.scheduler)?,
+    )?;
     let agent_kc = layout.pki_dir().join("agent.kubeconfig");
-    fs::write(&agent_kc, controlplane::kubeconfig(layout, "devcluster-agent", &tokens.agent)?)?;
+    fs::write(
+        &agent_kc,
+        controlplane::kubeconfig(layout, "devcluster-agent", &tokens.agent)?,
+    )?;
     step("certificates and kubeconfigs written", t);
 
     hostnet::ensure_bridge().context("creating the pod network bridge")?;
 
     let http = controlplane::health_client(layout)?;
     for c in controlplane::components(layout, bins) {
-        let started = procs::spawn(&layout.pids_dir(), &layout.logs_dir(), c.name, &c.program, &c.args, &[])?;
-        controlplane::wait_healthy(layout, &started, c.start_timeout, || controlplane::http_ok(&http, &c.health_url, Some(&tokens.admin))).await?;
+        let started = procs::spawn(
+            &layout.pids_dir(),
+            &layout.logs_dir(),
+            c.name,
+            &c.program,
+            &c.args,
+            &[],
+        )?;
+        controlplane::wait_healthy(layout, &started, c.start_timeout, || {
+            controlplane::http_ok(&http, &c.health_url, Some(&tokens.admin))
+        })
+        .await?;
         step(&format!("{} serving", c.name), t);
     }
 
@@ -219,9 +320,12 @@ async fn start(layout: &Layout, nodes: usize, bins: &Binaries, bin_dir: &Path) -
     step(&format!("{nodes} node(s) Ready"), t);
 
     let sc: Api<StorageClass> = Api::all(client.clone());
-    tokio::time::timeout(Duration::from_secs(60), await_condition(sc, layout::STORAGE_CLASS, conditions::is_created()))
-        .await
-        .context("the storage class did not appear within 60s")??;
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        await_condition(sc, layout::STORAGE_CLASS, conditions::is_created()),
+    )
+    .await
+    .context("the storage class did not appear within 60s")??;
     smoke_pod(&client).await?;
     step("a pod ran", t);
     Ok(())
@@ -239,13 +343,28 @@ fn spawn_agent(layout: &Layout, nodes: usize, bin_dir: &Path) -> anyhow::Result<
     ];
     let envs = [
         ("ROLLOUT_DEVCLUSTER_DIR", layout.root.display().to_string()),
-        ("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into())),
+        (
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        ),
     ];
-    Ok(procs::spawn(&layout.pids_dir(), &layout.logs_dir(), "agent", &me, &agent_args, &envs)?)
+    Ok(procs::spawn(
+        &layout.pids_dir(),
+        &layout.logs_dir(),
+        "agent",
+        &me,
+        &agent_args,
+        &envs,
+    )?)
 }
 
 /// Waits for every node to be Ready, failing early (with the agent's log) if the agent exits.
-async fn wait_agent_serving(layout: &Layout, client: &kube::Client, pid: i32, nodes: usize) -> anyhow::Result<()> {
+async fn wait_agent_serving(
+    layout: &Layout,
+    client: &kube::Client,
+    pid: i32,
+    nodes: usize,
+) -> anyhow::Result<()> {
     let ready = tokio::time::timeout(Duration::from_secs(120), wait_nodes_ready(client, nodes));
     tokio::select! {
         r = ready => r.context("nodes did not become Ready within 120s")??,
@@ -264,17 +383,26 @@ async fn wait_agent_serving(layout: &Layout, client: &kube::Client, pid: i32, no
 pub async fn restart_agent(layout: &Layout) -> anyhow::Result<()> {
     require_root()?;
     if !healthy_control_plane(layout).await {
-        bail!("no devcluster control plane is running in {}; use `devcluster up`", layout.root.display());
+        bail!(
+            "no devcluster control plane is running in {}; use `devcluster up`",
+            layout.root.display()
+        );
     }
     let state: ClusterState = serde_json::from_str(&fs::read_to_string(layout.state_file())?)
         .with_context(|| format!("reading {}", layout.state_file().display()))?;
-    for p in procs::recorded(&layout.pids_dir()).into_iter().filter(|p| p.name == "agent") {
+    for p in procs::recorded(&layout.pids_dir())
+        .into_iter()
+        .filter(|p| p.name == "agent")
+    {
         if procs::alive(p.pid) {
             eprintln!("devcluster: stopping the node agent (pid {})", p.pid);
             procs::stop(p.pid, Duration::from_secs(20));
         }
     }
-    let bin_dir = std::env::current_exe()?.parent().map(PathBuf::from).unwrap_or_default();
+    let bin_dir = std::env::current_exe()?
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default();
     let agent = spawn_agent(layout, state.nodes, &bin_dir)?;
     let client = layout::client(&layout.kubeconfig()).await?;
     // Node Ready may still be True from the old agent; a few seconds alive is the real check.
@@ -282,7 +410,10 @@ pub async fn restart_agent(layout: &Layout) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     if !procs::alive(agent.pid) {
         let (log, tail) = controlplane::log_tail(layout, "agent", 30);
-        bail!("the new node agent exited; its log is {}:\n{tail}", log.display());
+        bail!(
+            "the new node agent exited; its log is {}:\n{tail}",
+            log.display()
+        );
     }
     eprintln!("devcluster: node agent restarted (pid {})", agent.pid);
     Ok(())
@@ -293,9 +424,14 @@ async fn healthy_control_plane(layout: &Layout) -> bool {
     if !layout.kubeconfig().exists() {
         return false;
     }
-    let Ok(client) = layout::client(&layout.kubeconfig()).await else { return false };
+    let Ok(client) = layout::client(&layout.kubeconfig()).await else {
+        return false;
+    };
     client.apiserver_version().await.is_ok()
-        && procs::recorded(&layout.pids_dir()).iter().filter(|p| p.name != "agent").all(|p| procs::alive(p.pid))
+        && procs::recorded(&layout.pids_dir())
+            .iter()
+            .filter(|p| p.name != "agent")
+            .all(|p| procs::alive(p.pid))
 }
 
 async fn watch_alive(pid: i32) {
@@ -307,9 +443,10 @@ async fn watch_alive(pid: i32) {
 async fn wait_nodes_ready(client: &kube::Client, want: usize) -> anyhow::Result<()> {
     let nodes: Api<Node> = Api::all(client.clone());
     let is_ready = |n: &Node| {
-        n.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| {
-            cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")
-        })
+        n.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
     };
     let stream = kube::runtime::watcher(nodes, Default::default()).default_backoff();
     let mut store = kube::runtime::reflector::store::Writer::<Node>::default();
@@ -332,21 +469,41 @@ async fn smoke_pod(client: &kube::Client) -> anyhow::Result<()> {
         "metadata": {"name": "devcluster-smoke"},
         "spec": {"terminationGracePeriodSeconds": 1, "containers": [{"name": "pause", "image": "pause"}]}
     }))?;
-    let _ = pods.delete("devcluster-smoke", &DeleteParams::default().grace_period(0)).await;
-    tokio::time::timeout(Duration::from_secs(30), await_condition(pods.clone(), "devcluster-smoke", conditions::is_deleted("")))
+    let _ = pods
+        .delete("devcluster-smoke", &DeleteParams::default().grace_period(0))
+        .await;
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        await_condition(pods.clone(), "devcluster-smoke", conditions::is_deleted("")),
+    )
+    .await
+    .ok();
+    pods.create(&PostParams::default(), &pod)
         .await
-        .ok();
-    pods.create(&PostParams::default(), &pod).await.context("creating the smoke-test pod")?;
-    let ready = tokio::time::timeout(Duration::from_secs(90), await_condition(pods.clone(), "devcluster-smoke", is_pod_ready())).await;
+        .context("creating the smoke-test pod")?;
+    let ready = tokio::time::timeout(
+        Duration::from_secs(90),
+        await_condition(pods.clone(), "devcluster-smoke", is_pod_ready()),
+    )
+    .await;
     if ready.is_err() {
         let p = pods.get("devcluster-smoke").await.ok();
         bail!("the smoke-test pod kube-system/devcluster-smoke did not become Ready within 90s; it is {:?}", p.and_then(|p| p.status));
     }
-    let uid = pods.get("devcluster-smoke").await?.metadata.uid.unwrap_or_default();
-    pods.delete("devcluster-smoke", &DeleteParams::default()).await?;
-    tokio::time::timeout(Duration::from_secs(60), await_condition(pods, "devcluster-smoke", conditions::is_deleted(&uid)))
-        .await
-        .context("the smoke-test pod was not removed within 60s")??;
+    let uid = pods
+        .get("devcluster-smoke")
+        .await?
+        .metadata
+        .uid
+        .unwrap_or_default();
+    pods.delete("devcluster-smoke", &DeleteParams::default())
+        .await?;
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        await_condition(pods, "devcluster-smoke", conditions::is_deleted(&uid)),
+    )
+    .await
+    .context("the smoke-test pod was not removed within 60s")??;
     Ok(())
 }
 
@@ -365,7 +522,10 @@ pub fn down(layout: &Layout) -> anyhow::Result<()> {
     for p in procs::recorded(&layout.pids_dir()) {
         if procs::alive(p.pid) {
             eprintln!("devcluster: stopping {} (pid {})", p.name, p.pid);
-            procs::stop(p.pid, Duration::from_secs(if p.name == "agent" { 20 } else { 10 }));
+            procs::stop(
+                p.pid,
+                Duration::from_secs(if p.name == "agent" { 20 } else { 10 }),
+            );
         }
     }
     for pid in procs::stragglers(&layout.root) {
@@ -376,7 +536,8 @@ pub fn down(layout: &Layout) -> anyhow::Result<()> {
     unmount_under(&layout.root);
     remove_created_mountpoints(layout);
     if layout.root.exists() {
-        fs::remove_dir_all(&layout.root).with_context(|| format!("removing {}", layout.root.display()))?;
+        fs::remove_dir_all(&layout.root)
+            .with_context(|| format!("removing {}", layout.root.display()))?;
     }
     let left = hostnet::leftovers();
     if !left.is_empty() {
@@ -402,7 +563,11 @@ fn unmount_under(root: &Path) {
 
 fn remove_created_mountpoints(layout: &Layout) {
     let list = fs::read_to_string(layout.created_mountpoints_file()).unwrap_or_default();
-    let mut dirs: Vec<&str> = list.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let mut dirs: Vec<&str> = list
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
     dirs.sort_by_key(|d| std::cmp::Reverse(d.len()));
     dirs.dedup();
     for d in dirs {
@@ -419,18 +584,30 @@ fn remove_created_mountpoints(layout: &Layout) {
 pub async fn status(layout: &Layout) -> anyhow::Result<bool> {
     let procs_list = procs::recorded(&layout.pids_dir());
     if procs_list.is_empty() {
-        println!("devcluster: down (nothing recorded in {})", layout.root.display());
+        println!(
+            "devcluster: down (nothing recorded in {})",
+            layout.root.display()
+        );
         return Ok(false);
     }
     let mut all_alive = true;
     for p in &procs_list {
         let alive = procs::alive(p.pid);
         all_alive &= alive;
-        println!("{:<26} pid {:<8} {}", p.name, p.pid, if alive { "running" } else { "NOT RUNNING" });
+        println!(
+            "{:<26} pid {:<8} {}",
+            p.name,
+            p.pid,
+            if alive { "running" } else { "NOT RUNNING" }
+        );
     }
     let client = layout::client(&layout.kubeconfig()).await?;
     match client.apiserver_version().await {
-        Ok(v) => println!("api server {} at {}", v.git_version, controlplane::api_url()),
+        Ok(v) => println!(
+            "api server {} at {}",
+            v.git_version,
+            controlplane::api_url()
+        ),
         Err(e) => {
             println!("api server not answering: {e}");
             return Ok(false);
@@ -438,8 +615,17 @@ pub async fn status(layout: &Layout) -> anyhow::Result<bool> {
     }
     let nodes: Api<Node> = Api::all(client.clone());
     for n in nodes.list(&ListParams::default()).await? {
-        let ready = n.status.as_ref().and_then(|s| s.conditions.as_ref()).and_then(|cs| cs.iter().find(|c| c.type_ == "Ready")).map(|c| c.status.clone()).unwrap_or_else(|| "Unknown".into());
-        println!("node {:<12} Ready={ready}", n.metadata.name.unwrap_or_default());
+        let ready = n
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
+            .map(|c| c.status.clone())
+            .unwrap_or_else(|| "Unknown".into());
+        println!(
+            "node {:<12} Ready={ready}",
+            n.metadata.name.unwrap_or_default()
+        );
     }
     let pods: Api<Pod> = Api::all(client);
     let count = pods.list(&ListParams::default()).await?.items.len();
@@ -447,4 +633,3 @@ pub async fn status(layout: &Layout) -> anyhow::Result<bool> {
     println!("export KUBECONFIG={}", layout.kubeconfig().display());
     Ok(all_alive)
 }
-

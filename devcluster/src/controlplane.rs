@@ -26,9 +26,18 @@ pub enum ControlPlaneError {
     #[error(transparent)]
     Start(#[from] ProcError),
     #[error("{name} did not become healthy within {waited:?}; its log is {log}:\n{tail}")]
-    NotHealthy { name: String, waited: Duration, log: PathBuf, tail: String },
+    NotHealthy {
+        name: String,
+        waited: Duration,
+        log: PathBuf,
+        tail: String,
+    },
     #[error("{name} exited during start; its log is {log}:\n{tail}")]
-    Exited { name: String, log: PathBuf, tail: String },
+    Exited {
+        name: String,
+        log: PathBuf,
+        tail: String,
+    },
 }
 
 /// The Kubernetes releases `devcluster up --kubernetes` accepts, newest (the default) first. Each
@@ -46,7 +55,12 @@ pub fn known_version(asked: &str) -> Result<&'static str, String> {
             v == want || v.rsplit_once('.').is_some_and(|(minor, _)| minor == want)
         })
         .copied()
-        .ok_or_else(|| format!("Kubernetes {asked} is not a version the devcluster runs; known: {}", KUBERNETES_VERSIONS.join(", ")))
+        .ok_or_else(|| {
+            format!(
+                "Kubernetes {asked} is not a version the devcluster runs; known: {}",
+                KUBERNETES_VERSIONS.join(", ")
+            )
+        })
 }
 
 /// Where the control-plane binaries are: the provision cache's bin directory, holding etcd,
@@ -92,7 +106,10 @@ pub fn components(layout: &Layout, bins: &Binaries) -> Vec<Component> {
             name: "kube-controller-manager",
             program: bins.dir.join("kube-controller-manager"),
             args: controller_manager_args(layout, &kcm_kc),
-            health_url: format!("https://127.0.0.1:{}/healthz", layout::CONTROLLER_MANAGER_PORT),
+            health_url: format!(
+                "https://127.0.0.1:{}/healthz",
+                layout::CONTROLLER_MANAGER_PORT
+            ),
             start_timeout: Duration::from_secs(60),
         },
         Component {
@@ -129,15 +146,24 @@ pub fn api_url() -> String {
 }
 
 fn write(path: &Path, contents: &str) -> Result<(), ControlPlaneError> {
-    fs::write(path, contents).map_err(|source| ControlPlaneError::Write { path: path.into(), source })
+    fs::write(path, contents).map_err(|source| ControlPlaneError::Write {
+        path: path.into(),
+        source,
+    })
 }
 
 fn openssl(what: &str, args: &[&str]) -> Result<(), ControlPlaneError> {
-    let out = Command::new("openssl").args(args).output().map_err(ControlPlaneError::OpensslMissing)?;
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .map_err(ControlPlaneError::OpensslMissing)?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(ControlPlaneError::Openssl { what: what.into(), stderr: String::from_utf8_lossy(&out.stderr).into() })
+        Err(ControlPlaneError::Openssl {
+            what: what.into(),
+            stderr: String::from_utf8_lossy(&out.stderr).into(),
+        })
     }
 }
 
@@ -150,13 +176,32 @@ fn random_token() -> String {
 /// service-account signing key pair, and the static token file.
 pub fn make_pki(layout: &Layout) -> Result<Tokens, ControlPlaneError> {
     let dir = layout.pki_dir();
-    fs::create_dir_all(&dir).map_err(|source| ControlPlaneError::Write { path: dir.clone(), source })?;
+    fs::create_dir_all(&dir).map_err(|source| ControlPlaneError::Write {
+        path: dir.clone(),
+        source,
+    })?;
     let p = |f: &str| dir.join(f).to_string_lossy().to_string();
     openssl(
         "the cluster CA",
-        &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &p("ca.key"), "-out", &p("ca.crt"),
-          "-days", "3650", "-subj", "/CN=devcluster-ca",
-          "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &p("ca.key"),
+            "-out",
+            &p("ca.crt"),
+            "-days",
+            "3650",
+            "-subj",
+            "/CN=devcluster-ca",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
     )?;
     write(
         &dir.join("apiserver.ext"),
@@ -169,16 +214,47 @@ pub fn make_pki(layout: &Layout) -> Result<Tokens, ControlPlaneError> {
     )?;
     openssl(
         "the API server key",
-        &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", &p("apiserver.key"), "-out", &p("apiserver.csr"),
-          "-subj", "/CN=kube-apiserver"],
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &p("apiserver.key"),
+            "-out",
+            &p("apiserver.csr"),
+            "-subj",
+            "/CN=kube-apiserver",
+        ],
     )?;
     openssl(
         "the API server certificate",
-        &["x509", "-req", "-in", &p("apiserver.csr"), "-CA", &p("ca.crt"), "-CAkey", &p("ca.key"),
-          "-CAcreateserial", "-out", &p("apiserver.crt"), "-days", "3650", "-extfile", &p("apiserver.ext")],
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &p("apiserver.csr"),
+            "-CA",
+            &p("ca.crt"),
+            "-CAkey",
+            &p("ca.key"),
+            "-CAcreateserial",
+            "-out",
+            &p("apiserver.crt"),
+            "-days",
+            "3650",
+            "-extfile",
+            &p("apiserver.ext"),
+        ],
     )?;
-    openssl("the service-account key", &["genrsa", "-out", &p("sa.key"), "2048"])?;
-    openssl("the service-account public key", &["rsa", "-in", &p("sa.key"), "-pubout", "-out", &p("sa.pub")])?;
+    openssl(
+        "the service-account key",
+        &["genrsa", "-out", &p("sa.key"), "2048"],
+    )?;
+    openssl(
+        "the service-account public key",
+        &["rsa", "-in", &p("sa.key"), "-pubout", "-out", &p("sa.pub")],
+    )?;
     let tokens = Tokens {
         admin: random_token(),
         controller_manager: random_token(),
@@ -201,7 +277,10 @@ pub fn make_pki(layout: &Layout) -> Result<Tokens, ControlPlaneError> {
 /// copied anywhere).
 pub fn kubeconfig(layout: &Layout, user: &str, token: &str) -> Result<String, ControlPlaneError> {
     let ca_path = layout.pki_dir().join("ca.crt");
-    let ca = fs::read(&ca_path).map_err(|source| ControlPlaneError::Write { path: ca_path, source })?;
+    let ca = fs::read(&ca_path).map_err(|source| ControlPlaneError::Write {
+        path: ca_path,
+        source,
+    })?;
     Ok(format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: devcluster\n  cluster:\n    server: {}\n    \
          certificate-authority-data: {}\nusers:\n- name: {user}\n  user:\n    token: {token}\ncontexts:\n\
@@ -216,7 +295,11 @@ fn base64(data: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -247,7 +330,10 @@ pub fn etcd_args(layout: &Layout) -> Vec<String> {
 pub fn apiserver_args(layout: &Layout) -> Vec<String> {
     let pki = |f: &str| layout.pki_dir().join(f).display().to_string();
     vec![
-        format!("--etcd-servers=http://127.0.0.1:{}", layout::ETCD_CLIENT_PORT),
+        format!(
+            "--etcd-servers=http://127.0.0.1:{}",
+            layout::ETCD_CLIENT_PORT
+        ),
         "--bind-address=127.0.0.1".into(),
         format!("--secure-port={}", layout::API_PORT),
         // The `kubernetes` Service's endpoint may not be a loopback address; the bridge's is real.
@@ -285,15 +371,26 @@ pub fn controller_manager_args(layout: &Layout, kubeconfig: &Path) -> Vec<String
         "--allocate-node-cidrs=false".into(),
     ]
     .into_iter()
-    .chain(secure_serving_args(layout, kubeconfig, layout::CONTROLLER_MANAGER_PORT))
+    .chain(secure_serving_args(
+        layout,
+        kubeconfig,
+        layout::CONTROLLER_MANAGER_PORT,
+    ))
     .collect()
 }
 
 pub fn scheduler_args(layout: &Layout, kubeconfig: &Path) -> Vec<String> {
-    vec![format!("--kubeconfig={}", kubeconfig.display()), "--leader-elect=false".into()]
-        .into_iter()
-        .chain(secure_serving_args(layout, kubeconfig, layout::SCHEDULER_PORT))
-        .collect()
+    vec![
+        format!("--kubeconfig={}", kubeconfig.display()),
+        "--leader-elect=false".into(),
+    ]
+    .into_iter()
+    .chain(secure_serving_args(
+        layout,
+        kubeconfig,
+        layout::SCHEDULER_PORT,
+    ))
+    .collect()
 }
 
 /// The controller-manager and the scheduler serve /healthz only over TLS (their plain-HTTP port
@@ -344,11 +441,20 @@ where
         }
         if !procs::alive(started.pid) {
             let (log, tail) = log_tail(layout, &started.name, 20);
-            return Err(ControlPlaneError::Exited { name: started.name.clone(), log, tail });
+            return Err(ControlPlaneError::Exited {
+                name: started.name.clone(),
+                log,
+                tail,
+            });
         }
         if begin.elapsed() > timeout {
             let (log, tail) = log_tail(layout, &started.name, 20);
-            return Err(ControlPlaneError::NotHealthy { name: started.name.clone(), waited: timeout, log, tail });
+            return Err(ControlPlaneError::NotHealthy {
+                name: started.name.clone(),
+                waited: timeout,
+                log,
+                tail,
+            });
         }
         // A process's health endpoint has no watch to wait on; a short bounded poll it is.
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -378,7 +484,15 @@ mod tests {
 
     #[test]
     fn base64_matches_rfc4648_vectors() {
-        let cases = [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("fooba", "Zm9vYmE="), ("foobar", "Zm9vYmFy")];
+        let cases = [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ];
         for (input, want) in cases {
             assert_eq!(base64(input.as_bytes()), want, "{input:?}");
         }
@@ -387,7 +501,12 @@ mod tests {
     #[test]
     fn version_choice_accepts_known_releases_and_names_them_otherwise() {
         let newest = KUBERNETES_VERSIONS[0];
-        let minor = newest.trim_start_matches('v').rsplit_once('.').unwrap().0.to_string();
+        let minor = newest
+            .trim_start_matches('v')
+            .rsplit_once('.')
+            .unwrap()
+            .0
+            .to_string();
         for asked in [newest, newest.trim_start_matches('v'), minor.as_str()] {
             assert_eq!(known_version(asked), Ok(newest), "{asked}");
         }
@@ -397,9 +516,14 @@ mod tests {
 
     #[test]
     fn the_newest_known_version_is_the_one_the_go_module_builds() {
-        let go_mod = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("controlplane/go.mod")).unwrap();
+        let go_mod =
+            fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("controlplane/go.mod"))
+                .unwrap();
         let line = format!("k8s.io/kubernetes {}", KUBERNETES_VERSIONS[0]);
-        assert!(go_mod.lines().any(|l| l.trim() == line), "go.mod lacks `{line}`");
+        assert!(
+            go_mod.lines().any(|l| l.trim() == line),
+            "go.mod lacks `{line}`"
+        );
     }
 
     #[test]
@@ -407,8 +531,17 @@ mod tests {
         let layout = Layout::new("/x");
         let bins = Binaries { dir: "/bin".into() };
         for c in components(&layout, &bins) {
-            for removed in ["--address=", "--port=", "--insecure-port", "--secure-port=0"] {
-                assert!(!c.args.iter().any(|a| a.starts_with(removed)), "{} gets {removed}", c.name);
+            for removed in [
+                "--address=",
+                "--port=",
+                "--insecure-port",
+                "--secure-port=0",
+            ] {
+                assert!(
+                    !c.args.iter().any(|a| a.starts_with(removed)),
+                    "{} gets {removed}",
+                    c.name
+                );
             }
         }
     }
@@ -416,7 +549,10 @@ mod tests {
     #[test]
     fn apiserver_never_advertises_loopback() {
         let args = apiserver_args(&Layout::new("/x"));
-        let adv = args.iter().find(|a| a.starts_with("--advertise-address=")).unwrap();
+        let adv = args
+            .iter()
+            .find(|a| a.starts_with("--advertise-address="))
+            .unwrap();
         assert!(!adv.contains("127."), "{adv}");
     }
 }

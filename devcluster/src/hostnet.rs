@@ -16,11 +16,17 @@ pub enum HostNetError {
 }
 
 fn ip(args: &[&str]) -> Result<String, HostNetError> {
-    let out = Command::new("ip").args(args).output().map_err(HostNetError::IpMissing)?;
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(HostNetError::IpMissing)?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into())
     } else {
-        Err(HostNetError::Ip { args: args.join(" "), stderr: String::from_utf8_lossy(&out.stderr).trim().into() })
+        Err(HostNetError::Ip {
+            args: args.join(" "),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().into(),
+        })
     }
 }
 
@@ -31,7 +37,13 @@ pub fn ensure_bridge() -> Result<(), HostNetError> {
     }
     let addrs = ip(&["-o", "addr", "show", "dev", BRIDGE])?;
     if !addrs.contains(&format!("{BRIDGE_IP}/")) {
-        ip(&["addr", "add", &format!("{BRIDGE_IP}/{POD_NETWORK_PREFIX_LEN}"), "dev", BRIDGE])?;
+        ip(&[
+            "addr",
+            "add",
+            &format!("{BRIDGE_IP}/{POD_NETWORK_PREFIX_LEN}"),
+            "dev",
+            BRIDGE,
+        ])?;
     }
     ip(&["link", "set", BRIDGE, "up"])?;
     Ok(())
@@ -66,7 +78,10 @@ fn parse_link_names(out: &str) -> Vec<String> {
 
 /// Everything of the devcluster's still on the host network, as `kind name` strings.
 pub fn leftovers() -> Vec<String> {
-    let mut out: Vec<String> = netns_names().into_iter().map(|n| format!("netns {n}")).collect();
+    let mut out: Vec<String> = netns_names()
+        .into_iter()
+        .map(|n| format!("netns {n}"))
+        .collect();
     out.extend(links().into_iter().map(|l| format!("link {l}")));
     out
 }
@@ -75,7 +90,10 @@ pub fn leftovers() -> Vec<String> {
 pub fn teardown_all() {
     for ns in netns_names() {
         if let Ok(pids) = ip(&["netns", "pids", &ns]) {
-            for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+            for pid in pids
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+            {
                 crate::procs::stop(pid, std::time::Duration::from_secs(2));
             }
         }

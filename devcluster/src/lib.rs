@@ -8,8 +8,8 @@
 pub mod agent;
 pub mod cluster;
 pub mod controlplane;
-pub mod layout;
 pub mod hostnet;
+pub mod layout;
 pub mod net;
 pub mod podinit;
 pub mod procs;

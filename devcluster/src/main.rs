@@ -12,7 +12,11 @@ fn parse_kubernetes_version(asked: &str) -> Result<&'static str, String> {
 }
 
 #[derive(Parser)]
-#[command(name = "devcluster", version, about = "A real Kubernetes control plane on this machine, with pods run as local processes")]
+#[command(
+    name = "devcluster",
+    version,
+    about = "A real Kubernetes control plane on this machine, with pods run as local processes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -84,8 +88,13 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Cmd::Up { nodes, kubernetes } => {
-                let bin_dir = std::env::current_exe()?.parent().map(PathBuf::from).unwrap_or_default();
-                cluster::up(&layout, nodes, kubernetes, &bin_dir).await.map(|_| true)
+                let bin_dir = std::env::current_exe()?
+                    .parent()
+                    .map(PathBuf::from)
+                    .unwrap_or_default();
+                cluster::up(&layout, nodes, kubernetes, &bin_dir)
+                    .await
+                    .map(|_| true)
             }
             Cmd::Down => cluster::down(&layout).map(|_| true),
             Cmd::Status => cluster::status(&layout).await,
@@ -94,7 +103,11 @@ fn main() -> ExitCode {
                 println!("export KUBECONFIG={}", layout.kubeconfig().display());
                 Ok(true)
             }
-            Cmd::Agent { nodes, kubeconfig, bin_dir } => {
+            Cmd::Agent {
+                nodes,
+                kubeconfig,
+                bin_dir,
+            } => {
                 let cfg = AgentConfig {
                     layout: layout.clone(),
                     nodes: (1..=nodes).map(layout::node_name).collect(),

@@ -141,7 +141,9 @@ async fn ip(a: &[String]) -> Result<String, NetError> {
 /// Builds a pod's sandbox. A sandbox of the same pod left by an earlier agent run is removed
 /// first, so this can be retried.
 pub async fn create_sandbox(sb: &Sandbox) -> Result<(), NetError> {
-    let stale_link = std::path::Path::new("/sys/class/net").join(&sb.host_veth).exists();
+    let stale_link = std::path::Path::new("/sys/class/net")
+        .join(&sb.host_veth)
+        .exists();
     if netns_exists(&sb.netns) || stale_link {
         remove_sandbox(sb).await;
     }
@@ -209,14 +211,21 @@ pub fn parse_cidr24(cidr: &str) -> Option<[u8; 3]> {
 impl Ipam {
     /// The address of pod `uid` in `cidr`: the one it already holds, else `preferred` if that is
     /// free and in range (a pod keeps its IP across agent restarts), else the next free one.
-    pub fn allocate(&mut self, cidr: &str, uid: &str, preferred: Option<Ipv4Addr>) -> Option<Ipv4Addr> {
+    pub fn allocate(
+        &mut self,
+        cidr: &str,
+        uid: &str,
+        preferred: Option<Ipv4Addr>,
+    ) -> Option<Ipv4Addr> {
         if let Some(ip) = self.by_uid.get(uid) {
             return Some(*ip);
         }
         let net = parse_cidr24(cidr)?;
         let usable = |host: u8| (2..=254).contains(&host);
         let pick = preferred
-            .filter(|p| p.octets()[..3] == net[..] && usable(p.octets()[3]) && !self.held.contains_key(p))
+            .filter(|p| {
+                p.octets()[..3] == net[..] && usable(p.octets()[3]) && !self.held.contains_key(p)
+            })
             .or_else(|| {
                 let start = self.cursor.get(&net).copied().unwrap_or(2);
                 (0..253u16)
@@ -248,7 +257,10 @@ mod tests {
 
     #[test]
     fn names_fit_interface_limits_and_carry_prefixes() {
-        let sb = Sandbox::for_pod("0b3c1f8e-5a55-4b6e-9a43-2f1f0c7e9d10", Ipv4Addr::new(10, 244, 1, 2));
+        let sb = Sandbox::for_pod(
+            "0b3c1f8e-5a55-4b6e-9a43-2f1f0c7e9d10",
+            Ipv4Addr::new(10, 244, 1, 2),
+        );
         assert!(sb.netns.starts_with("rdc-") && sb.netns.len() == 12);
         assert!(sb.host_veth.starts_with("rdcv") && sb.host_veth.len() <= 15);
         assert!(sb.peer_veth.starts_with("rdcv") && sb.peer_veth.len() <= 15);
@@ -266,7 +278,10 @@ mod tests {
     #[test]
     fn setup_puts_the_pod_address_on_eth0_and_routes_via_the_bridge() {
         let sb = Sandbox::for_pod("u", Ipv4Addr::new(10, 244, 2, 7));
-        let cmds: Vec<String> = sandbox_setup_commands(&sb).iter().map(|c| c.join(" ")).collect();
+        let cmds: Vec<String> = sandbox_setup_commands(&sb)
+            .iter()
+            .map(|c| c.join(" "))
+            .collect();
         assert_eq!(cmds[0], format!("netns add {}", sb.netns));
         assert!(cmds.contains(&format!("-n {} addr add 10.244.2.7/16 dev eth0", sb.netns)));
         assert!(cmds.contains(&format!("link set {} master rdc0", sb.host_veth)));

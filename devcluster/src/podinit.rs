@@ -37,7 +37,9 @@ pub struct Bind {
 
 impl Bind {
     fn parse(s: &str) -> Result<Self, ArgError> {
-        let bad = || ArgError::BadBind { value: s.to_string() };
+        let bad = || ArgError::BadBind {
+            value: s.to_string(),
+        };
         let mut parts = s.split(':');
         let src = parts.next().filter(|p| !p.is_empty()).ok_or_else(bad)?;
         let dst = parts.next().filter(|p| !p.is_empty()).ok_or_else(bad)?;
@@ -111,7 +113,9 @@ impl PodInit {
                 inline
                     .clone()
                     .or_else(|| it.next().cloned())
-                    .ok_or_else(|| ArgError::MissingValue { flag: flag.to_string() })
+                    .ok_or_else(|| ArgError::MissingValue {
+                        flag: flag.to_string(),
+                    })
             };
             match flag {
                 "--" => {
@@ -128,7 +132,11 @@ impl PodInit {
                     let fd = v.parse::<i32>().ok().filter(|fd| *fd > 2);
                     out.ready_fd = Some(fd.ok_or(ArgError::BadReadyFd { value: v })?);
                 }
-                f if f.starts_with("--") => return Err(ArgError::UnknownFlag { flag: f.to_string() }),
+                f if f.starts_with("--") => {
+                    return Err(ArgError::UnknownFlag {
+                        flag: f.to_string(),
+                    })
+                }
                 _ => {
                     out.command = std::iter::once(a).chain(it.by_ref()).cloned().collect();
                     break;
@@ -203,7 +211,10 @@ pub fn main(args: &[String]) -> ! {
         std::io::ErrorKind::NotFound => 127,
         _ => 126,
     };
-    fail(code, &format!("pod-init: could not run {:?}: {err}", init.command[0]))
+    fail(
+        code,
+        &format!("pod-init: could not run {:?}: {err}", init.command[0]),
+    )
 }
 
 /// One byte on the agent's pipe, then the pipe is closed so the command does not inherit it.
@@ -230,7 +241,8 @@ fn fail(code: i32, msg: &str) -> ! {
 }
 
 fn cstr(p: &Path) -> Result<CString, String> {
-    CString::new(p.as_os_str().as_bytes()).map_err(|_| format!("path {} contains a NUL byte", p.display()))
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| format!("path {} contains a NUL byte", p.display()))
 }
 
 fn last_os_error(what: &str) -> String {
@@ -273,7 +285,8 @@ fn setup(init: &PodInit) -> Result<(), String> {
         }
         if let Some(w) = &init.workdir {
             create_dirs(w, &mut created)?;
-            std::env::set_current_dir(w).map_err(|e| format!("changing to working directory {}: {e}", w.display()))?;
+            std::env::set_current_dir(w)
+                .map_err(|e| format!("changing to working directory {}: {e}", w.display()))?;
         }
         Ok(())
     })();
@@ -289,7 +302,10 @@ fn enter_netns(ns: &str) -> Result<(), String> {
     // SAFETY: valid path; the fd is closed below.
     let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
     if fd < 0 {
-        return Err(last_os_error(&format!("opening network namespace {}", path.display())));
+        return Err(last_os_error(&format!(
+            "opening network namespace {}",
+            path.display()
+        )));
     }
     // SAFETY: fd is an open namespace file.
     let rc = unsafe { libc::setns(fd, libc::CLONE_NEWNET) };
@@ -311,7 +327,8 @@ fn create_dirs(path: &Path, created: &mut Vec<PathBuf>) -> Result<(), String> {
 }
 
 fn bind(b: &Bind, created: &mut Vec<PathBuf>) -> Result<(), String> {
-    let meta = std::fs::metadata(&b.src).map_err(|e| format!("volume source {}: {e}", b.src.display()))?;
+    let meta =
+        std::fs::metadata(&b.src).map_err(|e| format!("volume source {}: {e}", b.src.display()))?;
     if meta.is_dir() {
         create_dirs(&b.dst, created)?;
     } else if !b.dst.exists() {
@@ -319,7 +336,8 @@ fn bind(b: &Bind, created: &mut Vec<PathBuf>) -> Result<(), String> {
         if let Some(parent) = b.dst.parent() {
             create_dirs(parent, created)?;
         }
-        std::fs::File::create(&b.dst).map_err(|e| format!("creating mount point {}: {e}", b.dst.display()))?;
+        std::fs::File::create(&b.dst)
+            .map_err(|e| format!("creating mount point {}: {e}", b.dst.display()))?;
         created.push(b.dst.clone());
     }
     let (src, dst) = (cstr(&b.src)?, cstr(&b.dst)?);
@@ -353,7 +371,10 @@ fn bind(b: &Bind, created: &mut Vec<PathBuf>) -> Result<(), String> {
             )
         };
         if rc != 0 {
-            return Err(last_os_error(&format!("making {} read-only", b.dst.display())));
+            return Err(last_os_error(&format!(
+                "making {} read-only",
+                b.dst.display()
+            )));
         }
     }
     Ok(())
@@ -363,7 +384,10 @@ fn record_created(file: &Path, created: &[PathBuf]) {
     if created.is_empty() {
         return;
     }
-    let lines: String = created.iter().map(|p| format!("{}\n", p.display())).collect();
+    let lines: String = created
+        .iter()
+        .map(|p| format!("{}\n", p.display()))
+        .collect();
     // One append write per container start keeps concurrent starts from interleaving lines.
     let result = std::fs::OpenOptions::new()
         .create(true)
@@ -419,10 +443,17 @@ mod tests {
         assert_eq!(ok.command, s(&["sleep", "infinity"]));
 
         let cases: Vec<(Vec<String>, ArgError)> = vec![
-            (s(&["--netns"]), ArgError::MissingValue { flag: "--netns".into() }),
+            (
+                s(&["--netns"]),
+                ArgError::MissingValue {
+                    flag: "--netns".into(),
+                },
+            ),
             (
                 s(&["--bogus", "x", "--", "a"]),
-                ArgError::UnknownFlag { flag: "--bogus".into() },
+                ArgError::UnknownFlag {
+                    flag: "--bogus".into(),
+                },
             ),
             (
                 s(&["--bind", "/a", "--", "a"]),
@@ -430,7 +461,9 @@ mod tests {
             ),
             (
                 s(&["--bind", "/a:rel", "--", "a"]),
-                ArgError::BadBind { value: "/a:rel".into() },
+                ArgError::BadBind {
+                    value: "/a:rel".into(),
+                },
             ),
             (
                 s(&["--bind", "/a:/b:rx", "--", "a"]),

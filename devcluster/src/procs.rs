@@ -56,7 +56,11 @@ pub fn spawn(
         .create(true)
         .append(true)
         .open(&log_path)
-        .map_err(|source| ProcError::OpenLog { name: name.into(), path: log_path.clone(), source })?;
+        .map_err(|source| ProcError::OpenLog {
+            name: name.into(),
+            path: log_path.clone(),
+            source,
+        })?;
     let log2 = log.try_clone().map_err(|source| ProcError::OpenLog {
         name: name.into(),
         path: log_path.clone(),
@@ -83,11 +87,17 @@ pub fn spawn(
     })?;
     let pid = child.id() as i32;
     let pid_path = pids_dir.join(format!("{name}.pid"));
-    fs::write(&pid_path, format!("{pid}\n"))
-        .map_err(|source| ProcError::WritePid { name: name.into(), path: pid_path, source })?;
+    fs::write(&pid_path, format!("{pid}\n")).map_err(|source| ProcError::WritePid {
+        name: name.into(),
+        path: pid_path,
+        source,
+    })?;
     // The child is deliberately not waited on here: it lives on after `up` exits.
     std::mem::forget(child);
-    Ok(Started { name: name.into(), pid })
+    Ok(Started {
+        name: name.into(),
+        pid,
+    })
 }
 
 /// The processes recorded in `pids_dir`, in the order they should be stopped (the node agent
@@ -98,7 +108,11 @@ pub fn recorded(pids_dir: &Path) -> Vec<Started> {
         .flatten()
         .flatten()
         .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().strip_suffix(".pid")?.to_string();
+            let name = e
+                .file_name()
+                .to_string_lossy()
+                .strip_suffix(".pid")?
+                .to_string();
             let pid = fs::read_to_string(e.path()).ok()?.trim().parse().ok()?;
             Some(Started { name, pid })
         })
@@ -124,7 +138,11 @@ pub fn alive(pid: i32) -> bool {
         return false;
     }
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat.rsplit(')').next().map(|s| !s.trim_start().starts_with('Z')).unwrap_or(false),
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .map(|s| !s.trim_start().starts_with('Z'))
+            .unwrap_or(false),
         Err(_) => false,
     }
 }
@@ -161,7 +179,9 @@ pub fn stragglers(root: &Path) -> Vec<i32> {
     let me = std::process::id() as i32;
     let mut out = Vec::new();
     for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
         if pid == me {
             continue;
         }
@@ -185,16 +205,35 @@ mod tests {
 
     #[test]
     fn stop_order_is_agent_then_control_plane_top_down() {
-        let mut names = ["etcd", "agent", "kube-apiserver", "kube-scheduler", "kube-controller-manager"];
+        let mut names = [
+            "etcd",
+            "agent",
+            "kube-apiserver",
+            "kube-scheduler",
+            "kube-controller-manager",
+        ];
         names.sort_by_key(|n| stop_rank(n));
-        assert_eq!(names, ["agent", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"]);
+        assert_eq!(
+            names,
+            [
+                "agent",
+                "kube-scheduler",
+                "kube-controller-manager",
+                "kube-apiserver",
+                "etcd"
+            ]
+        );
     }
 
     #[test]
     fn straggler_matching() {
         let root = "/var/tmp/rollout-devcluster";
         let cases = [
-            ("etcd --data-dir /var/tmp/rollout-devcluster/etcd", "/", true),
+            (
+                "etcd --data-dir /var/tmp/rollout-devcluster/etcd",
+                "/",
+                true,
+            ),
             ("sleep infinity", "/var/tmp/rollout-devcluster/pods/x", true),
             ("sleep infinity", "/root", false),
             ("vim /var/tmp/other", "/", false),
@@ -210,8 +249,15 @@ mod tests {
         let (pids, logs) = (dir.join("pids"), dir.join("logs"));
         fs::create_dir_all(&pids).unwrap();
         fs::create_dir_all(&logs).unwrap();
-        let s = spawn(&pids, &logs, "sleeper", Path::new("sh"), &["-c".into(), "sleep 30 & sleep 30".into()], &[])
-            .unwrap();
+        let s = spawn(
+            &pids,
+            &logs,
+            "sleeper",
+            Path::new("sh"),
+            &["-c".into(), "sleep 30 & sleep 30".into()],
+            &[],
+        )
+        .unwrap();
         assert!(alive(s.pid));
         assert_eq!(recorded(&pids), vec![s.clone()]);
         stop(s.pid, Duration::from_secs(2));

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Endpoints, Namespace, PersistentVolume, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::core::v1::{
+    Endpoints, Namespace, PersistentVolume, PersistentVolumeClaim, Pod, Service,
+};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::wait::{await_condition, Condition};
 use kube::Client;
@@ -33,7 +35,10 @@ pub async fn client() -> anyhow::Result<Client> {
         bail!("no devcluster is running ({} is missing): run ./scripts/test, or `devcluster up` first", kc.display());
     }
     let client = crate::layout::client(&kc).await?;
-    client.apiserver_version().await.context("the devcluster's API server does not answer; run `devcluster status`")?;
+    client
+        .apiserver_version()
+        .await
+        .context("the devcluster's API server does not answer; run `devcluster status`")?;
     Ok(client)
 }
 
@@ -46,9 +51,15 @@ pub struct TestNs {
 impl TestNs {
     pub async fn new(prefix: &str) -> anyhow::Result<Self> {
         let client = client().await?;
-        let name = format!("{prefix}-{}", (0..5).map(|_| fastrand::lowercase()).collect::<String>());
-        let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))?;
-        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await?;
+        let name = format!(
+            "{prefix}-{}",
+            (0..5).map(|_| fastrand::lowercase()).collect::<String>()
+        );
+        let ns: Namespace =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))?;
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await?;
         Ok(Self { client, name })
     }
 
@@ -62,7 +73,8 @@ impl TestNs {
 
     /// Creates every object of a multi-document YAML file in this namespace.
     pub async fn apply_file(&self, path: &Path) -> anyhow::Result<()> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         self.apply_yaml(&text).await
     }
 
@@ -82,12 +94,26 @@ impl TestNs {
         let kind = value["kind"].as_str().unwrap_or_default().to_string();
         let pp = PostParams::default();
         match kind.as_str() {
-            "StatefulSet" => drop(self.api::<StatefulSet>().create(&pp, &serde_json::from_value(value)?).await?),
-            "Service" => drop(self.api::<Service>().create(&pp, &serde_json::from_value(value)?).await?),
-            "Pod" => drop(self.api::<Pod>().create(&pp, &serde_json::from_value(value)?).await?),
-            "PersistentVolumeClaim" => {
-                drop(self.api::<PersistentVolumeClaim>().create(&pp, &serde_json::from_value(value)?).await?)
-            }
+            "StatefulSet" => drop(
+                self.api::<StatefulSet>()
+                    .create(&pp, &serde_json::from_value(value)?)
+                    .await?,
+            ),
+            "Service" => drop(
+                self.api::<Service>()
+                    .create(&pp, &serde_json::from_value(value)?)
+                    .await?,
+            ),
+            "Pod" => drop(
+                self.api::<Pod>()
+                    .create(&pp, &serde_json::from_value(value)?)
+                    .await?,
+            ),
+            "PersistentVolumeClaim" => drop(
+                self.api::<PersistentVolumeClaim>()
+                    .create(&pp, &serde_json::from_value(value)?)
+                    .await?,
+            ),
             other => bail!("testkit cannot apply kind {other:?}"),
         }
         Ok(())
@@ -103,14 +129,17 @@ impl TestNs {
     }
 
     pub async fn cleanup(self) {
-        let _ = Api::<Namespace>::all(self.client.clone()).delete(&self.name, &DeleteParams::default()).await;
+        let _ = Api::<Namespace>::all(self.client.clone())
+            .delete(&self.name, &DeleteParams::default())
+            .await;
     }
 }
 
 /// The objects of the time app's manifest (examples/time-app/k8s/time-app.yaml), as JSON.
 pub fn time_app_documents() -> anyhow::Result<Vec<serde_json::Value>> {
     let path = repo_root().join("examples/time-app/k8s/time-app.yaml");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let mut out = Vec::new();
     for doc in serde_yaml_ng::Deserializer::from_str(&text) {
         let value: serde_json::Value = serde::Deserialize::deserialize(doc)?;
@@ -155,31 +184,74 @@ pub fn service_for(name: &str, type_: &str, app: &str) -> serde_json::Value {
 /// The host directory behind a bound claim (its PersistentVolume's hostPath).
 pub async fn claim_dir(ns: &TestNs, claim: &str) -> anyhow::Result<std::path::PathBuf> {
     let pvc = ns.api::<PersistentVolumeClaim>().get(claim).await?;
-    let pv_name = pvc.spec.and_then(|s| s.volume_name).with_context(|| format!("claim {claim} is not bound"))?;
-    let pv = Api::<PersistentVolume>::all(ns.client.clone()).get(&pv_name).await?;
+    let pv_name = pvc
+        .spec
+        .and_then(|s| s.volume_name)
+        .with_context(|| format!("claim {claim} is not bound"))?;
+    let pv = Api::<PersistentVolume>::all(ns.client.clone())
+        .get(&pv_name)
+        .await?;
     let path = pv.spec.and_then(|s| s.host_path).map(|h| h.path);
-    Ok(path.with_context(|| format!("volume {pv_name} of claim {claim} has no hostPath"))?.into())
+    Ok(path
+        .with_context(|| format!("volume {pv_name} of claim {claim} has no hostPath"))?
+        .into())
 }
 
 /// Waits until the object `name` with uid `uid` is gone (deleted, or replaced by a new uid).
-pub async fn wait_gone<K>(api: Api<K>, name: &str, uid: &str, timeout: Duration) -> anyhow::Result<()>
+pub async fn wait_gone<K>(
+    api: Api<K>,
+    name: &str,
+    uid: &str,
+    timeout: Duration,
+) -> anyhow::Result<()>
 where
-    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + serde::Serialize + Send + Sync + 'static,
+    K: kube::Resource
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + Send
+        + Sync
+        + 'static,
     K::DynamicType: Default,
 {
-    match tokio::time::timeout(timeout, await_condition(api.clone(), name, kube::runtime::conditions::is_deleted(uid))).await {
+    match tokio::time::timeout(
+        timeout,
+        await_condition(
+            api.clone(),
+            name,
+            kube::runtime::conditions::is_deleted(uid),
+        ),
+    )
+    .await
+    {
         Ok(r) => Ok(r.map(drop)?),
         Err(_) => {
             let now = api.get_opt(name).await.ok().flatten();
-            bail!("{name} is still there after {timeout:?}: {}", describe(&now))
+            bail!(
+                "{name} is still there after {timeout:?}: {}",
+                describe(&now)
+            )
         }
     }
 }
 
 /// Waits for `cond` on the named object, at most `timeout`.
-pub async fn wait_for<K>(api: Api<K>, name: &str, timeout: Duration, cond: impl Condition<K>) -> anyhow::Result<K>
+pub async fn wait_for<K>(
+    api: Api<K>,
+    name: &str,
+    timeout: Duration,
+    cond: impl Condition<K>,
+) -> anyhow::Result<K>
 where
-    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + serde::Serialize + Send + Sync + 'static,
+    K: kube::Resource
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + Send
+        + Sync
+        + 'static,
     K::DynamicType: Default,
 {
     match tokio::time::timeout(timeout, await_condition(api.clone(), name, cond)).await {
@@ -188,7 +260,10 @@ where
         Ok(Err(e)) => Err(e.into()),
         Err(_) => {
             let now = api.get_opt(name).await.ok().flatten();
-            bail!("timed out after {timeout:?} waiting on {name}; it is now: {}", describe(&now))
+            bail!(
+                "timed out after {timeout:?} waiting on {name}; it is now: {}",
+                describe(&now)
+            )
         }
     }
 }
@@ -218,16 +293,28 @@ pub fn is_pod_ready() -> impl Condition<Pod> {
 /// All `replicas` pods of the set exist, are Ready and the controller has seen it.
 pub fn is_sts_ready(replicas: i32) -> impl Condition<StatefulSet> {
     move |s: Option<&StatefulSet>| {
-        s.and_then(|s| s.status.as_ref().map(|st| (s, st))).is_some_and(|(s, st)| {
-            st.observed_generation >= s.metadata.generation
-                && st.replicas == replicas
-                && st.ready_replicas.unwrap_or(0) == replicas
-        })
+        s.and_then(|s| s.status.as_ref().map(|st| (s, st)))
+            .is_some_and(|(s, st)| {
+                st.observed_generation >= s.metadata.generation
+                    && st.replicas == replicas
+                    && st.ready_replicas.unwrap_or(0) == replicas
+            })
     }
 }
 
-pub async fn wait_sts_ready(ns: &TestNs, name: &str, replicas: i32, timeout: Duration) -> anyhow::Result<StatefulSet> {
-    wait_for(ns.api::<StatefulSet>(), name, timeout, is_sts_ready(replicas)).await
+pub async fn wait_sts_ready(
+    ns: &TestNs,
+    name: &str,
+    replicas: i32,
+    timeout: Duration,
+) -> anyhow::Result<StatefulSet> {
+    wait_for(
+        ns.api::<StatefulSet>(),
+        name,
+        timeout,
+        is_sts_ready(replicas),
+    )
+    .await
 }
 
 /// The node port the devcluster's service proxy listens on (127.0.0.1) for a Service's first port.
@@ -262,11 +349,30 @@ pub fn http() -> reqwest::Client {
 }
 
 pub async fn get(http: &reqwest::Client, url: &str) -> anyhow::Result<Answer> {
-    let r = http.get(url).send().await.with_context(|| format!("GET {url}"))?;
-    let header = |n: &str| r.headers().get(n).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
-    let (status, pod, version) = (r.status().as_u16(), header("x-pod-name"), header("x-app-version"));
+    let r = http
+        .get(url)
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?;
+    let header = |n: &str| {
+        r.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (status, pod, version) = (
+        r.status().as_u16(),
+        header("x-pod-name"),
+        header("x-app-version"),
+    );
     let body = r.text().await.unwrap_or_default();
-    Ok(Answer { status, pod, version, body })
+    Ok(Answer {
+        status,
+        pod,
+        version,
+        body,
+    })
 }
 
 /// `count` requests through the Service's node port on 127.0.0.1; answers per pod name
@@ -299,7 +405,10 @@ pub async fn pod_ip(ns: &TestNs, pod: &str) -> anyhow::Result<String> {
 /// `/visits` of one pod, asked at its pod IP.
 pub async fn visits(ns: &TestNs, pod: &str) -> anyhow::Result<serde_json::Value> {
     let ip = pod_ip(ns, pod).await?;
-    anyhow::ensure!(ip.starts_with("10.244."), "pod {pod} has IP {ip}, outside the devcluster's pod network");
+    anyhow::ensure!(
+        ip.starts_with("10.244."),
+        "pod {pod} has IP {ip}, outside the devcluster's pod network"
+    );
     let a = get(&http(), &format!("http://{ip}:8080/visits")).await?;
     anyhow::ensure!(a.status == 200, "/visits on {pod} answered {}", a.status);
     Ok(serde_json::from_str(&a.body)?)
@@ -347,5 +456,9 @@ pub fn pod_in_body(body: &str) -> Option<String> {
 }
 
 pub async fn pods_with_label(ns: &TestNs, selector: &str) -> anyhow::Result<Vec<Pod>> {
-    Ok(ns.api::<Pod>().list(&ListParams::default().labels(selector)).await?.items)
+    Ok(ns
+        .api::<Pod>()
+        .list(&ListParams::default().labels(selector))
+        .await?
+        .items)
 }

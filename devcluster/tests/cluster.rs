@@ -10,7 +10,9 @@ use std::time::Duration;
 use anyhow::Context;
 use devcluster::testkit::{self, TestNs};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Endpoints, PersistentVolume, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::core::v1::{
+    Endpoints, PersistentVolume, PersistentVolumeClaim, Pod, Service,
+};
 use kube::api::{DeleteParams, Patch, PatchParams};
 
 const READY: Duration = Duration::from_secs(180);
@@ -22,13 +24,25 @@ async fn time_app_serves_every_pod_through_its_node_port() -> anyhow::Result<()>
     testkit::wait_sts_ready(&ns, "time-app", 3, READY).await?;
 
     let svc = ns.api::<Service>().get("time-app").await?;
-    let ingress = svc.status.and_then(|s| s.load_balancer).and_then(|lb| lb.ingress).unwrap_or_default();
-    assert_eq!(ingress.first().and_then(|i| i.ip.as_deref()), Some("127.0.0.1"), "LoadBalancer ingress");
+    let ingress = svc
+        .status
+        .and_then(|s| s.load_balancer)
+        .and_then(|lb| lb.ingress)
+        .unwrap_or_default();
+    assert_eq!(
+        ingress.first().and_then(|i| i.ip.as_deref()),
+        Some("127.0.0.1"),
+        "LoadBalancer ingress"
+    );
 
     let port = testkit::node_port(&ns, "time-app").await?;
     let spread = testkit::spread(port, "/", 300).await;
     let want: Vec<String> = (0..3).map(|i| format!("time-app-{i}")).collect();
-    assert_eq!(spread.keys().cloned().collect::<Vec<_>>(), want, "answers by pod: {spread:?}");
+    assert_eq!(
+        spread.keys().cloned().collect::<Vec<_>>(),
+        want,
+        "answers by pod: {spread:?}"
+    );
     for (pod, n) in &spread {
         // A fair share of 300 over 3 is 100; a random pick stays well inside 50..150.
         assert!((50..=150).contains(n), "{pod} got {n} of 300: {spread:?}");
@@ -45,45 +59,91 @@ async fn a_deleted_pod_comes_back_with_its_claim_and_its_visits() -> anyhow::Res
 
     let before = testkit::visits(&ns, "time-app-1").await?;
     let other = testkit::visits(&ns, "time-app-0").await?;
-    let claim_before = ns.api::<PersistentVolumeClaim>().get("data-time-app-1").await?;
-    let volume = claim_before.spec.and_then(|s| s.volume_name).expect("claim is bound");
+    let claim_before = ns
+        .api::<PersistentVolumeClaim>()
+        .get("data-time-app-1")
+        .await?;
+    let volume = claim_before
+        .spec
+        .and_then(|s| s.volume_name)
+        .expect("claim is bound");
     let old_uid = ns.api::<Pod>().get("time-app-1").await?.metadata.uid;
 
-    ns.api::<Pod>().delete("time-app-1", &DeleteParams::default()).await?;
-    testkit::wait_for(ns.api::<Pod>(), "time-app-1", READY, move |p: Option<&Pod>| {
-        p.is_some_and(|p| p.metadata.uid != old_uid && testkit::pod_ready(p))
-    })
+    ns.api::<Pod>()
+        .delete("time-app-1", &DeleteParams::default())
+        .await?;
+    testkit::wait_for(
+        ns.api::<Pod>(),
+        "time-app-1",
+        READY,
+        move |p: Option<&Pod>| {
+            p.is_some_and(|p| p.metadata.uid != old_uid && testkit::pod_ready(p))
+        },
+    )
     .await?;
 
     let after = testkit::visits(&ns, "time-app-1").await?;
-    let claim_after = ns.api::<PersistentVolumeClaim>().get("data-time-app-1").await?;
-    assert_eq!(claim_after.spec.and_then(|s| s.volume_name), Some(volume), "same volume");
-    let (b, a) = (before["total"].as_u64().unwrap_or(0), after["total"].as_u64().unwrap_or(0));
+    let claim_after = ns
+        .api::<PersistentVolumeClaim>()
+        .get("data-time-app-1")
+        .await?;
+    assert_eq!(
+        claim_after.spec.and_then(|s| s.volume_name),
+        Some(volume),
+        "same volume"
+    );
+    let (b, a) = (
+        before["total"].as_u64().unwrap_or(0),
+        after["total"].as_u64().unwrap_or(0),
+    );
     assert!(b > 0 && a >= b, "visits before {b}, after {a}");
     let old: Vec<_> = before["visits"].as_array().cloned().unwrap_or_default();
     let new: Vec<_> = after["visits"].as_array().cloned().unwrap_or_default();
-    assert_eq!(&new[..old.len()], &old[..], "the earlier visits are still there, in order");
+    assert_eq!(
+        &new[..old.len()],
+        &old[..],
+        "the earlier visits are still there, in order"
+    );
     assert_eq!(after["pod"], "time-app-1");
-    assert_ne!(other["visits"], after["visits"], "each pod keeps its own visits");
+    assert_ne!(
+        other["visits"], after["visits"],
+        "each pod keeps its own visits"
+    );
     ns.cleanup().await;
     Ok(())
 }
 
 fn revision_of(p: &Pod) -> String {
-    p.metadata.labels.as_ref().and_then(|l| l.get("controller-revision-hash")).cloned().unwrap_or_default()
+    p.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("controller-revision-hash"))
+        .cloned()
+        .unwrap_or_default()
 }
 
 async fn kubectl_rollout_status(ns: &TestNs) -> anyhow::Result<(bool, String)> {
     let out = tokio::process::Command::new("kubectl")
-        .args(["rollout", "status", "statefulset/time-app", "-n", &ns.name, "--timeout=120s"])
+        .args([
+            "rollout",
+            "status",
+            "statefulset/time-app",
+            "-n",
+            &ns.name,
+            "--timeout=120s",
+        ])
         .env("KUBECONFIG", devcluster::Layout::from_env().kubeconfig())
         .output()
         .await?;
-    Ok((out.status.success(), String::from_utf8_lossy(&out.stdout).into()))
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+    ))
 }
 
 #[tokio::test]
-async fn a_partition_update_by_hand_moves_exactly_the_ordinals_at_or_above_it() -> anyhow::Result<()> {
+async fn a_partition_update_by_hand_moves_exactly_the_ordinals_at_or_above_it() -> anyhow::Result<()>
+{
     let ns = TestNs::new("partition").await?;
     ns.deploy_time_app(3).await?;
     testkit::wait_sts_ready(&ns, "time-app", 3, READY).await?;
@@ -93,28 +153,59 @@ async fn a_partition_update_by_hand_moves_exactly_the_ordinals_at_or_above_it() 
         "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"partition": 2}},
         "template": {"spec": {"containers": [{"name": "app", "image": "time-app:v2"}]}}
     }});
-    sts.patch("time-app", &PatchParams::default(), &Patch::Strategic(&patch)).await?;
+    sts.patch(
+        "time-app",
+        &PatchParams::default(),
+        &Patch::Strategic(&patch),
+    )
+    .await?;
     let done = testkit::wait_for(sts.clone(), "time-app", READY, |s: Option<&StatefulSet>| {
-        s.and_then(|s| s.status.as_ref()).is_some_and(|st| st.updated_replicas == Some(1) && st.ready_replicas == Some(3))
+        s.and_then(|s| s.status.as_ref())
+            .is_some_and(|st| st.updated_replicas == Some(1) && st.ready_replicas == Some(3))
     })
     .await?;
     let status = done.status.unwrap_or_default();
-    let (update, current) = (status.update_revision.unwrap_or_default(), status.current_revision.unwrap_or_default());
+    let (update, current) = (
+        status.update_revision.unwrap_or_default(),
+        status.current_revision.unwrap_or_default(),
+    );
     assert_ne!(update, current);
     for i in 0..3 {
         let name = format!("time-app-{i}");
         let pod = ns.api::<Pod>().get(&name).await?;
-        let answer = testkit::get(&testkit::http(), &format!("http://{}:8080/", testkit::pod_ip(&ns, &name).await?)).await?;
-        let (want_rev, want_version) = if i >= 2 { (&update, "v2") } else { (&current, "v1") };
+        let answer = testkit::get(
+            &testkit::http(),
+            &format!("http://{}:8080/", testkit::pod_ip(&ns, &name).await?),
+        )
+        .await?;
+        let (want_rev, want_version) = if i >= 2 {
+            (&update, "v2")
+        } else {
+            (&current, "v1")
+        };
         assert_eq!(&revision_of(&pod), want_rev, "{name} revision");
         assert_eq!(answer.version, want_version, "{name} version");
     }
     let (ok, out) = kubectl_rollout_status(&ns).await?;
-    assert!(ok && out.contains("partitioned roll out complete"), "kubectl rollout status: {out}");
+    assert!(
+        ok && out.contains("partitioned roll out complete"),
+        "kubectl rollout status: {out}"
+    );
 
-    sts.patch("time-app", &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"updateStrategy": {"rollingUpdate": {"partition": 0}}}}))).await?;
+    sts.patch(
+        "time-app",
+        &PatchParams::default(),
+        &Patch::Merge(
+            serde_json::json!({"spec": {"updateStrategy": {"rollingUpdate": {"partition": 0}}}}),
+        ),
+    )
+    .await?;
     testkit::wait_for(sts, "time-app", READY, |s: Option<&StatefulSet>| {
-        s.and_then(|s| s.status.as_ref()).is_some_and(|st| st.updated_replicas == Some(3) && st.ready_replicas == Some(3) && st.current_revision == st.update_revision)
+        s.and_then(|s| s.status.as_ref()).is_some_and(|st| {
+            st.updated_replicas == Some(3)
+                && st.ready_replicas == Some(3)
+                && st.current_revision == st.update_revision
+        })
     })
     .await?;
     let port = testkit::node_port(&ns, "time-app").await?;
@@ -124,13 +215,26 @@ async fn a_partition_update_by_hand_moves_exactly_the_ordinals_at_or_above_it() 
         assert_eq!(a.version, "v2", "{} still answers {}", a.pod, a.version);
     }
     let (ok, out) = kubectl_rollout_status(&ns).await?;
-    assert!(ok && out.contains("roll out complete"), "kubectl rollout status: {out}");
+    assert!(
+        ok && out.contains("roll out complete"),
+        "kubectl rollout status: {out}"
+    );
     ns.cleanup().await;
     Ok(())
 }
 
 fn waiting_reason(p: &Pod) -> Option<String> {
-    p.status.as_ref()?.container_statuses.as_ref()?.first()?.state.as_ref()?.waiting.as_ref()?.reason.clone()
+    p.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .first()?
+        .state
+        .as_ref()?
+        .waiting
+        .as_ref()?
+        .reason
+        .clone()
 }
 
 #[tokio::test]
@@ -149,7 +253,14 @@ async fn an_unmapped_image_stays_in_image_pull_back_off() -> anyhow::Result<()> 
     // It stays there: still backing off a little later, never running.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let pod = ns.api::<Pod>().get("lost").await?;
-    assert!(matches!(waiting_reason(&pod).as_deref(), Some("ImagePullBackOff" | "ErrImagePull")), "{:?}", pod.status);
+    assert!(
+        matches!(
+            waiting_reason(&pod).as_deref(),
+            Some("ImagePullBackOff" | "ErrImagePull")
+        ),
+        "{:?}",
+        pod.status
+    );
     ns.cleanup().await;
     Ok(())
 }
@@ -172,7 +283,10 @@ async fn a_failing_readiness_probe_drops_the_pod_from_its_service() -> anyhow::R
     wait_endpoints(&ns, "probe", vec![ip.clone()]).await?;
 
     std::fs::remove_file(&flag)?;
-    testkit::wait_for(ns.api::<Pod>(), "probe", READY, |p: Option<&Pod>| p.is_some_and(|p| !testkit::pod_ready(p))).await?;
+    testkit::wait_for(ns.api::<Pod>(), "probe", READY, |p: Option<&Pod>| {
+        p.is_some_and(|p| !testkit::pod_ready(p))
+    })
+    .await?;
     wait_endpoints(&ns, "probe", vec![]).await?;
 
     std::fs::write(&flag, "")?;
@@ -191,13 +305,21 @@ async fn wait_endpoints(ns: &TestNs, service: &str, want: Vec<String>) -> anyhow
         if got == want {
             return Ok(());
         }
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "endpoints of {service}: {got:?}, want {want:?}");
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "endpoints of {service}: {got:?}, want {want:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
 fn restarts(p: &Pod) -> i32 {
-    p.status.as_ref().and_then(|s| s.container_statuses.as_ref()).and_then(|c| c.first()).map(|c| c.restart_count).unwrap_or(0)
+    p.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c.first())
+        .map(|c| c.restart_count)
+        .unwrap_or(0)
 }
 
 #[tokio::test]
@@ -210,9 +332,19 @@ async fn a_failing_liveness_probe_restarts_the_container() -> anyhow::Result<()>
         ns.name
     ))
     .await?;
-    let pod = testkit::wait_for(ns.api::<Pod>(), "sick", READY, |p: Option<&Pod>| p.is_some_and(|p| restarts(p) >= 2)).await?;
-    let status = pod.status.and_then(|s| s.container_statuses).and_then(|c| c.into_iter().next()).expect("a container status");
-    let last = status.last_state.and_then(|s| s.terminated).expect("the restarted container's last state is terminated");
+    let pod = testkit::wait_for(ns.api::<Pod>(), "sick", READY, |p: Option<&Pod>| {
+        p.is_some_and(|p| restarts(p) >= 2)
+    })
+    .await?;
+    let status = pod
+        .status
+        .and_then(|s| s.container_statuses)
+        .and_then(|c| c.into_iter().next())
+        .expect("a container status");
+    let last = status
+        .last_state
+        .and_then(|s| s.terminated)
+        .expect("the restarted container's last state is terminated");
     assert!(last.finished_at.is_some(), "{last:?}");
     ns.cleanup().await;
     Ok(())
@@ -226,11 +358,20 @@ async fn a_crashing_app_goes_into_crash_loop_back_off() -> anyhow::Result<()> {
     )
     .await?;
     let pod = testkit::wait_for(ns.api::<Pod>(), "crash", READY, |p: Option<&Pod>| {
-        p.is_some_and(|p| restarts(p) >= 1 && waiting_reason(p).as_deref() == Some("CrashLoopBackOff"))
+        p.is_some_and(|p| {
+            restarts(p) >= 1 && waiting_reason(p).as_deref() == Some("CrashLoopBackOff")
+        })
     })
     .await?;
-    let status = pod.status.and_then(|s| s.container_statuses).and_then(|c| c.into_iter().next()).expect("a container status");
-    let last = status.last_state.and_then(|s| s.terminated).expect("last state terminated");
+    let status = pod
+        .status
+        .and_then(|s| s.container_statuses)
+        .and_then(|c| c.into_iter().next())
+        .expect("a container status");
+    let last = status
+        .last_state
+        .and_then(|s| s.terminated)
+        .expect("last state terminated");
     assert_eq!(last.exit_code, 1);
     assert_eq!(last.reason.as_deref(), Some("Error"));
     ns.cleanup().await;
@@ -242,9 +383,16 @@ async fn the_api_servers_pod_proxy_reaches_a_pod() -> anyhow::Result<()> {
     let ns = TestNs::new("proxy").await?;
     ns.deploy_time_app(1).await?;
     testkit::wait_sts_ready(&ns, "time-app", 1, READY).await?;
-    let req = http::Request::get(format!("/api/v1/namespaces/{}/pods/time-app-0:8080/proxy/", ns.name)).body(Vec::new())?;
+    let req = http::Request::get(format!(
+        "/api/v1/namespaces/{}/pods/time-app-0:8080/proxy/",
+        ns.name
+    ))
+    .body(Vec::new())?;
     let body = ns.client.request_text(req).await?;
-    assert!(body.contains("Moscow time") && body.contains("time-app-0"), "{body}");
+    assert!(
+        body.contains("Moscow time") && body.contains("time-app-0"),
+        "{body}"
+    );
     ns.cleanup().await;
     Ok(())
 }
@@ -254,7 +402,11 @@ async fn the_api_servers_pod_proxy_reaches_a_pod() -> anyhow::Result<()> {
 /// One GET through the API server's service proxy: `/api/v1/namespaces/NS/services/SERVICE/proxy/PATH`,
 /// where SERVICE is `name:port`, `scheme:name:port`, ... (port by name or number).
 async fn service_proxy_get(ns: &TestNs, service: &str, path: &str) -> anyhow::Result<String> {
-    let uri = format!("/api/v1/namespaces/{}/services/{service}/proxy/{}", ns.name, path.trim_start_matches('/'));
+    let uri = format!(
+        "/api/v1/namespaces/{}/services/{service}/proxy/{}",
+        ns.name,
+        path.trim_start_matches('/')
+    );
     let req = http::Request::get(&uri).body(Vec::new())?;
     Ok(ns.client.request_text(req).await?)
 }
@@ -294,11 +446,24 @@ async fn pod_ips(ns: &TestNs, pods: &[&str]) -> anyhow::Result<Vec<String>> {
 }
 
 /// Waits until the Service's Endpoints list exactly `ready` as ready and `not_ready` as not ready.
-async fn wait_endpoint_sets(ns: &TestNs, service: &str, ready: &[String], not_ready: &[String]) -> anyhow::Result<Endpoints> {
+async fn wait_endpoint_sets(
+    ns: &TestNs,
+    service: &str,
+    ready: &[String],
+    not_ready: &[String],
+) -> anyhow::Result<Endpoints> {
     let (ready, not_ready) = (sorted(ready), sorted(not_ready));
-    testkit::wait_for(ns.api::<Endpoints>(), service, Duration::from_secs(60), move |e: Option<&Endpoints>| {
-        e.is_some_and(|e| sorted(&testkit::ready_addresses(e)) == ready && sorted(&testkit::not_ready_addresses(e)) == not_ready)
-    })
+    testkit::wait_for(
+        ns.api::<Endpoints>(),
+        service,
+        Duration::from_secs(60),
+        move |e: Option<&Endpoints>| {
+            e.is_some_and(|e| {
+                sorted(&testkit::ready_addresses(e)) == ready
+                    && sorted(&testkit::not_ready_addresses(e)) == not_ready
+            })
+        },
+    )
     .await
 }
 
@@ -309,7 +474,8 @@ fn sorted(v: &[String]) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn the_api_servers_service_proxy_reaches_the_ready_pods_of_a_cluster_ip_service() -> anyhow::Result<()> {
+async fn the_api_servers_service_proxy_reaches_the_ready_pods_of_a_cluster_ip_service(
+) -> anyhow::Result<()> {
     let ns = TestNs::new("svcproxy").await?;
     ns.deploy_time_app(2).await?;
     ns.apply_value(serde_json::json!({
@@ -319,7 +485,10 @@ async fn the_api_servers_service_proxy_reaches_the_ready_pods_of_a_cluster_ip_se
     .await?;
     testkit::wait_sts_ready(&ns, "time-app", 2, READY).await?;
     let svc = ns.api::<Service>().get("plain").await?;
-    assert_eq!(svc.spec.as_ref().and_then(|s| s.type_.as_deref()), Some("ClusterIP"));
+    assert_eq!(
+        svc.spec.as_ref().and_then(|s| s.type_.as_deref()),
+        Some("ClusterIP")
+    );
 
     // The endpoints controller keeps the Service's Endpoints: each ready pod, pointing at its pod.
     let ips = pod_ips(&ns, &["time-app-0", "time-app-1"]).await?;
@@ -329,39 +498,69 @@ async fn the_api_servers_service_proxy_reaches_the_ready_pods_of_a_cluster_ip_se
         .iter()
         .flatten()
         .flat_map(|s| s.addresses.iter().flatten())
-        .filter_map(|a| a.target_ref.as_ref().filter(|t| t.kind.as_deref() == Some("Pod")).and_then(|t| t.name.clone()))
+        .filter_map(|a| {
+            a.target_ref
+                .as_ref()
+                .filter(|t| t.kind.as_deref() == Some("Pod"))
+                .and_then(|t| t.name.clone())
+        })
         .collect();
-    assert_eq!(targets, BTreeSet::from(["time-app-0".to_string(), "time-app-1".to_string()]));
+    assert_eq!(
+        targets,
+        BTreeSet::from(["time-app-0".to_string(), "time-app-1".to_string()])
+    );
 
     // Every way of naming the port reaches a pod; over 30 requests both pods answer.
     let mut seen = BTreeSet::new();
-    for form in ["plain:web", "http:plain:80", "http:plain:web"].iter().cycle().take(30) {
+    for form in ["plain:web", "http:plain:80", "http:plain:web"]
+        .iter()
+        .cycle()
+        .take(30)
+    {
         let body = service_proxy_get(&ns, form, "").await?;
         assert!(body.contains("Moscow time"), "{form}: {body}");
         seen.insert(testkit::pod_in_body(&body).unwrap_or_default());
     }
-    assert_eq!(seen, BTreeSet::from(["time-app-0".to_string(), "time-app-1".to_string()]));
-    let visits: serde_json::Value = serde_json::from_str(&service_proxy_get(&ns, "plain:web", "visits").await?)?;
+    assert_eq!(
+        seen,
+        BTreeSet::from(["time-app-0".to_string(), "time-app-1".to_string()])
+    );
+    let visits: serde_json::Value =
+        serde_json::from_str(&service_proxy_get(&ns, "plain:web", "visits").await?)?;
     assert!(visits["total"].as_u64().unwrap_or(0) > 0, "{visits}");
 
     // One pod fewer: the Endpoints follow, and so does the proxy.
     let gone_uid = uid_of(&ns.api::<Pod>().get("time-app-1").await?);
     let scale = serde_json::json!({"spec": {"replicas": 1}});
-    ns.api::<StatefulSet>().patch("time-app", &PatchParams::default(), &Patch::Merge(&scale)).await?;
+    ns.api::<StatefulSet>()
+        .patch("time-app", &PatchParams::default(), &Patch::Merge(&scale))
+        .await?;
     testkit::wait_gone(ns.api::<Pod>(), "time-app-1", &gone_uid, READY).await?;
-    wait_endpoint_sets(&ns, "plain", &[testkit::pod_ip(&ns, "time-app-0").await?], &[]).await?;
+    wait_endpoint_sets(
+        &ns,
+        "plain",
+        &[testkit::pod_ip(&ns, "time-app-0").await?],
+        &[],
+    )
+    .await?;
     for _ in 0..15 {
         let body = service_proxy_get(&ns, "http:plain:web", "").await?;
-        assert_eq!(testkit::pod_in_body(&body).as_deref(), Some("time-app-0"), "{body}");
+        assert_eq!(
+            testkit::pod_in_body(&body).as_deref(),
+            Some("time-app-0"),
+            "{body}"
+        );
     }
     ns.cleanup().await;
     Ok(())
 }
 
 #[tokio::test]
-async fn a_claim_cloned_from_a_running_pods_claim_is_adopted_by_a_new_set_with_that_data() -> anyhow::Result<()> {
+async fn a_claim_cloned_from_a_running_pods_claim_is_adopted_by_a_new_set_with_that_data(
+) -> anyhow::Result<()> {
     let ns = TestNs::new("clone").await?;
-    ns.apply_value(testkit::time_app_set("blue", "time-app:v1", 1)?).await?;
+    ns.apply_value(testkit::time_app_set("blue", "time-app:v1", 1)?)
+        .await?;
     testkit::wait_sts_ready(&ns, "blue", 1, READY).await?;
     let http = testkit::http();
     let blue_ip = testkit::pod_ip(&ns, "blue-0").await?;
@@ -374,18 +573,33 @@ async fn a_claim_cloned_from_a_running_pods_claim_is_adopted_by_a_new_set_with_t
 
     // blue-0 keeps running (its probes write a visit every 2 s) while its claim is cloned under
     // the name the green set's claim template will look for.
-    ns.apply_value(claim("data-green-0", Some("data-blue-0"))).await?;
-    let clone = testkit::wait_for(ns.api::<PersistentVolumeClaim>(), "data-green-0", READY, |c: Option<&PersistentVolumeClaim>| {
-        c.is_some_and(is_bound)
-    })
+    ns.apply_value(claim("data-green-0", Some("data-blue-0")))
+        .await?;
+    let clone = testkit::wait_for(
+        ns.api::<PersistentVolumeClaim>(),
+        "data-green-0",
+        READY,
+        |c: Option<&PersistentVolumeClaim>| c.is_some_and(is_bound),
+    )
     .await?;
     let (clone_uid, clone_volume) = (uid_of(&clone), clone.spec.and_then(|s| s.volume_name));
-    assert_ne!(testkit::claim_dir(&ns, "data-green-0").await?, testkit::claim_dir(&ns, "data-blue-0").await?);
+    assert_ne!(
+        testkit::claim_dir(&ns, "data-green-0").await?,
+        testkit::claim_dir(&ns, "data-blue-0").await?
+    );
 
-    ns.apply_value(testkit::time_app_set("green", "time-app:v2", 1)?).await?;
+    ns.apply_value(testkit::time_app_set("green", "time-app:v2", 1)?)
+        .await?;
     testkit::wait_sts_ready(&ns, "green", 1, READY).await?;
-    let adopted = ns.api::<PersistentVolumeClaim>().get("data-green-0").await?;
-    assert_eq!(uid_of(&adopted), clone_uid, "the set uses the claim made before it, not a new one");
+    let adopted = ns
+        .api::<PersistentVolumeClaim>()
+        .get("data-green-0")
+        .await?;
+    assert_eq!(
+        uid_of(&adopted),
+        clone_uid,
+        "the set uses the claim made before it, not a new one"
+    );
     assert_eq!(adopted.spec.and_then(|s| s.volume_name), clone_volume);
     let green_claims: Vec<String> = ns
         .api::<PersistentVolumeClaim>()
@@ -402,8 +616,17 @@ async fn a_claim_cloned_from_a_running_pods_claim_is_adopted_by_a_new_set_with_t
     assert_eq!(green["pod"], "green-0");
     assert_eq!(green["version"], "v2");
     let copied: Vec<serde_json::Value> = green["visits"].as_array().cloned().unwrap_or_default();
-    assert!(copied.len() >= before.len(), "green has {} visits, blue had {} before the clone", copied.len(), before.len());
-    assert_eq!(&copied[..before.len()], &before[..], "green starts with blue's visits, in order");
+    assert!(
+        copied.len() >= before.len(),
+        "green has {} visits, blue had {} before the clone",
+        copied.len(),
+        before.len()
+    );
+    assert_eq!(
+        &copied[..before.len()],
+        &before[..],
+        "green starts with blue's visits, in order"
+    );
     ns.cleanup().await;
     Ok(())
 }
@@ -417,21 +640,37 @@ async fn deleting_a_statefulset_deletes_its_pods_and_keeps_their_claims() -> any
     let mut pods = Vec::new();
     for name in ["time-app-0", "time-app-1"] {
         let pod = ns.api::<Pod>().get(name).await?;
-        let owner = pod.metadata.owner_references.iter().flatten().find(|o| o.controller == Some(true)).cloned();
-        assert_eq!(owner.as_ref().map(|o| (o.kind.as_str(), o.uid.as_str())), Some(("StatefulSet", sts_uid.as_str())), "{name}");
+        let owner = pod
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.controller == Some(true))
+            .cloned();
+        assert_eq!(
+            owner.as_ref().map(|o| (o.kind.as_str(), o.uid.as_str())),
+            Some(("StatefulSet", sts_uid.as_str())),
+            "{name}"
+        );
         pods.push((name, uid_of(&pod)));
     }
 
     // The default propagation (background): the set goes at once, the garbage collector takes
     // its pods after it.
-    ns.api::<StatefulSet>().delete("time-app", &DeleteParams::default()).await?;
+    ns.api::<StatefulSet>()
+        .delete("time-app", &DeleteParams::default())
+        .await?;
     testkit::wait_gone(ns.api::<StatefulSet>(), "time-app", &sts_uid, READY).await?;
     for (name, uid) in &pods {
         testkit::wait_gone(ns.api::<Pod>(), name, uid, READY).await?;
     }
     for claim in ["data-time-app-0", "data-time-app-1"] {
         let c = ns.api::<PersistentVolumeClaim>().get(claim).await?;
-        assert!(is_bound(&c) && c.metadata.deletion_timestamp.is_none(), "{claim}: {:?}", c.status);
+        assert!(
+            is_bound(&c) && c.metadata.deletion_timestamp.is_none(),
+            "{claim}: {:?}",
+            c.status
+        );
     }
     ns.cleanup().await;
     Ok(())
@@ -469,7 +708,8 @@ spec:
 "#;
 
 #[tokio::test]
-async fn scaling_a_statefulset_to_zero_stops_its_pods_gracefully_and_keeps_their_claims() -> anyhow::Result<()> {
+async fn scaling_a_statefulset_to_zero_stops_its_pods_gracefully_and_keeps_their_claims(
+) -> anyhow::Result<()> {
     let ns = TestNs::new("scale0").await?;
     ns.apply_yaml(SIGNAL_NOTING_SET).await?;
     testkit::wait_sts_ready(&ns, "noter", 2, READY).await?;
@@ -477,29 +717,60 @@ async fn scaling_a_statefulset_to_zero_stops_its_pods_gracefully_and_keeps_their
     let mut before = Vec::new();
     for (i, c) in claims.iter().enumerate() {
         let pod = ns.api::<Pod>().get(&format!("noter-{i}")).await?;
-        before.push((uid_of(&ns.api::<PersistentVolumeClaim>().get(c).await?), uid_of(&pod), testkit::claim_dir(&ns, c).await?));
+        before.push((
+            uid_of(&ns.api::<PersistentVolumeClaim>().get(c).await?),
+            uid_of(&pod),
+            testkit::claim_dir(&ns, c).await?,
+        ));
     }
 
     let sts = ns.api::<StatefulSet>();
-    sts.patch("noter", &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"replicas": 0}}))).await?;
+    sts.patch(
+        "noter",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"replicas": 0}})),
+    )
+    .await?;
     for (i, (_, pod_uid, dir)) in before.iter().enumerate() {
         testkit::wait_gone(ns.api::<Pod>(), &format!("noter-{i}"), pod_uid, READY).await?;
         // Only a process that got SIGTERM and had time to handle it writes this.
         let stopped = std::fs::read_to_string(dir.join("stopped")).unwrap_or_default();
-        assert_eq!(stopped, "TERM\n", "noter-{i} was not stopped with SIGTERM ({})", dir.display());
+        assert_eq!(
+            stopped,
+            "TERM\n",
+            "noter-{i} was not stopped with SIGTERM ({})",
+            dir.display()
+        );
     }
     for (c, (claim_uid, _, _)) in claims.iter().zip(&before) {
         let now = ns.api::<PersistentVolumeClaim>().get(c).await?;
-        assert!(is_bound(&now) && now.metadata.deletion_timestamp.is_none() && &uid_of(&now) == claim_uid, "{c}");
+        assert!(
+            is_bound(&now)
+                && now.metadata.deletion_timestamp.is_none()
+                && &uid_of(&now) == claim_uid,
+            "{c}"
+        );
     }
 
     // Back to two (what the recreate strategy does next): the same claims, with their data.
-    sts.patch("noter", &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"replicas": 2}}))).await?;
+    sts.patch(
+        "noter",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"replicas": 2}})),
+    )
+    .await?;
     testkit::wait_sts_ready(&ns, "noter", 2, READY).await?;
     for (c, (claim_uid, _, dir)) in claims.iter().zip(&before) {
-        assert_eq!(&uid_of(&ns.api::<PersistentVolumeClaim>().get(c).await?), claim_uid, "{c}");
+        assert_eq!(
+            &uid_of(&ns.api::<PersistentVolumeClaim>().get(c).await?),
+            claim_uid,
+            "{c}"
+        );
         assert_eq!(&testkit::claim_dir(&ns, c).await?, dir);
-        assert_eq!(std::fs::read_to_string(dir.join("stopped")).unwrap_or_default(), "TERM\n");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("stopped")).unwrap_or_default(),
+            "TERM\n"
+        );
     }
     ns.cleanup().await;
     Ok(())
@@ -513,12 +784,44 @@ async fn a_deleted_claim_takes_its_volume_along_once_no_pod_uses_it() -> anyhow:
 
     // A claim no pod uses: it goes at once, and its volume and data with it.
     ns.apply_value(claim("loose", None)).await?;
-    let loose = testkit::wait_for(claims.clone(), "loose", READY, |c: Option<&PersistentVolumeClaim>| c.is_some_and(is_bound)).await?;
-    assert!(loose.metadata.finalizers.iter().flatten().any(|f| f == "kubernetes.io/pvc-protection"), "{:?}", loose.metadata.finalizers);
-    let pv_name = loose.spec.as_ref().and_then(|s| s.volume_name.clone()).unwrap_or_default();
+    let loose = testkit::wait_for(
+        claims.clone(),
+        "loose",
+        READY,
+        |c: Option<&PersistentVolumeClaim>| c.is_some_and(is_bound),
+    )
+    .await?;
+    assert!(
+        loose
+            .metadata
+            .finalizers
+            .iter()
+            .flatten()
+            .any(|f| f == "kubernetes.io/pvc-protection"),
+        "{:?}",
+        loose.metadata.finalizers
+    );
+    let pv_name = loose
+        .spec
+        .as_ref()
+        .and_then(|s| s.volume_name.clone())
+        .unwrap_or_default();
     let pv = volumes.get(&pv_name).await?;
-    assert_eq!(pv.spec.as_ref().and_then(|s| s.persistent_volume_reclaim_policy.as_deref()), Some("Delete"));
-    assert!(pv.metadata.finalizers.iter().flatten().any(|f| f == "kubernetes.io/pv-protection"), "{:?}", pv.metadata.finalizers);
+    assert_eq!(
+        pv.spec
+            .as_ref()
+            .and_then(|s| s.persistent_volume_reclaim_policy.as_deref()),
+        Some("Delete")
+    );
+    assert!(
+        pv.metadata
+            .finalizers
+            .iter()
+            .flatten()
+            .any(|f| f == "kubernetes.io/pv-protection"),
+        "{:?}",
+        pv.metadata.finalizers
+    );
     let dir = testkit::claim_dir(&ns, "loose").await?;
     std::fs::write(dir.join("kept?"), "no")?;
     claims.delete("loose", &DeleteParams::default()).await?;
@@ -534,29 +837,66 @@ async fn a_deleted_claim_takes_its_volume_along_once_no_pod_uses_it() -> anyhow:
          - {name: c, image: pause, volumeMounts: [{name: d, mountPath: /data}]}\n",
     )
     .await?;
-    let holder = testkit::wait_for(ns.api::<Pod>(), "holder", READY, testkit::is_pod_ready()).await?;
+    let holder =
+        testkit::wait_for(ns.api::<Pod>(), "holder", READY, testkit::is_pod_ready()).await?;
     let held = claims.get("held").await?;
-    let held_pv = volumes.get(held.spec.as_ref().and_then(|s| s.volume_name.as_deref()).unwrap_or_default()).await?;
+    let held_pv = volumes
+        .get(
+            held.spec
+                .as_ref()
+                .and_then(|s| s.volume_name.as_deref())
+                .unwrap_or_default(),
+        )
+        .await?;
     let held_dir = testkit::claim_dir(&ns, "held").await?;
     claims.delete("held", &DeleteParams::default()).await?;
-    testkit::wait_for(claims.clone(), "held", READY, |c: Option<&PersistentVolumeClaim>| {
-        c.is_some_and(|c| c.metadata.deletion_timestamp.is_some())
-    })
+    testkit::wait_for(
+        claims.clone(),
+        "held",
+        READY,
+        |c: Option<&PersistentVolumeClaim>| {
+            c.is_some_and(|c| c.metadata.deletion_timestamp.is_some())
+        },
+    )
     .await?;
     // Nothing to wait for on a watch here: the point is that nothing happens for a while.
-    let early = testkit::wait_gone(claims.clone(), "held", &uid_of(&held), Duration::from_secs(5)).await;
+    let early = testkit::wait_gone(
+        claims.clone(),
+        "held",
+        &uid_of(&held),
+        Duration::from_secs(5),
+    )
+    .await;
     assert!(early.is_err(), "the claim went while its pod still ran");
     let still = claims.get("held").await?;
-    assert!(still.metadata.finalizers.iter().flatten().any(|f| f == "kubernetes.io/pvc-protection"), "{:?}", still.metadata);
+    assert!(
+        still
+            .metadata
+            .finalizers
+            .iter()
+            .flatten()
+            .any(|f| f == "kubernetes.io/pvc-protection"),
+        "{:?}",
+        still.metadata
+    );
     assert!(is_bound(&still) && held_dir.exists());
-    assert!(testkit::pod_ready(&ns.api::<Pod>().get("holder").await?), "the pod keeps running");
+    assert!(
+        testkit::pod_ready(&ns.api::<Pod>().get("holder").await?),
+        "the pod keeps running"
+    );
 
-    ns.api::<Pod>().delete("holder", &DeleteParams::default()).await?;
+    ns.api::<Pod>()
+        .delete("holder", &DeleteParams::default())
+        .await?;
     testkit::wait_gone(ns.api::<Pod>(), "holder", &uid_of(&holder), READY).await?;
     testkit::wait_gone(claims, "held", &uid_of(&held), READY).await?;
     let held_pv_name = held_pv.metadata.name.clone().unwrap_or_default();
     testkit::wait_gone(volumes, &held_pv_name, &uid_of(&held_pv), READY).await?;
-    assert!(!held_dir.exists(), "{} is still on the host", held_dir.display());
+    assert!(
+        !held_dir.exists(),
+        "{} is still on the host",
+        held_dir.display()
+    );
     ns.cleanup().await;
     Ok(())
 }
@@ -573,17 +913,27 @@ struct Switch {
 /// Patches the Service to select `to`, then asks through its node port (a new connection each
 /// time) until a pod of `to` answers, and 30 times more to check that no old pod ever answers
 /// again. At most 2000 requests or 30 s.
-async fn switch_selector(ns: &TestNs, service: &str, port: u16, to: &str) -> anyhow::Result<Switch> {
+async fn switch_selector(
+    ns: &TestNs,
+    service: &str,
+    port: u16,
+    to: &str,
+) -> anyhow::Result<Switch> {
     let http = testkit::http();
     let url = format!("http://127.0.0.1:{port}/healthz");
     let patch = serde_json::json!({"spec": {"selector": {"app": to}}});
-    ns.api::<Service>().patch(service, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    ns.api::<Service>()
+        .patch(service, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
     let start = tokio::time::Instant::now();
     let mut old_answers = 0;
     let mut delay = None;
     let mut after = 0;
     for _ in 0..2000 {
-        anyhow::ensure!(start.elapsed() < Duration::from_secs(30), "no pod of {to} answered within 30 s of the switch");
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(30),
+            "no pod of {to} answered within 30 s of the switch"
+        );
         let a = match testkit::get(&http, &url).await {
             Ok(a) => a,
             Err(e) => anyhow::bail!("a request failed during the switch to {to}: {e:#}"),
@@ -609,11 +959,15 @@ fn percentile(sorted_ms: &[f64], p: f64) -> f64 {
 }
 
 #[tokio::test]
-async fn a_service_selector_switch_moves_node_port_traffic_to_the_new_pods_and_never_back() -> anyhow::Result<()> {
+async fn a_service_selector_switch_moves_node_port_traffic_to_the_new_pods_and_never_back(
+) -> anyhow::Result<()> {
     let ns = TestNs::new("switch").await?;
-    ns.apply_value(testkit::time_app_set("blue", "time-app:v1", 2)?).await?;
-    ns.apply_value(testkit::time_app_set("green", "time-app:v2", 2)?).await?;
-    ns.apply_value(testkit::service_for("front", "LoadBalancer", "blue")).await?;
+    ns.apply_value(testkit::time_app_set("blue", "time-app:v1", 2)?)
+        .await?;
+    ns.apply_value(testkit::time_app_set("green", "time-app:v2", 2)?)
+        .await?;
+    ns.apply_value(testkit::service_for("front", "LoadBalancer", "blue"))
+        .await?;
     testkit::wait_sts_ready(&ns, "blue", 2, READY).await?;
     testkit::wait_sts_ready(&ns, "green", 2, READY).await?;
     let blue = pod_ips(&ns, &["blue-0", "blue-1"]).await?;
@@ -621,17 +975,28 @@ async fn a_service_selector_switch_moves_node_port_traffic_to_the_new_pods_and_n
     wait_endpoint_sets(&ns, "front", &blue, &[]).await?;
     let port = testkit::node_port(&ns, "front").await?;
     let spread = testkit::spread(port, "/healthz", 40).await;
-    assert_eq!(spread.keys().cloned().collect::<Vec<_>>(), vec!["blue-0".to_string(), "blue-1".to_string()], "{spread:?}");
+    assert_eq!(
+        spread.keys().cloned().collect::<Vec<_>>(),
+        vec!["blue-0".to_string(), "blue-1".to_string()],
+        "{spread:?}"
+    );
 
     let mut trials = Vec::new();
     for i in 0..20 {
-        let (to, ips) = if i % 2 == 0 { ("green", &green) } else { ("blue", &blue) };
+        let (to, ips) = if i % 2 == 0 {
+            ("green", &green)
+        } else {
+            ("blue", &blue)
+        };
         let s = switch_selector(&ns, "front", port, to).await?;
         // The endpoints controller has written exactly the new set by now.
         wait_endpoint_sets(&ns, "front", ips, &[]).await?;
         trials.push(s);
     }
-    let mut ms: Vec<f64> = trials.iter().map(|t| t.delay.as_secs_f64() * 1000.0).collect();
+    let mut ms: Vec<f64> = trials
+        .iter()
+        .map(|t| t.delay.as_secs_f64() * 1000.0)
+        .collect();
     ms.sort_by(f64::total_cmp);
     let olds: Vec<usize> = trials.iter().map(|t| t.old_answers).collect();
     println!(
@@ -648,43 +1013,86 @@ async fn a_service_selector_switch_moves_node_port_traffic_to_the_new_pods_and_n
 }
 
 #[tokio::test]
-async fn a_pod_that_stops_being_ready_leaves_the_endpoints_and_gets_no_new_connections() -> anyhow::Result<()> {
+async fn a_pod_that_stops_being_ready_leaves_the_endpoints_and_gets_no_new_connections(
+) -> anyhow::Result<()> {
     let ns = TestNs::new("unready").await?;
-    let flag = |pod: &str| testkit::dir_shared_with_pods().join(format!("devcluster-{}-ready-{pod}", ns.name));
+    let flag = |pod: &str| {
+        testkit::dir_shared_with_pods().join(format!("devcluster-{}-ready-{pod}", ns.name))
+    };
     for p in ["web-0", "web-1"] {
         std::fs::write(flag(p), "")?;
     }
     let mut set = testkit::time_app_set("web", "time-app:v1", 2)?;
     // Ready while the pod's own flag file exists on the host.
-    let probe = format!("test -e {}/devcluster-{}-ready-$POD_NAME", testkit::dir_shared_with_pods().display(), ns.name);
-    set["spec"]["template"]["spec"]["containers"][0]["readinessProbe"] =
-        serde_json::json!({"exec": {"command": ["sh", "-c", probe]}, "periodSeconds": 1, "failureThreshold": 1});
+    let probe = format!(
+        "test -e {}/devcluster-{}-ready-$POD_NAME",
+        testkit::dir_shared_with_pods().display(),
+        ns.name
+    );
+    set["spec"]["template"]["spec"]["containers"][0]["readinessProbe"] = serde_json::json!({"exec": {"command": ["sh", "-c", probe]}, "periodSeconds": 1, "failureThreshold": 1});
     ns.apply_value(set).await?;
-    ns.apply_value(testkit::service_for("web", "LoadBalancer", "web")).await?;
+    ns.apply_value(testkit::service_for("web", "LoadBalancer", "web"))
+        .await?;
     testkit::wait_sts_ready(&ns, "web", 2, READY).await?;
-    let (ip0, ip1) = (testkit::pod_ip(&ns, "web-0").await?, testkit::pod_ip(&ns, "web-1").await?);
+    let (ip0, ip1) = (
+        testkit::pod_ip(&ns, "web-0").await?,
+        testkit::pod_ip(&ns, "web-1").await?,
+    );
     wait_endpoint_sets(&ns, "web", &[ip0.clone(), ip1.clone()], &[]).await?;
     let port = testkit::node_port(&ns, "web").await?;
     let both = vec!["web-0".to_string(), "web-1".to_string()];
     let spread = testkit::spread(port, "/healthz", 40).await;
-    assert_eq!(spread.keys().cloned().collect::<Vec<_>>(), both, "{spread:?}");
+    assert_eq!(
+        spread.keys().cloned().collect::<Vec<_>>(),
+        both,
+        "{spread:?}"
+    );
 
     std::fs::remove_file(flag("web-1"))?;
-    testkit::wait_for(ns.api::<Pod>(), "web-1", READY, |p: Option<&Pod>| p.is_some_and(|p| !testkit::pod_ready(p))).await?;
-    wait_endpoint_sets(&ns, "web", std::slice::from_ref(&ip0), std::slice::from_ref(&ip1)).await?;
+    testkit::wait_for(ns.api::<Pod>(), "web-1", READY, |p: Option<&Pod>| {
+        p.is_some_and(|p| !testkit::pod_ready(p))
+    })
+    .await?;
+    wait_endpoint_sets(
+        &ns,
+        "web",
+        std::slice::from_ref(&ip0),
+        std::slice::from_ref(&ip1),
+    )
+    .await?;
     let spread = testkit::spread(port, "/healthz", 60).await;
-    assert_eq!(spread.keys().cloned().collect::<Vec<_>>(), vec!["web-0".to_string()], "{spread:?}");
+    assert_eq!(
+        spread.keys().cloned().collect::<Vec<_>>(),
+        vec!["web-0".to_string()],
+        "{spread:?}"
+    );
     for _ in 0..15 {
         let body = service_proxy_get(&ns, "web:http", "").await?;
-        assert_eq!(testkit::pod_in_body(&body).as_deref(), Some("web-0"), "{body}");
+        assert_eq!(
+            testkit::pod_in_body(&body).as_deref(),
+            Some("web-0"),
+            "{body}"
+        );
     }
-    assert_eq!(ns.api::<Pod>().get("web-1").await?.status.and_then(|s| s.phase).as_deref(), Some("Running"));
+    assert_eq!(
+        ns.api::<Pod>()
+            .get("web-1")
+            .await?
+            .status
+            .and_then(|s| s.phase)
+            .as_deref(),
+        Some("Running")
+    );
 
     std::fs::write(flag("web-1"), "")?;
     testkit::wait_for(ns.api::<Pod>(), "web-1", READY, testkit::is_pod_ready()).await?;
     wait_endpoint_sets(&ns, "web", &[ip0, ip1], &[]).await?;
     let spread = testkit::spread(port, "/healthz", 40).await;
-    assert_eq!(spread.keys().cloned().collect::<Vec<_>>(), both, "{spread:?}");
+    assert_eq!(
+        spread.keys().cloned().collect::<Vec<_>>(),
+        both,
+        "{spread:?}"
+    );
     for p in ["web-0", "web-1"] {
         let _ = std::fs::remove_file(flag(p));
     }
@@ -710,7 +1118,9 @@ async fn exec_probes_run_inside_the_pods_mounts_from_the_very_first_one() -> any
     );
     let pods: Vec<String> = (0..6).map(|i| format!("many-{i}")).collect();
     for name in &pods {
-        let volumes: Vec<_> = (0..40).map(|j| serde_json::json!({"name": format!("v{j}"), "emptyDir": {}})).collect();
+        let volumes: Vec<_> = (0..40)
+            .map(|j| serde_json::json!({"name": format!("v{j}"), "emptyDir": {}}))
+            .collect();
         let mounts: Vec<_> = (0..40)
             .map(|j| serde_json::json!({"name": format!("v{j}"), "mountPath": mnt.join(format!("v{j}")).display().to_string()}))
             .collect();
@@ -729,13 +1139,20 @@ async fn exec_probes_run_inside_the_pods_mounts_from_the_very_first_one() -> any
     }
     let mut uids = Vec::new();
     for name in &pods {
-        uids.push(uid_of(&testkit::wait_for(ns.api::<Pod>(), name, READY, testkit::is_pod_ready()).await?));
+        uids.push(uid_of(
+            &testkit::wait_for(ns.api::<Pod>(), name, READY, testkit::is_pod_ready()).await?,
+        ));
     }
     let seen = std::fs::read_to_string(&outside).unwrap_or_default();
-    assert!(seen.is_empty(), "exec probes ran outside their pod's mounts, on: {seen:?}");
+    assert!(
+        seen.is_empty(),
+        "exec probes ran outside their pod's mounts, on: {seen:?}"
+    );
 
     for (name, uid) in pods.iter().zip(&uids) {
-        ns.api::<Pod>().delete(name, &DeleteParams::default()).await?;
+        ns.api::<Pod>()
+            .delete(name, &DeleteParams::default())
+            .await?;
         testkit::wait_gone(ns.api::<Pod>(), name, uid, READY).await?;
     }
     // Only the empty mount points pod-init made on the host are left there.
@@ -751,12 +1168,17 @@ async fn exec_probes_run_inside_the_pods_mounts_from_the_very_first_one() -> any
 /// selector-less Service are written by hand: one real pod and one address in the pod network
 /// that no pod holds.
 #[tokio::test]
-async fn a_stale_endpoint_address_costs_node_port_clients_a_retry_not_a_hang() -> anyhow::Result<()> {
+async fn a_stale_endpoint_address_costs_node_port_clients_a_retry_not_a_hang() -> anyhow::Result<()>
+{
     let ns = TestNs::new("stale").await?;
-    ns.apply_value(testkit::time_app_set("web", "time-app:v1", 1)?).await?;
+    ns.apply_value(testkit::time_app_set("web", "time-app:v1", 1)?)
+        .await?;
     testkit::wait_sts_ready(&ns, "web", 1, READY).await?;
     let live = testkit::pod_ip(&ns, "web-0").await?;
-    anyhow::ensure!(live.starts_with("10.244."), "web-0 has IP {live}, outside the devcluster's pod network");
+    anyhow::ensure!(
+        live.starts_with("10.244."),
+        "web-0 has IP {live}, outside the devcluster's pod network"
+    );
     // Inside the pod network, and never handed to a pod: the devcluster allocates .2 to .254 of
     // each node's /24, so this address stays unanswered even while other tests run pods.
     let stale = "10.244.1.255";
@@ -768,7 +1190,9 @@ async fn a_stale_endpoint_address_costs_node_port_clients_a_retry_not_a_hang() -
             "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]
         }]
     }))?;
-    ns.api::<Endpoints>().create(&Default::default(), &endpoints).await?;
+    ns.api::<Endpoints>()
+        .create(&Default::default(), &endpoints)
+        .await?;
     // No selector: the endpoints controller leaves the hand-written Endpoints alone.
     ns.apply_value(serde_json::json!({
         "apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
@@ -777,12 +1201,27 @@ async fn a_stale_endpoint_address_costs_node_port_clients_a_retry_not_a_hang() -
     .await?;
     // The proxy reports the ingress right after it has bound the node port.
     testkit::wait_for(ns.api::<Service>(), "web", READY, |s: Option<&Service>| {
-        s.and_then(|s| s.status.as_ref()?.load_balancer.as_ref()?.ingress.as_ref()?.first()?.ip.clone()).as_deref()
+        s.and_then(|s| {
+            s.status
+                .as_ref()?
+                .load_balancer
+                .as_ref()?
+                .ingress
+                .as_ref()?
+                .first()?
+                .ip
+                .clone()
+        })
+        .as_deref()
             == Some("127.0.0.1")
     })
     .await?;
     let listed = testkit::ready_endpoints(&ns, "web").await?;
-    assert_eq!(sorted(&listed), sorted(&[live.clone(), stale.to_string()]), "the Endpoints as written");
+    assert_eq!(
+        sorted(&listed),
+        sorted(&[live.clone(), stale.to_string()]),
+        "the Endpoints as written"
+    );
     let port = testkit::node_port(&ns, "web").await?;
 
     let http = testkit::http();
@@ -813,7 +1252,10 @@ async fn a_stale_endpoint_address_costs_node_port_clients_a_retry_not_a_hang() -
     );
     assert!(failures.is_empty(), "requests failed: {failures:?}");
     let max = percentile(&sorted_ms, 1.0);
-    assert!(max < 2000.0, "slowest request took {max:.0} ms; the kernel's own give-up is ~3 s");
+    assert!(
+        max < 2000.0,
+        "slowest request took {max:.0} ms; the kernel's own give-up is ~3 s"
+    );
     ns.cleanup().await;
     Ok(())
 }
@@ -824,7 +1266,10 @@ async fn a_stale_endpoint_address_costs_node_port_clients_a_retry_not_a_hang() -
 async fn each_pod_has_its_own_tmp_run_and_var_log() -> anyhow::Result<()> {
     let ns = TestNs::new("ownfs").await?;
     let marker = format!("devcluster-{}", ns.name);
-    let mut files = vec![format!("/run/{marker}.pid"), format!("/var/log/{marker}.log")];
+    let mut files = vec![
+        format!("/run/{marker}.pid"),
+        format!("/var/log/{marker}.log"),
+    ];
     // A checkout (its binaries, the runtime file) or a devcluster dir under /tmp keeps /tmp shared.
     let in_tmp = |p: &std::path::Path| p.starts_with("/tmp");
     if !in_tmp(testkit::repo_root()) && !in_tmp(&devcluster::Layout::from_env().root) {
@@ -854,7 +1299,10 @@ async fn each_pod_has_its_own_tmp_run_and_var_log() -> anyhow::Result<()> {
         testkit::wait_for(ns.api::<Pod>(), pod, READY, testkit::is_pod_ready()).await?;
     }
     for host_path in files.split(' ') {
-        assert!(!std::path::Path::new(host_path).exists(), "{host_path} landed on the host");
+        assert!(
+            !std::path::Path::new(host_path).exists(),
+            "{host_path} landed on the host"
+        );
     }
     ns.cleanup().await;
     Ok(())

@@ -80,7 +80,9 @@ impl Dispatcher {
         if !is_ours(&p, &self.ctx.cfg) {
             return;
         }
-        let Some(id) = uid(&p).map(String::from) else { return };
+        let Some(id) = uid(&p).map(String::from) else {
+            return;
+        };
         if let Some(l) = self.listing.as_mut() {
             l.insert(id.clone());
         }
@@ -103,7 +105,9 @@ impl Dispatcher {
     }
 
     fn gone(&mut self, p: Pod) {
-        let Some(id) = uid(&p).map(String::from) else { return };
+        let Some(id) = uid(&p).map(String::from) else {
+            return;
+        };
         self.finished.remove(&id);
         if let Some(tx) = self.workers.get(&id) {
             let _ = tx.send(Update::Gone(Arc::new(p)));
@@ -118,7 +122,12 @@ impl Dispatcher {
             Event::InitApply(p) => self.apply(p),
             Event::InitDone => {
                 let listed = self.listing.take().unwrap_or_default();
-                let vanished: Vec<String> = self.workers.keys().filter(|u| !listed.contains(*u)).cloned().collect();
+                let vanished: Vec<String> = self
+                    .workers
+                    .keys()
+                    .filter(|u| !listed.contains(*u))
+                    .cloned()
+                    .collect();
                 for id in vanished {
                     if let Some(tx) = self.workers.get(&id) {
                         let last = match &*tx.borrow() {
@@ -142,7 +151,10 @@ impl Dispatcher {
     }
 
     async fn shutdown(mut self) {
-        tracing::info!(pods = self.workers.len(), "agent stopping: stopping its pods");
+        tracing::info!(
+            pods = self.workers.len(),
+            "agent stopping: stopping its pods"
+        );
         for tx in self.workers.values() {
             let _ = tx.send(Update::AgentStopping);
         }
@@ -173,7 +185,8 @@ pub async fn run(client: kube::Client, cfg: Arc<AgentConfig>) -> anyhow::Result<
         listing: None,
     };
     let pods: Api<Pod> = Api::all(client);
-    let mut stream = std::pin::pin!(watcher::watcher(pods, watcher::Config::default()).default_backoff());
+    let mut stream =
+        std::pin::pin!(watcher::watcher(pods, watcher::Config::default()).default_backoff());
     let stopped_by = loop {
         tokio::select! {
             ev = stream.next() => match ev {

@@ -9,7 +9,9 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ContainerPort, ExecAction, HTTPGetAction, LifecycleHandler, Probe, TCPSocketAction};
+use k8s_openapi::api::core::v1::{
+    ContainerPort, ExecAction, HTTPGetAction, LifecycleHandler, Probe, TCPSocketAction,
+};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -22,7 +24,11 @@ pub enum ProbeKind {
 }
 
 impl ProbeKind {
-    pub const ALL: [ProbeKind; 3] = [ProbeKind::Startup, ProbeKind::Readiness, ProbeKind::Liveness];
+    pub const ALL: [ProbeKind; 3] = [
+        ProbeKind::Startup,
+        ProbeKind::Readiness,
+        ProbeKind::Liveness,
+    ];
 
     /// As the kubelet words it in events ("Readiness probe failed: ...").
     pub fn title(self) -> &'static str {
@@ -132,7 +138,11 @@ pub struct ProbeSet {
 }
 
 impl ProbeSet {
-    pub fn new(startup: Option<&Timing>, readiness: Option<&Timing>, liveness: Option<&Timing>) -> Self {
+    pub fn new(
+        startup: Option<&Timing>,
+        readiness: Option<&Timing>,
+        liveness: Option<&Timing>,
+    ) -> Self {
         let started = startup.is_none();
         ProbeSet {
             // Startup results are unknown at first, readiness counts as failed, liveness as passed.
@@ -164,7 +174,10 @@ impl ProbeSet {
         if !self.is_active(kind) {
             return Vec::new();
         }
-        let Some(changed) = self.trackers[kind.index()].as_mut().and_then(|t| t.record(ok)) else {
+        let Some(changed) = self.trackers[kind.index()]
+            .as_mut()
+            .and_then(|t| t.record(ok))
+        else {
             return Vec::new();
         };
         match (kind, changed) {
@@ -225,7 +238,11 @@ pub enum Action {
     Invalid(String),
 }
 
-fn resolve_port(port: &IntOrString, container: &str, ports: &[ContainerPort]) -> Result<u16, ProbeError> {
+fn resolve_port(
+    port: &IntOrString,
+    container: &str,
+    ports: &[ContainerPort],
+) -> Result<u16, ProbeError> {
     let n = match port {
         IntOrString::Int(n) => *n,
         IntOrString::String(s) => match s.parse::<i32>() {
@@ -280,7 +297,10 @@ impl<'a> Handler<'a> {
     pub fn resolve(&self, container: &str, ports: &[ContainerPort]) -> Result<Action, ProbeError> {
         if let Some(h) = self.http_get {
             return Ok(Action::Http {
-                https: h.scheme.as_deref().is_some_and(|s| s.eq_ignore_ascii_case("https")),
+                https: h
+                    .scheme
+                    .as_deref()
+                    .is_some_and(|s| s.eq_ignore_ascii_case("https")),
                 host: h.host.clone().filter(|s| !s.is_empty()),
                 port: resolve_port(&h.port, container, ports)?,
                 path: match h.path.as_deref() {
@@ -358,7 +378,12 @@ pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
 }
 
 /// Runs one probe or hook; `Err` carries the failure message.
-pub async fn execute(action: &Action, target: Target, http: &reqwest::Client, timeout: Duration) -> Result<(), String> {
+pub async fn execute(
+    action: &Action,
+    target: Target,
+    http: &reqwest::Client,
+    timeout: Duration,
+) -> Result<(), String> {
     match action {
         Action::Http {
             https,
@@ -406,7 +431,10 @@ pub async fn execute(action: &Action, target: Target, http: &reqwest::Client, ti
 /// refused", "timeout"), instead of reqwest's whole chain.
 fn http_failure(e: &reqwest::Error, timeout: Duration) -> String {
     if e.is_timeout() {
-        return format!("timeout after {}s (Client.Timeout exceeded while awaiting headers)", timeout.as_secs());
+        return format!(
+            "timeout after {}s (Client.Timeout exceeded while awaiting headers)",
+            timeout.as_secs()
+        );
     }
     let mut cause: &dyn std::error::Error = e;
     while let Some(next) = cause.source() {
@@ -422,7 +450,8 @@ fn process_env(pid: i32) -> Vec<(String, String)> {
         .split(|b| *b == 0)
         .filter_map(|kv| {
             let kv = String::from_utf8_lossy(kv);
-            kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
         })
         .collect()
 }
@@ -440,14 +469,20 @@ async fn exec_in_container(command: &[String], pid: i32, timeout: Duration) -> R
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
     match tokio::time::timeout(timeout, cmd.output()).await {
-        Err(_) => Err(format!("command {command:?} timed out after {}s", timeout.as_secs())),
+        Err(_) => Err(format!(
+            "command {command:?} timed out after {}s",
+            timeout.as_secs()
+        )),
         Ok(Err(e)) => Err(format!("could not run nsenter: {e}")),
         Ok(Ok(out)) if out.status.success() => Ok(()),
         Ok(Ok(out)) => {
             let mut msg = String::from_utf8_lossy(&out.stdout).into_owned();
             msg.push_str(&String::from_utf8_lossy(&out.stderr));
             let msg = msg.trim();
-            let code = out.status.code().map_or("a signal".to_string(), |c| c.to_string());
+            let code = out
+                .status
+                .code()
+                .map_or("a signal".to_string(), |c| c.to_string());
             Err(if msg.is_empty() {
                 format!("command {command:?} exited with {code}")
             } else {
@@ -542,7 +577,15 @@ pub async fn run(
             let ok = result.is_ok();
             if let Err(message) = result {
                 let first = !failing[kind.index()];
-                if tx.send(ProbeEvent::Failed { kind, message, first }).await.is_err() {
+                if tx
+                    .send(ProbeEvent::Failed {
+                        kind,
+                        message,
+                        first,
+                    })
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -656,7 +699,10 @@ mod tests {
         for (s, f, initial, results, want) in cases {
             let mut t = Tracker::new(&timing(s, f), initial);
             let got: Vec<Option<bool>> = results.iter().map(|r| t.record(*r)).collect();
-            assert_eq!(got, want, "s={s} f={f} initial={initial:?} results={results:?}");
+            assert_eq!(
+                got, want,
+                "s={s} f={f} initial={initial:?} results={results:?}"
+            );
         }
     }
 
@@ -675,10 +721,16 @@ mod tests {
         let mut set = ProbeSet::new(None, Some(&t), None);
         assert!(set.started() && !set.ready());
         assert_eq!(set.observe(ProbeKind::Readiness, false), vec![]);
-        assert_eq!(set.observe(ProbeKind::Readiness, true), vec![Decision::Ready(true)]);
+        assert_eq!(
+            set.observe(ProbeKind::Readiness, true),
+            vec![Decision::Ready(true)]
+        );
         assert_eq!(set.observe(ProbeKind::Readiness, false), vec![]);
         assert_eq!(set.observe(ProbeKind::Readiness, false), vec![]);
-        assert_eq!(set.observe(ProbeKind::Readiness, false), vec![Decision::Ready(false)]);
+        assert_eq!(
+            set.observe(ProbeKind::Readiness, false),
+            vec![Decision::Ready(false)]
+        );
         assert!(!set.ready());
     }
 
@@ -691,11 +743,17 @@ mod tests {
         assert!(!set.is_active(ProbeKind::Readiness) && !set.is_active(ProbeKind::Liveness));
         // Results of gated probes are ignored.
         assert_eq!(set.observe(ProbeKind::Liveness, false), vec![]);
-        assert_eq!(set.observe(ProbeKind::Startup, true), vec![Decision::Started]);
+        assert_eq!(
+            set.observe(ProbeKind::Startup, true),
+            vec![Decision::Started]
+        );
         assert!(!set.is_active(ProbeKind::Startup));
         assert!(set.is_active(ProbeKind::Readiness) && set.is_active(ProbeKind::Liveness));
         assert!(!set.ready());
-        assert_eq!(set.observe(ProbeKind::Readiness, true), vec![Decision::Ready(true)]);
+        assert_eq!(
+            set.observe(ProbeKind::Readiness, true),
+            vec![Decision::Ready(true)]
+        );
 
         let mut failing = ProbeSet::new(Some(&t), None, None);
         assert_eq!(failing.observe(ProbeKind::Startup, false), vec![]);
@@ -809,7 +867,10 @@ mod tests {
             .resolve("app", &[]),
             Err(ProbeError::Grpc)
         );
-        assert_eq!(Handler::default().resolve("app", &[]), Err(ProbeError::NoHandler));
+        assert_eq!(
+            Handler::default().resolve("app", &[]),
+            Err(ProbeError::NoHandler)
+        );
     }
 
     #[test]
@@ -830,7 +891,9 @@ mod tests {
 
     #[tokio::test]
     async fn tcp_and_http_probes_against_a_local_server() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let port = listener.local_addr().expect("addr").port();
         // Answers two requests: 200 then 503.
         let server = tokio::spawn(async move {
@@ -843,7 +906,10 @@ mod tests {
                 let _ = s.read(&mut buf).await;
                 let _ = s
                     .write_all(
-                        format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").as_bytes(),
+                        format!(
+                            "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                        )
+                        .as_bytes(),
                     )
                     .await;
             }
@@ -868,8 +934,14 @@ mod tests {
         );
         server.await.expect("server task");
         // Nothing listens any more: both fail, naming the cause.
-        let refused = execute(&action, target, &http, t).await.expect_err("refused");
-        assert!(refused.starts_with(&format!("Get \"http://127.0.0.1:{port}/\": ")) && refused.contains("refused"), "{refused}");
+        let refused = execute(&action, target, &http, t)
+            .await
+            .expect_err("refused");
+        assert!(
+            refused.starts_with(&format!("Get \"http://127.0.0.1:{port}/\": "))
+                && refused.contains("refused"),
+            "{refused}"
+        );
         let tcp = Action::Tcp { host: None, port };
         assert!(execute(&tcp, target, &http, t).await.is_err());
     }

@@ -295,7 +295,10 @@ async fn connect_upstream(
         // Read afresh on every attempt: by a retry the slices may have dropped the pod that
         // failed, or gained one.
         let slices = endpoints.state();
-        let of_service = slices.iter().map(|s| s.as_ref()).filter(|s| routes::slice_of(s, &route.namespace, &route.service));
+        let of_service = slices
+            .iter()
+            .map(|s| s.as_ref())
+            .filter(|s| routes::slice_of(s, &route.namespace, &route.service));
         let backends = routes::ready_backends(of_service, &route.port_name);
         if tried.is_empty() {
             for ip in &backends.refused {

@@ -23,7 +23,11 @@ pub enum RuntimeError {
         source: serde_yaml_ng::Error,
     },
     #[error("no command is mapped for image {image:?} (add `{name}:` to {path})")]
-    NoMapping { image: String, name: String, path: PathBuf },
+    NoMapping {
+        image: String,
+        name: String,
+        path: PathBuf,
+    },
     #[error("image {image:?} has no command: neither the pod nor {path} gives one")]
     NoCommand { image: String, path: PathBuf },
 }
@@ -79,7 +83,10 @@ impl ImageRef {
 
     /// The last path component: `time-app` for `registry.example/team/time-app`.
     pub fn short_name(&self) -> &str {
-        self.repository.rsplit('/').next().unwrap_or(&self.repository)
+        self.repository
+            .rsplit('/')
+            .next()
+            .unwrap_or(&self.repository)
     }
 }
 
@@ -94,8 +101,8 @@ impl RuntimeMap {
 
     pub fn parse(path: &Path, text: &str) -> Result<Self, RuntimeError> {
         // An empty file (or one with only comments) is an empty map.
-        let images: Option<BTreeMap<String, ImageCommand>> =
-            serde_yaml_ng::from_str(text).map_err(|source| RuntimeError::ParseFile {
+        let images: Option<BTreeMap<String, ImageCommand>> = serde_yaml_ng::from_str(text)
+            .map_err(|source| RuntimeError::ParseFile {
                 path: path.to_path_buf(),
                 source,
             })?;
@@ -126,7 +133,11 @@ impl RuntimeMap {
         Ok(ImageCommand {
             command: entry.command.iter().map(fill).collect(),
             args: entry.args.iter().map(fill).collect(),
-            env: entry.env.iter().map(|(k, v)| (k.clone(), fill(v))).collect(),
+            env: entry
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), fill(v)))
+                .collect(),
             working_dir: entry.working_dir.as_ref().map(fill),
         })
     }
@@ -259,14 +270,18 @@ python:
     fn resolves_by_full_path_then_by_last_component() {
         let m = map();
         let bin = Path::new("/w/target/debug");
-        let a = m.resolve("other.example/x/time-app:v3", bin).expect("mapped");
+        let a = m
+            .resolve("other.example/x/time-app:v3", bin)
+            .expect("mapped");
         assert_eq!(a.command, s(&["/w/target/debug/time-app"]));
         assert_eq!(a.env.get("APP_VERSION").map(String::as_str), Some("v3"));
         assert_eq!(
             a.env.get("IMG").map(String::as_str),
             Some("other.example/x/time-app:v3")
         );
-        let b = m.resolve("registry.example/team/time-app:v2", bin).expect("mapped");
+        let b = m
+            .resolve("registry.example/team/time-app:v2", bin)
+            .expect("mapped");
         assert_eq!(b.command, s(&["/opt/special"]));
         let c = m.resolve("time-app", bin).expect("mapped");
         assert_eq!(c.env.get("APP_VERSION").map(String::as_str), Some("latest"));
@@ -304,8 +319,14 @@ python:
             m.resolve("pause", bin).expect("pause").command,
             s(&["sleep", "infinity"])
         );
-        assert_eq!(m.resolve("python:3.11", bin).expect("python").command, s(&["python3"]));
-        assert_eq!(m.resolve("nginx:1.25", bin).expect("nginx").command[0], "nginx");
+        assert_eq!(
+            m.resolve("python:3.11", bin).expect("python").command,
+            s(&["python3"])
+        );
+        assert_eq!(
+            m.resolve("nginx:1.25", bin).expect("nginx").command[0],
+            "nginx"
+        );
     }
 
     #[test]
@@ -332,8 +353,11 @@ python:
 
     #[test]
     fn dollar_paren_expansion() {
-        let env: BTreeMap<String, String> =
-            [("A".to_string(), "1".to_string()), ("B".to_string(), "".to_string())].into();
+        let env: BTreeMap<String, String> = [
+            ("A".to_string(), "1".to_string()),
+            ("B".to_string(), "".to_string()),
+        ]
+        .into();
         for (input, want) in [
             ("$(A)", "1"),
             ("x$(A)y$(A)", "x1y1"),

@@ -18,7 +18,8 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{
-    Container, DownwardAPIVolumeFile, KeyToPath, PersistentVolume, PersistentVolumeClaim, Pod, Volume,
+    Container, DownwardAPIVolumeFile, KeyToPath, PersistentVolume, PersistentVolumeClaim, Pod,
+    Volume,
 };
 use kube::runtime::wait::await_condition;
 use kube::Api;
@@ -76,7 +77,11 @@ pub enum VolumeError {
     #[error("volume {volume:?}: resourceFieldRef and serviceAccountToken/clusterTrustBundle projections are not supported by the devcluster")]
     UnsupportedProjection { volume: String },
     #[error("hostPath volume {volume:?}: {path} is not a {want}")]
-    HostPathType { volume: String, path: String, want: String },
+    HostPathType {
+        volume: String,
+        path: String,
+        want: String,
+    },
     #[error("could not prepare {path} for volume {volume:?}")]
     Write {
         volume: String,
@@ -226,10 +231,11 @@ pub fn downward_files(
                     volume: volume.to_string(),
                 });
             };
-            let value = field_ref(pod, &f.field_path, pod_ip).map_err(|source| VolumeError::Field {
-                volume: volume.to_string(),
-                source,
-            })?;
+            let value =
+                field_ref(pod, &f.field_path, pod_ip).map_err(|source| VolumeError::Field {
+                    volume: volume.to_string(),
+                    source,
+                })?;
             Ok(FileSpec {
                 rel: (&item.path).into(),
                 content: value.into_bytes(),
@@ -255,10 +261,12 @@ pub fn mounts(
 ) -> Result<Vec<Mount>, VolumeError> {
     let mut out = Vec::new();
     for m in c.volume_mounts.iter().flatten() {
-        let vol = volumes.get(&m.name).ok_or_else(|| VolumeError::UnknownVolume {
-            container: c.name.clone(),
-            volume: m.name.clone(),
-        })?;
+        let vol = volumes
+            .get(&m.name)
+            .ok_or_else(|| VolumeError::UnknownVolume {
+                container: c.name.clone(),
+                volume: m.name.clone(),
+            })?;
         let sub = match (&m.sub_path, &m.sub_path_expr) {
             (Some(s), _) if !s.is_empty() => Some(s.clone()),
             (_, Some(e)) if !e.is_empty() => Some(expand(e, env)),
@@ -310,7 +318,11 @@ pub struct VolumeContext<'a> {
 
 fn write_err(volume: &str, path: &Path) -> impl FnOnce(std::io::Error) -> VolumeError {
     let (volume, path) = (volume.to_string(), path.to_path_buf());
-    move |source| VolumeError::Write { volume, path, source }
+    move |source| VolumeError::Write {
+        volume,
+        path,
+        source,
+    }
 }
 
 /// Writes a volume's files into a fresh directory.
@@ -331,9 +343,11 @@ fn write_files(volume: &str, dir: &Path, files: &[FileSpec]) -> Result<(), Volum
             .mode(f.mode)
             .open(&path)
             .map_err(write_err(volume, &path))?;
-        file.write_all(&f.content).map_err(write_err(volume, &path))?;
+        file.write_all(&f.content)
+            .map_err(write_err(volume, &path))?;
         // The umask may have narrowed the mode at creation.
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(f.mode)).map_err(write_err(volume, &path))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(f.mode))
+            .map_err(write_err(volume, &path))?;
     }
     Ok(())
 }
@@ -342,7 +356,10 @@ fn record_created(file: &Path, created: &[PathBuf]) {
     if created.is_empty() {
         return;
     }
-    let lines: String = created.iter().map(|p| format!("{}\n", p.display())).collect();
+    let lines: String = created
+        .iter()
+        .map(|p| format!("{}\n", p.display()))
+        .collect();
     let r = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -353,7 +370,12 @@ fn record_created(file: &Path, created: &[PathBuf]) {
     }
 }
 
-fn host_path(volume: &str, path: &str, type_: &str, created_file: &Path) -> Result<PathBuf, VolumeError> {
+fn host_path(
+    volume: &str,
+    path: &str,
+    type_: &str,
+    created_file: &Path,
+) -> Result<PathBuf, VolumeError> {
     let p = PathBuf::from(path);
     let wrong = |want: &str| VolumeError::HostPathType {
         volume: volume.to_string(),
@@ -368,7 +390,10 @@ fn host_path(volume: &str, path: &str, type_: &str, created_file: &Path) -> Resu
             record_created(created_file, &created);
         }
         "FileOrCreate" if meta.is_none() => {
-            let parent_missing = p.parent().map(|d| missing_dirs(d, Path::exists)).unwrap_or_default();
+            let parent_missing = p
+                .parent()
+                .map(|d| missing_dirs(d, Path::exists))
+                .unwrap_or_default();
             if let Some(d) = p.parent() {
                 std::fs::create_dir_all(d).map_err(write_err(volume, d))?;
             }
@@ -377,7 +402,9 @@ fn host_path(volume: &str, path: &str, type_: &str, created_file: &Path) -> Resu
             created.push(p.clone());
             record_created(created_file, &created);
         }
-        "Directory" if !meta.as_ref().is_some_and(|m| m.is_dir()) => return Err(wrong("directory")),
+        "Directory" if !meta.as_ref().is_some_and(|m| m.is_dir()) => {
+            return Err(wrong("directory"))
+        }
         "File" if !meta.as_ref().is_some_and(|m| m.is_file()) => return Err(wrong("file")),
         "Socket" | "CharDevice" | "BlockDevice" if meta.is_none() => return Err(wrong(type_)),
         _ => {}
@@ -385,7 +412,11 @@ fn host_path(volume: &str, path: &str, type_: &str, created_file: &Path) -> Resu
     Ok(p)
 }
 
-async fn claim_path(ctx: &VolumeContext<'_>, volume: &str, claim: &str) -> Result<PathBuf, VolumeError> {
+async fn claim_path(
+    ctx: &VolumeContext<'_>,
+    volume: &str,
+    claim: &str,
+) -> Result<PathBuf, VolumeError> {
     let ns = ctx.pod.metadata.namespace.clone().unwrap_or_default();
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
     let bound = |c: Option<&PersistentVolumeClaim>| {
@@ -408,13 +439,19 @@ async fn claim_path(ctx: &VolumeContext<'_>, volume: &str, claim: &str) -> Resul
             claim: claim.to_string(),
             source: Box::new(source),
         })?;
-    let pv_name = pvc.and_then(|c| c.spec).and_then(|s| s.volume_name).unwrap_or_default();
+    let pv_name = pvc
+        .and_then(|c| c.spec)
+        .and_then(|s| s.volume_name)
+        .unwrap_or_default();
     let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
-    let pv = pvs.get(&pv_name).await.map_err(|source| VolumeError::GetVolume {
-        pv: pv_name.clone(),
-        claim: claim.to_string(),
-        source: Box::new(source),
-    })?;
+    let pv = pvs
+        .get(&pv_name)
+        .await
+        .map_err(|source| VolumeError::GetVolume {
+            pv: pv_name.clone(),
+            claim: claim.to_string(),
+            source: Box::new(source),
+        })?;
     let spec = pv.spec.unwrap_or_default();
     let path = spec
         .host_path
@@ -445,7 +482,12 @@ fn referenced(volumes: &[Volume]) -> (Vec<String>, Vec<String>) {
 /// Resolves every volume of the pod to a host path, writing the files of config, secret and
 /// downward API volumes. Safe to call again after a failure.
 pub async fn prepare(ctx: &VolumeContext<'_>) -> Result<HashMap<String, HostVolume>, VolumeError> {
-    let volumes: &[Volume] = ctx.pod.spec.as_ref().and_then(|s| s.volumes.as_deref()).unwrap_or(&[]);
+    let volumes: &[Volume] = ctx
+        .pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.volumes.as_deref())
+        .unwrap_or(&[]);
     let ns = ctx.pod.metadata.namespace.clone().unwrap_or_default();
     let (cms, secrets) = referenced(volumes);
     let objects = Objects::fetch(
@@ -474,7 +516,12 @@ pub async fn prepare(ctx: &VolumeContext<'_>) -> Result<HashMap<String, HostVolu
             }
         } else if let Some(h) = &v.host_path {
             HostVolume {
-                path: host_path(name, &h.path, h.type_.as_deref().unwrap_or(""), ctx.created_file)?,
+                path: host_path(
+                    name,
+                    &h.path,
+                    h.type_.as_deref().unwrap_or(""),
+                    ctx.created_file,
+                )?,
                 read_only: false,
             }
         } else if let Some(c) = &v.config_map {
@@ -608,7 +655,8 @@ mod tests {
 
     #[test]
     fn key_files_take_all_keys_or_the_listed_items() {
-        let all = key_files("cfg", "config map", "c", Some(&data()), None, false, None).expect("ok");
+        let all =
+            key_files("cfg", "config map", "c", Some(&data()), None, false, None).expect("ok");
         assert_eq!(all.len(), 2);
         assert!(all.iter().all(|f| f.mode == 0o644));
         let items = vec![KeyToPath {
@@ -654,21 +702,43 @@ mod tests {
             mode: None,
         }];
         assert!(matches!(
-            key_files("v", "config map", "c", Some(&data()), Some(&missing), false, None),
+            key_files(
+                "v",
+                "config map",
+                "c",
+                Some(&data()),
+                Some(&missing),
+                false,
+                None
+            ),
             Err(VolumeError::MissingKey { .. })
         ));
-        assert!(
-            key_files("v", "config map", "c", Some(&data()), Some(&missing), true, None)
-                .expect("optional")
-                .is_empty()
-        );
+        assert!(key_files(
+            "v",
+            "config map",
+            "c",
+            Some(&data()),
+            Some(&missing),
+            true,
+            None
+        )
+        .expect("optional")
+        .is_empty());
         let escape = vec![KeyToPath {
             key: "other".into(),
             path: "../x".into(),
             mode: None,
         }];
         assert!(matches!(
-            key_files("v", "config map", "c", Some(&data()), Some(&escape), false, None),
+            key_files(
+                "v",
+                "config map",
+                "c",
+                Some(&data()),
+                Some(&escape),
+                false,
+                None
+            ),
             Err(VolumeError::BadPath { .. })
         ));
     }
@@ -745,7 +815,8 @@ mod tests {
             ),
         ]
         .into();
-        let env: std::collections::BTreeMap<String, String> = [("POD".to_string(), "web-0".to_string())].into();
+        let env: std::collections::BTreeMap<String, String> =
+            [("POD".to_string(), "web-0".to_string())].into();
         let c = Container {
             name: "app".into(),
             volume_mounts: Some(vec![
@@ -765,7 +836,14 @@ mod tests {
         let got = mounts(&c, &vols, &env).expect("mounts");
         let binds: Vec<String> = got
             .iter()
-            .map(|m| format!("{}:{}:{}", m.bind.src.display(), m.bind.dst.display(), m.bind.read_only))
+            .map(|m| {
+                format!(
+                    "{}:{}:{}",
+                    m.bind.src.display(),
+                    m.bind.dst.display(),
+                    m.bind.read_only
+                )
+            })
             .collect();
         assert_eq!(
             binds,
@@ -817,7 +895,8 @@ mod tests {
 
     #[test]
     fn files_are_written_with_their_modes() {
-        let dir = std::env::temp_dir().join(format!("devcluster-volumes-test-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("devcluster-volumes-test-{}", std::process::id()));
         let files = vec![
             FileSpec {
                 rel: "a".into(),
@@ -835,7 +914,11 @@ mod tests {
         write_files("v", &dir, &files[1..]).expect("rewrites");
         assert!(!dir.join("a").exists());
         assert_eq!(std::fs::read(dir.join("sub/b")).expect("file"), b"2");
-        let mode = std::fs::metadata(dir.join("sub/b")).expect("meta").permissions().mode() & 0o777;
+        let mode = std::fs::metadata(dir.join("sub/b"))
+            .expect("meta")
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o644);
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }

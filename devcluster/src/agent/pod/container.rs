@@ -20,10 +20,13 @@ use super::process::{self, Exit, Process};
 use super::scratch;
 use super::sources::Objects;
 use super::state::{
-    should_restart, ContainerView, CrashBackoff, PodView, RestartPolicy, RetryBackoff, Role, Terminated,
+    should_restart, ContainerView, CrashBackoff, PodView, RestartPolicy, RetryBackoff, Role,
+    Terminated,
 };
 use super::Ctx;
-use crate::agent::probe::{self, Action, ContainerProbes, Decision, Handler, ProbeEvent, ProbeKind, Target, Timing};
+use crate::agent::probe::{
+    self, Action, ContainerProbes, Decision, Handler, ProbeEvent, ProbeKind, Target, Timing,
+};
 use crate::agent::runtime::{self, RuntimeError, RuntimeMap};
 use crate::agent::volumes::{self, HostVolume};
 use crate::podinit::{Bind, PodInit};
@@ -41,7 +44,9 @@ pub struct Stop {
 
 impl Stop {
     pub fn grace(&self) -> Duration {
-        self.deadline.saturating_duration_since(Instant::now()).max(MIN_GRACE)
+        self.deadline
+            .saturating_duration_since(Instant::now())
+            .max(MIN_GRACE)
     }
 }
 
@@ -157,9 +162,20 @@ impl ContainerTask {
         )
         .await
         .map_err(|e| StartProblem::Config(e.to_string()))?;
-        let env = env::container_env(&self.pod, &self.spec, Some(self.pod_ip), &mapped.env, &objects)
-            .map_err(|e| StartProblem::Config(e.to_string()))?;
-        let command = runtime::argv(&mapped, self.spec.command.as_deref(), self.spec.args.as_deref(), &env);
+        let env = env::container_env(
+            &self.pod,
+            &self.spec,
+            Some(self.pod_ip),
+            &mapped.env,
+            &objects,
+        )
+        .map_err(|e| StartProblem::Config(e.to_string()))?;
+        let command = runtime::argv(
+            &mapped,
+            self.spec.command.as_deref(),
+            self.spec.args.as_deref(),
+            &env,
+        );
         if command.is_empty() {
             let e = RuntimeError::NoCommand {
                 image: image.to_string(),
@@ -167,18 +183,29 @@ impl ContainerTask {
             };
             return Err(StartProblem::Config(e.to_string()));
         }
-        let mounts =
-            volumes::mounts(&self.spec, &self.volumes, &env).map_err(|e| StartProblem::Config(e.to_string()))?;
+        let mounts = volumes::mounts(&self.spec, &self.volumes, &env)
+            .map_err(|e| StartProblem::Config(e.to_string()))?;
         // The container's own /tmp, /run and /var/log first, so volumes below them land on top.
         let rootfs = self.pod_dir.join("rootfs").join(&self.spec.name);
-        let volume_dsts: Vec<&std::path::Path> = mounts.iter().map(|m| m.bind.dst.as_path()).collect();
-        let must_see = [cfg.layout.root.as_path(), cfg.bin_dir.as_path(), cfg.runtime_file.as_path()];
+        let volume_dsts: Vec<&std::path::Path> =
+            mounts.iter().map(|m| m.bind.dst.as_path()).collect();
+        let must_see = [
+            cfg.layout.root.as_path(),
+            cfg.bin_dir.as_path(),
+            cfg.runtime_file.as_path(),
+        ];
         let mut binds = scratch::private_binds(&rootfs, &volume_dsts, &must_see);
         scratch::prepare(&binds).map_err(|e| {
-            StartProblem::Config(format!("making the container's /tmp, /run and /var/log under {}: {e}", rootfs.display()))
+            StartProblem::Config(format!(
+                "making the container's /tmp, /run and /var/log under {}: {e}",
+                rootfs.display()
+            ))
         })?;
         // Like the kubelet: the pod's own /etc/hosts, unless the container mounts one itself.
-        if !mounts.iter().any(|m| m.bind.dst == std::path::Path::new("/etc/hosts")) {
+        if !mounts
+            .iter()
+            .any(|m| m.bind.dst == std::path::Path::new("/etc/hosts"))
+        {
             binds.push(Bind {
                 src: self.hosts_file.clone(),
                 dst: "/etc/hosts".into(),
@@ -241,7 +268,12 @@ impl ContainerTask {
         });
         let secs = probe
             .and_then(|p| p.termination_grace_period_seconds)
-            .or_else(|| self.pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds))
+            .or_else(|| {
+                self.pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.termination_grace_period_seconds)
+            })
             .unwrap_or(30);
         Duration::from_secs(secs.max(0) as u64).max(MIN_GRACE)
     }
@@ -273,8 +305,12 @@ impl ContainerTask {
                 );
             }
         }
-        proc.stop(deadline.saturating_duration_since(Instant::now()).max(MIN_GRACE))
-            .await
+        proc.stop(
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(MIN_GRACE),
+        )
+        .await
     }
 
     /// Waits out a retry delay, showing `reason` meanwhile. `true` when stopped.
@@ -313,7 +349,10 @@ impl ContainerTask {
                     let msg = format!("Failed to pull image {:?}: {msg}", self.image());
                     self.event(Kind::Warning, "Failed", &msg);
                     self.event(Kind::Warning, "Failed", "Error: ErrImagePull");
-                    if self.back_off_retry(&mut retry, &mut stop, "ErrImagePull", msg).await {
+                    if self
+                        .back_off_retry(&mut retry, &mut stop, "ErrImagePull", msg)
+                        .await
+                    {
                         return Outcome::Stopped;
                     }
                     continue;
@@ -333,16 +372,30 @@ impl ContainerTask {
             self.event(
                 Kind::Normal,
                 "Pulled",
-                &format!("Container image {:?} already present on machine", self.image()),
+                &format!(
+                    "Container image {:?} already present on machine",
+                    self.image()
+                ),
             );
             for d in &prepared.subpath_dirs {
                 let _ = std::fs::create_dir_all(d);
             }
             let log = self.pod_dir.join(format!("{}.log", self.spec.name));
-            if let Some(w) = prepared.init.workdir.as_ref().filter(|w| w.starts_with(&self.pod_dir)) {
+            if let Some(w) = prepared
+                .init
+                .workdir
+                .as_ref()
+                .filter(|w| w.starts_with(&self.pod_dir))
+            {
                 let _ = std::fs::create_dir_all(w);
             }
-            let mut proc = match process::spawn(&self.spec.name, &self.ctx.exe, &prepared.init, &prepared.env, &log) {
+            let mut proc = match process::spawn(
+                &self.spec.name,
+                &self.ctx.exe,
+                &prepared.init,
+                &prepared.env,
+                &log,
+            ) {
                 Ok(p) => p,
                 Err(e) => {
                     let msg = crate::agent::pods::error_chain(&e);
@@ -384,7 +437,8 @@ impl ContainerTask {
                     pod_ip: self.pod_ip,
                     pid: proc.pid,
                 };
-                let (started, http, mut setup) = (Instant::now(), self.ctx.http.clone(), proc.setup());
+                let (started, http, mut setup) =
+                    (Instant::now(), self.ctx.http.clone(), proc.setup());
                 // Exec probes enter the process's namespaces: not before pod-init is done with
                 // them. If it never is, the process exits and no probe runs at all.
                 tokio::spawn(async move {
@@ -432,7 +486,8 @@ impl ContainerTask {
                 End::Exited(e) => (e, false),
                 End::Stopped(e) => (e, true),
             };
-            let term = Terminated::from_exit(exit.code, exit.signal, started_at, exit.at, container_id);
+            let term =
+                Terminated::from_exit(exit.code, exit.signal, started_at, exit.at, container_id);
             let code = term.exit_code;
             tracing::info!(pod = %self.pod_ref.name, container = %self.spec.name, exit_code = code, "container exited");
             self.update(|c| c.set_terminated(term));
@@ -459,7 +514,11 @@ impl ContainerTask {
                     self.pod_ref.uid
                 );
                 self.update(|c| c.set_back_off(msg));
-                self.event(Kind::Warning, "BackOff", "Back-off restarting failed container");
+                self.event(
+                    Kind::Warning,
+                    "BackOff",
+                    "Back-off restarting failed container",
+                );
                 if sleep_or_stop(until, &mut stop).await {
                     return Outcome::Stopped;
                 }

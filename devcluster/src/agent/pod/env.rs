@@ -85,20 +85,33 @@ pub fn container_env(
     let namespace = pod.metadata.namespace.clone().unwrap_or_default();
     let mut env = BTreeMap::new();
     env.insert("PATH".to_string(), DEFAULT_PATH.to_string());
-    env.insert("HOSTNAME".to_string(), pod.metadata.name.clone().unwrap_or_default());
+    env.insert(
+        "HOSTNAME".to_string(),
+        pod.metadata.name.clone().unwrap_or_default(),
+    );
     env.insert("HOME".to_string(), "/root".to_string());
     env.extend(image_env.iter().map(|(k, v)| (k.clone(), v.clone())));
 
     for from in c.env_from.iter().flatten() {
         let prefix = from.prefix.clone().unwrap_or_default();
         let data = if let Some(r) = &from.config_map_ref {
-            object(&objects.config_maps, &r.name, r.optional.unwrap_or(false), || {
-                EnvError::MissingConfigMap { name: r.name.clone() }
-            })?
+            object(
+                &objects.config_maps,
+                &r.name,
+                r.optional.unwrap_or(false),
+                || EnvError::MissingConfigMap {
+                    name: r.name.clone(),
+                },
+            )?
         } else if let Some(r) = &from.secret_ref {
-            object(&objects.secrets, &r.name, r.optional.unwrap_or(false), || {
-                EnvError::MissingSecret { name: r.name.clone() }
-            })?
+            object(
+                &objects.secrets,
+                &r.name,
+                r.optional.unwrap_or(false),
+                || EnvError::MissingSecret {
+                    name: r.name.clone(),
+                },
+            )?
         } else {
             None
         };
@@ -121,8 +134,10 @@ pub fn container_env(
                     })?
                 } else if let Some(r) = &from.config_map_key_ref {
                     let optional = r.optional.unwrap_or(false);
-                    let data = object(&objects.config_maps, &r.name, optional, || EnvError::MissingConfigMap {
-                        name: r.name.clone(),
+                    let data = object(&objects.config_maps, &r.name, optional, || {
+                        EnvError::MissingConfigMap {
+                            name: r.name.clone(),
+                        }
                     })?;
                     match data.map(|d| d.get(&r.key)) {
                         Some(Some(v)) => text(v),
@@ -137,8 +152,10 @@ pub fn container_env(
                     }
                 } else if let Some(r) = &from.secret_key_ref {
                     let optional = r.optional.unwrap_or(false);
-                    let data = object(&objects.secrets, &r.name, optional, || EnvError::MissingSecret {
-                        name: r.name.clone(),
+                    let data = object(&objects.secrets, &r.name, optional, || {
+                        EnvError::MissingSecret {
+                            name: r.name.clone(),
+                        }
                     })?;
                     match data.map(|d| d.get(&r.key)) {
                         Some(Some(v)) => text(v),
@@ -152,7 +169,9 @@ pub fn container_env(
                         }
                     }
                 } else if from.resource_field_ref.is_some() {
-                    return Err(EnvError::ResourceField { var: e.name.clone() });
+                    return Err(EnvError::ResourceField {
+                        var: e.name.clone(),
+                    });
                 } else {
                     String::new()
                 }
@@ -167,8 +186,8 @@ pub fn container_env(
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{
-        ConfigMapEnvSource, ConfigMapKeySelector, EnvFromSource, EnvVar, EnvVarSource, ObjectFieldSelector, PodSpec,
-        SecretKeySelector,
+        ConfigMapEnvSource, ConfigMapKeySelector, EnvFromSource, EnvVar, EnvVarSource,
+        ObjectFieldSelector, PodSpec, SecretKeySelector,
     };
     use kube::api::ObjectMeta;
 
@@ -271,7 +290,8 @@ mod tests {
             ]),
             ..Default::default()
         };
-        let image_env: BTreeMap<String, String> = [("APP_VERSION".to_string(), "v2".to_string())].into();
+        let image_env: BTreeMap<String, String> =
+            [("APP_VERSION".to_string(), "v2".to_string())].into();
         let env = container_env(&pod(), &c, None, &image_env, &objects()).expect("resolves");
         let get = |k: &str| env.get(k).map(String::as_str);
         assert_eq!(get("PATH"), Some(DEFAULT_PATH));
@@ -285,7 +305,10 @@ mod tests {
         assert_eq!(get("OPT"), None);
         assert_eq!(
             referenced(&c),
-            (vec!["cfg".to_string(), "gone".to_string()], vec!["creds".to_string()])
+            (
+                vec!["cfg".to_string(), "gone".to_string()],
+                vec!["creds".to_string()]
+            )
         );
     }
 
@@ -354,7 +377,8 @@ mod tests {
                 env: Some(vec![v]),
                 ..Default::default()
             };
-            let err = container_env(&pod(), &c, None, &BTreeMap::new(), &objects()).expect_err("fails");
+            let err =
+                container_env(&pod(), &c, None, &BTreeMap::new(), &objects()).expect_err("fails");
             assert_eq!(err.to_string(), want);
         }
     }

@@ -33,7 +33,10 @@ pub fn event(
     message: &str,
     now: std::time::SystemTime,
 ) -> Event {
-    let stamp = now.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    let stamp = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
     Event {
         metadata: ObjectMeta {
             name: Some(format!("{}.{stamp:x}{:04x}", pod.name, fastrand::u16(..))),
@@ -70,8 +73,22 @@ pub fn event(
 }
 
 /// Records an event in the background.
-pub fn record(client: &kube::Client, pod: &PodRef, container: Option<&str>, kind: Kind, reason: &str, message: &str) {
-    let ev = event(pod, container, kind, reason, message, std::time::SystemTime::now());
+pub fn record(
+    client: &kube::Client,
+    pod: &PodRef,
+    container: Option<&str>,
+    kind: Kind,
+    reason: &str,
+    message: &str,
+) {
+    let ev = event(
+        pod,
+        container,
+        kind,
+        reason,
+        message,
+        std::time::SystemTime::now(),
+    );
     let api: Api<Event> = Api::namespaced(client.clone(), &pod.namespace);
     let pod_name = pod.name.clone();
     tokio::spawn(async move {
@@ -101,10 +118,17 @@ mod tests {
             "Readiness probe failed: x",
             std::time::UNIX_EPOCH,
         );
-        assert_eq!(e.involved_object.field_path.as_deref(), Some("spec.containers{app}"));
+        assert_eq!(
+            e.involved_object.field_path.as_deref(),
+            Some("spec.containers{app}")
+        );
         assert_eq!(e.involved_object.uid.as_deref(), Some("u"));
         assert_eq!(e.type_.as_deref(), Some("Warning"));
         assert_eq!(e.source.and_then(|s| s.host).as_deref(), Some("node-1"));
-        assert!(e.metadata.name.as_deref().is_some_and(|n| n.starts_with("web-0.")));
+        assert!(e
+            .metadata
+            .name
+            .as_deref()
+            .is_some_and(|n| n.starts_with("web-0.")));
     }
 }

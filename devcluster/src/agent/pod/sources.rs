@@ -52,11 +52,19 @@ pub fn field_ref(pod: &Pod, path: &str, pod_ip: Option<Ipv4Addr>) -> Result<Stri
         "metadata.annotations" => all(meta.annotations.as_ref()),
         "spec.nodeName" => spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
         "spec.serviceAccountName" => spec
-            .and_then(|s| s.service_account_name.clone().or_else(|| s.service_account.clone()))
+            .and_then(|s| {
+                s.service_account_name
+                    .clone()
+                    .or_else(|| s.service_account.clone())
+            })
             .unwrap_or_default(),
         "status.podIP" | "status.podIPs" => pod_ip.map(|ip| ip.to_string()).unwrap_or_default(),
         "status.hostIP" | "status.hostIPs" => BRIDGE_IP.to_string(),
-        _ => return Err(SourceError::UnsupportedField { path: path.to_string() }),
+        _ => {
+            return Err(SourceError::UnsupportedField {
+                path: path.to_string(),
+            })
+        }
     })
 }
 
@@ -79,7 +87,12 @@ pub fn config_map_data(cm: &ConfigMap) -> KeyData {
 }
 
 pub fn secret_data(s: &Secret) -> KeyData {
-    let mut out: KeyData = s.data.iter().flatten().map(|(k, v)| (k.clone(), v.0.clone())).collect();
+    let mut out: KeyData = s
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.0.clone()))
+        .collect();
     out.extend(
         s.string_data
             .iter()
@@ -110,12 +123,15 @@ impl Objects {
             if out.config_maps.contains_key(name) {
                 continue;
             }
-            let got = cms.get_opt(name).await.map_err(|source| SourceError::GetObject {
-                kind: "config map",
-                namespace: namespace.to_string(),
-                name: name.to_string(),
-                source: Box::new(source),
-            })?;
+            let got = cms
+                .get_opt(name)
+                .await
+                .map_err(|source| SourceError::GetObject {
+                    kind: "config map",
+                    namespace: namespace.to_string(),
+                    name: name.to_string(),
+                    source: Box::new(source),
+                })?;
             out.config_maps
                 .insert(name.to_string(), got.as_ref().map(config_map_data));
         }
@@ -124,13 +140,17 @@ impl Objects {
             if out.secrets.contains_key(name) {
                 continue;
             }
-            let got = secs.get_opt(name).await.map_err(|source| SourceError::GetObject {
-                kind: "secret",
-                namespace: namespace.to_string(),
-                name: name.to_string(),
-                source: Box::new(source),
-            })?;
-            out.secrets.insert(name.to_string(), got.as_ref().map(secret_data));
+            let got = secs
+                .get_opt(name)
+                .await
+                .map_err(|source| SourceError::GetObject {
+                    kind: "secret",
+                    namespace: namespace.to_string(),
+                    name: name.to_string(),
+                    source: Box::new(source),
+                })?;
+            out.secrets
+                .insert(name.to_string(), got.as_ref().map(secret_data));
         }
         Ok(out)
     }

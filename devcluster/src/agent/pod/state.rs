@@ -43,8 +43,13 @@ impl Terminated {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ContainerState {
-    Waiting { reason: String, message: Option<String> },
-    Running { started_at: SystemTime },
+    Waiting {
+        reason: String,
+        message: Option<String>,
+    },
+    Running {
+        started_at: SystemTime,
+    },
     Terminated(Terminated),
 }
 
@@ -233,7 +238,8 @@ impl RetryBackoff {
 /// The pod phase from its containers, as the kubelet computes it.
 pub fn phase(view: &PodView, policy: RestartPolicy) -> &'static str {
     let failed_init = view.init_containers.iter().any(|c| {
-        matches!(&c.state, ContainerState::Terminated(t) if t.exit_code != 0) && policy == RestartPolicy::Never
+        matches!(&c.state, ContainerState::Terminated(t) if t.exit_code != 0)
+            && policy == RestartPolicy::Never
     });
     if failed_init {
         return "Failed";
@@ -320,7 +326,11 @@ mod tests {
             (OnFailure, Role::Init, 1, true),
             (Never, Role::Init, 1, false),
         ] {
-            assert_eq!(should_restart(policy, role, code), want, "{policy:?} {role:?} {code}");
+            assert_eq!(
+                should_restart(policy, role, code),
+                want,
+                "{policy:?} {role:?} {code}"
+            );
         }
         assert_eq!(RestartPolicy::parse(None), Always);
         assert_eq!(RestartPolicy::parse(Some("Never")), Never);
@@ -383,17 +393,31 @@ mod tests {
     #[test]
     fn container_view_transitions_count_restarts() {
         let mut c = ContainerView::new("app", "time-app:v1", "ContainerCreating");
-        c.set_running(SystemTime::UNIX_EPOCH, "devcluster://10".into(), "img".into());
+        c.set_running(
+            SystemTime::UNIX_EPOCH,
+            "devcluster://10".into(),
+            "img".into(),
+        );
         assert_eq!(c.restart_count, 0);
         c.set_terminated(term(1));
         c.set_back_off("back-off 10s".into());
         assert_eq!(c.last_terminated.as_ref().map(|t| t.exit_code), Some(1));
-        assert!(matches!(&c.state, ContainerState::Waiting { reason, .. } if reason == "CrashLoopBackOff"));
-        c.set_running(SystemTime::UNIX_EPOCH, "devcluster://11".into(), "img".into());
+        assert!(
+            matches!(&c.state, ContainerState::Waiting { reason, .. } if reason == "CrashLoopBackOff")
+        );
+        c.set_running(
+            SystemTime::UNIX_EPOCH,
+            "devcluster://11".into(),
+            "img".into(),
+        );
         assert_eq!(c.restart_count, 1);
         // Immediate restart (no back-off wait in between).
         c.set_terminated(term(2));
-        c.set_running(SystemTime::UNIX_EPOCH, "devcluster://12".into(), "img".into());
+        c.set_running(
+            SystemTime::UNIX_EPOCH,
+            "devcluster://12".into(),
+            "img".into(),
+        );
         assert_eq!(c.restart_count, 2);
         assert_eq!(c.last_terminated.as_ref().map(|t| t.exit_code), Some(2));
     }
@@ -448,20 +472,60 @@ mod tests {
         let done = |code| with_state(ContainerState::Terminated(term(code)), None);
         let cases: Vec<(&str, PodView, RestartPolicy, &str)> = vec![
             ("creating", view(true, vec![creating()]), Always, "Pending"),
-            ("not initialized", view(false, vec![creating()]), Always, "Pending"),
-            ("running", view(true, vec![running(), backoff()]), Always, "Running"),
-            ("crash looping", view(true, vec![backoff()]), Always, "Running"),
+            (
+                "not initialized",
+                view(false, vec![creating()]),
+                Always,
+                "Pending",
+            ),
+            (
+                "running",
+                view(true, vec![running(), backoff()]),
+                Always,
+                "Running",
+            ),
+            (
+                "crash looping",
+                view(true, vec![backoff()]),
+                Always,
+                "Running",
+            ),
             (
                 "one creating one running",
                 view(true, vec![running(), creating()]),
                 Always,
                 "Pending",
             ),
-            ("job done", view(true, vec![done(0)]), OnFailure, "Succeeded"),
-            ("job failed, retrying", view(true, vec![done(1)]), OnFailure, "Running"),
-            ("never, failed", view(true, vec![done(1), done(0)]), Never, "Failed"),
-            ("never, succeeded", view(true, vec![done(0)]), Never, "Succeeded"),
-            ("always, exited 0", view(true, vec![done(0)]), Always, "Running"),
+            (
+                "job done",
+                view(true, vec![done(0)]),
+                OnFailure,
+                "Succeeded",
+            ),
+            (
+                "job failed, retrying",
+                view(true, vec![done(1)]),
+                OnFailure,
+                "Running",
+            ),
+            (
+                "never, failed",
+                view(true, vec![done(1), done(0)]),
+                Never,
+                "Failed",
+            ),
+            (
+                "never, succeeded",
+                view(true, vec![done(0)]),
+                Never,
+                "Succeeded",
+            ),
+            (
+                "always, exited 0",
+                view(true, vec![done(0)]),
+                Always,
+                "Running",
+            ),
         ];
         for (name, v, policy, want) in cases {
             assert_eq!(phase(&v, policy), want, "{name}");

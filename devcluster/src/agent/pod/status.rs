@@ -6,8 +6,8 @@
 use std::time::SystemTime;
 
 use k8s_openapi::api::core::v1::{
-    ContainerState as K8sState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
-    ContainerStatus, PodCondition, PodIP, PodStatus,
+    ContainerState as K8sState, ContainerStateRunning, ContainerStateTerminated,
+    ContainerStateWaiting, ContainerStatus, PodCondition, PodIP, PodStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -89,7 +89,13 @@ fn conditions_of(s: Option<&PodStatus>) -> &[PodCondition] {
 }
 
 fn names(cs: &[&ContainerView]) -> String {
-    format!("[{}]", cs.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(" "))
+    format!(
+        "[{}]",
+        cs.iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>()
+            .join(" ")
+    )
 }
 
 pub fn desired(input: StatusInput<'_>) -> PodStatus {
@@ -125,13 +131,23 @@ pub fn desired(input: StatusInput<'_>) -> PodStatus {
         "Initialized",
         v.initialized,
         (!v.initialized).then_some("ContainersNotInitialized"),
-        (!v.initialized).then(|| format!("containers with incomplete status: {}", names(&incomplete_init))),
+        (!v.initialized).then(|| {
+            format!(
+                "containers with incomplete status: {}",
+                names(&incomplete_init)
+            )
+        }),
     );
 
     let unready: Vec<&ContainerView> = v.containers.iter().filter(|c| !c.ready).collect();
     let containers_ready = unready.is_empty() && !terminal;
-    let not_ready_reason = if terminal { "PodCompleted" } else { "ContainersNotReady" };
-    let unready_message = (!unready.is_empty()).then(|| format!("containers with unready status: {}", names(&unready)));
+    let not_ready_reason = if terminal {
+        "PodCompleted"
+    } else {
+        "ContainersNotReady"
+    };
+    let unready_message = (!unready.is_empty())
+        .then(|| format!("containers with unready status: {}", names(&unready)));
     let gates_pending: Vec<&String> = input
         .readiness_gates
         .iter()
@@ -142,9 +158,18 @@ pub fn desired(input: StatusInput<'_>) -> PodStatus {
         })
         .collect();
     let ready = if !containers_ready {
-        condition("Ready", false, Some(not_ready_reason), unready_message.clone())
+        condition(
+            "Ready",
+            false,
+            Some(not_ready_reason),
+            unready_message.clone(),
+        )
     } else if !gates_pending.is_empty() {
-        let list = gates_pending.iter().map(|g| g.as_str()).collect::<Vec<_>>().join(" ");
+        let list = gates_pending
+            .iter()
+            .map(|g| g.as_str())
+            .collect::<Vec<_>>()
+            .join(" ");
         condition(
             "Ready",
             false,
@@ -159,7 +184,12 @@ pub fn desired(input: StatusInput<'_>) -> PodStatus {
     let cready = if containers_ready {
         condition("ContainersReady", true, None, None)
     } else {
-        condition("ContainersReady", false, Some(not_ready_reason), unready_message)
+        condition(
+            "ContainersReady",
+            false,
+            Some(not_ready_reason),
+            unready_message,
+        )
     };
 
     let mut conditions = vec![initialized, ready, cready];
@@ -189,7 +219,10 @@ pub fn desired(input: StatusInput<'_>) -> PodStatus {
 }
 
 /// The merge patch for the `status` subresource, or `None` when nothing changed since `previous`.
-pub fn patch_if_changed(desired: &PodStatus, previous: Option<&PodStatus>) -> Option<serde_json::Value> {
+pub fn patch_if_changed(
+    desired: &PodStatus,
+    previous: Option<&PodStatus>,
+) -> Option<serde_json::Value> {
     if previous == Some(desired) {
         return None;
     }
@@ -215,7 +248,11 @@ mod tests {
 
     fn running(name: &str, ready: bool) -> ContainerView {
         let mut c = ContainerView::new(name, "time-app:v1", "ContainerCreating");
-        c.set_running(at(1), "devcluster://42".into(), "devcluster://time-app:v1".into());
+        c.set_running(
+            at(1),
+            "devcluster://42".into(),
+            "devcluster://time-app:v1".into(),
+        );
         c.started = true;
         c.ready = ready;
         c
@@ -269,7 +306,10 @@ mod tests {
         assert_eq!(s.phase.as_deref(), Some("Running"));
         assert_eq!(s.host_ip.as_deref(), Some("10.244.0.1"));
         assert_eq!(s.pod_ip.as_deref(), Some("10.244.1.2"));
-        assert_eq!(s.pod_ips.as_ref().map(|p| p[0].ip.as_str()), Some("10.244.1.2"));
+        assert_eq!(
+            s.pod_ips.as_ref().map(|p| p[0].ip.as_str()),
+            Some("10.244.1.2")
+        );
         assert!(is_ready(&s));
         assert_eq!(cond(&s, "ContainersReady").status, "True");
         assert_eq!(cond(&s, "Initialized").status, "True");
@@ -290,7 +330,10 @@ mod tests {
         let v = view(vec![running("a", true), running("b", false)]);
         let s = desired(input(&v, None, None, 5));
         assert!(!is_ready(&s));
-        assert_eq!(cond(&s, "Ready").reason.as_deref(), Some("ContainersNotReady"));
+        assert_eq!(
+            cond(&s, "Ready").reason.as_deref(),
+            Some("ContainersNotReady")
+        );
         assert_eq!(
             cond(&s, "Ready").message.as_deref(),
             Some("containers with unready status: [b]")
@@ -303,7 +346,10 @@ mod tests {
             ..input(&v, None, None, 5)
         };
         let s = desired(no_gate);
-        assert_eq!(cond(&s, "Ready").reason.as_deref(), Some("ReadinessGatesNotReady"));
+        assert_eq!(
+            cond(&s, "Ready").reason.as_deref(),
+            Some("ReadinessGatesNotReady")
+        );
         assert_eq!(cond(&s, "ContainersReady").status, "True");
         let gate_ok = PodStatus {
             conditions: Some(vec![PodCondition {
@@ -323,14 +369,26 @@ mod tests {
     fn transition_times_move_only_when_the_status_flips() {
         let not_ready = view(vec![running("app", false)]);
         let first = desired(input(&not_ready, None, None, 10));
-        assert_eq!(cond(&first, "Ready").last_transition_time, Some(time(at(10))));
+        assert_eq!(
+            cond(&first, "Ready").last_transition_time,
+            Some(time(at(10)))
+        );
         let again = desired(input(&not_ready, None, Some(&first), 20));
-        assert_eq!(cond(&again, "Ready").last_transition_time, Some(time(at(10))));
+        assert_eq!(
+            cond(&again, "Ready").last_transition_time,
+            Some(time(at(10)))
+        );
         assert_eq!(patch_if_changed(&again, Some(&first)), None);
         let ready = view(vec![running("app", true)]);
         let flipped = desired(input(&ready, None, Some(&again), 30));
-        assert_eq!(cond(&flipped, "Ready").last_transition_time, Some(time(at(30))));
-        assert_eq!(cond(&flipped, "Initialized").last_transition_time, Some(time(at(10))));
+        assert_eq!(
+            cond(&flipped, "Ready").last_transition_time,
+            Some(time(at(30)))
+        );
+        assert_eq!(
+            cond(&flipped, "Initialized").last_transition_time,
+            Some(time(at(10)))
+        );
         assert!(patch_if_changed(&flipped, Some(&again)).is_some());
     }
 
@@ -349,7 +407,11 @@ mod tests {
         let s = desired(input(&v, None, None, 3));
         assert_eq!(s.phase.as_deref(), Some("Running"));
         let cs = &s.container_statuses.as_ref().expect("statuses")[0];
-        let waiting = cs.state.as_ref().and_then(|s| s.waiting.as_ref()).expect("waiting");
+        let waiting = cs
+            .state
+            .as_ref()
+            .and_then(|s| s.waiting.as_ref())
+            .expect("waiting");
         assert_eq!(waiting.reason.as_deref(), Some("CrashLoopBackOff"));
         let last = cs
             .last_state
@@ -381,13 +443,20 @@ mod tests {
 
     #[test]
     fn pending_pod_before_the_sandbox() {
-        let mut v = view(vec![ContainerView::new("app", "time-app:v1", "ContainerCreating")]);
+        let mut v = view(vec![ContainerView::new(
+            "app",
+            "time-app:v1",
+            "ContainerCreating",
+        )]);
         v.pod_ip = None;
         let s = desired(input(&v, None, None, 1));
         assert_eq!(s.phase.as_deref(), Some("Pending"));
         assert_eq!(s.pod_ip, None);
         let json = serde_json::to_value(&s).expect("serializes");
-        assert!(json.get("podIP").is_none(), "no podIP key until there is one: {json}");
+        assert!(
+            json.get("podIP").is_none(),
+            "no podIP key until there is one: {json}"
+        );
         assert_eq!(
             json["containerStatuses"][0]["state"]["waiting"]["reason"],
             "ContainerCreating"
@@ -407,7 +476,10 @@ mod tests {
             desired(input(&v, Some(&observed), None, 50)).start_time,
             Some(time(at(0)))
         );
-        assert_eq!(desired(input(&v, None, None, 50)).start_time, Some(time(at(7))));
+        assert_eq!(
+            desired(input(&v, None, None, 50)).start_time,
+            Some(time(at(7)))
+        );
     }
 
     #[test]

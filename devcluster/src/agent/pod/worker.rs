@@ -48,7 +48,11 @@ pub fn grace_of(pod: &Pod) -> Duration {
     let secs = pod
         .metadata
         .deletion_grace_period_seconds
-        .or_else(|| pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds))
+        .or_else(|| {
+            pod.spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds)
+        })
         .unwrap_or(30);
     Duration::from_secs(secs.max(0) as u64)
 }
@@ -129,7 +133,11 @@ fn pod_ref(pod: &Pod) -> PodRef {
         namespace: pod.metadata.namespace.clone().unwrap_or_default(),
         name: pod.metadata.name.clone().unwrap_or_default(),
         uid: pod.metadata.uid.clone().unwrap_or_default(),
-        node: pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default(),
+        node: pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default(),
     }
 }
 
@@ -314,7 +322,10 @@ async fn life(
     passive: bool,
 ) {
     let pref = pod_ref(&pod);
-    let pod_dir = ctx.cfg.layout.pod_dir(&pref.namespace, &pref.name, &pref.uid);
+    let pod_dir = ctx
+        .cfg
+        .layout
+        .pod_dir(&pref.namespace, &pref.name, &pref.uid);
     if passive {
         stop_requested(&mut stop).await;
         remove_dir(&pod_dir);
@@ -347,7 +358,8 @@ async fn setup_and_run(
     view: &watch::Sender<PodView>,
     stop: &mut watch::Receiver<Option<Stop>>,
 ) -> Option<Sandbox> {
-    let event = |kind, reason: &str, msg: &str| events::record(&ctx.client, pref, None, kind, reason, msg);
+    let event =
+        |kind, reason: &str, msg: &str| events::record(&ctx.client, pref, None, kind, reason, msg);
     let Some(cidr) = ctx.cfg.pod_cidr(&pref.node) else {
         stop_requested(stop).await;
         return None;
@@ -382,7 +394,10 @@ async fn setup_and_run(
         match created {
             Ok(()) => break,
             Err(e) => {
-                let msg = format!("Failed to create pod sandbox: {}", crate::agent::pods::error_chain(&e));
+                let msg = format!(
+                    "Failed to create pod sandbox: {}",
+                    crate::agent::pods::error_chain(&e)
+                );
                 tracing::warn!(pod = %pref.name, "{msg}");
                 set_unstarted_waiting(view, "ContainerCreating", Some(msg.clone()));
                 event(Kind::Warning, "FailedCreatePodSandBox", &msg);
@@ -394,7 +409,8 @@ async fn setup_and_run(
     }
     view.send_modify(|v| v.pod_ip = Some(ip));
     let hosts = pod_dir.join("etc-hosts");
-    let written = std::fs::create_dir_all(pod_dir).and_then(|_| std::fs::write(&hosts, hosts_file(pod, ip)));
+    let written =
+        std::fs::create_dir_all(pod_dir).and_then(|_| std::fs::write(&hosts, hosts_file(pod, ip)));
     if let Err(e) = written {
         let msg = format!("could not write {}: {e}", hosts.display());
         set_unstarted_waiting(view, "ContainerCreating", Some(msg.clone()));
@@ -437,22 +453,23 @@ async fn setup_and_run(
     set_unstarted_waiting(view, "ContainerCreating", None);
 
     let spec = pod.spec.clone().unwrap_or_default();
-    let task = |role: Role, index: usize, spec_c: &k8s_openapi::api::core::v1::Container| ContainerTask {
-        ctx: ctx.clone(),
-        pod: pod.clone(),
-        pod_ref: pref.clone(),
-        role,
-        index,
-        spec: spec_c.clone(),
-        policy: RestartPolicy::parse(spec.restart_policy.as_deref()),
-        netns: sb.netns.clone(),
-        pod_ip: ip,
-        hostname: hostname(pod),
-        pod_dir: pod_dir.to_path_buf(),
-        hosts_file: hosts.clone(),
-        volumes: host_volumes.clone(),
-        view: view.clone(),
-    };
+    let task =
+        |role: Role, index: usize, spec_c: &k8s_openapi::api::core::v1::Container| ContainerTask {
+            ctx: ctx.clone(),
+            pod: pod.clone(),
+            pod_ref: pref.clone(),
+            role,
+            index,
+            spec: spec_c.clone(),
+            policy: RestartPolicy::parse(spec.restart_policy.as_deref()),
+            netns: sb.netns.clone(),
+            pod_ip: ip,
+            hostname: hostname(pod),
+            pod_dir: pod_dir.to_path_buf(),
+            hosts_file: hosts.clone(),
+            volumes: host_volumes.clone(),
+            view: view.clone(),
+        };
     for (i, c) in spec.init_containers.iter().flatten().enumerate() {
         match task(Role::Init, i, c).run(stop.clone()).await {
             Outcome::Succeeded => {}
