@@ -212,24 +212,14 @@ async fn heal(
             "devcluster: {} is not running; starting it again with the same flags and data",
             c.name
         );
-        let started = procs::spawn(
-            &layout.pids_dir(),
-            &layout.logs_dir(),
-            c.name,
-            &c.program,
-            &c.args,
-            &[],
-        )?;
-        let took = controlplane::wait_healthy(layout, &started, c.start_timeout, || {
-            controlplane::http_ok(&http, &c.health_url, token.as_deref())
-        })
-        .await
-        .with_context(|| {
-            format!(
-                "restarting {}; `devcluster down` wipes the cluster if it cannot be healed",
-                c.name
-            )
-        })?;
+        let (started, took) = controlplane::start_component(layout, &http, &c, token.as_deref())
+            .await
+            .with_context(|| {
+                format!(
+                    "restarting {}; `devcluster down` wipes the cluster if it cannot be healed",
+                    c.name
+                )
+            })?;
         eprintln!(
             "devcluster: {} serving again (pid {}, {:.1}s)",
             c.name,
@@ -299,18 +289,7 @@ async fn start(
 
     let http = controlplane::health_client(layout)?;
     for c in controlplane::components(layout, bins) {
-        let started = procs::spawn(
-            &layout.pids_dir(),
-            &layout.logs_dir(),
-            c.name,
-            &c.program,
-            &c.args,
-            &[],
-        )?;
-        controlplane::wait_healthy(layout, &started, c.start_timeout, || {
-            controlplane::http_ok(&http, &c.health_url, Some(&tokens.admin))
-        })
-        .await?;
+        controlplane::start_component(layout, &http, &c, Some(&tokens.admin)).await?;
         step(&format!("{} serving", c.name), t);
     }
 

@@ -462,6 +462,29 @@ where
 }
 
 /// An HTTP client for the health endpoints (loopback only), trusting the cluster CA.
+/// Starts `c` (with its recorded flags and data) and waits until its health URL answers,
+/// asking with `token`; gives the process and how long it took to serve.
+pub async fn start_component(
+    layout: &Layout,
+    http: &reqwest::Client,
+    c: &Component,
+    token: Option<&str>,
+) -> anyhow::Result<(Started, Duration)> {
+    let started = procs::spawn(
+        &layout.pids_dir(),
+        &layout.logs_dir(),
+        c.name,
+        &c.program,
+        &c.args,
+        &[],
+    )?;
+    let took = wait_healthy(layout, &started, c.start_timeout, || {
+        http_ok(http, &c.health_url, token)
+    })
+    .await?;
+    Ok((started, took))
+}
+
 pub fn health_client(layout: &Layout) -> anyhow::Result<reqwest::Client> {
     let ca = fs::read(layout.pki_dir().join("ca.crt"))?;
     Ok(reqwest::Client::builder()
