@@ -574,6 +574,15 @@ pub fn twin_statefulset(
     })
 }
 
+/// Whether an object (a twin set, or one of its claims) carries the mark `rollout` puts on what
+/// it creates for the rollout `rollout_id`'s set `set`. The record names the set, but anyone who
+/// can patch the StatefulSet can write the record: only the mark lets a run delete an object.
+pub fn made_by_rollout(meta: &ObjectMeta, set: &str, rollout_id: &str) -> bool {
+    let labels = meta.labels.as_ref();
+    labels.and_then(|l| l.get(SET_LABEL)).map(String::as_str) == Some(set)
+        && labels.and_then(|l| l.get(CREATED_BY_LABEL)) == Some(&label_value(rollout_id))
+}
+
 /// A label value from any text: at most 63 characters of `[A-Za-z0-9._-]`.
 fn label_value(text: &str) -> String {
     let cleaned: String = text
@@ -1562,5 +1571,40 @@ mod tests {
                 ("data-web-bg1-2".to_string(), "1Gi".to_string()),
             ]
         );
+    }
+
+    #[test]
+    fn only_objects_marked_for_this_rollout_count_as_made_by_it() {
+        let meta = |labels: &[(&str, &str)]| ObjectMeta {
+            labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..ObjectMeta::default()
+        };
+        let id = "bluegreen-20261203-7";
+        let cases = [
+            (
+                meta(&[(SET_LABEL, "web-bg1"), (CREATED_BY_LABEL, id)]),
+                true,
+            ),
+            // A set the record names but rollout never made (planted in a record).
+            (meta(&[("app", "db")]), false),
+            (meta(&[(SET_LABEL, "web-bg1")]), false),
+            (
+                meta(&[(SET_LABEL, "web-bg1"), (CREATED_BY_LABEL, "shadow-1-2")]),
+                false,
+            ),
+            (
+                meta(&[(SET_LABEL, "web-bg2"), (CREATED_BY_LABEL, id)]),
+                false,
+            ),
+            (ObjectMeta::default(), false),
+        ];
+        for (m, want) in cases {
+            assert_eq!(made_by_rollout(&m, "web-bg1", id), want, "{:?}", m.labels);
+        }
     }
 }

@@ -21,7 +21,7 @@ use crate::model::strategy::StrategyKind;
 use crate::model::twin::{DataMode, TwinRole, HOME_ANNOTATION, SET_LABEL};
 use crate::strategy::predicates;
 use crate::strategy::predicates::{describe_scale, scaled, serving_pods};
-use crate::strategy::twin::{clone_claims, twin_statefulset};
+use crate::strategy::twin::{clone_claims, made_by_rollout, twin_statefulset};
 
 impl<C: Cluster, G: GateRunner> Runner<C, G> {
     /// The pods of `set` once its watch has listed them.
@@ -267,13 +267,20 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             return Ok(());
         }
         self.delete_preview(&twin).await?;
-        let exists = self
+        let id = self.record.id.clone();
+        let found = self
             .cluster
             .get::<StatefulSet>(set)
             .await
-            .map_err(|e| ExecError::api("reading StatefulSet", set, e))?
-            .is_some();
-        if exists {
+            .map_err(|e| ExecError::api("reading StatefulSet", set, e))?;
+        if let Some(found) = found {
+            if !made_by_rollout(&found.metadata, set, &id) {
+                // Named by the record, but not marked as this rollout's: never deleted.
+                return self.complete(
+                    started,
+                    &format!(": StatefulSet {set} was not created by this rollout, so it and its volumes are left as they are"),
+                );
+            }
             self.set_replicas(set, 0).await?;
             // Its pods end gracefully before the set goes; a pod that does not stop in time
             // is left to the garbage collector with the set.
@@ -295,14 +302,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             .list_all::<PersistentVolumeClaim>("listing PVCs in namespace")
             .await?
             .into_iter()
-            .filter(|c| {
-                c.metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(SET_LABEL))
-                    .map(String::as_str)
-                    == Some(set)
-            })
+            .filter(|c| made_by_rollout(&c.metadata, set, &id))
             .filter_map(|c| c.metadata.name)
             .collect();
         if !twin.keep_data {
