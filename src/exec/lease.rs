@@ -3,12 +3,22 @@
 //! and a run that died (killed CI job) leaves a lock that expires by itself instead of one a
 //! person must clean up (Helm's lesson, helm #4558).
 //!
-//! [`assess`] is the pure decision (free, ours, held, expired); [`acquire`] and
-//! [`LeaseGuard`] do the I/O: create or take over, renew in the background, release.
+//! Expiry is judged the way Kubernetes leader election judges it: never by comparing the
+//! holder's clock (its `renewTime`) with ours, but by watching the Lease record itself. A reader
+//! notes the record (holder, renewTime, resourceVersion) and the moment on its own monotonic
+//! clock when it first saw it; the holder is dead once that record has not changed for the
+//! lease's duration, measured here. The holder, in turn, stops believing it holds the lease a
+//! margin before anyone else could judge it expired ([`hold_deadline`]), so two runs never both
+//! believe they hold it.
+//!
+//! [`judge`] is the pure decision; [`observe`], [`acquire`] and [`LeaseGuard`] do the I/O:
+//! watch a holder until it can be told alive or dead, create or take over, renew in the
+//! background, release.
 
 use std::fmt;
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -21,19 +31,24 @@ use crate::cluster::{ApiError, Cluster, Preconditions};
 
 /// How long a lease stays valid without renewal.
 pub const LEASE_DURATION: Duration = Duration::from_secs(15);
-/// How often a holder renews it (a third of the duration, as Kubernetes leader election does).
-pub const RENEW_INTERVAL: Duration = Duration::from_secs(5);
+/// The range a lease's own `leaseDurationSeconds` is held to: the Lease is written by whoever
+/// may write Leases, so a huge value must not make a reader wait for ever, nor zero make it
+/// take over at once.
+const DURATION_RANGE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(300));
+/// How often a reader looks at a Lease while it waits to tell whether its holder is alive.
+const OBSERVE_EVERY: Duration = Duration::from_millis(500);
 
 /// Why the lock could not be taken or kept.
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
-    #[error("StatefulSet {statefulset} is locked by another run: {holder} holds Lease {lease} (renewed {renewed_ago} ago; it expires {expires_in} after its last renewal if that run is gone). Wait for it, or check `rollout status {statefulset}`")]
+    #[error("StatefulSet {statefulset} is locked by another run: {holder} holds Lease {lease} and renewed it {seen}. Wait for that run to end, or check `rollout status {statefulset}`; if that run is gone, the lease is taken over once it has gone {duration} without a renewal")]
     Held {
         statefulset: String,
         lease: String,
         holder: String,
-        renewed_ago: String,
-        expires_in: String,
+        /// How the renewal was seen: "while this command watched" or "just now".
+        seen: String,
+        duration: String,
     },
     #[error("{action} Lease {lease}: {source}")]
     Api {
@@ -42,20 +57,32 @@ pub enum LeaseError {
         #[source]
         source: ApiError,
     },
+    #[error("{action} Lease {lease} got no answer within {timeout}; is the API server reachable?")]
+    RequestTimedOut {
+        action: &'static str,
+        lease: String,
+        timeout: String,
+    },
     #[error("Lease {lease} kept changing while this run tried to take it; try again")]
     Contended { lease: String },
 }
 
-/// Who holds a lease: `user@host pid N`, enough for a person to find the process.
+/// Who holds a lease: `user@host pid N run R on S`. `user@host pid N` is for a person to find
+/// the process; `run R` is random per run, so two runs never share an identity even when
+/// containers share a host name and pid; `on S` names the process space (boot and pid
+/// namespace) the pid belongs to, so a reader may only look the pid up when it runs in the same
+/// one. Identities of older releases (`user@host pid N`) still parse.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     pub user: String,
     pub host: String,
     pub pid: u32,
+    pub run: Option<String>,
+    pub space: Option<String>,
 }
 
 impl Identity {
-    /// This process.
+    /// This process, with a fresh run id.
     pub fn current() -> Identity {
         let user = std::env::var("USER")
             .or_else(|_| std::env::var("LOGNAME"))
@@ -68,10 +95,13 @@ impl Identity {
             .filter(|h| !h.is_empty())
             .or_else(|| std::env::var("HOSTNAME").ok())
             .unwrap_or_else(|| "unknown-host".to_string());
+        let pid = std::process::id();
         Identity {
             user,
             host,
-            pid: std::process::id(),
+            pid,
+            run: Some(run_id(pid)),
+            space: process_space(),
         }
     }
 
@@ -80,23 +110,86 @@ impl Identity {
         format!("{}@{}", self.user, self.host)
     }
 
+    /// Reads an identity from a Lease (untrusted text): `None` unless every part is well formed.
     pub fn parse(text: &str) -> Option<Identity> {
-        let (who, pid) = text.rsplit_once(" pid ")?;
+        let (who, rest) = text.rsplit_once(" pid ")?;
         let (user, host) = who.split_once('@')?;
-        Some(Identity {
+        if user.is_empty() || host.is_empty() || host.contains(char::is_whitespace) {
+            return None;
+        }
+        let mut words = rest.split(' ');
+        let pid = words.next()?.parse().ok()?;
+        let token = |w: &str| {
+            (!w.is_empty()
+                && w.len() <= 64
+                && w.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+            .then(|| w.to_string())
+        };
+        let mut identity = Identity {
             user: user.to_string(),
             host: host.to_string(),
-            pid: pid.trim().parse().ok()?,
-        })
+            pid,
+            run: None,
+            space: None,
+        };
+        while let Some(word) = words.next() {
+            let value = token(words.next()?)?;
+            match word {
+                "run" if identity.run.is_none() => identity.run = Some(value),
+                "on" if identity.space.is_none() => identity.space = Some(value),
+                _ => return None,
+            }
+        }
+        Some(identity)
+    }
+
+    /// True when `self` names a process in the same process space as `me` (same boot, same
+    /// pid namespace), so its pid can be looked up here.
+    fn shares_pids_with(&self, me: &Identity) -> bool {
+        matches!((&self.space, &me.space), (Some(a), Some(b)) if a == b)
     }
 }
 
 impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}@{} pid {}", self.user, self.host, self.pid)
+        write!(f, "{}@{} pid {}", self.user, self.host, self.pid)?;
+        if let Some(run) = &self.run {
+            write!(f, " run {run}")?;
+        }
+        if let Some(space) = &self.space {
+            write!(f, " on {space}")?;
+        }
+        Ok(())
     }
 }
 
+/// A random id for this run: the standard library's per-process random hash keys, mixed with
+/// the pid and the time.
+fn run_id(pid: u32) -> String {
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    pid.hash(&mut hasher);
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+        .hash(&mut hasher);
+    format!("{:012x}", hasher.finish() & 0xffff_ffff_ffff)
+}
+
+/// This process's pid space: the boot id (another machine, or this one rebooted, differs) and
+/// the pid namespace (another container differs). `None` when either cannot be read, which
+/// turns the same-machine shortcut off.
+fn process_space() -> Option<String> {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let boot: String = boot.trim().chars().filter(|c| *c != '-').take(12).collect();
+    let ns = std::fs::read_link("/proc/self/ns/pid").ok()?;
+    let inode: String = ns
+        .to_string_lossy()
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect();
+    (!boot.is_empty() && !inode.is_empty()).then(|| format!("{boot}-{inode}"))
+}
 /// The user name of this process's uid from `/etc/passwd` (or `uid-N`), for when neither
 /// `USER` nor `LOGNAME` is set (CI containers, systemd units).
 fn user_from_uid() -> String {
@@ -127,78 +220,135 @@ pub fn lease_name(statefulset: &str) -> String {
     format!("rollout-{statefulset}")
 }
 
-/// What a lease means for a run that wants it.
+/// What a reader compares to tell whether a holder renews: any write to the Lease changes one
+/// of these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRecord {
+    pub holder: String,
+    pub renew_time: Option<Timestamp>,
+    pub resource_version: Option<String>,
+    /// The lease's own duration, held to [`DURATION_RANGE`].
+    pub duration: Duration,
+}
+
+impl LeaseRecord {
+    /// The record of a held lease; `None` when nobody holds it.
+    pub fn of(lease: &Lease) -> Option<LeaseRecord> {
+        let spec = lease.spec.as_ref()?;
+        let holder = spec.holder_identity.clone().filter(|h| !h.is_empty())?;
+        let seconds = spec
+            .lease_duration_seconds
+            .and_then(|s| u64::try_from(s).ok())
+            .unwrap_or(LEASE_DURATION.as_secs());
+        Some(LeaseRecord {
+            holder,
+            renew_time: spec.renew_time.as_ref().map(|t| t.0),
+            resource_version: lease.metadata.resource_version.clone(),
+            duration: Duration::from_secs(seconds).clamp(DURATION_RANGE.0, DURATION_RANGE.1),
+        })
+    }
+}
+
+/// A record of a lease and when (on this process's monotonic clock) it was first seen as it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sighting {
+    pub record: LeaseRecord,
+    pub since: Instant,
+}
+
+/// Why a holder is judged dead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Death {
+    /// Its record did not change for this long (at least the lease duration), measured here.
+    NotRenewedFor(Duration),
+    /// It ran in this process space and its process is gone.
+    ProcessGone,
+}
+
+/// What a lease means for a process that wants it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LeaseState {
     /// No holder: take it.
     Free,
     /// This process holds it already.
     Ours,
-    /// Held by a run whose renewals stopped (or whose process is gone from this host): take it
-    /// over.
-    Expired { holder: String },
-    /// Held by a live run.
-    Held {
-        holder: String,
-        renewed: Option<Timestamp>,
-        duration: Duration,
-    },
+    /// The holder renewed it while this process watched: it is alive.
+    Alive { holder: String },
+    /// The holder stopped renewing (or its process is gone): take it over.
+    Dead { holder: String, death: Death },
+    /// Too early to tell: look again within `wait` (the lease is dead if nothing changed by
+    /// then).
+    Unknown { holder: String, wait: Duration },
 }
 
-/// Decides whether `me` may take `lease` at `now`. `process_gone` answers for holders on this
-/// host, so a run killed a second ago on the same machine does not block `resume` for the whole
-/// lease duration.
-pub fn assess(
-    lease: &Lease,
+/// Decides what `lease` means for `me` at `now`, given what this process saw of it before
+/// (`seen`); gives the sighting to keep for the next look. `process_gone` answers for holders in
+/// this process space, so a run killed a second ago on the same machine does not block `abort`
+/// for a whole lease duration.
+pub fn judge(
+    lease: Option<&Lease>,
     me: &Identity,
-    now: Timestamp,
+    seen: Option<&Sighting>,
+    now: Instant,
     process_gone: impl Fn(u32) -> bool,
-) -> LeaseState {
-    let spec = lease.spec.as_ref();
-    let Some(holder) = spec
-        .and_then(|s| s.holder_identity.clone())
-        .filter(|h| !h.is_empty())
-    else {
-        return LeaseState::Free;
+) -> (LeaseState, Option<Sighting>) {
+    let Some(record) = lease.and_then(LeaseRecord::of) else {
+        return (LeaseState::Free, None);
     };
+    let holder = record.holder.clone();
     if holder == me.to_string() {
-        return LeaseState::Ours;
+        return (LeaseState::Ours, None);
     }
-    let duration = Duration::from_secs(
-        spec.and_then(|s| s.lease_duration_seconds)
-            .and_then(|s| u64::try_from(s).ok())
-            .unwrap_or(LEASE_DURATION.as_secs()),
-    );
-    let renewed = spec
-        .and_then(|s| s.renew_time.as_ref().or(s.acquire_time.as_ref()))
-        .map(|t| t.0);
-    let expired = match renewed {
-        Some(at) => at
-            .checked_add(duration)
-            .map(|end| end <= now)
-            .unwrap_or(false),
-        None => true,
-    };
     let gone_here = Identity::parse(&holder)
-        .is_some_and(|h| h.host == me.host && h.pid != me.pid && process_gone(h.pid));
-    if expired || gone_here {
-        LeaseState::Expired { holder }
-    } else {
-        LeaseState::Held {
-            holder,
-            renewed,
-            duration,
+        .is_some_and(|h| h.shares_pids_with(me) && h.pid != me.pid && process_gone(h.pid));
+    match seen {
+        _ if gone_here => {
+            let sighting = Sighting { record, since: now };
+            let death = Death::ProcessGone;
+            (LeaseState::Dead { holder, death }, Some(sighting))
+        }
+        Some(before) if before.record == record => {
+            let unchanged = now.saturating_duration_since(before.since);
+            let state = if unchanged >= record.duration {
+                let death = Death::NotRenewedFor(unchanged);
+                LeaseState::Dead { holder, death }
+            } else {
+                let wait = record.duration - unchanged;
+                LeaseState::Unknown { holder, wait }
+            };
+            (state, Some(before.clone()))
+        }
+        // A record that changed since the last look was just written: by a live holder.
+        Some(_) => (
+            LeaseState::Alive { holder },
+            Some(Sighting { record, since: now }),
+        ),
+        None => {
+            let wait = record.duration;
+            (
+                LeaseState::Unknown { holder, wait },
+                Some(Sighting { record, since: now }),
+            )
         }
     }
 }
 
-/// True when no process `pid` runs on this machine (Linux `/proc`); false when that cannot be
-/// told.
+/// The last moment a holder may believe it holds the lease, given that its last successful
+/// write was sent at `sent`: a reader first sees that write no earlier than `sent`, and judges
+/// the holder dead only after a full `duration` without change from then; the holder lets go a
+/// margin before that (a tenth of the duration, at least 200ms), for a reader's clock that runs
+/// a little fast.
+pub fn hold_deadline(sent: Instant, duration: Duration) -> Instant {
+    let margin = (duration / 10).max(Duration::from_millis(200));
+    sent + duration.saturating_sub(margin)
+}
+
+/// True when no process `pid` runs in this process space (Linux `/proc`); false when that
+/// cannot be told.
 pub fn local_process_gone(pid: u32) -> bool {
     std::path::Path::new("/proc/self").exists()
         && !std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
-
 /// The lease `me` writes to hold the lock from `now`, built on `existing` when there is one.
 pub fn claimed(
     existing: Option<&Lease>,
@@ -256,103 +406,194 @@ pub fn claimed(
     lease
 }
 
-fn ago(from: Option<Timestamp>, now: Timestamp) -> String {
-    match from {
-        Some(t) => super::progress::format_elapsed(
-            now.duration_since(t).try_into().unwrap_or(Duration::ZERO),
-        ),
-        None => "never".to_string(),
+/// How long one read or write of a Lease may take before this process stops waiting for it.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sends one Lease request, giving up after `timeout`: `None` when it did not answer in time.
+async fn within<T>(
+    timeout: Duration,
+    request: impl std::future::Future<Output = Result<T, ApiError>>,
+) -> Option<Result<T, ApiError>> {
+    tokio::time::timeout(timeout, request).await.ok()
+}
+
+async fn read_lease<C: Cluster>(cluster: &C, name: &str) -> Result<Option<Lease>, LeaseError> {
+    match within(REQUEST_TIMEOUT, cluster.get::<Lease>(name)).await {
+        Some(Ok(lease)) => Ok(lease),
+        Some(Err(source)) => Err(LeaseError::Api {
+            action: "reading",
+            lease: name.to_string(),
+            source,
+        }),
+        None => Err(LeaseError::RequestTimedOut {
+            action: "reading",
+            lease: name.to_string(),
+            timeout: super::progress::format_elapsed(REQUEST_TIMEOUT),
+        }),
     }
 }
 
-/// Takes the lock on `statefulset` for `me`: creates the lease, or takes over a free or expired
-/// one, with resourceVersion preconditions so two runs never both win.
+/// What [`observe`] found.
+#[derive(Debug, Clone)]
+pub struct Observation {
+    /// Never [`LeaseState::Unknown`].
+    pub state: LeaseState,
+    pub lease: Option<Lease>,
+    /// To hand to the next look (e.g. [`acquire`] after a steering command judged the holder).
+    pub sighting: Option<Sighting>,
+}
+
+/// Looks at Lease `name` until its holder can be told alive (its record changed) or dead (no
+/// change for the lease's duration, or its process gone from this process space), starting
+/// from what was `seen` before. `waiting` is told once, with the holder and the longest wait,
+/// when that takes more than one look.
+pub async fn observe<C: Cluster>(
+    cluster: &C,
+    name: &str,
+    me: &Identity,
+    seen: Option<Sighting>,
+    mut waiting: impl FnMut(&str, Duration),
+) -> Result<Observation, LeaseError> {
+    let mut seen = seen;
+    let mut told = false;
+    // Each look either decides or finds the record unchanged, and an unchanged record decides
+    // after its duration (at most the top of DURATION_RANGE): this bound is never reached
+    // unless reads stall.
+    let looks = DURATION_RANGE.1.as_millis() / OBSERVE_EVERY.as_millis() + 10;
+    for _ in 0..looks {
+        let lease = read_lease(cluster, name).await?;
+        let (state, sighting) = judge(
+            lease.as_ref(),
+            me,
+            seen.as_ref(),
+            Instant::now(),
+            local_process_gone,
+        );
+        seen = sighting;
+        match state {
+            LeaseState::Unknown { holder, wait } => {
+                if !told {
+                    waiting(&holder, wait);
+                    told = true;
+                }
+                tokio::time::sleep(wait.min(OBSERVE_EVERY)).await;
+            }
+            state => {
+                return Ok(Observation {
+                    state,
+                    lease,
+                    sighting: seen,
+                })
+            }
+        }
+    }
+    Err(LeaseError::Contended {
+        lease: name.to_string(),
+    })
+}
+
+/// Takes the lock on `statefulset` for `me`: creates the lease, or takes over a free one or one
+/// whose holder is dead, with resourceVersion preconditions so two runs never both win. A
+/// holder not yet known alive or dead is watched first (see [`observe`]); `seen` is what the
+/// caller saw of it already.
 pub async fn acquire<C: Cluster>(
     cluster: &C,
     statefulset: &StatefulSet,
     me: &Identity,
     duration: Duration,
+    seen: Option<Sighting>,
+    mut waiting: impl FnMut(&str, Duration),
 ) -> Result<LeaseGuard<C>, LeaseError> {
     let set_name = statefulset.metadata.name.clone().unwrap_or_default();
     let name = lease_name(&set_name);
-    let api = |action, source| LeaseError::Api {
-        action,
+    let held = |holder: String, seen: &str, record: Option<&LeaseRecord>| LeaseError::Held {
+        statefulset: set_name.clone(),
         lease: name.clone(),
-        source,
+        holder,
+        seen: seen.to_string(),
+        duration: super::progress::format_elapsed(record.map_or(LEASE_DURATION, |r| r.duration)),
     };
+    let mut seen = seen;
     for _ in 0..5 {
-        let now = Timestamp::now();
-        let existing = cluster
-            .get::<Lease>(&name)
-            .await
-            .map_err(|e| api("reading", e))?;
-        let written = match &existing {
-            None => {
-                let lease = claimed(None, statefulset, me, now, duration);
-                cluster.create(&lease, false).await
+        let observed = observe(cluster, &name, me, seen.take(), &mut waiting).await?;
+        seen = observed.sighting.clone();
+        let current = observed.lease.as_ref();
+        let (claim, taken_over) = match observed.state {
+            LeaseState::Alive { holder } => {
+                let record = seen.as_ref().map(|s| &s.record);
+                return Err(held(holder, "while this command watched it", record));
             }
-            Some(current) => match assess(current, me, now, local_process_gone) {
-                LeaseState::Held {
-                    holder,
-                    renewed,
-                    duration,
-                } => {
-                    return Err(LeaseError::Held {
-                        statefulset: set_name,
-                        lease: name.clone(),
-                        holder,
-                        renewed_ago: ago(renewed, now),
-                        expires_in: super::progress::format_elapsed(duration),
-                    })
-                }
-                LeaseState::Expired { holder } => {
-                    tracing::info!(lease = %name, %holder, "taking over an expired lease");
-                    let lease = claimed(Some(current), statefulset, me, now, duration);
-                    cluster.replace(&lease).await
-                }
-                LeaseState::Free | LeaseState::Ours => {
-                    let lease = claimed(Some(current), statefulset, me, now, duration);
-                    cluster.replace(&lease).await
-                }
-            },
+            LeaseState::Dead { holder, death } => {
+                tracing::info!(lease = %name, %holder, ?death, "taking over the lease of a dead run");
+                (
+                    claimed(current, statefulset, me, Timestamp::now(), duration),
+                    Some((holder, death)),
+                )
+            }
+            LeaseState::Free | LeaseState::Ours | LeaseState::Unknown { .. } => (
+                claimed(current, statefulset, me, Timestamp::now(), duration),
+                None,
+            ),
+        };
+        let sent = Instant::now();
+        let written = if current.is_some() {
+            within(REQUEST_TIMEOUT, cluster.replace(&claim)).await
+        } else {
+            within(REQUEST_TIMEOUT, cluster.create(&claim, false)).await
         };
         match written {
-            Ok(lease) => {
-                let taken_over =
-                    existing
-                        .as_ref()
-                        .and_then(|l| match assess(l, me, now, local_process_gone) {
-                            LeaseState::Expired { holder } => Some(holder),
-                            _ => None,
-                        });
+            Some(Ok(lease)) => {
                 return Ok(LeaseGuard::start(
                     cluster.clone(),
                     name.clone(),
                     me.clone(),
                     lease,
                     duration,
+                    sent,
                     taken_over,
-                ));
+                ))
             }
-            // Someone else wrote between our read and write: read again and decide again.
-            Err(ApiError::Conflict(_) | ApiError::AlreadyExists(_)) => continue,
-            Err(e) => return Err(api("writing", e)),
+            // Someone else wrote between our read and our write. If it now names another
+            // holder, that run is alive this instant: it won, this run stops here.
+            Some(Err(ApiError::Conflict(_) | ApiError::AlreadyExists(_))) => {
+                let now = read_lease(cluster, &name).await?;
+                if let Some(record) = now.as_ref().and_then(LeaseRecord::of) {
+                    if record.holder != me.to_string() {
+                        return Err(held(
+                            record.holder.clone(),
+                            "just now (it took the lease first)",
+                            Some(&record),
+                        ));
+                    }
+                }
+            }
+            Some(Err(source)) => {
+                return Err(LeaseError::Api {
+                    action: "writing",
+                    lease: name.clone(),
+                    source,
+                })
+            }
+            // The write may or may not have landed; look again (a landed write reads as ours).
+            None => {
+                tracing::warn!(lease = %name, "writing the lease got no answer in time; looking again")
+            }
         }
     }
     Err(LeaseError::Contended { lease: name })
 }
 
-/// A held lock. Renews itself in the background until [`LeaseGuard::release`]; when renewal
-/// fails for longer than the lease lasts, or someone else took the lease, [`LeaseGuard::lost`]
-/// says so and the run must stop writing.
+/// A held lock. Renews itself in the background until [`LeaseGuard::release`]; when it cannot
+/// renew before others could judge it expired, or someone else took the lease,
+/// [`LeaseGuard::lost`] says so and the run must stop writing.
 pub struct LeaseGuard<C: Cluster> {
     cluster: C,
     name: String,
     current: Arc<Mutex<Lease>>,
     lost: watch::Receiver<Option<String>>,
     task: Option<JoinHandle<()>>,
-    /// The holder whose expired lease this run took over, if any.
-    pub taken_over_from: Option<String>,
+    /// The dead holder whose lease this run took over, if any, and how it was judged dead.
+    pub taken_over_from: Option<(String, Death)>,
 }
 
 impl<C: Cluster> LeaseGuard<C> {
@@ -362,19 +603,20 @@ impl<C: Cluster> LeaseGuard<C> {
         me: Identity,
         lease: Lease,
         duration: Duration,
-        taken_over_from: Option<String>,
+        sent: Instant,
+        taken_over_from: Option<(String, Death)>,
     ) -> Self {
         let current = Arc::new(Mutex::new(lease));
         let (lost_tx, lost) = watch::channel(None);
-        let interval = (duration / 3).max(Duration::from_millis(100));
-        let task = tokio::spawn(renew_loop(
-            cluster.clone(),
+        let renewer = Renewer {
+            cluster: cluster.clone(),
             me,
-            Arc::clone(&current),
-            lost_tx,
-            interval,
+            current: Arc::clone(&current),
+            lost: lost_tx,
+            interval: (duration / 3).max(Duration::from_millis(100)),
             duration,
-        ));
+        };
+        let task = tokio::spawn(renewer.run(sent));
         LeaseGuard {
             cluster,
             name,
@@ -387,6 +629,22 @@ impl<C: Cluster> LeaseGuard<C> {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// A line for people when this run took the lease over from a dead one.
+    pub fn takeover_note(&self) -> Option<String> {
+        let (holder, death) = self.taken_over_from.as_ref()?;
+        let why = match death {
+            Death::NotRenewedFor(unchanged) => format!(
+                "which had not renewed it for {}",
+                super::progress::format_elapsed(*unchanged)
+            ),
+            Death::ProcessGone => "whose process is gone from this machine".to_string(),
+        };
+        Some(format!(
+            "took over Lease {} from {holder}, {why}",
+            self.name
+        ))
     }
 
     /// Becomes `Some(reason)` when the lock is lost.
@@ -414,10 +672,13 @@ impl<C: Cluster> LeaseGuard<C> {
                 uid: None,
             };
             let deleted = self.cluster.delete::<Lease>(&self.name, &preconditions);
-            match deleted.await {
-                Ok(()) | Err(ApiError::NotFound) => {}
-                Err(e) => {
+            match within(REQUEST_TIMEOUT, deleted).await {
+                Some(Ok(()) | Err(ApiError::NotFound)) => {}
+                Some(Err(e)) => {
                     tracing::warn!(lease = %self.name, error = %e, "could not release the lease; it expires by itself")
+                }
+                None => {
+                    tracing::warn!(lease = %self.name, "releasing the lease got no answer in time; it expires by itself")
                 }
             }
         }
@@ -433,73 +694,142 @@ impl<C: Cluster> Drop for LeaseGuard<C> {
     }
 }
 
-async fn renew_loop<C: Cluster>(
+/// The background task that keeps a lease.
+struct Renewer<C: Cluster> {
     cluster: C,
     me: Identity,
     current: Arc<Mutex<Lease>>,
     lost: watch::Sender<Option<String>>,
     interval: Duration,
     duration: Duration,
-) {
-    let mut last_renewed = tokio::time::Instant::now();
-    loop {
-        tokio::time::sleep(interval).await;
-        let Ok(lease) = current.lock().map(|l| l.clone()) else {
-            return;
-        };
-        let name = lease.metadata.name.clone().unwrap_or_default();
-        let mut renewed = lease.clone();
-        if let Some(spec) = renewed.spec.as_mut() {
-            spec.renew_time = Some(MicroTime(Timestamp::now()));
-        }
-        let result = match cluster.replace(&renewed).await {
-            Err(ApiError::Conflict(_)) => {
-                // Changed under us: still ours (a stale resourceVersion), or taken?
-                match cluster.get::<Lease>(&name).await {
-                    Ok(Some(fresh)) if holder(&fresh) == Some(me.to_string()) => {
-                        let mut again = fresh;
-                        if let Some(spec) = again.spec.as_mut() {
-                            spec.renew_time = Some(MicroTime(Timestamp::now()));
-                        }
-                        cluster.replace(&again).await
-                    }
-                    Ok(Some(fresh)) => {
-                        let who = holder(&fresh).unwrap_or_else(|| "nobody".to_string());
-                        let _ = lost.send(Some(format!("Lease {name} is now held by {who}")));
-                        return;
-                    }
-                    Ok(None) => {
-                        let _ = lost.send(Some(format!("Lease {name} was deleted")));
-                        return;
-                    }
-                    Err(e) => Err(e),
-                }
+}
+
+/// Why one renewal did not go through.
+enum RenewFailure {
+    /// Someone else holds the lease now, or it was deleted: give up at once.
+    Taken(String),
+    /// The API refused or failed: try again while the lease is still ours.
+    Failed(ApiError),
+}
+
+impl<C: Cluster> Renewer<C> {
+    /// Renews every `interval` from `sent` (when the write that took the lease was sent), each
+    /// request bounded by the time left; gives the lease up (signals `lost`) at the
+    /// [`hold_deadline`] of the last renewal that went through.
+    async fn run(self, sent: Instant) {
+        let name = self
+            .current
+            .lock()
+            .ok()
+            .and_then(|l| l.metadata.name.clone())
+            .unwrap_or_default();
+        let retry = (self.interval / 5).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let mut last_ok = sent;
+        let mut next = sent + self.interval;
+        loop {
+            let deadline = hold_deadline(last_ok, self.duration);
+            tokio::time::sleep_until(next.min(deadline).into()).await;
+            let now = Instant::now();
+            if now >= deadline {
+                let _ = self.lost.send(Some(format!(
+                    "Lease {name} could not be renewed within {}, so another run may take it over",
+                    super::progress::format_elapsed(self.duration)
+                )));
+                return;
             }
-            other => other,
-        };
-        match result {
-            Ok(fresh) => {
-                last_renewed = tokio::time::Instant::now();
-                if let Ok(mut slot) = current.lock() {
-                    *slot = fresh;
+            let budget = (deadline - now).min(self.interval);
+            match tokio::time::timeout(budget, self.renew_once(&name)).await {
+                Ok(Ok(fresh)) => {
+                    last_ok = now;
+                    next = now + self.interval;
+                    if let Ok(mut slot) = self.current.lock() {
+                        *slot = fresh;
+                    }
                 }
-            }
-            Err(e) => {
-                tracing::warn!(lease = %name, error = %e, "renewing the lease failed; retrying");
-                if last_renewed.elapsed() >= duration {
-                    let _ = lost.send(Some(format!(
-                        "Lease {name} could not be renewed for {} ({e})",
-                        super::progress::format_elapsed(duration)
-                    )));
+                Ok(Err(RenewFailure::Taken(reason))) => {
+                    let _ = self.lost.send(Some(reason));
                     return;
+                }
+                Ok(Err(RenewFailure::Failed(e))) => {
+                    tracing::warn!(lease = %name, error = %e, "renewing the lease failed; retrying");
+                    next = Instant::now() + retry;
+                }
+                Err(_) => {
+                    tracing::warn!(lease = %name, "renewing the lease got no answer in time; retrying");
+                    next = Instant::now() + retry;
                 }
             }
         }
     }
+
+    async fn renew_once(&self, name: &str) -> Result<Lease, RenewFailure> {
+        let Ok(lease) = self.current.lock().map(|l| l.clone()) else {
+            return Err(RenewFailure::Taken(format!(
+                "Lease {name}: this run's copy is unreadable"
+            )));
+        };
+        match self.cluster.replace(&renewed(lease)).await {
+            Err(ApiError::Conflict(_)) => {}
+            other => return other.map_err(RenewFailure::Failed),
+        }
+        // Changed under us: still ours (written again by us after a request that seemed to
+        // fail), or taken?
+        let me = self.me.to_string();
+        match self.cluster.get::<Lease>(name).await {
+            Ok(Some(fresh)) if holder(&fresh).as_deref() == Some(me.as_str()) => self
+                .cluster
+                .replace(&renewed(fresh))
+                .await
+                .map_err(RenewFailure::Failed),
+            Ok(Some(fresh)) => {
+                let who = holder(&fresh).unwrap_or_else(|| "nobody".to_string());
+                Err(RenewFailure::Taken(format!(
+                    "Lease {name} is now held by {who}"
+                )))
+            }
+            Ok(None) => Err(RenewFailure::Taken(format!("Lease {name} was deleted"))),
+            Err(e) => Err(RenewFailure::Failed(e)),
+        }
+    }
+}
+
+/// `lease` with its renewTime set to now.
+fn renewed(mut lease: Lease) -> Lease {
+    if let Some(spec) = lease.spec.as_mut() {
+        spec.renew_time = Some(MicroTime(Timestamp::now()));
+    }
+    lease
 }
 
 fn holder(lease: &Lease) -> Option<String> {
     lease.spec.as_ref()?.holder_identity.clone()
+}
+
+/// What a steering command (`promote`, `resume`, `pause`, `abort`) does about the lease of the
+/// set it steers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Steering {
+    /// A live run holds it: write the record and let that run do the work.
+    HandOver { holder: String },
+    /// Nobody, or a dead run, holds it: take the lease and do the work in this process.
+    TakeOver { from: Option<String> },
+    /// Not known yet whether the holder is alive: look again.
+    Watch,
+}
+
+/// The steering decision for a lease in `state`. A holder counts as live only after it was
+/// seen renewing, so no command reports a hand-over to a run that is gone.
+pub fn steering(state: &LeaseState) -> Steering {
+    match state {
+        LeaseState::Alive { holder } => Steering::HandOver {
+            holder: holder.clone(),
+        },
+        LeaseState::Dead { holder, .. } => Steering::TakeOver {
+            from: Some(holder.clone()),
+        },
+        LeaseState::Free | LeaseState::Ours => Steering::TakeOver { from: None },
+        LeaseState::Unknown { .. } => Steering::Watch,
+    }
 }
 
 #[cfg(test)]
@@ -510,17 +840,24 @@ mod tests {
         Timestamp::from_second(s).unwrap_or(Timestamp::UNIX_EPOCH)
     }
 
+    const SPACE: &str = "0a1b2c3d4e5f-4026531836";
+
     fn me() -> Identity {
         Identity {
             user: "ci".into(),
             host: "runner-1".into(),
             pid: 100,
+            run: Some("aaaaaaaaaaaa".into()),
+            space: Some(SPACE.into()),
         }
     }
 
-    fn lease(holder: Option<&str>, renewed: Option<i64>, seconds: i32) -> Lease {
+    fn lease(holder: Option<&str>, renewed: Option<i64>, seconds: i32, rv: &str) -> Lease {
         Lease {
-            metadata: ObjectMeta::default(),
+            metadata: ObjectMeta {
+                resource_version: Some(rv.into()),
+                ..Default::default()
+            },
             spec: Some(LeaseSpec {
                 holder_identity: holder.map(String::from),
                 renew_time: renewed.map(|s| MicroTime(ts(s))),
@@ -533,82 +870,265 @@ mod tests {
     #[test]
     fn identities_print_and_parse() {
         let id = me();
-        assert_eq!(id.to_string(), "ci@runner-1 pid 100");
-        assert_eq!(Identity::parse("ci@runner-1 pid 100"), Some(id.clone()));
+        let text = format!("ci@runner-1 pid 100 run aaaaaaaaaaaa on {SPACE}");
+        assert_eq!(id.to_string(), text);
+        assert_eq!(Identity::parse(&text), Some(id.clone()));
         assert_eq!(id.user_at_host(), "ci@runner-1");
-        for bad in ["", "ci@runner-1", "runner pid 3", "a@b pid x"] {
+        // What older releases wrote still reads, without run or process space.
+        let old = Identity::parse("ci@runner-1 pid 100").unwrap_or_else(|| panic!("old"));
+        assert_eq!((old.pid, old.run, old.space), (100, None, None));
+        let run_only =
+            Identity::parse("ci@runner-1 pid 7 run 0f0f").unwrap_or_else(|| panic!("run"));
+        assert_eq!(run_only.run.as_deref(), Some("0f0f"));
+        assert_eq!(run_only.to_string(), "ci@runner-1 pid 7 run 0f0f");
+        for bad in [
+            "",
+            "ci@runner-1",
+            "runner pid 3",
+            "a@b pid x",
+            "@b pid 3",
+            "a@b pid 3 run",
+            "a@b pid 3 run x run y",
+            "a@b pid 3 run x;rm",
+            "a@b pid 3 colour blue",
+            "a@b pid 3 on",
+        ] {
             assert_eq!(Identity::parse(bad), None, "{bad}");
         }
     }
 
     #[test]
-    fn lease_states() {
-        let alive = |_| false;
-        let gone = |_| true;
-        let cases: Vec<(Lease, i64, bool, &str)> = vec![
-            (lease(None, None, 15), 100, false, "free"),
-            (lease(Some(""), Some(90), 15), 100, false, "free"),
-            (
-                lease(Some("ci@runner-1 pid 100"), Some(90), 15),
-                100,
-                false,
-                "ours",
-            ),
-            (
-                lease(Some("dev@laptop pid 7"), Some(90), 15),
-                100,
-                false,
-                "held",
-            ),
-            (
-                lease(Some("dev@laptop pid 7"), Some(85), 15),
-                100,
-                false,
-                "expired",
-            ),
-            (
-                lease(Some("dev@laptop pid 7"), Some(84), 15),
-                100,
-                false,
-                "expired",
-            ),
-            (
-                lease(Some("dev@laptop pid 7"), None, 15),
-                100,
-                false,
-                "expired",
-            ),
-            // Same host, its process is gone: no need to wait for the expiry.
-            (
-                lease(Some("ci@runner-1 pid 55"), Some(99), 15),
-                100,
-                true,
-                "expired",
-            ),
-            // Another host's pid says nothing about this machine.
-            (
-                lease(Some("ci@runner-2 pid 55"), Some(99), 15),
-                100,
-                true,
-                "held",
-            ),
-        ];
-        for (l, now, process_gone, expected) in cases {
-            let state = if process_gone {
-                assess(&l, &me(), ts(now), gone)
-            } else {
-                assess(&l, &me(), ts(now), alive)
-            };
-            let got = match state {
-                LeaseState::Free => "free",
-                LeaseState::Ours => "ours",
-                LeaseState::Expired { .. } => "expired",
-                LeaseState::Held { .. } => "held",
-            };
-            assert_eq!(got, expected, "{:?} at {now}", l.spec);
+    fn every_run_has_an_identity_of_its_own() {
+        let a = Identity::current();
+        let b = Identity::current();
+        assert_eq!((a.pid, &a.host, &a.user), (b.pid, &b.host, &b.user));
+        assert_ne!(a.run, b.run, "same process, two runs: two identities");
+        assert_ne!(a.to_string(), b.to_string());
+        assert_eq!(Identity::parse(&a.to_string()), Some(a));
+    }
+
+    /// Judges `lease` at `at` seconds on a fake monotonic clock, after `seen` (a sighting made
+    /// at `seen_at` seconds).
+    fn judged(
+        lease: &Lease,
+        seen: Option<(&Lease, u64)>,
+        at: u64,
+        process_gone: bool,
+    ) -> LeaseState {
+        let base = Instant::now();
+        let seen = seen.and_then(|(l, s)| {
+            LeaseRecord::of(l).map(|record| Sighting {
+                record,
+                since: base + Duration::from_secs(s),
+            })
+        });
+        let now = base + Duration::from_secs(at);
+        judge(Some(lease), &me(), seen.as_ref(), now, |_| process_gone).0
+    }
+
+    fn name(state: &LeaseState) -> &'static str {
+        match state {
+            LeaseState::Free => "free",
+            LeaseState::Ours => "ours",
+            LeaseState::Alive { .. } => "alive",
+            LeaseState::Dead { .. } => "dead",
+            LeaseState::Unknown { .. } => "unknown",
         }
     }
 
+    #[test]
+    fn expiry_is_judged_from_changes_of_the_record_on_the_local_clock() {
+        let other = "dev@laptop pid 7 run bbbbbbbbbbbb on ffffffffffff-1";
+        let held = lease(Some(other), Some(1000), 15, "5");
+        // Wall clocks do not matter: a renewTime far in the past or the future reads the same.
+        let ancient = lease(Some(other), Some(1), 15, "5");
+        let future = lease(Some(other), Some(9_999_999), 15, "5");
+        let renewed = lease(Some(other), Some(1005), 15, "6");
+        let rewritten = lease(Some(other), Some(1000), 15, "9");
+        let new_holder = lease(Some("x@y pid 1"), Some(1000), 15, "6");
+        let own = me().to_string();
+        let nobody = lease(None, None, 15, "1");
+        let empty = lease(Some(""), Some(1), 15, "1");
+        let ours = lease(Some(&own), Some(1), 15, "1");
+        type Case<'a> = (&'a Lease, Option<(&'a Lease, u64)>, u64, &'a str);
+        let cases: Vec<Case> = vec![
+            (&nobody, None, 0, "free"),
+            (&empty, None, 0, "free"),
+            (&ours, None, 0, "ours"),
+            // First sight: nothing to judge by yet, whatever the renewTime says.
+            (&held, None, 0, "unknown"),
+            (&ancient, None, 0, "unknown"),
+            (&future, None, 0, "unknown"),
+            // Unchanged: unknown until a whole duration passed here, then dead.
+            (&held, Some((&held, 0)), 14, "unknown"),
+            (&held, Some((&held, 0)), 15, "dead"),
+            (&held, Some((&held, 3)), 17, "unknown"),
+            (&held, Some((&held, 3)), 18, "dead"),
+            (&future, Some((&future, 0)), 15, "dead"),
+            // Changed in any way: written just now, by a live run.
+            (&renewed, Some((&held, 0)), 14, "alive"),
+            (&rewritten, Some((&held, 0)), 1, "alive"),
+            (&new_holder, Some((&held, 0)), 100, "alive"),
+        ];
+        for (l, seen, at, expected) in cases {
+            let state = judged(l, seen, at, false);
+            assert_eq!(name(&state), expected, "{:?} seen {seen:?} at {at}", l.spec);
+        }
+    }
+
+    #[test]
+    fn an_unknown_holder_is_watched_for_the_rest_of_its_duration() {
+        let held = lease(Some("dev@laptop pid 7"), Some(1), 15, "5");
+        assert_eq!(
+            judged(&held, None, 0, false),
+            LeaseState::Unknown {
+                holder: "dev@laptop pid 7".into(),
+                wait: Duration::from_secs(15)
+            }
+        );
+        assert_eq!(
+            judged(&held, Some((&held, 0)), 10, false),
+            LeaseState::Unknown {
+                holder: "dev@laptop pid 7".into(),
+                wait: Duration::from_secs(5)
+            }
+        );
+        assert_eq!(
+            judged(&held, Some((&held, 0)), 20, false),
+            LeaseState::Dead {
+                holder: "dev@laptop pid 7".into(),
+                death: Death::NotRenewedFor(Duration::from_secs(20))
+            }
+        );
+    }
+
+    #[test]
+    fn a_sighting_keeps_its_first_moment_until_the_record_changes() {
+        let held = lease(Some("dev@laptop pid 7"), Some(1), 15, "5");
+        let base = Instant::now();
+        let (_, first) = judge(Some(&held), &me(), None, base, |_| false);
+        let later = base + Duration::from_secs(4);
+        let (_, second) = judge(Some(&held), &me(), first.as_ref(), later, |_| false);
+        assert_eq!(second.map(|s| s.since), Some(base));
+        let renewed = lease(Some("dev@laptop pid 7"), Some(2), 15, "6");
+        let (_, third) = judge(Some(&renewed), &me(), first.as_ref(), later, |_| false);
+        assert_eq!(third.map(|s| s.since), Some(later));
+    }
+
+    #[test]
+    fn lease_durations_from_the_cluster_are_held_to_a_sane_range() {
+        let zero = lease(Some("dev@laptop pid 7"), Some(1), 0, "5");
+        assert_eq!(name(&judged(&zero, Some((&zero, 0)), 0, false)), "unknown");
+        assert_eq!(name(&judged(&zero, Some((&zero, 0)), 1, false)), "dead");
+        let huge = lease(Some("dev@laptop pid 7"), Some(1), i32::MAX, "5");
+        assert_eq!(
+            name(&judged(&huge, Some((&huge, 0)), 299, false)),
+            "unknown"
+        );
+        assert_eq!(name(&judged(&huge, Some((&huge, 0)), 300, false)), "dead");
+        let negative = lease(Some("dev@laptop pid 7"), Some(1), -5, "5");
+        assert_eq!(
+            name(&judged(&negative, Some((&negative, 0)), 14, false)),
+            "unknown"
+        );
+        assert_eq!(
+            name(&judged(&negative, Some((&negative, 0)), 15, false)),
+            "dead"
+        );
+    }
+
+    #[test]
+    fn a_holder_whose_process_is_gone_from_this_process_space_is_dead_at_once() {
+        let here = |pid: u32, space: &str| {
+            lease(
+                Some(&format!("ci@runner-1 pid {pid} run cccc on {space}")),
+                Some(1),
+                15,
+                "5",
+            )
+        };
+        let cases = vec![
+            (here(55, SPACE), true, "dead"),
+            (here(55, SPACE), false, "unknown"),
+            // Same host name, another container or machine: its pid says nothing here.
+            (here(55, "0a1b2c3d4e5f-999"), true, "unknown"),
+            (here(55, "ffffffffffff-4026531836"), true, "unknown"),
+            // Older identities carry no process space: no shortcut.
+            (
+                lease(Some("ci@runner-1 pid 55"), Some(1), 15, "5"),
+                true,
+                "unknown",
+            ),
+            // Our own pid with another run id is not a process gone.
+            (here(100, SPACE), true, "unknown"),
+        ];
+        for (l, gone, expected) in cases {
+            let state = judged(&l, None, 0, gone);
+            assert_eq!(name(&state), expected, "{:?} gone={gone}", l.spec);
+        }
+        assert_eq!(
+            judged(&here(55, SPACE), None, 0, true),
+            LeaseState::Dead {
+                holder: format!("ci@runner-1 pid 55 run cccc on {SPACE}"),
+                death: Death::ProcessGone
+            }
+        );
+    }
+
+    #[test]
+    fn a_holder_lets_go_before_any_reader_may_take_over() {
+        let sent = Instant::now();
+        for secs in [1, 2, 15, 60, 300] {
+            let duration = Duration::from_secs(secs);
+            let deadline = hold_deadline(sent, duration);
+            // A reader first sees the write no earlier than `sent` and waits a full duration.
+            assert!(deadline < sent + duration, "{secs}s");
+            assert!(
+                deadline > sent + duration / 2,
+                "{secs}s: still time to renew"
+            );
+        }
+    }
+
+    #[test]
+    fn steering_hands_over_only_to_a_run_seen_renewing() {
+        let cases = vec![
+            (LeaseState::Free, Steering::TakeOver { from: None }),
+            (LeaseState::Ours, Steering::TakeOver { from: None }),
+            (
+                LeaseState::Alive { holder: "a".into() },
+                Steering::HandOver { holder: "a".into() },
+            ),
+            (
+                LeaseState::Dead {
+                    holder: "a".into(),
+                    death: Death::ProcessGone,
+                },
+                Steering::TakeOver {
+                    from: Some("a".into()),
+                },
+            ),
+            (
+                LeaseState::Dead {
+                    holder: "a".into(),
+                    death: Death::NotRenewedFor(Duration::from_secs(15)),
+                },
+                Steering::TakeOver {
+                    from: Some("a".into()),
+                },
+            ),
+            (
+                LeaseState::Unknown {
+                    holder: "a".into(),
+                    wait: Duration::from_secs(3),
+                },
+                Steering::Watch,
+            ),
+        ];
+        for (state, expected) in cases {
+            assert_eq!(steering(&state), expected, "{state:?}");
+        }
+    }
     #[test]
     fn claims_count_transitions_only_when_hands_change() {
         let set = StatefulSet {
@@ -632,11 +1152,14 @@ mod tests {
             Some("u1".to_string())
         );
         let spec = fresh.spec.clone().unwrap_or_default();
-        assert_eq!(spec.holder_identity.as_deref(), Some("ci@runner-1 pid 100"));
+        assert_eq!(
+            spec.holder_identity.as_deref(),
+            Some(me().to_string().as_str())
+        );
         assert_eq!(spec.lease_transitions, Some(0));
         assert_eq!(spec.lease_duration_seconds, Some(15));
 
-        let mut other = lease(Some("dev@laptop pid 7"), Some(1), 15);
+        let mut other = lease(Some("dev@laptop pid 7"), Some(1), 15, "3");
         if let Some(s) = other.spec.as_mut() {
             s.lease_transitions = Some(2);
         }

@@ -31,6 +31,8 @@ fn me(pid: u32) -> Identity {
         user: "dev".into(),
         host: "laptop".into(),
         pid,
+        run: Some(format!("run{pid}")),
+        space: None,
     }
 }
 
@@ -290,7 +292,12 @@ async fn a_conflicting_write_is_read_again_and_the_plan_follows_the_cluster() {
     assert!(fake.pod_revisions().iter().all(|(_, _, ready)| *ready));
 }
 
+/// A lease held by `holder`, renewed `renewed_secs_ago` by its clock; it lasts `seconds`.
 fn held_lease(holder: &str, renewed_secs_ago: i64) -> Lease {
+    lease_lasting(holder, renewed_secs_ago, 15)
+}
+
+fn lease_lasting(holder: &str, renewed_secs_ago: i64, seconds: i32) -> Lease {
     let at = Timestamp::from_second(Timestamp::now().as_second() - renewed_secs_ago)
         .unwrap_or(Timestamp::UNIX_EPOCH);
     Lease {
@@ -301,7 +308,7 @@ fn held_lease(holder: &str, renewed_secs_ago: i64) -> Lease {
         },
         spec: Some(LeaseSpec {
             holder_identity: Some(holder.into()),
-            lease_duration_seconds: Some(15),
+            lease_duration_seconds: Some(seconds),
             renew_time: Some(MicroTime(at)),
             lease_transitions: Some(2),
             ..Default::default()
@@ -312,13 +319,31 @@ fn held_lease(holder: &str, renewed_secs_ago: i64) -> Lease {
 #[tokio::test]
 async fn a_second_run_fails_fast_naming_the_holder_and_changes_nothing() {
     let fake = FakeCluster::new(statefulset("web", 3, "app:v1", true));
-    fake.with(|s| s.put(&held_lease("ci@runner-9 pid 77", 2)));
+    fake.with(|s| s.put(&held_lease("ci@runner-9 pid 77 run 1f", 2)));
+    // The holder is alive: it renews its lease (on another machine, every 200ms here).
+    let renewer = tokio::spawn({
+        let fake = fake.clone();
+        async move {
+            for _ in 0..200 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                fake.with(|s| {
+                    let mut lease = held_lease("ci@runner-9 pid 77 run 1f", 0);
+                    lease.metadata.resource_version = None;
+                    s.put(&lease)
+                });
+            }
+        }
+    });
     let ctx = context(&fake, FakeGates::default(), 1);
     let err = commands::run(&ctx, &request(StrategyKind::Rolling, "", "app:v2"))
         .await
         .expect_err("locked");
+    renewer.abort();
     assert_eq!(err.exit_code(), ExitCode::Locked);
-    assert!(err.to_string().contains("ci@runner-9 pid 77"), "{err}");
+    assert!(
+        err.to_string().contains("ci@runner-9 pid 77 run 1f"),
+        "{err}"
+    );
     assert!(fake.with(|s| s.patches().is_empty()), "nothing written");
     assert_eq!(fake.image(), "app:v1");
 }
@@ -326,7 +351,9 @@ async fn a_second_run_fails_fast_naming_the_holder_and_changes_nothing() {
 #[tokio::test]
 async fn an_expired_lease_is_taken_over() {
     let fake = FakeCluster::new(statefulset("web", 2, "app:v1", true));
-    fake.with(|s| s.put(&held_lease("ci@runner-9 pid 77", 60)));
+    // Never renewed while this run watches (one second, the lease's own duration), whatever its
+    // renewTime says.
+    fake.with(|s| s.put(&lease_lasting("ci@runner-9 pid 77", 0, 1)));
     // Look at the lease while the run holds it (just before its first write).
     let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
     let slot = seen.clone();
@@ -344,7 +371,10 @@ async fn an_expired_lease_is_taken_over() {
     assert_eq!(code, ExitCode::Done);
     let lease = seen.lock().ok().and_then(|l| l.clone()).unwrap_or_default();
     let spec = lease.spec.unwrap_or_default();
-    assert_eq!(spec.holder_identity.as_deref(), Some("dev@laptop pid 1"));
+    assert_eq!(
+        spec.holder_identity.as_deref(),
+        Some("dev@laptop pid 1 run run1")
+    );
     assert_eq!(spec.lease_transitions, Some(3));
     assert!(ctx
         .progress
@@ -475,7 +505,7 @@ async fn a_killed_run_is_resumed_from_its_record() {
     let _ = run.await;
     fake.with(|s| {
         let old = s.get::<Lease>(&lease_name("web"));
-        let mut stale = held_lease("dev@other-host pid 1", 60);
+        let mut stale = lease_lasting("dev@other-host pid 1", 60, 1);
         stale.metadata.resource_version = old.and_then(|l| l.metadata.resource_version);
         s.put(&stale);
     });

@@ -28,7 +28,7 @@ use tokio::time::Instant;
 
 use crate::exec::cluster::{selector_string, ApiError, Cluster, View};
 use crate::exec::gates::{check_gate_port, GateRunner};
-use crate::exec::lease::{self, assess, Identity, LeaseState};
+use crate::exec::lease::{self, Identity, LeaseState};
 use crate::exec::manifest::Manifest;
 use crate::exec::patch::{RecordChange, StrategyChange, StsPatch, TemplateChange};
 use crate::exec::progress::{format_elapsed, Out, Progress};
@@ -132,21 +132,77 @@ impl<C: Cluster, G: GateRunner> Context<C, G> {
         Ok(())
     }
 
-    /// True when a live run (not this process) holds the set's lease.
-    async fn live_holder(&self, name: &str) -> Result<Option<String>, ExecError> {
+    /// Watches the set's lease until its holder, if any, is known alive or dead (see
+    /// [`lease::observe`]; up to one lease duration when the holder runs elsewhere), telling the
+    /// user when that takes a while.
+    async fn observe_lease(&self, name: &str) -> Result<lease::Observation, ExecError> {
+        let lease_name = lease::lease_name(name);
+        let progress = self.progress.clone();
+        let observed = lease::observe(
+            &self.cluster,
+            &lease_name,
+            &self.me,
+            None,
+            |holder, wait| progress.say(watching_holder(&lease_name, holder, wait)),
+        )
+        .await?;
+        Ok(observed)
+    }
+
+    /// The holder of the set's lease at a glance (one read, no waiting), unless it is known to
+    /// be gone: for messages.
+    async fn lease_holder_now(&self, name: &str) -> Result<Option<String>, ExecError> {
         let lease_name = lease::lease_name(name);
         let lease = self
             .cluster
             .get::<Lease>(&lease_name)
             .await
             .map_err(|e| ExecError::api("reading Lease", &lease_name, e))?;
-        Ok(lease.and_then(|l| {
-            match assess(&l, &self.me, Timestamp::now(), lease::local_process_gone) {
-                LeaseState::Held { holder, .. } => Some(holder),
-                _ => None,
-            }
-        }))
+        let now = std::time::Instant::now();
+        let (state, _) = lease::judge(
+            lease.as_ref(),
+            &self.me,
+            None,
+            now,
+            lease::local_process_gone,
+        );
+        Ok(match state {
+            LeaseState::Alive { holder } | LeaseState::Unknown { holder, .. } => Some(holder),
+            LeaseState::Free | LeaseState::Ours | LeaseState::Dead { .. } => None,
+        })
     }
+
+    /// Takes the set's lock (see [`lease::acquire`]), saying so when that means watching a
+    /// holder first or taking over from a dead one.
+    async fn take_lease(
+        &self,
+        sts: &StatefulSet,
+        seen: Option<lease::Sighting>,
+    ) -> Result<lease::LeaseGuard<C>, ExecError> {
+        let lease_name = lease::lease_name(sts.metadata.name.as_deref().unwrap_or_default());
+        let progress = self.progress.clone();
+        let guard = lease::acquire(
+            &self.cluster,
+            sts,
+            &self.me,
+            self.lease_duration,
+            seen,
+            |holder, wait| progress.say(watching_holder(&lease_name, holder, wait)),
+        )
+        .await?;
+        if let Some(note) = guard.takeover_note() {
+            self.progress.say(note);
+        }
+        Ok(guard)
+    }
+}
+
+/// The line shown while a command watches a lease to tell whether its holder is alive.
+fn watching_holder(lease: &str, holder: &str, wait: Duration) -> String {
+    format!(
+        "Lease {lease} is held by {holder}; watching it for up to {} to tell whether that run is alive (a live run renews it every third of that)",
+        format_elapsed(wait)
+    )
 }
 
 fn record_of(sts: &StatefulSet) -> Result<Option<RolloutState>, ExecError> {
@@ -359,23 +415,19 @@ async fn drive<C: Cluster, G: GateRunner>(
     }
 }
 
-/// Continues the recorded rollout of `name` in this process: takes the lock, applies `change`
-/// to the record (promote, resume, abort), brings the plan in line with the cluster and runs.
+/// Continues the recorded rollout of `name` in this process: takes the lock (`seen`: what the
+/// caller saw of its holder already), applies `change` to the record (promote, resume, abort),
+/// brings the plan in line with the cluster and runs.
 async fn continue_run<C: Cluster, G: GateRunner>(
     ctx: &Context<C, G>,
     name: &str,
     change: impl FnOnce(&mut RolloutState) -> Result<(), TransitionError>,
     options: RunOptions,
+    seen: Option<lease::Sighting>,
 ) -> Result<ExitCode, ExecError> {
     let started = Instant::now();
     let sts = ctx.get_set(name).await?;
-    let guard = lease::acquire(&ctx.cluster, &sts, &ctx.me, ctx.lease_duration).await?;
-    if let Some(previous) = &guard.taken_over_from {
-        ctx.progress.say(format!(
-            "took over Lease {} from {previous}, whose run stopped renewing it",
-            guard.name()
-        ));
-    }
+    let guard = ctx.take_lease(&sts, seen).await?;
     let prepared = async {
         let mut view = ctx.cluster.watch(name, &selector_of(&sts));
         let sts = settle(&mut view, name).await?;

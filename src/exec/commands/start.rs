@@ -311,13 +311,7 @@ pub(super) async fn start<C: Cluster, G: GateRunner>(
     if plan_only {
         return print_plan(ctx, request, checked).await;
     }
-    let guard = lease::acquire(&ctx.cluster, &checked.sts, &ctx.me, ctx.lease_duration).await?;
-    if let Some(previous) = &guard.taken_over_from {
-        ctx.progress.say(format!(
-            "took over Lease {} from {previous}, whose run stopped renewing it",
-            guard.name()
-        ));
-    }
+    let guard = ctx.take_lease(&checked.sts, None).await?;
     // Everything between taking the lease and the run that releases it, in one place: any
     // error here releases it too.
     let ready = new_rollout(ctx, name, request, &checked).await;
@@ -402,12 +396,13 @@ pub(super) async fn check_start<C: Cluster, G: GateRunner>(
                 "a {} rollout of {name} to this template is under way (started by {}); continuing it",
                 record.plan.strategy, record.started_by
             ));
-            let code = continue_run(ctx, name, |_| Ok(()), holding(request.wait_at_holds)).await?;
+            let code =
+                continue_run(ctx, name, |_| Ok(()), holding(request.wait_at_holds), None).await?;
             return Ok(Checked::Done(code));
         }
         if !plan_only {
-            let running = match ctx.live_holder(name).await? {
-                Some(holder) => format!(", run right now by {holder}"),
+            let running = match ctx.lease_holder_now(name).await? {
+                Some(holder) => format!(", its Lease held by {holder}"),
                 None => String::new(),
             };
             return Err(ExecError::InProgress {

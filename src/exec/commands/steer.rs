@@ -1,6 +1,10 @@
 //! Steering a rollout under way: `promote`, `pause`, `resume`, `abort`.
 
 use super::*;
+use crate::exec::lease::Steering;
+
+/// How often `abort` looks at the lease of the run it follows.
+const LOOK_AT_HOLDER_EVERY: Duration = Duration::from_secs(1);
 
 /// The steps of the partition rollout that `promote --then` appends to a shadow.
 pub(super) async fn then_steps<C: Cluster, G: GateRunner>(
@@ -42,7 +46,8 @@ pub async fn promote<C: Cluster, G: GateRunner>(
     };
     // Checked here first so a refusal is reported the same whether a run is live or not.
     change(&mut record.clone())?;
-    if let Some(holder) = ctx.live_holder(name).await? {
+    let observed = ctx.observe_lease(name).await?;
+    if let Steering::HandOver { holder } = lease::steering(&observed.state) {
         let record = write_transition(ctx, name, change).await?;
         ctx.progress.say(format!(
             "promoted {name}{}: the running rollout ({holder}) continues at step {}/{}",
@@ -55,25 +60,39 @@ pub async fn promote<C: Cluster, G: GateRunner>(
         }
         return Ok(ExitCode::Done);
     }
-    continue_run(ctx, name, change, holding(wait_at_holds)).await
+    let seen = observed.sighting;
+    continue_run(ctx, name, change, holding(wait_at_holds), seen).await
 }
 
-/// `rollout pause STS`.
+/// `rollout pause STS`: a live run is told through the record and waits; otherwise this
+/// command takes the lease while it writes the record, so no run starts in between.
 pub async fn pause<C: Cluster, G: GateRunner>(
     ctx: &Context<C, G>,
     name: &str,
 ) -> Result<ExitCode, ExecError> {
     let resolved = resolve_serving(ctx, name).await?;
     let name = resolved.as_str();
-    let record = write_transition(ctx, name, |r| r.pause_by_user(Timestamp::now())).await?;
-    let holder = ctx.live_holder(name).await?;
+    let change = |r: &mut RolloutState| r.pause_by_user(Timestamp::now());
+    change(&mut existing_record(ctx, name, "pause").await?)?;
+    let observed = ctx.observe_lease(name).await?;
+    let (record, holder) = match lease::steering(&observed.state) {
+        Steering::HandOver { holder } => (write_transition(ctx, name, change).await?, Some(holder)),
+        _ => {
+            let guard = ctx
+                .take_lease(&ctx.get_set(name).await?, observed.sighting)
+                .await?;
+            let written = write_transition(ctx, name, change).await;
+            guard.release().await;
+            (written?, None)
+        }
+    };
     ctx.progress.say(format!(
         "paused the rollout of {name} at step {}/{}{}; `rollout resume {name}` continues it",
         record.current_step + 1,
         record.plan.steps.len(),
         match holder {
             Some(h) => format!(" (the running rollout, {h}, waits)"),
-            None => String::new(),
+            None => " (no run is live)".to_string(),
         }
     ));
     if ctx.output == Output::Json {
@@ -103,7 +122,8 @@ pub async fn resume<C: Cluster, G: GateRunner>(
     if !record.phase.is_active() {
         change(&mut record.clone())?;
     }
-    if let Some(holder) = ctx.live_holder(name).await? {
+    let observed = ctx.observe_lease(name).await?;
+    if let Steering::HandOver { holder } = lease::steering(&observed.state) {
         if record.phase == Phase::Paused && !at_pause_step {
             let record =
                 write_transition(ctx, name, |r| r.resume_by_user(Timestamp::now())).await?;
@@ -116,10 +136,13 @@ pub async fn resume<C: Cluster, G: GateRunner>(
             return Ok(ExitCode::Done);
         }
     }
-    continue_run(ctx, name, change, holding(wait_at_holds)).await
+    let seen = observed.sighting;
+    continue_run(ctx, name, change, holding(wait_at_holds), seen).await
 }
 
-/// `rollout abort STS`: back to the stable revision now.
+/// `rollout abort STS`: back to the stable revision now. A live run is told through the
+/// record and followed until it is back; when no run is live, or the one followed stops renewing
+/// its lease half-way, this command takes the lease and runs the rollback itself.
 pub async fn abort<C: Cluster, G: GateRunner>(
     ctx: &Context<C, G>,
     name: &str,
@@ -130,32 +153,20 @@ pub async fn abort<C: Cluster, G: GateRunner>(
     let record = existing_record(ctx, name, "abort").await?;
     record.clone().abort(Timestamp::now())?;
     let started = Instant::now();
-    if let Some(holder) = ctx.live_holder(name).await? {
+    let observed = ctx.observe_lease(name).await?;
+    let mut seen = observed.sighting;
+    if let Steering::HandOver { holder } = lease::steering(&observed.state) {
         write_transition(ctx, name, |r| r.abort(Timestamp::now())).await?;
         ctx.progress.say(format!(
             "abort requested: the running rollout ({holder}) returns {name} to the stable revision"
         ));
-        // Follow the record until that run is done.
-        let sts = ctx.get_set(name).await?;
-        let mut view = ctx.cluster.watch(name, &selector_of(&sts));
-        let deadline = Instant::now() + timeout;
-        loop {
-            let snapshot = view.borrow_and_update().clone();
-            if let Some(sts) = snapshot.statefulset.as_ref().filter(|_| snapshot.synced) {
-                if let Some(r) = record_of(sts)? {
-                    if r.phase.is_finished() {
-                        return finish_abort(ctx, &r, started);
-                    }
-                }
-            }
-            tokio::select! {
-                changed = view.changed() => if changed.is_err() {
-                    return Err(ExecError::WatchEnded { statefulset: name.to_string() });
-                },
-                _ = tokio::time::sleep_until(deadline) => return Err(ExecError::Timeout {
-                    what: format!("the rollback of {name} by the running rollout ({holder})"),
-                    timeout: format_elapsed(timeout),
-                }),
+        match follow_abort(ctx, name, &holder, timeout, seen).await? {
+            Followed::Finished(record) => return finish_abort(ctx, &record, started),
+            Followed::HolderGone(sighting) => {
+                ctx.progress.say(format!(
+                    "the running rollout ({holder}) stopped before it was back on stable; this command finishes the rollback"
+                ));
+                seen = sighting;
             }
         }
     }
@@ -163,7 +174,7 @@ pub async fn abort<C: Cluster, G: GateRunner>(
         rollback_limit: Some(timeout),
         ..RunOptions::default()
     };
-    let code = continue_run(ctx, name, |r| r.abort(Timestamp::now()), options).await?;
+    let code = continue_run(ctx, name, |r| r.abort(Timestamp::now()), options, seen).await?;
     let after = existing_record(ctx, name, "abort").await?;
     // RolledBack: the abort finished a rollback that a dead run had begun; either way the set
     // is back where the user asked for it.
@@ -171,6 +182,73 @@ pub async fn abort<C: Cluster, G: GateRunner>(
         return Ok(ExitCode::Done);
     }
     Ok(code)
+}
+
+/// How following a live run's rollback ended.
+enum Followed {
+    /// The record says the rollout is over.
+    Finished(Box<RolloutState>),
+    /// The run is dead (its lease unrenewed for a lease duration, or its process gone) or let
+    /// its lease go before the record said it was over: someone must finish the rollback.
+    HolderGone(Option<lease::Sighting>),
+}
+
+/// Follows the record (on the set's watch) until the run `holder` finishes the rollback,
+/// looking at its lease meanwhile (from `seen`), at most `timeout`.
+async fn follow_abort<C: Cluster, G: GateRunner>(
+    ctx: &Context<C, G>,
+    name: &str,
+    holder: &str,
+    timeout: Duration,
+    mut seen: Option<lease::Sighting>,
+) -> Result<Followed, ExecError> {
+    let sts = ctx.get_set(name).await?;
+    let mut view = ctx.cluster.watch(name, &selector_of(&sts));
+    let deadline = Instant::now() + timeout;
+    let lease_name = lease::lease_name(name);
+    let mut look = tokio::time::interval(LOOK_AT_HOLDER_EVERY);
+    loop {
+        let snapshot = view.borrow_and_update().clone();
+        if let Some(sts) = snapshot.statefulset.as_ref().filter(|_| snapshot.synced) {
+            if let Some(r) = record_of(sts)? {
+                if r.phase.is_finished() {
+                    return Ok(Followed::Finished(Box::new(r)));
+                }
+            }
+        }
+        tokio::select! {
+            changed = view.changed() => if changed.is_err() {
+                return Err(ExecError::WatchEnded { statefulset: name.to_string() });
+            },
+            _ = look.tick() => {
+                let lease = ctx
+                    .cluster
+                    .get::<Lease>(&lease_name)
+                    .await
+                    .map_err(|e| ExecError::api("reading Lease", &lease_name, e))?;
+                let now = std::time::Instant::now();
+                let (state, sighting) =
+                    lease::judge(lease.as_ref(), &ctx.me, seen.as_ref(), now, lease::local_process_gone);
+                seen = sighting;
+                match state {
+                    LeaseState::Dead { .. } => return Ok(Followed::HolderGone(seen)),
+                    // Released: finished (the watch will show it), or stopped without finishing.
+                    LeaseState::Free => {
+                        let r = existing_record(ctx, name, "abort").await?;
+                        if r.phase.is_finished() {
+                            return Ok(Followed::Finished(Box::new(r)));
+                        }
+                        return Ok(Followed::HolderGone(None));
+                    }
+                    _ => {}
+                }
+            },
+            _ = tokio::time::sleep_until(deadline) => return Err(ExecError::Timeout {
+                what: format!("the rollback of {name} by the running rollout ({holder})"),
+                timeout: format_elapsed(timeout),
+            }),
+        }
+    }
 }
 
 pub(super) fn finish_abort<C: Cluster, G: GateRunner>(

@@ -19,7 +19,14 @@ pub async fn undo<C: Cluster, G: GateRunner>(
             rollback_limit: Some(timeout),
             ..RunOptions::default()
         };
-        continue_run(ctx, &blue, |r| r.undo_bluegreen(Timestamp::now()), options).await?;
+        continue_run(
+            ctx,
+            &blue,
+            |r| r.undo_bluegreen(Timestamp::now()),
+            options,
+            None,
+        )
+        .await?;
         let after = existing_record(ctx, &blue, "undo").await?;
         return Ok(match after.phase {
             Phase::Aborted => ExitCode::Done,
@@ -86,7 +93,7 @@ pub async fn undo<C: Cluster, G: GateRunner>(
         });
     };
     let leaving = sts.status.as_ref().and_then(|s| s.update_revision.clone());
-    let guard = lease::acquire(&ctx.cluster, &sts, &ctx.me, ctx.lease_duration).await?;
+    let guard = ctx.take_lease(&sts, None).await?;
     let result = async {
         let mut written = None;
         for _ in 0..10 {
