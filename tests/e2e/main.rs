@@ -11,6 +11,7 @@ mod bluegreen;
 mod current;
 mod failures;
 mod gates;
+mod lock;
 mod recovery;
 mod recreate;
 mod shadow;

@@ -177,7 +177,7 @@ async fn a_second_run_at_the_same_time_is_refused_naming_the_first() -> anyhow::
         .and_then(|s| s.holder_identity)
         .unwrap_or_default();
     assert!(
-        holder.ends_with(&format!("pid {pid}")),
+        holder.contains(&format!(" pid {pid} run ")),
         "the lease names the first run: {holder}"
     );
 
@@ -185,7 +185,7 @@ async fn a_second_run_at_the_same_time_is_refused_naming_the_first() -> anyhow::
         .rollout(&["rolling", STS, "--image", "time-app:v3"])
         .await?;
     second.expect(ExitCode::Locked)?;
-    // The lease holder is `user@host pid N`; the message names at least who and where.
+    // The lease holder is `user@host pid N run R on S`; the message names at least who and where.
     let who = holder.split(" pid ").next().unwrap_or_default();
     assert!(
         !who.is_empty() && second.stderr.contains(who),
