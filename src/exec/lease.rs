@@ -1129,6 +1129,201 @@ mod tests {
             assert_eq!(steering(&state), expected, "{state:?}");
         }
     }
+    /// The fake cluster, whose replaces hang for ever while `hang` is set: an API server that
+    /// stopped answering renewals.
+    #[derive(Clone)]
+    struct Stalling {
+        fake: crate::cluster::fake::FakeCluster,
+        hang: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Cluster for Stalling {
+        fn namespace(&self) -> &str {
+            self.fake.namespace()
+        }
+        async fn get<K: crate::cluster::Object>(&self, name: &str) -> Result<Option<K>, ApiError> {
+            self.fake.get(name).await
+        }
+        async fn list<K: crate::cluster::Object>(
+            &self,
+            select: &crate::cluster::Select,
+        ) -> Result<Vec<K>, ApiError> {
+            self.fake.list(select).await
+        }
+        async fn create<K: crate::cluster::Object>(
+            &self,
+            object: &K,
+            dry_run: bool,
+        ) -> Result<K, ApiError> {
+            self.fake.create(object, dry_run).await
+        }
+        async fn replace<K: crate::cluster::Object>(&self, object: &K) -> Result<K, ApiError> {
+            if self.hang.load(std::sync::atomic::Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
+            self.fake.replace(object).await
+        }
+        async fn patch<K: crate::cluster::Object>(
+            &self,
+            name: &str,
+            patch: &serde_json::Value,
+            kind: crate::cluster::PatchKind,
+            dry_run: bool,
+        ) -> Result<K, ApiError> {
+            self.fake.patch(name, patch, kind, dry_run).await
+        }
+        async fn delete<K: crate::cluster::Object>(
+            &self,
+            name: &str,
+            preconditions: &Preconditions,
+        ) -> Result<(), ApiError> {
+            self.fake.delete::<K>(name, preconditions).await
+        }
+        fn observe<K: crate::cluster::Object>(
+            &self,
+            select: &crate::cluster::Select,
+        ) -> crate::cluster::Watched<K> {
+            self.fake.observe(select)
+        }
+        async fn proxy_get(
+            &self,
+            to: &crate::cluster::ProxyTo,
+            path: &str,
+        ) -> Result<crate::cluster::ProxyAnswer, ApiError> {
+            self.fake.proxy_get(to, path).await
+        }
+    }
+
+    fn set() -> StatefulSet {
+        crate::cluster::fake::statefulset("web", 1, "app:v1", true)
+    }
+
+    fn other() -> Identity {
+        Identity {
+            user: "ops".into(),
+            host: "runner-2".into(),
+            pid: 200,
+            run: Some("bbbb".into()),
+            space: None,
+        }
+    }
+
+    fn renew_time(fake: &crate::cluster::fake::FakeCluster) -> Option<MicroTime> {
+        fake.with(|s| s.get::<Lease>("rollout-web"))
+            .and_then(|l| l.spec)
+            .and_then(|s| s.renew_time)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_holder_whose_renewals_hang_gives_up_before_anyone_may_take_over() {
+        let fake = crate::cluster::fake::FakeCluster::new(set());
+        let hang = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cluster = Stalling {
+            fake: fake.clone(),
+            hang: Arc::clone(&hang),
+        };
+        let duration = Duration::from_secs(2);
+        let guard = acquire(&cluster, &set(), &me(), duration, None, |_, _| {})
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let first = renew_time(&fake);
+        tokio::time::sleep(duration).await;
+        assert_ne!(renew_time(&fake), first, "the holder renews");
+        assert_eq!(*guard.lost().borrow(), None);
+
+        hang.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Another run watches the lease until it may take it over; by then the holder must
+        // have given up (its renewal requests time out on their own deadline).
+        let seen = observe(&fake, "rollout-web", &other(), None, |_, _| {})
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            matches!(seen.state, LeaseState::Dead { .. }),
+            "{:?}",
+            seen.state
+        );
+        let lost = guard.lost().borrow().clone();
+        assert!(
+            lost.as_deref()
+                .is_some_and(|r| r.contains("could not be renewed")),
+            "the holder stopped believing it holds the lease first: {lost:?}"
+        );
+        // The other run takes it; the first one releases nothing it no longer holds.
+        let taken = acquire(&fake, &set(), &other(), duration, seen.sighting, |_, _| {})
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(taken.takeover_note().is_some());
+        guard.release().await;
+        let holder = fake
+            .with(|s| s.get::<Lease>("rollout-web"))
+            .and_then(|l| l.spec)
+            .and_then(|s| s.holder_identity);
+        assert_eq!(holder, Some(other().to_string()));
+        taken.release().await;
+    }
+
+    #[tokio::test]
+    async fn a_holder_whose_lease_was_taken_knows_it_at_its_next_renewal() {
+        let fake = crate::cluster::fake::FakeCluster::new(set());
+        let guard = acquire(
+            &fake,
+            &set(),
+            &me(),
+            Duration::from_secs(1),
+            None,
+            |_, _| {},
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mut lost = guard.lost();
+        // Someone else writes the lease as theirs (a hand edit, or a run that judged us dead).
+        fake.with(|s| {
+            let mut lease = s.get::<Lease>("rollout-web").unwrap_or_default();
+            lease.metadata.resource_version = None;
+            if let Some(spec) = lease.spec.as_mut() {
+                spec.holder_identity = Some(other().to_string());
+            }
+            s.put(&lease);
+        });
+        tokio::time::timeout(Duration::from_secs(30), lost.changed())
+            .await
+            .unwrap_or_else(|_| panic!("the loss is never noticed"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let reason = lost.borrow().clone().unwrap_or_default();
+        assert!(
+            reason.contains(&format!("now held by {}", other())),
+            "{reason}"
+        );
+        guard.release().await;
+        assert!(
+            fake.with(|s| s.get::<Lease>("rollout-web")).is_some(),
+            "a lost lease is not deleted on release"
+        );
+    }
+
+    #[tokio::test]
+    async fn of_two_runs_taking_a_free_lock_at_once_exactly_one_wins() {
+        let fake = crate::cluster::fake::FakeCluster::new(set());
+        let duration = Duration::from_secs(15);
+        let (sts, one, two) = (set(), me(), other());
+        let (a, b) = tokio::join!(
+            acquire(&fake, &sts, &one, duration, None, |_, _| {}),
+            acquire(&fake, &sts, &two, duration, None, |_, _| {}),
+        );
+        let (winner, error) = match (a, b) {
+            (Ok(w), Err(l)) | (Err(l), Ok(w)) => (w, l),
+            (a, b) => panic!("exactly one wins: {:?} / {:?}", a.is_ok(), b.is_ok()),
+        };
+        assert!(matches!(error, LeaseError::Held { .. }), "{error}");
+        let holder = fake
+            .with(|s| s.get::<Lease>("rollout-web"))
+            .and_then(|l| l.spec)
+            .and_then(|s| s.holder_identity)
+            .unwrap_or_default();
+        assert!(error.to_string().contains(&holder), "{error}");
+        winner.release().await;
+    }
+
     #[test]
     fn claims_count_transitions_only_when_hands_change() {
         let set = StatefulSet {
