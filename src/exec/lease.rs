@@ -530,7 +530,9 @@ pub async fn acquire<C: Cluster>(
                     Some((holder, death)),
                 )
             }
-            LeaseState::Free | LeaseState::Ours | LeaseState::Unknown { .. } => (
+            // `observe` decides before it returns; never take a lease still under watch.
+            LeaseState::Unknown { .. } => continue,
+            LeaseState::Free | LeaseState::Ours => (
                 claimed(current, statefulset, me, Timestamp::now(), duration),
                 None,
             ),
