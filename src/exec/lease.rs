@@ -417,7 +417,8 @@ async fn within<T>(
     tokio::time::timeout(timeout, request).await.ok()
 }
 
-async fn read_lease<C: Cluster>(cluster: &C, name: &str) -> Result<Option<Lease>, LeaseError> {
+/// Reads Lease `name`, bounded by its own timeout.
+pub async fn read_lease<C: Cluster>(cluster: &C, name: &str) -> Result<Option<Lease>, LeaseError> {
     match within(REQUEST_TIMEOUT, cluster.get::<Lease>(name)).await {
         Some(Ok(lease)) => Ok(lease),
         Some(Err(source)) => Err(LeaseError::Api {

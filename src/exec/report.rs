@@ -62,6 +62,8 @@ pub struct LockInfo {
     pub holder: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub renewed_at: Option<Timestamp>,
+    /// The renewTime is older than the lease's duration by this machine's clock: a hint that
+    /// the holder may be gone (clocks differ; a run judges by watching the Lease instead).
     pub expired: bool,
 }
 
@@ -400,7 +402,11 @@ pub fn render_status(report: &StatusReport, now: Timestamp) -> String {
             .renewed_at
             .map(|t| format!(", renewed {}", ago(t, now)))
             .unwrap_or_default();
-        let state = if lock.expired { " (expired)" } else { "" };
+        let state = if lock.expired {
+            " (stale by this machine's clock: that run may be gone; a run takes the lease over once it sees no renewal for the lease's duration)"
+        } else {
+            ""
+        };
         let _ = writeln!(out, "lock:      held by {}{renewed}{state}", lock.holder);
     }
     out
@@ -780,7 +786,7 @@ message:   gate running
             "{text}"
         );
         assert!(
-            text.contains("lock:      held by me@host pid 4, renewed 30.0s ago (expired)"),
+            text.contains("lock:      held by me@host pid 4, renewed 30.0s ago (stale by this machine's clock"),
             "{text}"
         );
     }

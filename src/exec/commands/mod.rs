@@ -153,11 +153,7 @@ impl<C: Cluster, G: GateRunner> Context<C, G> {
     /// be gone: for messages.
     async fn lease_holder_now(&self, name: &str) -> Result<Option<String>, ExecError> {
         let lease_name = lease::lease_name(name);
-        let lease = self
-            .cluster
-            .get::<Lease>(&lease_name)
-            .await
-            .map_err(|e| ExecError::api("reading Lease", &lease_name, e))?;
+        let lease = lease::read_lease(&self.cluster, &lease_name).await?;
         let now = std::time::Instant::now();
         let (state, _) = lease::judge(
             lease.as_ref(),

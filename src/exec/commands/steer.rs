@@ -221,11 +221,7 @@ async fn follow_abort<C: Cluster, G: GateRunner>(
                 return Err(ExecError::WatchEnded { statefulset: name.to_string() });
             },
             _ = look.tick() => {
-                let lease = ctx
-                    .cluster
-                    .get::<Lease>(&lease_name)
-                    .await
-                    .map_err(|e| ExecError::api("reading Lease", &lease_name, e))?;
+                let lease = lease::read_lease(&ctx.cluster, &lease_name).await?;
                 let now = std::time::Instant::now();
                 let (state, sighting) =
                     lease::judge(lease.as_ref(), &ctx.me, seen.as_ref(), now, lease::local_process_gone);
