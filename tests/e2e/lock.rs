@@ -98,7 +98,13 @@ async fn of_two_runs_started_together_exactly_one_proceeds() -> anyhow::Result<(
     let a = rollout_command(app.name(), &args).spawn()?;
     let b = rollout_command(app.name(), &args).spawn()?;
     let pids = [a.id().unwrap_or_default(), b.id().unwrap_or_default()];
-    let (a, b) = tokio::join!(finish(a, &args), finish(b, &args));
+    let started = Instant::now();
+    let timed = |child, args| async move {
+        let run = finish(child, args).await;
+        (run, started.elapsed())
+    };
+    let ((a, a_took), (b, b_took)) = tokio::join!(timed(a, &args), timed(b, &args));
+    eprintln!("the runs ended after {a_took:?} and {b_took:?}");
     let runs = [a?, b?];
     let winners: Vec<usize> = (0..2).filter(|&i| runs[i].code == Some(0)).collect();
     assert_eq!(
