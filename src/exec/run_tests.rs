@@ -529,6 +529,46 @@ async fn a_killed_run_is_resumed_from_its_record() {
 }
 
 #[tokio::test]
+async fn pause_takes_the_lease_of_a_dead_run_while_it_writes_the_record() {
+    let fake = FakeCluster::new(statefulset("web", 3, "app:v1", true));
+    let mut req = request(StrategyKind::Rolling, "pause=1h", "app:v2");
+    req.wait_at_holds = false;
+    let ctx = context(&fake, FakeGates::default(), 1);
+    let run = tokio::spawn({
+        let ctx = ctx.clone();
+        async move { commands::run(&ctx, &req).await }
+    });
+    until_record(&fake, |r| r.phase == Phase::Paused).await;
+    // SIGKILL on another machine: its lease stays, never renewed again (it lasts a second).
+    run.abort();
+    let _ = run.await;
+    fake.with(|s| {
+        let old = s.get::<Lease>(&lease_name("web"));
+        let mut stale = lease_lasting("dev@other-host pid 1 run 9", 0, 1);
+        stale.metadata.resource_version = old.and_then(|l| l.metadata.resource_version);
+        s.put(&stale);
+    });
+    let other = context(&fake, FakeGates::default(), 2);
+    let code = commands::pause(&other, "web")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(code, ExitCode::Done);
+    let paused = record(&fake);
+    assert_eq!(paused.phase, Phase::Paused);
+    assert_eq!(paused.pause, Some(crate::model::state::PauseReason::User));
+    let lines = other.progress.lines().join("\n");
+    assert!(
+        lines.contains("took over Lease rollout-web from dev@other-host pid 1 run 9"),
+        "{lines}"
+    );
+    assert!(lines.contains("(no run is live)"), "{lines}");
+    assert!(
+        fake.with(|s| s.list::<Lease>().is_empty()),
+        "pause gives the lease back once the record is written"
+    );
+}
+
+#[tokio::test]
 async fn undo_returns_to_the_previous_revision_of_a_set_rollout_never_touched() {
     let fake = FakeCluster::new(statefulset("web", 3, "app:v1", false));
     // kubectl set image: a new revision whose pods never get Ready, wedging the set.
