@@ -58,7 +58,7 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_name = "NAME")]
     pub context: Option<String>,
     /// Namespace of the StatefulSet (default: the context's namespace)
-    #[arg(short = 'n', long, global = true)]
+    #[arg(short = 'n', long, global = true, value_parser = crate::model::name::namespace_name)]
     pub namespace: Option<String>,
     /// Result format on stdout; progress always goes to stderr
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputArg::Text)]
@@ -85,6 +85,7 @@ pub enum Command {
     },
     /// Where the rollout of a StatefulSet stands
     Status {
+        #[arg(value_parser = crate::model::name::statefulset_name)]
         statefulset: String,
         /// Follow changes until the rollout is finished (exits with the rollout's code)
         #[arg(short = 'w', long)]
@@ -96,6 +97,7 @@ pub enum Command {
     /// Continue a rollout waiting at a pause (--full: skip to the end); end a shadow's
     /// comparison and roll the real set (--then)
     Promote {
+        #[arg(value_parser = crate::model::name::statefulset_name)]
         statefulset: String,
         /// Skip the remaining steps and pauses: every pod moves in one step (then one gate)
         #[arg(long, conflicts_with = "then")]
@@ -120,9 +122,13 @@ pub enum Command {
         pause: Option<PauseSpec>,
     },
     /// Pause a rollout after its current step
-    Pause { statefulset: String },
+    Pause {
+        #[arg(value_parser = crate::model::name::statefulset_name)]
+        statefulset: String,
+    },
     /// Continue after `pause`, after a gate that could not decide, or a run whose process died
     Resume {
+        #[arg(value_parser = crate::model::name::statefulset_name)]
         statefulset: String,
         /// Keep waiting at holds (canary --weight) instead of stopping there
         #[arg(long)]
@@ -130,6 +136,7 @@ pub enum Command {
     },
     /// Go back to the stable revision now
     Abort {
+        #[arg(value_parser = crate::model::name::statefulset_name)]
         statefulset: String,
         /// Longest wait for the pods to be back
         #[arg(long, value_name = "DURATION", default_value = "10m")]
@@ -137,6 +144,7 @@ pub enum Command {
     },
     /// Put an earlier revision's template back (like kubectl rollout undo); works on any StatefulSet
     Undo {
+        #[arg(value_parser = crate::model::name::statefulset_name)]
         statefulset: String,
         /// The revision to return to (see `rollout history`); default: the previous one
         #[arg(long, value_name = "N")]
@@ -146,7 +154,10 @@ pub enum Command {
         timeout: HumanDuration,
     },
     /// The revisions of a StatefulSet (ControllerRevisions) with their images
-    History { statefulset: String },
+    History {
+        #[arg(value_parser = crate::model::name::statefulset_name)]
+        statefulset: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -303,6 +314,7 @@ fn read_requests(path: &PathBuf) -> Result<Vec<ReplayLine>, SettingsError> {
 #[derive(Debug, Args)]
 pub struct TargetArgs {
     /// The StatefulSet to update
+    #[arg(value_parser = crate::model::name::statefulset_name)]
     pub statefulset: String,
     /// New image: IMAGE for the only container, or CONTAINER=IMAGE; repeat for several
     #[arg(
@@ -370,6 +382,7 @@ pub struct CanaryArgs {
 #[derive(Debug, Args)]
 pub struct ApplyArgs {
     /// The StatefulSet to update
+    #[arg(value_parser = crate::model::name::statefulset_name)]
     pub statefulset: String,
     /// The strategy file (strategies/*.yaml)
     #[arg(short = 'f', long = "file", value_name = "FILE")]
@@ -993,6 +1006,45 @@ mod tests {
                 "/nonexistent/s.yaml",
             ),
             (&["undo", "web", "--to-revision", "x"], "x"),
+            (
+                &["rolling", "", "--image", "a:1"],
+                "StatefulSet name is empty",
+            ),
+            (
+                &["rolling", "Web", "--image", "a:1"],
+                "uppercase letter `W`",
+            ),
+            (&["status", "web_1"], "character `_`"),
+            (&["abort", ""], "StatefulSet name is empty"),
+            (
+                &["rolling", "web", "--image", "a:1", "-n", ""],
+                "namespace is empty",
+            ),
+            (&["status", "web", "-n", "my.ns"], "character `.`"),
+            (
+                &["rolling", "web", "--image", "a:1", "--gate-command", ""],
+                "no command to run",
+            ),
+            (
+                &["rolling", "web", "--image", "a:1", "--gate-command", "  "],
+                "would pass every gate",
+            ),
+            (
+                &["shadow", "web", "--image", "a:1", "--min-samples", "0"],
+                "--min-samples 0",
+            ),
+            (
+                &[
+                    "shadow",
+                    "web",
+                    "--image",
+                    "a:1",
+                    "--compare-bodies",
+                    "--ignore-lines",
+                    "([",
+                ],
+                "--ignore-lines `([` is not a valid regular expression",
+            ),
         ];
         for (args, needle) in cases {
             let err = resolve(args).expect_err(&format!("{args:?}"));

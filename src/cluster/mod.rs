@@ -70,7 +70,7 @@ pub enum ApiError {
     #[error("already exists: {0}")]
     AlreadyExists(String),
     /// Any other refusal (validation, RBAC, ...).
-    #[error("{message} (HTTP {code} {reason})")]
+    #[error("{message} (HTTP {code} {reason}){hint}", hint = permission_hint(*code, message))]
     Refused {
         code: u16,
         reason: String,
@@ -97,6 +97,41 @@ impl From<kube::Error> for ApiError {
             other => ApiError::Unreachable(error_chain(&other)),
         }
     }
+}
+
+/// For an RBAC refusal (403 `User "u" cannot patch resource "statefulsets" in API group "apps"
+/// in the namespace "ns"`): what to grant, so the user knows the next step. Empty otherwise.
+pub fn permission_hint(code: u16, message: &str) -> String {
+    if code != 403 {
+        return String::new();
+    }
+    let quoted_after = |marker: &str| {
+        let rest = &message[message.find(marker)? + marker.len()..];
+        let rest = rest.strip_prefix('"')?;
+        rest.find('"').map(|end| rest[..end].to_string())
+    };
+    let verb = message
+        .find(" cannot ")
+        .map(|i| &message[i + " cannot ".len()..])
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(str::to_string);
+    let (Some(verb), Some(resource)) = (verb, quoted_after(" resource ")) else {
+        return "; the account rollout runs as lacks a permission: grant the Role in rollout's README to it".into();
+    };
+    let group = quoted_after(" in API group ").unwrap_or_default();
+    let api_group = if group.is_empty() {
+        "core".to_string()
+    } else {
+        group.clone()
+    };
+    let namespace = quoted_after(" in the namespace ").map_or_else(
+        || "the namespace".to_string(),
+        |ns| format!("namespace {ns}"),
+    );
+    let user = quoted_after("User ").map_or_else(String::new, |u| format!(" to {u}"));
+    format!(
+        "; grant verb `{verb}` on resource `{resource}` (API group {api_group}){user} in {namespace}: add it to the Role bound to that account (rollout's README lists the Role with every verb each strategy needs), then run again"
+    )
 }
 
 /// The source chain of an error in one line (the outer message often hides the cause).
@@ -357,6 +392,41 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
         LabelSelectorRequirement, ObjectMeta, OwnerReference,
     };
+
+    #[test]
+    fn permission_refusals_say_what_to_grant() {
+        let hint = permission_hint(
+            403,
+            r#"statefulsets.apps "web" is forbidden: User "system:serviceaccount:shop:deployer" cannot patch resource "statefulsets" in API group "apps" in the namespace "shop""#,
+        );
+        for needle in [
+            "verb `patch`",
+            "resource `statefulsets`",
+            "API group apps",
+            "system:serviceaccount:shop:deployer",
+            "namespace shop",
+        ] {
+            assert!(hint.contains(needle), "{needle}: {hint}");
+        }
+        let core = permission_hint(
+            403,
+            r#"pods "web-0" is forbidden: User "u" cannot get resource "pods/proxy" in API group "" in the namespace "ns""#,
+        );
+        assert!(
+            core.contains("resource `pods/proxy` (API group core)"),
+            "{core}"
+        );
+        assert!(permission_hint(403, "forbidden").contains("Role in rollout's README"));
+        assert_eq!(permission_hint(422, "cannot patch resource \"x\""), "");
+        let refused = ApiError::Refused {
+            code: 403,
+            reason: "Forbidden".into(),
+            message: r#"leases.coordination.k8s.io is forbidden: User "u" cannot create resource "leases" in API group "coordination.k8s.io" in the namespace "ns""#.into(),
+        };
+        assert!(refused
+            .to_string()
+            .contains("grant verb `create` on resource `leases`"));
+    }
 
     #[test]
     fn selectors_render_like_kubectl() {

@@ -43,8 +43,15 @@ pub use progress::Progress;
 pub enum ExecError {
     #[error("connecting to the cluster: {message}")]
     Connect { message: String },
-    #[error("StatefulSet {name} not found in namespace {namespace}; check the name, and -n/--namespace or --context")]
-    StatefulSetNotFound { namespace: String, name: String },
+    #[error("{message}; nothing was changed: give a readable kubeconfig with --kubeconfig FILE or KUBECONFIG, and a context it has with --context (`kubectl config get-contexts` lists them)")]
+    Kubeconfig { message: String },
+    #[error("StatefulSet {name} not found in namespace {namespace}{other}; check the name, and -n/--namespace or --context (`kubectl get statefulsets -n {namespace}` lists them)")]
+    StatefulSetNotFound {
+        namespace: String,
+        name: String,
+        /// `, but a Deployment named so exists: ...` when that explains the mistake.
+        other: String,
+    },
     #[error("StatefulSet {name} was deleted while rollout worked on it")]
     StatefulSetDeleted { name: String },
     #[error("{action} {object}: {source}")]
@@ -115,6 +122,7 @@ impl ExecError {
     pub fn exit_code(&self) -> ExitCode {
         match self {
             ExecError::StatefulSetNotFound { .. }
+            | ExecError::Kubeconfig { .. }
             | ExecError::Images(_)
             | ExecError::GatePort(_)
             | ExecError::Manifest(_)
@@ -223,6 +231,11 @@ pub async fn connect(connection: &Connection) -> Result<(kube::Client, String), 
     let connect_error = |what: &str, e: &dyn std::fmt::Display| ExecError::Connect {
         message: format!("{what}: {e}"),
     };
+    // A kubeconfig that cannot be read, parsed or has no such context is bad input (exit 2),
+    // not a cluster that did not answer.
+    let config_error = |what: &str, e: &dyn std::fmt::Display| ExecError::Kubeconfig {
+        message: format!("{what}: {e}"),
+    };
     let options = KubeConfigOptions {
         context: connection.context.clone(),
         cluster: None,
@@ -231,16 +244,16 @@ pub async fn connect(connection: &Connection) -> Result<(kube::Client, String), 
     let mut config = match &connection.kubeconfig {
         Some(path) => {
             let file = Kubeconfig::read_from(path)
-                .map_err(|e| connect_error(&format!("reading kubeconfig {}", path.display()), &e))?;
+                .map_err(|e| config_error(&format!("reading kubeconfig {}", path.display()), &e))?;
             Config::from_custom_kubeconfig(file, &options)
                 .await
-                .map_err(|e| connect_error(&format!("loading kubeconfig {}", path.display()), &e))?
+                .map_err(|e| config_error(&format!("loading kubeconfig {}", path.display()), &e))?
         }
         None if connection.context.is_some() => Config::from_kubeconfig(&options)
             .await
-            .map_err(|e| connect_error("loading the kubeconfig", &e))?,
+            .map_err(|e| config_error("loading the kubeconfig", &e))?,
         None => Config::infer().await.map_err(|e| {
-            connect_error(
+            config_error(
                 "no kubeconfig found (give --kubeconfig or set KUBECONFIG) and not running in a cluster",
                 &e,
             )

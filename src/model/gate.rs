@@ -33,7 +33,7 @@ pub enum GateSpecError {
     },
     #[error("minimum success ratio {value} is outside 0..1 (write 0.95 for 95 %)")]
     BadRatio { value: f64 },
-    #[error("command gate has no command to run")]
+    #[error("the command gate has no command to run (an empty --gate-command would pass every gate without checking anything); give a command, e.g. --gate-command ./smoke-test.sh, or leave the flag out")]
     EmptyCommand,
     #[error("webhook URL `{url}` must start with http:// or https://")]
     BadWebhookUrl { url: String },
@@ -355,6 +355,16 @@ impl CommandGate {
         match self.run.first() {
             Some(program) if !program.trim().is_empty() => {}
             _ => return Err(GateSpecError::EmptyCommand),
+        }
+        // `sh -c ''` exits 0: a gate that would pass every step without checking anything.
+        if let [shell, flag, script] = self.run.as_slice() {
+            let is_shell = matches!(
+                shell.rsplit('/').next(),
+                Some("sh" | "bash" | "dash" | "zsh")
+            );
+            if is_shell && flag == "-c" && script.trim().is_empty() {
+                return Err(GateSpecError::EmptyCommand);
+            }
         }
         if self.timeout.get().is_zero() {
             return Err(GateSpecError::ZeroDuration {

@@ -6,6 +6,7 @@ pub mod exit;
 pub mod file;
 pub mod gate;
 pub mod image;
+pub mod name;
 pub mod plan;
 pub mod state;
 pub mod steps;

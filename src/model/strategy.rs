@@ -91,6 +91,12 @@ pub enum StrategyError {
     WeightAndSteps,
     #[error("--weight {weight} moves {what}; use a weight from 1 to 99")]
     WeightOutOfRange { weight: Percent, what: &'static str },
+    #[error("--{flag} `{pattern}` is not a valid regular expression ({message}); nothing was changed: fix the pattern (e.g. `^Date:`)")]
+    BadPattern {
+        flag: &'static str,
+        pattern: String,
+        message: String,
+    },
     #[error("--batch {batch} is not valid: {reason}")]
     BadBatch { batch: String, reason: &'static str },
     #[error(transparent)]
@@ -561,6 +567,22 @@ fn check_compare(compare: &ShadowCompare) -> Result<(), StrategyError> {
             compare.rate.to_string(),
             "give 1 to 1000 requests per second",
         );
+    }
+    if compare.min_samples == 0 {
+        return bad(
+            "min-samples",
+            "0".into(),
+            "the comparison needs at least one answer per side to judge by (e.g. 20)",
+        );
+    }
+    if let Some(pattern) = &compare.ignore_lines {
+        if let Err(e) = regex::Regex::new(pattern) {
+            return Err(StrategyError::BadPattern {
+                flag: "ignore-lines",
+                pattern: pattern.clone(),
+                message: e.to_string(),
+            });
+        }
     }
     if compare.max_requests == 0 || compare.max_requests < compare.min_samples {
         return bad(

@@ -27,6 +27,7 @@ pub fn plan(
     template: &serde_json::Value,
 ) -> Result<(Plan, Option<Twin>), PlanError> {
     use crate::model::strategy::StrategyKind;
+    planner::check_fits(config, &observed.name, observed.replicas)?;
     match config.kind() {
         StrategyKind::Rolling | StrategyKind::Ramped | StrategyKind::Canary => {
             Ok((planner::plan_partition(config, observed)?, None))

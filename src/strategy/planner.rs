@@ -6,7 +6,9 @@
 
 use crate::model::plan::{Plan, Step};
 use crate::model::steps::StepTarget;
-use crate::model::strategy::{CanaryParams, PauseSpec, StrategyConfig, StrategyParams};
+use crate::model::strategy::{
+    BatchSize, CanaryParams, PauseSpec, StrategyConfig, StrategyKind, StrategyParams,
+};
 use crate::model::weight::{weight_to_pods, PodWeight};
 
 use super::observed::Observed;
@@ -58,11 +60,62 @@ pub enum PlanError {
         /// The step that scales the set down.
         why: &'static str,
     },
+    #[error("{strategy} of StatefulSet {statefulset} refused: it has 0 replicas, so {why}; nothing was changed: scale it up first (`kubectl scale statefulset/{statefulset} --replicas=N`), then run again")]
+    NoReplicas {
+        statefulset: String,
+        strategy: &'static str,
+        why: &'static str,
+    },
+    #[error("rolling of StatefulSet {statefulset} refused: --batch {batch} is more than its {replicas} replicas, so one batch would move every pod behind a single gate; nothing was changed: give --batch {replicas} or less, or --batch 100% to move every pod in one step on purpose")]
+    BatchTooLarge {
+        statefulset: String,
+        batch: u32,
+        replicas: u32,
+    },
     #[error("planning the {strategy} rollout of StatefulSet {statefulset}: its Services and neighbours were not read")]
     SurroundingsMissing {
         statefulset: String,
         strategy: &'static str,
     },
+}
+
+/// Whether a rollout with `config` fits a set of `replicas` pods at all, judged before anything
+/// is written: a set at 0 replicas has no pod to gate (the new template would reach every pod,
+/// ungated, when it is scaled up), and a batch larger than the set is a typo, not a plan.
+pub fn check_fits(
+    config: &StrategyConfig,
+    statefulset: &str,
+    replicas: u32,
+) -> Result<(), PlanError> {
+    if replicas == 0 {
+        let why = match config.kind() {
+            StrategyKind::Shadow => {
+                "there is no stable pod to compare the shadow with, and a promote would give the new template to every pod, ungated, when the set is scaled up"
+            }
+            _ => {
+                "there is no pod to gate: the new template would reach every pod at once, ungated, when the set is scaled up again"
+            }
+        };
+        return Err(PlanError::NoReplicas {
+            statefulset: statefulset.to_string(),
+            strategy: config.kind().as_str(),
+            why,
+        });
+    }
+    if let StrategyParams::Rolling {
+        batch: BatchSize::Pods(batch),
+        ..
+    } = config.params
+    {
+        if batch > replicas {
+            return Err(PlanError::BatchTooLarge {
+                statefulset: statefulset.to_string(),
+                batch,
+                replicas,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// One cumulative target: after this step `pods` run the new revision.
@@ -108,12 +161,6 @@ pub fn plan_partition(config: &StrategyConfig, observed: &Observed) -> Result<Pl
                 "{released} of {replicas} pods are already released to the new revision; {skipped} step(s) already done are left out"
             ));
         }
-    }
-    if replicas == 0 {
-        notes.push(format!(
-            "{} has 0 replicas: only the template changes",
-            observed.name
-        ));
     }
 
     let gate = config.gates.any();
@@ -490,6 +537,64 @@ mod tests {
     }
 
     #[test]
+    fn sets_at_zero_replicas_and_oversized_batches_are_refused() {
+        use StrategyKind::*;
+        let refused = [
+            (
+                config(Rolling, None, None, None, None),
+                0,
+                "it has 0 replicas",
+            ),
+            (
+                config(Canary, None, None, Some(50), None),
+                0,
+                "no pod to gate",
+            ),
+            (
+                config(Ramped, None, Some("1,2"), None, None),
+                0,
+                "--replicas=N",
+            ),
+            (
+                config(Rolling, Some("5"), None, None, None),
+                3,
+                "--batch 5 is more than its 3 replicas",
+            ),
+            (
+                config(Rolling, Some("4"), None, None, None),
+                3,
+                "--batch 3 or less",
+            ),
+        ];
+        for (cfg, replicas, needle) in refused {
+            let err = check_fits(&cfg, "web", replicas)
+                .expect_err(&format!("{:?} on {replicas}", cfg.params))
+                .to_string();
+            assert!(
+                err.contains(needle),
+                "{:?} on {replicas}: {err}",
+                cfg.params
+            );
+            assert!(err.contains("nothing was changed"), "{err}");
+        }
+        let fits = [
+            (config(Rolling, Some("3"), None, None, None), 3),
+            (config(Rolling, Some("100%"), None, None, None), 2),
+            (config(Rolling, None, None, None, None), 1),
+            (config(Ramped, None, Some("1,2,8"), None, None), 4),
+            (config(Canary, None, None, Some(50), None), 1),
+        ];
+        for (cfg, replicas) in fits {
+            assert_eq!(
+                check_fits(&cfg, "web", replicas),
+                Ok(()),
+                "{:?}",
+                cfg.params
+            );
+        }
+    }
+
+    #[test]
     fn notes_explain_merged_clamped_and_appended_steps() {
         use StrategyKind::*;
         let cases = [
@@ -518,7 +623,6 @@ mod tests {
                 1,
                 "a 50% canary is every pod",
             ),
-            (config(Rolling, None, None, None, None), 0, "0 replicas"),
         ];
         for (cfg, replicas, fragment) in cases {
             let plan = plan_partition(&cfg, &fresh(replicas)).unwrap_or_else(|e| panic!("{e}"));

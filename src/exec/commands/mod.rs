@@ -115,14 +115,31 @@ impl<C: Cluster, G: GateRunner> Context<C, G> {
     }
 
     async fn get_set(&self, name: &str) -> Result<StatefulSet, ExecError> {
-        self.cluster
+        let found = self
+            .cluster
             .get::<StatefulSet>(name)
             .await
-            .map_err(|e| ExecError::api("reading StatefulSet", name, e))?
-            .ok_or_else(|| ExecError::StatefulSetNotFound {
+            .map_err(|e| ExecError::api("reading StatefulSet", name, e))?;
+        match found {
+            Some(sts) => Ok(sts),
+            None => Err(ExecError::StatefulSetNotFound {
                 namespace: self.cluster.namespace().to_string(),
                 name: name.to_string(),
-            })
+                other: self.other_kind_named(name).await,
+            }),
+        }
+    }
+
+    /// When no StatefulSet has the name, a Deployment with it is the likely mistake: say so.
+    /// Best effort: an account that may not read Deployments just gets the plain message.
+    async fn other_kind_named(&self, name: &str) -> String {
+        use k8s_openapi::api::apps::v1::Deployment;
+        match self.cluster.get::<Deployment>(name).await {
+            Ok(Some(_)) => format!(
+                ", but a Deployment {name} is there: rollout rolls StatefulSets (for a Deployment, use `kubectl rollout` or change its template)"
+            ),
+            _ => String::new(),
+        }
     }
 
     fn print_json<T: serde::Serialize>(&self, value: &T) -> Result<(), ExecError> {

@@ -431,6 +431,7 @@ pub(super) async fn check_start<C: Cluster, G: GateRunner>(
         }
         return Ok(Checked::Done(ExitCode::Done));
     }
+    crate::strategy::planner::check_fits(&request.config, name, replicas)?;
     let mut view = ctx.cluster.watch(name, &selector_of(&sts));
     let sts = settle(&mut view, name).await?;
     if let Some(reason) = mid_update_reason(&sts) {
