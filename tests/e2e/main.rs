@@ -7,6 +7,7 @@
 // Helpers outside #[test] functions fail the test with a message instead of returning errors.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+mod bad_input;
 mod bluegreen;
 mod current;
 mod failures;
