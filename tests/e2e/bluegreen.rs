@@ -308,7 +308,7 @@ async fn claim_visits(ns: &TestNs, claim: &str) -> anyhow::Result<Vec<String>> {
 
 /// Blue's visits noted before the rollout are all still on its claims, in order, on the same
 /// volumes (read from the volumes, since blue may be at 0 replicas).
-async fn assert_blue_volumes_kept(app: &App) -> anyhow::Result<()> {
+pub async fn assert_blue_volumes_kept(app: &App) -> anyhow::Result<()> {
     let claims = claims_of(&app.ns, STS).await?;
     for (pod, before) in &app.data {
         let claim = format!("data-{pod}");

@@ -12,6 +12,7 @@ mod bluegreen;
 mod current;
 mod failures;
 mod gates;
+mod kills;
 mod lock;
 mod recovery;
 mod recreate;
