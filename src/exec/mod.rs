@@ -114,6 +114,16 @@ pub enum ExecError {
     Timeout { what: String, timeout: String },
     #[error("writing the result: {0}")]
     Output(String),
+    #[error("{source}\nthe rollout of {statefulset} stopped there{during}; its record keeps where it stopped: once that is fixed, `rollout resume {statefulset}` {next}, and `rollout status {statefulset}` shows where it stands")]
+    Stopped {
+        statefulset: String,
+        /// ` in the middle of its rollback`, or empty.
+        during: &'static str,
+        /// What `resume` would do.
+        next: &'static str,
+        #[source]
+        source: Box<ExecError>,
+    },
     #[error("interrupted: the rollout of {statefulset} stays where it is; `rollout resume {statefulset}` continues it, `rollout abort {statefulset}` goes back")]
     Interrupted { statefulset: String, exit: u8 },
 }
@@ -121,6 +131,7 @@ pub enum ExecError {
 impl ExecError {
     pub fn exit_code(&self) -> ExitCode {
         match self {
+            ExecError::Stopped { source, .. } => source.exit_code(),
             ExecError::StatefulSetNotFound { .. }
             | ExecError::Kubeconfig { .. }
             | ExecError::Images(_)

@@ -238,8 +238,9 @@ async fn kill_at_every_step(app: &App, first: &[&str]) -> anyhow::Result<(u32, V
     let before =
         record_of(&app.statefulset().await?).and_then(|r| r["id"].as_str().map(str::to_string));
     let mut id: Option<String> = None;
-    // Boundary kills at step 1 (the first step done), then mid-step, then the next boundary.
-    let (mut target, mut mid) = (1u64, false);
+    // A kill in the middle of the first step, then at each boundary (right after the record
+    // moved on) and in the middle of that step.
+    let (mut target, mut mid) = (0u64, true);
     let mut kills = 0;
     let mut landed = Vec::new();
     let which = |id: &Option<String>| match id {

@@ -14,6 +14,7 @@ mod failures;
 mod gates;
 mod kills;
 mod lock;
+mod rbac;
 mod recovery;
 mod recreate;
 mod shadow;

@@ -419,12 +419,47 @@ async fn drive<C: Cluster, G: GateRunner>(
     };
     guard.release().await;
     tracing::debug!(statefulset = %name, "run ended");
-    match result? {
+    let result = match result {
+        Ok(result) => result,
+        Err(e) => return Err(stopped(ctx, &name, e).await),
+    };
+    match result {
         Ok(outcome) => conclude(ctx, &outcome, started),
         Err(signal) => Err(ExecError::Interrupted {
             statefulset: name,
             exit: signal,
         }),
+    }
+}
+
+/// A run stopped by the API server refusing a write (a missing permission, say) leaves its
+/// record where it was: say so, and what continues it, in the middle of a rollback above all.
+async fn stopped<C: Cluster, G: GateRunner>(
+    ctx: &Context<C, G>,
+    name: &str,
+    error: ExecError,
+) -> ExecError {
+    if !matches!(error, ExecError::Api { .. }) {
+        return error;
+    }
+    let phase = match ctx.cluster.get::<StatefulSet>(name).await {
+        Ok(Some(sts)) => record_of(&sts).ok().flatten().map(|r| r.phase),
+        _ => None,
+    };
+    let rolling_back = phase == Some(Phase::RollingBack);
+    ExecError::Stopped {
+        statefulset: name.to_string(),
+        during: if rolling_back {
+            " in the middle of its rollback"
+        } else {
+            ""
+        },
+        next: if rolling_back {
+            "finishes the rollback"
+        } else {
+            "continues it (`rollout abort` goes back to the stable revision)"
+        },
+        source: Box::new(error),
     }
 }
 
