@@ -100,9 +100,10 @@ async fn as_account(app: &App, config: &std::path::Path, args: &[&str]) -> anyho
     rollout(app.name(), &all).await
 }
 
-#[tokio::test]
-async fn rollouts_run_as_an_account_bound_only_to_the_readme_role() -> anyhow::Result<()> {
-    let app = App::deploy("rbac", 3, false).await?;
+/// The time app in a namespace of its own, a ServiceAccount bound to the README's Role there,
+/// and a kubeconfig that signs in as that account.
+async fn deploy_with_account(prefix: &str) -> anyhow::Result<(App, Role, PathBuf)> {
+    let app = App::deploy(prefix, 3, false).await?;
     let role = readme_role()?;
     ensure!(role.metadata.name.as_deref() == Some("rollout"));
     let account: ServiceAccount = serde_json::from_value(serde_json::json!({
@@ -123,6 +124,12 @@ async fn rollouts_run_as_an_account_bound_only_to_the_readme_role() -> anyhow::R
         .create(&PostParams::default(), &binding)
         .await?;
     let config = account_kubeconfig(&app).await?;
+    Ok((app, role, config))
+}
+
+#[tokio::test]
+async fn rollouts_run_as_an_account_bound_only_to_the_readme_role() -> anyhow::Result<()> {
+    let (app, role, config) = deploy_with_account("rbac").await?;
 
     // The account really is limited: it may not read anything outside the Role.
     let refused = tokio::process::Command::new(env!("CARGO_BIN_EXE_rollout"))
@@ -214,6 +221,59 @@ async fn rollouts_run_as_an_account_bound_only_to_the_readme_role() -> anyhow::R
         "the live Service selects green"
     );
     crate::bluegreen::assert_blue_volumes_kept(&app).await?;
+    let _ = std::fs::remove_file(&config);
+    app.cleanup().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn every_strategy_runs_with_the_readme_role() -> anyhow::Result<()> {
+    let (app, _, config) = deploy_with_account("rbac-all").await?;
+    let gates = ["--probe-window", "2s", "--probe-interval", "500ms"];
+    let runs: [(&[&str], &str); 4] = [
+        (
+            &["ramped", STS, "--steps", "1,2", "--image", "time-app:v2"],
+            "v2",
+        ),
+        (
+            &["canary", STS, "--steps", "34,100", "--image", "time-app:v3"],
+            "v3",
+        ),
+        (&["recreate", STS, "--image", "time-app:v2"], "v2"),
+        (
+            &[
+                "shadow",
+                STS,
+                "--duration",
+                "5s",
+                "--min-samples",
+                "5",
+                "--image",
+                "time-app:v3",
+            ],
+            "v2",
+        ),
+    ];
+    for (args, version) in runs {
+        let mut all = args.to_vec();
+        all.extend(gates);
+        as_account(&app, &config, &all)
+            .await?
+            .expect(ExitCode::Done)?;
+        app.wait_settled().await?;
+        app.assert_all_on(version).await?;
+    }
+    // `status`, `history` and `plan` as the account too.
+    for args in [
+        &["status", STS][..],
+        &["history", STS],
+        &["plan", "bluegreen", STS, "--image", "time-app:v3"],
+    ] {
+        as_account(&app, &config, args)
+            .await?
+            .expect(ExitCode::Done)?;
+    }
+    app.assert_data_kept().await?;
     let _ = std::fs::remove_file(&config);
     app.cleanup().await;
     Ok(())
