@@ -28,8 +28,9 @@ Exit codes:
   0  done: the rollout finished, or stopped at the hold it was asked for (canary --weight)
   1  cluster error: the API server could not be reached or refused a request, or a rollback
      could not be completed
-  2  bad input: flags, image, strategy file, manifest, or a StatefulSet that does not exist or
-     cannot be rolled now (nothing was changed)
+  2  bad input: flags, names, image, strategy file, manifest, an unreadable kubeconfig, or a
+     StatefulSet that does not exist or cannot be rolled now, e.g. at 0 replicas (nothing was
+     changed)
   3  rolled back: a gate failed (or `abort` was run) and the set is back on the stable revision;
      also a failed gate held by --no-rollback
   4  locked: another run holds the StatefulSet's Lease (the message names it), or a rollout is

@@ -333,3 +333,50 @@ pub async fn dispatch<C: Cluster, G: GateRunner>(
         Action::History { statefulset } => commands::show_history(ctx, &statefulset).await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused() -> ExecError {
+        ExecError::api(
+            "deleting StatefulSet",
+            "web-bg1",
+            ApiError::Refused {
+                code: 403,
+                reason: "Forbidden".into(),
+                message: r#"statefulsets.apps "web-bg1" is forbidden: User "u" cannot delete resource "statefulsets" in API group "apps" in the namespace "shop""#.into(),
+            },
+        )
+    }
+
+    #[test]
+    fn a_run_stopped_by_a_refusal_says_what_continues_it() {
+        let stopped = ExecError::Stopped {
+            statefulset: "web".into(),
+            during: " in the middle of its rollback",
+            next: "finishes the rollback",
+            source: Box::new(refused()),
+        };
+        let text = stopped.to_string();
+        for needle in [
+            "grant verb `delete` on resource `statefulsets`",
+            "stopped there in the middle of its rollback",
+            "`rollout resume web` finishes the rollback",
+            "`rollout status web`",
+        ] {
+            assert!(text.contains(needle), "{needle}: {text}");
+        }
+        assert_eq!(stopped.exit_code(), refused().exit_code());
+        assert_eq!(stopped.exit_code(), ExitCode::ClusterError);
+    }
+
+    #[test]
+    fn an_unreadable_kubeconfig_is_bad_input() {
+        let e = ExecError::Kubeconfig {
+            message: "reading kubeconfig /nope: No such file".into(),
+        };
+        assert_eq!(e.exit_code(), ExitCode::BadInput);
+        assert!(e.to_string().contains("--kubeconfig FILE"), "{e}");
+    }
+}

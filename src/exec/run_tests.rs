@@ -407,13 +407,39 @@ async fn bad_input_is_refused_before_any_write() {
             },
             "port `grpc`",
         ),
+        (
+            request(StrategyKind::Rolling, "batch=5", "app:v2"),
+            "--batch 5 is more than its 3 replicas",
+        ),
+        (
+            RunRequest {
+                statefulset: "zero".into(),
+                ..request(StrategyKind::Rolling, "", "app:v2")
+            },
+            "it has 0 replicas",
+        ),
+        (
+            RunRequest {
+                statefulset: "frontend".into(),
+                ..request(StrategyKind::Rolling, "", "app:v2")
+            },
+            "but a Deployment frontend is there",
+        ),
     ];
+    fake.with(|s| {
+        s.put(&statefulset("zero", 0, "app:v1", true));
+        let deployment: k8s_openapi::api::apps::v1::Deployment =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "frontend"}}))
+                .unwrap_or_default();
+        s.put(&deployment);
+    });
+    let patches_before = fake.with(|s| s.patches().len());
     for (req, needle) in cases {
         let err = commands::run(&ctx, &req).await.expect_err(needle);
         assert_eq!(err.exit_code(), ExitCode::BadInput, "{err}");
         assert!(err.to_string().contains(needle), "{err}");
     }
-    assert!(fake.with(|s| s.patches().is_empty() && s.list::<Lease>().is_empty()));
+    assert!(fake.with(|s| s.patches().len() == patches_before && s.list::<Lease>().is_empty()));
 }
 
 #[tokio::test]
