@@ -313,6 +313,12 @@ impl HttpGate {
                 return Err(GateSpecError::ZeroDuration { setting });
             }
         }
+        // No answer comes back in 0s: every pod would fail the gate and every rollout roll back.
+        if self.max_p95_latency.is_some_and(|d| d.get().is_zero()) {
+            return Err(GateSpecError::ZeroDuration {
+                setting: "max p95 latency",
+            });
+        }
         if self.window < self.interval {
             return Err(GateSpecError::WindowShorterThanInterval {
                 window: self.window,
@@ -581,6 +587,13 @@ mod tests {
                 },
                 "outside 0..1",
             ),
+            (
+                HttpGate {
+                    max_p95_latency: Some(HumanDuration::from_secs(0)),
+                    ..base.clone()
+                },
+                "max p95 latency must be more than 0s",
+            ),
         ];
         for (gate, fragment) in cases {
             let err = gate.validate().expect_err(fragment);
@@ -610,6 +623,24 @@ mod tests {
             .validate(),
             Err(GateSpecError::EmptyCommand)
         );
+        // A shell with nothing to run exits 0: it would pass every gate.
+        for blank in ["", "   ", "\n"] {
+            assert_eq!(
+                CommandGate::shell(blank).validate(),
+                Err(GateSpecError::EmptyCommand),
+                "{blank:?}"
+            );
+        }
+        let bash = CommandGate {
+            run: vec!["/bin/bash".into(), "-c".into(), " ".into()],
+            timeout: HumanDuration::from_secs(1),
+        };
+        assert_eq!(bash.validate(), Err(GateSpecError::EmptyCommand));
+        let true_ = CommandGate {
+            run: vec!["./check".into()],
+            timeout: HumanDuration::from_secs(1),
+        };
+        assert_eq!(true_.validate(), Ok(()));
         assert_eq!(
             WebhookGate::new("http://127.0.0.1:9000/ok").validate(),
             Ok(())

@@ -559,6 +559,59 @@ async fn bad_invocations_exit_2_name_the_problem_and_change_nothing() -> anyhow:
         ),
         case(&["shadow", STS, "--image", v2, "--rate", "0"], "--rate 0"),
         case(
+            &[
+                "shadow",
+                STS,
+                "--image",
+                v2,
+                "--max-requests",
+                "3",
+                "--min-samples",
+                "5",
+            ],
+            "--max-requests 3",
+        ),
+        case(
+            &["shadow", STS, "--image", v2, "--max-p95-ratio", "0.5"],
+            "--max-p95-ratio 0.5",
+        ),
+        case(
+            &[
+                "shadow",
+                STS,
+                "--image",
+                v2,
+                "--max-error-rate-increase",
+                "150",
+            ],
+            "--max-error-rate-increase 150",
+        ),
+        case(
+            &["rolling", STS, "--image", v2, "--max-p95-latency", "0s"],
+            "max p95 latency must be more than 0s",
+        ),
+        case(
+            &["rolling", STS, "--image", v2, "--probe-via", "pigeon"],
+            "pigeon",
+        ),
+        case(
+            &["rolling", STS, "--image", v2, "--probe-port", "70000"],
+            "70000",
+        ),
+        case(
+            &[
+                "rolling",
+                STS,
+                "--image",
+                v2,
+                "--gate-webhook",
+                "http://127.0.0.1:1/x",
+                "--gate-webhook-timeout",
+                "0s",
+            ],
+            "webhook timeout must be more than 0s",
+        ),
+        case(
             &["shadow", STS, "--image", v2, "--replicas", "0"],
             "at least one pod",
         ),
