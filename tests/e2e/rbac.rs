@@ -207,6 +207,9 @@ async fn rollouts_run_as_an_account_bound_only_to_the_readme_role() -> anyhow::R
             "--auto-promote",
             "--scale-down-delay",
             "1s",
+            // Green's gates through the API server's proxies: `pods/proxy`, `services/proxy`.
+            "--probe-via",
+            "proxy",
         ],
     )
     .await?
@@ -232,7 +235,17 @@ async fn every_strategy_runs_with_the_readme_role() -> anyhow::Result<()> {
     let gates = ["--probe-window", "2s", "--probe-interval", "500ms"];
     let runs: [(&[&str], &str); 4] = [
         (
-            &["ramped", STS, "--steps", "1,2", "--image", "time-app:v2"],
+            // The HTTP gate through the API server's pod proxy: `pods/proxy` in the Role.
+            &[
+                "ramped",
+                STS,
+                "--steps",
+                "1,2",
+                "--probe-via",
+                "proxy",
+                "--image",
+                "time-app:v2",
+            ],
             "v2",
         ),
         (
