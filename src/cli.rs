@@ -13,7 +13,9 @@ use crate::exec::manifest::{Manifest, ManifestError};
 use crate::exec::{Action, Connection, Invocation};
 use crate::model::duration::HumanDuration;
 use crate::model::file::{StrategyFile, StrategyFileError};
-use crate::model::gate::{CommandGate, GateSpec, PortRef, ProbeVia, StatusRange, WebhookGate};
+use crate::model::gate::{
+    CommandGate, GateSpec, LocalGates, PortRef, ProbeVia, StatusRange, WebhookGate,
+};
 use crate::model::image::ImageChange;
 use crate::model::steps::StepList;
 use crate::model::strategy::{
@@ -121,6 +123,8 @@ pub enum Command {
         /// With --then: wait between steps
         #[arg(long, value_name = "DURATION|promote", requires = "then")]
         pause: Option<PauseSpec>,
+        #[command(flatten)]
+        gates: LocalGateArgs,
     },
     /// Pause a rollout after its current step
     Pause {
@@ -134,6 +138,8 @@ pub enum Command {
         /// Keep waiting at holds (canary --weight) instead of stopping there
         #[arg(long)]
         wait: bool,
+        #[command(flatten)]
+        gates: LocalGateArgs,
     },
     /// Go back to the stable revision now
     Abort {
@@ -456,6 +462,15 @@ pub struct GateArgs {
     /// Each changed pod must have been Ready at least this long
     #[arg(long, value_name = "DURATION")]
     pub min_ready: Option<HumanDuration>,
+    #[command(flatten)]
+    pub local: LocalGateArgs,
+}
+
+/// The gates that run something (a command here, a webhook call): only a command line (or a
+/// strategy file it names) gives them, never the record on the StatefulSet, so the commands that
+/// continue a rollout (`promote`, `resume`) take them too.
+#[derive(Debug, Args, Default)]
+pub struct LocalGateArgs {
     /// Command gate: run with `sh -c`; exit 0 passes (sees ROLLOUT_PODS, ROLLOUT_ADDRESSES, ...)
     #[arg(long, value_name = "COMMAND")]
     pub gate_command: Option<String>,
@@ -468,6 +483,33 @@ pub struct GateArgs {
     /// Webhook gate: longest wait for the answer [default: 10s]
     #[arg(long, value_name = "DURATION", requires = "gate_webhook")]
     pub gate_webhook_timeout: Option<HumanDuration>,
+}
+
+impl LocalGateArgs {
+    /// The command and webhook gates these flags give.
+    pub fn gates(&self) -> Result<LocalGates, SettingsError> {
+        let mut spec = GateSpec::default();
+        self.apply_to(&mut spec);
+        spec.validate().map_err(StrategyError::from)?;
+        Ok(LocalGates::of(&spec))
+    }
+
+    fn apply_to(&self, base: &mut GateSpec) {
+        if let Some(line) = &self.gate_command {
+            let mut gate = CommandGate::shell(line);
+            if let Some(t) = self.gate_command_timeout {
+                gate.timeout = t;
+            }
+            base.command = Some(gate);
+        }
+        if let Some(url) = &self.gate_webhook {
+            let mut gate = WebhookGate::new(url);
+            if let Some(t) = self.gate_webhook_timeout {
+                gate.timeout = t;
+            }
+            base.webhook = Some(gate);
+        }
+    }
 }
 
 impl GateArgs {
@@ -510,20 +552,7 @@ impl GateArgs {
         if let Some(v) = self.min_ready {
             base.min_ready = Some(v);
         }
-        if let Some(line) = &self.gate_command {
-            let mut gate = CommandGate::shell(line);
-            if let Some(t) = self.gate_command_timeout {
-                gate.timeout = t;
-            }
-            base.command = Some(gate);
-        }
-        if let Some(url) = &self.gate_webhook {
-            let mut gate = WebhookGate::new(url);
-            if let Some(t) = self.gate_webhook_timeout {
-                gate.timeout = t;
-            }
-            base.webhook = Some(gate);
-        }
+        self.local.apply_to(&mut base);
         base
     }
 }
@@ -754,7 +783,9 @@ impl Cli {
                 steps,
                 weight,
                 pause,
+                gates,
             } => {
+                let gates = gates.gates()?;
                 let then = match then {
                     Some(kind) if kind.uses_partition() => Some(StrategyParams::from_flags(
                         kind,
@@ -780,10 +811,19 @@ impl Cli {
                     full,
                     wait,
                     then,
+                    gates,
                 }
             }
             Command::Pause { statefulset } => Action::Pause { statefulset },
-            Command::Resume { statefulset, wait } => Action::Resume { statefulset, wait },
+            Command::Resume {
+                statefulset,
+                wait,
+                gates,
+            } => Action::Resume {
+                statefulset,
+                wait,
+                gates: gates.gates()?,
+            },
             Command::Abort {
                 statefulset,
                 timeout,

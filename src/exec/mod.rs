@@ -124,6 +124,14 @@ pub enum ExecError {
         #[source]
         source: Box<ExecError>,
     },
+    #[error("the rollout of {statefulset} gates on {gates}, which only the command line that runs it may give (the record on the StatefulSet is data, not a command to run); nothing was changed. Give {them} again: `rollout {action} {statefulset} {flags}`, or go back with `rollout abort {statefulset}`")]
+    GatesNotGiven {
+        statefulset: String,
+        gates: String,
+        them: &'static str,
+        action: &'static str,
+        flags: String,
+    },
     #[error("interrupted: the rollout of {statefulset} stays where it is; `rollout resume {statefulset}` continues it, `rollout abort {statefulset}` goes back")]
     Interrupted { statefulset: String, exit: u8 },
 }
@@ -141,6 +149,7 @@ impl ExecError {
             | ExecError::NotRollable { .. }
             | ExecError::NoRollout { .. }
             | ExecError::Transition(_)
+            | ExecError::GatesNotGiven { .. }
             | ExecError::Plan(_)
             | ExecError::Revision { .. } => ExitCode::BadInput,
             ExecError::InProgress { .. } | ExecError::TemplateChangedElsewhere { .. } => {
@@ -205,6 +214,8 @@ pub enum Action {
         wait: bool,
         /// `--then`: the partition strategy that rolls the real set after a shadow.
         then: Option<crate::model::strategy::StrategyParams>,
+        /// The command and webhook gates this command line gives for the rest of the run.
+        gates: crate::model::gate::LocalGates,
     },
     Pause {
         statefulset: String,
@@ -212,6 +223,7 @@ pub enum Action {
     Resume {
         statefulset: String,
         wait: bool,
+        gates: crate::model::gate::LocalGates,
     },
     Abort {
         statefulset: String,
@@ -318,9 +330,14 @@ pub async fn dispatch<C: Cluster, G: GateRunner>(
             full,
             wait,
             then,
-        } => commands::promote(ctx, &statefulset, full, wait, then).await,
+            gates,
+        } => commands::promote(ctx, &statefulset, full, wait, then, &gates).await,
         Action::Pause { statefulset } => commands::pause(ctx, &statefulset).await,
-        Action::Resume { statefulset, wait } => commands::resume(ctx, &statefulset, wait).await,
+        Action::Resume {
+            statefulset,
+            wait,
+            gates,
+        } => commands::resume(ctx, &statefulset, wait, &gates).await,
         Action::Abort {
             statefulset,
             timeout,

@@ -89,6 +89,10 @@ pub struct StatusReport {
     /// The whole record, for scripts that want more.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub record: Option<RolloutState>,
+    /// Why the rollout record on the set is not used (unreadable, newer, or not holding
+    /// together); the rest of the report is the set as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record_problem: Option<String>,
     /// The set the user named, when this set serves in its place since a blue/green rollout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serving_for: Option<String>,
@@ -145,7 +149,11 @@ pub fn status_report(
         .and_then(|s| s.replicas)
         .and_then(|r| u32::try_from(r).ok())
         .unwrap_or(1);
-    let record = RolloutState::from_annotations(&name, sts.metadata.annotations.as_ref())?;
+    let (record, record_problem) =
+        match crate::strategy::trust::read_record(&name, sts.metadata.annotations.as_ref()) {
+            Ok(record) => (record, None),
+            Err(problem) => (None, Some(problem.to_string())),
+        };
     let stable = record
         .as_ref()
         .and_then(|r| r.stable.revision.revision.clone());
@@ -222,6 +230,7 @@ pub fn status_report(
 
     Ok(StatusReport {
         serving_for: None,
+        record_problem,
         namespace: namespace.to_string(),
         statefulset: name,
         replicas,
@@ -306,6 +315,9 @@ pub fn render_status(report: &StatusReport, now: Timestamp) -> String {
             .map(|p| format!(", partition {p}"))
             .unwrap_or_default()
     );
+    if let Some(problem) = &report.record_problem {
+        let _ = writeln!(out, "record:    NOT USED: {problem}");
+    }
     if let Some(home) = &report.serving_for {
         // `undo` goes back to the set that served before only while the blue/green is the last
         // rollout here; after a later canary on this set it undoes that canary instead.

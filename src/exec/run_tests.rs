@@ -472,7 +472,7 @@ async fn a_held_canary_is_promoted_by_another_command_and_finishes() {
     assert_eq!(err.exit_code(), ExitCode::Locked);
     // No run is live: promote runs the rest itself.
     let other = context(&fake, FakeGates::default(), 2);
-    let code = commands::promote(&other, "web", false, false, None)
+    let code = commands::promote(&other, "web", false, false, None, &Default::default())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(code, ExitCode::Done);
@@ -542,7 +542,7 @@ async fn a_killed_run_is_resumed_from_its_record() {
     // process finishes the rest.
     let code = tokio::time::timeout(
         Duration::from_secs(20),
-        commands::promote(&other, "web", true, false, None),
+        commands::promote(&other, "web", true, false, None, &Default::default()),
     )
     .await
     .unwrap_or_else(|_| panic!("promote hangs: {:#?}", other.progress.lines()))
@@ -644,8 +644,8 @@ async fn commands_without_a_rollout_say_so() {
     let fake = FakeCluster::new(statefulset("web", 2, "app:v1", true));
     let ctx = context(&fake, FakeGates::default(), 1);
     for result in [
-        commands::promote(&ctx, "web", false, false, None).await,
-        commands::resume(&ctx, "web", false).await,
+        commands::promote(&ctx, "web", false, false, None, &Default::default()).await,
+        commands::resume(&ctx, "web", false, &Default::default()).await,
         commands::abort(&ctx, "web", Duration::from_secs(5)).await,
     ] {
         let err = result.expect_err("no rollout");
@@ -769,7 +769,7 @@ async fn a_resumed_run_keeps_the_overall_deadline_of_the_rollout() {
     let other = context(&fake, FakeGates::default(), 2);
     let code = tokio::time::timeout(
         Duration::from_secs(20),
-        commands::promote(&other, "web", true, false, None),
+        commands::promote(&other, "web", true, false, None, &Default::default()),
     )
     .await
     .unwrap_or_else(|_| panic!("promote hangs: {:#?}", other.progress.lines()))
@@ -830,7 +830,7 @@ async fn a_gate_that_cannot_decide_pauses_until_resume_runs_it_again() {
     })
     .await;
     let other = context(&fake, FakeGates::default(), 2);
-    let code = commands::resume(&other, "web", false)
+    let code = commands::resume(&other, "web", false, &Default::default())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(code, ExitCode::Done);

@@ -92,6 +92,9 @@ pub struct RunOptions {
     /// How long this run may take for the rollback it runs (`abort --timeout`); each rollback
     /// step also has the rollout's step deadline.
     pub rollback_limit: Option<Duration>,
+    /// The command and webhook gates this run's own command line gives: the only ones it runs
+    /// (those named by the record are not run on its word).
+    pub gates: crate::model::gate::LocalGates,
 }
 
 /// What a runner works with: the cluster, the gates, where progress goes, and the signal that
@@ -613,6 +616,14 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             return Ok(false);
         }
         let record = RolloutState::from_annotation(&self.name, text)?;
+        let problems = crate::strategy::trust::check_record(&record, &self.name);
+        if !problems.is_empty() {
+            return Err(crate::model::state::StateError::Untrusted {
+                statefulset: self.name.clone(),
+                problems: problems.join("; "),
+            }
+            .into());
+        }
         tracing::info!(statefulset = %self.name, phase = %record.phase, step = record.current_step + 1, "adopting a rollout record written by another command");
         self.writes.known.insert(hash_text(text));
         self.writes.last_text = text.to_string();

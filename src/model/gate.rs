@@ -455,6 +455,34 @@ impl GateSpec {
     }
 }
 
+/// The gates that execute something on this machine (a command) or call out (a webhook), as the
+/// command line of this very run (or a strategy file it names) gives them. A record read back
+/// from the cluster may name such gates too, but only these ever run.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LocalGates {
+    pub command: Option<CommandGate>,
+    pub webhook: Option<WebhookGate>,
+}
+
+impl LocalGates {
+    /// The command and webhook of gates given on this run's command line.
+    pub fn of(spec: &GateSpec) -> Self {
+        LocalGates {
+            command: spec.command.clone(),
+            webhook: spec.webhook.clone(),
+        }
+    }
+
+    /// `spec` (as a record has it) with its command and webhook replaced by these.
+    pub fn over(&self, spec: &GateSpec) -> GateSpec {
+        GateSpec {
+            command: self.command.clone(),
+            webhook: self.webhook.clone(),
+            ..spec.clone()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

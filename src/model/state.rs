@@ -28,14 +28,19 @@ pub const MAX_RECORD_BYTES: usize = 128 * 1024;
 /// Why a record could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("reading the rollout record of StatefulSet {statefulset} (annotation {ANNOTATION_KEY}): {source}; `rollout abort` can still return to the stable version recorded in the StatefulSet's history")]
+    #[error("reading the rollout record of StatefulSet {statefulset} (annotation {ANNOTATION_KEY}): {source}; the record is not used. `rollout status {statefulset}` shows the set as it is; `rollout abort {statefulset}` returns it to the revision the StatefulSet reports as current, without the record")]
     ParseRecord {
         statefulset: String,
         #[source]
         source: serde_json::Error,
     },
-    #[error("the rollout record of StatefulSet {statefulset} has version {found}, written by a newer rollout (this one reads version {STATE_VERSION}); use that version")]
+    #[error("the rollout record of StatefulSet {statefulset} has version {found}, written by a newer rollout (this one reads version {STATE_VERSION}); use that version. This one's `rollout abort {statefulset}` returns the set to the revision the StatefulSet reports as current, without the record")]
     RecordTooNew { statefulset: String, found: u32 },
+    #[error("the rollout record of StatefulSet {statefulset} (annotation {ANNOTATION_KEY}) is not used: {problems}. `rollout status {statefulset}` shows the set as it is; `rollout abort {statefulset}` returns it to the revision the StatefulSet reports as current, without the record")]
+    Untrusted {
+        statefulset: String,
+        problems: String,
+    },
     #[error("writing the rollout record of StatefulSet {statefulset}: {source}")]
     SerializeRecord {
         statefulset: String,

@@ -7,6 +7,7 @@ pub mod planner;
 pub mod predicates;
 pub mod rollback;
 pub mod transitions;
+pub mod trust;
 pub mod twin;
 
 pub use observed::{stable_from_statefulset, ObserveError, Observed};

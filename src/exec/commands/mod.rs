@@ -38,6 +38,7 @@ use crate::exec::report::{
 use crate::exec::runner::{RunOptions, RunOutcome, Runner, Tools};
 use crate::exec::ExecError;
 use crate::model::exit::ExitCode;
+use crate::model::gate::LocalGates;
 use crate::model::image::{
     apply_images, container_images, resolve_image_changes, ContainerImage, ImageChange,
 };
@@ -95,12 +96,47 @@ pub struct RunRequest {
 /// before it plans on it.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Run options for a run that continues a rollout: whether it waits at holds.
-fn holding(wait_at_holds: bool) -> RunOptions {
+/// Run options for a run that continues a rollout: whether it waits at holds, and the command
+/// and webhook gates its command line gives.
+fn holding(wait_at_holds: bool, gates: LocalGates) -> RunOptions {
     RunOptions {
         wait_at_holds,
+        gates,
         ..RunOptions::default()
     }
+}
+
+/// Refuses to continue `record` when it gates on a command or webhook that `gates` (this
+/// command line's) does not give: such a gate never runs on the record's word.
+fn require_local_gates(record: &RolloutState, gates: &LocalGates) -> Result<(), ExecError> {
+    let missing = crate::strategy::trust::gates_not_given(record, gates);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let name = &record.plan.statefulset;
+    let flags = missing
+        .iter()
+        .map(|gate| match *gate {
+            "command" => "--gate-command '...'",
+            _ => "--gate-webhook '...'",
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    Err(ExecError::GatesNotGiven {
+        statefulset: name.clone(),
+        gates: missing
+            .iter()
+            .map(|g| format!("a {g}"))
+            .collect::<Vec<_>>()
+            .join(" and a "),
+        them: if missing.len() > 1 { "them" } else { "it" },
+        action: if matches!(record.pause, Some(PauseReason::Step { .. })) {
+            "promote"
+        } else {
+            "resume"
+        },
+        flags,
+    })
 }
 
 impl<C: Cluster, G: GateRunner> Context<C, G> {
@@ -142,9 +178,10 @@ impl<C: Cluster, G: GateRunner> Context<C, G> {
         }
     }
 
+    /// Prints `value` as JSON, literal env values of pod templates masked.
     fn print_json<T: serde::Serialize>(&self, value: &T) -> Result<(), ExecError> {
-        let text =
-            serde_json::to_string_pretty(value).map_err(|e| ExecError::Output(e.to_string()))?;
+        let text = serde_json::to_string_pretty(&masked_json(value)?)
+            .map_err(|e| ExecError::Output(e.to_string()))?;
         self.out.print(&format!("{text}\n"));
         Ok(())
     }
@@ -218,9 +255,19 @@ fn watching_holder(lease: &str, holder: &str, wait: Duration) -> String {
     )
 }
 
+/// `value` as JSON with every literal env value of a pod template masked: output never shows
+/// a secret the template holds (the record on the set keeps it, to write it back).
+fn masked_json<T: serde::Serialize>(value: &T) -> Result<serde_json::Value, ExecError> {
+    let mut json = serde_json::to_value(value).map_err(|e| ExecError::Output(e.to_string()))?;
+    crate::strategy::trust::mask_env_values(&mut json);
+    Ok(json)
+}
+
+/// The record on `sts`, parsed and checked against it (never used when it does not hold
+/// together).
 fn record_of(sts: &StatefulSet) -> Result<Option<RolloutState>, ExecError> {
     let name = sts.metadata.name.clone().unwrap_or_default();
-    Ok(RolloutState::from_annotations(
+    Ok(crate::strategy::trust::read_record(
         &name,
         sts.metadata.annotations.as_ref(),
     )?)
@@ -253,7 +300,8 @@ async fn serving_chain<C: Cluster, G: GateRunner>(
     // Bounded: each hop is one finished blue/green; a loop of records cannot hang a command.
     for _ in 0..32 {
         let sts = ctx.get_set(&current).await?;
-        let next = match record_of(&sts)? {
+        // A record that is not used does not lead anywhere either.
+        let next = match record_of(&sts).ok().flatten() {
             Some(r)
                 if r.plan.strategy == StrategyKind::BlueGreen && r.phase == Phase::Succeeded =>
             {
@@ -469,12 +517,17 @@ async fn stopped<C: Cluster, G: GateRunner>(
 async fn continue_run<C: Cluster, G: GateRunner>(
     ctx: &Context<C, G>,
     name: &str,
-    change: impl FnOnce(&mut RolloutState) -> Result<(), TransitionError>,
+    change: impl Fn(&mut RolloutState) -> Result<(), TransitionError>,
     options: RunOptions,
     seen: Option<lease::Sighting>,
 ) -> Result<ExitCode, ExecError> {
     let started = Instant::now();
     let sts = ctx.get_set(name).await?;
+    // Checked before anything is written (the lease included).
+    if let Some(mut record) = record_of(&sts)? {
+        change(&mut record)?;
+        require_local_gates(&record, &options.gates)?;
+    }
     let guard = ctx.take_lease(&sts, seen).await?;
     let prepared = async {
         let mut view = ctx.cluster.watch(name, &selector_of(&sts));
@@ -496,6 +549,7 @@ async fn continue_run<C: Cluster, G: GateRunner>(
         let observed =
             Observed::from_statefulset(&sts)?.with_pods(&pods, record.target.revision.as_deref());
         record.reconcile(&observed, Timestamp::now())?;
+        require_local_gates(&record, &options.gates)?;
         Ok::<_, ExecError>((sts, record, view))
     }
     .await;

@@ -24,8 +24,8 @@ pub async fn status<C: Cluster, G: GateRunner>(
     let print = |report: &crate::exec::report::StatusReport| -> Result<(), ExecError> {
         match ctx.output {
             Output::Json if watch => {
-                let line =
-                    serde_json::to_string(report).map_err(|e| ExecError::Output(e.to_string()))?;
+                let line = serde_json::to_string(&masked_json(report)?)
+                    .map_err(|e| ExecError::Output(e.to_string()))?;
                 ctx.out.print(&format!("{line}\n"));
                 Ok(())
             }

@@ -331,6 +331,7 @@ pub(super) async fn start<C: Cluster, G: GateRunner>(
             wait_at_holds: request.wait_at_holds,
             template: Some(checked.prepared.template),
             rollback_limit: None,
+            gates: LocalGates::of(&request.config.gates),
         },
     );
     drive(ctx, runner, guard, started).await
@@ -396,8 +397,14 @@ pub(super) async fn check_start<C: Cluster, G: GateRunner>(
                 "a {} rollout of {name} to this template is under way (started by {}); continuing it",
                 record.plan.strategy, record.started_by
             ));
-            let code =
-                continue_run(ctx, name, |_| Ok(()), holding(request.wait_at_holds), None).await?;
+            let code = continue_run(
+                ctx,
+                name,
+                |_| Ok(()),
+                holding(request.wait_at_holds, LocalGates::of(&request.config.gates)),
+                None,
+            )
+            .await?;
             return Ok(Checked::Done(code));
         }
         if !plan_only {

@@ -30,6 +30,7 @@ pub async fn promote<C: Cluster, G: GateRunner>(
     full: bool,
     wait_at_holds: bool,
     then: Option<StrategyParams>,
+    gates: &LocalGates,
 ) -> Result<ExitCode, ExecError> {
     let resolved = resolve_serving(ctx, name).await?;
     let name = resolved.as_str();
@@ -61,7 +62,14 @@ pub async fn promote<C: Cluster, G: GateRunner>(
         return Ok(ExitCode::Done);
     }
     let seen = observed.sighting;
-    continue_run(ctx, name, change, holding(wait_at_holds), seen).await
+    continue_run(
+        ctx,
+        name,
+        change,
+        holding(wait_at_holds, gates.clone()),
+        seen,
+    )
+    .await
 }
 
 /// `rollout pause STS`: a live run is told through the record and waits; otherwise this
@@ -106,6 +114,7 @@ pub async fn resume<C: Cluster, G: GateRunner>(
     ctx: &Context<C, G>,
     name: &str,
     wait_at_holds: bool,
+    gates: &LocalGates,
 ) -> Result<ExitCode, ExecError> {
     let resolved = resolve_serving(ctx, name).await?;
     let name = resolved.as_str();
@@ -137,7 +146,14 @@ pub async fn resume<C: Cluster, G: GateRunner>(
         }
     }
     let seen = observed.sighting;
-    continue_run(ctx, name, change, holding(wait_at_holds), seen).await
+    continue_run(
+        ctx,
+        name,
+        change,
+        holding(wait_at_holds, gates.clone()),
+        seen,
+    )
+    .await
 }
 
 /// `rollout abort STS`: back to the stable revision now. A live run is told through the

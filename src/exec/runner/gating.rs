@@ -55,7 +55,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                     revision: self.record.target.revision.clone(),
                 };
                 let gates = self.gates.clone();
-                let spec = self.record.config.gates.clone();
+                let spec = self.options.gates.over(&self.record.config.gates);
                 let run = async move { gates.run(&spec, &targets, &context).await };
                 tokio::pin!(run);
                 let (deadline, overall) = self.step_deadline();
@@ -108,7 +108,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             },
             Some(port) => {
                 let gates = self.gates.clone();
-                let spec = self.record.config.gates.clone();
+                let spec = self.options.gates.over(&self.record.config.gates);
                 let namespace = self.cluster.namespace().to_string();
                 let service = service.to_string();
                 let run =

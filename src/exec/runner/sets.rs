@@ -51,6 +51,16 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         }
     }
 
+    /// Whether the set `set` carries the mark of this rollout (or is gone: nothing to harm).
+    async fn made_by_this_rollout(&self, set: &str) -> Result<bool, ExecError> {
+        let found = self
+            .cluster
+            .get::<StatefulSet>(set)
+            .await
+            .map_err(|e| ExecError::api("reading StatefulSet", set, e))?;
+        Ok(found.is_none_or(|f| made_by_rollout(&f.metadata, set, &self.record.id)))
+    }
+
     /// Step: scale `set` to `replicas` and wait. On the rollout's own set the record and the
     /// replicas go in one write; a recreate going forward measures the time with no serving pod.
     pub(super) async fn scale(&mut self, set: &str, replicas: u32) -> Result<(), ExecError> {
@@ -65,6 +75,13 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         } else {
             if let Committed::Changed = self.commit(None, None).await? {
                 return Ok(());
+            }
+            if !self.made_by_this_rollout(set).await? {
+                // Named by the record, but not marked as this rollout's: never scaled.
+                return self.complete(
+                    started,
+                    &format!(": StatefulSet {set} was not created by this rollout, so it is left as it is"),
+                );
             }
             self.set_replicas(set, replicas).await?;
         }

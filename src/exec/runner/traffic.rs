@@ -7,6 +7,7 @@
 use crate::exec::cluster::ClusterExt;
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use tokio::time::Instant;
@@ -16,6 +17,7 @@ use crate::exec::cluster::{ApiError, Cluster};
 use crate::exec::gates::GateRunner;
 use crate::exec::ExecError;
 use crate::model::twin::{render_selector, Twin, HOME_ANNOTATION, SET_LABEL};
+use crate::strategy::trust::serves_one_of;
 use crate::strategy::twin::rollout_preview_home;
 
 /// Where a traffic step points the live Services.
@@ -69,8 +71,36 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             .as_ref()
             .and_then(|s| s.status.as_ref())
             .and_then(|s| s.update_revision.clone());
+        let going_back = matches!(to, To::BlueNow | To::Original);
+        let (services_now, serving_labels) = if going_back {
+            (
+                self.list_all::<Service>("listing Services in namespace")
+                    .await?,
+                self.pod_labels_of_sets(&twin).await?,
+            )
+        } else {
+            (Vec::new(), Vec::new())
+        };
         let mut detail = Vec::new();
         for service in &twin.services {
+            if going_back {
+                let selector_now = services_now
+                    .iter()
+                    .find(|s| s.metadata.name.as_deref() == Some(&service.name))
+                    .and_then(|s| s.spec.as_ref())
+                    .and_then(|s| s.selector.clone())
+                    .unwrap_or_default();
+                let labels: Vec<_> = serving_labels.iter().collect();
+                if !serves_one_of(&selector_now, &labels) {
+                    // The record names it, but it serves neither set now: not ours to rewrite.
+                    tracing::warn!(service = %service.name, "Service selects neither set; selector left alone");
+                    detail.push(format!(
+                        "{} selects neither {} nor {}, so its selector is left as it is",
+                        service.name, self.name, twin.set
+                    ));
+                    continue;
+                }
+            }
             let selector = match to {
                 To::PinnedBlue => service.blue.clone(),
                 To::Green => service.green.clone(),
@@ -92,6 +122,34 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             self.delete_preview(&twin).await?;
         }
         self.complete(started, &format!(": {}", detail.join("; ")))
+    }
+
+    /// The pod template labels of the rollout's own set and of its twin (as they are in the
+    /// cluster, not as the record says).
+    async fn pod_labels_of_sets(
+        &self,
+        twin: &Twin,
+    ) -> Result<Vec<BTreeMap<String, String>>, ExecError> {
+        let labels_of = |sts: &StatefulSet| {
+            sts.spec
+                .as_ref()
+                .and_then(|s| s.template.metadata.as_ref())
+                .and_then(|m| m.labels.clone())
+                .unwrap_or_default()
+        };
+        let mut out = Vec::new();
+        if let Some(own) = self.view.borrow().statefulset.as_ref() {
+            out.push(labels_of(own));
+        }
+        if let Some(found) = self
+            .cluster
+            .get::<StatefulSet>(&twin.set)
+            .await
+            .map_err(|e| ExecError::api("reading StatefulSet", &twin.set, e))?
+        {
+            out.push(labels_of(&found));
+        }
+        Ok(out)
     }
 
     /// Rollback step: delete the preview Service, if `rollout` made it.
