@@ -85,7 +85,7 @@ pub fn check_record(record: &RolloutState, own: &str) -> Vec<String> {
     if record.current_step > plan.steps.len() {
         problem(format!(
             "its current step {} is past its {} steps",
-            record.current_step + 1,
+            record.current_step.saturating_add(1),
             plan.steps.len()
         ));
     }
@@ -108,7 +108,7 @@ pub fn check_record(record: &RolloutState, own: &str) -> Vec<String> {
         if rollback.current_step > rollback.steps.len() {
             problem(format!(
                 "its rollback step {} is past its {} rollback steps",
-                rollback.current_step + 1,
+                rollback.current_step.saturating_add(1),
                 rollback.steps.len()
             ));
         }
@@ -147,13 +147,6 @@ pub fn check_record(record: &RolloutState, own: &str) -> Vec<String> {
     }
     if record.config.timeouts.step.get().is_zero() {
         problem("its step deadline is 0".to_string());
-    }
-    if record.config.kind() != plan.strategy {
-        problem(format!(
-            "its settings are for {} but its plan is for {}",
-            record.config.kind(),
-            plan.strategy
-        ));
     }
     if record.new_template.as_ref().is_some_and(|t| !t.is_object()) {
         problem("its new pod template is not an object".to_string());
@@ -418,5 +411,626 @@ pub fn mask_env_values(json: &mut serde_json::Value) {
         }
         Value::Array(items) => items.iter_mut().for_each(mask_env_values),
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::gate::{CommandGate, WebhookGate};
+    use crate::model::state::tests::{sample_state, ts};
+    use crate::model::state::{PauseReason, Phase, Rollback};
+    use crate::model::strategy::{BatchSize, OnFailure, StrategyConfig, Timeouts};
+    use crate::model::twin::{DataMode, LiveService, TwinRole, SET_LABEL};
+    use serde_json::{json, Value};
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// A blue/green record that reached its switch, with a twin and a rollback under way.
+    fn bluegreen_state() -> RolloutState {
+        let mut state = sample_state();
+        state.plan.strategy = crate::model::strategy::StrategyKind::BlueGreen;
+        state.plan.steps = vec![
+            Step::PinTraffic,
+            Step::CreateTwin {
+                set: "web-bg1".into(),
+                replicas: 2,
+            },
+            Step::Gate {
+                ordinals: vec![0, 1],
+                set: Some("web-bg1".into()),
+            },
+            Step::GateService {
+                service: "web-preview".into(),
+            },
+            Step::SwitchTraffic,
+            Step::Scale {
+                set: "web".into(),
+                replicas: 0,
+            },
+        ];
+        state.twin = Some(Twin {
+            role: TwinRole::Green,
+            set: "web-bg1".into(),
+            home: "web".into(),
+            services: vec![LiveService {
+                name: "web".into(),
+                original: map(&[("app", "web")]),
+                blue: map(&[("app", "web"), (REVISION_LABEL, "web-6c8f")]),
+                green: map(&[("app", "web"), (SET_LABEL, "web-bg1")]),
+            }],
+            preview: Some("web-preview".into()),
+            data: DataMode::Clone,
+            keep_data: false,
+            template: json!({"metadata": {}, "spec": {"containers": []}}),
+        });
+        state.phase = Phase::RollingBack;
+        state.current_step = 5;
+        state.rollback = Some(Rollback::new(vec![
+            Step::Scale {
+                set: "web".into(),
+                replicas: 2,
+            },
+            Step::ReturnTraffic,
+            Step::Scale {
+                set: "web-bg1".into(),
+                replicas: 0,
+            },
+            Step::RemovePreview,
+            Step::RestoreSelectors,
+        ]));
+        state
+    }
+
+    type Change = Box<dyn FnOnce(&mut RolloutState)>;
+
+    fn problems_of(change: impl FnOnce(&mut RolloutState)) -> String {
+        let mut state = sample_state();
+        change(&mut state);
+        check_record(&state, "web").join("; ")
+    }
+
+    fn twin_problems_of(change: impl FnOnce(&mut RolloutState)) -> String {
+        let mut state = bluegreen_state();
+        change(&mut state);
+        check_record(&state, "web").join("; ")
+    }
+
+    #[test]
+    fn records_rollout_writes_hold_together() {
+        assert_eq!(check_record(&sample_state(), "web"), Vec::<String>::new());
+        assert_eq!(
+            check_record(&bluegreen_state(), "web"),
+            Vec::<String>::new()
+        );
+        let mut done = sample_state();
+        done.current_step = done.plan.steps.len();
+        assert_eq!(check_record(&done, "web"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_record_copied_from_another_set_is_refused() {
+        let problems = check_record(&sample_state(), "db").join("; ");
+        assert!(
+            problems.contains("for StatefulSet \"web\", not db"),
+            "{problems}"
+        );
+    }
+
+    #[test]
+    fn out_of_range_numbers_are_refused() {
+        let cases: Vec<(Change, &str)> = vec![
+            (Box::new(|s| s.version = 0), "version 0"),
+            (Box::new(|s| s.version = 2), "version 2"),
+            (
+                Box::new(|s| s.current_step = 6),
+                "current step 7 is past its 5 steps",
+            ),
+            (
+                Box::new(|s| s.current_step = usize::MAX - 1),
+                "is past its 5 steps",
+            ),
+            (
+                Box::new(|s| s.plan.replicas = u32::MAX),
+                "replicas (at most",
+            ),
+            (
+                Box::new(|s| s.plan.ordinal_start = u32::MAX),
+                "ordinal start",
+            ),
+            (
+                Box::new(|s| s.plan.steps[1] = Step::gate(vec![u32::MAX])),
+                "step 2: pod ordinals out of range",
+            ),
+            (
+                Box::new(|s| {
+                    s.plan.steps[0] = Step::SetTemplateAndFreeze {
+                        partition: u32::MAX,
+                    }
+                }),
+                "step 1: partition",
+            ),
+            (
+                Box::new(|s| {
+                    s.rollback = Some(Rollback {
+                        steps: vec![Step::RestoreTemplate],
+                        current_step: 3,
+                        step_started_at: None,
+                    })
+                }),
+                "rollback step 4 is past its 1 rollback steps",
+            ),
+            (
+                Box::new(|s| s.stable.partition = Some(u32::MAX)),
+                "stable partition",
+            ),
+            (
+                Box::new(|s| s.stable.update_strategy = Some("Sideways".into())),
+                "unknown update strategy",
+            ),
+            (
+                Box::new(|s| s.stable.revision.revision = Some("../etc".into())),
+                "stable revision",
+            ),
+            (
+                Box::new(|s| s.config.timeouts.step = HumanDuration::from_secs(0)),
+                "step deadline is 0",
+            ),
+            (
+                Box::new(|s| {
+                    s.config.timeouts.total = Some(HumanDuration::from_secs(u64::MAX / 4))
+                }),
+                "overall deadline",
+            ),
+            (
+                Box::new(|s| {
+                    s.plan.steps.push(Step::Pause {
+                        wait: PauseSpec::For(HumanDuration::from_secs(400 * 24 * 3600)),
+                    })
+                }),
+                "step 6: a pause",
+            ),
+            (
+                Box::new(|s| s.config.gates.http.window = HumanDuration::from_secs(0)),
+                "its gates",
+            ),
+            (Box::new(|s| s.id = String::new()), "its id"),
+            (
+                Box::new(|s| s.new_template = Some(json!("sh -c evil"))),
+                "new pod template is not an object",
+            ),
+        ];
+        for (change, expected) in cases {
+            let problems = problems_of(change);
+            assert!(problems.contains(expected), "{expected}: {problems}");
+        }
+    }
+
+    #[test]
+    fn steps_may_name_only_the_own_set_or_its_twin() {
+        let cases: Vec<(Change, &str)> = vec![
+            (
+                Box::new(|s| {
+                    s.plan.steps.push(Step::Scale {
+                        set: "victim".into(),
+                        replicas: 0,
+                    })
+                }),
+                "names StatefulSet \"victim\", neither web nor",
+            ),
+            (
+                Box::new(|s| {
+                    s.plan.steps.push(Step::RemoveTwin {
+                        set: "victim".into(),
+                    })
+                }),
+                "not the record's second set",
+            ),
+            (
+                Box::new(|s| s.plan.steps.push(Step::RemoveTwin { set: "web".into() })),
+                "not the record's second set",
+            ),
+            (
+                Box::new(|s| {
+                    s.plan.steps.push(Step::Gate {
+                        ordinals: vec![0],
+                        set: Some("victim".into()),
+                    })
+                }),
+                "neither web nor",
+            ),
+            (
+                Box::new(|s| s.plan.steps.push(Step::SwitchTraffic)),
+                "names no second set",
+            ),
+        ];
+        for (change, expected) in cases {
+            let problems = problems_of(change);
+            assert!(problems.contains(expected), "{expected}: {problems}");
+        }
+    }
+
+    #[test]
+    fn the_twin_is_a_valid_name_other_than_the_own_set() {
+        let cases: Vec<(Change, &str)> = vec![
+            (
+                Box::new(|s| {
+                    if let Some(t) = s.twin.as_mut() {
+                        t.set = "web".into();
+                    }
+                }),
+                "its second set is web itself",
+            ),
+            (
+                Box::new(|s| {
+                    if let Some(t) = s.twin.as_mut() {
+                        t.set = "Web_BG".into();
+                    }
+                }),
+                "is not a valid name",
+            ),
+            (
+                Box::new(|s| {
+                    if let Some(t) = s.twin.as_mut() {
+                        t.preview = Some("web".into());
+                    }
+                }),
+                "also one of its live Services",
+            ),
+            (
+                Box::new(|s| {
+                    if let Some(t) = s.twin.as_mut() {
+                        t.services[0].original.clear();
+                    }
+                }),
+                "original selector of Service web is empty",
+            ),
+            (
+                Box::new(|s| {
+                    if let Some(t) = s.twin.as_mut() {
+                        t.template = json!([]);
+                    }
+                }),
+                "second set is not an object",
+            ),
+            (
+                Box::new(|s| {
+                    if let Some(r) = s.rollback.as_mut() {
+                        r.steps.push(Step::Scale {
+                            set: "victim".into(),
+                            replicas: 0,
+                        });
+                    }
+                }),
+                "rollback step 6: names StatefulSet \"victim\"",
+            ),
+        ];
+        for (change, expected) in cases {
+            let problems = twin_problems_of(change);
+            assert!(problems.contains(expected), "{expected}: {problems}");
+        }
+    }
+
+    #[test]
+    fn names() {
+        for good in ["web", "web-bg1", "a", "0a", &"a".repeat(63)] {
+            assert!(is_dns_label(good), "{good}");
+        }
+        for bad in [
+            "",
+            "-web",
+            "web-",
+            "Web",
+            "web_1",
+            "web.1",
+            &"a".repeat(64),
+            "wéb",
+        ] {
+            assert!(!is_dns_label(bad), "{bad}");
+        }
+        assert!(is_dns_subdomain("web-6c8f.x"));
+        assert!(!is_dns_subdomain("web..x"));
+        assert!(!is_dns_subdomain(&"a.".repeat(130)));
+    }
+
+    fn held_with_command() -> RolloutState {
+        let mut state = sample_state();
+        state.config.gates.command = Some(CommandGate::shell("touch /tmp/x"));
+        state.current_step = 2;
+        state.phase = Phase::Paused;
+        state.pause = Some(PauseReason::Step { until: None });
+        state
+    }
+
+    #[test]
+    fn a_command_or_webhook_named_only_by_the_record_is_refused() {
+        let none = LocalGates::default();
+        let command = LocalGates {
+            command: Some(CommandGate::shell("true")),
+            webhook: None,
+        };
+        let both = LocalGates {
+            command: Some(CommandGate::shell("true")),
+            webhook: Some(WebhookGate::new("http://127.0.0.1:1/")),
+        };
+        let held = held_with_command();
+        assert_eq!(gates_not_given(&held, &none), ["command"]);
+        assert_eq!(gates_not_given(&held, &command), Vec::<&str>::new());
+        let mut with_webhook = held.clone();
+        with_webhook.config.gates.webhook = Some(WebhookGate::new("http://10.0.0.1/"));
+        assert_eq!(
+            gates_not_given(&with_webhook, &none),
+            ["command", "webhook"]
+        );
+        assert_eq!(gates_not_given(&with_webhook, &command), ["webhook"]);
+        assert_eq!(gates_not_given(&with_webhook, &both), Vec::<&str>::new());
+        // Nothing ahead gates: nothing to give.
+        let mut done = held.clone();
+        done.current_step = done.plan.steps.len();
+        assert_eq!(gates_not_given(&done, &none), Vec::<&str>::new());
+        // Rolling back runs no gate.
+        let mut back = held.clone();
+        back.phase = Phase::RollingBack;
+        assert_eq!(gates_not_given(&back, &none), Vec::<&str>::new());
+        // A record without such gates needs none.
+        assert_eq!(gates_not_given(&sample_state(), &none), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn local_gates_replace_what_the_record_names() {
+        let held = held_with_command();
+        let spec = LocalGates::default().over(&held.config.gates);
+        assert_eq!(spec.command, None);
+        assert_eq!(spec.http, held.config.gates.http);
+        let mine = LocalGates {
+            command: Some(CommandGate::shell("./check")),
+            webhook: None,
+        };
+        assert_eq!(
+            mine.over(&held.config.gates).command,
+            Some(CommandGate::shell("./check"))
+        );
+    }
+
+    #[test]
+    fn selectors_are_restored_only_on_services_serving_a_set() {
+        let blue = map(&[("app", "web"), ("tier", "db")]);
+        let green = map(&[("app", "web"), ("tier", "db"), (SET_LABEL, "web-bg1")]);
+        let sets = [&blue, &green];
+        let cases = [
+            (map(&[("app", "web")]), true),
+            (map(&[("app", "web"), (REVISION_LABEL, "web-6c8f")]), true),
+            (map(&[("app", "web"), (SET_LABEL, "web-bg1")]), true),
+            (map(&[("app", "other")]), false),
+            (map(&[("app", "web"), (SET_LABEL, "victim")]), false),
+            (map(&[(REVISION_LABEL, "web-6c8f")]), false),
+            (BTreeMap::new(), false),
+        ];
+        for (selector, want) in cases {
+            assert_eq!(serves_one_of(&selector, &sets), want, "{selector:?}");
+        }
+        assert!(!serves_one_of(&map(&[("app", "web")]), &[]));
+    }
+
+    #[test]
+    fn env_values_are_masked_names_and_references_kept() {
+        let mut doc = json!({
+            "record": {"newTemplate": {"spec": {
+                "containers": [{"name": "app", "env": [
+                    {"name": "PASSWORD", "value": "hunter2"},
+                    {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+                    {"name": "EMPTY", "value": ""}
+                ]}],
+                "initContainers": [{"name": "init", "env": [{"name": "A", "value": "b"}]}]
+            }}},
+            "value": "kept",
+            "env": "not a list"
+        });
+        mask_env_values(&mut doc);
+        let text = doc.to_string();
+        assert!(!text.contains("hunter2"), "{text}");
+        let env = &doc["record"]["newTemplate"]["spec"]["containers"][0]["env"];
+        assert_eq!(env[0], json!({"name": "PASSWORD", "value": MASKED}));
+        assert_eq!(
+            env[1],
+            json!({"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}})
+        );
+        assert_eq!(env[2]["value"], MASKED);
+        assert_eq!(
+            doc["record"]["newTemplate"]["spec"]["initContainers"][0]["env"][0]["value"],
+            MASKED
+        );
+        assert_eq!(doc["value"], "kept");
+        assert_eq!(doc["env"], "not a list");
+    }
+
+    /// Every way to spoil one field of `json`: removed, numbers at the edges, other types,
+    /// names of other objects.
+    fn mutations(json: &Value) -> Vec<Value> {
+        let replacements = [
+            json!(null),
+            json!(0),
+            json!(-1),
+            json!(u64::MAX),
+            json!(4_294_967_296_u64),
+            json!(1e300),
+            json!("victim"),
+            json!(""),
+            json!("a".repeat(300)),
+            json!([]),
+            json!({}),
+            json!(true),
+        ];
+        let mut out = Vec::new();
+        fn walk(
+            value: &Value,
+            path: &mut Vec<Value>,
+            visit: &mut dyn FnMut(&[Value], Option<&Value>),
+        ) {
+            visit(path, Some(value));
+            match value {
+                Value::Object(map) => {
+                    for (k, v) in map {
+                        path.push(Value::String(k.clone()));
+                        walk(v, path, visit);
+                        path.pop();
+                    }
+                }
+                Value::Array(items) => {
+                    for (i, v) in items.iter().enumerate() {
+                        path.push(json!(i));
+                        walk(v, path, visit);
+                        path.pop();
+                    }
+                }
+                _ => {}
+            }
+        }
+        fn at<'a>(root: &'a mut Value, path: &[Value]) -> Option<&'a mut Value> {
+            let mut here = root;
+            for step in path {
+                here = match step {
+                    Value::String(k) => here.get_mut(k.as_str())?,
+                    Value::Number(n) => here.get_mut(usize::try_from(n.as_u64()?).ok()?)?,
+                    _ => return None,
+                };
+            }
+            Some(here)
+        }
+        let mut paths = Vec::new();
+        walk(json, &mut Vec::new(), &mut |p, _| paths.push(p.to_vec()));
+        for path in paths.iter().filter(|p| !p.is_empty()) {
+            for replacement in &replacements {
+                let mut copy = json.clone();
+                if let Some(slot) = at(&mut copy, path) {
+                    *slot = replacement.clone();
+                    out.push(copy);
+                }
+            }
+            // Removed.
+            let mut copy = json.clone();
+            let (last, parent) = path.split_last().unwrap_or((&Value::Null, &[]));
+            if let Some(parent) = at(&mut copy, parent) {
+                match (parent, last) {
+                    (Value::Object(map), Value::String(k)) => {
+                        map.remove(k);
+                    }
+                    (Value::Array(items), Value::Number(n)) => {
+                        if let Some(i) = n.as_u64().and_then(|i| usize::try_from(i).ok()) {
+                            if i < items.len() {
+                                items.remove(i);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+                out.push(copy);
+            }
+        }
+        out
+    }
+
+    /// Everything a command does with a record read back, short of the cluster.
+    fn use_record(text: &str) {
+        use crate::exec::report::{render_status, render_status_line, status_report};
+        use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetStatus};
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+        let sts = StatefulSet {
+            metadata: ObjectMeta {
+                name: Some("web".into()),
+                annotations: Some(BTreeMap::from([(
+                    crate::model::state::ANNOTATION_KEY.to_string(),
+                    text.to_string(),
+                )])),
+                ..Default::default()
+            },
+            spec: Some(StatefulSetSpec {
+                replicas: Some(2),
+                ..Default::default()
+            }),
+            status: Some(StatefulSetStatus {
+                current_revision: Some("web-6c8f".into()),
+                update_revision: Some("web-7d9b".into()),
+                ..Default::default()
+            }),
+        };
+        if let Ok(report) = status_report("ns", &sts, &[], None, ts(1_700_000_100)) {
+            let _ = render_status(&report, ts(1_700_000_100));
+            let _ = render_status_line(&report, ts(1_700_000_100));
+        }
+        let Ok(Some(record)) = read_record("web", sts.metadata.annotations.as_ref()) else {
+            return;
+        };
+        let _ = crate::strategy::rollback::plan_rollback(&record);
+        let _ = crate::strategy::rollback::rollback_by_step(&record);
+        let _ = gates_not_given(&record, &LocalGates::default());
+        for step in record.plan.steps.iter() {
+            let _ = record.plan.describe_step(step);
+        }
+        let now = ts(1_700_000_100);
+        let _ = record.clone().abort(now);
+        let _ = record.clone().promote(now);
+        let _ = record.clone().promote_full(now);
+        let _ = record.clone().resume_by_user(now);
+        let _ = record.clone().pause_by_user(now);
+        let _ = record.clone().complete_step(now);
+        let mut back = record.clone();
+        let _ = back.rollback_steps().current().cloned();
+        let _ = back.rollback_done(now);
+        if let Ok(observed) = crate::strategy::Observed::from_statefulset(&sts) {
+            let _ = record.clone().reconcile(&observed, now);
+        }
+    }
+
+    #[test]
+    fn no_record_makes_parsing_checking_planning_or_status_panic() {
+        let mut canary = sample_state();
+        canary.config = StrategyConfig {
+            params: StrategyParams::Rolling {
+                batch: BatchSize::Pods(1),
+                pause: Some(PauseSpec::UntilPromote),
+            },
+            timeouts: Timeouts {
+                total: Some(HumanDuration::from_secs(600)),
+                ..Timeouts::default()
+            },
+            on_failure: OnFailure::Rollback,
+            ..canary.config
+        };
+        canary.step_started_at = Some(ts(1_700_000_010));
+        canary.current_step = 3;
+        let mut tried = 0;
+        for state in [
+            sample_state(),
+            canary,
+            held_with_command(),
+            bluegreen_state(),
+        ] {
+            let json = serde_json::to_value(&state).unwrap_or_default();
+            let all = mutations(&json);
+            assert!(all.len() > 100, "only {} mutations", all.len());
+            for mutated in all {
+                use_record(&mutated.to_string());
+                tried += 1;
+            }
+        }
+        // Texts that are not records at all.
+        for text in [
+            "",
+            "{",
+            "null",
+            "[]",
+            "{\"version\": 99}",
+            "{\"version\": -1}",
+            "\u{0}",
+        ] {
+            use_record(text);
+        }
+        assert!(tried > 1000, "{tried}");
     }
 }

@@ -166,7 +166,12 @@ pub async fn abort<C: Cluster, G: GateRunner>(
 ) -> Result<ExitCode, ExecError> {
     let resolved = resolve_serving(ctx, name).await?;
     let name = resolved.as_str();
-    let record = existing_record(ctx, name, "abort").await?;
+    let record = match existing_record(ctx, name, "abort").await {
+        Err(ExecError::Record(problem)) => {
+            return abort_without_record(ctx, name, &problem.to_string(), timeout).await
+        }
+        other => other?,
+    };
     record.clone().abort(Timestamp::now())?;
     let started = Instant::now();
     let observed = ctx.observe_lease(name).await?;
@@ -288,4 +293,137 @@ pub(super) fn finish_abort<C: Cluster, G: GateRunner>(
             Ok(ExitCode::of_record(record))
         }
     }
+}
+
+/// `abort` on a set whose record is not used (unreadable, newer, or not holding together):
+/// back to the revision the StatefulSet itself reports as current, taking nothing from the
+/// record. The template of that ControllerRevision with partition 0 in one write that also
+/// removes the record, stuck pods replaced, then a wait until every pod is Ready on it. Services
+/// and second sets are not touched: only the record knew which were the rollout's.
+async fn abort_without_record<C: Cluster, G: GateRunner>(
+    ctx: &Context<C, G>,
+    name: &str,
+    problem: &str,
+    timeout: Duration,
+) -> Result<ExitCode, ExecError> {
+    let started = Instant::now();
+    ctx.progress.say(problem);
+    let sts = ctx.get_set(name).await?;
+    let revisions = ctx
+        .cluster
+        .list::<ControllerRevision>(&Select::labels(&selector_of(&sts)))
+        .await
+        .map_err(|e| ExecError::api("listing the revisions of StatefulSet", name, e))?;
+    let entries = history(&sts, &revisions);
+    let Some(stable) = entries.iter().find(|e| e.current) else {
+        return Err(ExecError::Revision {
+            statefulset: name.to_string(),
+            what: format!("reports no current revision to return to; `rollout history {name}` lists its revisions, `rollout undo {name} --to-revision N` puts one back"),
+        });
+    };
+    let Some(template) = stable.template.clone() else {
+        return Err(ExecError::Revision {
+            statefulset: name.to_string(),
+            what: format!("revision {} holds no pod template", stable.revision),
+        });
+    };
+    let leaving = sts.status.as_ref().and_then(|s| s.update_revision.clone());
+    let guard = ctx.take_lease(&sts, None).await?;
+    let result = async {
+        let mut written = None;
+        for _ in 0..10 {
+            let fresh = ctx.get_set(name).await?;
+            let patch = StsPatch::at(fresh.metadata.resource_version.as_deref())
+                .with_template(TemplateChange::Replace(template.clone()))
+                .with_strategy(StrategyChange::Set {
+                    type_: "RollingUpdate".to_string(),
+                    partition: Some(0),
+                })
+                .with_record(RecordChange::Remove);
+            match ctx.cluster.patch_statefulset(name, &patch, false).await {
+                Ok(s) => {
+                    written = Some(s);
+                    break;
+                }
+                Err(ApiError::Conflict(_)) => continue,
+                Err(e) => {
+                    return Err(ExecError::api(
+                        "writing the template of StatefulSet",
+                        name,
+                        e,
+                    ))
+                }
+            }
+        }
+        let written = written.ok_or_else(|| ExecError::TooManyConflicts {
+            statefulset: name.to_string(),
+            attempts: 10,
+        })?;
+        ctx.progress.say(format!(
+            "{name}: template of its current revision {} put back with partition 0, the unusable record removed",
+            stable.name
+        ));
+        let mut view = ctx.cluster.watch(name, &selector_of(&written));
+        undo::converge(
+            ctx,
+            &mut view,
+            name,
+            &stable.name,
+            leaving.as_deref(),
+            &written,
+            timeout,
+        )
+        .await
+    }
+    .await;
+    guard.release().await;
+    result?;
+    let others = marked_second_sets(ctx, name).await?;
+    ctx.progress.say(format!(
+        "{name} is back on revision {} ({}) after {}; not done without a record: Service selectors and {} left as they are",
+        stable.name,
+        stable
+            .images
+            .iter()
+            .map(|i| format!("{}={}", i.container, i.image))
+            .collect::<Vec<_>>()
+            .join(", "),
+        format_elapsed(started.elapsed()),
+        if others.is_empty() {
+            "second sets (none found with rollout's mark for it)".to_string()
+        } else {
+            format!(
+                "the second set(s) rollout made beside it: {} (check which set your Services select, then delete what is not needed)",
+                others.join(", ")
+            )
+        }
+    ));
+    if ctx.output == Output::Json {
+        ctx.print_json(&serde_json::json!({
+            "statefulset": name,
+            "revision": stable.name,
+            "recordRemoved": true,
+            "recordProblem": problem,
+            "secondSetsLeft": others,
+        }))?;
+    }
+    Ok(ExitCode::Done)
+}
+
+/// The StatefulSets `rollout` made beside `home` (green or shadow sets), by their mark.
+async fn marked_second_sets<C: Cluster, G: GateRunner>(
+    ctx: &Context<C, G>,
+    home: &str,
+) -> Result<Vec<String>, ExecError> {
+    let sets = ctx
+        .cluster
+        .list::<StatefulSet>(&Select::labels(crate::model::twin::CREATED_BY_LABEL))
+        .await
+        .map_err(|e| ExecError::api("listing StatefulSets in namespace", home, e))?;
+    Ok(sets
+        .into_iter()
+        .filter(|s| rollout_preview_home(&s.metadata).as_deref() == Some(home))
+        .filter_map(|s| s.metadata.name)
+        .filter(|n| n != home)
+        .collect())
 }
