@@ -20,3 +20,4 @@ mod recreate;
 mod shadow;
 mod strategies;
 mod support;
+mod trust;

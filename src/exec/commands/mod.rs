@@ -108,7 +108,12 @@ fn holding(wait_at_holds: bool, gates: LocalGates) -> RunOptions {
 
 /// Refuses to continue `record` when it gates on a command or webhook that `gates` (this
 /// command line's) does not give: such a gate never runs on the record's word.
-fn require_local_gates(record: &RolloutState, gates: &LocalGates) -> Result<(), ExecError> {
+/// `action`: the command that continues it from where it stands (`promote` at a hold).
+fn require_local_gates(
+    record: &RolloutState,
+    gates: &LocalGates,
+    action: &'static str,
+) -> Result<(), ExecError> {
     let missing = crate::strategy::trust::gates_not_given(record, gates);
     if missing.is_empty() {
         return Ok(());
@@ -130,11 +135,7 @@ fn require_local_gates(record: &RolloutState, gates: &LocalGates) -> Result<(), 
             .collect::<Vec<_>>()
             .join(" and a "),
         them: if missing.len() > 1 { "them" } else { "it" },
-        action: if matches!(record.pause, Some(PauseReason::Step { .. })) {
-            "promote"
-        } else {
-            "resume"
-        },
+        action,
         flags,
     })
 }
@@ -524,9 +525,13 @@ async fn continue_run<C: Cluster, G: GateRunner>(
     let started = Instant::now();
     let sts = ctx.get_set(name).await?;
     // Checked before anything is written (the lease included).
+    let action = match record_of(&sts)? {
+        Some(r) if matches!(r.pause, Some(PauseReason::Step { .. })) => "promote",
+        _ => "resume",
+    };
     if let Some(mut record) = record_of(&sts)? {
         change(&mut record)?;
-        require_local_gates(&record, &options.gates)?;
+        require_local_gates(&record, &options.gates, action)?;
     }
     let guard = ctx.take_lease(&sts, seen).await?;
     let prepared = async {
@@ -549,7 +554,7 @@ async fn continue_run<C: Cluster, G: GateRunner>(
         let observed =
             Observed::from_statefulset(&sts)?.with_pods(&pods, record.target.revision.as_deref());
         record.reconcile(&observed, Timestamp::now())?;
-        require_local_gates(&record, &options.gates)?;
+        require_local_gates(&record, &options.gates, action)?;
         Ok::<_, ExecError>((sts, record, view))
     }
     .await;
