@@ -14,7 +14,7 @@ use crate::model::gate::LocalGates;
 use crate::model::plan::Step;
 use crate::model::state::{RolloutState, StateError, STATE_VERSION};
 use crate::model::strategy::{CanaryParams, PauseSpec, StrategyParams};
-use crate::model::twin::{Twin, REVISION_LABEL};
+use crate::model::twin::{preview_name, Twin, REVISION_LABEL};
 
 /// Most replicas (and pods per step) a record may speak of; far above any real StatefulSet, low
 /// enough that a loop over them ends quickly.
@@ -167,7 +167,28 @@ fn check_twin(twin: &Twin, own: &str, problem: &mut impl FnMut(String)) {
     if !is_dns_label(&twin.home) {
         problem(format!("its home set {:?} is not a valid name", twin.home));
     }
+    // rollout names a second set `<home>-bgN` or `<home>-shadowN`, where home is the set the
+    // user named first: the own set, or the set a former green replaced.
+    let family = format!("{}-", twin.home);
+    if own != twin.home && !own.starts_with(&family) {
+        problem(format!(
+            "its home set {} is neither {own} nor the set {own} replaced",
+            twin.home
+        ));
+    }
+    if !twin.set.starts_with(&family) {
+        problem(format!(
+            "its second set {} is not named after its home set {} as rollout names them",
+            twin.set, twin.home
+        ));
+    }
     if let Some(preview) = twin.preview.as_deref() {
+        if preview != preview_name(&twin.home) {
+            problem(format!(
+                "its preview Service {preview:?} is not {}",
+                preview_name(&twin.home)
+            ));
+        }
         if !is_dns_label(preview) {
             problem(format!(
                 "its preview Service {preview:?} is not a valid name"
@@ -685,6 +706,32 @@ mod tests {
             (
                 Box::new(|s| {
                     if let Some(t) = s.twin.as_mut() {
+                        t.preview = Some("payments".into());
+                    }
+                }),
+                "preview Service \"payments\" is not web-preview",
+            ),
+            (
+                Box::new(|s| {
+                    if let Some(t) = s.twin.as_mut() {
+                        t.set = "victim".into();
+                    }
+                }),
+                "second set victim is not named after its home set web",
+            ),
+            (
+                Box::new(|s| {
+                    if let Some(t) = s.twin.as_mut() {
+                        t.home = "db".into();
+                        t.set = "db-bg1".into();
+                        t.preview = Some("db-preview".into());
+                    }
+                }),
+                "its home set db is neither web nor the set web replaced",
+            ),
+            (
+                Box::new(|s| {
+                    if let Some(t) = s.twin.as_mut() {
                         t.services[0].original.clear();
                     }
                 }),
@@ -714,6 +761,26 @@ mod tests {
             let problems = twin_problems_of(change);
             assert!(problems.contains(expected), "{expected}: {problems}");
         }
+    }
+
+    #[test]
+    fn a_former_green_names_twins_after_the_home_set() {
+        let mut state = bluegreen_state();
+        state.plan.statefulset = "web-bg1".into();
+        if let Some(t) = state.twin.as_mut() {
+            t.set = "web-bg2".into();
+        }
+        for step in state.plan.steps.iter_mut() {
+            match step {
+                Step::CreateTwin { set, .. } | Step::Gate { set: Some(set), .. } => {
+                    *set = "web-bg2".into()
+                }
+                Step::Scale { set, .. } => *set = "web-bg1".into(),
+                _ => {}
+            }
+        }
+        state.rollback = None;
+        assert_eq!(check_record(&state, "web-bg1"), Vec::<String>::new());
     }
 
     #[test]

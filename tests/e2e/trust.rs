@@ -174,24 +174,24 @@ async fn a_gate_command_planted_in_the_record_never_runs() -> anyhow::Result<()>
     Ok(())
 }
 
-#[tokio::test]
-async fn a_set_planted_as_the_twin_keeps_its_replicas_and_claims() -> anyhow::Result<()> {
-    let app = held_canary("trust-victim").await?;
-    // Another application in the namespace, with a claim.
-    let victim = statefulset_document(&time_app_manifest(1, false, &[], "time-app:v1"))
-        .replace("time-app", "victim")
-        .replace("image: victim:v1", "image: time-app:v1");
-    app.ns.apply_yaml(&victim).await?;
-    devcluster::testkit::wait_sts_ready(&app.ns, "victim", 1, SETTLE).await?;
-    let claims_before = victim_claims(&app).await?;
-    assert!(!claims_before.is_empty(), "victim has no claim");
+/// A held canary whose record names `victim` (another application's StatefulSet, with a claim)
+/// as its second set, rolling back with steps that scale it to 0 and delete it. `abort` must
+/// leave it with its replica and its claim, and bring the canary's own set back to v1; gives
+/// what `abort` said.
+async fn abort_with_a_planted_twin(prefix: &str, victim: &str) -> anyhow::Result<String> {
+    let app = held_canary(prefix).await?;
+    let manifest = statefulset_document(&time_app_manifest(1, false, &[], "time-app:v1"))
+        .replace("time-app", victim)
+        .replace(&format!("image: {victim}:v1"), "image: time-app:v1");
+    app.ns.apply_yaml(&manifest).await?;
+    devcluster::testkit::wait_sts_ready(&app.ns, victim, 1, SETTLE).await?;
+    let claims_before = claims_of(&app, victim).await?;
+    assert!(!claims_before.is_empty(), "{victim} has no claim");
 
-    // A record that names it as the rollout's second set, rolling back with steps that scale it
-    // to 0 and delete it: it passes the record's checks (a valid name, not the own set).
     let mut planted = record(&app).await?;
     planted.twin = Some(Twin {
         role: TwinRole::Green,
-        set: "victim".into(),
+        set: victim.into(),
         home: STS.into(),
         services: vec![],
         preview: None,
@@ -203,12 +203,10 @@ async fn a_set_planted_as_the_twin_keeps_its_replicas_and_claims() -> anyhow::Re
     planted.pause = None;
     planted.rollback = Some(Rollback::new(vec![
         Step::Scale {
-            set: "victim".into(),
+            set: victim.into(),
             replicas: 0,
         },
-        Step::RemoveTwin {
-            set: "victim".into(),
-        },
+        Step::RemoveTwin { set: victim.into() },
         Step::RestoreTemplate,
         Step::ReplaceStuckPods,
     ]));
@@ -216,20 +214,43 @@ async fn a_set_planted_as_the_twin_keeps_its_replicas_and_claims() -> anyhow::Re
 
     let abort = app.rollout(&["abort", STS]).await?;
     abort.expect(ExitCode::Done)?;
-    assert!(
-        abort
-            .stderr
-            .contains("victim was not created by this rollout"),
+    let set = app.ns.api::<StatefulSet>().get(victim).await?;
+    assert_eq!(
+        set.spec.and_then(|s| s.replicas),
+        Some(1),
         "{}",
         abort.describe()
     );
-    let victim = app.ns.api::<StatefulSet>().get("victim").await?;
-    assert_eq!(victim.spec.and_then(|s| s.replicas), Some(1));
-    assert_eq!(victim_claims(&app).await?, claims_before);
-    devcluster::testkit::wait_sts_ready(&app.ns, "victim", 1, SETTLE).await?;
+    assert_eq!(claims_of(&app, victim).await?, claims_before);
+    devcluster::testkit::wait_sts_ready(&app.ns, victim, 1, SETTLE).await?;
     app.assert_all_on("v1").await?;
     app.assert_data_kept().await?;
     app.cleanup().await;
+    Ok(abort.stderr)
+}
+
+#[tokio::test]
+async fn a_set_planted_as_the_twin_keeps_its_replicas_and_claims() -> anyhow::Result<()> {
+    // Not a name rollout gives a second set: the record is not used at all.
+    let said = abort_with_a_planted_twin("trust-victim", "victim").await?;
+    assert!(
+        said.contains("second set victim is not named after its home set time-app")
+            && said.contains("back on revision"),
+        "{said}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_set_named_like_a_twin_but_not_made_by_rollout_is_left_alone() -> anyhow::Result<()> {
+    // A name rollout could have given, on a set it did not make: the record passes its checks,
+    // and the rollback leaves the set alone for want of rollout's mark on it.
+    let said = abort_with_a_planted_twin("trust-lookalike", "time-app-bg1").await?;
+    assert!(
+        said.contains("StatefulSet time-app-bg1 was not created by this rollout, so it is left as it is")
+            && said.contains("StatefulSet time-app-bg1 was not created by this rollout, so it and its volumes are left as they are"),
+        "{said}"
+    );
     Ok(())
 }
 
@@ -275,7 +296,8 @@ fn tempfile_dir(app: &App) -> anyhow::Result<std::path::PathBuf> {
     Ok(dir)
 }
 
-async fn victim_claims(app: &App) -> anyhow::Result<BTreeMap<String, String>> {
+async fn claims_of(app: &App, set: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    let suffix = format!("-{set}-0");
     Ok(app
         .ns
         .api::<PersistentVolumeClaim>()
@@ -286,7 +308,7 @@ async fn victim_claims(app: &App) -> anyhow::Result<BTreeMap<String, String>> {
         .filter_map(|c| {
             let name = c.metadata.name?;
             let uid = c.metadata.uid.unwrap_or_default();
-            name.contains("victim").then_some((name, uid))
+            name.ends_with(&suffix).then_some((name, uid))
         })
         .collect())
 }
