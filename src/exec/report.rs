@@ -134,10 +134,13 @@ fn lock_info(lease: &Lease, now: Timestamp) -> Option<LockInfo> {
     })
 }
 
-/// Builds the status of `sts` from its pods, record and lease.
+/// Builds the status of `sts` from its pods, record and lease. The record it carries was on the
+/// set `record_on` (its own name, or the set a serving green replaced, whose record shows the
+/// blue/green that put it in service) and is checked against that set.
 pub fn status_report(
     namespace: &str,
     sts: &StatefulSet,
+    record_on: &str,
     pods: &[Pod],
     lease: Option<&Lease>,
     now: Timestamp,
@@ -150,7 +153,7 @@ pub fn status_report(
         .and_then(|r| u32::try_from(r).ok())
         .unwrap_or(1);
     let (record, record_problem) =
-        match crate::strategy::trust::read_record(&name, sts.metadata.annotations.as_ref()) {
+        match crate::strategy::trust::read_record(record_on, sts.metadata.annotations.as_ref()) {
             Ok(record) => (record, None),
             Err(problem) => (None, Some(problem.to_string())),
         };
@@ -698,8 +701,15 @@ mod tests {
             pod("web-0", "web-6c8f", true, false),
             pod("web-1", "web-7d9b", true, false),
         ];
-        let report = status_report("shop", &sts(Some(&record)), &pods, None, ts(1_700_000_060))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let report = status_report(
+            "shop",
+            &sts(Some(&record)),
+            "web",
+            &pods,
+            None,
+            ts(1_700_000_060),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         let rollout = report
             .rollout
             .clone()
@@ -744,7 +754,7 @@ message:   gate running
             (StrategyKind::Rolling, false),
         ] {
             record.plan.strategy = strategy;
-            let mut report = status_report("shop", &sts(Some(&record)), &pods, None, ts(0))
+            let mut report = status_report("shop", &sts(Some(&record)), "web", &pods, None, ts(0))
                 .unwrap_or_else(|e| panic!("{e}"));
             report.serving_for = Some("app".into());
             let text = render_status(&report, ts(0));
@@ -784,7 +794,7 @@ message:   gate running
                 ..Default::default()
             }),
         };
-        let report = status_report("shop", &set, &pods, Some(&lease), ts(130))
+        let report = status_report("shop", &set, "web", &pods, Some(&lease), ts(130))
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(report.is_settled());
         assert_eq!(

@@ -1026,7 +1026,7 @@ mod tests {
                 ..Default::default()
             }),
         };
-        if let Ok(report) = status_report("ns", &sts, &[], None, ts(1_700_000_100)) {
+        if let Ok(report) = status_report("ns", &sts, "web", &[], None, ts(1_700_000_100)) {
             let _ = render_status(&report, ts(1_700_000_100));
             let _ = render_status_line(&report, ts(1_700_000_100));
         }

@@ -290,12 +290,12 @@ async fn resolve_serving<C: Cluster, G: GateRunner>(
     Ok(serving_chain(ctx, name).await?.0)
 }
 
-/// [`resolve_serving`], also giving the record text of the last blue/green followed (the one
-/// that put the serving set in service).
+/// [`resolve_serving`], also giving the set and record text of the last blue/green followed
+/// (the one that put the serving set in service).
 async fn serving_chain<C: Cluster, G: GateRunner>(
     ctx: &Context<C, G>,
     name: &str,
-) -> Result<(String, Option<String>), ExecError> {
+) -> Result<(String, Option<(String, String)>), ExecError> {
     let mut current = name.to_string();
     let mut via = None;
     // Bounded: each hop is one finished blue/green; a loop of records cannot hang a command.
@@ -325,7 +325,7 @@ async fn serving_chain<C: Cluster, G: GateRunner>(
                     .annotations
                     .as_ref()
                     .and_then(|a| a.get(crate::model::state::ANNOTATION_KEY))
-                    .cloned();
+                    .map(|text| (current.clone(), text.clone()));
                 current = next;
             }
             Ok(None) => break,
@@ -336,21 +336,27 @@ async fn serving_chain<C: Cluster, G: GateRunner>(
 }
 
 /// The set to report on: the serving set, carrying the record of the blue/green that put it in
-/// service when it has none of its own (so `status` shows that rollout: phase, switch, blue).
-fn with_inherited_record(mut sts: StatefulSet, via: Option<&String>) -> StatefulSet {
+/// service when it has none of its own (so `status` shows that rollout: phase, switch, blue);
+/// and the set the record it carries was on (what the record is checked against).
+fn with_inherited_record(
+    mut sts: StatefulSet,
+    via: Option<&(String, String)>,
+) -> (StatefulSet, String) {
     let key = crate::model::state::ANNOTATION_KEY;
     let has_own = sts
         .metadata
         .annotations
         .as_ref()
         .is_some_and(|a| a.contains_key(key));
-    if let (false, Some(text)) = (has_own, via) {
+    if let (false, Some((host, text))) = (has_own, via) {
         sts.metadata
             .annotations
             .get_or_insert_with(Default::default)
             .insert(key.to_string(), text.clone());
+        return (sts, host.clone());
     }
-    sts
+    let name = sts.metadata.name.clone().unwrap_or_default();
+    (sts, name)
 }
 
 /// Waits (on the view) until the controller has seen the set's latest spec and reported both

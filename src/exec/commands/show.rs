@@ -47,9 +47,11 @@ pub async fn status<C: Cluster, G: GateRunner>(
             .filter(|p| crate::exec::cluster::belongs_to(&sts, p))
             .collect();
         let lease = read_lease().await?;
+        let (shown, record_on) = with_inherited_record(sts.clone(), via.as_ref());
         let mut report = status_report(
             ctx.cluster.namespace(),
-            &with_inherited_record(sts.clone(), via.as_ref()),
+            &shown,
+            &record_on,
             &pods,
             lease.as_ref(),
             Timestamp::now(),
@@ -72,9 +74,11 @@ pub async fn status<C: Cluster, G: GateRunner>(
                 });
             };
             let lease = read_lease().await?;
+            let (shown, record_on) = with_inherited_record(sts.clone(), via.as_ref());
             let mut report = status_report(
                 ctx.cluster.namespace(),
-                &with_inherited_record(sts.clone(), via.as_ref()),
+                &shown,
+                &record_on,
                 &snapshot.pods,
                 lease.as_ref(),
                 Timestamp::now(),
