@@ -312,3 +312,51 @@ async fn claims_of(app: &App, set: &str) -> anyhow::Result<BTreeMap<String, Stri
         })
         .collect())
 }
+
+#[tokio::test]
+async fn a_held_canary_is_promoted_with_its_gate_command_given_again() -> anyhow::Result<()> {
+    // What a CI job that holds and an operator who promotes later both type.
+    let app = App::deploy("trust-given", 2, false).await?;
+    let dir = tempfile_dir(&app)?;
+    let gate = |n: u32| format!("touch {}/gate-ran-{n}", dir.display());
+    app.rollout(&[
+        "canary",
+        STS,
+        "--image",
+        "time-app:v2",
+        "--weight",
+        "50",
+        "--gate-command",
+        &gate(1),
+    ])
+    .await?
+    .expect(ExitCode::Done)?;
+    assert!(
+        dir.join("gate-ran-1").exists(),
+        "the command gate did not run"
+    );
+
+    let refused = app.rollout(&["promote", STS]).await?;
+    refused.expect(ExitCode::BadInput)?;
+    assert!(
+        refused
+            .stderr
+            .contains("rollout promote time-app --gate-command '...'"),
+        "{}",
+        refused.describe()
+    );
+    assert!(!dir.join("gate-ran-2").exists());
+
+    app.rollout(&["promote", STS, "--gate-command", &gate(2)])
+        .await?
+        .expect(ExitCode::Done)?;
+    assert!(
+        dir.join("gate-ran-2").exists(),
+        "the given command gate did not run"
+    );
+    app.assert_all_on("v2").await?;
+    app.assert_data_kept().await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    app.cleanup().await;
+    Ok(())
+}
