@@ -17,6 +17,7 @@ use k8s_openapi::jiff::Timestamp;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
+use super::retry::retrying;
 use super::{
     belongs_to, ApiError, Cluster, Listing, Object, PatchKind, Preconditions, ProxyAnswer, ProxyTo,
     Select, Snapshot, View, Watched,
@@ -57,9 +58,76 @@ pub struct State {
     pub stuck: HashSet<String>,
     /// Run just before the next patch of the main set (another writer getting there first).
     pub before_patch: VecDeque<Hook>,
+    /// Faults the next calls of a verb meet (`get`, `list`, `create`, `replace`, `patch`,
+    /// `delete`), in order, as an overloaded or restarting API server would give them.
+    pub faults: BTreeMap<&'static str, VecDeque<Injected>>,
+    /// Calls that met an injected fault.
+    pub faulted: u32,
     /// The IP every new pod gets instead of one per ordinal (a test that serves HTTP on
     /// 127.0.0.1).
     pub pod_ip: Option<String>,
+}
+
+/// A fault the fake gives a call instead of doing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Injected {
+    /// 429 Too Many Requests, asking to wait `retry_after` seconds.
+    Throttled { retry_after: u32 },
+    /// 503 Service Unavailable (an API server starting, an aggregated API down).
+    Unavailable,
+    /// The connection was reset before an answer.
+    Reset,
+    /// The call is done, but its answer is lost on the way back (a reset after the write).
+    AnswerLost,
+}
+
+impl Injected {
+    fn error(self) -> ApiError {
+        match self {
+            Injected::Throttled { retry_after } => ApiError::Unavailable {
+                code: 429,
+                reason: "TooManyRequests".into(),
+                message: "too many requests, please try again later".into(),
+                retry_after: Some(std::time::Duration::from_secs(u64::from(retry_after))),
+            },
+            Injected::Unavailable => ApiError::Unavailable {
+                code: 503,
+                reason: "ServiceUnavailable".into(),
+                message: "the server is currently unable to handle the request".into(),
+                retry_after: None,
+            },
+            Injected::Reset | Injected::AnswerLost => {
+                ApiError::Unreachable("connection reset by peer".into())
+            }
+        }
+    }
+}
+
+impl State {
+    /// The next `count` calls of `verb` meet `fault`.
+    pub fn fail_next(&mut self, verb: &'static str, count: usize, fault: Injected) {
+        let queue = self.faults.entry(verb).or_default();
+        queue.extend(std::iter::repeat_n(fault, count));
+    }
+
+    /// Runs one call of `verb` as the API server would, or gives it the next injected fault.
+    fn call<T>(
+        &mut self,
+        verb: &'static str,
+        op: impl FnOnce(&mut State) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        let fault = self.faults.get_mut(verb).and_then(VecDeque::pop_front);
+        match fault {
+            None => op(self),
+            Some(fault) => {
+                self.faulted += 1;
+                if fault == Injected::AnswerLost {
+                    let _ = op(self);
+                }
+                Err(fault.error())
+            }
+        }
+    }
 }
 
 fn kind_of<K: Object>() -> String {
@@ -644,49 +712,101 @@ impl State {
     }
 }
 
+/// The calls as the API server does them, on the state (faults and retries are the caller's).
+impl State {
+    fn create<K: Object>(&mut self, object: &K, dry_run: bool) -> Result<K, ApiError> {
+        let kind = kind_of::<K>();
+        let s = self;
+        let mut value = encode(object);
+        let name = name_of(&value);
+        if s.current(&kind, &name, None, None).is_ok() {
+            return Err(ApiError::AlreadyExists(name));
+        }
+        if let Some(meta) = value["metadata"].as_object_mut() {
+            meta.insert("namespace".into(), json!(s.namespace));
+            meta.entry("uid")
+                .or_insert(json!(format!("uid-{}", s.next_rv + 1)));
+            meta.entry("generation").or_insert(json!(1));
+        }
+        decode::<K>(&value)?;
+        if dry_run {
+            return decode(&value);
+        }
+        decode(&s.write("create", &kind, value.clone(), value))
+    }
+
+    fn replace<K: Object>(&mut self, object: &K) -> Result<K, ApiError> {
+        let kind = kind_of::<K>();
+        let value = encode(object);
+        let rv = value["metadata"]["resourceVersion"].as_str();
+        self.current(&kind, &name_of(&value), rv, None)?;
+        decode(&self.write("replace", &kind, value.clone(), value))
+    }
+
+    fn patch<K: Object>(
+        &mut self,
+        name: &str,
+        patch: &Value,
+        kind: PatchKind,
+        dry_run: bool,
+    ) -> Result<K, ApiError> {
+        let of = kind_of::<K>();
+        let s = self;
+        if !dry_run && of == "StatefulSet" && name == s.main {
+            if let Some(hook) = s.before_patch.pop_front() {
+                hook(s);
+            }
+        }
+        let rv = patch["metadata"]["resourceVersion"].as_str();
+        let mut value = s.current(&of, name, rv, None)?;
+        merge(&mut value, patch, kind);
+        decode::<K>(&value)?;
+        if dry_run {
+            return decode(&value);
+        }
+        decode(&s.write("patch", &of, value, patch.clone()))
+    }
+
+    fn delete<K: Object>(&mut self, name: &str, p: &Preconditions) -> Result<(), ApiError> {
+        let kind = kind_of::<K>();
+        self.current(&kind, name, p.resource_version.as_deref(), p.uid.as_deref())?;
+        self.objects.remove(&(kind.clone(), name.to_string()));
+        self.record("delete", &kind, name, Value::Null);
+        Ok(())
+    }
+}
+
 impl Cluster for FakeCluster {
     fn namespace(&self) -> &str {
         "test"
     }
 
     async fn get<K: Object>(&self, name: &str) -> Result<Option<K>, ApiError> {
-        Ok(self.with(|s| s.get(name)))
+        retrying("get", || async {
+            self.with(|s| s.call("get", |s| Ok(s.get(name))))
+        })
+        .await
     }
 
     async fn list<K: Object>(&self, select: &Select) -> Result<Vec<K>, ApiError> {
-        self.with(|s| listing(s, select))
+        retrying("list", || async {
+            self.with(|s| s.call("list", |s| listing(s, select)))
+        })
+        .await
     }
 
     async fn create<K: Object>(&self, object: &K, dry_run: bool) -> Result<K, ApiError> {
-        let kind = kind_of::<K>();
-        self.with(|s| {
-            let mut value = encode(object);
-            let name = name_of(&value);
-            if s.current(&kind, &name, None, None).is_ok() {
-                return Err(ApiError::AlreadyExists(name));
-            }
-            if let Some(meta) = value["metadata"].as_object_mut() {
-                meta.insert("namespace".into(), json!(s.namespace));
-                meta.entry("uid")
-                    .or_insert(json!(format!("uid-{}", s.next_rv + 1)));
-                meta.entry("generation").or_insert(json!(1));
-            }
-            decode::<K>(&value)?;
-            if dry_run {
-                return decode(&value);
-            }
-            decode(&s.write("create", &kind, value.clone(), value))
+        retrying("create", || async {
+            self.with(|s| s.call("create", |s| s.create(object, dry_run)))
         })
+        .await
     }
 
     async fn replace<K: Object>(&self, object: &K) -> Result<K, ApiError> {
-        let kind = kind_of::<K>();
-        self.with(|s| {
-            let value = encode(object);
-            let rv = value["metadata"]["resourceVersion"].as_str();
-            s.current(&kind, &name_of(&value), rv, None)?;
-            decode(&s.write("replace", &kind, value.clone(), value))
+        retrying("replace", || async {
+            self.with(|s| s.call("replace", |s| s.replace(object)))
         })
+        .await
     }
 
     async fn patch<K: Object>(
@@ -696,22 +816,10 @@ impl Cluster for FakeCluster {
         kind: PatchKind,
         dry_run: bool,
     ) -> Result<K, ApiError> {
-        let of = kind_of::<K>();
-        self.with(|s| {
-            if !dry_run && of == "StatefulSet" && name == s.main {
-                if let Some(hook) = s.before_patch.pop_front() {
-                    hook(s);
-                }
-            }
-            let rv = patch["metadata"]["resourceVersion"].as_str();
-            let mut value = s.current(&of, name, rv, None)?;
-            merge(&mut value, patch, kind);
-            decode::<K>(&value)?;
-            if dry_run {
-                return decode(&value);
-            }
-            decode(&s.write("patch", &of, value, patch.clone()))
+        retrying("patch", || async {
+            self.with(|s| s.call("patch", |s| s.patch::<K>(name, patch, kind, dry_run)))
         })
+        .await
     }
 
     async fn delete<K: Object>(
@@ -719,14 +827,10 @@ impl Cluster for FakeCluster {
         name: &str,
         preconditions: &Preconditions,
     ) -> Result<(), ApiError> {
-        let kind = kind_of::<K>();
-        self.with(|s| {
-            let p = preconditions;
-            s.current(&kind, name, p.resource_version.as_deref(), p.uid.as_deref())?;
-            s.objects.remove(&(kind.clone(), name.to_string()));
-            s.record("delete", &kind, name, Value::Null);
-            Ok(())
+        retrying("delete", || async {
+            self.with(|s| s.call("delete", |s| s.delete::<K>(name, preconditions)))
         })
+        .await
     }
 
     fn observe<K: Object>(&self, select: &Select) -> Watched<K> {

@@ -29,8 +29,9 @@ use crate::strategy::predicates::pod_ordinal;
 #[cfg(test)]
 pub mod fake;
 mod real;
+pub mod retry;
 
-pub use real::KubeCluster;
+pub use real::{KubeCluster, WATCH_TIMEOUT_SECS};
 
 /// A kind the seam reads and writes: namespaced, with a static type (a k8s-openapi struct, or a
 /// typed custom resource such as Gateway API's HTTPRoute), serde both ways.
@@ -76,6 +77,16 @@ pub enum ApiError {
         reason: String,
         message: String,
     },
+    /// The API server (or what stands in front of it) cannot answer now: 429 (too many
+    /// requests, with the wait it asked for), 500, 502, 503, 504. Retried within the caller's
+    /// deadline ([`retry`]); this is what the last try got.
+    #[error("{message} (HTTP {code} {reason}); the API server kept failing (overloaded or restarting?) until the time to retry ran out")]
+    Unavailable {
+        code: u16,
+        reason: String,
+        message: String,
+        retry_after: Option<std::time::Duration>,
+    },
     /// No answer: connection, TLS, timeouts.
     #[error("the API server did not answer ({0}); check that the cluster is up, and --kubeconfig / --context")]
     Unreachable(String),
@@ -88,6 +99,17 @@ impl From<kube::Error> for ApiError {
                 404 => ApiError::NotFound,
                 409 if status.reason == "AlreadyExists" => ApiError::AlreadyExists(status.message),
                 409 => ApiError::Conflict(status.message),
+                code if retry::is_transient_status(code) => ApiError::Unavailable {
+                    code,
+                    retry_after: status
+                        .details
+                        .as_ref()
+                        .map(|d| d.retry_after_seconds)
+                        .filter(|s| *s > 0)
+                        .map(|s| std::time::Duration::from_secs(u64::from(s))),
+                    reason: status.reason,
+                    message: status.message,
+                },
                 code => ApiError::Refused {
                     code,
                     reason: status.reason,

@@ -10,6 +10,7 @@ use kube::runtime::{watcher, WatchStreamExt};
 use serde_json::Value;
 use tokio::sync::watch;
 
+use super::retry::{self, retrying, WatchBackoff};
 use super::{error_chain, ApiError, Cluster, Listing, Object, PatchKind, ProxyAnswer, ProxyTo};
 use super::{Select, Watched};
 
@@ -32,6 +33,10 @@ impl KubeCluster {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
 }
+
+/// How long one watch request lasts before the server ends it (and the watcher starts the
+/// next); the client's read timeout must be longer.
+pub const WATCH_TIMEOUT_SECS: u32 = 50;
 
 /// The field manager name the API server records for rollout's writes.
 const FIELD_MANAGER: &str = "rollout";
@@ -56,7 +61,9 @@ impl Select {
     }
 
     fn watcher_config(&self) -> watcher::Config {
-        let mut config = watcher::Config::default();
+        // Below the client's read timeout (`crate::exec::connect`), so a quiet watch is ended
+        // by the server, not cut by the client.
+        let mut config = watcher::Config::default().timeout(WATCH_TIMEOUT_SECS);
         if let Some(labels) = &self.labels {
             config = config.labels(labels);
         }
@@ -90,26 +97,55 @@ impl Cluster for KubeCluster {
     }
 
     async fn get<K: Object>(&self, name: &str) -> Result<Option<K>, ApiError> {
-        Ok(self.api::<K>().get_opt(name).await?)
+        let api = self.api::<K>();
+        retrying("get", || async { Ok(api.get_opt(name).await?) }).await
     }
 
     async fn list<K: Object>(&self, select: &Select) -> Result<Vec<K>, ApiError> {
-        Ok(self.api::<K>().list(&select.list_params()).await?.items)
+        let (api, params) = (self.api::<K>(), select.list_params());
+        retrying("list", || async { Ok(api.list(&params).await?.items) }).await
     }
 
     async fn create<K: Object>(&self, object: &K, dry_run: bool) -> Result<K, ApiError> {
-        Ok(self
-            .api::<K>()
-            .create(&post_params(dry_run), object)
-            .await?)
+        let api = self.api::<K>();
+        let params = post_params(dry_run);
+        let name = object.meta().name.clone().unwrap_or_default();
+        // A create that failed without an answer may have been stored all the same: its retry
+        // then finds the object there. That is this call's own object when it is what was
+        // sent (same labels and annotations) and rollout wrote it; anything else is someone
+        // else's and stays a refusal.
+        let may_have_landed = std::sync::atomic::AtomicBool::new(false);
+        retrying("create", || async {
+            match api.create(&params, object).await.map_err(ApiError::from) {
+                Err(ApiError::AlreadyExists(message))
+                    if may_have_landed.load(std::sync::atomic::Ordering::SeqCst) =>
+                {
+                    match api.get_opt(&name).await? {
+                        Some(found) if is_own_create(object, &found) => Ok(found),
+                        _ => Err(ApiError::AlreadyExists(message)),
+                    }
+                }
+                Err(e) => {
+                    if retry::fault_of(&e).is_some() {
+                        may_have_landed.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    Err(e)
+                }
+                ok => ok,
+            }
+        })
+        .await
     }
 
     async fn replace<K: Object>(&self, object: &K) -> Result<K, ApiError> {
         let name = object.meta().name.clone().unwrap_or_default();
-        Ok(self
-            .api::<K>()
-            .replace(&name, &post_params(false), object)
-            .await?)
+        let (api, params) = (self.api::<K>(), post_params(false));
+        // The object's resourceVersion is the precondition: a replace that landed before its
+        // answer was lost meets a conflict on its retry, which the caller reads again for.
+        retrying("replace", || async {
+            Ok(api.replace(&name, &params, object).await?)
+        })
+        .await
     }
 
     async fn patch<K: Object>(
@@ -129,7 +165,11 @@ impl Cluster for KubeCluster {
             PatchKind::Merge => Patch::Merge(patch),
             PatchKind::Strategic => Patch::Strategic(patch),
         };
-        Ok(self.api::<K>().patch(name, &params, &patch).await?)
+        let api = self.api::<K>();
+        retrying("patch", || async {
+            Ok(api.patch(name, &params, &patch).await?)
+        })
+        .await
     }
 
     async fn delete<K: Object>(
@@ -142,14 +182,23 @@ impl Cluster for KubeCluster {
                 .then(|| preconditions.clone()),
             ..DeleteParams::default()
         };
-        self.api::<K>().delete(name, &params).await?;
-        Ok(())
+        let api = self.api::<K>();
+        // A delete that landed before its answer was lost finds nothing on its retry: the
+        // callers take "not found" as done.
+        retrying("delete", || async {
+            api.delete(name, &params).await?;
+            Ok(())
+        })
+        .await
     }
 
     fn observe<K: Object>(&self, select: &Select) -> Watched<K> {
         let (tx, rx) = watch::channel(Arc::new(Listing::default()));
-        // Back off between retries so an unreachable API server is not hammered.
-        let events = watcher(self.api::<K>(), select.watcher_config()).default_backoff();
+        // The watcher re-lists by itself after a 410 Gone and re-establishes the watch after
+        // any error, with back-off so an unreachable API server is not hammered; the stream
+        // never ends, so a watch only stops when nobody listens any more.
+        let events =
+            watcher(self.api::<K>(), select.watcher_config()).backoff(WatchBackoff::default());
         let what = format!("{} {select:?}", K::kind(&()));
         tokio::spawn(async move {
             let mut events = std::pin::pin!(events);
@@ -197,6 +246,20 @@ impl Cluster for KubeCluster {
             body: body.to_vec(),
         })
     }
+}
+
+/// True when `found` is the object `sent` by a create whose answer was lost: the labels and
+/// annotations sent, and a field manager entry of rollout's.
+fn is_own_create<K: Object>(sent: &K, found: &K) -> bool {
+    let (a, b) = (sent.meta(), found.meta());
+    let written_by_rollout = b
+        .managed_fields
+        .iter()
+        .flatten()
+        .any(|f| f.manager.as_deref() == Some(FIELD_MANAGER));
+    a.labels.clone().unwrap_or_default() == b.labels.clone().unwrap_or_default()
+        && a.annotations.clone().unwrap_or_default() == b.annotations.clone().unwrap_or_default()
+        && written_by_rollout
 }
 
 /// One watch folded into a listing: a (re)list is buffered until `InitDone`, so a relist never

@@ -248,6 +248,13 @@ pub struct Invocation {
     pub action: Action,
 }
 
+/// How long making a connection to the API server may take.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a response may stay silent: above the API server's own 60 s limit for a request
+/// and above the length of one watch request.
+const READ_TIMEOUT: std::time::Duration =
+    std::time::Duration::from_secs(crate::cluster::WATCH_TIMEOUT_SECS as u64 + 20);
+
 /// A client and the namespace to work in, from the kubeconfig (or the in-cluster account).
 pub async fn connect(connection: &Connection) -> Result<(kube::Client, String), ExecError> {
     use kube::config::{Config, KubeConfigOptions, Kubeconfig};
@@ -287,6 +294,13 @@ pub async fn connect(connection: &Connection) -> Result<(kube::Client, String), 
     // and would resend a gate's probe through the pod proxy, whose 503 is the API server saying
     // it could not reach the pod: an answer to judge, not a fault to hide.
     config.default_retry = false;
+    // No request hangs: a connection is made within CONNECT_TIMEOUT, and a response that stops
+    // arriving for READ_TIMEOUT is given up (and retried by the seam as a connection fault).
+    // Watches end on the server's side before that (`cluster::WATCH_TIMEOUT_SECS`).
+    config.connect_timeout = Some(CONNECT_TIMEOUT);
+    config.read_timeout = Some(READ_TIMEOUT);
+    config.write_timeout = Some(READ_TIMEOUT);
+    config.reset_reader_on_write = true;
     let namespace = connection
         .namespace
         .clone()
