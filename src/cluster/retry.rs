@@ -106,6 +106,34 @@ pub fn wait_before_retry(
     (wait < left).then_some(wait)
 }
 
+/// The back-off between runs of a gate that could not decide.
+pub const UNDECIDED_BACKOFF: Backoff = Backoff {
+    first: Duration::from_secs(2),
+    max: Duration::from_secs(30),
+};
+
+/// What follows a gate that could not decide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Undecided {
+    /// Run it again after this wait.
+    RunAgainIn(Duration),
+    /// No run would end before the step's deadline: wait this long (to the deadline), then
+    /// the step fails.
+    FailIn(Duration),
+}
+
+/// What follows a gate that could not decide for the `attempt`-th time (from 0), with `left`
+/// until the step's deadline: another run after the back-off while one still fits before the
+/// deadline, otherwise the failure once the deadline has passed.
+pub fn after_undecided(attempt: u32, jitter: f64, left: Duration) -> Undecided {
+    let wait = UNDECIDED_BACKOFF.delay(attempt, jitter);
+    if wait < left {
+        Undecided::RunAgainIn(wait)
+    } else {
+        Undecided::FailIn(left)
+    }
+}
+
 tokio::task_local! {
     /// The deadline of the work this task does (a step's), for the calls it makes.
     static DEADLINE: Instant;
@@ -286,6 +314,28 @@ mod tests {
                 wait_before_retry(fault, attempt, 1.0, left, b),
                 expected,
                 "{fault:?} {attempt} {left:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_undecided_gate_runs_again_until_the_deadline() {
+        use Undecided::*;
+        let cases = [
+            (0, 1.0, MS(60_000), RunAgainIn(MS(2000))),
+            (0, 0.0, MS(60_000), RunAgainIn(MS(1000))),
+            (3, 1.0, MS(60_000), RunAgainIn(MS(16_000))),
+            (9, 1.0, MS(60_000), RunAgainIn(MS(30_000))),
+            // No run fits before the deadline: wait for it, then fail.
+            (9, 1.0, MS(5000), FailIn(MS(5000))),
+            (0, 1.0, MS(2000), FailIn(MS(2000))),
+            (0, 1.0, Duration::ZERO, FailIn(Duration::ZERO)),
+        ];
+        for (attempt, jitter, left, expected) in cases {
+            assert_eq!(
+                after_undecided(attempt, jitter, left),
+                expected,
+                "{attempt} {left:?}"
             );
         }
     }

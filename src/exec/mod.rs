@@ -139,7 +139,12 @@ pub enum ExecError {
 impl ExecError {
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            ExecError::Stopped { source, .. } => source.exit_code(),
+            // A run that stopped after it began to write is never "bad input, nothing was
+            // changed" (2), whatever stopped it.
+            ExecError::Stopped { source, .. } => match source.exit_code() {
+                ExitCode::BadInput => ExitCode::ClusterError,
+                code => code,
+            },
             ExecError::StatefulSetNotFound { .. }
             | ExecError::Kubeconfig { .. }
             | ExecError::Images(_)

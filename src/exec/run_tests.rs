@@ -808,40 +808,228 @@ async fn until_record(fake: &FakeCluster, check: impl Fn(&RolloutState) -> bool)
     }
 }
 
+fn undecided(pod: &str) -> Verdict {
+    Verdict::Inconclusive {
+        message: format!("HTTP gate could not judge pod {pod}"),
+    }
+}
+
 #[tokio::test]
-async fn a_gate_that_cannot_decide_pauses_until_resume_runs_it_again() {
+async fn a_gate_that_cannot_decide_runs_again_and_the_rollout_goes_on_once_it_passes() {
     let fake = FakeCluster::new(statefulset("web", 2, "app:v1", true));
-    let gates = FakeGates::failing_at(
-        0,
-        Verdict::Inconclusive {
-            message: "HTTP gate could not judge pod web-1".into(),
-        },
-    );
+    let gates = FakeGates::failing_at(0, undecided("web-1"));
     let ctx = context(&fake, gates.clone(), 1);
-    let run = tokio::spawn({
-        let ctx = ctx.clone();
-        async move { commands::run(&ctx, &request(StrategyKind::Rolling, "", "app:v2")).await }
-    });
-    until_record(&fake, |r| {
-        matches!(
-            r.pause,
-            Some(crate::model::state::PauseReason::GateInconclusive { .. })
-        )
-    })
-    .await;
-    let other = context(&fake, FakeGates::default(), 2);
-    let code = commands::resume(&other, "web", false, &Default::default())
+    let code = commands::run(&ctx, &request(StrategyKind::Rolling, "", "app:v2"))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(code, ExitCode::Done);
-    let outcome = run.await.unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(outcome.ok(), Some(ExitCode::Done));
     assert_eq!(record(&fake).phase, Phase::Succeeded);
     assert_eq!(
         gates.calls(),
         [vec!["web-1"], vec!["web-1"], vec!["web-0"]],
         "the gate on web-1 ran again"
     );
+    // It never paused to wait for a person.
+    let paused = fake.with(|s| {
+        s.patches()
+            .iter()
+            .filter_map(record_in)
+            .any(|r| r.phase == Phase::Paused)
+    });
+    assert!(!paused);
+}
+
+#[tokio::test]
+async fn a_gate_that_never_decides_times_out_at_the_step_deadline_and_rolls_back() {
+    let fake = FakeCluster::new(statefulset("web", 2, "app:v1", true));
+    let gates = FakeGates::default();
+    gates
+        .script
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .extend(std::iter::repeat_n(undecided("web-1"), 50));
+    let ctx = context(&fake, gates.clone(), 1);
+    let mut req = request(StrategyKind::Rolling, "", "app:v2");
+    req.config.timeouts.step = HumanDuration::from_secs(3);
+    let code = commands::run(&ctx, &req)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(code, ExitCode::TimedOut);
+    assert_eq!(fake.image(), "app:v1", "rolled back");
+    let r = record(&fake);
+    assert_eq!(r.phase, Phase::RolledBack);
+    assert_eq!(
+        r.rollback_cause,
+        Some(crate::model::state::RollbackCause::TimedOut)
+    );
+    assert!(
+        r.message
+            .contains("stayed undecided: HTTP gate could not judge pod web-1"),
+        "{}",
+        r.message
+    );
+    let runs = gates.calls().len();
+    assert!(runs >= 2, "the gate ran again before the deadline: {runs}");
+    assert!(runs < 50, "with back-off, not in a tight loop: {runs}");
+}
+
+#[tokio::test]
+async fn a_pause_from_another_terminal_stops_the_run_with_exit_0_and_resume_continues_it() {
+    let fake = FakeCluster::new(statefulset("web", 3, "app:v1", true));
+    // The pause arrives while the gate on web-2 runs: the run stops at that safe point.
+    let gates = FakeGates::default();
+    gates
+        .script
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .extend(std::iter::repeat_n(undecided("web-2"), 20));
+    let ctx = context(&fake, gates.clone(), 1);
+    let run = tokio::spawn({
+        let ctx = ctx.clone();
+        async move { commands::run(&ctx, &request(StrategyKind::Rolling, "", "app:v2")).await }
+    });
+    let trying_again = async {
+        while !ctx
+            .progress
+            .lines()
+            .iter()
+            .any(|l| l.contains("trying again"))
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), trying_again)
+        .await
+        .unwrap_or_else(|_| panic!("the gate was not undecided"));
+    let other = context(&fake, FakeGates::default(), 2);
+    let code = commands::pause(&other, "web")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(code, ExitCode::Done);
+    let outcome = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .unwrap_or_else(|_| panic!("the paused run did not stop"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        outcome.ok(),
+        Some(ExitCode::Done),
+        "a pause ends the run with 0"
+    );
+    let said = ctx.progress.lines().join("\n");
+    assert!(
+        said.contains("is paused by `rollout pause`") && said.contains("`rollout resume web`"),
+        "{said}"
+    );
+    let r = record(&fake);
+    assert_eq!(
+        (r.phase, r.pause.clone()),
+        (Phase::Paused, Some(crate::model::state::PauseReason::User))
+    );
+    // Nobody holds the lock any more: resume runs the rest in its own process.
+    gates
+        .script
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clear();
+    let code = commands::resume(&other, "web", false, &Default::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(code, ExitCode::Done);
+    assert_eq!(record(&fake).phase, Phase::Succeeded);
+    assert_eq!(fake.image(), "app:v2");
+}
+
+#[tokio::test]
+async fn api_faults_on_every_kind_of_call_are_retried_and_the_rollout_finishes() {
+    use crate::cluster::fake::Injected;
+    let fake = FakeCluster::new(statefulset("web", 3, "app:v1", true));
+    fake.with(|s| {
+        s.fail_next("get", 2, Injected::Reset);
+        s.fail_next("list", 1, Injected::Unavailable);
+        s.fail_next("create", 1, Injected::Throttled { retry_after: 1 });
+        s.fail_next("replace", 1, Injected::Unavailable);
+        s.fail_next("patch", 1, Injected::Throttled { retry_after: 1 });
+        s.fail_next("patch", 2, Injected::Unavailable);
+        s.fail_next("patch", 1, Injected::Reset);
+        // A write that lands but whose answer is lost: the retry meets a conflict (its own
+        // write moved the resourceVersion on) and the run reads again, without adopting its
+        // own record as someone else's.
+        s.fail_next("patch", 1, Injected::AnswerLost);
+        s.fail_next("delete", 1, Injected::Reset);
+    });
+    let ctx = context(&fake, FakeGates::default(), 1);
+    let code = commands::run(&ctx, &request(StrategyKind::Rolling, "", "app:v2"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(code, ExitCode::Done);
+    assert_eq!(record(&fake).phase, Phase::Succeeded);
+    assert_eq!(fake.image(), "app:v2");
+    assert!(fake.pod_revisions().iter().all(|(_, _, ready)| *ready));
+    let (faulted, left) =
+        fake.with(|s| (s.faulted, s.faults.values().map(|q| q.len()).sum::<usize>()));
+    assert!(faulted >= 6, "faults were met: {faulted}");
+    let said = ctx.progress.lines().join("\n");
+    assert!(!said.contains("changed by another command"), "{said}");
+    // The faults of calls the run made were all met (create/delete may not be made).
+    assert!(left <= 2, "{left} faults left");
+}
+
+#[tokio::test]
+async fn an_api_server_that_stays_away_ends_the_run_within_its_deadline_with_exit_1() {
+    use crate::cluster::fake::Injected;
+    let fake = FakeCluster::new(statefulset("web", 3, "app:v1", true));
+    let ctx = context(&fake, FakeGates::default(), 1);
+    let mut req = request(StrategyKind::Rolling, "", "app:v2");
+    req.config.timeouts.step = HumanDuration::from_secs(2);
+    // The first two writes of the run work; then every write is refused with 503.
+    fake.with(|s| {
+        s.before_patch.push_back(Box::new(|_| {}));
+        s.before_patch.push_back(Box::new(|s: &mut State| {
+            s.fail_next("patch", 10_000, Injected::Unavailable)
+        }));
+    });
+    let run = tokio::spawn({
+        let ctx = ctx.clone();
+        async move { commands::run(&ctx, &req).await }
+    });
+    let outcome = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .unwrap_or_else(|_| panic!("the run did not end"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let error = outcome
+        .err()
+        .unwrap_or_else(|| panic!("the run ended well"));
+    assert_eq!(error.exit_code(), ExitCode::ClusterError);
+    let text = error.to_string();
+    for words in ["HTTP 503", "stopped there", "`rollout resume web`"] {
+        assert!(text.contains(words), "{words}: {text}");
+    }
+}
+
+#[test]
+fn an_error_after_writes_is_not_reported_as_bad_input() {
+    let bad_input = ExecError::NotRollable {
+        statefulset: "web".into(),
+        reason: "its rollout record names no second StatefulSet".into(),
+    };
+    assert_eq!(bad_input.exit_code(), ExitCode::BadInput);
+    let after = ExecError::Stopped {
+        statefulset: "web".into(),
+        during: "",
+        next: "continues it (`rollout abort` goes back to the stable revision)",
+        source: Box::new(bad_input),
+    };
+    assert_eq!(after.exit_code(), ExitCode::ClusterError);
+    let text = after.to_string();
+    for words in [
+        "names no second StatefulSet",
+        "stopped there",
+        "`rollout status web`",
+        "`rollout resume web`",
+        "`rollout abort`",
+    ] {
+        assert!(text.contains(words), "{words}: {text}");
+    }
 }
 
 #[tokio::test]

@@ -47,6 +47,7 @@ use super::gates::GateRunner;
 use super::patch::{RecordChange, StrategyChange, StsPatch, TemplateChange};
 use super::progress::{format_elapsed, Progress};
 use super::ExecError;
+use crate::cluster::retry;
 use crate::model::plan::Step;
 use crate::model::state::{PauseReason, Phase, RollbackCause, RolloutState, ANNOTATION_KEY};
 use crate::model::strategy::PauseSpec;
@@ -137,6 +138,8 @@ pub struct Runner<C: Cluster, G: GateRunner> {
     rollback_deadline: Option<Instant>,
     /// The step whose pause (or rollback) was announced last, so it is announced once.
     announced: Option<(usize, Phase)>,
+    /// How many times the current step's gate (or comparison) could not decide so far.
+    undecided: u32,
 }
 
 fn hash_text(text: &str) -> u64 {
@@ -209,6 +212,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             rollback_deadline: options.rollback_limit.map(deadline_after),
             options,
             announced: None,
+            undecided: 0,
             record,
         }
     }
@@ -293,6 +297,8 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             kind = step.name(),
             back = self.backwards()
         );
+        // The API calls the step makes retry faults until the step's deadline, not longer.
+        let (deadline, _) = self.step_deadline();
         let run = async {
             match step {
                 Step::SetTemplateAndFreeze { partition } => {
@@ -330,7 +336,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 }
             }
         };
-        run.instrument(span).await
+        retry::within(deadline, run.instrument(span)).await
     }
 
     fn now() -> Timestamp {
@@ -377,6 +383,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
 
     /// The step is done; `detail` says how it ended, after the step's own words.
     fn complete(&mut self, started: Instant, detail: &str) -> Result<(), ExecError> {
+        self.undecided = 0;
         self.report(started, detail);
         if self.backwards() {
             self.record.complete_rollback_step(Self::now())?;
@@ -405,6 +412,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
     /// The step failed. Going forward the rollout fails (and rolls back, unless told to hold);
     /// going back the rollback ends as failed: someone has to look.
     fn step_failed(&mut self, cause: RollbackCause, message: String) -> Result<(), ExecError> {
+        self.undecided = 0;
         if self.backwards() {
             let message = format!(
                 "rollback of {0} did not finish: {message}; check `kubectl get pods`, then `rollout abort {0}` to try again",
@@ -445,6 +453,52 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         self.report(started, ": TIMED OUT");
         self.progress.say(format!("        {message}"));
         self.step_failed(RollbackCause::TimedOut, message)
+    }
+
+    /// A gate (or comparison) of the current step could not decide (`message` says why): it
+    /// runs again after a back-off, as long as the step's deadline allows. Once the deadline
+    /// has passed, the step fails as timed out (and the rollback runs), naming what stayed
+    /// undecided. Returns after the wait; the loop then runs the step again.
+    async fn undecided(&mut self, started: Instant, message: &str) -> Result<(), ExecError> {
+        let (deadline, overall) = self.step_deadline();
+        let left = deadline.saturating_duration_since(Instant::now());
+        let name = self.name.clone();
+        let wait = match retry::after_undecided(self.undecided, fastrand::f64(), left) {
+            retry::Undecided::RunAgainIn(wait) => wait,
+            retry::Undecided::FailIn(left) => {
+                self.report(started, ": could not decide; no time left for another try");
+                // Until the deadline (a promote, abort or pause from another terminal still
+                // acts at once), then the step fails.
+                let waited = self
+                    .wait_on(&name, Some(Instant::now() + left), |_| None::<()>)
+                    .await?;
+                if !matches!(waited, Waited::Deadline) {
+                    return Ok(());
+                }
+                return self.step_timed_out(
+                    started,
+                    overall,
+                    &format!("it stayed undecided: {message}"),
+                );
+            }
+        };
+        self.undecided += 1;
+        self.report(
+            started,
+            &format!(
+                ": could not decide (try {}); trying again in {}, until the step's deadline in {}",
+                self.undecided,
+                format_elapsed(wait),
+                format_elapsed(left)
+            ),
+        );
+        for line in message.lines() {
+            self.progress.say(format!("        {line}"));
+        }
+        let until = Instant::now() + wait;
+        // Watching meanwhile: a promote, abort or pause from another terminal acts at once.
+        self.wait_on(&name, Some(until), |_| None::<()>).await?;
+        Ok(())
     }
 
     /// The error that ends the run once the lease watch fires.
@@ -522,6 +576,10 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             ..patch
         }
         .with_record(RecordChange::Set(text.clone()));
+        // The text is this run's from now on, whether or not the answer comes back: a write
+        // that landed before its answer was lost is found on the set later, and must not be
+        // taken for another command's record.
+        self.writes.known.insert(hash_text(&text));
         match self
             .cluster
             .patch_statefulset(&self.name, &patch, false)
@@ -981,14 +1039,11 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 }
                 self.wait_on(&name, None, nothing).await?;
             }
+            // Paused by `rollout pause` (or, in a record of an older rollout, at a gate that
+            // could not decide): the run stops here, at a safe point between steps, and leaves
+            // the rest to `rollout resume` instead of waiting for a person with no end.
             Some(PauseReason::User) | Some(PauseReason::GateInconclusive { .. }) => {
-                if first {
-                    self.progress.say(format!(
-                        "        paused: {}; waiting for `rollout resume {1}`, `rollout promote {1}` or `rollout abort {1}`",
-                        self.record.message, self.name
-                    ));
-                }
-                self.wait_on(&name, None, nothing).await?;
+                return Ok(false);
             }
             None => {
                 self.record.phase = Phase::Progressing;

@@ -474,23 +474,6 @@ impl RolloutState {
         Ok(())
     }
 
-    /// A gate could not decide: pause until someone resumes (re-run the gate), promotes (skip
-    /// it) or aborts.
-    pub fn gate_inconclusive(
-        &mut self,
-        message: impl Into<String>,
-        now: Timestamp,
-    ) -> Result<(), TransitionError> {
-        self.require_running("pause")?;
-        let message = message.into();
-        self.phase = Phase::Paused;
-        self.pause = Some(PauseReason::GateInconclusive {
-            message: message.clone(),
-        });
-        self.touch(now, message);
-        Ok(())
-    }
-
     /// Going back: the rollback planned from what this rollout did, from its first step.
     fn start_rollback(&mut self, cause: RollbackCause) {
         self.phase = Phase::RollingBack;
@@ -912,12 +895,15 @@ mod tests {
     }
 
     #[test]
-    fn inconclusive_gate_pauses_and_can_be_resumed_or_promoted() {
+    fn a_record_paused_at_an_undecided_gate_can_be_resumed_or_promoted() {
+        // Rollouts no longer pause at an undecided gate (they try again until the step's
+        // deadline), but a record written by an older rollout may still be paused there.
         let mut s = state(StrategyKind::Rolling, None, None, None, 3);
         s.current_step = 2;
-        s.gate_inconclusive("no answers from web-2", ts(1))
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(s.phase, Phase::Paused);
+        s.phase = Phase::Paused;
+        s.pause = Some(PauseReason::GateInconclusive {
+            message: "no answers from web-2".into(),
+        });
         let mut resumed = s.clone();
         resumed
             .resume_by_user(ts(2))

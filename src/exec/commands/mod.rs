@@ -430,8 +430,17 @@ fn conclude<C: Cluster, G: GateRunner>(
     let name = &r.plan.statefulset;
     let elapsed = format_elapsed(started.elapsed());
     let first_line = r.message.lines().next().unwrap_or_default();
+    let at = format!(
+        "step {}/{}",
+        (r.current_step + 1).min(r.plan.steps.len().max(1)),
+        r.plan.steps.len()
+    );
     let line = if outcome.held {
-        format!("rollout of {name} is holding (after {elapsed}); `rollout promote {name}` continues it, `rollout abort {name}` goes back")
+        match &r.pause {
+            Some(PauseReason::User) => format!("rollout of {name} is paused by `rollout pause` at {at}; this run stopped there (after {elapsed}). `rollout resume {name}` continues it, `rollout abort {name}` goes back"),
+            Some(PauseReason::GateInconclusive { message }) => format!("rollout of {name} is paused at {at}, a gate that could not decide ({message}); this run stopped there (after {elapsed}). `rollout resume {name}` runs the gate again, `rollout promote {name}` skips it, `rollout abort {name}` goes back"),
+            _ => format!("rollout of {name} is holding (after {elapsed}); `rollout promote {name}` continues it, `rollout abort {name}` goes back"),
+        }
     } else {
         match r.phase {
             Phase::Succeeded if !r.plan.strategy.uses_partition() => {
@@ -494,7 +503,9 @@ async fn stopped<C: Cluster, G: GateRunner>(
     name: &str,
     error: ExecError,
 ) -> ExecError {
-    if !matches!(error, ExecError::Api { .. }) {
+    // A refusal by the API server, or an error that would otherwise say "bad input, nothing
+    // was changed": the run writes from its first step on, so it must say where it stopped.
+    if !matches!(error, ExecError::Api { .. }) && error.exit_code() != ExitCode::BadInput {
         return error;
     }
     let phase = match ctx.cluster.get::<StatefulSet>(name).await {

@@ -99,7 +99,8 @@ pub async fn pause<C: Cluster, G: GateRunner>(
         record.current_step + 1,
         record.plan.steps.len(),
         match holder {
-            Some(h) => format!(" (the running rollout, {h}, waits)"),
+            Some(h) =>
+                format!(" (the running rollout, {h}, stops at its next safe point and exits)"),
             None => " (no run is live)".to_string(),
         }
     ));

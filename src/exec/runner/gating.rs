@@ -1,7 +1,7 @@
 //! The gate steps: `Gate` (every configured gate on the pods a step changed) and `GateService`
 //! (the HTTP gate through a Service, by the API server's service proxy). A gate changes
-//! nothing; its verdict moves the rollout on, rolls it back, or pauses it when it could not
-//! decide.
+//! nothing; its verdict moves the rollout on, rolls it back, or runs it again when it could
+//! not decide, until the step's deadline.
 
 use k8s_openapi::api::core::v1::Service;
 use tokio::time::Instant;
@@ -78,7 +78,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 }
             }
         };
-        self.conclude_gate(verdict, started)
+        self.conclude_gate(verdict, started).await
     }
 
     /// Step: the HTTP gate through a Service.
@@ -125,11 +125,12 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 }
             }
         };
-        self.conclude_gate(verdict, started)
+        self.conclude_gate(verdict, started).await
     }
 
-    /// Acts on a gate's verdict: next step, rollback, or pause when it could not decide.
-    fn conclude_gate(&mut self, verdict: Verdict, started: Instant) -> Result<(), ExecError> {
+    /// Acts on a gate's verdict: next step, rollback, or another run when it could not decide
+    /// (until the step's deadline: then the step times out).
+    async fn conclude_gate(&mut self, verdict: Verdict, started: Instant) -> Result<(), ExecError> {
         match verdict {
             Verdict::Pass => self.complete(started, ": passed"),
             Verdict::Fail { .. } => {
@@ -140,14 +141,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 }
                 self.step_failed(RollbackCause::GateFailed, message)
             }
-            Verdict::Inconclusive { message } => {
-                self.report(started, ": could not decide");
-                for line in message.lines() {
-                    self.progress.say(format!("        {line}"));
-                }
-                self.record.gate_inconclusive(message, Self::now())?;
-                Ok(())
-            }
+            Verdict::Inconclusive { message } => self.undecided(started, &message).await,
         }
     }
 }

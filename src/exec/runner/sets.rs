@@ -226,11 +226,14 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                     });
                 }
             }
+            // Refused after this rollout already wrote (its record, cloned claims, a preview):
+            // not "bad input, nothing changed", but a step that cannot finish, undone by the
+            // rollback.
             Err(ApiError::Refused { message, .. }) => {
-                return Err(ExecError::TemplateRefused {
-                    statefulset: set.to_string(),
-                    message,
-                })
+                return self.step_cannot_finish(
+                    started,
+                    &format!("the API server refused StatefulSet {set}: {message}"),
+                );
             }
             Err(e) => return Err(ExecError::api("creating StatefulSet", set, e)),
         }

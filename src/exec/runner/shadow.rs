@@ -196,10 +196,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             Ok(c) => c,
             Err(e) => {
                 let message = format!("the shadow comparison could not run: {e}");
-                self.report(started, ": could not decide");
-                self.progress.say(format!("        {message}"));
-                self.record.gate_inconclusive(message, Self::now())?;
-                return Ok(());
+                return self.undecided(started, &message).await;
             }
         };
         let report = comparison.report();
