@@ -131,26 +131,38 @@ async fn pause_and_resume_steer_a_live_run() -> anyhow::Result<()> {
     })
     .await?;
     app.rollout(&["pause", STS]).await?.expect(ExitCode::Done)?;
+    // The run stops at that safe point and exits 0, saying how to go on: a CI job never hangs
+    // on a pause.
+    let first = finish(run, &args.join(" ")).await?;
+    first.expect(ExitCode::Done)?;
+    ensure!(
+        first.stderr.contains("is paused by `rollout pause`")
+            && first
+                .stderr
+                .contains(&format!("`rollout resume {STS}` continues")),
+        "{}",
+        first.describe()
+    );
     let paused = wait_record(&app, |r| matches!(r.pause, Some(PauseReason::User))).await?;
     let status = app.rollout(&["status", STS, "-o", "json"]).await?;
     status.expect(ExitCode::Done)?;
     let json = status.json()?;
     ensure!(
-        json["rollout"]["phase"] == "Paused" && json["lock"]["holder"].is_string(),
-        "status: {json}"
+        json["rollout"]["phase"] == "Paused" && !json["lock"]["holder"].is_string(),
+        "paused, and no run holds the lock: {json}"
     );
-    app.rollout(&["resume", STS])
-        .await?
-        .expect(ExitCode::Done)?;
-    // Resumed, the run takes the pause again from its start: promote --full skips the rest.
+    // `resume` runs the rest in its own process; it takes the pause again from its start, and
+    // promote --full from another terminal skips the rest.
+    let resumed = start(&app, &["resume", STS])?;
     wait_record(&app, move |r| {
-        r.current_step >= paused.current_step && !matches!(r.pause, Some(PauseReason::User))
+        r.current_step >= paused.current_step
+            && matches!(r.pause, Some(PauseReason::Step { until: Some(_) }))
     })
     .await?;
     app.rollout(&["promote", STS, "--full"])
         .await?
         .expect(ExitCode::Done)?;
-    finish(run, &args.join(" ")).await?.expect(ExitCode::Done)?;
+    finish(resumed, "resume").await?.expect(ExitCode::Done)?;
     app.assert_all_on("v2").await?;
     app.assert_data_kept().await?;
     app.cleanup().await;
