@@ -27,9 +27,11 @@ use crate::model::weight::Percent;
 
 const EXIT_CODES: &str = "\
 Exit codes:
-  0  done: the rollout finished, or stopped at the hold it was asked for (canary --weight)
-  1  cluster error: the API server could not be reached or refused a request, or a rollback
-     could not be completed
+  0  done: the rollout finished, or stopped at the hold it was asked for (canary --weight), or
+     stopped because of `rollout pause` (`rollout resume` continues)
+  1  cluster error: the API server could not be reached or refused a request (after retries
+     within the step's deadline), or a rollback could not be completed, or a run stopped
+     part-way after it began to write (the message says how to go on)
   2  bad input: flags, names, image, strategy file, manifest, an unreadable kubeconfig, or a
      StatefulSet that does not exist or cannot be rolled now, e.g. at 0 replicas (nothing was
      changed)
@@ -126,12 +128,12 @@ pub enum Command {
         #[command(flatten)]
         gates: LocalGateArgs,
     },
-    /// Pause a rollout after its current step
+    /// Pause a rollout: the running rollout stops at a safe point and exits 0
     Pause {
         #[arg(value_parser = crate::model::name::statefulset_name)]
         statefulset: String,
     },
-    /// Continue after `pause`, after a gate that could not decide, or a run whose process died
+    /// Continue after `pause`, or a run whose process died
     Resume {
         #[arg(value_parser = crate::model::name::statefulset_name)]
         statefulset: String,

@@ -2,8 +2,8 @@
 //!
 //! | code | meaning |
 //! |---|---|
-//! | 0 | done: the rollout finished, or reached the hold it was asked to stop at (a canary `--weight` waiting for `promote`); a read-only command worked |
-//! | 1 | cluster error: the API server could not be reached or refused a request (RBAC, conflict that retries did not settle), or a rollback could not be completed |
+//! | 0 | done: the rollout finished, or reached the hold it was asked to stop at (a canary `--weight` waiting for `promote`), or stopped because of `rollout pause`; a read-only command worked |
+//! | 1 | cluster error: the API server could not be reached or refused a request (RBAC, conflict that retries did not settle, faults that outlasted the step's deadline), or a rollback could not be completed, or a run stopped part-way after it began to write |
 //! | 2 | bad input: flags, image reference, strategy file, manifest, or a StatefulSet that does not exist or cannot be rolled (the same code clap uses for usage errors) |
 //! | 3 | rolled back: a gate failed (or someone ran `abort`) and the StatefulSet is back on the stable revision; also a failed gate held by `--no-rollback` |
 //! | 4 | locked: another run holds the StatefulSet's Lease; the message names the holder |
