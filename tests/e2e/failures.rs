@@ -1,5 +1,5 @@
 //! Rollouts that must not go through: a release that fails its gate, an image that never runs on
-//! an `OrderedReady` set, and bad input. Each leaves the StatefulSet on its stable revision with
+//! an `OrderedReady` set, a gate that never decides, and bad input. Each leaves the StatefulSet on its stable revision with
 //! every pod's data, and exits with the code a CI job branches on.
 
 use k8s_openapi::api::coordination::v1::Lease;
@@ -206,6 +206,35 @@ async fn bad_input_is_refused_with_a_clear_message_and_changes_nothing() -> anyh
             .map(|l| &l.metadata.name)
             .collect::<Vec<_>>()
     );
+    app.cleanup().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_gate_that_never_decides_times_out_at_the_step_deadline_and_is_rolled_back(
+) -> anyhow::Result<()> {
+    let app = App::deploy("undecided", 2, false).await?;
+    // Nothing listens there: the webhook gate gets no answer, so it can never decide. The run
+    // tries again until the step's deadline instead of waiting for a person.
+    let run = app
+        .rollout(&[
+            "rolling",
+            STS,
+            "--image",
+            "time-app:v2",
+            "--probe-window",
+            "2s",
+            "--gate-webhook",
+            "http://127.0.0.1:9/decide",
+            "--timeout",
+            "25s",
+        ])
+        .await?;
+    run.expect(ExitCode::TimedOut)?;
+    for words in ["could not decide", "trying again", "stayed undecided"] {
+        assert!(run.stderr.contains(words), "{words}: {}", run.describe());
+    }
+    assert_rolled_back(&app).await?;
     app.cleanup().await;
     Ok(())
 }
