@@ -1,6 +1,6 @@
 //! Rollouts that must not go through: a release that fails its gate, an image that never runs on
-//! an `OrderedReady` set, a gate that never decides, and bad input. Each leaves the StatefulSet on its stable revision with
-//! every pod's data, and exits with the code a CI job branches on.
+//! an `OrderedReady` set, a gate that never decides, and bad input. Each leaves the StatefulSet
+//! on its stable revision with every pod's data, and exits with the code a CI job branches on.
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
