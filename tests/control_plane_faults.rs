@@ -2,7 +2,10 @@
 //! the API server SIGKILLed in the middle of a rolling rollout and brought back by `devcluster
 //! up` (which restarts dead control-plane processes, keeping every object), and etcd frozen
 //! (SIGSTOP) for ten seconds. Either way the rollout finishes (or, if the outage outlasts a
-//! deadline, rolls back cleanly), every pod ends on one version and no data is lost.
+//! deadline, rolls back cleanly), every pod ends on one version and no data is lost. Meanwhile
+//! the test plays the supervisor that restarts control-plane processes (`devcluster up` every
+//! few seconds): the controller-manager and the scheduler may exit after an outage, as they
+//! lose their leader election, and without them no pod would move.
 //!
 //! These tests stop the cluster everyone's tests share, so they are `#[ignore]`d: `cargo test
 //! --test '*'` (the other end-to-end tests, run side by side) never runs them, and
@@ -101,6 +104,33 @@ async fn heal() -> anyhow::Result<String> {
     Ok(said)
 }
 
+/// Runs `work` while calling `devcluster up` every few seconds, as a supervisor (systemd, the
+/// kubelet) would restart control-plane processes: the controller-manager and the scheduler may
+/// exit some seconds after an outage (they lose their leader election), and without them no pod
+/// would move. Gives what the heals said they restarted.
+async fn supervised<T>(work: impl std::future::Future<Output = T>) -> (T, Vec<String>) {
+    let mut restarted = Vec::new();
+    let mut note = |said: anyhow::Result<String>| match said {
+        Ok(said) => restarted.extend(
+            said.lines()
+                .filter(|l| l.contains("restarted"))
+                .map(str::to_string),
+        ),
+        Err(e) => restarted.push(format!("heal failed: {e}")),
+    };
+    let mut work = std::pin::pin!(work);
+    // Bounded: the work itself ends within the run limit.
+    let result = loop {
+        tokio::select! {
+            result = &mut work => break result,
+            _ = tokio::time::sleep(Duration::from_secs(3)) => note(heal().await),
+        }
+    };
+    // One last heal: the cluster is left whole for the tests that come after.
+    note(heal().await);
+    (result, restarted)
+}
+
 /// Sends SIGCONT when dropped, so a failing test never leaves etcd frozen.
 struct Thaw(i32);
 
@@ -185,8 +215,9 @@ async fn a_rollout_survives_the_api_server_killed_and_healed() -> anyhow::Result
         "devcluster up did not restart the API server: {healed}"
     );
     eprintln!("API server down for {:.1}s", outage.as_secs_f64());
-    let ended = finish(run, args).await?;
-    eprintln!("{}", ended.describe());
+    let (ended, restarted) = supervised(finish(run, args)).await;
+    let ended = ended?;
+    eprintln!("{}\nrestarted meanwhile: {restarted:?}", ended.describe());
     assert_finished_or_rolled_back(&app, &ended).await?;
     ensure!(
         ended.code == Some(ExitCode::Done.code() as i32),
@@ -212,8 +243,9 @@ async fn a_rollout_survives_etcd_frozen_for_ten_seconds() -> anyhow::Result<()> 
         signal(etcd, "STOP")?;
         tokio::time::sleep(Duration::from_secs(10)).await;
     }
-    let ended = finish(run, args).await?;
-    eprintln!("{}", ended.describe());
+    let (ended, restarted) = supervised(finish(run, args)).await;
+    let ended = ended?;
+    eprintln!("{}\nrestarted meanwhile: {restarted:?}", ended.describe());
     assert_finished_or_rolled_back(&app, &ended).await?;
     ensure!(
         ended.code == Some(ExitCode::Done.code() as i32),
