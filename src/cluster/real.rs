@@ -39,7 +39,7 @@ impl KubeCluster {
 pub const WATCH_TIMEOUT_SECS: u32 = 50;
 
 /// The field manager name the API server records for rollout's writes.
-const FIELD_MANAGER: &str = "rollout";
+const FIELD_MANAGER: &str = crate::model::drift::FIELD_MANAGER;
 
 fn post_params(dry_run: bool) -> PostParams {
     PostParams {

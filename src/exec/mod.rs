@@ -98,11 +98,11 @@ pub enum ExecError {
     LeaseLost { statefulset: String, reason: String },
     #[error("the rollout record on StatefulSet {statefulset} was removed by someone else; stopped without changing anything more")]
     RecordRemoved { statefulset: String },
-    #[error("the pod template of StatefulSet {statefulset} was changed by someone else during the rollout (a `kubectl apply`, `helm upgrade` or GitOps sync?): its update revision is now {now}, not this rollout's {target}. Stopped without changing anything, so that change stays; `rollout status {statefulset}` shows the pods as they are, and `rollout abort {statefulset}` would put the set back on the stable version, over that change")]
-    TemplateChangedElsewhere {
+    #[error("the rollout of StatefulSet {statefulset} stopped: the set was {what} (a `kubectl apply`, `helm upgrade`, GitOps sync or `kubectl patch`?); {advice}")]
+    Drifted {
         statefulset: String,
-        now: String,
-        target: String,
+        what: String,
+        advice: String,
     },
     #[error("StatefulSet {statefulset} kept changing under this run ({attempts} conflicting writes in a row); stopped. `rollout resume {statefulset}` continues")]
     TooManyConflicts { statefulset: String, attempts: u32 },
@@ -157,9 +157,7 @@ impl ExecError {
             | ExecError::GatesNotGiven { .. }
             | ExecError::Plan(_)
             | ExecError::Revision { .. } => ExitCode::BadInput,
-            ExecError::InProgress { .. } | ExecError::TemplateChangedElsewhere { .. } => {
-                ExitCode::Locked
-            }
+            ExecError::InProgress { .. } | ExecError::Drifted { .. } => ExitCode::Locked,
             ExecError::Lease(lease::LeaseError::Held { .. }) => ExitCode::Locked,
             ExecError::Timeout { .. } => ExitCode::TimedOut,
             ExecError::Connect { .. }

@@ -96,6 +96,10 @@ pub struct StatusReport {
     /// The set the user named, when this set serves in its place since a blue/green rollout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serving_for: Option<String>,
+    /// Someone else's change to the set during the rollout: seen now (a rollout under way), or
+    /// recorded by the run it stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<crate::model::drift::Drift>,
 }
 
 impl StatusReport {
@@ -231,9 +235,22 @@ pub fn status_report(
         }
     });
 
+    // Judged live only on the set the record was written for (not a serving green showing
+    // its home's record).
+    let drift = record.as_ref().and_then(|r| {
+        let own = r.plan.statefulset == name;
+        own.then(|| crate::strategy::predicates::drift::detect(r, sts))
+            .flatten()
+            .or_else(|| {
+                r.drift
+                    .clone()
+                    .filter(|_| r.phase == crate::model::state::Phase::Failed)
+            })
+    });
     Ok(StatusReport {
         serving_for: None,
         record_problem,
+        drift,
         namespace: namespace.to_string(),
         statefulset: name,
         replicas,
@@ -410,6 +427,22 @@ pub fn render_status(report: &StatusReport, now: Timestamp) -> String {
             for line in lines {
                 let _ = writeln!(out, "           {line}");
             }
+        }
+    }
+    if let Some(drift) = &report.drift {
+        let recorded = report
+            .rollout
+            .as_ref()
+            .is_some_and(|r| r.message.starts_with(&drift.to_string()));
+        if !recorded {
+            let _ = writeln!(out, "drift:     {drift}");
+            let _ =
+                writeln!(
+                    out,
+                    "           {}",
+                    crate::strategy::predicates::drift::advice(&report.statefulset, drift)
+                        .replacen("stopped without", "a run stops without", 1)
+                );
         }
     }
     if let Some(lock) = &report.lock {
@@ -655,7 +688,10 @@ mod tests {
     use super::*;
     use crate::model::state::tests::sample_state;
     use crate::strategy::predicates::tests::pod;
-    use k8s_openapi::api::apps::v1::{StatefulSetSpec, StatefulSetStatus};
+    use k8s_openapi::api::apps::v1::{
+        RollingUpdateStatefulSetStrategy, StatefulSetSpec, StatefulSetStatus,
+        StatefulSetUpdateStrategy,
+    };
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
     use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
     use serde_json::json;
@@ -680,6 +716,14 @@ mod tests {
             },
             spec: Some(StatefulSetSpec {
                 replicas: Some(2),
+                // Where the sample record's step 3 left it: no drift.
+                update_strategy: Some(StatefulSetUpdateStrategy {
+                    type_: Some("RollingUpdate".into()),
+                    rolling_update: Some(RollingUpdateStatefulSetStrategy {
+                        partition: Some(1),
+                        max_unavailable: None,
+                    }),
+                }),
                 ..Default::default()
             }),
             status: Some(StatefulSetStatus {
@@ -689,6 +733,58 @@ mod tests {
                 ..Default::default()
             }),
         }
+    }
+
+    #[test]
+    fn status_shows_someone_elses_change_live_and_as_recorded() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry, Time};
+        let mut record = sample_state();
+        record.target.revision = Some("web-7d9b".into());
+        record.current_step = 2;
+        let mut set = sts(Some(&record));
+        if let Some(r) = set
+            .spec
+            .as_mut()
+            .and_then(|s| s.update_strategy.as_mut())
+            .and_then(|u| u.rolling_update.as_mut())
+        {
+            r.partition = Some(0);
+        }
+        set.metadata.managed_fields = Some(vec![ManagedFieldsEntry {
+            manager: Some("kubectl-patch".into()),
+            operation: Some("Update".into()),
+            time: Some(Time(ts(1_700_000_050))),
+            fields_v1: Some(FieldsV1(
+                json!({"f:spec": {"f:updateStrategy": {"f:rollingUpdate": {"f:partition": {}}}}}),
+            )),
+            ..Default::default()
+        }]);
+        let report = status_report("shop", &set, "web", &[], None, ts(1_700_000_060))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let text = render_status(&report, ts(1_700_000_060));
+        assert!(
+            text.contains("drift:     changed by someone else: the partition of web: 1 -> 0, by field manager kubectl-patch (Update) at 2023-11-14 22:14:10 UTC\n"),
+            "{text}"
+        );
+        assert!(text.contains("`rollout abort web`"), "{text}");
+        let json = serde_json::to_value(&report).unwrap_or_default();
+        assert_eq!(json["drift"]["by"]["manager"], "kubectl-patch");
+        assert_eq!(json["drift"]["changes"][0]["field"], "partition");
+
+        // The run that saw it stopped the rollout and recorded it: the message says it once.
+        let drift = report.drift.clone().unwrap_or_else(|| panic!("no drift"));
+        record.drifted(drift.clone(), format!("{drift}; advice"), ts(1_700_000_055));
+        let stopped = sts(Some(&record));
+        let report = status_report("shop", &stopped, "web", &[], None, ts(1_700_000_060))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(report.drift.as_ref(), Some(&drift));
+        let text = render_status(&report, ts(1_700_000_060));
+        assert!(text.contains("phase:     Failed"), "{text}");
+        assert!(
+            text.contains("message:   changed by someone else"),
+            "{text}"
+        );
+        assert!(!text.contains("drift:"), "{text}");
     }
 
     #[test]
@@ -722,7 +818,7 @@ mod tests {
         assert!(!report.is_settled());
         let text = render_status(&report, ts(1_700_000_060));
         let expected = "\
-StatefulSet shop/web: 2 replicas, 2 Ready
+StatefulSet shop/web: 2 replicas, 2 Ready, partition 1
 rollout:   rolling (r-1), started by ci@runner-7 1m 0s ago
 phase:     Progressing at step 3/5: gate web-1
 weight:    1 of 2 pods (50%) on the new version

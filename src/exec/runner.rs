@@ -7,7 +7,8 @@
 //! - [`sets`]: scaling a set, creating and removing a second set (green, a shadow);
 //! - [`traffic`]: moving the live Services' selectors, the preview Service;
 //! - [`gating`]: the gates, on pods and through a Service;
-//! - [`shadow`]: the shadow's comparison.
+//! - [`shadow`]: the shadow's comparison;
+//! - [`drift`]: stopping at someone else's deploy, and holding blue on its revision.
 //!
 //! What every step shares lives here:
 //! - Every mutation goes out in one write together with the record that describes it, under
@@ -36,6 +37,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+mod drift;
 mod gating;
 mod partition;
 mod sets;
@@ -118,6 +120,9 @@ struct Writes {
     /// The resourceVersion the next write is based on.
     resource_version: Option<String>,
     conflicts: u32,
+    /// A snapshot (or a read) has shown this rollout's record on the set: from then on a set
+    /// without one had it removed (before, it may be a snapshot older than the first write).
+    seen_record: bool,
 }
 
 pub struct Runner<C: Cluster, G: GateRunner> {
@@ -207,6 +212,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 last_text: start_text,
                 resource_version: statefulset.metadata.resource_version.clone(),
                 conflicts: 0,
+                seen_record: false,
             },
             total_deadline,
             rollback_deadline: options.rollback_limit.map(deadline_after),
@@ -240,6 +246,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                     reason,
                 });
             }
+            self.check_latest_snapshot().await?;
             match self.record.phase {
                 Phase::Succeeded | Phase::RolledBack | Phase::Aborted | Phase::Failed => {
                     if self.finish().await? {
@@ -318,6 +325,8 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 Step::CreateTwin { set, replicas } => self.create_twin(&set, replicas).await,
                 Step::RemoveTwin { set } => self.remove_twin_step(&set).await,
                 Step::PinTraffic => self.point_traffic(traffic::To::PinnedBlue).await,
+                Step::HoldRevision { partition } => self.hold_revision(Some(partition)).await,
+                Step::ReleaseRevision => self.hold_revision(None).await,
                 Step::SwitchTraffic => self.point_traffic(traffic::To::Green).await,
                 Step::ReturnTraffic => self.point_traffic(traffic::To::BlueNow).await,
                 Step::RestoreSelectors => self.point_traffic(traffic::To::Original).await,
@@ -669,6 +678,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
 
     /// Adopts the record on `sts` when someone else wrote it; true when it did.
     fn adopt_external(&mut self, sts: &StatefulSet) -> Result<bool, ExecError> {
+        self.check_record(sts)?;
         let text = annotation(sts);
         if self.writes.known.contains(&hash_text(text)) {
             return Ok(false);
@@ -820,16 +830,11 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 if self.adopt_external(sts)? {
                     return Ok(Waited::Changed);
                 }
-                if let Some(now) = predicates::template_changed_elsewhere(&self.record, sts) {
-                    return Err(ExecError::TemplateChangedElsewhere {
-                        statefulset: self.name.clone(),
-                        now,
-                        target: self.record.target.revision.clone().unwrap_or_default(),
-                    });
-                }
                 if annotation(sts) == self.writes.last_text {
                     // The newest version that carries our last write: base the next one on it.
                     self.writes.resource_version = sts.metadata.resource_version.clone();
+                    // Someone else's deploy ends the wait now, not at the step's deadline.
+                    self.stop_if_drifted(sts).await?;
                 }
                 if predicates::replicas(sts) != self.record.plan.replicas
                     && self.record.plan.strategy.uses_partition()
@@ -877,7 +882,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
     /// [`Runner::wait_on`] (a gate, a comparison): an error when the watch ended or the set is
     /// gone; true when another command wrote the record (now adopted), so the step must stop
     /// for the loop to decide again.
-    fn changed_from_outside(
+    async fn changed_from_outside(
         &mut self,
         changed: Result<(), watch::error::RecvError>,
     ) -> Result<bool, ExecError> {
@@ -899,6 +904,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             // Not a command's change (a pod restarted, the controller wrote the status): the
             // next write is based on it, as in `wait_on`, instead of meeting a conflict.
             self.writes.resource_version = sts.metadata.resource_version.clone();
+            self.stop_if_drifted(&sts).await?;
         }
         Ok(false)
     }

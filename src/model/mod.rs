@@ -1,6 +1,7 @@
 //! Plain data: image references, strategies and their settings, gate specs, plans, the rollout
 //! record and exit codes. No I/O here; everything parses, validates and serializes.
 
+pub mod drift;
 pub mod duration;
 pub mod exit;
 pub mod file;

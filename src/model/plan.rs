@@ -73,6 +73,15 @@ pub enum Step {
     Scale { set: String, replicas: u32 },
     /// Point the live Services at blue only, so green never enters them before the switch.
     PinTraffic,
+    /// Blue/green: hold the rollout's own set (blue) on the revision its pods run, with
+    /// `RollingUpdate` and `partition` at its replicas: someone else's template change moves no
+    /// pod and a deleted pod comes back on its revision, so the Services pinned to that revision
+    /// keep their endpoints.
+    #[serde(rename_all = "camelCase")]
+    HoldRevision { partition: u32 },
+    /// The update strategy and partition the rollout's own set had before the rollout, given
+    /// back (the inverse of `HoldRevision`, and its end).
+    ReleaseRevision,
     /// Create the twin set (green or shadow; its claims first when they are cloned, and the
     /// preview Service) and wait until all its pods are Ready.
     CreateTwin { set: String, replicas: u32 },
@@ -120,6 +129,8 @@ impl Step {
             Step::SetTemplate => "template",
             Step::Scale { .. } => "scale",
             Step::PinTraffic => "pin",
+            Step::HoldRevision { .. } => "hold-revision",
+            Step::ReleaseRevision => "release-revision",
             Step::CreateTwin { .. } => "create",
             Step::GateService { .. } => "gate-service",
             Step::SwitchTraffic => "switch",
@@ -223,6 +234,14 @@ impl Plan {
             Step::PinTraffic => {
                 "pin the live Services to the current pods (no pod restarts)".to_string()
             }
+            Step::HoldRevision { partition } => format!(
+                "hold {}'s pods on the revision they run (RollingUpdate, partition {partition}): a template change by someone else moves no pod",
+                self.statefulset
+            ),
+            Step::ReleaseRevision => format!(
+                "give {} back the update strategy and partition it had before the rollout",
+                self.statefulset
+            ),
             Step::CreateTwin { set, replicas } => {
                 format!("create StatefulSet {set} with {replicas} pod(s) on the new version, and wait until they are Ready")
             }

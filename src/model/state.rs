@@ -189,6 +189,9 @@ pub struct RolloutState {
     /// `crate::strategy::rollback`), and how far it got.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback: Option<Rollback>,
+    /// Someone else's change that stopped the rollout (`crate::model::drift`), once a run saw it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<super::drift::Drift>,
 }
 
 /// A rollback as steps, with its progress, kept in the record so that a run killed half-way
@@ -282,6 +285,7 @@ impl RolloutState {
             twin: None,
             measured: Measured::default(),
             rollback: None,
+            drift: None,
         }
     }
 

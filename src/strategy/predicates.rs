@@ -1,8 +1,11 @@
 //! Pure predicates over Kubernetes objects: is a StatefulSet's rollout complete, which pods a
 //! partition releases, is a pod updated and Ready, which pods are stuck on a broken revision.
-//! The executor waits on watches and asks these; they never fetch anything.
+//! The executor waits on watches and asks these; they never fetch anything. [`drift`] judges
+//! someone else's changes to a set in the middle of a rollout.
 
 use std::collections::BTreeSet;
+
+pub mod drift;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
@@ -172,27 +175,6 @@ pub fn ordinals_not_available(
         })
     };
     ordinals_without(statefulset, pods, ordinals, available)
-}
-
-/// The set's update revision, when someone else's write of the pod template (not this
-/// rollout's, and not a rollback's, which changes the record with it) made it other than the
-/// rollout's target. Partition strategies only: there the set's update revision is the target.
-pub fn template_changed_elsewhere(
-    record: &crate::model::state::RolloutState,
-    sts: &StatefulSet,
-) -> Option<String> {
-    use crate::model::state::Phase;
-    // Blue/green and shadow target another set's revision; recreate has no pods to compare.
-    if !record.plan.strategy.uses_partition()
-        || !matches!(record.phase, Phase::Progressing | Phase::Paused)
-    {
-        return None;
-    }
-    let target = record.target.revision.as_deref()?;
-    let status = sts.status.as_ref()?;
-    let observed = status.observed_generation.unwrap_or(0) >= sts.metadata.generation.unwrap_or(0);
-    let now = status.update_revision.as_deref()?;
-    (observed && now != target).then(|| now.to_string())
 }
 
 /// Whether the plan moves several pods in one step (so the run sets `maxUnavailable`, to be
@@ -618,62 +600,6 @@ pub(crate) mod tests {
                 update_revision: Some(update.into()),
                 ..Default::default()
             }),
-        }
-    }
-
-    #[test]
-    fn a_template_changed_by_someone_else_is_told_apart_from_this_rollouts() {
-        use crate::model::state::Phase;
-        let record = |phase: Phase, target: Option<&str>| {
-            let mut r = crate::model::state::tests::sample_state();
-            r.phase = phase;
-            r.target.revision = target.map(String::from);
-            r
-        };
-        let cases = [
-            (
-                "on the target",
-                record(Phase::Progressing, Some("web-2")),
-                updating_set(3, 3, "web-2", None),
-                None,
-            ),
-            (
-                "another revision, seen",
-                record(Phase::Progressing, Some("web-2")),
-                updating_set(4, 4, "web-9", None),
-                Some("web-9"),
-            ),
-            (
-                "held canary, another revision",
-                record(Phase::Paused, Some("web-2")),
-                updating_set(4, 4, "web-1", None),
-                Some("web-1"),
-            ),
-            (
-                "not yet seen by the controller",
-                record(Phase::Progressing, Some("web-2")),
-                updating_set(4, 3, "web-9", None),
-                None,
-            ),
-            (
-                "target not known yet (freeze)",
-                record(Phase::Progressing, None),
-                updating_set(4, 4, "web-9", None),
-                None,
-            ),
-            (
-                "rolling back: the stable template is ours",
-                record(Phase::RollingBack, Some("web-2")),
-                updating_set(4, 4, "web-1", None),
-                None,
-            ),
-        ];
-        for (what, record, sts, want) in cases {
-            assert_eq!(
-                template_changed_elsewhere(&record, &sts).as_deref(),
-                want,
-                "{what}"
-            );
         }
     }
 

@@ -11,6 +11,7 @@
 //! | `SetTemplate` (recreate) | `Scale` to 0, `RestoreTemplate`, `Scale` back up |
 //! | `Scale` of the own set to 0 | `Scale` back up |
 //! | `PinTraffic` | `RestoreSelectors` |
+//! | `HoldRevision` | `ReleaseRevision` (last); first `RestoreTemplate`, `ReplaceStuckPods` when someone else changed blue's template meanwhile (the record's drift) |
 //! | `CreateTwin` (never served) | `RemoveTwin` (its volumes too, unless kept) |
 //! | `SwitchTraffic` | `ReturnTraffic`, green `Scale`d to 0 (kept with its volumes), `RemovePreview` |
 //! | `Gate`, `GateService`, `Compare`, `Pause` | nothing: they change nothing |
@@ -80,6 +81,13 @@ pub fn plan_rollback(record: &RolloutState) -> Vec<Step> {
             }
             if switched || touched(|s| matches!(s, Step::PinTraffic)) {
                 steps.push(Step::RestoreSelectors);
+            }
+            if touched(|s| matches!(s, Step::HoldRevision { .. })) {
+                // Released last: blue's template must be stable again before its pods may move.
+                if record.drift.as_ref().is_some_and(|d| d.changes_template()) {
+                    steps.extend([Step::RestoreTemplate, Step::ReplaceStuckPods]);
+                }
+                steps.push(Step::ReleaseRevision);
             }
         }
         StrategyKind::Shadow => {
@@ -410,6 +418,52 @@ mod tests {
                 "return-traffic",
                 "scale web-bg1 0",
                 "restore-selectors"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_held_blue_is_released_last_and_its_template_restored_after_drift() {
+        let mut steps = bluegreen_steps();
+        steps.insert(0, Step::HoldRevision { partition: 3 });
+        steps.push(Step::ReleaseRevision);
+        let mut r = record(
+            StrategyKind::BlueGreen,
+            steps,
+            Some(twin(TwinRole::Green, "web-bg1", true)),
+        );
+        assert_eq!(rollback_at(&r, 0, false, false), ["scale web 3"]);
+        assert_eq!(
+            rollback_at(&r, 0, true, false),
+            ["scale web 3", "release-revision"]
+        );
+        assert_eq!(
+            rollback_at(&r, 5, false, false),
+            [
+                "scale web 3",
+                "remove web-bg1",
+                "restore-selectors",
+                "release-revision"
+            ]
+        );
+        r.drift = Some(crate::model::drift::Drift {
+            changes: vec![crate::model::drift::Change::Template {
+                set: "web".into(),
+                expected_revision: Some("web-1".into()),
+                found_revision: Some("web-2".into()),
+                images: vec![],
+            }],
+            by: None,
+        });
+        assert_eq!(
+            rollback_at(&r, 5, false, false),
+            [
+                "scale web 3",
+                "remove web-bg1",
+                "restore-selectors",
+                "restore-template",
+                "replace-stuck",
+                "release-revision"
             ]
         );
     }

@@ -475,6 +475,16 @@ impl RolloutState {
     }
 
     /// Going back: the rollback planned from what this rollout did, from its first step.
+    /// Someone else changed the set (`drift`): the rollout stops where it is, as failed
+    /// (someone has to look), saying what changed; nothing is rolled back. `abort` still
+    /// returns to stable.
+    pub fn drifted(&mut self, drift: crate::model::drift::Drift, message: String, now: Timestamp) {
+        self.phase = Phase::Failed;
+        self.pause = None;
+        self.drift = Some(drift);
+        self.touch(now, message);
+    }
+
     fn start_rollback(&mut self, cause: RollbackCause) {
         self.phase = Phase::RollingBack;
         self.pause = None;

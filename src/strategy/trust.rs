@@ -239,7 +239,7 @@ fn step_problem(step: &Step, own: &str, twin: Option<&Twin>) -> Option<String> {
         ordinals.len() <= MAX_REPLICAS as usize && ordinals.iter().all(|o| *o <= MAX_ORDINAL)
     };
     match step {
-        Step::SetTemplateAndFreeze { partition } => {
+        Step::SetTemplateAndFreeze { partition } | Step::HoldRevision { partition } => {
             (*partition > MAX_ORDINAL).then(|| format!("partition {partition} is out of range"))
         }
         Step::SetPartition {
@@ -281,9 +281,11 @@ fn step_problem(step: &Step, own: &str, twin: Option<&Twin>) -> Option<String> {
         | Step::RemovePreview => twin
             .is_none()
             .then(|| "moves traffic but the record names no second set".to_string()),
-        Step::Pause { .. } | Step::SetTemplate | Step::RestoreTemplate | Step::ReplaceStuckPods => {
-            None
-        }
+        Step::Pause { .. }
+        | Step::SetTemplate
+        | Step::RestoreTemplate
+        | Step::ReplaceStuckPods
+        | Step::ReleaseRevision => None,
     }
 }
 

@@ -389,7 +389,14 @@ pub fn plan_twin(config: &StrategyConfig, observed: &Observed, twin: &Twin) -> P
     let http = config.gates.http.enabled;
     match &config.params {
         StrategyParams::BlueGreen(p) => {
-            if twin.services.iter().any(|s| s.blue != s.original) {
+            // Pinned by blue's revision, the live Services would lose their endpoints if
+            // someone else's template change (a `kubectl rollout restart`) moved blue's pods:
+            // blue's partition holds them on that revision until the rollout ends.
+            let pinned = twin.services.iter().any(|s| s.blue != s.original);
+            if pinned {
+                steps.push(Step::HoldRevision {
+                    partition: replicas,
+                });
                 steps.push(Step::PinTraffic);
             }
             steps.push(Step::CreateTwin {
@@ -429,6 +436,9 @@ pub fn plan_twin(config: &StrategyConfig, observed: &Observed, twin: &Twin) -> P
                 set: observed.name.clone(),
                 replicas: 0,
             });
+            if pinned {
+                steps.push(Step::ReleaseRevision);
+            }
             notes.push(match twin.data {
                 DataMode::Fresh => format!(
                     "{} starts with new, empty volumes (--data fresh); --data clone copies each ordinal's volumes from {}",
@@ -936,9 +946,14 @@ mod tests {
             .flatten()
             .unwrap_or_else(|| panic!("a twin"));
             let plan = plan_twin(&bg, &observed(3), &twin);
+            // Pinned Services: blue is held on its revision first and released last.
+            let mut expected = expected;
+            expected.insert(0, "hold-revision");
+            expected.push("release-revision");
             assert_eq!(shape(&plan), expected);
+            assert_eq!(plan.steps[0], Step::HoldRevision { partition: 3 });
             assert_eq!(
-                plan.steps.last(),
+                plan.steps.iter().rev().nth(1),
                 Some(&Step::Scale {
                     set: "web".into(),
                     replicas: 0

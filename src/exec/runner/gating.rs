@@ -68,7 +68,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                             return self.step_failed(RollbackCause::TimedOut, message);
                         }
                         changed = self.view.changed() => {
-                            if self.changed_from_outside(changed)? {
+                            if self.changed_from_outside(changed).await? {
                                 self.report(started, ": interrupted");
                                 return Ok(());
                             }

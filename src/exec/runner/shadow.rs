@@ -178,7 +178,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                         }
                     }
                 }
-                changed = self.view.changed() => if self.changed_from_outside(changed)? {
+                changed = self.view.changed() => if self.changed_from_outside(changed).await? {
                     let _ = stop_tx.send(true);
                     self.report(started, ": ended by another command");
                     return Ok(());
