@@ -439,7 +439,11 @@ async fn rolling_batches_of_3_replace_3_pods_at_once_and_give_back_max_unavailab
 }
 
 /// `kubectl` of the same release as the devcluster (provisioning puts it first on PATH).
-async fn kubectl(ns: &str, args: &[&str], stdin: &str) -> anyhow::Result<(bool, String)> {
+pub(crate) async fn kubectl(
+    ns: &str,
+    args: &[&str],
+    stdin: &str,
+) -> anyhow::Result<(bool, String)> {
     use tokio::io::AsyncWriteExt;
     let mut child = tokio::process::Command::new("kubectl")
         .args(args)

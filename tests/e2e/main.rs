@@ -10,6 +10,7 @@
 mod bad_input;
 mod bluegreen;
 mod current;
+mod drift;
 mod failures;
 mod gates;
 mod kills;
