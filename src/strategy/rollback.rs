@@ -11,7 +11,7 @@
 //! | `SetTemplate` (recreate) | `Scale` to 0, `RestoreTemplate`, `Scale` back up |
 //! | `Scale` of the own set to 0 | `Scale` back up |
 //! | `PinTraffic` | `RestoreSelectors` |
-//! | `HoldRevision` | `ReleaseRevision` (last); first `RestoreTemplate`, `ReplaceStuckPods` when someone else changed blue's template meanwhile (the record's drift) |
+//! | `HoldRevision` | `ReleaseRevision` (last); and before everything `RestoreTemplate`, `ReplaceStuckPods` when someone else changed blue's template meanwhile (the record's drift) |
 //! | `CreateTwin` (never served) | `RemoveTwin` (its volumes too, unless kept) |
 //! | `SwitchTraffic` | `ReturnTraffic`, green `Scale`d to 0 (kept with its volumes), `RemovePreview` |
 //! | `Gate`, `GateService`, `Compare`, `Pause` | nothing: they change nothing |
@@ -63,6 +63,12 @@ pub fn plan_rollback(record: &RolloutState) -> Vec<Step> {
                 return steps;
             };
             let switched = record.measured.switched_at.is_some();
+            let held = touched(|s| matches!(s, Step::HoldRevision { .. }));
+            if held && record.drift.as_ref().is_some_and(|d| d.changes_template()) {
+                // Someone else changed blue's template while it was held: the stable one goes
+                // back first (no held pod moves), so that blue is scaled on its own revision.
+                steps.extend([Step::RestoreTemplate, Step::ReplaceStuckPods]);
+            }
             // Blue back at full size and Ready before any traffic returns to it.
             steps.push(Step::Scale { set: own, replicas });
             if switched {
@@ -82,11 +88,7 @@ pub fn plan_rollback(record: &RolloutState) -> Vec<Step> {
             if switched || touched(|s| matches!(s, Step::PinTraffic)) {
                 steps.push(Step::RestoreSelectors);
             }
-            if touched(|s| matches!(s, Step::HoldRevision { .. })) {
-                // Released last: blue's template must be stable again before its pods may move.
-                if record.drift.as_ref().is_some_and(|d| d.changes_template()) {
-                    steps.extend([Step::RestoreTemplate, Step::ReplaceStuckPods]);
-                }
+            if held {
                 steps.push(Step::ReleaseRevision);
             }
         }
@@ -458,11 +460,11 @@ mod tests {
         assert_eq!(
             rollback_at(&r, 5, false, false),
             [
+                "restore-template",
+                "replace-stuck",
                 "scale web 3",
                 "remove web-bg1",
                 "restore-selectors",
-                "restore-template",
-                "replace-stuck",
                 "release-revision"
             ]
         );
