@@ -1426,3 +1426,47 @@ async fn plan_shows_both_ways_and_changes_nothing() {
     assert!(fake.with(|s| s.patches().is_empty()), "nothing written");
     assert_eq!(fake.image(), "app:v1");
 }
+
+#[tokio::test]
+async fn a_record_removed_just_before_a_write_is_not_written_again() {
+    let fake = FakeCluster::new(statefulset("web", 3, "app:v1", true));
+    // Just before the first partition write, someone removes the record: the write, based on
+    // the old resourceVersion, meets a conflict; the set read again has no record, and the run
+    // stops there instead of writing it back.
+    fake.with(|s| {
+        s.before_patch.push_back(Box::new(|_| {}));
+        s.before_patch.push_back(Box::new(|s| {
+            s.touch_set(|sts| {
+                if let Some(a) = sts.metadata.annotations.as_mut() {
+                    a.remove(crate::model::state::ANNOTATION_KEY);
+                }
+            })
+        }));
+    });
+    let ctx = context(&fake, FakeGates::default(), 1);
+    let result = commands::run(&ctx, &request(StrategyKind::Rolling, "", "app:v2")).await;
+    let Err(error) = result else {
+        panic!("the run went on: {result:?}");
+    };
+    assert!(matches!(error, ExecError::Drifted { .. }), "{error}");
+    assert_eq!(error.exit_code(), ExitCode::Locked);
+    assert!(
+        error
+            .to_string()
+            .contains("the rollout record annotation was removed"),
+        "{error}"
+    );
+    let sts = fake.set();
+    assert!(
+        sts.metadata
+            .annotations
+            .as_ref()
+            .is_none_or(|a| !a.contains_key(crate::model::state::ANNOTATION_KEY)),
+        "the record was written again"
+    );
+    assert_eq!(
+        partitions(&fake),
+        ["RollingUpdate:Some(3)"],
+        "nothing after the freeze"
+    );
+}

@@ -6,7 +6,7 @@
 //! | 1 | cluster error: the API server could not be reached or refused a request (RBAC, conflict that retries did not settle, faults that outlasted the step's deadline), or a rollback could not be completed, or a run stopped part-way after it began to write |
 //! | 2 | bad input: flags, image reference, strategy file, manifest, or a StatefulSet that does not exist or cannot be rolled (the same code clap uses for usage errors) |
 //! | 3 | rolled back: a gate failed (or someone ran `abort`) and the StatefulSet is back on the stable revision; also a failed gate held by `--no-rollback` |
-//! | 4 | locked: another run holds the StatefulSet's Lease; the message names the holder |
+//! | 4 | locked: another run holds the StatefulSet's Lease; the message names the holder; also a rollout stopped because someone else changed the StatefulSet under it (a `kubectl apply`, `helm upgrade`, `kubectl patch`, the record removed): the message names the change and the field manager, nothing was rolled back |
 //! | 5 | timed out: a step or the whole rollout passed its deadline (rolled back unless `--no-rollback`), or a shadow's comparison ended with too few answers to judge (the shadow removed, the set untouched): not a pass |
 
 use serde::{Deserialize, Serialize};
