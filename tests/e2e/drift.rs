@@ -152,6 +152,7 @@ async fn apply_during_pause(
     ensure!(ok, "kubectl {apply:?}: {out}");
 
     let run = ended(child, &args.join(" ")).await?;
+    eprintln!("{}", run.describe());
     run.expect(ExitCode::Locked)?;
     ensure_says(
         &run,

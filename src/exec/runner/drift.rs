@@ -21,7 +21,7 @@ use crate::model::drift::Drift;
 use crate::strategy::predicates::drift as judge;
 
 /// Writes of the stopped record before the run gives up on recording it.
-const RECORD_ATTEMPTS: u32 = 3;
+const RECORD_ATTEMPTS: u32 = 10;
 
 impl<C: Cluster, G: GateRunner> Runner<C, G> {
     /// The error that ends a run stopped by `drift`.
@@ -94,7 +94,8 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
     }
 
     /// Writes the record alone (no change of the set), under the version the drift was seen
-    /// in; on a conflict only while the set still carries this run's record.
+    /// in, then (the controller is busy with the other deploy, and its status writes conflict)
+    /// under the latest, but only while the set still carries this run's record.
     async fn record_drift(&mut self, seen: &StatefulSet) -> Result<(), String> {
         let text = self.record.to_annotation().map_err(|e| e.to_string())?;
         let mut version = seen.metadata.resource_version.clone();
@@ -118,10 +119,12 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                     }
                     version = fresh.metadata.resource_version.clone();
                 }
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(format!("writing it: {e}")),
             }
         }
-        Err("the set kept changing".to_string())
+        Err(format!(
+            "{RECORD_ATTEMPTS} writes in a row met a newer version of the set"
+        ))
     }
 
     /// Step: hold the rollout's own set's pods on their revision (`Some(partition)`: RollingUpdate
