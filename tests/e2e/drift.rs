@@ -82,6 +82,11 @@ fn ensure_says(run: &Run, words: &[&str]) -> anyhow::Result<()> {
 
 /// Waits until every pod is Ready and the controller has seen the latest spec.
 async fn wait_pods_ready(app: &App) -> anyhow::Result<StatefulSet> {
+    wait_updated(app, None).await
+}
+
+/// As [`wait_pods_ready`], with `updated` pods on the update revision when given.
+async fn wait_updated(app: &App, updated: Option<i32>) -> anyhow::Result<StatefulSet> {
     let replicas = app.replicas;
     testkit::wait_for(
         app.ns.api::<StatefulSet>(),
@@ -92,6 +97,7 @@ async fn wait_pods_ready(app: &App) -> anyhow::Result<StatefulSet> {
                 .is_some_and(|(s, st)| {
                     st.observed_generation >= s.metadata.generation
                         && st.ready_replicas == Some(replicas)
+                        && updated.is_none_or(|n| st.updated_replicas == Some(n))
                 })
         },
     )
@@ -167,7 +173,7 @@ async fn apply_during_pause(
     // Not rolled back: the other deploy's template stays, and its revision takes the pods
     // above the partition the rollout had reached.
     assert_eq!(app.image().await?, "time-app:v3");
-    let sts = wait_pods_ready(&app).await?;
+    let sts = wait_updated(&app, Some(1)).await?;
     let status = sts.status.clone().unwrap_or_default();
     ensure!(
         status.update_revision != status.current_revision,
