@@ -159,15 +159,7 @@ fn start_rolling(app: &App) -> anyhow::Result<(tokio::process::Child, String)> {
 }
 
 async fn finish(child: tokio::process::Child, args: String) -> anyhow::Result<Run> {
-    let output = tokio::time::timeout(support::RUN_LIMIT, child.wait_with_output())
-        .await
-        .context("the rollout did not finish")??;
-    Ok(Run {
-        args,
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    })
+    support::finish_within(child, &args, support::RUN_LIMIT).await
 }
 
 /// The run finished (exit 0, all pods on v2) or, when the outage outlasted its deadline, rolled

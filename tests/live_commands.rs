@@ -55,15 +55,7 @@ fn start(app: &App, args: &[&str]) -> anyhow::Result<tokio::process::Child> {
 }
 
 async fn finish(child: tokio::process::Child, args: &str) -> anyhow::Result<Run> {
-    let output = tokio::time::timeout(support::RUN_LIMIT, child.wait_with_output())
-        .await
-        .context("the background run did not finish")??;
-    Ok(Run {
-        args: args.to_string(),
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    })
+    support::finish_within(child, args, support::RUN_LIMIT).await
 }
 
 fn held(r: &RolloutState) -> bool {

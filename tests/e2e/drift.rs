@@ -57,16 +57,11 @@ async fn start_until(
 /// Waits for the run to end on its own (within [`STOP_LIMIT`]) and says how long it took.
 async fn ended(child: tokio::process::Child, args: &str) -> anyhow::Result<Run> {
     let started = Instant::now();
-    let output = tokio::time::timeout(STOP_LIMIT, child.wait_with_output())
+    let run = crate::support::finish_within(child, args, STOP_LIMIT)
         .await
-        .context("the run did not stop after someone else's change")??;
+        .context("the run did not stop after someone else's change")?;
     eprintln!("the run stopped {:?} after the change", started.elapsed());
-    Ok(Run {
-        args: args.to_string(),
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    })
+    Ok(run)
 }
 
 fn ensure_says(run: &Run, words: &[&str]) -> anyhow::Result<()> {

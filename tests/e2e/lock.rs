@@ -23,13 +23,7 @@ const LEASE_SECONDS: u64 = 15;
 
 /// Waits for a spawned `rollout` run to end, like [`crate::support::rollout`].
 async fn finish(child: tokio::process::Child, args: &[&str]) -> anyhow::Result<Run> {
-    let output = tokio::time::timeout(RUN_LIMIT, child.wait_with_output()).await??;
-    Ok(Run {
-        args: args.join(" "),
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    })
+    crate::support::finish_within(child, &args.join(" "), RUN_LIMIT).await
 }
 
 /// Sends `signal` (`KILL`, `STOP`) to process `pid`.

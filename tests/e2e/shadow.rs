@@ -122,15 +122,7 @@ fn start(app: &App, args: &[&str]) -> anyhow::Result<(tokio::process::Child, Str
 /// Waits (at most [`RUN_LIMIT`]) for a background run to end.
 async fn finish(started: (tokio::process::Child, String)) -> anyhow::Result<Run> {
     let (child, args) = started;
-    let output = tokio::time::timeout(RUN_LIMIT, child.wait_with_output())
-        .await
-        .with_context(|| format!("`rollout {args}` still running after {RUN_LIMIT:?}"))??;
-    Ok(Run {
-        args,
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    })
+    crate::support::finish_within(child, &args, RUN_LIMIT).await
 }
 
 /// The shadow set, its pods and (unless `claim_kept`) its claim are gone; a kept claim is

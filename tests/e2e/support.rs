@@ -83,16 +83,21 @@ pub async fn rollout(ns: &str, args: &[&str]) -> anyhow::Result<Run> {
     let child = rollout_command(ns, args)
         .spawn()
         .context("starting rollout")?;
-    let output = tokio::time::timeout(RUN_LIMIT, child.wait_with_output())
+    finish_within(child, &args.join(" "), RUN_LIMIT).await
+}
+
+/// Waits (at most `limit`) for a `rollout` run started in the background to end, and keeps
+/// what it said.
+pub async fn finish_within(
+    child: tokio::process::Child,
+    args: &str,
+    limit: std::time::Duration,
+) -> anyhow::Result<Run> {
+    let output = tokio::time::timeout(limit, child.wait_with_output())
         .await
-        .with_context(|| {
-            format!(
-                "`rollout {}` still running after {RUN_LIMIT:?}",
-                args.join(" ")
-            )
-        })??;
+        .with_context(|| format!("`rollout {args}` still running after {limit:?}"))??;
     Ok(Run {
-        args: args.join(" "),
+        args: args.to_string(),
         code: output.status.code(),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
