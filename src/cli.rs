@@ -151,6 +151,16 @@ pub enum Command {
         #[arg(long, value_name = "DURATION", default_value = "10m")]
         timeout: HumanDuration,
     },
+    /// After someone else's deploy stopped the rollout: let it have the set. rollout gives back
+    /// what it holds (partition, update strategy, Service selectors, a green or shadow) and
+    /// leaves the pod template as it is now
+    Release {
+        #[arg(value_parser = crate::model::name::statefulset_name)]
+        statefulset: String,
+        /// Longest wait for what rollout gives back (blue/green: blue Ready again)
+        #[arg(long, value_name = "DURATION", default_value = "10m")]
+        timeout: HumanDuration,
+    },
     /// Put an earlier revision's template back (like kubectl rollout undo); works on any StatefulSet
     Undo {
         #[arg(value_parser = crate::model::name::statefulset_name)]
@@ -833,6 +843,13 @@ impl Cli {
                 statefulset,
                 timeout: duration(timeout),
             },
+            Command::Release {
+                statefulset,
+                timeout,
+            } => Action::Release {
+                statefulset,
+                timeout: duration(timeout),
+            },
             Command::Undo {
                 statefulset,
                 to_revision,
@@ -1059,6 +1076,7 @@ mod tests {
             ),
             (&["status", "web_1"], "character `_`"),
             (&["abort", ""], "StatefulSet name is empty"),
+            (&["release", "web_1"], "character `_`"),
             (
                 &["rolling", "web", "--image", "a:1", "-n", ""],
                 "namespace is empty",

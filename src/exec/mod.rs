@@ -232,6 +232,10 @@ pub enum Action {
         statefulset: String,
         timeout: std::time::Duration,
     },
+    Release {
+        statefulset: String,
+        timeout: std::time::Duration,
+    },
     Undo {
         statefulset: String,
         to_revision: Option<i64>,
@@ -359,6 +363,10 @@ pub async fn dispatch<C: Cluster, G: GateRunner>(
             statefulset,
             timeout,
         } => commands::abort(ctx, &statefulset, timeout).await,
+        Action::Release {
+            statefulset,
+            timeout,
+        } => commands::release(ctx, &statefulset, timeout).await,
         Action::Undo {
             statefulset,
             to_revision,

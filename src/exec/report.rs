@@ -298,9 +298,14 @@ fn render_rollback(out: &mut String, record: &RolloutState) {
     if !going || rollback.steps.is_empty() {
         return;
     }
+    let label = if record.rollback_cause == Some(crate::model::state::RollbackCause::Released) {
+        "release:  "
+    } else {
+        "rollback: "
+    };
     let _ = writeln!(
         out,
-        "rollback:  step {}/{}",
+        "{label}step {}/{}",
         (rollback.current_step + 1).min(rollback.steps.len()),
         rollback.steps.len()
     );
@@ -468,7 +473,10 @@ fn render_beyond_partition(out: &mut String, record: &RolloutState) {
         match twin.role {
             TwinRole::Green => {
                 let switched = record.measured.switched_at.is_some();
-                let back = matches!(record.phase, Phase::RolledBack | Phase::Aborted);
+                let back = matches!(
+                    record.phase,
+                    Phase::RolledBack | Phase::Aborted | Phase::Released
+                );
                 let serving = if switched && !back {
                     &twin.set
                 } else {

@@ -248,7 +248,11 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             }
             self.check_latest_snapshot().await?;
             match self.record.phase {
-                Phase::Succeeded | Phase::RolledBack | Phase::Aborted | Phase::Failed => {
+                Phase::Succeeded
+                | Phase::RolledBack
+                | Phase::Aborted
+                | Phase::Released
+                | Phase::Failed => {
                     if self.finish().await? {
                         return Ok(RunOutcome {
                             record: self.record,
@@ -289,8 +293,13 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             Some(step) => self.run_step(step).await,
             None => {
                 self.record.rollback_done(Self::now())?;
-                self.progress
-                    .say(format!("[rollback] {}", self.back_where_it_was()));
+                if self.record.phase == Phase::Released {
+                    self.progress
+                        .say(format!("[release] {}", self.record.message));
+                } else {
+                    self.progress
+                        .say(format!("[rollback] {}", self.back_where_it_was()));
+                }
                 Ok(())
             }
         }
@@ -357,6 +366,11 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         self.record.phase == Phase::RollingBack
     }
 
+    /// True while the steps run are a release's (`rollout release`): no way back to stable.
+    fn releasing(&self) -> bool {
+        self.backwards() && self.record.rollback_cause == Some(RollbackCause::Released)
+    }
+
     /// The step being run, forward or back.
     fn current_step(&self) -> Option<&Step> {
         if self.backwards() {
@@ -408,8 +422,13 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         let (index, total) = self.step_label();
         let text = format!("{}{detail}", self.step_text());
         if self.backwards() {
+            let kind = if self.releasing() {
+                "release"
+            } else {
+                "rollback"
+            };
             self.progress.say(format!(
-                "[rollback {}/{total}] {:>7}  {text}",
+                "[{kind} {}/{total}] {:>7}  {text}",
                 index + 1,
                 format_elapsed(started.elapsed())
             ));
@@ -423,10 +442,17 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
     fn step_failed(&mut self, cause: RollbackCause, message: String) -> Result<(), ExecError> {
         self.undecided = 0;
         if self.backwards() {
-            let message = format!(
-                "rollback of {0} did not finish: {message}; check `kubectl get pods`, then `rollout abort {0}` to try again",
-                self.name
-            );
+            let message = if self.releasing() {
+                format!(
+                    "release of {0} did not finish: {message}; check `kubectl get pods`, then `rollout release {0}` to try again",
+                    self.name
+                )
+            } else {
+                format!(
+                    "rollback of {0} did not finish: {message}; check `kubectl get pods`, then `rollout abort {0}` to try again",
+                    self.name
+                )
+            };
             self.progress.say(format!("[rollback] FAILED: {message}"));
             self.record.rollback_failed(message, Self::now())?;
         } else {
@@ -533,23 +559,20 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 type_: t.clone(),
                 partition: None,
             }),
-            // Back on stable: the update strategy and partition as they were before.
-            (Phase::RolledBack | Phase::Aborted, t) => Some(StrategyChange::Set {
+            // Back on stable, or released to someone else's deploy: the update strategy and
+            // partition as they were before.
+            (Phase::RolledBack | Phase::Aborted | Phase::Released, t) => Some(StrategyChange::Set {
                 type_: t.clone().unwrap_or_else(|| "RollingUpdate".to_string()),
                 partition: stable.partition,
             }),
             _ => None,
         };
         // A rollout that moved pods in batches set maxUnavailable: the set's own value goes back.
-        let max_unavailable = (predicates::moves_in_batches(&self.record.plan.steps)
-            && stable.update_strategy.as_deref() != Some("OnDelete")
-            && self.record.phase != Phase::Failed)
-            .then(|| {
-                stable
-                    .max_unavailable
-                    .clone()
-                    .unwrap_or(serde_json::Value::Null)
-            });
+        let max_unavailable = predicates::given_back_max_unavailable(
+            &self.record.plan.steps,
+            stable,
+        )
+        .filter(|_| self.record.phase != Phase::Failed);
         let text = self.record.to_annotation()?;
         if text == self.writes.last_text && restore.is_none() && max_unavailable.is_none() {
             return Ok(true);
@@ -927,6 +950,21 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         }
         self.announced = Some((usize::MAX, Phase::RollingBack));
         let steps = self.record.rollback_steps().steps.clone();
+        if self.releasing() {
+            let what = match steps.as_slice() {
+                [] => "rollout holds nothing to give back".to_string(),
+                steps => steps
+                    .iter()
+                    .map(|s| self.record.plan.describe_step(s))
+                    .collect::<Vec<_>>()
+                    .join("; then "),
+            };
+            self.progress.say(format!(
+                "releasing {} to the other deploy, its pod template left as it is: {what}",
+                self.name
+            ));
+            return;
+        }
         let what = match steps.as_slice() {
             [] => "nothing this rollout did needs undoing".to_string(),
             [Step::Scale { replicas, .. }] if *replicas > 0 => format!(

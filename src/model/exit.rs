@@ -54,7 +54,9 @@ impl ExitCode {
     /// stopped at a hold it was asked to wait at, or left the rest to another run).
     pub fn for_outcome(phase: Phase, cause: Option<RollbackCause>) -> ExitCode {
         match (phase, cause) {
-            (Phase::Succeeded | Phase::Progressing | Phase::Paused, _) => ExitCode::Done,
+            (Phase::Succeeded | Phase::Progressing | Phase::Paused | Phase::Released, _) => {
+                ExitCode::Done
+            }
             (_, Some(RollbackCause::TimedOut)) => ExitCode::TimedOut,
             (Phase::RolledBack | Phase::Aborted, _) => ExitCode::GateFailed,
             (Phase::Failed | Phase::RollingBack, Some(_)) => ExitCode::GateFailed,
@@ -111,6 +113,7 @@ mod tests {
                 ExitCode::GateFailed,
             ),
             (Aborted, Some(RollbackCause::Aborted), ExitCode::GateFailed),
+            (Released, Some(RollbackCause::Released), ExitCode::Done),
             (Failed, None, ExitCode::ClusterError),
         ];
         for (phase, cause, code) in cases {

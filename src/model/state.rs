@@ -69,6 +69,9 @@ pub enum Phase {
     Failed,
     /// Back on the stable revision because someone ran `abort`.
     Aborted,
+    /// Someone else's deploy stopped the rollout and `rollout release` let it have the set:
+    /// rollout gave back what it held; the pod template is the other deploy's.
+    Released,
 }
 
 impl Phase {
@@ -116,6 +119,9 @@ pub enum RollbackCause {
     GateFailed,
     TimedOut,
     Aborted,
+    /// Not going back: `rollout release` gives back what the rollout held after someone else's
+    /// deploy, leaving the pod template as it is.
+    Released,
 }
 
 /// A revision of the pod template: the ControllerRevision name when known, and its images.
@@ -496,6 +502,7 @@ pub(crate) mod tests {
             (Phase::RolledBack, false),
             (Phase::Failed, false),
             (Phase::Aborted, false),
+            (Phase::Released, false),
         ];
         for (phase, active) in cases {
             assert_eq!(phase.is_active(), active, "{phase}");

@@ -185,6 +185,21 @@ pub fn moves_in_batches(steps: &[crate::model::plan::Step]) -> bool {
     )
 }
 
+/// The `maxUnavailable` to give back once a rollout ends on stable or is released: the set's own
+/// value (`Null`: none) when the plan moved pods in batches and so set it; `None` (leave the field
+/// alone) otherwise, and for an `OnDelete` set, which has no `rollingUpdate`.
+pub fn given_back_max_unavailable(
+    steps: &[crate::model::plan::Step],
+    stable: &crate::model::state::Stable,
+) -> Option<serde_json::Value> {
+    (moves_in_batches(steps) && stable.update_strategy.as_deref() != Some("OnDelete")).then(|| {
+        stable
+            .max_unavailable
+            .clone()
+            .unwrap_or(serde_json::Value::Null)
+    })
+}
+
 /// The API server drops `maxUnavailable` from a StatefulSet it was written to when its release
 /// lacks the field or the feature gate is off: the answer to the write tells.
 pub fn honours_max_unavailable(sts: &StatefulSet) -> bool {

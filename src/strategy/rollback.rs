@@ -108,6 +108,151 @@ pub fn plan_rollback(record: &RolloutState) -> Vec<Step> {
     steps
 }
 
+/// Why `rollout release` cannot run on a record: only a rollout stopped by someone else's
+/// deploy (phase `Failed` with its drift recorded) is released.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReleaseRefused {
+    #[error("the rollout of StatefulSet {statefulset} was not stopped by someone else's deploy (it is {phase}), so there is nothing to release; {instead}")]
+    NoDrift {
+        statefulset: String,
+        phase: crate::model::state::Phase,
+        instead: String,
+    },
+    #[error("the record of StatefulSet {statefulset} is no longer this rollout's ({drift}), so rollout holds nothing it could give back; `rollout status {statefulset}` shows the set as it is")]
+    RecordLost { statefulset: String, drift: String },
+}
+
+/// `rollout release`: the steps that let someone else's deploy have the set after it stopped
+/// the rollout (the record's drift). The rollback's steps, minus those that put the stable
+/// template back or wait for pods on the stable revision: rollout gives back what it holds
+/// (the own set's update strategy, partition and `maxUnavailable`; the live Services'
+/// selectors; blue scaled back; a green or shadow that never served removed, one that served
+/// scaled to 0 with its volumes) and leaves the pod template as it is now, the other deploy's.
+///
+/// | strategy | given back |
+/// |---|---|
+/// | rolling, ramped, canary | `ReleaseRevision` once the partition moved |
+/// | recreate | `ReleaseRevision` once the template was written; the set `Scale`d back up once rollout scaled it |
+/// | blue/green, before the switch | `RemoveTwin` (never served), `RestoreSelectors`, `ReleaseRevision` |
+/// | blue/green, after it | `ReleaseRevision`, blue `Scale`d up on its template now, `ReturnTraffic`, green to 0, `RemovePreview`, `RestoreSelectors` |
+/// | shadow | `RemoveTwin`, `ReleaseRevision` once a `--then` rollout moved the partition |
+///
+/// A set the other deploy scaled keeps its replicas: rollout scales to them, not its own.
+pub fn plan_release(record: &RolloutState) -> Result<Vec<Step>, ReleaseRefused> {
+    let name = record.plan.statefulset.clone();
+    let drift = match (&record.drift, record.phase) {
+        (Some(drift), crate::model::state::Phase::Failed) => drift,
+        (_, phase) => {
+            let instead = if phase.is_active() || phase == crate::model::state::Phase::Failed {
+                format!("`rollout abort {name}` goes back to the stable version, `rollout promote {name} --full` finishes the rollout")
+            } else {
+                format!("it is over; `rollout undo {name}` goes back to the previous version")
+            };
+            return Err(ReleaseRefused::NoDrift {
+                statefulset: name,
+                phase,
+                instead,
+            });
+        }
+    };
+    if drift.record_lost() {
+        return Err(ReleaseRefused::RecordLost {
+            statefulset: name,
+            drift: drift.to_string(),
+        });
+    }
+    let reached = reached_steps(record);
+    let touched = |matches: fn(&Step) -> bool| reached.iter().any(matches);
+    let own = name;
+    // The other deploy's replicas, when it scaled the set; otherwise the rollout's.
+    let replicas = drift
+        .changes
+        .iter()
+        .find_map(|c| match c {
+            crate::model::drift::Change::Replicas { set, found, .. } if *set == own => {
+                Some(*found)
+            }
+            _ => None,
+        })
+        .unwrap_or(record.plan.replicas);
+    let strategy_written = touched(|s| {
+        matches!(
+            s,
+            Step::SetTemplateAndFreeze { .. }
+                | Step::SetPartition { .. }
+                | Step::SetTemplate
+                | Step::HoldRevision { .. }
+        )
+    });
+    let mut steps = Vec::new();
+    match record.plan.strategy {
+        StrategyKind::Rolling | StrategyKind::Ramped | StrategyKind::Canary => {
+            if strategy_written {
+                steps.push(Step::ReleaseRevision);
+            }
+        }
+        StrategyKind::Recreate => {
+            if strategy_written {
+                steps.push(Step::ReleaseRevision);
+            }
+            let scaled = |s: &Step| matches!(s, Step::Scale { .. } | Step::SetTemplate);
+            if touched(scaled) {
+                steps.push(Step::Scale { set: own, replicas });
+            }
+        }
+        StrategyKind::BlueGreen => {
+            let Some(twin) = record.twin.as_ref() else {
+                return Ok(steps);
+            };
+            let held = touched(|s| matches!(s, Step::HoldRevision { .. }));
+            if record.measured.switched_at.is_some() {
+                // Green served: blue takes the template as it is now and is Ready before the
+                // traffic returns to it; green keeps its volumes.
+                if held {
+                    steps.push(Step::ReleaseRevision);
+                }
+                steps.push(Step::Scale { set: own, replicas });
+                steps.push(Step::ReturnTraffic);
+                steps.push(Step::Scale {
+                    set: twin.set.clone(),
+                    replicas: 0,
+                });
+                if twin.preview.is_some() {
+                    steps.push(Step::RemovePreview);
+                }
+                steps.push(Step::RestoreSelectors);
+            } else {
+                // Blue served all along: green (which never did) leaves first, the Services
+                // select blue as before, then blue's pods may take the other deploy's template.
+                if touched(|s| matches!(s, Step::CreateTwin { .. })) {
+                    steps.push(Step::RemoveTwin {
+                        set: twin.set.clone(),
+                    });
+                }
+                if touched(|s| matches!(s, Step::PinTraffic)) {
+                    steps.push(Step::RestoreSelectors);
+                }
+                if held {
+                    steps.push(Step::ReleaseRevision);
+                }
+            }
+        }
+        StrategyKind::Shadow => {
+            if let Some(twin) = record.twin.as_ref() {
+                if touched(|s| matches!(s, Step::CreateTwin { .. })) {
+                    steps.push(Step::RemoveTwin {
+                        set: twin.set.clone(),
+                    });
+                }
+            }
+            if strategy_written {
+                steps.push(Step::ReleaseRevision);
+            }
+        }
+    }
+    Ok(steps)
+}
+
 /// What a failure at each step of `record`'s plan would do: runs of consecutive steps (1-based,
 /// inclusive) whose failure (or an `abort` during them) takes the same way back. For
 /// `rollout plan`, which shows both directions.

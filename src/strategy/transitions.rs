@@ -16,7 +16,7 @@ use crate::model::strategy::{OnFailure, PauseSpec, StrategyKind};
 use super::observed::Observed;
 use super::planner::{plan_partition, PlanError};
 use super::predicates::ordinals_released;
-use super::rollback::plan_rollback;
+use super::rollback::{plan_release, plan_rollback, ReleaseRefused};
 
 /// Why a command cannot change the rollout as asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -54,6 +54,8 @@ pub enum TransitionError {
     },
     #[error("the blue/green rollout of StatefulSet {statefulset} cannot be undone: {why}")]
     CannotUndo { statefulset: String, why: String },
+    #[error(transparent)]
+    CannotRelease(#[from] ReleaseRefused),
 }
 
 impl RolloutState {
@@ -454,6 +456,58 @@ impl RolloutState {
         Ok(())
     }
 
+    /// `rollout release`: after someone else's deploy stopped the rollout, give back what the
+    /// rollout holds and leave the pod template to the other deploy (`plan_release`). A release
+    /// a killed run left half-way is continued as it is.
+    pub fn release(&mut self, now: Timestamp) -> Result<(), TransitionError> {
+        if self.phase == Phase::RollingBack && self.rollback_cause == Some(RollbackCause::Released)
+        {
+            return Ok(());
+        }
+        let steps = plan_release(self)?;
+        self.phase = Phase::RollingBack;
+        self.pause = None;
+        self.step_started_at = None;
+        self.rollback_cause = Some(RollbackCause::Released);
+        self.rollback = Some(Rollback::new(steps));
+        let by = self.other_deploy();
+        self.touch(
+            now,
+            format!("release: {by} keeps the set; giving back what the rollout held"),
+        );
+        Ok(())
+    }
+
+    /// The other deploy, as the drift names it.
+    fn other_deploy(&self) -> String {
+        match self.drift.as_ref().and_then(|d| d.by.as_ref()) {
+            Some(by) => format!("the other deploy (field manager {})", by.manager),
+            None => "the other deploy".to_string(),
+        }
+    }
+
+    /// What a finished release left, in words (the record's message, for `status`).
+    fn released_message(&self) -> String {
+        let name = &self.plan.statefulset;
+        let by = self.other_deploy();
+        let template = if self.drift.as_ref().is_some_and(|d| d.changes_template()) {
+            format!("the pod template of {name} is now {by}'s")
+        } else {
+            format!("the pod template of {name} stays as it is ({by} changed no template)")
+        };
+        let given: Vec<String> = self
+            .rollback
+            .as_ref()
+            .map(|r| r.steps.iter().map(|s| self.plan.describe_step(s)).collect())
+            .unwrap_or_default();
+        let given = if given.is_empty() {
+            "rollout held nothing to give back".to_string()
+        } else {
+            format!("rollout gave back what it held: {}", given.join("; "))
+        };
+        format!("released: {template}; {given}")
+    }
+
     /// A gate failed or a deadline passed: roll back, or hold when the config says so.
     pub fn fail(
         &mut self,
@@ -541,6 +595,13 @@ impl RolloutState {
                 phase: self.phase,
                 action: "finish rolling back",
             });
+        }
+        if self.rollback_cause == Some(RollbackCause::Released) {
+            self.phase = Phase::Released;
+            self.step_started_at = None;
+            let message = self.released_message();
+            self.touch(now, message);
+            return Ok(());
         }
         self.phase = if self.rollback_cause == Some(RollbackCause::Aborted) {
             Phase::Aborted

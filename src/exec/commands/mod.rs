@@ -9,7 +9,7 @@ mod undo;
 
 pub use show::{show_history, status};
 pub use start::{plan, prepare, run, Prepared};
-pub use steer::{abort, pause, promote, resume};
+pub use steer::{abort, pause, promote, release, resume};
 pub use undo::undo;
 
 use crate::cluster::Select;
@@ -452,6 +452,7 @@ fn conclude<C: Cluster, G: GateRunner>(
             ),
             Phase::RolledBack => format!("rollout of {name} failed and was rolled back (after {elapsed}): {first_line}"),
             Phase::Aborted => format!("rollout of {name} was aborted; back on the stable revision (after {elapsed})"),
+            Phase::Released => format!("rollout of {name} released (after {elapsed}): {first_line}"),
             Phase::Failed if r.rollback.is_some() => format!("rollout of {name} failed and its rollback did not finish (after {elapsed}): {first_line}"),
             Phase::Failed => format!("rollout of {name} failed and was left as it is (after {elapsed}): {first_line}; `rollout abort {name}` returns to the stable revision"),
             phase => format!("rollout of {name} stopped while {phase}: {first_line}"),

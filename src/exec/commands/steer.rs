@@ -1,4 +1,5 @@
-//! Steering a rollout under way: `promote`, `pause`, `resume`, `abort`.
+//! Steering a rollout under way: `promote`, `pause`, `resume`, `abort`, and `release` after
+//! someone else's deploy stopped it.
 
 use super::*;
 use crate::exec::lease::Steering;
@@ -204,6 +205,29 @@ pub async fn abort<C: Cluster, G: GateRunner>(
         return Ok(ExitCode::Done);
     }
     Ok(code)
+}
+
+/// `rollout release STS`: after someone else's deploy stopped the rollout (the record's drift),
+/// let it have the set: rollout gives back what it holds and leaves the pod template as it is.
+/// Refused before any write unless the record carries drift. The steps run like a rollback's,
+/// kept in the record, so a killed `release` is continued by running it again.
+pub async fn release<C: Cluster, G: GateRunner>(
+    ctx: &Context<C, G>,
+    name: &str,
+    timeout: Duration,
+) -> Result<ExitCode, ExecError> {
+    let resolved = resolve_serving(ctx, name).await?;
+    let name = resolved.as_str();
+    let record = existing_record(ctx, name, "release").await?;
+    record.clone().release(Timestamp::now())?;
+    // The Lease is taken as `abort` takes it when no run is live: a run stopped by drift has let
+    // it go; one that still holds it is watched until it is known dead, or refused as live.
+    let seen = ctx.observe_lease(name).await?.sighting;
+    let options = RunOptions {
+        rollback_limit: Some(timeout),
+        ..RunOptions::default()
+    };
+    continue_run(ctx, name, |r| r.release(Timestamp::now()), options, seen).await
 }
 
 /// How following a live run's rollback ended.

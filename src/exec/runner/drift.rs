@@ -145,7 +145,15 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 partition: self.record.stable.partition,
             },
         };
-        match self.commit(None, Some(change)).await? {
+        let mut patch = StsPatch::at(None).with_strategy(change);
+        // Given back: a rollout that moved pods in batches had set maxUnavailable too.
+        if partition.is_none() {
+            patch.max_unavailable = crate::strategy::predicates::given_back_max_unavailable(
+                &self.record.plan.steps,
+                &self.record.stable,
+            );
+        }
+        match self.commit_patch(patch).await? {
             Committed::Written(_) => self.complete(started, ""),
             Committed::Changed => Ok(()),
         }

@@ -280,7 +280,7 @@ pub fn advice(statefulset: &str, drift: &Drift) -> String {
         ""
     };
     format!(
-        "stopped without changing anything more and without rolling that change back; {owner}`rollout status {statefulset}` shows where the set stands, and `rollout abort {statefulset}` takes it back to the stable version if that is what you want"
+        "stopped without changing anything more and without rolling that change back; {owner}`rollout status {statefulset}` shows where the set stands; `rollout release {statefulset}` lets the other deploy have the set (rollout gives back what it holds and leaves the pod template as it is), `rollout abort {statefulset}` takes it back to the stable version"
     )
 }
 
