@@ -796,6 +796,76 @@ mod tests {
     }
 
     #[test]
+    fn status_of_a_release_names_the_other_deploy_and_what_was_given_back() {
+        use crate::model::drift::{Change, Drift, Writer};
+        let mut record = sample_state();
+        record.target.revision = Some("web-7d9b".into());
+        record.current_step = 2;
+        let drift = Drift {
+            changes: vec![Change::Template {
+                set: "web".into(),
+                expected_revision: Some("web-7d9b".into()),
+                found_revision: Some("web-8e0c".into()),
+                images: vec![],
+            }],
+            by: Some(Writer {
+                manager: "helm".into(),
+                operation: Some("Apply".into()),
+                time: None,
+            }),
+        };
+        record.drifted(drift, "stopped".into(), ts(1_700_000_050));
+        record
+            .release(ts(1_700_000_055))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let report = status_report(
+            "shop",
+            &sts(Some(&record)),
+            "web",
+            &[],
+            None,
+            ts(1_700_000_056),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let text = render_status(&report, ts(1_700_000_056));
+        assert!(text.contains("phase:     RollingBack"), "{text}");
+        assert!(text.contains("release:  step 1/1\n"), "{text}");
+        assert!(
+            text.contains("1. give web back the update strategy and partition it had before the rollout (running)"),
+            "{text}"
+        );
+        record
+            .begin_rollback_step(ts(1_700_000_056))
+            .and_then(|()| record.complete_rollback_step(ts(1_700_000_057)))
+            .and_then(|()| record.rollback_done(ts(1_700_000_058)))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let report = status_report(
+            "shop",
+            &sts(Some(&record)),
+            "web",
+            &[],
+            None,
+            ts(1_700_000_060),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let text = render_status(&report, ts(1_700_000_060));
+        assert!(text.contains("phase:     Released"), "{text}");
+        assert!(
+            text.contains("message:   released: the pod template of web is now the other deploy (field manager helm)'s; rollout gave back what it held: give web back the update strategy and partition it had before the rollout\n"),
+            "{text}"
+        );
+        assert!(!text.contains("release:  step"), "{text}");
+        let json = serde_json::to_value(&report).unwrap_or_default();
+        assert_eq!(json["rollout"]["phase"], "Released", "{json}");
+        assert!(
+            json["rollout"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("field manager helm")),
+            "{json}"
+        );
+    }
+
+    #[test]
     fn status_shows_revisions_weight_and_record() {
         let mut record = sample_state();
         record.target.revision = Some("web-7d9b".into());

@@ -1470,3 +1470,143 @@ async fn a_record_removed_just_before_a_write_is_not_written_again() {
         "nothing after the freeze"
     );
 }
+
+/// A canary of `web` to app:v2 held at its pause, then a helm upgrade to app:v3 over it.
+async fn canary_overridden(fake: &FakeCluster) -> Context<FakeCluster, FakeGates> {
+    let ctx = context(fake, FakeGates::default(), 1);
+    let code = commands::run(&ctx, &request(StrategyKind::Canary, "weight=34", "app:v2"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(code, ExitCode::Done, "stops at the hold");
+    fake.with(|s| {
+        s.touch_set(|sts| {
+            if let Some(c) = sts
+                .spec
+                .as_mut()
+                .and_then(|s| s.template.spec.as_mut())
+                .and_then(|s| s.containers.first_mut())
+            {
+                c.image = Some("app:v3".into());
+            }
+            sts.metadata.managed_fields = Some(vec![
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry {
+                    manager: Some("helm".into()),
+                    operation: Some("Apply".into()),
+                    fields_v1: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::FieldsV1(
+                        serde_json::json!({"f:spec": {"f:template": {}}}),
+                    )),
+                    ..Default::default()
+                },
+            ]);
+        })
+    });
+    let result = commands::promote(&ctx, "web", false, false, None, &Default::default()).await;
+    let Err(error) = result else {
+        panic!("promote went on over the other deploy: {result:?}");
+    };
+    assert_eq!(error.exit_code(), ExitCode::Locked, "{error}");
+    assert!(
+        error.to_string().contains("`rollout release web`"),
+        "{error}"
+    );
+    let stopped = record(fake);
+    assert_eq!(stopped.phase, Phase::Failed);
+    assert!(stopped.drift.is_some());
+    ctx
+}
+
+#[tokio::test]
+async fn release_after_someone_elses_deploy_gives_back_the_partition_and_keeps_their_template() {
+    let fake = FakeCluster::new(statefulset("web", 3, "app:v1", true));
+    let ctx = canary_overridden(&fake).await;
+    let before = partitions(&fake).len();
+    let other = context(&fake, FakeGates::default(), 2);
+    let code = commands::release(&other, "web", Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(code, ExitCode::Done);
+    assert_eq!(fake.image(), "app:v3", "the other deploy's template stays");
+    let r = record(&fake);
+    assert_eq!(r.phase, Phase::Released);
+    assert!(
+        r.message
+            .contains("the pod template of web is now the other deploy (field manager helm)'s"),
+        "{}",
+        r.message
+    );
+    assert!(
+        r.message
+            .contains("rollout gave back what it held: give web back the update strategy"),
+        "{}",
+        r.message
+    );
+    // The partition as before the rollout (0), by the step and again with the final record:
+    // the controller moves every pod to v3.
+    assert_eq!(
+        partitions(&fake)[before..],
+        ["RollingUpdate:Some(0)", "RollingUpdate:Some(0)"]
+    );
+    let v3 = revision_with_image(&fake, "app:v3");
+    assert!(
+        fake.pod_revisions().iter().all(|(_, rev, _)| *rev == v3),
+        "{:?}",
+        fake.pod_revisions()
+    );
+    let lines = other.progress.lines().join("\n");
+    assert!(lines.contains("[release 1/1]"), "{lines}");
+    drop(ctx);
+    // Released is over: a new rollout starts.
+    let code = commands::run(&other, &request(StrategyKind::Rolling, "", "app:v4"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(code, ExitCode::Done);
+    assert_eq!(record(&fake).phase, Phase::Succeeded);
+}
+
+#[tokio::test]
+async fn release_without_drift_is_refused_before_any_write() {
+    let fake = FakeCluster::new(statefulset("web", 3, "app:v1", true));
+    let ctx = context(&fake, FakeGates::default(), 1);
+    let code = commands::run(&ctx, &request(StrategyKind::Canary, "weight=34", "app:v2"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(code, ExitCode::Done, "stops at the hold");
+    let writes = fake.with(|s| s.patches().len());
+    let result = commands::release(&ctx, "web", Duration::from_secs(30)).await;
+    let Err(error) = result else {
+        panic!("release went on: {result:?}");
+    };
+    assert_eq!(error.exit_code(), ExitCode::BadInput);
+    let text = error.to_string();
+    assert!(text.contains("`rollout abort web`"), "{text}");
+    assert!(text.contains("`rollout promote web --full`"), "{text}");
+    assert_eq!(fake.with(|s| s.patches().len()), writes, "nothing written");
+    assert_eq!(record(&fake).phase, Phase::Paused);
+}
+
+#[tokio::test]
+async fn a_killed_release_is_continued_by_running_it_again() {
+    let fake = FakeCluster::new(statefulset("web", 3, "app:v1", true));
+    let _ctx = canary_overridden(&fake).await;
+    // A release whose process died after writing its start: the record says RollingBack,
+    // cause Released, at its first step.
+    let mut r = record(&fake);
+    r.release(Timestamp::now())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let text = r.to_annotation().unwrap_or_default();
+    fake.with(|s| {
+        s.touch_set(|sts| {
+            sts.metadata
+                .annotations
+                .get_or_insert_with(Default::default)
+                .insert(crate::model::state::ANNOTATION_KEY.to_string(), text);
+        })
+    });
+    let other = context(&fake, FakeGates::default(), 3);
+    let code = commands::release(&other, "web", Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(code, ExitCode::Done);
+    assert_eq!(record(&fake).phase, Phase::Released);
+    assert_eq!(fake.image(), "app:v3");
+}

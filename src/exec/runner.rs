@@ -561,18 +561,18 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             }),
             // Back on stable, or released to someone else's deploy: the update strategy and
             // partition as they were before.
-            (Phase::RolledBack | Phase::Aborted | Phase::Released, t) => Some(StrategyChange::Set {
-                type_: t.clone().unwrap_or_else(|| "RollingUpdate".to_string()),
-                partition: stable.partition,
-            }),
+            (Phase::RolledBack | Phase::Aborted | Phase::Released, t) => {
+                Some(StrategyChange::Set {
+                    type_: t.clone().unwrap_or_else(|| "RollingUpdate".to_string()),
+                    partition: stable.partition,
+                })
+            }
             _ => None,
         };
         // A rollout that moved pods in batches set maxUnavailable: the set's own value goes back.
-        let max_unavailable = predicates::given_back_max_unavailable(
-            &self.record.plan.steps,
-            stable,
-        )
-        .filter(|_| self.record.phase != Phase::Failed);
+        let max_unavailable =
+            predicates::given_back_max_unavailable(&self.record.plan.steps, stable)
+                .filter(|_| self.record.phase != Phase::Failed);
         let text = self.record.to_annotation()?;
         if text == self.writes.last_text && restore.is_none() && max_unavailable.is_none() {
             return Ok(true);

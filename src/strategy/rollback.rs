@@ -169,9 +169,7 @@ pub fn plan_release(record: &RolloutState) -> Result<Vec<Step>, ReleaseRefused> 
         .changes
         .iter()
         .find_map(|c| match c {
-            crate::model::drift::Change::Replicas { set, found, .. } if *set == own => {
-                Some(*found)
-            }
+            crate::model::drift::Change::Replicas { set, found, .. } if *set == own => Some(*found),
             _ => None,
         })
         .unwrap_or(record.plan.replicas);
@@ -678,6 +676,266 @@ mod tests {
             .map(|a| (a.from_step, a.to_step, a.steps.len()))
             .collect();
         assert_eq!(runs, [(1, 6, 2)]);
+    }
+
+    fn template_drift(by: Option<&str>) -> crate::model::drift::Drift {
+        crate::model::drift::Drift {
+            changes: vec![crate::model::drift::Change::Template {
+                set: "web".into(),
+                expected_revision: Some("web-1".into()),
+                found_revision: Some("web-2".into()),
+                images: vec![],
+            }],
+            by: by.map(|m| crate::model::drift::Writer {
+                manager: m.into(),
+                operation: Some("Apply".into()),
+                time: None,
+            }),
+        }
+    }
+
+    /// The release of `r` stopped by drift at step `at` (0-based), begun or not, as step names.
+    fn release_at(r: &RolloutState, at: usize, begun: bool, switched: bool) -> Vec<String> {
+        let mut r = r.clone();
+        r.current_step = at;
+        r.step_started_at = begun.then_some(Timestamp::UNIX_EPOCH);
+        if switched {
+            r.measured.switched_at = Some(Timestamp::UNIX_EPOCH);
+        }
+        r.phase = crate::model::state::Phase::Failed;
+        r.drift = Some(template_drift(Some("helm")));
+        plan_release(&r)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .iter()
+            .map(|s| match s {
+                Step::Scale { set, replicas } => format!("scale {set} {replicas}"),
+                Step::RemoveTwin { set } => format!("remove {set}"),
+                other => other.name().to_string(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn release_of_a_partition_rollout_gives_back_the_partition_and_never_the_template() {
+        for kind in [
+            StrategyKind::Rolling,
+            StrategyKind::Ramped,
+            StrategyKind::Canary,
+        ] {
+            let r = record(kind, partition_steps(), None);
+            let cases: [(usize, bool, &[&str]); 7] = [
+                (0, false, &[]),
+                (0, true, &["release-revision"]),
+                (1, false, &["release-revision"]),
+                (2, true, &["release-revision"]),
+                // Held at the canary's pause, where the e2e test drifts it.
+                (3, false, &["release-revision"]),
+                (4, true, &["release-revision"]),
+                (5, true, &["release-revision"]),
+            ];
+            for (at, begun, expected) in cases {
+                assert_eq!(
+                    release_at(&r, at, begun, false),
+                    expected,
+                    "{kind} stopped at step {} (begun: {begun})",
+                    at + 1
+                );
+                let back = rollback_at(&r, at, begun, false);
+                assert!(
+                    !release_at(&r, at, begun, false)
+                        .iter()
+                        .any(|s| s == "restore-template" || s == "replace-stuck"),
+                    "{kind}: the release never puts the stable template back (rollback: {back:?})"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn release_of_a_recreate_scales_back_up_on_the_template_as_it_is() {
+        let steps = vec![
+            Step::Scale {
+                set: "web".into(),
+                replicas: 0,
+            },
+            Step::SetTemplate,
+            Step::Scale {
+                set: "web".into(),
+                replicas: 3,
+            },
+            Step::gate(vec![2, 1, 0]),
+        ];
+        let r = record(StrategyKind::Recreate, steps, None);
+        let cases: [(usize, bool, &[&str]); 6] = [
+            (0, false, &[]),
+            (0, true, &["scale web 3"]),
+            (1, false, &["scale web 3"]),
+            (1, true, &["release-revision", "scale web 3"]),
+            (2, true, &["release-revision", "scale web 3"]),
+            (3, true, &["release-revision", "scale web 3"]),
+        ];
+        for (at, begun, expected) in cases {
+            assert_eq!(
+                release_at(&r, at, begun, false),
+                expected,
+                "recreate stopped at step {} (begun: {begun})",
+                at + 1
+            );
+        }
+    }
+
+    #[test]
+    fn release_keeps_the_replicas_the_other_deploy_set() {
+        let steps = vec![
+            Step::Scale {
+                set: "web".into(),
+                replicas: 0,
+            },
+            Step::SetTemplate,
+        ];
+        let mut r = record(StrategyKind::Recreate, steps, None);
+        r.current_step = 1;
+        r.phase = crate::model::state::Phase::Failed;
+        r.drift = Some(crate::model::drift::Drift {
+            changes: vec![crate::model::drift::Change::Replicas {
+                set: "web".into(),
+                expected: 0,
+                found: 5,
+            }],
+            by: None,
+        });
+        assert_eq!(
+            plan_release(&r),
+            Ok(vec![Step::Scale {
+                set: "web".into(),
+                replicas: 5
+            }])
+        );
+    }
+
+    #[test]
+    fn release_of_a_bluegreen_removes_a_green_that_never_served_and_unpins_blue() {
+        let mut steps = bluegreen_steps();
+        steps.insert(0, Step::HoldRevision { partition: 3 });
+        steps.push(Step::ReleaseRevision);
+        let r = record(
+            StrategyKind::BlueGreen,
+            steps,
+            Some(twin(TwinRole::Green, "web-bg1", true)),
+        );
+        let never_served = ["remove web-bg1", "restore-selectors", "release-revision"];
+        let served = [
+            "release-revision",
+            "scale web 3",
+            "return-traffic",
+            "scale web-bg1 0",
+            "remove-preview",
+            "restore-selectors",
+        ];
+        // Steps: 1 hold, 2 pin, 3 create, 4 gate, 5 gate-service, 6 pause, 7 switch, ...
+        let cases: [(usize, bool, bool, &[&str]); 8] = [
+            (0, false, false, &[]),
+            (0, true, false, &["release-revision"]),
+            (1, true, false, &["restore-selectors", "release-revision"]),
+            (2, true, false, &never_served),
+            // Held before its switch, where the e2e test restarts blue.
+            (5, false, false, &never_served),
+            (6, true, true, &served),
+            (9, true, true, &served),
+            (10, false, true, &served),
+        ];
+        for (at, begun, switched, expected) in cases {
+            assert_eq!(
+                release_at(&r, at, begun, switched),
+                expected,
+                "blue/green stopped at step {} (begun: {begun}, switched: {switched})",
+                at + 1
+            );
+        }
+    }
+
+    #[test]
+    fn release_of_a_bluegreen_without_pins_only_removes_or_scales_green() {
+        let mut steps = bluegreen_steps();
+        steps.remove(0);
+        let mut t = twin(TwinRole::Green, "web-bg1", false);
+        t.services[0].blue = t.services[0].original.clone();
+        let r = record(StrategyKind::BlueGreen, steps, Some(t));
+        assert_eq!(release_at(&r, 1, true, false), ["remove web-bg1"]);
+        assert_eq!(
+            release_at(&r, 5, true, true),
+            [
+                "scale web 3",
+                "return-traffic",
+                "scale web-bg1 0",
+                "restore-selectors"
+            ]
+        );
+    }
+
+    #[test]
+    fn release_of_a_shadow_removes_it_and_gives_back_a_promoted_partition() {
+        let mut steps = vec![
+            Step::CreateTwin {
+                set: "web-shadow".into(),
+                replicas: 1,
+            },
+            Step::Compare {
+                set: "web-shadow".into(),
+            },
+            Step::RemoveTwin {
+                set: "web-shadow".into(),
+            },
+        ];
+        let shadow = || Some(twin(TwinRole::Shadow, "web-shadow", false));
+        let r = record(StrategyKind::Shadow, steps.clone(), shadow());
+        assert_eq!(release_at(&r, 0, false, false), Vec::<String>::new());
+        assert_eq!(release_at(&r, 1, true, false), ["remove web-shadow"]);
+        steps.extend(partition_steps());
+        let r = record(StrategyKind::Shadow, steps, shadow());
+        assert_eq!(
+            release_at(&r, 5, true, false),
+            ["remove web-shadow", "release-revision"]
+        );
+    }
+
+    #[test]
+    fn release_is_refused_without_drift_saying_what_to_use_instead() {
+        let mut r = record(StrategyKind::Canary, partition_steps(), None);
+        r.current_step = 3;
+        r.phase = crate::model::state::Phase::Paused;
+        let refused = plan_release(&r).err().map(|e| e.to_string());
+        let text = refused.unwrap_or_default();
+        assert!(
+            text.contains("not stopped by someone else's deploy (it is Paused)"),
+            "{text}"
+        );
+        assert!(text.contains("`rollout abort web`"), "{text}");
+        assert!(text.contains("`rollout promote web --full`"), "{text}");
+        // Failed by a gate (`--no-rollback`), no drift: refused too.
+        r.phase = crate::model::state::Phase::Failed;
+        assert!(matches!(
+            plan_release(&r),
+            Err(ReleaseRefused::NoDrift { .. })
+        ));
+        // Drift recorded but the rollout was then aborted: over.
+        r.phase = crate::model::state::Phase::Aborted;
+        r.drift = Some(template_drift(None));
+        let text = plan_release(&r)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(text.contains("`rollout undo web`"), "{text}");
+        // A lost record holds nothing.
+        r.phase = crate::model::state::Phase::Failed;
+        r.drift = Some(crate::model::drift::Drift {
+            changes: vec![crate::model::drift::Change::RecordRemoved],
+            by: None,
+        });
+        assert!(matches!(
+            plan_release(&r),
+            Err(ReleaseRefused::RecordLost { .. })
+        ));
     }
 
     #[test]

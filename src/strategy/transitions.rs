@@ -1285,6 +1285,59 @@ mod tests {
     }
 
     #[test]
+    fn release_runs_only_after_drift_continues_once_begun_and_ends_released() {
+        use crate::model::drift::{Change, Drift};
+        let mut s = crate::model::state::tests::sample_state();
+        s.current_step = 2;
+        s.phase = Phase::Paused;
+        assert!(matches!(
+            s.clone().release(ts(1)),
+            Err(TransitionError::CannotRelease(
+                ReleaseRefused::NoDrift { .. }
+            ))
+        ));
+        s.drifted(
+            Drift {
+                changes: vec![Change::Partition {
+                    set: "web".into(),
+                    expected: 1,
+                    found: 0,
+                }],
+                by: None,
+            },
+            "stopped".into(),
+            ts(2),
+        );
+        s.release(ts(3)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.phase, Phase::RollingBack);
+        assert_eq!(s.rollback_cause, Some(RollbackCause::Released));
+        assert_eq!(
+            s.rollback.as_ref().map(|r| r.steps.clone()),
+            Some(vec![Step::ReleaseRevision])
+        );
+        s.begin_rollback_step(ts(4))
+            .unwrap_or_else(|e| panic!("{e}"));
+        // Run again (a killed release): continued where it is, not planned again.
+        let before = s.clone();
+        s.release(ts(5)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s, before);
+        // `abort` of a half-done release finishes it too (abort keeps what caused a rollback).
+        s.abort(ts(5)).unwrap_or_else(|e| panic!("{e}"));
+        s.complete_rollback_step(ts(6))
+            .unwrap_or_else(|e| panic!("{e}"));
+        s.rollback_done(ts(7)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.phase, Phase::Released);
+        assert!(!s.phase.is_active(), "a new rollout can start");
+        assert!(
+            s.message.starts_with("released: the pod template of web stays as it is (the other deploy changed no template); rollout gave back what it held: give web back"),
+            "{}",
+            s.message
+        );
+        // Over: nothing more to release.
+        assert!(s.clone().release(ts(8)).is_err());
+    }
+
+    #[test]
     fn only_a_finished_blue_green_is_undone() {
         let now = crate::model::state::tests::ts(1_700_000_100);
         let mut s = crate::model::state::tests::sample_state();
