@@ -5,7 +5,10 @@
 //! the change, leaves the other deploy's change in place and keeps every pod's data; `status`
 //! says so. And a blue/green held at its promote: `kubectl rollout restart` of blue moves no blue
 //! pod (blue is held on its revision), so the live Service keeps all its endpoints on v1, and
-//! `promote` then refuses to switch, naming the change.
+//! `promote` then refuses to switch, naming the change. Then `rollout release` lets the other
+//! deploy have the set: a canary's partition is given back (every pod takes the other deploy's
+//! v3), a blue/green's live Service selects blue as before, its unserved green goes with its
+//! claims and blue takes the restarted template; a new rollout starts afterwards.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -13,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context};
 use devcluster::testkit;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::ListParams;
 use rollout::model::exit::ExitCode;
@@ -447,6 +450,251 @@ async fn a_restart_of_blue_while_green_waits_keeps_the_live_service_on_blue() ->
     );
     assert_eq!(partition_of(&sts).unwrap_or(0), 0);
     assert_blue_serves(&app, &stable).await?;
+    app.assert_data_kept().await?;
+    app.cleanup().await;
+    Ok(())
+}
+
+/// The rollout record on the set, as JSON.
+async fn record_json(app: &App) -> anyhow::Result<serde_json::Value> {
+    let sts = app.statefulset().await?;
+    let text = sts
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("rollout.dev/state"))
+        .context("no rollout record on the set")?;
+    Ok(serde_json::from_str(text)?)
+}
+
+/// `rollout status` (text and JSON) says Released, naming `manager` as the template's owner.
+async fn assert_status_released(app: &App, manager: &str) -> anyhow::Result<()> {
+    let text = app.rollout(&["status", STS]).await?;
+    text.expect(ExitCode::Done)?;
+    eprintln!("rollout status:\n{}", text.stdout);
+    for w in [
+        "phase:     Released",
+        "the pod template of time-app is now the other deploy",
+        &format!("field manager {manager}"),
+        "rollout gave back what it held",
+    ] {
+        ensure!(
+            text.stdout.contains(w),
+            "status lacks {w:?}:\n{}",
+            text.stdout
+        );
+    }
+    let json = app.rollout(&["status", STS, "-o", "json"]).await?;
+    json.expect(ExitCode::Done)?;
+    let json = json.json()?;
+    ensure!(
+        json.pointer("/rollout/phase") == Some(&"Released".into()),
+        "{json}"
+    );
+    ensure!(
+        json.pointer("/rollout/message")
+            .and_then(|m| m.as_str())
+            .is_some_and(|m| m.contains(&format!("field manager {manager}"))),
+        "{json}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn release_after_a_helm_apply_over_a_held_canary_lets_every_pod_take_v3() -> anyhow::Result<()>
+{
+    let app = App::deploy("drift-rel", 3, false).await?;
+    let partition_before = partition_of(&app.statefulset().await?);
+    let args = [
+        "canary",
+        STS,
+        "--image",
+        "time-app:v2",
+        "--steps",
+        "34,100",
+        "--pause",
+        LONG_PAUSE,
+    ];
+    let child = start_until(&app, &args, "Paused").await?;
+    // Refused while nothing drifted: nothing written.
+    let early = app.rollout(&["release", STS]).await?;
+    early.expect(ExitCode::BadInput)?;
+    ensure_says(
+        &early,
+        &["rollout abort time-app", "rollout promote time-app --full"],
+    )?;
+    assert_eq!(partition_of(&app.statefulset().await?), Some(2));
+
+    let v3 = statefulset_document(&time_app_manifest(3, false, &[], "time-app:v3"));
+    let apply = [
+        "apply",
+        "--server-side",
+        "--field-manager=helm",
+        "--force-conflicts",
+        "-f",
+        "-",
+    ];
+    let (ok, out) = kubectl(app.name(), &apply, &v3).await?;
+    ensure!(ok, "kubectl apply: {out}");
+    let run = ended(child, &args.join(" ")).await?;
+    run.expect(ExitCode::Locked)?;
+    ensure_says(
+        &run,
+        &["rollout release time-app", "rollout abort time-app"],
+    )?;
+    // The set stays frozen by the canary's partition: only the pod above it takes v3.
+    assert_eq!(partition_of(&app.statefulset().await?), Some(2));
+
+    let release = app.rollout(&["release", STS]).await?;
+    eprintln!("{}", release.describe());
+    release.expect(ExitCode::Done)?;
+    assert_eq!(
+        app.image().await?,
+        "time-app:v3",
+        "the template stays helm's"
+    );
+    assert_eq!(
+        partition_of(&app.statefulset().await?),
+        partition_before,
+        "the partition as before the rollout"
+    );
+    // The controller rolls every pod to v3 once the partition is given back.
+    app.wait_settled().await?;
+    app.assert_all_on("v3").await?;
+    assert_status_released(&app, "helm").await?;
+    app.assert_data_kept().await?;
+
+    // Over: a new rollout starts and finishes.
+    let next = app
+        .rollout(&["rolling", STS, "--image", "time-app:v2"])
+        .await?;
+    eprintln!("{}", next.describe());
+    next.expect(ExitCode::Done)?;
+    app.assert_all_on("v2").await?;
+    app.assert_data_kept().await?;
+    app.cleanup().await;
+    Ok(())
+}
+
+/// The claims of `set` (`data-<set>-<ordinal>`) that exist and are not being deleted.
+async fn claims_of(app: &App, set: &str) -> anyhow::Result<Vec<String>> {
+    let prefix = format!("data-{set}-");
+    Ok(app
+        .ns
+        .api::<PersistentVolumeClaim>()
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|c| c.metadata.deletion_timestamp.is_none())
+        .filter_map(|c| c.metadata.name)
+        .filter(|n| n.starts_with(&prefix))
+        .collect())
+}
+
+/// The live Service's EndpointSlices hold exactly blue's three Ready pods, all on the set's
+/// update revision (not `stable`), each answering v1 at its own address.
+async fn assert_blue_serves_restarted(app: &App, stable: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let sts = app.statefulset().await?;
+        let update = sts
+            .status
+            .as_ref()
+            .and_then(|s| s.update_revision.clone())
+            .unwrap_or_default();
+        let blue = blue_pods(app).await?;
+        let ips: BTreeSet<String> = blue.iter().map(|(_, ip, _)| ip.clone()).collect();
+        let slices = slice_addresses(app, STS).await?;
+        let on_update = blue.iter().all(|(_, _, rev)| *rev == update);
+        if blue.len() == 3 && slices == ips && on_update && update != stable {
+            let versions = crate::support::versions(&app.ns, 3).await?;
+            ensure!(versions.values().all(|v| v == "v1"), "{versions:?}");
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the live Service's EndpointSlices hold {slices:?}; blue's Ready pods are {blue:?}, its update revision {update} (stable {stable})"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test]
+async fn release_after_a_restart_of_held_blue_unpins_the_service_and_removes_green(
+) -> anyhow::Result<()> {
+    let app = App::deploy("drift-bgrel", 3, false).await?;
+    let selector_of = |s: Service| s.spec.and_then(|s| s.selector).unwrap_or_default();
+    let original = selector_of(app.ns.api::<Service>().get(STS).await?);
+    let partition_before = partition_of(&app.statefulset().await?);
+    let hold = app
+        .rollout(&["bluegreen", STS, "--image", "time-app:v2"])
+        .await?;
+    hold.expect(ExitCode::Done)?;
+    assert_eq!(phase(&app).await?, "Paused");
+    let green = record_json(&app).await?["twin"]["set"]
+        .as_str()
+        .context("no green in the record")?
+        .to_string();
+    ensure!(
+        !claims_of(&app, &green).await?.is_empty(),
+        "green {green} has no claims"
+    );
+    let stable = app
+        .statefulset()
+        .await?
+        .status
+        .and_then(|s| s.current_revision)
+        .context("no current revision")?;
+
+    let (ok, out) = kubectl(
+        app.name(),
+        &["rollout", "restart", &format!("statefulset/{STS}")],
+        "",
+    )
+    .await?;
+    ensure!(ok, "kubectl rollout restart: {out}");
+    let promote = app.rollout(&["promote", STS]).await?;
+    promote.expect(ExitCode::Locked)?;
+    ensure_says(
+        &promote,
+        &["rollout release time-app", "rollout abort time-app"],
+    )?;
+    assert_eq!(phase(&app).await?, "Failed");
+
+    let release = app.rollout(&["release", STS]).await?;
+    eprintln!("{}", release.describe());
+    release.expect(ExitCode::Done)?;
+    // The live Service selects as before the rollout.
+    let selector = selector_of(app.ns.api::<Service>().get(STS).await?);
+    assert_eq!(selector, original, "the live Service's selector");
+    // Green never served: gone, with its claims; the preview Service too.
+    ensure!(
+        app.ns.api::<StatefulSet>().get_opt(&green).await?.is_none(),
+        "green {green} is still there"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !claims_of(&app, &green).await?.is_empty() {
+        ensure!(
+            Instant::now() < deadline,
+            "green's claims stay: {:?}",
+            claims_of(&app, &green).await?
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    ensure!(
+        app.ns
+            .api::<Service>()
+            .get_opt(&format!("{STS}-preview"))
+            .await?
+            .is_none(),
+        "the preview Service stays"
+    );
+    // Blue is no longer held: its pods take the restarted template and keep serving.
+    assert_eq!(partition_of(&app.statefulset().await?), partition_before);
+    app.wait_settled().await?;
+    assert_blue_serves_restarted(&app, &stable).await?;
+    assert_status_released(&app, "kubectl-rollout").await?;
     app.assert_data_kept().await?;
     app.cleanup().await;
     Ok(())
