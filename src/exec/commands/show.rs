@@ -136,12 +136,7 @@ pub async fn show_history<C: Cluster, G: GateRunner>(
     let resolved = resolve_serving(ctx, name).await?;
     let name = resolved.as_str();
     let sts = ctx.get_set(name).await?;
-    let revisions = ctx
-        .cluster
-        .list::<ControllerRevision>(&Select::labels(&selector_of(&sts)))
-        .await
-        .map_err(|e| ExecError::api("listing the revisions of StatefulSet", name, e))?;
-    let entries = history(&sts, &revisions);
+    let entries = super::undo::revision_history(ctx, name, &sts).await?;
     match ctx.output {
         Output::Json => ctx.print_json(&entries)?,
         Output::Text => ctx.out.print(&render_history(name, &entries)),

@@ -334,75 +334,32 @@ async fn abort_without_record<C: Cluster, G: GateRunner>(
     let started = Instant::now();
     ctx.progress.say(problem);
     let sts = ctx.get_set(name).await?;
-    let revisions = ctx
-        .cluster
-        .list::<ControllerRevision>(&Select::labels(&selector_of(&sts)))
-        .await
-        .map_err(|e| ExecError::api("listing the revisions of StatefulSet", name, e))?;
-    let entries = history(&sts, &revisions);
+    let entries = undo::revision_history(ctx, name, &sts).await?;
     let Some(stable) = entries.iter().find(|e| e.current) else {
         return Err(ExecError::Revision {
             statefulset: name.to_string(),
             what: format!("reports no current revision to return to; `rollout history {name}` lists its revisions, `rollout undo {name} --to-revision N` puts one back"),
         });
     };
-    let Some(template) = stable.template.clone() else {
-        return Err(ExecError::Revision {
-            statefulset: name.to_string(),
-            what: format!("revision {} holds no pod template", stable.revision),
-        });
-    };
-    let leaving = sts.status.as_ref().and_then(|s| s.update_revision.clone());
-    let guard = ctx.take_lease(&sts, None).await?;
-    let result = async {
-        let mut written = None;
-        for _ in 0..10 {
-            let fresh = ctx.get_set(name).await?;
-            let patch = StsPatch::at(fresh.metadata.resource_version.as_deref())
-                .with_template(TemplateChange::Replace(template.clone()))
+    undo::put_back(
+        ctx,
+        &sts,
+        stable,
+        |patch| {
+            patch
                 .with_strategy(StrategyChange::Set {
                     type_: "RollingUpdate".to_string(),
                     partition: Some(0),
                 })
-                .with_record(RecordChange::Remove);
-            match ctx.cluster.patch_statefulset(name, &patch, false).await {
-                Ok(s) => {
-                    written = Some(s);
-                    break;
-                }
-                Err(ApiError::Conflict(_)) => continue,
-                Err(e) => {
-                    return Err(ExecError::api(
-                        "writing the template of StatefulSet",
-                        name,
-                        e,
-                    ))
-                }
-            }
-        }
-        let written = written.ok_or_else(|| ExecError::TooManyConflicts {
-            statefulset: name.to_string(),
-            attempts: 10,
-        })?;
-        ctx.progress.say(format!(
+                .with_record(RecordChange::Remove)
+        },
+        &format!(
             "{name}: template of its current revision {} put back with partition 0, the unusable record removed",
             stable.name
-        ));
-        let mut view = ctx.cluster.watch(name, &selector_of(&written));
-        undo::converge(
-            ctx,
-            &mut view,
-            name,
-            &stable.name,
-            leaving.as_deref(),
-            &written,
-            timeout,
-        )
-        .await
-    }
-    .await;
-    guard.release().await;
-    result?;
+        ),
+        timeout,
+    )
+    .await?;
     let others = marked_second_sets(ctx, name).await?;
     ctx.progress.say(format!(
         "{name} is back on revision {} ({}) after {}; not done without a record: Service selectors and {} left as they are",

@@ -1,6 +1,7 @@
 //! `rollout undo`: back to an earlier revision, or back from the last blue/green.
 
 use super::*;
+use crate::exec::report::HistoryEntry;
 
 /// `rollout undo STS [--to-revision N]`: the template of an earlier ControllerRevision, like
 /// `kubectl rollout undo`, then the pods stuck on the revision being left are deleted so an
@@ -62,12 +63,7 @@ pub async fn undo<C: Cluster, G: GateRunner>(
             ),
         });
     }
-    let revisions = ctx
-        .cluster
-        .list::<ControllerRevision>(&Select::labels(&selector_of(&sts)))
-        .await
-        .map_err(|e| ExecError::api("listing the revisions of StatefulSet", name, e))?;
-    let entries = history(&sts, &revisions);
+    let entries = revision_history(ctx, name, &sts).await?;
     let target =
         pick_undo_revision(name, &entries, to_revision).map_err(|what| ExecError::Revision {
             statefulset: name.to_string(),
@@ -86,6 +82,64 @@ pub async fn undo<C: Cluster, G: GateRunner>(
         ));
         return Ok(ExitCode::Done);
     }
+    let has_record = record.is_some();
+    put_back(
+        ctx,
+        &sts,
+        &target,
+        // The record describes a rollout that is over and no longer true of the set.
+        |patch| {
+            if has_record {
+                patch.with_record(RecordChange::Remove)
+            } else {
+                patch
+            }
+        },
+        &format!(
+            "{name}: template set back to revision {} ({images})",
+            target.revision
+        ),
+        timeout,
+    )
+    .await?;
+    ctx.progress.say(format!(
+        "{name} is back on revision {} ({images}) after {}",
+        target.revision,
+        format_elapsed(started.elapsed())
+    ));
+    if ctx.output == Output::Json {
+        ctx.print_json(&target)?;
+    }
+    Ok(ExitCode::Done)
+}
+
+/// The revisions of StatefulSet `name` (`sts`), oldest first, as `rollout history` shows them.
+pub(super) async fn revision_history<C: Cluster, G: GateRunner>(
+    ctx: &Context<C, G>,
+    name: &str,
+    sts: &StatefulSet,
+) -> Result<Vec<HistoryEntry>, ExecError> {
+    let revisions = ctx
+        .cluster
+        .list::<ControllerRevision>(&Select::labels(&selector_of(sts)))
+        .await
+        .map_err(|e| ExecError::api("listing the revisions of StatefulSet", name, e))?;
+    Ok(history(sts, &revisions))
+}
+
+/// Puts the template of revision `target` back on StatefulSet `sts` under its Lease, in one
+/// write that `shape` may add to (the update strategy, the record's removal), read again and
+/// retried on conflicts; says `written_note` once it landed, then waits (at most `timeout`)
+/// until every pod runs that revision and is Ready, replacing pods stuck on the one it leaves.
+pub(super) async fn put_back<C: Cluster, G: GateRunner>(
+    ctx: &Context<C, G>,
+    sts: &StatefulSet,
+    target: &HistoryEntry,
+    shape: impl Fn(StsPatch) -> StsPatch,
+    written_note: &str,
+    timeout: Duration,
+) -> Result<(), ExecError> {
+    let name = sts.metadata.name.as_deref().unwrap_or_default();
     let Some(template) = target.template.clone() else {
         return Err(ExecError::Revision {
             statefulset: name.to_string(),
@@ -93,17 +147,15 @@ pub async fn undo<C: Cluster, G: GateRunner>(
         });
     };
     let leaving = sts.status.as_ref().and_then(|s| s.update_revision.clone());
-    let guard = ctx.take_lease(&sts, None).await?;
+    let guard = ctx.take_lease(sts, None).await?;
     let result = async {
         let mut written = None;
         for _ in 0..10 {
             let fresh = ctx.get_set(name).await?;
-            let mut patch = StsPatch::at(fresh.metadata.resource_version.as_deref())
-                .with_template(TemplateChange::Replace(template.clone()));
-            if record.is_some() {
-                // The record describes a rollout that is over and no longer true of the set.
-                patch = patch.with_record(RecordChange::Remove);
-            }
+            let patch = shape(
+                StsPatch::at(fresh.metadata.resource_version.as_deref())
+                    .with_template(TemplateChange::Replace(template.clone())),
+            );
             match ctx.cluster.patch_statefulset(name, &patch, false).await {
                 Ok(s) => {
                     written = Some(s);
@@ -125,10 +177,7 @@ pub async fn undo<C: Cluster, G: GateRunner>(
                 attempts: 10,
             });
         };
-        ctx.progress.say(format!(
-            "{name}: template set back to revision {} ({images})",
-            target.revision
-        ));
+        ctx.progress.say(written_note);
         let mut view = ctx.cluster.watch(name, &selector_of(&written));
         converge(
             ctx,
@@ -143,16 +192,7 @@ pub async fn undo<C: Cluster, G: GateRunner>(
     }
     .await;
     guard.release().await;
-    result?;
-    ctx.progress.say(format!(
-        "{name} is back on revision {} ({images}) after {}",
-        target.revision,
-        format_elapsed(started.elapsed())
-    ));
-    if ctx.output == Output::Json {
-        ctx.print_json(&target)?;
-    }
-    Ok(ExitCode::Done)
+    result
 }
 
 /// The blue set of the blue/green rollout that `undo` reverses: the last finished blue/green on
