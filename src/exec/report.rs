@@ -50,6 +50,9 @@ pub struct RolloutSummary {
     pub updated_pods: u32,
     pub achieved_weight: String,
     pub message: String,
+    /// Why the current step's gate could not decide yet (it runs again until the deadline).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub undecided: Option<String>,
     pub started_by: String,
     pub started_at: Timestamp,
     pub updated_at: Timestamp,
@@ -229,6 +232,7 @@ pub fn status_report(
             updated_pods: updated,
             achieved_weight: format!("{updated} of {replicas} pods ({})", format_percent(share)),
             message: r.message.clone(),
+            undecided: r.undecided.clone(),
             started_by: r.started_by.clone(),
             started_at: r.started_at,
             updated_at: r.updated_at,
@@ -432,6 +436,13 @@ pub fn render_status(report: &StatusReport, now: Timestamp) -> String {
             for line in lines {
                 let _ = writeln!(out, "           {line}");
             }
+        }
+        if let Some(why) = &r.undecided {
+            let _ = writeln!(
+                out,
+                "undecided: {} (the gate runs again until the step's deadline)",
+                why.lines().next().unwrap_or_default()
+            );
         }
     }
     if let Some(drift) = &report.drift {
@@ -862,6 +873,33 @@ mod tests {
                 .as_str()
                 .is_some_and(|m| m.contains("field manager helm")),
             "{json}"
+        );
+    }
+
+    #[test]
+    fn status_says_why_a_gate_is_running_again() {
+        let mut record = sample_state();
+        record.current_step = 2;
+        record.message = "gate running".into();
+        record.undecided = Some("HTTP gate could not judge pod web-1: no answer\nmore".into());
+        let report = status_report(
+            "shop",
+            &sts(Some(&record)),
+            "web",
+            &[],
+            None,
+            ts(1_700_000_060),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let text = render_status(&report, ts(1_700_000_060));
+        assert!(
+            text.ends_with("message:   gate running\nundecided: HTTP gate could not judge pod web-1: no answer (the gate runs again until the step's deadline)\n"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&report).unwrap_or_default();
+        assert_eq!(
+            json["rollout"]["undecided"],
+            "HTTP gate could not judge pod web-1: no answer\nmore"
         );
     }
 

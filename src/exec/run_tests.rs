@@ -837,6 +837,19 @@ async fn a_gate_that_cannot_decide_runs_again_and_the_rollout_goes_on_once_it_pa
             .any(|r| r.phase == Phase::Paused)
     });
     assert!(!paused);
+    // While it ran again, the record said why, for `rollout status`; the next step cleared it.
+    let said = fake.with(|s| {
+        s.patches()
+            .iter()
+            .filter_map(record_in)
+            .filter_map(|r| r.undecided)
+            .collect::<Vec<_>>()
+    });
+    assert!(
+        said.iter().any(|why| why.contains("web-1")),
+        "the undecided gate was written: {said:?}"
+    );
+    assert_eq!(record(&fake).undecided, None);
 }
 
 #[tokio::test]

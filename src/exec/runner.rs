@@ -530,6 +530,13 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         for line in message.lines() {
             self.progress.say(format!("        {line}"));
         }
+        // Written for `rollout status` (once per reason, not per try).
+        if self.record.undecided.as_deref() != Some(message) {
+            self.record.undecided = Some(message.to_string());
+            if let Committed::Changed = self.commit(None, None).await? {
+                return Ok(());
+            }
+        }
         let until = Instant::now() + wait;
         // Watching meanwhile: a promote, abort or pause from another terminal acts at once.
         self.wait_on(&name, Some(until), |_| None::<()>).await?;

@@ -198,6 +198,10 @@ pub struct RolloutState {
     /// Someone else's change that stopped the rollout (`crate::model::drift`), once a run saw it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drift: Option<super::drift::Drift>,
+    /// Why the current step's gate (or comparison) could not decide, while it runs again
+    /// within the step's deadline; cleared when the step ends or the message changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undecided: Option<String>,
 }
 
 /// A rollback as steps, with its progress, kept in the record so that a run killed half-way
@@ -292,6 +296,7 @@ impl RolloutState {
             measured: Measured::default(),
             rollback: None,
             drift: None,
+            undecided: None,
         }
     }
 

@@ -66,6 +66,7 @@ impl RolloutState {
     fn touch(&mut self, now: Timestamp, message: impl Into<String>) {
         self.updated_at = now;
         self.message = message.into();
+        self.undecided = None;
     }
 
     fn require_running(&self, action: &'static str) -> Result<(), TransitionError> {
@@ -90,6 +91,7 @@ impl RolloutState {
     fn enter_current(&mut self, now: Timestamp) {
         self.pause = None;
         self.step_started_at = None;
+        self.undecided = None;
         match self.current().cloned() {
             None => {
                 self.phase = Phase::Succeeded;
@@ -769,6 +771,17 @@ mod tests {
             .map(Step::name)
             .collect::<Vec<_>>()
             .join(" ")
+    }
+
+    #[test]
+    fn a_new_step_or_message_clears_why_a_gate_could_not_decide() {
+        let mut r = state(StrategyKind::Rolling, None, None, None, 3);
+        r.undecided = Some("no answer".into());
+        r.complete_step(ts(100)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.undecided, None);
+        r.undecided = Some("no answer".into());
+        r.abort(ts(200)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.undecided, None);
     }
 
     #[test]
