@@ -700,15 +700,15 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
     async fn reread(&mut self) -> Result<(), ExecError> {
         let fresh = self.read_set().await?;
         self.writes.resource_version = fresh.metadata.resource_version.clone();
-        if !self.adopt_external(&fresh)? {
+        if !self.adopt_external(&fresh, false)? {
             self.replan(&fresh)?;
         }
         Ok(())
     }
 
     /// Adopts the record on `sts` when someone else wrote it; true when it did.
-    fn adopt_external(&mut self, sts: &StatefulSet) -> Result<bool, ExecError> {
-        self.check_record(sts)?;
+    fn adopt_external(&mut self, sts: &StatefulSet, from_watch: bool) -> Result<bool, ExecError> {
+        self.check_record(sts, from_watch)?;
         let text = annotation(sts);
         if self.writes.known.contains(&hash_text(text)) {
             return Ok(false);
@@ -857,7 +857,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                         name: self.name.clone(),
                     });
                 };
-                if self.adopt_external(sts)? {
+                if self.adopt_external(sts, true)? {
                     return Ok(Waited::Changed);
                 }
                 if annotation(sts) == self.writes.last_text {
@@ -927,7 +927,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 name: self.name.clone(),
             });
         };
-        if self.adopt_external(&sts)? {
+        if self.adopt_external(&sts, true)? {
             return Ok(true);
         }
         if annotation(&sts) == self.writes.last_text {

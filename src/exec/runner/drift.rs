@@ -36,11 +36,18 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
     /// Stops the run when the record on `sts` is no longer this rollout's: removed (once a
     /// snapshot has shown it), or replaced by another rollout's. Nothing is written, the record
     /// least of all.
-    pub(super) fn check_record(&mut self, sts: &StatefulSet) -> Result<(), ExecError> {
+    /// `from_watch`: `sts` comes from the watch, whose versions arrive in order. Only such a
+    /// snapshot counts as having shown the record: a read can be newer than the watch, and a
+    /// watch snapshot behind it must not then be taken for the record's removal.
+    pub(super) fn check_record(
+        &mut self,
+        sts: &StatefulSet,
+        from_watch: bool,
+    ) -> Result<(), ExecError> {
         let text = annotation(sts);
         if self.writes.known.contains(&hash_text(text)) {
             if !text.is_empty() {
-                self.writes.seen_record = true;
+                self.writes.seen_record |= from_watch;
                 return Ok(());
             }
             if !self.writes.seen_record {
@@ -86,7 +93,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         let Some(sts) = own.statefulset.as_ref() else {
             return Ok(());
         };
-        self.check_record(sts)?;
+        self.check_record(sts, true)?;
         if annotation(sts) == self.writes.last_text {
             self.stop_if_drifted(sts).await?;
         }
