@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::controlplane::{self, Binaries};
 use crate::layout::{self, Layout};
-use crate::{hostnet, procs};
+use crate::{gateway, hostnet, procs};
 
 /// What `up` records about the running cluster, read by `status` and by an `up` that heals it.
 #[derive(Debug, Serialize, Deserialize)]
@@ -112,8 +112,12 @@ pub async fn up(
             );
         }
         if healthy(layout).await {
+            // A cluster made before the gateway existed, or whose gateway objects someone
+            // deleted, gets them now; nothing that runs is restarted.
+            let provisioned = gateway::provision()?;
+            ensure_gateway(layout, &provisioned).await?;
             println!("devcluster: already up ({}, Kubernetes {version}); run `devcluster down` first to start afresh", layout.root.display());
-            println!("export KUBECONFIG={}", layout.kubeconfig().display());
+            print_env(layout);
             return Ok(());
         }
         return heal(layout, state, nodes, bin_dir).await;
@@ -126,6 +130,7 @@ pub async fn up(
     let bins = Binaries {
         dir: provision(version)?,
     };
+    let gateway_bins = gateway::provision()?;
     let t_provisioned = t0.elapsed();
 
     for d in [
@@ -137,7 +142,7 @@ pub async fn up(
     ] {
         fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
     }
-    let result = start(layout, nodes, &bins, bin_dir).await;
+    let result = start(layout, nodes, &bins, &gateway_bins, bin_dir).await;
     if let Err(e) = result {
         eprintln!(
             "devcluster: up failed; cleaning up (logs kept in {})",
@@ -168,13 +173,41 @@ pub async fn up(
         t0.elapsed().as_secs_f64(),
         t_provisioned.as_secs_f64()
     );
-    println!("export KUBECONFIG={}", layout.kubeconfig().display());
+    print_env(layout);
     Ok(())
 }
 
+/// The exports a shell (or a test) needs for this cluster: its kubeconfig and its gateway.
+pub fn print_env(layout: &Layout) {
+    println!("export KUBECONFIG={}", layout.kubeconfig().display());
+    println!("export {}={}", gateway::URL_ENV, gateway::url());
+}
+
+/// Puts back the gateway's CRDs and objects and starts Traefik unless it runs; says when it
+/// started it.
+async fn ensure_gateway(
+    layout: &Layout,
+    provisioned: &gateway::Provisioned,
+) -> anyhow::Result<gateway::Ensured> {
+    let client = layout::client(&layout.kubeconfig()).await?;
+    let ensured = gateway::ensure(layout, &client, provisioned)
+        .await
+        .context("starting the devcluster's gateway (Traefik)")?;
+    if let gateway::Ensured::Started { pid, took } = ensured {
+        eprintln!(
+            "devcluster: gateway (Traefik) serving Gateway {}/{} at {} (pid {pid}, {:.1}s)",
+            gateway::NAMESPACE,
+            gateway::GATEWAY,
+            gateway::url(),
+            took.as_secs_f64()
+        );
+    }
+    Ok(ensured)
+}
+
 /// Starts again, with the same flags and data, every control-plane process of a recorded cluster
-/// that is no longer running, then the node agent if it died; says which. Objects, volumes,
-/// certificates and tokens are the cluster's own, untouched.
+/// that is no longer running, then the node agent and the gateway if they died; says which.
+/// Objects, volumes, certificates and tokens are the cluster's own, untouched.
 async fn heal(
     layout: &Layout,
     state: &ClusterState,
@@ -201,6 +234,7 @@ async fn heal(
             .iter()
             .any(|p| p.name == name && procs::alive(p.pid))
     };
+    let gateway_down = !is_running(gateway::PROCESS);
     let http = controlplane::health_client(layout)?;
     let token = controlplane::admin_token(layout);
     let mut restarted = Vec::new();
@@ -237,17 +271,21 @@ async fn heal(
         wait_agent_serving(layout, &client, agent.pid, state.nodes).await?;
         restarted.push("agent".into());
     }
-    if restarted.is_empty() {
+    if restarted.is_empty() && !gateway_down {
         // Every process runs but the API server did not answer a moment ago: say so rather than
         // restarting a process that may only be slow.
         bail!("every devcluster process is running but the API server does not answer; see `devcluster status` and {}", layout.logs_dir().display());
+    }
+    let provisioned = gateway::provision()?;
+    if let gateway::Ensured::Started { .. } = ensure_gateway(layout, &provisioned).await? {
+        restarted.push(gateway::PROCESS.into());
     }
     println!(
         "devcluster: healed in {:.1}s: restarted {}; every object kept",
         t0.elapsed().as_secs_f64(),
         restarted.join(", ")
     );
-    println!("export KUBECONFIG={}", layout.kubeconfig().display());
+    print_env(layout);
     Ok(())
 }
 
@@ -255,6 +293,7 @@ async fn start(
     layout: &Layout,
     nodes: usize,
     bins: &Binaries,
+    gateway_bins: &gateway::Provisioned,
     bin_dir: &Path,
 ) -> anyhow::Result<()> {
     let step = |what: &str, since: Instant| {
@@ -307,6 +346,8 @@ async fn start(
     .context("the storage class did not appear within 60s")??;
     smoke_pod(&client).await?;
     step("a pod ran", t);
+    ensure_gateway(layout, gateway_bins).await?;
+    step("the gateway serves", t);
     Ok(())
 }
 
@@ -398,7 +439,8 @@ pub async fn restart_agent(layout: &Layout) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The API server answers and every recorded control-plane process is alive (the agent aside).
+/// The API server answers and every recorded control-plane process is alive (the agent and the
+/// gateway aside).
 async fn healthy_control_plane(layout: &Layout) -> bool {
     if !layout.kubeconfig().exists() {
         return false;
@@ -409,7 +451,7 @@ async fn healthy_control_plane(layout: &Layout) -> bool {
     client.apiserver_version().await.is_ok()
         && procs::recorded(&layout.pids_dir())
             .iter()
-            .filter(|p| p.name != "agent")
+            .filter(|p| p.name != "agent" && p.name != gateway::PROCESS)
             .all(|p| procs::alive(p.pid))
 }
 
@@ -606,9 +648,10 @@ pub async fn status(layout: &Layout) -> anyhow::Result<bool> {
             n.metadata.name.unwrap_or_default()
         );
     }
-    let pods: Api<Pod> = Api::all(client);
+    let pods: Api<Pod> = Api::all(client.clone());
     let count = pods.list(&ListParams::default()).await?.items.len();
     println!("pods: {count}");
-    println!("export KUBECONFIG={}", layout.kubeconfig().display());
+    println!("{}", gateway::status_line(&client).await);
+    print_env(layout);
     Ok(all_alive)
 }

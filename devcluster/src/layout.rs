@@ -16,6 +16,9 @@ pub const ETCD_PEER_PORT: u16 = 23800;
 /// The controller-manager's and the scheduler's secure ports (their defaults), on loopback.
 pub const CONTROLLER_MANAGER_PORT: u16 = 10257;
 pub const SCHEDULER_PORT: u16 = 10259;
+/// The devcluster's gateway (Traefik) serves HTTP here, on 127.0.0.1; it is also the port of
+/// the shared Gateway's listener, which Traefik matches to its entrypoint by number.
+pub const GATEWAY_HTTP_PORT: u16 = 18080;
 pub const SERVICE_CIDR: &str = "10.96.0.0/12";
 pub const STORAGE_CLASS: &str = "standard";
 pub const PROVISIONER_NAME: &str = "devcluster.rollout.dev/hostpath";
@@ -69,6 +72,10 @@ impl Layout {
     /// exist; `down` removes them again if they are empty.
     pub fn created_mountpoints_file(&self) -> PathBuf {
         self.root.join("created-mountpoints")
+    }
+    /// The gateway's static configuration and its ServiceAccount token (mode 0600).
+    pub fn gateway_dir(&self) -> PathBuf {
+        self.root.join("gateway")
     }
     /// The file recording how `up` was called (node count, binaries), read by `status`.
     pub fn state_file(&self) -> PathBuf {

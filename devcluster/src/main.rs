@@ -24,8 +24,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Start etcd, the API server, controller-manager, scheduler and the node agent; returns
-    /// when the cluster runs pods. Builds the control plane on first use (cached afterwards).
+    /// Start etcd, the API server, controller-manager, scheduler, the node agent and the gateway
+    /// (Traefik); returns when the cluster runs pods and the gateway serves. Builds the control
+    /// plane and Traefik on first use (cached afterwards).
     Up {
         /// Number of Node objects the agent plays.
         #[arg(long, default_value_t = 3)]
@@ -37,12 +38,12 @@ enum Cmd {
     },
     /// Stop every process and remove every namespace, veth, bridge, mount and file it made.
     Down,
-    /// Show the processes, the API server and the nodes.
+    /// Show the processes, the API server, the nodes and the gateway.
     Status,
     /// Replace the running node agent with this binary's (after rebuilding it), keeping the
     /// control plane and every object; running pods are restarted by the new agent.
     RestartAgent,
-    /// Print the KUBECONFIG export for this cluster.
+    /// Print the KUBECONFIG and ROLLOUT_GATEWAY_URL exports for this cluster.
     Env,
     /// Run the node agent in the foreground (`up` starts it for you).
     #[command(hide = true)]
@@ -100,7 +101,7 @@ fn main() -> ExitCode {
             Cmd::Status => cluster::status(&layout).await,
             Cmd::RestartAgent => cluster::restart_agent(&layout).await.map(|_| true),
             Cmd::Env => {
-                println!("export KUBECONFIG={}", layout.kubeconfig().display());
+                cluster::print_env(&layout);
                 Ok(true)
             }
             Cmd::Agent {

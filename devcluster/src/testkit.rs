@@ -354,6 +354,11 @@ pub async fn get(http: &reqwest::Client, url: &str) -> anyhow::Result<Answer> {
         .send()
         .await
         .with_context(|| format!("GET {url}"))?;
+    answer(r).await
+}
+
+/// The app's answer in a response: its status, the pod and version headers, the body.
+pub async fn answer(r: reqwest::Response) -> anyhow::Result<Answer> {
     let header = |n: &str| {
         r.headers()
             .get(n)

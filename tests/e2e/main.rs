@@ -12,6 +12,7 @@ mod bluegreen;
 mod current;
 mod drift;
 mod failures;
+mod gateway_devcluster;
 mod gates;
 mod kills;
 mod lock;

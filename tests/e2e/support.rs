@@ -4,6 +4,10 @@
 
 #![allow(dead_code)]
 
+// A path relative to this file, so the tests that include it by `#[path]` find it too.
+#[path = "support/gateway.rs"]
+pub mod gateway;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Stdio;
