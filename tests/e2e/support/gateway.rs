@@ -6,10 +6,11 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context};
+use anyhow::{bail, ensure, Context};
 use devcluster::gateway;
 use devcluster::testkit::{self, Answer, TestNs};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::runtime::wait::await_condition;
 use serde_json::{json, Value};
 
 /// How long a test waits for the gateway to write a route's status or to serve it.
@@ -134,14 +135,27 @@ pub async fn wait_route_status(ns: &TestNs, name: &str) -> anyhow::Result<Vec<Va
                 .iter()
                 .all(|c| c["observedGeneration"].as_i64() == r.metadata.generation)
     };
-    let route = testkit::wait_for(
-        routes(ns),
-        name,
+    let api = routes(ns);
+    let waited = tokio::time::timeout(
         ROUTE_SETTLE,
-        move |r: Option<&DynamicObject>| r.is_some_and(current),
+        await_condition(api.clone(), name, move |r: Option<&DynamicObject>| {
+            r.is_some_and(current)
+        }),
     )
-    .await?;
-    Ok(route_conditions(&route))
+    .await;
+    match waited {
+        Ok(Ok(Some(route))) => Ok(route_conditions(&route)),
+        Ok(Ok(None)) => bail!("HTTPRoute {}/{name} does not exist", ns.name),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => {
+            let now = api.get_opt(name).await.ok().flatten();
+            bail!(
+                "the gateway wrote no status for HTTPRoute {}/{name} within {ROUTE_SETTLE:?}; its status: {}",
+                ns.name,
+                now.map(|r| r.data["status"].to_string()).unwrap_or_else(|| "gone".into())
+            )
+        }
+    }
 }
 
 /// One request through the gateway for `hostname` (bounded by the client's timeout).
