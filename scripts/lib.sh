@@ -21,6 +21,8 @@ done
 
 log "provisioning (Debian packages; Kubernetes built from its Go modules once, cached under ~/.cache/rollout)"
 K8S_BIN="$(bash devcluster/scripts/provision.sh)"
+log "provisioning the gateway (Traefik built from its Go module once, and the Gateway API CRDs; cached the same way)"
+bash devcluster/scripts/provision-gateway.sh >/dev/null
 
 log "building the workspace"
 cargo build --workspace --bins --quiet

@@ -17,9 +17,9 @@ mounts=$(awk -v r="$ROOT" 'index($2, r) == 1 {print $2}' /proc/mounts)
 live() { ps -eo pid=,stat=,args= | awk '$2 !~ /^Z/' | grep -v -e check-clean -e ' grep ' || true; }
 procs=$(live | grep -F -- "$ROOT" || true)
 [ -z "$procs" ] || fail "processes: $procs"
-# By executable: the control plane, and the agent (`devcluster agent ...`).
+# By executable: the control plane, the gateway (traefik) and the agent (`devcluster agent ...`).
 progs=$(live | awk '{ n = split($3, a, "/"); exe = a[n];
-  if (exe ~ /^(etcd|kube-apiserver|kube-controller-manager|kube-scheduler)$/ || (exe == "devcluster" && $4 == "agent")) print }')
+  if (exe ~ /^(etcd|kube-apiserver|kube-controller-manager|kube-scheduler|traefik)$/ || (exe == "devcluster" && $4 == "agent")) print }')
 [ -z "$progs" ] || fail "processes: $progs"
 [ ! -e "$ROOT" ] || fail "directory $ROOT"
 [ "$bad" = 0 ] && echo "check-clean: nothing left behind"

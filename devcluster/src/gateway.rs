@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::runtime::wait::{await_condition, conditions};
 use serde_json::{json, Value};
@@ -158,7 +158,10 @@ fn parse_provisioned(stdout: &str) -> Option<Provisioned> {
 
 /// How to reach a Gateway API kind of the release Traefik implements.
 fn gateway_api_resource(kind: &str, plural: &str) -> ApiResource {
-    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(GATEWAY_API_GROUP, "v1", kind), plural)
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(GATEWAY_API_GROUP, "v1", kind),
+        plural,
+    )
 }
 
 pub fn gateway_resource() -> ApiResource {
@@ -279,7 +282,8 @@ fn resource_of(obj: &Value) -> Option<(ApiResource, String, Option<String>)> {
         "Gateway" => "gateways",
         _ => return None,
     };
-    let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
+    let ar =
+        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
     let name = obj["metadata"]["name"].as_str()?.to_string();
     let namespace = obj["metadata"]["namespace"].as_str().map(str::to_string);
     Some((ar, name, namespace))
@@ -357,7 +361,10 @@ async fn install_crds(client: &kube::Client, dir: &Path) -> Result<(), GatewayEr
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let crds = read_crds(dir)?;
     for crd in &crds {
-        let name = crd["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let name = crd["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         api.patch(
             &name,
             &PatchParams::apply(FIELD_MANAGER).force(),
@@ -708,10 +715,22 @@ mod tests {
     #[test]
     fn programmed_means_true_for_the_current_generation() {
         let cases = [
-            (json!([{"type": "Programmed", "status": "True", "observedGeneration": 2}]), true),
-            (json!([{"type": "Programmed", "status": "True", "observedGeneration": 1}]), false),
-            (json!([{"type": "Programmed", "status": "False", "observedGeneration": 2}]), false),
-            (json!([{"type": "Accepted", "status": "True", "observedGeneration": 2}]), false),
+            (
+                json!([{"type": "Programmed", "status": "True", "observedGeneration": 2}]),
+                true,
+            ),
+            (
+                json!([{"type": "Programmed", "status": "True", "observedGeneration": 1}]),
+                false,
+            ),
+            (
+                json!([{"type": "Programmed", "status": "False", "observedGeneration": 2}]),
+                false,
+            ),
+            (
+                json!([{"type": "Accepted", "status": "True", "observedGeneration": 2}]),
+                false,
+            ),
             (json!([]), false),
             (Value::Null, false),
         ];
@@ -736,9 +755,16 @@ mod tests {
             .map(|c| c["metadata"]["name"].clone())
             .collect();
         assert_eq!(names, [json!("a.example"), json!("b.example")]);
-        fs::write(dir.join("c.yaml"), "kind: ConfigMap\nmetadata:\n  name: x\n").unwrap();
+        fs::write(
+            dir.join("c.yaml"),
+            "kind: ConfigMap\nmetadata:\n  name: x\n",
+        )
+        .unwrap();
         assert!(matches!(read_crds(&dir), Err(GatewayError::BadCrd { .. })));
         fs::remove_dir_all(&dir).unwrap();
-        assert!(matches!(read_crds(&dir), Err(GatewayError::ReadCrds { .. })));
+        assert!(matches!(
+            read_crds(&dir),
+            Err(GatewayError::ReadCrds { .. })
+        ));
     }
 }

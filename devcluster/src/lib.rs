@@ -1,6 +1,7 @@
 //! The devcluster: a real Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager,
 //! kube-scheduler) on this machine, plus the node agent that plays the kubelet and kube-proxy for
-//! its nodes by running each pod as local processes in their own network and mount namespaces.
+//! its nodes by running each pod as local processes in their own network and mount namespaces,
+//! and Traefik as its Gateway API implementation (`gateway`).
 //!
 //! The library half is what the `devcluster` binary and the end-to-end tests share: where the
 //! cluster keeps its files and how to get a client for it.

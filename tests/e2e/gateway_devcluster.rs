@@ -18,7 +18,8 @@ use crate::support::SETTLE;
 async fn two_backends(prefix: &str) -> anyhow::Result<TestNs> {
     let ns = TestNs::new(prefix).await?;
     for (name, image) in [("stable", "time-app:v1"), ("canary", "time-app:v2")] {
-        ns.apply_value(testkit::time_app_set(name, image, 1)?).await?;
+        ns.apply_value(testkit::time_app_set(name, image, 1)?)
+            .await?;
         ns.apply_value(testkit::service_for(name, "ClusterIP", name))
             .await?;
     }
@@ -67,7 +68,9 @@ async fn the_gateway_splits_by_weight_routes_a_header_to_one_backend_and_accepts
     apply_route(&ns, &route).await?;
 
     let conditions = wait_route_status(&ns, "split").await?;
-    let accepted = condition(&conditions, "Accepted").cloned().unwrap_or_default();
+    let accepted = condition(&conditions, "Accepted")
+        .cloned()
+        .unwrap_or_default();
     let resolved = condition(&conditions, "ResolvedRefs")
         .cloned()
         .unwrap_or_default();
@@ -121,8 +124,8 @@ async fn the_gateway_splits_by_weight_routes_a_header_to_one_backend_and_accepts
 /// every request on it with an empty 500, and logs `unsupported filter RequestMirror`. A caller
 /// that needs mirroring must not rely on this gateway's status to find out.
 #[tokio::test]
-async fn a_request_mirror_route_is_accepted_by_traefik_but_answered_with_500(
-) -> anyhow::Result<()> {
+async fn a_request_mirror_route_is_accepted_by_traefik_but_answered_with_500() -> anyhow::Result<()>
+{
     let ns = two_backends("gw-mirror").await?;
     let host = format!("{}.test", ns.name);
     let mut mirrored = rule(vec![], vec![backend("stable", 80, 1)]);

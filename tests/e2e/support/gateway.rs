@@ -101,7 +101,11 @@ pub async fn make_route(
     service: &str,
     port: u16,
 ) -> anyhow::Result<()> {
-    let route = http_route(name, hostname, vec![rule(vec![], vec![backend(service, port, 1)])]);
+    let route = http_route(
+        name,
+        hostname,
+        vec![rule(vec![], vec![backend(service, port, 1)])],
+    );
     apply_route(ns, &route).await
 }
 
