@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::controlplane::{self, Binaries};
 use crate::layout::{self, Layout};
-use crate::{hostnet, procs};
+use crate::{gateway, hostnet, procs};
 
 /// What `up` records about the running cluster, read by `status` and by an `up` that heals it.
 #[derive(Debug, Serialize, Deserialize)]
@@ -112,6 +112,10 @@ pub async fn up(
             );
         }
         if healthy(layout).await {
+            // A cluster started before the mirror gateway existed gets it now.
+            if let Some(g) = gateway::process::ensure_running(layout).await? {
+                println!("devcluster: started the mirror gateway on {}:{} (pid {})", gateway::ADDRESS, gateway::PORT, g.pid);
+            }
             println!("devcluster: already up ({}, Kubernetes {version}); run `devcluster down` first to start afresh", layout.root.display());
             println!("export KUBECONFIG={}", layout.kubeconfig().display());
             return Ok(());
@@ -237,6 +241,9 @@ async fn heal(
         wait_agent_serving(layout, &client, agent.pid, state.nodes).await?;
         restarted.push("agent".into());
     }
+    if gateway::process::ensure_running(layout).await?.is_some() {
+        restarted.push(gateway::process::PROCESS.into());
+    }
     if restarted.is_empty() {
         // Every process runs but the API server did not answer a moment ago: say so rather than
         // restarting a process that may only be slow.
@@ -307,6 +314,8 @@ async fn start(
     .context("the storage class did not appear within 60s")??;
     smoke_pod(&client).await?;
     step("a pod ran", t);
+    gateway::process::ensure_running(layout).await?;
+    step(&format!("mirror gateway listening on {}:{}", gateway::ADDRESS, gateway::PORT), t);
     Ok(())
 }
 

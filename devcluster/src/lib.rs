@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod cluster;
 pub mod controlplane;
+pub mod gateway;
 pub mod hostnet;
 pub mod layout;
 pub mod net;
