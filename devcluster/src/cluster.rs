@@ -114,7 +114,12 @@ pub async fn up(
         if healthy(layout).await {
             // A cluster started before the mirror gateway existed gets it now.
             if let Some(g) = gateway::process::ensure_running(layout).await? {
-                println!("devcluster: started the mirror gateway on {}:{} (pid {})", gateway::ADDRESS, gateway::PORT, g.pid);
+                println!(
+                    "devcluster: started the mirror gateway on {}:{} (pid {})",
+                    gateway::ADDRESS,
+                    gateway::PORT,
+                    g.pid
+                );
             }
             println!("devcluster: already up ({}, Kubernetes {version}); run `devcluster down` first to start afresh", layout.root.display());
             println!("export KUBECONFIG={}", layout.kubeconfig().display());
@@ -315,7 +320,14 @@ async fn start(
     smoke_pod(&client).await?;
     step("a pod ran", t);
     gateway::process::ensure_running(layout).await?;
-    step(&format!("mirror gateway listening on {}:{}", gateway::ADDRESS, gateway::PORT), t);
+    step(
+        &format!(
+            "mirror gateway listening on {}:{}",
+            gateway::ADDRESS,
+            gateway::PORT
+        ),
+        t,
+    );
     Ok(())
 }
 

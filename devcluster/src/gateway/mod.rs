@@ -91,18 +91,26 @@ fn now() -> String {
 pub async fn run(client: Client, listen: SocketAddr) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("listening on {listen} for the mirror gateway (is another one running?)"))?;
+        .with_context(|| {
+            format!("listening on {listen} for the mirror gateway (is another one running?)")
+        })?;
     info!(%listen, "mirror gateway listening");
     let (endpoints, endpoints_writer) = reflector::store::<EndpointSlice>();
     tokio::spawn(
-        watcher(Api::<EndpointSlice>::all(client.clone()), watcher::Config::default())
-            .default_backoff()
-            .reflect(endpoints_writer)
-            .for_each(|ev| async move {
-                if let Err(e) = ev {
-                    debug!(error = &e as &dyn std::error::Error, "endpoint slices watch hiccup");
-                }
-            }),
+        watcher(
+            Api::<EndpointSlice>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .reflect(endpoints_writer)
+        .for_each(|ev| async move {
+            if let Err(e) = ev {
+                debug!(
+                    error = &e as &dyn std::error::Error,
+                    "endpoint slices watch hiccup"
+                );
+            }
+        }),
     );
     let (table_tx, table_rx) = watch::channel(Arc::new(Table::default()));
     let shared = Arc::new(serve::Shared::new(table_rx, endpoints)?);
@@ -125,13 +133,19 @@ async fn control(client: Client, table: &watch::Sender<Arc<Table>>) -> anyhow::R
     wait_for_crds(&client).await?;
     ensure_objects(&client).await?;
     let (routes, routes_writer) = reflector::store::<HttpRoute>();
-    let mut route_events = pin!(watcher(Api::<HttpRoute>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(routes_writer));
+    let mut route_events = pin!(watcher(
+        Api::<HttpRoute>::all(client.clone()),
+        watcher::Config::default()
+    )
+    .default_backoff()
+    .reflect(routes_writer));
     let (services, services_writer) = reflector::store::<Service>();
-    let mut service_events = pin!(watcher(Api::<Service>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(services_writer));
+    let mut service_events = pin!(watcher(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default()
+    )
+    .default_backoff()
+    .reflect(services_writer));
     let (mut routes_synced, mut services_synced) = (false, false);
     let mut state = Written::default();
     let mut needs_retry = false;
@@ -177,10 +191,19 @@ async fn wait_for_crds(client: &Client) -> anyhow::Result<()> {
 async fn ensure_objects(client: &Client) -> anyhow::Result<()> {
     let apply = PatchParams::apply(FIELD_MANAGER).force();
     Api::<Namespace>::all(client.clone())
-        .patch(NAMESPACE, &apply, &Patch::Apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})))
+        .patch(
+            NAMESPACE,
+            &apply,
+            &Patch::Apply(
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}),
+            ),
+        )
         .await
         .with_context(|| format!("applying namespace {NAMESPACE}"))?;
-    let classes: Api<DynamicObject> = Api::all_with(client.clone(), &api::resource("GatewayClass", "gatewayclasses"));
+    let classes: Api<DynamicObject> = Api::all_with(
+        client.clone(),
+        &api::resource("GatewayClass", "gatewayclasses"),
+    );
     let class = classes
         .patch(CLASS, &apply, &Patch::Apply(json!({
             "apiVersion": format!("{}/{}", api::GROUP, api::VERSION), "kind": "GatewayClass",
@@ -189,15 +212,26 @@ async fn ensure_objects(client: &Client) -> anyhow::Result<()> {
         })))
         .await
         .with_context(|| format!("applying GatewayClass {CLASS}"))?;
-    let status = status::class_status(class.metadata.generation.unwrap_or(0), &class.data["status"], &now());
+    let status = status::class_status(
+        class.metadata.generation.unwrap_or(0),
+        &class.data["status"],
+        &now(),
+    );
     if !status::same_but_time(&status, &class.data["status"]) {
         classes
-            .patch_status(CLASS, &PatchParams::default(), &Patch::Merge(json!({"status": status})))
+            .patch_status(
+                CLASS,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": status})),
+            )
             .await
             .with_context(|| format!("writing the status of GatewayClass {CLASS}"))?;
     }
-    let gateways: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), NAMESPACE, &api::resource("Gateway", "gateways"));
+    let gateways: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        NAMESPACE,
+        &api::resource("Gateway", "gateways"),
+    );
     gateways
         .patch(NAME, &apply, &Patch::Apply(json!({
             "apiVersion": format!("{}/{}", api::GROUP, api::VERSION), "kind": "Gateway",
@@ -235,19 +269,35 @@ async fn reconcile(
     let refs: Vec<&HttpRoute> = routes.iter().map(|r| r.as_ref()).collect();
     let (new_table, checks) = routing::build_table(&refs, &gw, &index);
     if **table.borrow() != new_table {
-        info!(entries = new_table.entries.len(), routes = checks.len(), "routing table updated");
+        info!(
+            entries = new_table.entries.len(),
+            routes = checks.len(),
+            "routing table updated"
+        );
         table.send_replace(Arc::new(new_table));
     }
     let now = now();
     let mut failed = false;
     for route in &refs {
-        let id = format!("{}/{}", route.namespace().unwrap_or_default(), route.name_any());
+        let id = format!(
+            "{}/{}",
+            route.namespace().unwrap_or_default(),
+            route.name_any()
+        );
         let route_checks = checks.get(&id).map(Vec::as_slice).unwrap_or(&[]);
         let Some(patch) = status::route_status_patch(route, route_checks, CONTROLLER, &now) else {
             continue;
         };
-        let api: Api<HttpRoute> = Api::namespaced(client.clone(), &route.namespace().unwrap_or_default());
-        match api.patch_status(&route.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+        let api: Api<HttpRoute> =
+            Api::namespaced(client.clone(), &route.namespace().unwrap_or_default());
+        match api
+            .patch_status(
+                &route.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
             Ok(_) => info!(route = %id, "route status written"),
             Err(kube::Error::Api(e)) if e.code == 409 => {
                 debug!(route = %id, "route changed meanwhile; its status is written from the newer one");
@@ -275,13 +325,30 @@ async fn reconcile(
 }
 
 async fn write_gateway_status(client: &Client, attached: usize, now: &str) -> anyhow::Result<()> {
-    let gateways: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), NAMESPACE, &api::resource("Gateway", "gateways"));
-    let gw = gateways.get(NAME).await.with_context(|| format!("reading Gateway {NAMESPACE}/{NAME}"))?;
-    let status = status::gateway_status(LISTENER, ADDRESS, attached, gw.metadata.generation.unwrap_or(0), &gw.data["status"], now);
+    let gateways: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        NAMESPACE,
+        &api::resource("Gateway", "gateways"),
+    );
+    let gw = gateways
+        .get(NAME)
+        .await
+        .with_context(|| format!("reading Gateway {NAMESPACE}/{NAME}"))?;
+    let status = status::gateway_status(
+        LISTENER,
+        ADDRESS,
+        attached,
+        gw.metadata.generation.unwrap_or(0),
+        &gw.data["status"],
+        now,
+    );
     if !status::same_but_time(&status, &gw.data["status"]) {
         gateways
-            .patch_status(NAME, &PatchParams::default(), &Patch::Merge(json!({"status": status})))
+            .patch_status(
+                NAME,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": status})),
+            )
             .await
             .with_context(|| format!("writing the status of Gateway {NAMESPACE}/{NAME}"))?;
         info!(attached, "Gateway status written");

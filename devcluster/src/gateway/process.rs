@@ -37,14 +37,27 @@ pub async fn ensure_running(layout: &Layout) -> anyhow::Result<Option<procs::Sta
     ];
     let envs = [
         ("ROLLOUT_DEVCLUSTER_DIR", layout.root.display().to_string()),
-        ("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into())),
+        (
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        ),
     ];
-    let started = procs::spawn(&layout.pids_dir(), &layout.logs_dir(), PROCESS, &me, &args, &envs)?;
+    let started = procs::spawn(
+        &layout.pids_dir(),
+        &layout.logs_dir(),
+        PROCESS,
+        &me,
+        &args,
+        &envs,
+    )?;
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         if !procs::alive(started.pid) {
             let (log, tail) = controlplane::log_tail(layout, PROCESS, 30);
-            bail!("the mirror gateway exited; its log is {}:\n{tail}", log.display());
+            bail!(
+                "the mirror gateway exited; its log is {}:\n{tail}",
+                log.display()
+            );
         }
         if tokio::net::TcpStream::connect(&addr).await.is_ok() {
             return Ok(Some(started));

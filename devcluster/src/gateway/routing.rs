@@ -317,7 +317,10 @@ fn resolve(route_ns: &str, r: &ObjectRef, services: &ServiceIndex) -> Result<Ser
     if !group.is_empty() || kind != "Service" {
         return Err(Problem::new(
             "InvalidKind",
-            format!("backend {} is a {kind} of group {group:?}; only Services are supported", r.name),
+            format!(
+                "backend {} is a {kind} of group {group:?}; only Services are supported",
+                r.name
+            ),
         ));
     }
     if let Some(ns) = r.namespace.as_deref().filter(|ns| *ns != route_ns) {
@@ -385,7 +388,15 @@ pub fn build_table(
     gw: &GatewayId,
     services: &ServiceIndex,
 ) -> (Table, BTreeMap<String, Vec<ParentCheck>>) {
-    type Key = (u8, std::cmp::Reverse<usize>, std::cmp::Reverse<usize>, Option<Time>, String, usize, usize);
+    type Key = (
+        u8,
+        std::cmp::Reverse<usize>,
+        std::cmp::Reverse<usize>,
+        Option<Time>,
+        String,
+        usize,
+        usize,
+    );
     let mut keyed: Vec<(Key, Entry)> = Vec::new();
     let mut checks = BTreeMap::new();
     for route in routes {
@@ -465,7 +476,12 @@ fn path_fits(rule: &PathRule, path: &str) -> bool {
 
 /// The entry a request takes: among those whose hostname, path and headers fit, the one with the
 /// best-fitting hostname, then the first in the table's order. `None`: no route (404).
-pub fn select<'t>(table: &'t Table, host: &str, path: &str, headers: &HeaderMap) -> Option<&'t Entry> {
+pub fn select<'t>(
+    table: &'t Table,
+    host: &str,
+    path: &str,
+    headers: &HeaderMap,
+) -> Option<&'t Entry> {
     let mut best: Option<((u8, usize), &Entry)> = None;
     for e in &table.entries {
         let Some(fit) = host_fit(&e.hostnames, host) else {
@@ -533,7 +549,10 @@ mod tests {
         .map(|((ns, n), ports)| {
             (
                 (ns.to_string(), n.to_string()),
-                ports.into_iter().map(|(p, name)| (p, name.to_string())).collect(),
+                ports
+                    .into_iter()
+                    .map(|(p, name)| (p, name.to_string()))
+                    .collect(),
             )
         })
         .collect()
@@ -678,15 +697,28 @@ mod tests {
             assert_eq!(checks.len(), accepted.len(), "{what}: {checks:?}");
             let fits = |got: &Result<(), Problem>, want: &Want| match (got, want) {
                 (Ok(()), Ok(())) => true,
-                (Err(p), Err((reason, word))) => p.reason == *reason && p.message.contains(word.as_str()),
+                (Err(p), Err((reason, word))) => {
+                    p.reason == *reason && p.message.contains(word.as_str())
+                }
                 _ => false,
             };
             for (c, want) in checks.iter().zip(&accepted) {
-                assert!(fits(&c.accepted, want), "{what}: Accepted {:?}, want {want:?}", c.accepted);
-                assert!(fits(&c.resolved, &resolved), "{what}: ResolvedRefs {:?}, want {resolved:?}", c.resolved);
+                assert!(
+                    fits(&c.accepted, want),
+                    "{what}: Accepted {:?}, want {want:?}",
+                    c.accepted
+                );
+                assert!(
+                    fits(&c.resolved, &resolved),
+                    "{what}: ResolvedRefs {:?}, want {resolved:?}",
+                    c.resolved
+                );
             }
             if !checks.iter().any(|c| c.accepted.is_ok()) {
-                assert!(entries.is_empty(), "{what}: a route accepted nowhere is not served");
+                assert!(
+                    entries.is_empty(),
+                    "{what}: a route accepted nowhere is not served"
+                );
             }
         }
     }
@@ -702,11 +734,24 @@ mod tests {
         );
         let (_, entries) = check_route(&r, &gw(), &services());
         let backends = vec![
-            Backend { target: Some(port("stable", 80, "http")), weight: 0 },
-            Backend { target: None, weight: 1 },
-            Backend { target: Some(port("canary", 80, "http")), weight: 1 },
+            Backend {
+                target: Some(port("stable", 80, "http")),
+                weight: 0,
+            },
+            Backend {
+                target: None,
+                weight: 1,
+            },
+            Backend {
+                target: Some(port("canary", 80, "http")),
+                weight: 1,
+            },
         ];
-        let mirrors = vec![Mirror { target: port("shadow", 8080, ""), numerator: 25, denominator: 100 }];
+        let mirrors = vec![Mirror {
+            target: port("shadow", 8080, ""),
+            numerator: 25,
+            denominator: 100,
+        }];
         let entry = |path: PathRule, headers: Vec<(String, String)>| Entry {
             route: "app/r".into(),
             hostnames: vec!["web.example".into()],
@@ -718,7 +763,10 @@ mod tests {
         assert_eq!(
             entries,
             vec![
-                entry(PathRule::Prefix("/api".into()), vec![("x-canary".into(), "yes".into())]),
+                entry(
+                    PathRule::Prefix("/api".into()),
+                    vec![("x-canary".into(), "yes".into())]
+                ),
                 entry(PathRule::Prefix("".into()), vec![]),
             ]
         );
@@ -726,21 +774,43 @@ mod tests {
 
     #[test]
     fn mirror_shares() {
-        let f = |n, d| Fraction { numerator: n, denominator: d };
+        let f = |n, d| Fraction {
+            numerator: n,
+            denominator: d,
+        };
         let cases = [
             ("neither: all", None, None, (1, 1)),
             ("percent", Some(30), None, (30, 100)),
             ("percent 0", Some(0), None, (0, 100)),
             ("percent over 100 clamped", Some(150), None, (100, 100)),
             ("fraction", None, Some(f(1, Some(3))), (1, 3)),
-            ("fraction, default denominator", None, Some(f(5, None)), (5, 100)),
-            ("fraction, zero denominator is 100", None, Some(f(5, Some(0))), (5, 100)),
-            ("negative numerator is 0", None, Some(f(-1, Some(10))), (0, 10)),
+            (
+                "fraction, default denominator",
+                None,
+                Some(f(5, None)),
+                (5, 100),
+            ),
+            (
+                "fraction, zero denominator is 100",
+                None,
+                Some(f(5, Some(0))),
+                (5, 100),
+            ),
+            (
+                "negative numerator is 0",
+                None,
+                Some(f(-1, Some(10))),
+                (0, 10),
+            ),
         ];
         for (what, p, fr, want) in cases {
             assert_eq!(mirror_share(p, fr.as_ref()), want, "{what}");
         }
-        let m = |n, d| Mirror { target: port("shadow", 8080, ""), numerator: n, denominator: d };
+        let m = |n, d| Mirror {
+            target: port("shadow", 8080, ""),
+            numerator: n,
+            denominator: d,
+        };
         // (what, mirror, the draw, hit) — the draw is below the denominator.
         let hits = [
             ("all", m(1, 1), 0, true),
@@ -757,7 +827,10 @@ mod tests {
 
     #[test]
     fn weighted_choice() {
-        let b = |w: u32| Backend { target: None, weight: w };
+        let b = |w: u32| Backend {
+            target: None,
+            weight: w,
+        };
         let cases = [
             ("nothing", vec![], 0, None),
             ("all weight 0", vec![b(0), b(0)], 0, None),
@@ -776,7 +849,10 @@ mod tests {
         let first = (0..10_000)
             .filter(|_| pick_weighted(&backends, |n| fastrand::u64(..n)) == Some(0))
             .count();
-        assert!((6_700..=7_300).contains(&first), "{first} of 10000 went to weight 70");
+        assert!(
+            (6_700..=7_300).contains(&first),
+            "{first} of 10000 went to weight 70"
+        );
     }
 
     #[test]
@@ -797,19 +873,47 @@ mod tests {
     #[test]
     fn selection_follows_gateway_api_precedence() {
         let spec = |hosts: serde_json::Value, rules: serde_json::Value| json!({"parentRefs": ours(), "hostnames": hosts, "rules": rules});
-        let to = |svc: &str| json!([{"name": svc, "port": 80}]);
-        let mut old = route("old", spec(json!([]), json!([
-            {"matches": [{"path": {"type": "PathPrefix", "value": "/"}}], "backendRefs": to("stable")},
-            {"matches": [{"path": {"type": "PathPrefix", "value": "/"}, "headers": [{"name": "x-canary", "value": "yes"}]}], "backendRefs": to("canary")},
-            {"matches": [{"path": {"type": "Exact", "value": "/exact"}}], "backendRefs": to("canary")},
-            {"matches": [{"path": {"type": "PathPrefix", "value": "/api"}}], "backendRefs": to("canary")},
-        ])));
+        let to =
+            |svc: &str| json!([{"name": svc, "port": if svc == "shadow" { 8080 } else { 80 }}]);
+        let mut old = route(
+            "old",
+            spec(
+                json!([]),
+                json!([
+                    {"matches": [{"path": {"type": "PathPrefix", "value": "/"}}], "backendRefs": to("stable")},
+                    {"matches": [{"path": {"type": "PathPrefix", "value": "/"}, "headers": [{"name": "x-canary", "value": "yes"}]}], "backendRefs": to("canary")},
+                    {"matches": [{"path": {"type": "Exact", "value": "/exact"}}], "backendRefs": to("canary")},
+                    {"matches": [{"path": {"type": "PathPrefix", "value": "/api"}}], "backendRefs": to("canary")},
+                ]),
+            ),
+        );
         old.metadata.creation_timestamp = Some(Time("2026-01-01T00:00:00Z".parse().unwrap()));
-        let mut new = route("new", spec(json!([]), json!([{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}], "backendRefs": to("shadow")}])));
+        let mut new = route(
+            "new",
+            spec(
+                json!([]),
+                json!([{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}], "backendRefs": to("shadow")}]),
+            ),
+        );
         new.metadata.creation_timestamp = Some(Time("2026-02-01T00:00:00Z".parse().unwrap()));
-        let exact_host = route("exact-host", spec(json!(["web.example"]), json!([{"backendRefs": to("shadow")}])));
-        let wildcard = route("wildcard", spec(json!(["*.example"]), json!([{"backendRefs": to("canary")}])));
-        let elsewhere = route("elsewhere", spec(json!(["other.test"]), json!([{"backendRefs": to("canary")}])));
+        let exact_host = route(
+            "exact-host",
+            spec(
+                json!(["web.example"]),
+                json!([{"backendRefs": to("shadow")}]),
+            ),
+        );
+        let wildcard = route(
+            "wildcard",
+            spec(json!(["*.example"]), json!([{"backendRefs": to("canary")}])),
+        );
+        let elsewhere = route(
+            "elsewhere",
+            spec(
+                json!(["other.test"]),
+                json!([{"backendRefs": to("canary")}]),
+            ),
+        );
         let all = [&new, &old, &exact_host, &wildcard, &elsewhere];
         let (table, _) = build_table(&all, &gw(), &services());
         let headers = |pairs: &[(&'static str, &'static str)]| {
@@ -820,28 +924,115 @@ mod tests {
             h
         };
         // (what, host, path, headers, route and first backend's Service expected; None: 404)
-        let cases: Vec<(&str, &str, &str, HeaderMap, Option<(&str, &str)>)> = vec![
-            ("older route wins a tie", "127.0.0.1", "/", headers(&[]), Some(("app/old", "stable"))),
-            ("more headers win", "127.0.0.1", "/", headers(&[("x-canary", "yes")]), Some(("app/old", "canary"))),
-            ("header value must be exact", "127.0.0.1", "/", headers(&[("x-canary", "YES")]), Some(("app/old", "stable"))),
-            ("exact path wins", "127.0.0.1", "/exact", headers(&[("x-canary", "yes")]), Some(("app/old", "canary"))),
-            ("exact is exact", "127.0.0.1", "/exact/more", headers(&[]), Some(("app/old", "stable"))),
-            ("longer prefix wins", "127.0.0.1", "/api/v1", headers(&[]), Some(("app/old", "canary"))),
-            ("prefix is per segment", "127.0.0.1", "/apix", headers(&[]), Some(("app/old", "stable"))),
-            ("prefix matches itself", "127.0.0.1", "/api", headers(&[]), Some(("app/old", "canary"))),
-            ("exact hostname beats everything", "web.example", "/api", headers(&[]), Some(("app/exact-host", "shadow"))),
-            ("wildcard beats no hostnames", "a.b.example", "/", headers(&[]), Some(("app/wildcard", "canary"))),
-            ("wildcard needs a label", "example", "/", headers(&[]), Some(("app/old", "stable"))),
-            ("a route's other host", "other.test", "/", headers(&[]), Some(("app/elsewhere", "canary"))),
+        type Case = (
+            &'static str,
+            &'static str,
+            &'static str,
+            HeaderMap,
+            Option<(&'static str, &'static str)>,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "older route wins a tie",
+                "127.0.0.1",
+                "/",
+                headers(&[]),
+                Some(("app/old", "stable")),
+            ),
+            (
+                "more headers win",
+                "127.0.0.1",
+                "/",
+                headers(&[("x-canary", "yes")]),
+                Some(("app/old", "canary")),
+            ),
+            (
+                "header value must be exact",
+                "127.0.0.1",
+                "/",
+                headers(&[("x-canary", "YES")]),
+                Some(("app/old", "stable")),
+            ),
+            (
+                "exact path wins",
+                "127.0.0.1",
+                "/exact",
+                headers(&[("x-canary", "yes")]),
+                Some(("app/old", "canary")),
+            ),
+            (
+                "exact is exact",
+                "127.0.0.1",
+                "/exact/more",
+                headers(&[]),
+                Some(("app/old", "stable")),
+            ),
+            (
+                "longer prefix wins",
+                "127.0.0.1",
+                "/api/v1",
+                headers(&[]),
+                Some(("app/old", "canary")),
+            ),
+            (
+                "prefix is per segment",
+                "127.0.0.1",
+                "/apix",
+                headers(&[]),
+                Some(("app/old", "stable")),
+            ),
+            (
+                "prefix matches itself",
+                "127.0.0.1",
+                "/api",
+                headers(&[]),
+                Some(("app/old", "canary")),
+            ),
+            (
+                "exact hostname beats everything",
+                "web.example",
+                "/api",
+                headers(&[]),
+                Some(("app/exact-host", "shadow")),
+            ),
+            (
+                "wildcard beats no hostnames",
+                "a.b.example",
+                "/",
+                headers(&[]),
+                Some(("app/wildcard", "canary")),
+            ),
+            (
+                "wildcard needs a label",
+                "example",
+                "/",
+                headers(&[]),
+                Some(("app/old", "stable")),
+            ),
+            (
+                "a route's other host",
+                "other.test",
+                "/",
+                headers(&[]),
+                Some(("app/elsewhere", "canary")),
+            ),
         ];
         for (what, host, path, h, want) in cases {
-            let got = select(&table, host, path, &h)
-                .map(|e| (e.route.as_str(), e.backends[0].target.as_ref().unwrap().service.as_str()));
+            let got = select(&table, host, path, &h).map(|e| {
+                (
+                    e.route.as_str(),
+                    e.backends[0].target.as_ref().unwrap().service.as_str(),
+                )
+            });
             assert_eq!(got, want, "{what}");
         }
         let only_hosts = [&exact_host];
         let (table, _) = build_table(&only_hosts, &gw(), &services());
-        assert_eq!(select(&table, "other.test", "/", &headers(&[])), None, "no route for the host: 404");
+        assert_eq!(
+            select(&table, "other.test", "/", &headers(&[])),
+            None,
+            "no route for the host: 404"
+        );
     }
 
     #[test]

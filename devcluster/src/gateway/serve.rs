@@ -47,7 +47,10 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(table: watch::Receiver<Arc<Table>>, endpoints: Store<EndpointSlice>) -> anyhow::Result<Self> {
+    pub fn new(
+        table: watch::Receiver<Arc<Table>>,
+        endpoints: Store<EndpointSlice>,
+    ) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             // Never through a proxy from the environment: only pod addresses are reached.
             .no_proxy()
@@ -73,12 +76,20 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) -> st
 fn text(status: StatusCode, message: impl Into<String>) -> Response {
     let mut body = message.into();
     body.push('\n');
-    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body,
+    )
+        .into_response()
 }
 
 async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
     let Ok(_slot) = s.requests.clone().try_acquire_owned() else {
-        return text(StatusCode::SERVICE_UNAVAILABLE, "the mirror gateway has too many requests in flight");
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the mirror gateway has too many requests in flight",
+        );
     };
     let (parts, body) = req.into_parts();
     let host_header = parts
@@ -92,12 +103,20 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
     let Some(entry) = routing::select(&table, &host, parts.uri.path(), &parts.headers) else {
         return text(
             StatusCode::NOT_FOUND,
-            format!("no HTTPRoute of this gateway matches host {host:?}, path {:?} and these headers", parts.uri.path()),
+            format!(
+                "no HTTPRoute of this gateway matches host {host:?}, path {:?} and these headers",
+                parts.uri.path()
+            ),
         );
     };
     let body = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(b) => b,
-        Err(e) => return text(StatusCode::PAYLOAD_TOO_LARGE, format!("request body not read (at most {MAX_BODY} bytes): {e}")),
+        Err(e) => {
+            return text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body not read (at most {MAX_BODY} bytes): {e}"),
+            )
+        }
     };
     for m in &entry.mirrors {
         if routing::mirror_hit(m, |n| fastrand::u32(..n)) {
@@ -107,13 +126,19 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
     let Some(i) = routing::pick_weighted(&entry.backends, |n| fastrand::u64(..n)) else {
         return text(
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("route {} has no backend with a weight above 0 for this request", entry.route),
+            format!(
+                "route {} has no backend with a weight above 0 for this request",
+                entry.route
+            ),
         );
     };
     let Some(target) = entry.backends.get(i).and_then(|b| b.target.as_ref()) else {
         return text(
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("a backend of route {} does not resolve; see the route's ResolvedRefs condition", entry.route),
+            format!(
+                "a backend of route {} does not resolve; see the route's ResolvedRefs condition",
+                entry.route
+            ),
         );
     };
     forward(&s, target, &parts, body).await
@@ -164,12 +189,25 @@ fn end_to_end(headers: &HeaderMap) -> HeaderMap {
     out
 }
 
-fn request(s: &Shared, to: SocketAddr, parts: &Parts, body: Bytes, timeout: Duration) -> reqwest::RequestBuilder {
-    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+fn request(
+    s: &Shared,
+    to: SocketAddr,
+    parts: &Parts,
+    body: Bytes,
+    timeout: Duration,
+) -> reqwest::RequestBuilder {
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
     let mut headers = end_to_end(&parts.headers);
     // The body was read whole; its length is set again from it.
     headers.remove(header::CONTENT_LENGTH);
-    headers.insert(HeaderName::from_static("x-forwarded-proto"), header::HeaderValue::from_static("http"));
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        header::HeaderValue::from_static("http"),
+    );
     s.http
         .request(parts.method.clone(), format!("http://{to}{path}"))
         .headers(headers)
@@ -200,7 +238,9 @@ fn mirror(s: &Arc<Shared>, target: &ServicePort, parts: &Parts, body: Bytes, rou
         };
         match sent.await {
             Ok(status) => debug!(route, mirror = target, %to, %status, "mirror copy answered"),
-            Err(e) => debug!(route, mirror = target, %to, error = &e as &dyn std::error::Error, "mirror copy failed"),
+            Err(e) => {
+                debug!(route, mirror = target, %to, error = &e as &dyn std::error::Error, "mirror copy failed")
+            }
         }
     });
 }
@@ -211,11 +251,23 @@ async fn forward(s: &Shared, target: &ServicePort, parts: &Parts, body: Bytes) -
         let pods = ready(s, target);
         let Some(to) = endpoints::pick_untried(&pods, &tried, |n| fastrand::usize(..n)) else {
             return match tried.is_empty() {
-                true => text(StatusCode::SERVICE_UNAVAILABLE, format!("Service {} has no ready endpoint", describe(target))),
-                false => text(StatusCode::BAD_GATEWAY, format!("no ready pod of Service {} accepted a connection (tried {tried:?})", describe(target))),
+                true => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("Service {} has no ready endpoint", describe(target)),
+                ),
+                false => text(
+                    StatusCode::BAD_GATEWAY,
+                    format!(
+                        "no ready pod of Service {} accepted a connection (tried {tried:?})",
+                        describe(target)
+                    ),
+                ),
             };
         };
-        match request(s, to, parts, body.clone(), FORWARD_TIMEOUT).send().await {
+        match request(s, to, parts, body.clone(), FORWARD_TIMEOUT)
+            .send()
+            .await
+        {
             Ok(answer) => return respond(answer),
             Err(e) if e.is_connect() && tried.len() + 1 < MAX_CONNECT_ATTEMPTS => {
                 info!(service = %describe(target), %to, error = &e as &dyn std::error::Error, "trying another ready pod");
@@ -224,7 +276,11 @@ async fn forward(s: &Shared, target: &ServicePort, parts: &Parts, body: Bytes) -
             Err(e) => {
                 return text(
                     StatusCode::BAD_GATEWAY,
-                    format!("forwarding to {to} (Service {}): {}", describe(target), crate::gateway::chain(&e)),
+                    format!(
+                        "forwarding to {to} (Service {}): {}",
+                        describe(target),
+                        crate::gateway::chain(&e)
+                    ),
                 )
             }
         }

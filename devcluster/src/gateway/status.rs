@@ -64,7 +64,11 @@ pub fn route_status_patch(
     controller: &str,
     now: &str,
 ) -> Option<Value> {
-    let parents: &[Value] = route.status.as_ref().map(|s| s.parents.as_slice()).unwrap_or(&[]);
+    let parents: &[Value] = route
+        .status
+        .as_ref()
+        .map(|s| s.parents.as_slice())
+        .unwrap_or(&[]);
     let is_ours = |p: &&Value| p["controllerName"] == controller;
     let generation = route.metadata.generation.unwrap_or(0);
     let ours: Vec<Value> = checks
@@ -126,7 +130,8 @@ pub fn gateway_status(
         .and_then(|l| l["conditions"].as_array())
         .unwrap_or(&empty);
     let ok = Ok(());
-    let cond = |t: &str, msg: &str, prev: &[Value]| condition(t, &ok, t, msg, generation, prev, now);
+    let cond =
+        |t: &str, msg: &str, prev: &[Value]| condition(t, &ok, t, msg, generation, prev, now);
     json!({
         "addresses": [{"type": "IPAddress", "value": address}],
         "conditions": [
@@ -170,7 +175,11 @@ mod tests {
     }
 
     fn check(accepted: Result<(), Problem>, resolved: Result<(), Problem>) -> ParentCheck {
-        ParentCheck { parent: parent(), accepted, resolved }
+        ParentCheck {
+            parent: parent(),
+            accepted,
+            resolved,
+        }
     }
 
     fn route(parents: serde_json::Value) -> HttpRoute {
@@ -183,7 +192,10 @@ mod tests {
     }
 
     fn missing() -> Problem {
-        Problem { reason: "BackendNotFound", message: "Service app/gone not found".into() }
+        Problem {
+            reason: "BackendNotFound",
+            message: "Service app/gone not found".into(),
+        }
     }
 
     fn ours(accepted: &str, resolved: (&str, &str), since: &str) -> serde_json::Value {
@@ -205,7 +217,12 @@ mod tests {
         let now = "2026-12-03T17:00:00Z";
         let old = "2026-12-03T16:00:00Z";
         // (what, current parents, our checks, expected parents written; None: no write)
-        let cases: Vec<(&str, serde_json::Value, Vec<ParentCheck>, Option<serde_json::Value>)> = vec![
+        let cases: Vec<(
+            &str,
+            serde_json::Value,
+            Vec<ParentCheck>,
+            Option<serde_json::Value>,
+        )> = vec![
             (
                 "first status of an accepted route",
                 json!([]),
@@ -235,7 +252,10 @@ mod tests {
                 "other controllers' entries are kept",
                 json!([traefik.clone()]),
                 vec![check(Ok(()), Err(missing()))],
-                Some(json!([traefik.clone(), ours("True", ("False", "BackendNotFound"), now)])),
+                Some(json!([
+                    traefik.clone(),
+                    ours("True", ("False", "BackendNotFound"), now)
+                ])),
             ),
             (
                 "no longer ours: our entry goes, theirs stays",
@@ -243,7 +263,12 @@ mod tests {
                 vec![],
                 Some(json!([traefik.clone()])),
             ),
-            ("never ours: no write", json!([traefik.clone()]), vec![], None),
+            (
+                "never ours: no write",
+                json!([traefik.clone()]),
+                vec![],
+                None,
+            ),
         ];
         for (what, parents, checks, want) in cases {
             let patch = route_status_patch(&route(parents), &checks, ME, now);
@@ -251,7 +276,10 @@ mod tests {
                 (None, None) => {}
                 (Some(p), Some(w)) => {
                     assert_eq!(p["status"]["parents"], w, "{what}");
-                    assert_eq!(p["metadata"]["resourceVersion"], "42", "{what}: written over the version read");
+                    assert_eq!(
+                        p["metadata"]["resourceVersion"], "42",
+                        "{what}: written over the version read"
+                    );
                 }
                 (got, want) => panic!("{what}: got {got:?}, want {want:?}"),
             }
@@ -261,7 +289,10 @@ mod tests {
     #[test]
     fn a_refused_route_says_why() {
         let refused = check(
-            Err(Problem { reason: "UnsupportedValue", message: "rules[0] filter URLRewrite is not supported".into() }),
+            Err(Problem {
+                reason: "UnsupportedValue",
+                message: "rules[0] filter URLRewrite is not supported".into(),
+            }),
             Ok(()),
         );
         let patch = route_status_patch(&route(json!([])), &[refused], ME, "t").unwrap();
@@ -283,7 +314,10 @@ mod tests {
         assert_eq!(again, first, "same status: times kept");
         let more = gateway_status("http", "127.0.0.1", 3, 1, &first, "t2");
         assert!(!same_but_time(&more, &first));
-        assert_eq!(more["listeners"][0]["conditions"][0]["lastTransitionTime"], "t1");
+        assert_eq!(
+            more["listeners"][0]["conditions"][0]["lastTransitionTime"],
+            "t1"
+        );
         let class = class_status(1, &json!(null), "t1");
         assert_eq!(class["conditions"][0]["type"], "Accepted");
         assert_eq!(class["conditions"][0]["status"], "True");
