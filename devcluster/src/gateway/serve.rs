@@ -304,3 +304,28 @@ fn respond(answer: reqwest::Response) -> Response {
     *response.headers_mut() = headers;
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_headers_are_not_passed_on() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("host", "web.test"),
+            ("connection", "keep-alive, x-private"),
+            ("keep-alive", "timeout=5"),
+            ("x-private", "hop"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("x-canary", "yes"),
+            ("accept", "*/*"),
+        ] {
+            h.append(k, v.parse().unwrap());
+        }
+        let kept = end_to_end(&h);
+        let kept: Vec<&str> = kept.keys().map(|k| k.as_str()).collect();
+        assert_eq!(kept, vec!["host", "x-canary", "accept"]);
+    }
+}
