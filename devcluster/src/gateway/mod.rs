@@ -299,6 +299,9 @@ async fn reconcile(
             .await
         {
             Ok(_) => info!(route = %id, "route status written"),
+            Err(kube::Error::Api(e)) if e.code == 404 => {
+                debug!(route = %id, "route deleted meanwhile");
+            }
             Err(kube::Error::Api(e)) if e.code == 409 => {
                 debug!(route = %id, "route changed meanwhile; its status is written from the newer one");
             }
