@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::controlplane::{self, Binaries};
 use crate::layout::{self, Layout};
-use crate::{gateway, hostnet, procs};
+use crate::{gateway, hostnet, mirror, procs};
 
 /// What `up` records about the running cluster, read by `status` and by an `up` that heals it.
 #[derive(Debug, Serialize, Deserialize)]
@@ -112,10 +112,18 @@ pub async fn up(
             );
         }
         if healthy(layout).await {
-            // A cluster made before the gateway existed, or whose gateway objects someone
+            // A cluster made before the gateways existed, or whose gateway objects someone
             // deleted, gets them now; nothing that runs is restarted.
             let provisioned = gateway::provision()?;
             ensure_gateway(layout, &provisioned).await?;
+            if let Some(g) = mirror::process::ensure_running(layout).await? {
+                println!(
+                    "devcluster: started the mirror gateway on {}:{} (pid {})",
+                    mirror::ADDRESS,
+                    mirror::PORT,
+                    g.pid
+                );
+            }
             println!("devcluster: already up ({}, Kubernetes {version}); run `devcluster down` first to start afresh", layout.root.display());
             print_env(layout);
             return Ok(());
@@ -271,6 +279,9 @@ async fn heal(
         wait_agent_serving(layout, &client, agent.pid, state.nodes).await?;
         restarted.push("agent".into());
     }
+    if mirror::process::ensure_running(layout).await?.is_some() {
+        restarted.push(mirror::process::PROCESS.into());
+    }
     if restarted.is_empty() && !gateway_down {
         // Every process runs but the API server did not answer a moment ago: say so rather than
         // restarting a process that may only be slow.
@@ -348,6 +359,15 @@ async fn start(
     step("a pod ran", t);
     ensure_gateway(layout, gateway_bins).await?;
     step("the gateway serves", t);
+    mirror::process::ensure_running(layout).await?;
+    step(
+        &format!(
+            "mirror gateway listening on {}:{}",
+            mirror::ADDRESS,
+            mirror::PORT
+        ),
+        t,
+    );
     Ok(())
 }
 

@@ -12,6 +12,7 @@ pub mod controlplane;
 pub mod gateway;
 pub mod hostnet;
 pub mod layout;
+pub mod mirror;
 pub mod net;
 pub mod podinit;
 pub mod procs;

@@ -55,6 +55,16 @@ enum Cmd {
         #[arg(long)]
         bin_dir: PathBuf,
     },
+    /// Run the mirror gateway in the foreground (`up` starts it for you): the devcluster's own
+    /// Gateway API implementation of weighted backendRefs and RequestMirror, GatewayClass
+    /// `devcluster-mirror`, on 127.0.0.1:18081.
+    #[command(hide = true)]
+    GatewayServe {
+        #[arg(long)]
+        kubeconfig: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:18081")]
+        listen: std::net::SocketAddr,
+    },
     /// Enter a pod's namespaces, mount its volumes and exec its command (used by the agent).
     #[command(hide = true)]
     PodInit {
@@ -117,6 +127,10 @@ fn main() -> ExitCode {
                     kubeconfig,
                 };
                 devcluster::agent::run(cfg).await.map(|_| true)
+            }
+            Cmd::GatewayServe { kubeconfig, listen } => {
+                let client = devcluster::layout::client(&kubeconfig).await?;
+                devcluster::mirror::run(client, listen).await.map(|_| true)
             }
             Cmd::PodInit { .. } => unreachable!("handled before the runtime starts"),
         }
