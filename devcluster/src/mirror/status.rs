@@ -152,10 +152,27 @@ pub fn gateway_status(
 }
 
 /// The GatewayClass's status: accepted by this controller.
+/// The Gateway API features this gateway implements, sorted as the spec asks.
+pub const SUPPORTED_FEATURES: &[&str] = &[
+    "Gateway",
+    "HTTPRoute",
+    "HTTPRouteRequestMirror",
+    "HTTPRouteRequestPercentageMirror",
+];
+
 pub fn class_status(generation: i64, previous: &Value, now: &str) -> Value {
     let empty = Vec::new();
     let previous = previous["conditions"].as_array().unwrap_or(&empty);
-    json!({"conditions": [condition("Accepted", &Ok(()), "Accepted", "handled by the devcluster's mirror gateway", generation, previous, now)]})
+    // What it supports, as the Gateway API's feature names (GatewayClass `supportedFeatures`), so
+    // a client can tell before using a feature whether this class has it.
+    let features: Vec<Value> = SUPPORTED_FEATURES
+        .iter()
+        .map(|name| json!({ "name": name }))
+        .collect();
+    json!({
+        "conditions": [condition("Accepted", &Ok(()), "Accepted", "handled by the devcluster's mirror gateway", generation, previous, now)],
+        "supportedFeatures": features,
+    })
 }
 
 #[cfg(test)]
