@@ -13,6 +13,7 @@ mod current;
 mod drift;
 mod failures;
 mod gates;
+mod helm;
 mod kills;
 mod lock;
 mod rbac;
