@@ -121,7 +121,10 @@ async fn release_status(home: &HelmHome, ns: &str) -> anyhow::Result<(String, i6
         .and_then(|s| s.as_str())
         .unwrap_or_default()
         .to_string();
-    let version = json.pointer("/version").and_then(|v| v.as_i64()).unwrap_or(0);
+    let version = json
+        .pointer("/version")
+        .and_then(|v| v.as_i64())
+        .unwrap_or(0);
     Ok((status, version))
 }
 
@@ -349,7 +352,10 @@ fn objects(text: &str) -> BTreeMap<(String, String), serde_json::Value> {
         .map(|v| {
             let key = (
                 v["kind"].as_str().unwrap_or_default().to_string(),
-                v["metadata"]["name"].as_str().unwrap_or_default().to_string(),
+                v["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
             );
             (key, v)
         })
@@ -372,7 +378,8 @@ async fn the_chart_lints_clean_and_renders_the_seeds_deployment() -> anyhow::Res
     let manifest = objects(&std::fs::read_to_string(
         testkit::repo_root().join("examples/time-app/k8s/time-app.yaml"),
     )?);
-    let keys = |m: &BTreeMap<(String, String), serde_json::Value>| m.keys().cloned().collect::<Vec<_>>();
+    let keys =
+        |m: &BTreeMap<(String, String), serde_json::Value>| m.keys().cloned().collect::<Vec<_>>();
     assert_eq!(keys(&from_chart), keys(&manifest), "the same objects");
 
     let key = |kind: &str, name: &str| (kind.to_string(), name.to_string());
@@ -393,14 +400,25 @@ async fn the_chart_lints_clean_and_renders_the_seeds_deployment() -> anyhow::Res
         &set["template"]["spec"]["containers"][0],
         &want["template"]["spec"]["containers"][0],
     );
-    for field in ["name", "image", "ports", "readinessProbe", "livenessProbe", "volumeMounts"] {
+    for field in [
+        "name",
+        "image",
+        "ports",
+        "readinessProbe",
+        "livenessProbe",
+        "volumeMounts",
+    ] {
         assert_eq!(app[field], want_app[field], "container {field}");
     }
     // The chart also sets PORT from its containerPort value (the manifest relies on the default).
     let mut env = app["env"].as_array().cloned().unwrap_or_default();
     let port = env.remove(0);
     assert_eq!(port, serde_json::json!({"name": "PORT", "value": "8080"}));
-    assert_eq!(serde_json::Value::Array(env), want_app["env"], "container env");
+    assert_eq!(
+        serde_json::Value::Array(env),
+        want_app["env"],
+        "container env"
+    );
 
     // Each Service selects exactly the pods of the set, with the manifest's ports and type.
     let selector = &set["selector"]["matchLabels"];
@@ -411,7 +429,10 @@ async fn the_chart_lints_clean_and_renders_the_seeds_deployment() -> anyhow::Res
     for (label, value) in selector.as_object().into_iter().flatten() {
         assert_eq!(&set["template"]["metadata"]["labels"][label], value);
     }
-    assert_eq!(set["template"]["metadata"]["labels"]["app.kubernetes.io/version"], "v1");
+    assert_eq!(
+        set["template"]["metadata"]["labels"]["app.kubernetes.io/version"],
+        "v1"
+    );
     for name in ["time-app", "time-app-pods"] {
         let (svc, want_svc) = (
             &from_chart[&key("Service", name)]["spec"],
@@ -439,7 +460,10 @@ async fn the_chart_lints_clean_and_renders_the_seeds_deployment() -> anyhow::Res
     let set = &other[&key("StatefulSet", "shop-time-app")]["spec"];
     assert_eq!(set["serviceName"], "shop-time-app-pods");
     assert_eq!(set["replicas"], 5);
-    assert_eq!(set["template"]["spec"]["containers"][0]["image"], "time-app:v2");
+    assert_eq!(
+        set["template"]["spec"]["containers"][0]["image"],
+        "time-app:v2"
+    );
     assert!(other.contains_key(&key("Service", "shop-time-app")));
     Ok(())
 }
