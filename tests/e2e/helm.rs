@@ -3,8 +3,8 @@
 //! and `helm template ... | rollout ... -f -`, each run to the end with every pod's data kept;
 //! afterwards `helm` still knows its release, a `helm upgrade` with the old values is refused
 //! (a conflict with rollout's field manager, nothing changed), and one with the values rolled out
-//! restarts no pod. `helm` is `$ROLLOUT_HELM` (set by `scripts/lib.sh` from `scripts/provision-helm.sh`), else
-//! the `helm` on PATH.
+//! restarts no pod. `helm` is `$ROLLOUT_HELM` (set by `scripts/lib.sh` from
+//! `scripts/provision-helm.sh`), else the `helm` on PATH.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
