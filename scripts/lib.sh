@@ -31,6 +31,14 @@ cargo build --workspace --bins --quiet
 export PATH="$K8S_BIN:$REPO/target/debug:$PATH"
 export KUBECONFIG="${ROLLOUT_DEVCLUSTER_DIR:-/var/tmp/rollout-devcluster}/kubeconfig"
 
+# The helm the end-to-end tests of the Helm chart (examples/time-app/chart) run, built once from
+# its Go module and cached beside Kubernetes; the tests read its path from ROLLOUT_HELM.
+provision_helm() {
+  log "provisioning helm (built once from its Go module, cached under ~/.cache/rollout)"
+  ROLLOUT_HELM="$(bash scripts/provision-helm.sh)"
+  export ROLLOUT_HELM
+}
+
 devcluster_up() {
   log "devcluster up --nodes ${1:-3}"
   devcluster up --nodes "${1:-3}"

@@ -342,7 +342,7 @@ pub struct TargetArgs {
         required_unless_present = "manifest"
     )]
     pub images: Vec<ImageChange>,
-    /// A whole new StatefulSet (e.g. `helm template` output); its pod template is rolled out
+    /// A whole new StatefulSet (e.g. `helm template` output; `-` reads stdin); its pod template is rolled out
     #[arg(short = 'f', long, value_name = "FILE", conflicts_with = "images")]
     pub manifest: Option<PathBuf>,
 }
@@ -413,7 +413,7 @@ pub struct ApplyArgs {
         required_unless_present = "manifest"
     )]
     pub images: Vec<ImageChange>,
-    /// A whole new StatefulSet whose pod template is rolled out
+    /// A whole new StatefulSet whose pod template is rolled out (`-` reads stdin)
     #[arg(long, value_name = "FILE", conflicts_with = "images")]
     pub manifest: Option<PathBuf>,
     /// Overrides the file's batch

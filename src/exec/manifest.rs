@@ -1,7 +1,8 @@
 //! `-f/--manifest FILE`: a whole new StatefulSet (e.g. the output of `helm template`), of which
 //! the rollout takes the pod template. The file may hold many documents; the StatefulSet named
-//! on the command line is picked. Parsing is pure; reading the file happens once, when the CLI
-//! settings are resolved.
+//! on the command line is picked. `-` reads standard input (`helm template ... | rollout ... -f -`),
+//! and a pipe given as a path (`-f <(helm template ...)`) is read like a file. Parsing is pure;
+//! reading happens once, when the CLI settings are resolved.
 
 use std::collections::BTreeMap;
 
@@ -25,6 +26,8 @@ pub enum ManifestError {
         document: usize,
         message: String,
     },
+    #[error("manifest {file} is empty: if a command writes it (`-f <(helm template ...)`, `helm template ... | rollout ... -f -`), that command failed or printed nothing; its own error is above")]
+    Empty { file: String },
     #[error("manifest {file} holds no StatefulSet (found: {found}); give the file with the StatefulSet, e.g. the output of `helm template`")]
     NoStatefulSet { file: String, found: String },
     #[error("manifest {file} has no StatefulSet named {wanted} (its StatefulSets: {found}); name one of those, or check the file")]
@@ -43,6 +46,10 @@ pub enum ManifestError {
     NoContainers { file: String, name: String },
 }
 
+/// The path that stands for standard input, and how messages name it.
+const STDIN_PATH: &str = "-";
+const STDIN_NAME: &str = "<stdin>";
+
 /// The StatefulSet a manifest brings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Manifest {
@@ -58,6 +65,11 @@ pub struct Manifest {
 impl Manifest {
     /// Picks the StatefulSet `name` from the documents in `text`.
     pub fn parse(file: &str, text: &str, name: &str) -> Result<Manifest, ManifestError> {
+        if text.trim().is_empty() {
+            return Err(ManifestError::Empty {
+                file: file.to_string(),
+            });
+        }
         let mut kinds = Vec::new();
         let mut sets: Vec<(String, Value)> = Vec::new();
         for (index, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
@@ -138,7 +150,6 @@ impl Manifest {
         })
     }
 
-    /// Reads and parses the file.
     /// The manifest's pod template with every label of `selector` that it lacks, and the
     /// labels added. A set `rollout` created for a blue/green selects its pods by a label of
     /// its own (`rollout.dev/set`) that the user's chart does not write; without it the API
@@ -176,9 +187,20 @@ impl Manifest {
         (template, added)
     }
 
+    /// Reads and parses the file, or standard input for `-`.
     pub fn read(path: &std::path::Path, name: &str) -> Result<Manifest, ManifestError> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+        let stdin = path.as_os_str() == STDIN_PATH;
+        let file = if stdin {
+            STDIN_NAME.to_string()
+        } else {
+            path.display().to_string()
+        };
+        let text = if stdin {
+            std::io::read_to_string(std::io::stdin())
+        } else {
+            std::fs::read_to_string(path)
+        }
+        .map_err(|source| ManifestError::Read {
             file: file.clone(),
             source,
         })?;
@@ -291,7 +313,9 @@ spec:
         let cases: Vec<Case> = vec![
             (HELM, "api", |e| matches!(e, ManifestError::NameMismatch { .. }), "web, db"),
             ("kind: Service\nmetadata: {name: x}\n", "web", |e| matches!(e, ManifestError::NoStatefulSet { .. }), "Service"),
-            ("", "web", |e| matches!(e, ManifestError::NoStatefulSet { .. }), "nothing"),
+            ("", "web", |e| matches!(e, ManifestError::Empty { .. }), "failed or printed nothing"),
+            ("\n  \n", "web", |e| matches!(e, ManifestError::Empty { .. }), "is empty"),
+            ("---\n", "web", |e| matches!(e, ManifestError::NoStatefulSet { .. }), "nothing"),
             ("a: [\n", "web", |e| matches!(e, ManifestError::Parse { document: 1, .. }), "not valid YAML"),
             (
                 "kind: StatefulSet\nmetadata: {name: web}\nspec: {selector: {}, serviceName: web, template: {spec: {containers: []}}}\n",

@@ -14,6 +14,7 @@ mod drift;
 mod failures;
 mod gates;
 mod gateway_devcluster;
+mod helm;
 mod kills;
 mod lock;
 mod rbac;
