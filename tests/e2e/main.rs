@@ -13,6 +13,7 @@ mod current;
 mod drift;
 mod failures;
 mod gates;
+mod incluster;
 mod kills;
 mod lock;
 mod rbac;
