@@ -15,6 +15,7 @@ mod failures;
 mod gates;
 mod gateway_devcluster;
 mod helm;
+mod incluster;
 mod kills;
 mod lock;
 mod rbac;

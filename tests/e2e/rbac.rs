@@ -18,7 +18,7 @@ use crate::support::{
     Run, STS,
 };
 
-const ACCOUNT: &str = "deployer";
+pub(crate) const ACCOUNT: &str = "deployer";
 
 /// The Role in the README's "Permissions" section, as YAML.
 fn readme_role() -> anyhow::Result<Role> {
@@ -102,7 +102,7 @@ async fn as_account(app: &App, config: &std::path::Path, args: &[&str]) -> anyho
 
 /// The time app in a namespace of its own, a ServiceAccount bound to the README's Role there,
 /// and a kubeconfig that signs in as that account.
-async fn deploy_with_account(prefix: &str) -> anyhow::Result<(App, Role, PathBuf)> {
+pub(crate) async fn deploy_with_account(prefix: &str) -> anyhow::Result<(App, Role, PathBuf)> {
     let app = App::deploy(prefix, 3, false).await?;
     let role = readme_role()?;
     ensure!(role.metadata.name.as_deref() == Some("rollout"));

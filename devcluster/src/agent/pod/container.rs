@@ -14,6 +14,7 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use super::account;
 use super::env;
 use super::events::{self, Kind, PodRef};
 use super::process::{self, Exit, Process};
@@ -93,12 +94,15 @@ pub struct ContainerTask {
     pub index: usize,
     pub spec: Container,
     pub policy: RestartPolicy,
-    pub netns: String,
+    /// The pod's network namespace; `None` for a pod in the host's network.
+    pub netns: Option<String>,
     pub pod_ip: Ipv4Addr,
     pub hostname: String,
     pub pod_dir: PathBuf,
     pub hosts_file: PathBuf,
     pub volumes: Arc<HashMap<String, HostVolume>>,
+    /// The service account's token, CA and namespace files, mounted at [`account::MOUNT_PATH`].
+    pub account_dir: Option<PathBuf>,
     pub view: watch::Sender<PodView>,
 }
 
@@ -162,11 +166,14 @@ impl ContainerTask {
         )
         .await
         .map_err(|e| StartProblem::Config(e.to_string()))?;
+        // As a kubelet puts service variables before the container's own env, so its env wins.
+        let mut base_env = account::api_server_env(&self.pod);
+        base_env.extend(mapped.env.clone());
         let env = env::container_env(
             &self.pod,
             &self.spec,
             Some(self.pod_ip),
-            &mapped.env,
+            &base_env,
             &objects,
         )
         .map_err(|e| StartProblem::Config(e.to_string()))?;
@@ -183,8 +190,21 @@ impl ContainerTask {
             };
             return Err(StartProblem::Config(e.to_string()));
         }
-        let mounts = volumes::mounts(&self.spec, &self.volumes, &env)
+        let mut mounts = volumes::mounts(&self.spec, &self.volumes, &env)
             .map_err(|e| StartProblem::Config(e.to_string()))?;
+        let account_path = std::path::Path::new(account::MOUNT_PATH);
+        if let Some(dir) = &self.account_dir {
+            if !mounts.iter().any(|m| m.bind.dst == account_path) {
+                mounts.push(volumes::Mount {
+                    bind: Bind {
+                        src: dir.clone(),
+                        dst: account_path.to_path_buf(),
+                        read_only: true,
+                    },
+                    create_dir: None,
+                });
+            }
+        }
         // The container's own /tmp, /run and /var/log first, so volumes below them land on top.
         let rootfs = self.pod_dir.join("rootfs").join(&self.spec.name);
         let volume_dsts: Vec<&std::path::Path> =
@@ -224,7 +244,7 @@ impl ContainerTask {
             .unwrap_or_else(|| self.pod_dir.join("containers").join(&self.spec.name));
         Ok(Prepared {
             init: PodInit {
-                netns: Some(self.netns.clone()),
+                netns: self.netns.clone(),
                 hostname: Some(self.hostname.clone()),
                 binds,
                 workdir: Some(workdir),

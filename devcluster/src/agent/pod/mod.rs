@@ -1,7 +1,8 @@
 //! The parts of running one pod: its state as plain data ([`state`]), the status computed from
 //! it ([`status`]), its environment and volume sources ([`env`], [`sources`]), its processes
 //! ([`process`]), each container's private `/tmp`, `/run` and `/var/log` ([`scratch`]), each container's lifecycle ([`container`]), the per-pod worker tying them
-//! together ([`worker`]) and the events it records ([`events`]).
+//! together ([`worker`]), the events it records ([`events`]) and its service account's token and
+//! the API server's address ([`account`]).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -9,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use super::AgentConfig;
 use crate::net::Ipam;
 
+pub mod account;
 pub mod container;
 pub mod env;
 pub mod events;

@@ -19,6 +19,8 @@ use super::state::{ContainerState, ContainerView, PodView, RestartPolicy, RetryB
 use super::status::{self, StatusInput};
 use super::Ctx;
 use crate::agent::volumes::{self, VolumeContext};
+use super::account;
+use crate::layout;
 use crate::net::{self, Sandbox};
 
 /// What the dispatcher tells a worker; only the latest matters.
@@ -360,9 +362,144 @@ async fn setup_and_run(
 ) -> Option<Sandbox> {
     let event =
         |kind, reason: &str, msg: &str| events::record(&ctx.client, pref, None, kind, reason, msg);
+    let host_network = account::host_network(pod);
+    let (sb, ip) = if host_network {
+        // In the host's network namespace, with the node's address, as the kubelet does.
+        (None, layout::BRIDGE_IP.parse().unwrap_or(Ipv4Addr::LOCALHOST))
+    } else {
+        match pod_sandbox(ctx, pod, pref, view, stop).await {
+            Ok((sb, ip)) => (Some(sb), ip),
+            Err(sb) => return sb,
+        }
+    };
+    view.send_modify(|v| v.pod_ip = Some(ip));
+    let hosts = pod_dir.join("etc-hosts");
+    let written =
+        std::fs::create_dir_all(pod_dir).and_then(|_| std::fs::write(&hosts, hosts_file(pod, ip)));
+    if let Err(e) = written {
+        let msg = format!("could not write {}: {e}", hosts.display());
+        set_unstarted_waiting(view, "ContainerCreating", Some(msg.clone()));
+        event(Kind::Warning, "FailedCreatePodSandBox", &msg);
+        stop_requested(stop).await;
+        return sb;
+    }
+
+    let created_file = ctx.cfg.layout.created_mountpoints_file();
+    let vctx = VolumeContext {
+        client: &ctx.client,
+        pod,
+        pod_dir,
+        pod_ip: Some(ip),
+        claim_wait: CLAIM_WAIT,
+        created_file: &created_file,
+    };
+    let mut retry = RetryBackoff::default();
+    let (host_volumes, account_dir) = loop {
+        let prepared = tokio::select! {
+            r = prepare_mounts(&vctx) => r,
+            _ = stop_requested(stop) => return sb,
+        };
+        match prepared {
+            Ok((v, account)) => break (Arc::new(v), account),
+            Err(e) => {
+                let msg = format!(
+                    "Unable to attach or mount volumes: {}",
+                    crate::agent::pods::error_chain(&e)
+                );
+                tracing::warn!(pod = %pref.name, "{msg}");
+                set_unstarted_waiting(view, "ContainerCreating", Some(msg.clone()));
+                event(Kind::Warning, "FailedMount", &msg);
+                if sleep_or_stop(Instant::now() + retry.next_delay(), stop).await {
+                    return sb;
+                }
+            }
+        }
+    };
+    set_unstarted_waiting(view, "ContainerCreating", None);
+
+    let spec = pod.spec.clone().unwrap_or_default();
+    let task =
+        |role: Role, index: usize, spec_c: &k8s_openapi::api::core::v1::Container| ContainerTask {
+            ctx: ctx.clone(),
+            pod: pod.clone(),
+            pod_ref: pref.clone(),
+            role,
+            index,
+            spec: spec_c.clone(),
+            policy: RestartPolicy::parse(spec.restart_policy.as_deref()),
+            netns: sb.as_ref().map(|sb| sb.netns.clone()),
+            pod_ip: ip,
+            hostname: hostname(pod),
+            pod_dir: pod_dir.to_path_buf(),
+            hosts_file: hosts.clone(),
+            volumes: host_volumes.clone(),
+            account_dir: account_dir.clone(),
+            view: view.clone(),
+        };
+    for (i, c) in spec.init_containers.iter().flatten().enumerate() {
+        match task(Role::Init, i, c).run(stop.clone()).await {
+            Outcome::Succeeded => {}
+            Outcome::Failed => {
+                stop_requested(stop).await;
+                return sb;
+            }
+            Outcome::Stopped => return sb,
+        }
+    }
+    view.send_modify(|v| {
+        v.initialized = true;
+        for c in &mut v.containers {
+            if c.container_id.is_none() {
+                c.set_waiting("ContainerCreating", None);
+            }
+        }
+    });
+    let runs = spec
+        .containers
+        .iter()
+        .enumerate()
+        .map(|(i, c)| task(Role::Main, i, c).run(stop.clone()));
+    futures::future::join_all(runs).await;
+    sb
+}
+
+#[derive(Debug, thiserror::Error)]
+enum MountError {
+    #[error(transparent)]
+    Volume(#[from] volumes::VolumeError),
+    #[error(transparent)]
+    Account(#[from] account::AccountError),
+}
+
+/// The pod's volumes on the host, and its service account's files (see [`account`]).
+async fn prepare_mounts(
+    vctx: &VolumeContext<'_>,
+) -> Result<
+    (
+        std::collections::HashMap<String, volumes::HostVolume>,
+        Option<std::path::PathBuf>,
+    ),
+    MountError,
+> {
+    let host_volumes = volumes::prepare(vctx).await?;
+    let account = account::prepare(vctx.client, vctx.pod, vctx.pod_dir).await?;
+    Ok((host_volumes, account))
+}
+
+/// The pod's own network namespace and address. `Err` carries what `setup_and_run` returns when
+/// it stops here (the sandbox to remove, if one was started).
+async fn pod_sandbox(
+    ctx: &Arc<Ctx>,
+    pod: &Arc<Pod>,
+    pref: &PodRef,
+    view: &watch::Sender<PodView>,
+    stop: &mut watch::Receiver<Option<Stop>>,
+) -> Result<(Sandbox, Ipv4Addr), Option<Sandbox>> {
+    let event =
+        |kind, reason: &str, msg: &str| events::record(&ctx.client, pref, None, kind, reason, msg);
     let Some(cidr) = ctx.cfg.pod_cidr(&pref.node) else {
         stop_requested(stop).await;
-        return None;
+        return Err(None);
     };
     let preferred = pod
         .status
@@ -382,14 +519,14 @@ async fn setup_and_run(
         set_unstarted_waiting(view, "ContainerCreating", Some(e.to_string()));
         event(Kind::Warning, "FailedCreatePodSandBox", &e.to_string());
         stop_requested(stop).await;
-        return None;
+        return Err(None);
     };
     let sb = Sandbox::for_pod(&pref.uid, ip);
     let mut retry = RetryBackoff::default();
     loop {
         let created = tokio::select! {
             r = net::create_sandbox(&sb) => r,
-            _ = stop_requested(stop) => return Some(sb),
+            _ = stop_requested(stop) => return Err(Some(sb)),
         };
         match created {
             Ok(()) => break,
@@ -402,99 +539,12 @@ async fn setup_and_run(
                 set_unstarted_waiting(view, "ContainerCreating", Some(msg.clone()));
                 event(Kind::Warning, "FailedCreatePodSandBox", &msg);
                 if sleep_or_stop(Instant::now() + retry.next_delay(), stop).await {
-                    return Some(sb);
+                    return Err(Some(sb));
                 }
             }
         }
     }
-    view.send_modify(|v| v.pod_ip = Some(ip));
-    let hosts = pod_dir.join("etc-hosts");
-    let written =
-        std::fs::create_dir_all(pod_dir).and_then(|_| std::fs::write(&hosts, hosts_file(pod, ip)));
-    if let Err(e) = written {
-        let msg = format!("could not write {}: {e}", hosts.display());
-        set_unstarted_waiting(view, "ContainerCreating", Some(msg.clone()));
-        event(Kind::Warning, "FailedCreatePodSandBox", &msg);
-        stop_requested(stop).await;
-        return Some(sb);
-    }
-
-    let created_file = ctx.cfg.layout.created_mountpoints_file();
-    let vctx = VolumeContext {
-        client: &ctx.client,
-        pod,
-        pod_dir,
-        pod_ip: Some(ip),
-        claim_wait: CLAIM_WAIT,
-        created_file: &created_file,
-    };
-    let mut retry = RetryBackoff::default();
-    let host_volumes = loop {
-        let prepared = tokio::select! {
-            r = volumes::prepare(&vctx) => r,
-            _ = stop_requested(stop) => return Some(sb),
-        };
-        match prepared {
-            Ok(v) => break Arc::new(v),
-            Err(e) => {
-                let msg = format!(
-                    "Unable to attach or mount volumes: {}",
-                    crate::agent::pods::error_chain(&e)
-                );
-                tracing::warn!(pod = %pref.name, "{msg}");
-                set_unstarted_waiting(view, "ContainerCreating", Some(msg.clone()));
-                event(Kind::Warning, "FailedMount", &msg);
-                if sleep_or_stop(Instant::now() + retry.next_delay(), stop).await {
-                    return Some(sb);
-                }
-            }
-        }
-    };
-    set_unstarted_waiting(view, "ContainerCreating", None);
-
-    let spec = pod.spec.clone().unwrap_or_default();
-    let task =
-        |role: Role, index: usize, spec_c: &k8s_openapi::api::core::v1::Container| ContainerTask {
-            ctx: ctx.clone(),
-            pod: pod.clone(),
-            pod_ref: pref.clone(),
-            role,
-            index,
-            spec: spec_c.clone(),
-            policy: RestartPolicy::parse(spec.restart_policy.as_deref()),
-            netns: sb.netns.clone(),
-            pod_ip: ip,
-            hostname: hostname(pod),
-            pod_dir: pod_dir.to_path_buf(),
-            hosts_file: hosts.clone(),
-            volumes: host_volumes.clone(),
-            view: view.clone(),
-        };
-    for (i, c) in spec.init_containers.iter().flatten().enumerate() {
-        match task(Role::Init, i, c).run(stop.clone()).await {
-            Outcome::Succeeded => {}
-            Outcome::Failed => {
-                stop_requested(stop).await;
-                return Some(sb);
-            }
-            Outcome::Stopped => return Some(sb),
-        }
-    }
-    view.send_modify(|v| {
-        v.initialized = true;
-        for c in &mut v.containers {
-            if c.container_id.is_none() {
-                c.set_waiting("ContainerCreating", None);
-            }
-        }
-    });
-    let runs = spec
-        .containers
-        .iter()
-        .enumerate()
-        .map(|(i, c)| task(Role::Main, i, c).run(stop.clone()));
-    futures::future::join_all(runs).await;
-    Some(sb)
+    Ok((sb, ip))
 }
 
 #[cfg(test)]
