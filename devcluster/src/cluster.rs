@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::controlplane::{self, Binaries};
 use crate::layout::{self, Layout};
-use crate::{hostnet, procs};
+use crate::{hostnet, procs, prometheus};
 
 /// What `up` records about the running cluster, read by `status` and by an `up` that heals it.
 #[derive(Debug, Serialize, Deserialize)]
@@ -65,8 +65,24 @@ pub fn require_root() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Is a cluster already serving from this layout?
+/// Is a cluster already serving from this layout, with every add-on?
 pub async fn healthy(layout: &Layout) -> bool {
+    let recorded = procs::recorded(&layout.pids_dir());
+    healthy_without_addons(layout).await
+        && recorded
+            .iter()
+            .filter(|p| p.name == prometheus::NAME || p.name == prometheus::SD_NAME)
+            .count()
+            == 2
+        && recorded
+            .iter()
+            .filter(|p| p.name == prometheus::NAME || p.name == prometheus::SD_NAME)
+            .all(|p| procs::alive(p.pid))
+}
+
+/// Is the cluster itself serving: the API server answers and every process it needs (the
+/// control plane and the node agent) is alive? Add-ons are not counted.
+async fn healthy_without_addons(layout: &Layout) -> bool {
     if !layout.kubeconfig().exists() {
         return false;
     }
@@ -76,7 +92,14 @@ pub async fn healthy(layout: &Layout) -> bool {
     client.apiserver_version().await.is_ok()
         && procs::recorded(&layout.pids_dir())
             .iter()
+            .filter(|p| p.name != prometheus::NAME && p.name != prometheus::SD_NAME)
             .all(|p| procs::alive(p.pid))
+}
+
+/// The exports that point tools at this cluster (`devcluster env`, and the end of `up`).
+pub fn print_env(layout: &Layout) {
+    println!("export KUBECONFIG={}", layout.kubeconfig().display());
+    println!("export ROLLOUT_PROMETHEUS_URL={}", prometheus::url());
 }
 
 fn read_state(layout: &Layout) -> anyhow::Result<ClusterState> {
@@ -113,7 +136,17 @@ pub async fn up(
         }
         if healthy(layout).await {
             println!("devcluster: already up ({}, Kubernetes {version}); run `devcluster down` first to start afresh", layout.root.display());
-            println!("export KUBECONFIG={}", layout.kubeconfig().display());
+            print_env(layout);
+            return Ok(());
+        }
+        if healthy_without_addons(layout).await {
+            // Only an add-on is missing (Prometheus, on a cluster from before it was one, or
+            // one that died): start it and leave everything else running.
+            let client = layout::client(&layout.kubeconfig()).await?;
+            if prometheus::ensure(layout, &client).await? {
+                eprintln!("devcluster: Prometheus started at {}", prometheus::url());
+            }
+            print_env(layout);
             return Ok(());
         }
         return heal(layout, state, nodes, bin_dir).await;
@@ -168,7 +201,7 @@ pub async fn up(
         t0.elapsed().as_secs_f64(),
         t_provisioned.as_secs_f64()
     );
-    println!("export KUBECONFIG={}", layout.kubeconfig().display());
+    print_env(layout);
     Ok(())
 }
 
@@ -237,6 +270,10 @@ async fn heal(
         wait_agent_serving(layout, &client, agent.pid, state.nodes).await?;
         restarted.push("agent".into());
     }
+    let client = layout::client(&layout.kubeconfig()).await?;
+    if prometheus::ensure(layout, &client).await? {
+        restarted.push(prometheus::NAME.into());
+    }
     if restarted.is_empty() {
         // Every process runs but the API server did not answer a moment ago: say so rather than
         // restarting a process that may only be slow.
@@ -247,7 +284,7 @@ async fn heal(
         t0.elapsed().as_secs_f64(),
         restarted.join(", ")
     );
-    println!("export KUBECONFIG={}", layout.kubeconfig().display());
+    print_env(layout);
     Ok(())
 }
 
@@ -307,6 +344,8 @@ async fn start(
     .context("the storage class did not appear within 60s")??;
     smoke_pod(&client).await?;
     step("a pod ran", t);
+    prometheus::ensure(layout, &client).await?;
+    step(&format!("Prometheus ready at {}", prometheus::url()), t);
     Ok(())
 }
 
@@ -609,6 +648,9 @@ pub async fn status(layout: &Layout) -> anyhow::Result<bool> {
     let pods: Api<Pod> = Api::all(client);
     let count = pods.list(&ListParams::default()).await?.items.len();
     println!("pods: {count}");
-    println!("export KUBECONFIG={}", layout.kubeconfig().display());
+    if procs_list.iter().any(|p| p.name == prometheus::NAME) {
+        println!("prometheus at {}", prometheus::url());
+    }
+    print_env(layout);
     Ok(all_alive)
 }

@@ -16,6 +16,8 @@ pub const ETCD_PEER_PORT: u16 = 23800;
 /// The controller-manager's and the scheduler's secure ports (their defaults), on loopback.
 pub const CONTROLLER_MANAGER_PORT: u16 = 10257;
 pub const SCHEDULER_PORT: u16 = 10259;
+/// Prometheus, on loopback (`devcluster env` prints its URL).
+pub const PROMETHEUS_PORT: u16 = 19090;
 pub const SERVICE_CIDR: &str = "10.96.0.0/12";
 pub const STORAGE_CLASS: &str = "standard";
 pub const PROVISIONER_NAME: &str = "devcluster.rollout.dev/hostpath";

@@ -13,6 +13,7 @@ pub mod layout;
 pub mod net;
 pub mod podinit;
 pub mod procs;
+pub mod prometheus;
 pub mod testkit;
 
 pub use layout::Layout;

@@ -24,8 +24,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Start etcd, the API server, controller-manager, scheduler and the node agent; returns
-    /// when the cluster runs pods. Builds the control plane on first use (cached afterwards).
+    /// Start etcd, the API server, controller-manager, scheduler, the node agent and Prometheus;
+    /// returns when the cluster runs pods. On a cluster already up, starts only what is missing. Builds the control plane on first use (cached afterwards).
     Up {
         /// Number of Node objects the agent plays.
         #[arg(long, default_value_t = 3)]
@@ -42,7 +42,7 @@ enum Cmd {
     /// Replace the running node agent with this binary's (after rebuilding it), keeping the
     /// control plane and every object; running pods are restarted by the new agent.
     RestartAgent,
-    /// Print the KUBECONFIG export for this cluster.
+    /// Print the exports for this cluster: KUBECONFIG and ROLLOUT_PROMETHEUS_URL.
     Env,
     /// Run the node agent in the foreground (`up` starts it for you).
     #[command(hide = true)]
@@ -53,6 +53,14 @@ enum Cmd {
         kubeconfig: PathBuf,
         #[arg(long)]
         bin_dir: PathBuf,
+    },
+    /// Keep Prometheus's targets file from a watch of the pods (`up` starts it).
+    #[command(hide = true)]
+    PrometheusSd {
+        #[arg(long)]
+        kubeconfig: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Enter a pod's namespaces, mount its volumes and exec its command (used by the agent).
     #[command(hide = true)]
@@ -100,7 +108,7 @@ fn main() -> ExitCode {
             Cmd::Status => cluster::status(&layout).await,
             Cmd::RestartAgent => cluster::restart_agent(&layout).await.map(|_| true),
             Cmd::Env => {
-                println!("export KUBECONFIG={}", layout.kubeconfig().display());
+                cluster::print_env(&layout);
                 Ok(true)
             }
             Cmd::Agent {
@@ -116,6 +124,11 @@ fn main() -> ExitCode {
                     kubeconfig,
                 };
                 devcluster::agent::run(cfg).await.map(|_| true)
+            }
+            Cmd::PrometheusSd { kubeconfig, out } => {
+                devcluster::prometheus::discover(&kubeconfig, &out)
+                    .await
+                    .map(|_| true)
             }
             Cmd::PodInit { .. } => unreachable!("handled before the runtime starts"),
         }

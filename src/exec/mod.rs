@@ -18,6 +18,7 @@ pub mod commands;
 pub mod gates;
 pub mod lease;
 pub mod manifest;
+pub mod metrics;
 pub mod patch;
 pub mod progress;
 pub mod report;
@@ -72,6 +73,8 @@ pub enum ExecError {
         statefulset: String,
         message: String,
     },
+    #[error("the metric gates of StatefulSet {statefulset} cannot run (nothing was changed): {message}")]
+    MetricGates { statefulset: String, message: String },
     #[error("StatefulSet {statefulset} cannot be rolled now: {reason}")]
     NotRollable { statefulset: String, reason: String },
     #[error("StatefulSet {statefulset} has a rollout in progress ({description}); continue it with `rollout resume {statefulset}` or `rollout promote {statefulset}`, or stop it with `rollout abort {statefulset}`")]
@@ -149,6 +152,7 @@ impl ExecError {
             | ExecError::Kubeconfig { .. }
             | ExecError::Images(_)
             | ExecError::GatePort(_)
+            | ExecError::MetricGates { .. }
             | ExecError::Manifest(_)
             | ExecError::TemplateRefused { .. }
             | ExecError::NotRollable { .. }

@@ -20,6 +20,11 @@ pub const MAX_STEPS: usize = 1000;
 /// Why no plan could be made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
+    #[error("--bake keeps metric gates running after the last step of a rolling, ramped or canary rollout; {strategy} of StatefulSet {statefulset} has no such last step (use --analysis-interval for its pauses)")]
+    BakeNotSupported {
+        statefulset: String,
+        strategy: &'static str,
+    },
     #[error("planning the rollout of StatefulSet {statefulset}: {steps} steps is more than {MAX_STEPS}; use a larger --batch or fewer --steps")]
     TooManySteps { statefulset: String, steps: usize },
     #[error("blue/green of StatefulSet {statefulset} needs a live Service to switch: {detail}")]

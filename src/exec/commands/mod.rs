@@ -90,6 +90,8 @@ pub struct RunRequest {
     pub config: StrategyConfig,
     pub source: TemplateSource,
     pub wait_at_holds: bool,
+    /// Where metric gates send their queries (`--prometheus-url`, `ROLLOUT_PROMETHEUS_URL`).
+    pub prometheus_url: Option<String>,
 }
 
 /// How long a command waits for the StatefulSet controller to catch up with the latest spec

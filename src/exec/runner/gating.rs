@@ -56,7 +56,13 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 };
                 let gates = self.gates.clone();
                 let spec = self.options.gates.over(&self.record.config.gates);
-                let run = async move { gates.run(&spec, &targets, &context).await };
+                let pods = targets.iter().map(|t| t.pod.clone()).collect();
+                let metrics = self.metric_gates(&set_name, pods);
+                let run = async move {
+                    let (probes, metrics) =
+                        tokio::join!(gates.run(&spec, &targets, &context), metrics);
+                    Verdict::all([probes, metrics])
+                };
                 tokio::pin!(run);
                 let (deadline, overall) = self.step_deadline();
                 loop {
