@@ -526,9 +526,9 @@ impl LocalGateArgs {
     /// `--prometheus-url` (or `ROLLOUT_PROMETHEUS_URL`), checked.
     pub fn prometheus_url(&self) -> Result<Option<String>, SettingsError> {
         match &self.prometheus_url {
-            Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
-                Err(StrategyError::from(GateSpecError::BadPrometheusUrl { url: url.clone() }).into())
-            }
+            Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => Err(
+                StrategyError::from(GateSpecError::BadPrometheusUrl { url: url.clone() }).into(),
+            ),
             Some(url) if url.trim().is_empty() => Ok(None),
             other => Ok(other.clone()),
         }

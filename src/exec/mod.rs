@@ -73,8 +73,13 @@ pub enum ExecError {
         statefulset: String,
         message: String,
     },
-    #[error("the metric gates of StatefulSet {statefulset} cannot run (nothing was changed): {message}")]
-    MetricGates { statefulset: String, message: String },
+    #[error(
+        "the metric gates of StatefulSet {statefulset} cannot run (nothing was changed): {message}"
+    )]
+    MetricGates {
+        statefulset: String,
+        message: String,
+    },
     #[error("StatefulSet {statefulset} cannot be rolled now: {reason}")]
     NotRollable { statefulset: String, reason: String },
     #[error("StatefulSet {statefulset} has a rollout in progress ({description}); continue it with `rollout resume {statefulset}` or `rollout promote {statefulset}`, or stop it with `rollout abort {statefulset}`")]

@@ -1058,10 +1058,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                         ),
                     );
                 }
-                match self
-                    .wait_analysing(Some(deadline_after(until(at))))
-                    .await?
-                {
+                match self.wait_analysing(Some(deadline_after(until(at)))).await? {
                     analysis::Analysed::Failed => return Ok(true),
                     analysis::Analysed::Waited(Waited::Deadline) => {
                         self.record.finish_timed_pause(Self::now());

@@ -430,27 +430,70 @@ mod tests {
         let fail = |v: &Verdict| matches!(v, Verdict::Fail { .. });
         let unsure = |v: &Verdict| matches!(v, Verdict::Inconclusive { .. });
         type Check = fn(&Verdict) -> bool;
-        let cases: Vec<(&MetricGate, Result<Vec<Sample>, QueryError>, Option<Result<Vec<Sample>, QueryError>>, Check, &str)> = vec![
+        let cases: Vec<(
+            &MetricGate,
+            Result<Vec<Sample>, QueryError>,
+            Option<Result<Vec<Sample>, QueryError>>,
+            Check,
+            &str,
+        )> = vec![
             (&abs, ok(&[("a", "0.001")]), None, pass, "under the bound"),
             (&abs, ok(&[("a", "0.02")]), None, fail, "over the bound"),
-            (&abs, ok(&[("a", "0.001"), ("b", "0.5")]), None, fail, "every series must hold"),
-            (&abs, ok(&[]), None, unsure, "no samples: no data"),
-            (&abs, ok(&[("a", "NaN")]), None, unsure, "NaN: no data"),
-            (&rel, ok(&[("a", "0.3")]), Some(ok(&[("s", "0.25")])), pass, "within 1.5x"),
-            (&rel, ok(&[("a", "0.31")]), Some(ok(&[("s", "0.2")])), fail, "over 1.5x"),
-            (&rel, ok(&[("a", "0.3")]), Some(ok(&[])), unsure, "stable has no data"),
-            (&rel, ok(&[("a", "0.3")]), None, unsure, "no stable pods"),
-            (&rel, ok(&[("a", "0.3")]), Some(ok(&[("s", "1"), ("t", "2")])), unsure, "stable not one value"),
             (
                 &abs,
-                Err(QueryError::Unreachable { url: URL.into(), message: "connection refused".into() }),
+                ok(&[("a", "0.001"), ("b", "0.5")]),
+                None,
+                fail,
+                "every series must hold",
+            ),
+            (&abs, ok(&[]), None, unsure, "no samples: no data"),
+            (&abs, ok(&[("a", "NaN")]), None, unsure, "NaN: no data"),
+            (
+                &rel,
+                ok(&[("a", "0.3")]),
+                Some(ok(&[("s", "0.25")])),
+                pass,
+                "within 1.5x",
+            ),
+            (
+                &rel,
+                ok(&[("a", "0.31")]),
+                Some(ok(&[("s", "0.2")])),
+                fail,
+                "over 1.5x",
+            ),
+            (
+                &rel,
+                ok(&[("a", "0.3")]),
+                Some(ok(&[])),
+                unsure,
+                "stable has no data",
+            ),
+            (&rel, ok(&[("a", "0.3")]), None, unsure, "no stable pods"),
+            (
+                &rel,
+                ok(&[("a", "0.3")]),
+                Some(ok(&[("s", "1"), ("t", "2")])),
+                unsure,
+                "stable not one value",
+            ),
+            (
+                &abs,
+                Err(QueryError::Unreachable {
+                    url: URL.into(),
+                    message: "connection refused".into(),
+                }),
                 None,
                 unsure,
                 "Prometheus down: undecided",
             ),
             (
                 &abs,
-                Err(QueryError::Refused { url: URL.into(), query: "q".into(), message: "parse error".into() }),
+                Err(QueryError::Refused {
+                    url: URL.into(),
+                    query: "q".into(),
+                    message: "parse error".into(),
+                }),
                 None,
                 fail,
                 "refused query: gate error",

@@ -465,8 +465,7 @@ impl GateSpec {
         if self.bake.is_some_and(|d| d.get().is_zero()) {
             return Err(GateSpecError::ZeroDuration { setting: "bake" });
         }
-        if (self.analysis_interval.is_some() || self.bake.is_some()) && self.prometheus.is_empty()
-        {
+        if (self.analysis_interval.is_some() || self.bake.is_some()) && self.prometheus.is_empty() {
             return Err(GateSpecError::AnalysisWithoutMetricGates);
         }
         if let Some(command) = &self.command {

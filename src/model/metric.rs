@@ -484,7 +484,13 @@ mod tests {
 
     #[test]
     fn bounds_print_back() {
-        for text in ["0.01", "stable", "1.5 * stable", "stable + 0.01", "2 * stable - 1"] {
+        for text in [
+            "0.01",
+            "stable",
+            "1.5 * stable",
+            "stable + 0.01",
+            "2 * stable - 1",
+        ] {
             let bound = parse_bound(text).unwrap_or(Bound::Absolute { value: f64::NAN });
             assert_eq!(bound.to_string(), text);
         }

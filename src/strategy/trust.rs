@@ -324,7 +324,12 @@ fn config_durations(record: &RolloutState) -> Vec<(&'static str, HumanDuration)>
     out.extend(config.timeouts.total.map(|d| ("overall deadline", d)));
     out.extend(http.max_p95_latency.map(|d| ("latency limit", d)));
     out.extend(config.gates.min_ready.map(|d| ("minimum Ready time", d)));
-    out.extend(config.gates.analysis_interval.map(|d| ("analysis interval", d)));
+    out.extend(
+        config
+            .gates
+            .analysis_interval
+            .map(|d| ("analysis interval", d)),
+    );
     out.extend(config.gates.bake.map(|d| ("bake", d)));
     out.extend(
         config

@@ -15,6 +15,7 @@ mod failures;
 mod gates;
 mod kills;
 mod lock;
+mod metrics;
 mod rbac;
 mod recovery;
 mod recreate;

@@ -148,7 +148,8 @@ mod tests {
         );
         assert!(
             text.contains(r#"http_request_duration_seconds_bucket{le="0.3",version="v2"} 2"#)
-                || text.contains(r#"http_request_duration_seconds_bucket{version="v2",le="0.3"} 2"#),
+                || text
+                    .contains(r#"http_request_duration_seconds_bucket{version="v2",le="0.3"} 2"#),
             "{text}"
         );
         assert!(

@@ -35,7 +35,13 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
     ) -> impl Future<Output = Verdict> + Send + 'static {
         let gates = self.record.config.gates.prometheus.clone();
         let url = self.options.gates.prometheus_url.clone();
-        let stable = self.record.stable.revision.revision.clone().unwrap_or_default();
+        let stable = self
+            .record
+            .stable
+            .revision
+            .revision
+            .clone()
+            .unwrap_or_default();
         let new = self.record.target.revision.clone().unwrap_or_default();
         // Stable pods are the rollout's own set's (blue, for a green being gated).
         let stable_pods = pods_on(&self.view.borrow().pods, &stable);
