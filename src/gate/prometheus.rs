@@ -430,13 +430,8 @@ mod tests {
         let fail = |v: &Verdict| matches!(v, Verdict::Fail { .. });
         let unsure = |v: &Verdict| matches!(v, Verdict::Inconclusive { .. });
         type Check = fn(&Verdict) -> bool;
-        let cases: Vec<(
-            &MetricGate,
-            Result<Vec<Sample>, QueryError>,
-            Option<Result<Vec<Sample>, QueryError>>,
-            Check,
-            &str,
-        )> = vec![
+        type Answer = Result<Vec<Sample>, QueryError>;
+        let cases: Vec<(&MetricGate, Answer, Option<Answer>, Check, &str)> = vec![
             (&abs, ok(&[("a", "0.001")]), None, pass, "under the bound"),
             (&abs, ok(&[("a", "0.02")]), None, fail, "over the bound"),
             (

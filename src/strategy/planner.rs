@@ -417,6 +417,25 @@ mod tests {
     }
 
     #[test]
+    fn a_bake_is_an_analysed_pause_after_the_last_step_of_partition_strategies() {
+        let mut canary = config(StrategyKind::Canary, None, Some("50,100"), None, None);
+        canary.gates.prometheus = vec!["up{pod=~\"{pods}\"} > 0"
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"))];
+        canary.gates.bake = Some(HumanDuration::from_secs(120));
+        let (plan, _) = crate::strategy::plan(&canary, &fresh(4), None, &serde_json::Value::Null)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(shape(&plan).ends_with("W2m"), "{}", shape(&plan));
+        let mut recreate = canary.clone();
+        recreate.params = config(StrategyKind::Recreate, None, None, None, None).params;
+        let refused = crate::strategy::plan(&recreate, &fresh(4), None, &serde_json::Value::Null);
+        assert!(
+            matches!(refused, Err(PlanError::BakeNotSupported { .. })),
+            "{refused:?}"
+        );
+    }
+
+    #[test]
     fn rolling_plans() {
         use StrategyKind::Rolling;
         let cases = [

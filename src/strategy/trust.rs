@@ -851,10 +851,12 @@ mod tests {
         let command = LocalGates {
             command: Some(CommandGate::shell("true")),
             webhook: None,
+            prometheus_url: None,
         };
         let both = LocalGates {
             command: Some(CommandGate::shell("true")),
             webhook: Some(WebhookGate::new("http://127.0.0.1:1/")),
+            prometheus_url: None,
         };
         let held = held_with_command();
         assert_eq!(gates_not_given(&held, &none), ["command"]);
@@ -888,6 +890,7 @@ mod tests {
         let mine = LocalGates {
             command: Some(CommandGate::shell("./check")),
             webhook: None,
+            prometheus_url: None,
         };
         assert_eq!(
             mine.over(&held.config.gates).command,
