@@ -1058,7 +1058,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                         ),
                     );
                 }
-                match self.wait_analysing(Some(deadline_after(until(at)))).await? {
+                match Box::pin(self.wait_analysing(Some(deadline_after(until(at))))).await? {
                     analysis::Analysed::Failed => return Ok(true),
                     analysis::Analysed::Waited(Waited::Deadline) => {
                         self.record.finish_timed_pause(Self::now());
@@ -1090,7 +1090,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                         &format!("{holding} until `rollout promote {}`", self.name),
                     );
                 }
-                if let analysis::Analysed::Failed = self.wait_analysing(None).await? {
+                if let analysis::Analysed::Failed = Box::pin(self.wait_analysing(None)).await? {
                     return Ok(true);
                 }
             }

@@ -312,14 +312,15 @@ pub(super) async fn start<C: Cluster, G: GateRunner>(
         return print_plan(ctx, request, checked).await;
     }
     let pods = checked.view.borrow().pods.clone();
-    crate::exec::metrics::check_before_start(
+    // On the heap: an HTTP query is a large future, and this one's runs once.
+    Box::pin(crate::exec::metrics::check_before_start(
         name,
         ctx.cluster.namespace(),
         &checked.sts,
         &pods,
         &request.config.gates,
         request.prometheus_url.as_deref(),
-    )
+    ))
     .await?;
     let guard = ctx.take_lease(&checked.sts, None).await?;
     // Everything between taking the lease and the run that releases it, in one place: any
