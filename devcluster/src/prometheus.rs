@@ -1,8 +1,10 @@
 //! The devcluster's Prometheus: Debian's `prometheus` (installed by `scripts/provision.sh`), run
-//! on the host at 127.0.0.1:19090 as a tracked process like the control plane. It finds pods
-//! through Kubernetes service discovery with a read-only identity of its own (a ServiceAccount
-//! allowed to list and watch pods, nothing else) and scrapes the pods that opt in with the usual
-//! annotations: `prometheus.io/scrape: "true"`, `prometheus.io/port`, `prometheus.io/path`.
+//! on the host at 127.0.0.1:19090 as a tracked process like the control plane. Debian builds it
+//! without Kubernetes service discovery, so `devcluster prometheus-sd` ([`discover`], tracked
+//! too) watches the pods with a read-only identity of its own (a ServiceAccount allowed to get,
+//! list and watch pods, nothing else) and keeps a `file_sd` targets file of the pods that opt in
+//! with the usual annotations: `prometheus.io/scrape: "true"`, `prometheus.io/port`,
+//! `prometheus.io/path`.
 //! Every series keeps the pod's `namespace`, `pod` and `controller_revision_hash` (the pod label
 //! the StatefulSet controller sets), so a metric gate can tell a new revision from stable.
 
