@@ -14,9 +14,10 @@ use crate::exec::{Action, Connection, Invocation};
 use crate::model::duration::HumanDuration;
 use crate::model::file::{StrategyFile, StrategyFileError};
 use crate::model::gate::{
-    CommandGate, GateSpec, LocalGates, PortRef, ProbeVia, StatusRange, WebhookGate,
+    CommandGate, GateSpec, GateSpecError, LocalGates, PortRef, ProbeVia, StatusRange, WebhookGate,
 };
 use crate::model::image::ImageChange;
+use crate::model::metric::MetricGate;
 use crate::model::steps::StepList;
 use crate::model::strategy::{
     BatchSize, OnFailure, PauseSpec, StrategyConfig, StrategyError, StrategyFlags, StrategyKind,
@@ -474,6 +475,19 @@ pub struct GateArgs {
     /// Each changed pod must have been Ready at least this long
     #[arg(long, value_name = "DURATION")]
     pub min_ready: Option<HumanDuration>,
+    /// Metric gate: a PromQL query, then its condition: `Q < 0.01`, `Q <= 1.5 * stable`,
+    /// `Q <= stable + 0.01`; placeholders {namespace} {set} {revision} {new} {stable} {pods}.
+    /// No data is undecided, never a pass. Repeat for several
+    #[arg(long, value_name = "QUERY COND")]
+    pub gate_prometheus: Vec<MetricGate>,
+    /// Keep the metric gates running at this interval during pauses and holds (a hold then
+    /// waits here instead of exiting) and during --bake; a failure rolls back at once
+    #[arg(long, value_name = "DURATION")]
+    pub analysis_interval: Option<HumanDuration>,
+    /// After the last step, keep the metric gates running this long before success
+    /// (partition strategies: rolling, ramped, canary)
+    #[arg(long, value_name = "DURATION")]
+    pub bake: Option<HumanDuration>,
     #[command(flatten)]
     pub local: LocalGateArgs,
 }
@@ -495,6 +509,9 @@ pub struct LocalGateArgs {
     /// Webhook gate: longest wait for the answer [default: 10s]
     #[arg(long, value_name = "DURATION", requires = "gate_webhook")]
     pub gate_webhook_timeout: Option<HumanDuration>,
+    /// Metric gates: the Prometheus that answers their queries (only this URL is ever queried)
+    #[arg(long, value_name = "URL", env = "ROLLOUT_PROMETHEUS_URL")]
+    pub prometheus_url: Option<String>,
 }
 
 impl LocalGateArgs {
@@ -503,7 +520,18 @@ impl LocalGateArgs {
         let mut spec = GateSpec::default();
         self.apply_to(&mut spec);
         spec.validate().map_err(StrategyError::from)?;
-        Ok(LocalGates::of(&spec))
+        Ok(LocalGates::of(&spec).with_prometheus(self.prometheus_url()?))
+    }
+
+    /// `--prometheus-url` (or `ROLLOUT_PROMETHEUS_URL`), checked.
+    pub fn prometheus_url(&self) -> Result<Option<String>, SettingsError> {
+        match &self.prometheus_url {
+            Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => Err(
+                StrategyError::from(GateSpecError::BadPrometheusUrl { url: url.clone() }).into(),
+            ),
+            Some(url) if url.trim().is_empty() => Ok(None),
+            other => Ok(other.clone()),
+        }
     }
 
     fn apply_to(&self, base: &mut GateSpec) {
@@ -563,6 +591,15 @@ impl GateArgs {
         }
         if let Some(v) = self.min_ready {
             base.min_ready = Some(v);
+        }
+        if !self.gate_prometheus.is_empty() {
+            base.prometheus = self.gate_prometheus.clone();
+        }
+        if let Some(v) = self.analysis_interval {
+            base.analysis_interval = Some(v);
+        }
+        if let Some(v) = self.bake {
+            base.bake = Some(v);
         }
         self.local.apply_to(&mut base);
         base
@@ -665,6 +702,7 @@ impl RunCommand {
                     target.manifest.as_ref(),
                 )?,
                 wait_at_holds: run.wait,
+                prometheus_url: gates.local.prometheus_url()?,
             })
         };
         match self {
@@ -761,6 +799,7 @@ impl RunCommand {
                     config,
                     source: source(&a.statefulset, &a.images, a.manifest.as_ref())?,
                     wait_at_holds: a.run.wait,
+                    prometheus_url: a.gates.local.prometheus_url()?,
                 })
             }
         }

@@ -17,7 +17,8 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 MODULE_DIR="$(cd "$HERE/../controlplane" && pwd)"
 CACHE_ROOT="${ROLLOUT_CACHE_DIR:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/rollout}"
-PACKAGES=(openssl iproute2 util-linux procps curl jq ca-certificates)
+# prometheus: the metric gates' Prometheus (Debian's package; `devcluster up` runs it).
+PACKAGES=(openssl iproute2 util-linux procps curl jq ca-certificates prometheus)
 # Names the multi-call binary answers to; one symlink each in the bin directory.
 COMMANDS=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl)
 

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::controlplane::{self, Binaries};
 use crate::layout::{self, Layout};
-use crate::{gateway, hostnet, mirror, procs};
+use crate::{gateway, hostnet, mirror, procs, prometheus};
 
 /// What `up` records about the running cluster, read by `status` and by an `up` that heals it.
 #[derive(Debug, Serialize, Deserialize)]
@@ -65,8 +65,24 @@ pub fn require_root() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Is a cluster already serving from this layout?
+/// Is a cluster already serving from this layout, with every add-on?
 pub async fn healthy(layout: &Layout) -> bool {
+    let recorded = procs::recorded(&layout.pids_dir());
+    healthy_without_addons(layout).await
+        && recorded
+            .iter()
+            .filter(|p| p.name == prometheus::NAME || p.name == prometheus::SD_NAME)
+            .count()
+            == 2
+        && recorded
+            .iter()
+            .filter(|p| p.name == prometheus::NAME || p.name == prometheus::SD_NAME)
+            .all(|p| procs::alive(p.pid))
+}
+
+/// Is the cluster itself serving: the API server answers and every process it needs (the
+/// control plane and the node agent) is alive? Add-ons are not counted.
+async fn healthy_without_addons(layout: &Layout) -> bool {
     if !layout.kubeconfig().exists() {
         return false;
     }
@@ -76,7 +92,24 @@ pub async fn healthy(layout: &Layout) -> bool {
     client.apiserver_version().await.is_ok()
         && procs::recorded(&layout.pids_dir())
             .iter()
+            .filter(|p| !ADDONS.contains(&p.name.as_str()))
             .all(|p| procs::alive(p.pid))
+}
+
+/// The processes that serve beside the cluster (the gateways, Prometheus): an `up` on a cluster
+/// that serves starts those that are missing without healing anything else.
+const ADDONS: [&str; 4] = [
+    gateway::PROCESS,
+    mirror::process::PROCESS,
+    prometheus::NAME,
+    prometheus::SD_NAME,
+];
+
+/// The exports that point tools at this cluster (`devcluster env`, and the end of `up`).
+pub fn print_env(layout: &Layout) {
+    println!("export KUBECONFIG={}", layout.kubeconfig().display());
+    println!("export {}={}", gateway::URL_ENV, gateway::url());
+    println!("export ROLLOUT_PROMETHEUS_URL={}", prometheus::url());
 }
 
 fn read_state(layout: &Layout) -> anyhow::Result<ClusterState> {
@@ -125,6 +158,26 @@ pub async fn up(
                 );
             }
             println!("devcluster: already up ({}, Kubernetes {version}); run `devcluster down` first to start afresh", layout.root.display());
+            print_env(layout);
+            return Ok(());
+        }
+        if healthy_without_addons(layout).await {
+            // Only an add-on is missing (a gateway or Prometheus, on a cluster from before it
+            // was one, or one that died): start it and leave everything else running.
+            let provisioned = gateway::provision()?;
+            ensure_gateway(layout, &provisioned).await?;
+            if let Some(g) = mirror::process::ensure_running(layout).await? {
+                println!(
+                    "devcluster: started the mirror gateway on {}:{} (pid {})",
+                    mirror::ADDRESS,
+                    mirror::PORT,
+                    g.pid
+                );
+            }
+            let client = layout::client(&layout.kubeconfig()).await?;
+            if prometheus::ensure(layout, &client).await? {
+                eprintln!("devcluster: Prometheus started at {}", prometheus::url());
+            }
             print_env(layout);
             return Ok(());
         }
@@ -183,12 +236,6 @@ pub async fn up(
     );
     print_env(layout);
     Ok(())
-}
-
-/// The exports a shell (or a test) needs for this cluster: its kubeconfig and its gateway.
-pub fn print_env(layout: &Layout) {
-    println!("export KUBECONFIG={}", layout.kubeconfig().display());
-    println!("export {}={}", gateway::URL_ENV, gateway::url());
 }
 
 /// Puts back the gateway's CRDs and objects and starts Traefik unless it runs; says when it
@@ -282,6 +329,10 @@ async fn heal(
     if mirror::process::ensure_running(layout).await?.is_some() {
         restarted.push(mirror::process::PROCESS.into());
     }
+    let client = layout::client(&layout.kubeconfig()).await?;
+    if prometheus::ensure(layout, &client).await? {
+        restarted.push(prometheus::NAME.into());
+    }
     if restarted.is_empty() && !gateway_down {
         // Every process runs but the API server did not answer a moment ago: say so rather than
         // restarting a process that may only be slow.
@@ -368,6 +419,8 @@ async fn start(
         ),
         t,
     );
+    prometheus::ensure(layout, &client).await?;
+    step(&format!("Prometheus ready at {}", prometheus::url()), t);
     Ok(())
 }
 
@@ -471,7 +524,7 @@ async fn healthy_control_plane(layout: &Layout) -> bool {
     client.apiserver_version().await.is_ok()
         && procs::recorded(&layout.pids_dir())
             .iter()
-            .filter(|p| p.name != "agent" && p.name != gateway::PROCESS)
+            .filter(|p| p.name != "agent" && !ADDONS.contains(&p.name.as_str()))
             .all(|p| procs::alive(p.pid))
 }
 
@@ -672,6 +725,9 @@ pub async fn status(layout: &Layout) -> anyhow::Result<bool> {
     let count = pods.list(&ListParams::default()).await?.items.len();
     println!("pods: {count}");
     println!("{}", gateway::status_line(&client).await);
+    if procs_list.iter().any(|p| p.name == prometheus::NAME) {
+        println!("prometheus at {}", prometheus::url());
+    }
     print_env(layout);
     Ok(all_alive)
 }

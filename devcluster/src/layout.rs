@@ -19,6 +19,8 @@ pub const SCHEDULER_PORT: u16 = 10259;
 /// The devcluster's gateway (Traefik) serves HTTP here, on 127.0.0.1; it is also the port of
 /// the shared Gateway's listener, which Traefik matches to its entrypoint by number.
 pub const GATEWAY_HTTP_PORT: u16 = 18080;
+/// Prometheus, on loopback (`devcluster env` prints its URL).
+pub const PROMETHEUS_PORT: u16 = 19090;
 pub const SERVICE_CIDR: &str = "10.96.0.0/12";
 pub const STORAGE_CLASS: &str = "standard";
 pub const PROVISIONER_NAME: &str = "devcluster.rollout.dev/hostpath";

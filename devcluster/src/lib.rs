@@ -16,6 +16,7 @@ pub mod mirror;
 pub mod net;
 pub mod podinit;
 pub mod procs;
+pub mod prometheus;
 pub mod testkit;
 
 pub use layout::Layout;

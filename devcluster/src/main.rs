@@ -24,9 +24,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Start etcd, the API server, controller-manager, scheduler, the node agent and the gateway
-    /// (Traefik); returns when the cluster runs pods and the gateway serves. Builds the control
-    /// plane and Traefik on first use (cached afterwards).
+    /// Start etcd, the API server, controller-manager, scheduler, the node agent, the gateways
+    /// (Traefik, and the devcluster's own mirror subset) and Prometheus; returns when the cluster
+    /// runs pods and the gateway serves. On a cluster already up, starts only what is missing.
+    /// Builds the control plane and Traefik on first use (cached afterwards).
     Up {
         /// Number of Node objects the agent plays.
         #[arg(long, default_value_t = 3)]
@@ -43,7 +44,8 @@ enum Cmd {
     /// Replace the running node agent with this binary's (after rebuilding it), keeping the
     /// control plane and every object; running pods are restarted by the new agent.
     RestartAgent,
-    /// Print the KUBECONFIG and ROLLOUT_GATEWAY_URL exports for this cluster.
+    /// Print the exports for this cluster: KUBECONFIG, ROLLOUT_GATEWAY_URL and
+    /// ROLLOUT_PROMETHEUS_URL.
     Env,
     /// Run the node agent in the foreground (`up` starts it for you).
     #[command(hide = true)]
@@ -64,6 +66,14 @@ enum Cmd {
         kubeconfig: PathBuf,
         #[arg(long, default_value = "127.0.0.1:18081")]
         listen: std::net::SocketAddr,
+    },
+    /// Keep Prometheus's targets file from a watch of the pods (`up` starts it).
+    #[command(hide = true)]
+    PrometheusSd {
+        #[arg(long)]
+        kubeconfig: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Enter a pod's namespaces, mount its volumes and exec its command (used by the agent).
     #[command(hide = true)]
@@ -131,6 +141,11 @@ fn main() -> ExitCode {
             Cmd::GatewayServe { kubeconfig, listen } => {
                 let client = devcluster::layout::client(&kubeconfig).await?;
                 devcluster::mirror::run(client, listen).await.map(|_| true)
+            }
+            Cmd::PrometheusSd { kubeconfig, out } => {
+                devcluster::prometheus::discover(&kubeconfig, &out)
+                    .await
+                    .map(|_| true)
             }
             Cmd::PodInit { .. } => unreachable!("handled before the runtime starts"),
         }

@@ -123,7 +123,7 @@ pub fn recorded(pids_dir: &Path) -> Vec<Started> {
 
 fn stop_rank(name: &str) -> u8 {
     match name {
-        "agent" | "mirror-gateway" => 0,
+        "prometheus" | "prometheus-sd" | "agent" | "mirror-gateway" => 0,
         "kube-scheduler" => 1,
         "kube-controller-manager" => 2,
         "kube-apiserver" => 3,

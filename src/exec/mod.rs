@@ -18,6 +18,7 @@ pub mod commands;
 pub mod gates;
 pub mod lease;
 pub mod manifest;
+pub mod metrics;
 pub mod patch;
 pub mod progress;
 pub mod report;
@@ -69,6 +70,13 @@ pub enum ExecError {
     Manifest(#[from] manifest::ManifestError),
     #[error("the new pod template for StatefulSet {statefulset} was refused by the API server (nothing was changed): {message}")]
     TemplateRefused {
+        statefulset: String,
+        message: String,
+    },
+    #[error(
+        "the metric gates of StatefulSet {statefulset} cannot run (nothing was changed): {message}"
+    )]
+    MetricGates {
         statefulset: String,
         message: String,
     },
@@ -149,6 +157,7 @@ impl ExecError {
             | ExecError::Kubeconfig { .. }
             | ExecError::Images(_)
             | ExecError::GatePort(_)
+            | ExecError::MetricGates { .. }
             | ExecError::Manifest(_)
             | ExecError::TemplateRefused { .. }
             | ExecError::NotRollable { .. }

@@ -78,6 +78,7 @@ fn request(kind: StrategyKind, flags: &str, image: &str) -> RunRequest {
             .parse::<ImageChange>()
             .unwrap_or_else(|e| panic!("{e}"))]),
         wait_at_holds: false,
+        prometheus_url: None,
     }
 }
 
@@ -1180,6 +1181,7 @@ fn shadow_on_localhost(duration: HumanDuration, port: u16) -> (FakeCluster, RunR
             .parse::<ImageChange>()
             .unwrap_or_else(|e| panic!("{e}"))]),
         wait_at_holds: false,
+        prometheus_url: None,
     };
     (fake, req)
 }

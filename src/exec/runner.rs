@@ -37,6 +37,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+mod analysis;
 mod drift;
 mod gating;
 mod partition;
@@ -1043,8 +1044,6 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         let first = self.announced != Some((index, self.record.phase));
         self.announced = Some((index, self.record.phase));
         let pause_started = Instant::now();
-        let name = self.name.clone();
-        let nothing = |_: &Snapshot| None::<()>;
         match self.record.pause.clone() {
             Some(PauseReason::Step { until: Some(at) }) => {
                 if first {
@@ -1059,16 +1058,19 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                         ),
                     );
                 }
-                let waited = self
-                    .wait_on(&name, Some(deadline_after(until(at))), nothing)
-                    .await?;
-                if matches!(waited, Waited::Deadline) {
-                    self.record.finish_timed_pause(Self::now());
+                match Box::pin(self.wait_analysing(Some(deadline_after(until(at))))).await? {
+                    analysis::Analysed::Failed => return Ok(true),
+                    analysis::Analysed::Waited(Waited::Deadline) => {
+                        self.record.finish_timed_pause(Self::now());
+                    }
+                    analysis::Analysed::Waited(_) => {}
                 }
             }
             Some(PauseReason::Step { until: None }) => {
                 let holding = self.holding_text();
-                if !self.options.wait_at_holds {
+                // Continuous analysis keeps the run at the hold: it is what checks the canary.
+                let analysing = self.record.config.gates.analysis().is_some();
+                if !self.options.wait_at_holds && !analysing {
                     self.progress.step(
                         index,
                         total,
@@ -1088,7 +1090,9 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                         &format!("{holding} until `rollout promote {}`", self.name),
                     );
                 }
-                self.wait_on(&name, None, nothing).await?;
+                if let analysis::Analysed::Failed = Box::pin(self.wait_analysing(None)).await? {
+                    return Ok(true);
+                }
             }
             // Paused by `rollout pause` (or, in a record of an older rollout, at a gate that
             // could not decide): the run stops here, at a safe point between steps, and leaves

@@ -4,6 +4,7 @@
 
 pub mod compare;
 pub mod probe;
+pub mod prometheus;
 pub mod replay;
 pub mod verdict;
 

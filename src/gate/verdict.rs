@@ -80,6 +80,7 @@ pub enum GateKind {
     MinReady,
     Command,
     Webhook,
+    Metric,
 }
 
 impl fmt::Display for GateKind {
@@ -89,6 +90,7 @@ impl fmt::Display for GateKind {
             GateKind::MinReady => "minimum-Ready gate",
             GateKind::Command => "command gate",
             GateKind::Webhook => "webhook gate",
+            GateKind::Metric => "metric gate",
         })
     }
 }

@@ -43,6 +43,10 @@
 //!   minReady: 10s                    # each changed pod Ready at least this long
 //!   command: {run: [sh, -c, "./smoke.sh"], timeout: 1m}   # exit 0 passes
 //!   webhook: {url: "http://127.0.0.1:9000/check", timeout: 10s}   # 2xx passes
+//!   prometheus:                      # metric gates: a query, then its condition (README)
+//!     - 'sum(rate(http_requests_total{namespace="{namespace}",controller_revision_hash="{revision}",code=~"5.."}[1m])) or vector(0) < 0.1'
+//!   analysisInterval: 10s            # metric gates also during pauses, holds and the bake
+//!   bake: 2m                         # rolling, ramped, canary: analysed pause after the last step
 //! timeouts:
 //!   step: 10m                        # per step, pauses excluded
 //!   total: 1h                        # whole rollout, optional
@@ -223,6 +227,36 @@ onFailure: hold
         assert_eq!(config.timeouts.total, Some(HumanDuration::from_secs(3600)));
         assert_eq!(config.on_failure, OnFailure::Hold);
         assert!((config.gates.http.min_success_ratio - 0.95).abs() < 1e-9);
+    }
+
+    #[test]
+    fn metric_gates_come_from_the_file() {
+        let text = "
+strategy: canary
+weight: 20
+gates:
+  prometheus:
+    - 'sum(x{pod=~\"{pods}\"}) <= 1.5 * stable'
+  analysisInterval: 5s
+  bake: 1m
+";
+        let file = StrategyFile::parse("c.yaml", text).unwrap_or_else(|e| panic!("{e}"));
+        let config = file
+            .into_config("c.yaml", StrategyFlags::default(), |g, t, o| (g, t, o))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.gates.prometheus.len(), 1);
+        assert_eq!(
+            config.gates.analysis(),
+            Some(std::time::Duration::from_secs(5))
+        );
+        assert_eq!(config.gates.bake, Some(HumanDuration::from_secs(60)));
+        let lonely = "strategy: canary\nweight: 20\ngates:\n  analysisInterval: 5s\n";
+        let file = StrategyFile::parse("c.yaml", lonely).unwrap_or_else(|e| panic!("{e}"));
+        let refused = file.into_config("c.yaml", StrategyFlags::default(), |g, t, o| (g, t, o));
+        assert!(
+            refused.is_err(),
+            "analysis without a metric gate is refused"
+        );
     }
 
     #[test]

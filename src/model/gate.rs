@@ -12,6 +12,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use super::duration::HumanDuration;
+use super::metric::{MetricGate, MetricGateError};
 
 /// Why a gate setting was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -37,6 +38,12 @@ pub enum GateSpecError {
     EmptyCommand,
     #[error("webhook URL `{url}` must start with http:// or https://")]
     BadWebhookUrl { url: String },
+    #[error(transparent)]
+    Metric(#[from] MetricGateError),
+    #[error("--analysis-interval and --bake keep metric gates running; give at least one with --gate-prometheus 'QUERY < BOUND'")]
+    AnalysisWithoutMetricGates,
+    #[error("Prometheus URL `{url}` must start with http:// or https://")]
+    BadPrometheusUrl { url: String },
 }
 
 /// An inclusive range of HTTP status codes that count as success.
@@ -430,12 +437,36 @@ pub struct GateSpec {
     pub command: Option<CommandGate>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub webhook: Option<WebhookGate>,
+    /// Metric gates: Prometheus queries (sent to the run's own `--prometheus-url`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub prometheus: Vec<MetricGate>,
+    /// Keep the metric gates running every so often during pauses and holds (and the bake).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub analysis_interval: Option<HumanDuration>,
+    /// After the last step, keep the metric gates running this long before the rollout counts
+    /// as succeeded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bake: Option<HumanDuration>,
 }
 
 impl GateSpec {
     pub fn validate(&self) -> Result<(), GateSpecError> {
         if self.http.enabled {
             self.http.validate()?;
+        }
+        for gate in &self.prometheus {
+            gate.validate()?;
+        }
+        if self.analysis_interval.is_some_and(|d| d.get().is_zero()) {
+            return Err(GateSpecError::ZeroDuration {
+                setting: "analysis interval",
+            });
+        }
+        if self.bake.is_some_and(|d| d.get().is_zero()) {
+            return Err(GateSpecError::ZeroDuration { setting: "bake" });
+        }
+        if (self.analysis_interval.is_some() || self.bake.is_some()) && self.prometheus.is_empty() {
+            return Err(GateSpecError::AnalysisWithoutMetricGates);
         }
         if let Some(command) = &self.command {
             command.validate()?;
@@ -452,6 +483,15 @@ impl GateSpec {
             || self.min_ready.is_some()
             || self.command.is_some()
             || self.webhook.is_some()
+            || !self.prometheus.is_empty()
+    }
+
+    /// The interval of continuous analysis, when it runs (metric gates and an interval given).
+    pub fn analysis(&self) -> Option<std::time::Duration> {
+        if self.prometheus.is_empty() {
+            return None;
+        }
+        self.analysis_interval.map(HumanDuration::get)
     }
 }
 
@@ -462,6 +502,9 @@ impl GateSpec {
 pub struct LocalGates {
     pub command: Option<CommandGate>,
     pub webhook: Option<WebhookGate>,
+    /// Where metric gates send their queries: this run's `--prometheus-url` (or
+    /// `ROLLOUT_PROMETHEUS_URL`), never a URL read from the record.
+    pub prometheus_url: Option<String>,
 }
 
 impl LocalGates {
@@ -470,6 +513,15 @@ impl LocalGates {
         LocalGates {
             command: spec.command.clone(),
             webhook: spec.webhook.clone(),
+            prometheus_url: None,
+        }
+    }
+
+    /// These gates, querying the Prometheus at `url`.
+    pub fn with_prometheus(self, url: Option<String>) -> Self {
+        LocalGates {
+            prometheus_url: url,
+            ..self
         }
     }
 

@@ -7,6 +7,7 @@ pub mod exit;
 pub mod file;
 pub mod gate;
 pub mod image;
+pub mod metric;
 pub mod name;
 pub mod plan;
 pub mod state;

@@ -29,9 +29,27 @@ pub fn plan(
 ) -> Result<(Plan, Option<Twin>), PlanError> {
     use crate::model::strategy::StrategyKind;
     planner::check_fits(config, &observed.name, observed.replicas)?;
+    let partitioned = matches!(
+        config.kind(),
+        StrategyKind::Rolling | StrategyKind::Ramped | StrategyKind::Canary
+    );
+    if let (Some(_), false) = (config.gates.bake, partitioned) {
+        return Err(PlanError::BakeNotSupported {
+            statefulset: observed.name.clone(),
+            strategy: config.kind().as_str(),
+        });
+    }
     match config.kind() {
         StrategyKind::Rolling | StrategyKind::Ramped | StrategyKind::Canary => {
-            Ok((planner::plan_partition(config, observed)?, None))
+            let mut plan = planner::plan_partition(config, observed)?;
+            // The bake: a timed pause after the last step, during which continuous analysis
+            // runs (the pause's analysis, like any other's).
+            if let Some(bake) = config.gates.bake {
+                plan.steps.push(crate::model::plan::Step::Pause {
+                    wait: crate::model::strategy::PauseSpec::For(bake),
+                });
+            }
+            Ok((plan, None))
         }
         StrategyKind::Recreate => Ok((twin::plan_recreate(config, observed)?, None)),
         StrategyKind::BlueGreen | StrategyKind::Shadow => {

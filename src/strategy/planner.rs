@@ -20,6 +20,11 @@ pub const MAX_STEPS: usize = 1000;
 /// Why no plan could be made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
+    #[error("--bake keeps metric gates running after the last step of a rolling, ramped or canary rollout; {strategy} of StatefulSet {statefulset} has no such last step (use --analysis-interval for its pauses)")]
+    BakeNotSupported {
+        statefulset: String,
+        strategy: &'static str,
+    },
     #[error("planning the rollout of StatefulSet {statefulset}: {steps} steps is more than {MAX_STEPS}; use a larger --batch or fewer --steps")]
     TooManySteps { statefulset: String, steps: usize },
     #[error("blue/green of StatefulSet {statefulset} needs a live Service to switch: {detail}")]
@@ -409,6 +414,25 @@ mod tests {
             })
             .collect::<Vec<_>>()
             .join(" ")
+    }
+
+    #[test]
+    fn a_bake_is_an_analysed_pause_after_the_last_step_of_partition_strategies() {
+        let mut canary = config(StrategyKind::Canary, None, Some("50,100"), None, None);
+        canary.gates.prometheus = vec!["up{pod=~\"{pods}\"} > 0"
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"))];
+        canary.gates.bake = Some(HumanDuration::from_secs(120));
+        let (plan, _) = crate::strategy::plan(&canary, &fresh(4), None, &serde_json::Value::Null)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(shape(&plan).ends_with("W2m"), "{}", shape(&plan));
+        let mut recreate = canary.clone();
+        recreate.params = config(StrategyKind::Recreate, None, None, None, None).params;
+        let refused = crate::strategy::plan(&recreate, &fresh(4), None, &serde_json::Value::Null);
+        assert!(
+            matches!(refused, Err(PlanError::BakeNotSupported { .. })),
+            "{refused:?}"
+        );
     }
 
     #[test]

@@ -46,6 +46,10 @@ pub fn read_record(
     }
 }
 
+/// Most metric gates, and longest query, a record may hold.
+const MAX_METRIC_GATES: usize = 20;
+const MAX_QUERY_LEN: usize = 8192;
+
 /// Why a record is not used, one line per problem, for a person to read. Empty: the record
 /// holds together and names only the set it sits on and its own twin.
 pub fn check_record(record: &RolloutState, own: &str) -> Vec<String> {
@@ -139,6 +143,24 @@ pub fn check_record(record: &RolloutState, own: &str) -> Vec<String> {
     }
     if let Err(e) = record.config.gates.validate() {
         problem(format!("its gates: {e}"));
+    }
+    // Metric gates' queries go only to this run's own Prometheus; still, bounded in number and
+    // size, like every other field.
+    let metric = &record.config.gates.prometheus;
+    if metric.len() > MAX_METRIC_GATES {
+        problem(format!(
+            "it has {} metric gates, more than {MAX_METRIC_GATES}",
+            metric.len()
+        ));
+    }
+    if let Some(long) = metric.iter().find(|g| g.query.len() > MAX_QUERY_LEN) {
+        problem(format!(
+            "a metric gate query of {} characters is longer than {MAX_QUERY_LEN}",
+            long.query.len()
+        ));
+    }
+    if metric.iter().any(|g| !g.bound.is_finite()) {
+        problem("a metric gate's bound is not a finite number".to_string());
     }
     for (what, d) in config_durations(record) {
         if d.get() > MAX_DURATION {
@@ -302,6 +324,13 @@ fn config_durations(record: &RolloutState) -> Vec<(&'static str, HumanDuration)>
     out.extend(config.timeouts.total.map(|d| ("overall deadline", d)));
     out.extend(http.max_p95_latency.map(|d| ("latency limit", d)));
     out.extend(config.gates.min_ready.map(|d| ("minimum Ready time", d)));
+    out.extend(
+        config
+            .gates
+            .analysis_interval
+            .map(|d| ("analysis interval", d)),
+    );
+    out.extend(config.gates.bake.map(|d| ("bake", d)));
     out.extend(
         config
             .gates
@@ -822,10 +851,12 @@ mod tests {
         let command = LocalGates {
             command: Some(CommandGate::shell("true")),
             webhook: None,
+            prometheus_url: None,
         };
         let both = LocalGates {
             command: Some(CommandGate::shell("true")),
             webhook: Some(WebhookGate::new("http://127.0.0.1:1/")),
+            prometheus_url: None,
         };
         let held = held_with_command();
         assert_eq!(gates_not_given(&held, &none), ["command"]);
@@ -859,6 +890,7 @@ mod tests {
         let mine = LocalGates {
             command: Some(CommandGate::shell("./check")),
             webhook: None,
+            prometheus_url: None,
         };
         assert_eq!(
             mine.over(&held.config.gates).command,

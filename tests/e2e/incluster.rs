@@ -37,7 +37,8 @@ fn job(name: &str, args: &[&str], manifest: bool) -> serde_json::Value {
         }],
     });
     if manifest {
-        pod["volumes"] = serde_json::json!([{"name": "manifest", "configMap": {"name": "release"}}]);
+        pod["volumes"] =
+            serde_json::json!([{"name": "manifest", "configMap": {"name": "release"}}]);
         pod["containers"][0]["volumeMounts"] =
             serde_json::json!([{"name": "manifest", "mountPath": "/manifest"}]);
     }
@@ -55,10 +56,7 @@ async fn finished(ns: &devcluster::testkit::TestNs, name: &str) -> anyhow::Resul
     let deadline = tokio::time::Instant::now() + JOB_LIMIT;
     let outcome = loop {
         let job = jobs.get(name).await?;
-        let conditions = job
-            .status
-            .and_then(|s| s.conditions)
-            .unwrap_or_default();
+        let conditions = job.status.and_then(|s| s.conditions).unwrap_or_default();
         let done = |kind: &str| {
             conditions
                 .iter()
@@ -98,7 +96,14 @@ async fn rollout_runs_as_a_job_with_in_cluster_configuration() -> anyhow::Result
     let canary = job(
         "canary",
         &[
-            "canary", STS, "--image", "time-app:v2", "--steps", "34,100", "--pause", "1s",
+            "canary",
+            STS,
+            "--image",
+            "time-app:v2",
+            "--steps",
+            "34,100",
+            "--pause",
+            "1s",
         ],
         false,
     );

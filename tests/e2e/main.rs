@@ -18,6 +18,7 @@ mod helm;
 mod incluster;
 mod kills;
 mod lock;
+mod metrics;
 mod rbac;
 mod recovery;
 mod recreate;

@@ -9,6 +9,7 @@
 //! apart from the I/O so they can be tested with table cases.
 
 pub mod clock;
+pub mod metrics;
 pub mod server;
 pub mod settings;
 pub mod visits;

@@ -17,6 +17,7 @@ use axum::{Json, Router};
 use serde::Serialize;
 
 use crate::clock::{moscow_time_line, now_unix_secs};
+use crate::metrics::{Metrics, METRICS_PATH};
 use crate::settings::{Faults, Settings};
 use crate::visits::VisitStore;
 
@@ -85,6 +86,7 @@ pub struct AppState {
     started: Instant,
     version_header: HeaderValue,
     pod_header: HeaderValue,
+    metrics: Arc<Metrics>,
 }
 
 impl AppState {
@@ -104,6 +106,7 @@ impl AppState {
         Ok(Self {
             version_header: header(VERSION_HEADER, &settings.version)?,
             pod_header: header(POD_HEADER, &settings.pod)?,
+            metrics: Arc::new(Metrics::new(&settings.version)),
             settings,
             store: Arc::new(store),
             started,
@@ -116,8 +119,10 @@ impl AppState {
     }
 }
 
-/// The app's routes, with the identity headers on every response.
+/// The app's routes, with the identity headers on every response, and `/metrics` counting
+/// every other answer.
 pub fn router(app: Arc<AppState>) -> Router {
+    let metrics = app.metrics.clone();
     Router::new()
         .route("/", get(root))
         .route("/visits", get(visits))
@@ -128,6 +133,15 @@ pub fn router(app: Arc<AppState>) -> Router {
             identity_headers,
         ))
         .with_state(app)
+        .merge(
+            Router::new()
+                .route(METRICS_PATH, get(crate::metrics::serve))
+                .with_state(metrics.clone()),
+        )
+        .layer(axum::middleware::from_fn_with_state(
+            metrics,
+            crate::metrics::track,
+        ))
 }
 
 /// Serves until `shutdown` completes, then finishes the requests in flight.
@@ -226,7 +240,7 @@ async fn healthz(State(app): State<Arc<AppState>>) -> Response {
 async fn not_found(State(app): State<Arc<AppState>>) -> Response {
     app.text(
         StatusCode::NOT_FOUND,
-        "not found (routes: /, /visits, /healthz)",
+        "not found (routes: /, /visits, /healthz, /metrics)",
     )
 }
 

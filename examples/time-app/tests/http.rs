@@ -528,3 +528,41 @@ fn invalid_knobs_exit_with_status_2_naming_the_variable() {
         assert!(stderr.contains(name), "{name} named in {stderr:?}");
     }
 }
+
+#[test]
+fn metrics_count_answers_by_version_and_code_and_time_them() {
+    let dir = TempDir::new("metrics");
+    let app = App::start(
+        dir.path(),
+        &[
+            ("APP_VERSION", "v9"),
+            ("POD_NAME", "p"),
+            ("FAIL_RATE", "1"),
+            ("LATENCY_MS", "60"),
+        ],
+    );
+    for _ in 0..3 {
+        assert_eq!(app.get("/").status, 500);
+    }
+    assert_eq!(app.get("/healthz").status, 200);
+    let metrics = app.get("/metrics");
+    assert_eq!(metrics.status, 200, "{metrics:?}");
+    let body = &metrics.body;
+    assert!(
+        body.contains(r#"http_requests_total{version="v9",code="500"} 3"#),
+        "{body}"
+    );
+    assert!(
+        body.contains(r#"http_requests_total{version="v9",code="200"} 1"#),
+        "scrapes are not counted: {body}"
+    );
+    // The three slow answers fall above the 50 ms bucket, the quick /healthz below it.
+    assert!(
+        body.contains(r#"http_request_duration_seconds_bucket{le="0.05",version="v9"} 1"#),
+        "{body}"
+    );
+    assert!(
+        body.contains(r#"http_request_duration_seconds_count{version="v9"} 4"#),
+        "{body}"
+    );
+}

@@ -90,6 +90,8 @@ pub struct RunRequest {
     pub config: StrategyConfig,
     pub source: TemplateSource,
     pub wait_at_holds: bool,
+    /// Where metric gates send their queries (`--prometheus-url`, `ROLLOUT_PROMETHEUS_URL`).
+    pub prometheus_url: Option<String>,
 }
 
 /// How long a command waits for the StatefulSet controller to catch up with the latest spec
@@ -479,7 +481,9 @@ async fn drive<C: Cluster, G: GateRunner>(
 ) -> Result<ExitCode, ExecError> {
     let name = runner.record().plan.statefulset.clone();
     let result = tokio::select! {
-        outcome = runner.run() => outcome.map(Ok),
+        // On the heap: the run loop's future holds every kind of step's, and a test's runtime
+        // runs on a thread with a small stack.
+        outcome = Box::pin(runner.run()) => outcome.map(Ok),
         code = interrupted() => Ok(Err(code)),
     };
     guard.release().await;

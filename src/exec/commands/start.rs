@@ -311,6 +311,17 @@ pub(super) async fn start<C: Cluster, G: GateRunner>(
     if plan_only {
         return print_plan(ctx, request, checked).await;
     }
+    let pods = checked.view.borrow().pods.clone();
+    // On the heap: an HTTP query is a large future, and this one's runs once.
+    Box::pin(crate::exec::metrics::check_before_start(
+        name,
+        ctx.cluster.namespace(),
+        &checked.sts,
+        &pods,
+        &request.config.gates,
+        request.prometheus_url.as_deref(),
+    ))
+    .await?;
     let guard = ctx.take_lease(&checked.sts, None).await?;
     // Everything between taking the lease and the run that releases it, in one place: any
     // error here releases it too.
@@ -331,7 +342,8 @@ pub(super) async fn start<C: Cluster, G: GateRunner>(
             wait_at_holds: request.wait_at_holds,
             template: Some(checked.prepared.template),
             rollback_limit: None,
-            gates: LocalGates::of(&request.config.gates),
+            gates: LocalGates::of(&request.config.gates)
+                .with_prometheus(request.prometheus_url.clone()),
         },
     );
     drive(ctx, runner, guard, started).await
@@ -401,7 +413,11 @@ pub(super) async fn check_start<C: Cluster, G: GateRunner>(
                 ctx,
                 name,
                 |_| Ok(()),
-                holding(request.wait_at_holds, LocalGates::of(&request.config.gates)),
+                holding(
+                    request.wait_at_holds,
+                    LocalGates::of(&request.config.gates)
+                        .with_prometheus(request.prometheus_url.clone()),
+                ),
                 None,
             )
             .await?;

@@ -56,8 +56,15 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 };
                 let gates = self.gates.clone();
                 let spec = self.options.gates.over(&self.record.config.gates);
-                let run = async move { gates.run(&spec, &targets, &context).await };
-                tokio::pin!(run);
+                let pods = targets.iter().map(|t| t.pod.clone()).collect();
+                let metrics = self.metric_gates(&set_name, pods);
+                // On the heap: the probes and the queries together make a large future, and the
+                // run loop's own future holds every step's.
+                let mut run = Box::pin(async move {
+                    let (probes, metrics) =
+                        tokio::join!(gates.run(&spec, &targets, &context), metrics);
+                    Verdict::all([probes, metrics])
+                });
                 let (deadline, overall) = self.step_deadline();
                 loop {
                     tokio::select! {

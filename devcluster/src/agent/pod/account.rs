@@ -87,7 +87,10 @@ pub fn api_server_env(pod: &Pod) -> BTreeMap<String, String> {
     }
     let port = layout::API_PORT.to_string();
     BTreeMap::from([
-        ("KUBERNETES_SERVICE_HOST".to_string(), "127.0.0.1".to_string()),
+        (
+            "KUBERNETES_SERVICE_HOST".to_string(),
+            "127.0.0.1".to_string(),
+        ),
         ("KUBERNETES_SERVICE_PORT".to_string(), port.clone()),
         ("KUBERNETES_SERVICE_PORT_HTTPS".to_string(), port),
     ])
@@ -182,7 +185,10 @@ mod tests {
 
     #[test]
     fn the_account_is_the_named_one_else_default_unless_the_pod_opts_out() {
-        assert_eq!(account_of(&pod(PodSpec::default())).as_deref(), Some("default"));
+        assert_eq!(
+            account_of(&pod(PodSpec::default())).as_deref(),
+            Some("default")
+        );
         let named = PodSpec {
             service_account_name: Some("rollout".into()),
             ..PodSpec::default()

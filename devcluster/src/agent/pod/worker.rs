@@ -13,13 +13,13 @@ use kube::Api;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::account;
 use super::container::{sleep_or_stop, stop_requested, ContainerTask, Outcome, Stop};
 use super::events::{self, Kind, PodRef};
 use super::state::{ContainerState, ContainerView, PodView, RestartPolicy, RetryBackoff, Role};
 use super::status::{self, StatusInput};
 use super::Ctx;
 use crate::agent::volumes::{self, VolumeContext};
-use super::account;
 use crate::layout;
 use crate::net::{self, Sandbox};
 
@@ -365,7 +365,10 @@ async fn setup_and_run(
     let host_network = account::host_network(pod);
     let (sb, ip) = if host_network {
         // In the host's network namespace, with the node's address, as the kubelet does.
-        (None, layout::BRIDGE_IP.parse().unwrap_or(Ipv4Addr::LOCALHOST))
+        (
+            None,
+            layout::BRIDGE_IP.parse().unwrap_or(Ipv4Addr::LOCALHOST),
+        )
     } else {
         match pod_sandbox(ctx, pod, pref, view, stop).await {
             Ok((sb, ip)) => (Some(sb), ip),

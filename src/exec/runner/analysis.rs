@@ -1,0 +1,145 @@
+//! Metric gates in the run: their part of every gate step, and continuous analysis: with
+//! `--analysis-interval` they run again every interval while the rollout pauses or holds (and
+//! during `--bake`, a pause after the last step), and a failure rolls back at once.
+
+use std::future::Future;
+
+use tokio::time::Instant;
+
+use super::{Runner, Waited};
+use crate::exec::cluster::Cluster;
+use crate::exec::gates::GateRunner;
+use crate::exec::metrics::pods_on;
+use crate::exec::progress::format_elapsed;
+use crate::exec::ExecError;
+use crate::gate::prometheus::{run_metric_gates, Prometheus};
+use crate::gate::Verdict;
+use crate::model::metric::Placeholders;
+use crate::model::state::RollbackCause;
+
+/// How a wait with analysis ended.
+pub(super) enum Analysed {
+    /// The wait ended (its deadline, or a change to decide on again).
+    Waited(Waited<()>),
+    /// A metric gate failed: the rollout fails (and rolls back).
+    Failed,
+}
+
+impl<C: Cluster, G: GateRunner> Runner<C, G> {
+    /// The metric gates of a gate step on `pods` (names) of `set`: a future that owns what it
+    /// needs, so it runs beside the other gates. Passes when there are none.
+    pub(super) fn metric_gates(
+        &self,
+        set: &str,
+        pods: Vec<String>,
+    ) -> impl Future<Output = Verdict> + Send + 'static {
+        let gates = self.record.config.gates.prometheus.clone();
+        let url = self.options.gates.prometheus_url.clone();
+        let stable = self
+            .record
+            .stable
+            .revision
+            .revision
+            .clone()
+            .unwrap_or_default();
+        let new = self.record.target.revision.clone().unwrap_or_default();
+        // Stable pods are the rollout's own set's (blue, for a green being gated).
+        let stable_pods = pods_on(&self.view.borrow().pods, &stable);
+        let values = Placeholders {
+            namespace: self.cluster.namespace().to_string(),
+            set: set.to_string(),
+            revision: new.clone(),
+            new: new.clone(),
+            stable: stable.clone(),
+            pods,
+        };
+        let stable_values = (!stable_pods.is_empty()).then(|| Placeholders {
+            set: self.name.clone(),
+            revision: stable.clone(),
+            pods: stable_pods,
+            ..values.clone()
+        });
+        async move {
+            if gates.is_empty() {
+                return Verdict::Pass;
+            }
+            let Some(url) = url else {
+                return Verdict::Inconclusive {
+                    message: "the rollout has metric gates but this run has no Prometheus to ask: give --prometheus-url (or ROLLOUT_PROMETHEUS_URL)".into(),
+                };
+            };
+            match Prometheus::new(&url) {
+                Ok(prometheus) => {
+                    run_metric_gates(&prometheus, &gates, &values, stable_values.as_ref()).await
+                }
+                Err(e) => Verdict::Inconclusive {
+                    message: e.to_string(),
+                },
+            }
+        }
+    }
+
+    /// The pods of the rollout's own set on the new revision, by name (what a pause or hold
+    /// exposes to users).
+    fn new_pods(&self) -> Vec<String> {
+        let new = self.record.target.revision.clone().unwrap_or_default();
+        pods_on(&self.view.borrow().pods, &new)
+    }
+
+    /// Waits until `until` (or a change, or forever when `None`), running the metric gates
+    /// every analysis interval meanwhile when continuous analysis is on; a failed gate fails
+    /// the rollout there and then.
+    pub(super) async fn wait_analysing(
+        &mut self,
+        until: Option<Instant>,
+    ) -> Result<Analysed, ExecError> {
+        let name = self.name.clone();
+        let nothing = |_: &crate::exec::cluster::Snapshot| None::<()>;
+        let Some(interval) = self.record.config.gates.analysis() else {
+            return Ok(Analysed::Waited(self.wait_on(&name, until, nothing).await?));
+        };
+        let mut checks = 0u32;
+        let mut last_undecided: Option<String> = None;
+        loop {
+            let next = Instant::now() + interval;
+            let wake = until.map_or(next, |u| u.min(next));
+            let waited = self.wait_on(&name, Some(wake), nothing).await?;
+            if !matches!(waited, Waited::Deadline) || until.is_some_and(|u| Instant::now() >= u) {
+                return Ok(Analysed::Waited(waited));
+            }
+            let started = Instant::now();
+            let verdict = self.metric_gates(&name, self.new_pods()).await;
+            checks += 1;
+            match verdict {
+                Verdict::Pass => {
+                    last_undecided = None;
+                    tracing::debug!(checks, "analysis passed");
+                }
+                Verdict::Inconclusive { message } => {
+                    // Undecided while paused is not a failure (nothing moves meanwhile); said
+                    // once per reason.
+                    if last_undecided.as_deref() != Some(message.as_str()) {
+                        self.progress
+                            .say(format!("        analysis could not decide: {message}"));
+                        last_undecided = Some(message);
+                    }
+                }
+                Verdict::Fail { .. } => {
+                    let message = verdict.message();
+                    self.progress.say(format!(
+                        "        analysis FAILED (check {checks}, {} after its start):",
+                        format_elapsed(started.elapsed())
+                    ));
+                    for line in message.lines() {
+                        self.progress.say(format!("        {line}"));
+                    }
+                    self.step_failed(
+                        RollbackCause::GateFailed,
+                        format!("continuous analysis: {message}"),
+                    )?;
+                    return Ok(Analysed::Failed);
+                }
+            }
+        }
+    }
+}
