@@ -393,9 +393,61 @@ pub struct CanaryArgs {
     #[arg(long, value_name = "DURATION|promote")]
     pub pause: Option<PauseSpec>,
     #[command(flatten)]
+    pub route: RouteArgs,
+    #[command(flatten)]
     pub gates: GateArgs,
     #[command(flatten)]
     pub run: RunArgs,
+}
+
+/// What carries the canary's share of requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TrafficVia {
+    /// The pods: the weight is the share of pods on the new version (the default)
+    Pods,
+    /// A Gateway API HTTPRoute (--route): the weight is the share of requests, exactly
+    Gateway,
+}
+
+/// Traffic through a Gateway API HTTPRoute.
+#[derive(Debug, Args, Default)]
+#[command(next_help_heading = "Traffic through a Gateway API HTTPRoute")]
+pub struct RouteArgs {
+    /// What splits the traffic: `pods` (default) or `gateway` (an HTTPRoute, --route)
+    #[arg(long, value_name = "pods|gateway")]
+    pub traffic: Option<TrafficVia>,
+    /// The HTTPRoute whose rule sends traffic to the set's Service
+    #[arg(long, value_name = "NAME")]
+    pub route: Option<String>,
+    /// Requests with this header go to the canary pods, before any weight moves
+    #[arg(long, value_name = "NAME=VALUE")]
+    pub canary_header: Option<crate::model::route::HeaderPin>,
+}
+
+impl RouteArgs {
+    /// The route settings, or none; the flags only make sense together.
+    pub fn traffic(&self) -> Result<Option<crate::model::route::RouteTraffic>, SettingsError> {
+        let bad = |text: &str| Err(SettingsError::Traffic(text.to_string()));
+        match (self.traffic, &self.route) {
+            (Some(TrafficVia::Gateway), Some(route)) => {
+                let (namespace, route) = crate::model::route::RouteTraffic::parse_route(route)
+                    .map_err(SettingsError::Traffic)?;
+                Ok(Some(crate::model::route::RouteTraffic {
+                    route,
+                    namespace,
+                    canary_header: self.canary_header.clone(),
+                }))
+            }
+            (Some(TrafficVia::Gateway), None) => {
+                bad("--traffic gateway needs --route NAME: the HTTPRoute whose rule sends traffic to the set's Service")
+            }
+            (_, Some(_)) => bad("--route needs --traffic gateway"),
+            _ if self.canary_header.is_some() => {
+                bad("--canary-header needs --traffic gateway --route NAME")
+            }
+            _ => Ok(None),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -627,6 +679,8 @@ pub enum SettingsError {
     },
     #[error(transparent)]
     Requests(#[from] crate::gate::compare::RequestsError),
+    #[error("{0}")]
+    Traffic(String),
 }
 
 fn source(
@@ -697,6 +751,7 @@ impl RunCommand {
                     weight: a.weight,
                     steps: a.steps.clone(),
                     pause: a.pause,
+                    traffic: a.route.traffic()?,
                     ..StrategyFlags::default()
                 },
                 &a.gates,

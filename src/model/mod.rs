@@ -9,6 +9,7 @@ pub mod gate;
 pub mod image;
 pub mod name;
 pub mod plan;
+pub mod route;
 pub mod state;
 pub mod steps;
 pub mod strategy;
