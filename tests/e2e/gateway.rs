@@ -106,6 +106,13 @@ async fn get(
     Ok((r.status().as_u16(), version))
 }
 
+/// A route write is accepted (its status written) before the gateway serves it: Traefik
+/// applies its providers' changes at most every 2 s (`providersThrottleDuration`). Measuring
+/// starts after that.
+async fn let_the_gateway_apply() {
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+}
+
 /// `count` requests through the gateway: answers per version (`<status>` or `<error>`).
 async fn spread(app: &App, count: usize, headers: &[(&str, &str)]) -> BTreeMap<String, usize> {
     let http = devcluster::testkit::http();
@@ -183,6 +190,7 @@ async fn a_canary_through_the_route_moves_exact_shares_pins_testers_and_rolls_ba
     // The header pin comes first: testers reach the canary while no weight has moved.
     let run = app.rollout(&canary("promote")).await.expect("run");
     run.expect(ExitCode::Done).expect("holds at the header pin");
+    let_the_gateway_apply().await;
     ensure_text(&run.stderr, "canary: 1/3 pods (33.3%), traffic 0%");
     let pinned = spread(&app, 200, &[("X-Canary", "always")]).await;
     assert_eq!(pinned.get("v2"), Some(&200), "with the header: {pinned:?}");
@@ -192,6 +200,7 @@ async fn a_canary_through_the_route_moves_exact_shares_pins_testers_and_rolls_ba
     for percent in [5, 25, 50] {
         let run = app.rollout(&["promote", STS]).await.expect("promote");
         run.expect(ExitCode::Done).expect("holds at the weight");
+        let_the_gateway_apply().await;
         let answers = spread(&app, SAMPLE, &[]).await;
         let share = assert_share(&answers, percent).expect("share");
         measured.push((percent, share));
@@ -234,6 +243,7 @@ async fn a_canary_through_the_route_moves_exact_shares_pins_testers_and_rolls_ba
     );
     app.wait_settled().await.expect("settled");
     app.assert_all_on("v1").await.expect("v1");
+    let_the_gateway_apply().await;
     let live = spread(&app, 100, &[]).await;
     assert_eq!(live.get("v1"), Some(&100), "after the abort: {live:?}");
     app.assert_data_kept().await.expect("data");
@@ -276,6 +286,7 @@ async fn a_canary_through_the_route_ends_with_the_route_as_it_was() {
         "{names:?}"
     );
     app.assert_all_on("v2").await.expect("v2");
+    let_the_gateway_apply().await;
     let live = spread(&app, 100, &[]).await;
     assert_eq!(live.get("v2"), Some(&100), "after the end: {live:?}");
     app.cleanup().await;
@@ -284,9 +295,24 @@ async fn a_canary_through_the_route_ends_with_the_route_as_it_was() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_route_the_gateway_rejects_fails_the_step_with_its_message_and_is_restored() {
     let app = App::deploy("gw-reject", 3, false).await.expect("deploy");
-    // Traefik has no RequestMirror filter: it sets Accepted=False on a route that has one.
-    let mirror = json!([{"type": "RequestMirror", "requestMirror": {"backendRef": {"name": STS, "port": 80}}}]);
-    let before = create_route(&app, ROUTE, STS, mirror).await.expect("route");
+    // A second backend that does not exist: Traefik sets ResolvedRefs=False (BackendNotFound)
+    // on every generation of this route, so the first weight write is not accepted.
+    let route: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"name": ROUTE},
+        "spec": {
+            "parentRefs": [{"name": GATEWAY, "namespace": GATEWAY_NS}],
+            "hostnames": [host(&app)],
+            "rules": [{"backendRefs": [{"name": STS, "port": 80}, {"name": "gone", "port": 80}]}],
+        },
+    }))
+    .expect("route");
+    routes(&app)
+        .create(&PostParams::default(), &route)
+        .await
+        .expect("route");
+    let before = route_spec(&app, ROUTE).await.expect("route");
     let run = app
         .rollout(&[
             "canary",
@@ -304,11 +330,18 @@ async fn a_route_the_gateway_rejects_fails_the_step_with_its_message_and_is_rest
         .expect("run");
     run.expect(ExitCode::GateFailed).expect("rolled back");
     assert!(
-        run.stderr.contains("was not accepted") && run.stderr.contains("RequestMirror"),
+        run.stderr.contains("was not accepted: gateway devcluster-gateway/devcluster (traefik.io/gateway-controller) set ResolvedRefs=False"),
         "{}",
         run.describe()
     );
     assert_eq!(route_spec(&app, ROUTE).await.expect("route"), before);
+    let names = services(&app).await.expect("services");
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.ends_with("-stable") || n.ends_with("-canary")),
+        "{names:?}"
+    );
     app.wait_settled().await.expect("settled");
     app.assert_all_on("v1").await.expect("v1");
     app.cleanup().await;
