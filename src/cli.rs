@@ -1036,6 +1036,76 @@ mod tests {
     }
 
     #[test]
+    fn traffic_through_a_route_takes_its_flags_together() {
+        let canary = |extra: &[&str]| {
+            let mut args = vec!["canary", "web", "--image", "app:v2", "--weight", "5"];
+            args.extend_from_slice(extra);
+            resolve(&args).map(|inv| match inv.action {
+                Action::Run(r) | Action::Plan(r) => r.config.traffic,
+                other => panic!("{other:?}"),
+            })
+        };
+        let traffic = canary(&[
+            "--traffic",
+            "gateway",
+            "--route",
+            "shop/web",
+            "--canary-header",
+            "X-Canary=1",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("no traffic"));
+        assert_eq!(
+            (traffic.namespace.as_deref(), traffic.route.as_str()),
+            (Some("shop"), "web")
+        );
+        assert_eq!(
+            traffic.canary_header.map(|h| h.to_string()).as_deref(),
+            Some("X-Canary=1")
+        );
+        assert_eq!(canary(&["--traffic", "pods"]), Ok(None));
+        let cases: &[(&[&str], &str)] = &[
+            (&["--traffic", "gateway"], "needs --route"),
+            (&["--route", "web"], "needs --traffic gateway"),
+            (
+                &["--canary-header", "X-A=1"],
+                "needs --traffic gateway --route",
+            ),
+            (
+                &["--traffic", "gateway", "--route", "Web"],
+                "not an HTTPRoute name",
+            ),
+            (
+                &[
+                    "--traffic",
+                    "gateway",
+                    "--route",
+                    "web",
+                    "--canary-header",
+                    "X-A",
+                ],
+                "NAME=VALUE",
+            ),
+            (&["--traffic", "mesh"], "mesh"),
+        ];
+        for (extra, message) in cases {
+            match canary(extra) {
+                Err(e) => assert!(e.contains(message), "{extra:?}: {e}"),
+                Ok(t) => panic!("{extra:?} went through: {t:?}"),
+            }
+        }
+        let rolling = resolve(&[
+            "rolling",
+            "web",
+            "--image",
+            "app:v2",
+            "--traffic",
+            "gateway",
+        ]);
+        assert!(rolling.is_err(), "only canary takes --traffic");
+    }
+
+    #[test]
     fn bad_input_is_refused_before_anything_runs() {
         let cases: &[(&[&str], &str)] = &[
             (
