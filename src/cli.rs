@@ -426,17 +426,17 @@ pub struct RouteArgs {
 
 impl RouteArgs {
     /// The route settings, or none; the flags only make sense together.
-    pub fn traffic(&self) -> Result<Option<crate::model::route::RouteTraffic>, SettingsError> {
+    pub fn traffic(&self) -> Result<Option<Box<crate::model::route::RouteTraffic>>, SettingsError> {
         let bad = |text: &str| Err(SettingsError::Traffic(text.to_string()));
         match (self.traffic, &self.route) {
             (Some(TrafficVia::Gateway), Some(route)) => {
                 let (namespace, route) = crate::model::route::RouteTraffic::parse_route(route)
                     .map_err(SettingsError::Traffic)?;
-                Ok(Some(crate::model::route::RouteTraffic {
+                Ok(Some(Box::new(crate::model::route::RouteTraffic {
                     route,
                     namespace,
                     canary_header: self.canary_header.clone(),
-                }))
+                })))
             }
             (Some(TrafficVia::Gateway), None) => {
                 bad("--traffic gateway needs --route NAME: the HTTPRoute whose rule sends traffic to the set's Service")

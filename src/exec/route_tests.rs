@@ -42,11 +42,11 @@ fn context(fake: &FakeCluster) -> Context<FakeCluster, FakeGates> {
 fn request(steps: &str, route: &str) -> RunRequest {
     let flags = StrategyFlags {
         steps: steps.parse().ok(),
-        traffic: Some(RouteTraffic {
+        traffic: Some(Box::new(RouteTraffic {
             route: route.into(),
             namespace: None,
             canary_header: None,
-        }),
+        })),
         ..StrategyFlags::default()
     };
     let config = StrategyConfig::new(

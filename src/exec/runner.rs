@@ -344,12 +344,10 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 Step::RestoreSelectors => self.point_traffic(traffic::To::Original).await,
                 Step::RemovePreview => self.remove_preview_step().await,
                 Step::Compare { set } => self.compare(&set).await,
-                Step::CreateRevisionServices => self.create_revision_services().await,
-                Step::SetRouteWeights { canary_percent, .. } => {
-                    self.set_route_weights(canary_percent.get()).await
-                }
-                Step::RestoreRoute => self.restore_route().await,
-                Step::RemoveRevisionServices => self.remove_revision_services().await,
+                Step::CreateRevisionServices
+                | Step::SetRouteWeights { .. }
+                | Step::RestoreRoute
+                | Step::RemoveRevisionServices => self.route_step(&step).await,
                 Step::Pause { wait } => {
                     // Entering a pause is normally done by the transitions; a record that
                     // reached a pause step while progressing is put in the same state here.

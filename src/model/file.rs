@@ -180,7 +180,7 @@ impl StrategyFile {
             duration: self.duration,
             requests: None,
             compare: self.compare.clone(),
-            traffic: self.traffic.clone().map(|t| t.gateway),
+            traffic: self.traffic.clone().map(|t| Box::new(t.gateway)),
         }
     }
 

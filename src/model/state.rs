@@ -190,7 +190,7 @@ pub struct RolloutState {
     pub twin: Option<Twin>,
     /// Traffic through an HTTPRoute: the route, its original rules and the Services made for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub route: Option<super::route::RouteRecord>,
+    pub route: Option<Box<super::route::RouteRecord>>,
     /// Figures measured during the rollout.
     #[serde(default, skip_serializing_if = "Measured::is_empty")]
     pub measured: Measured,

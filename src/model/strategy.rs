@@ -277,7 +277,7 @@ pub struct StrategyFlags {
     pub compare: Option<ShadowCompare>,
     /// Canary: the weights go through this HTTPRoute (`--traffic gateway --route NAME`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub traffic: Option<super::route::RouteTraffic>,
+    pub traffic: Option<Box<super::route::RouteTraffic>>,
 }
 
 impl StrategyFlags {
@@ -643,7 +643,7 @@ pub struct StrategyConfig {
     pub on_failure: OnFailure,
     /// `--traffic gateway --route NAME`: the weights go through an HTTPRoute.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub traffic: Option<super::route::RouteTraffic>,
+    pub traffic: Option<Box<super::route::RouteTraffic>>,
 }
 
 impl StrategyConfig {

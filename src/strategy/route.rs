@@ -687,7 +687,7 @@ mod tests {
             steps: steps.map(|s| s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))),
             weight: weight.and_then(|w| Percent::new(w).ok()),
             pause: pause.map(|p| p.parse().unwrap_or_else(|e| panic!("{p}: {e}"))),
-            traffic: Some(traffic.clone()),
+            traffic: Some(Box::new(traffic.clone())),
             ..StrategyFlags::default()
         };
         let config = StrategyConfig::new(

@@ -16,6 +16,7 @@ use super::{Runner, Waited};
 use crate::cluster::{ApiError, Cluster, PatchKind, Preconditions, Select};
 use crate::exec::gates::GateRunner;
 use crate::exec::ExecError;
+use crate::model::plan::Step;
 use crate::model::route::{HttpRoute, RouteRecord, ROUTE_BACKEND_LABEL};
 use crate::model::state::RollbackCause;
 use crate::model::twin::{HOME_ANNOTATION, REVISION_LABEL, SET_LABEL};
@@ -38,11 +39,30 @@ pub(crate) fn revision_service_owned(meta: &ObjectMeta, home: &str) -> bool {
             == Some(home)
 }
 
+/// A route step's future, made and boxed outside the caller's frame.
+type StepFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ExecError>> + Send + 'a>>;
+
 impl<C: Cluster, G: GateRunner> Runner<C, G> {
+    /// Runs a route step. The step's future is built and boxed here, not in `run_step`, so the
+    /// frame that polls every kind of step does not grow by the route steps' (debug builds keep
+    /// each arm's temporaries apart, and the run loop is polled deep in the stack).
+    pub(super) fn route_step(&mut self, step: &Step) -> StepFuture<'_> {
+        match step {
+            Step::CreateRevisionServices => Box::pin(self.create_revision_services()),
+            Step::SetRouteWeights { canary_percent, .. } => {
+                Box::pin(self.set_route_weights(canary_percent.get()))
+            }
+            Step::RestoreRoute => Box::pin(self.restore_route()),
+            _ => Box::pin(self.remove_revision_services()),
+        }
+    }
+
     fn route_record(&self) -> Result<RouteRecord, ExecError> {
         self.record
             .route
-            .clone()
+            .as_deref()
+            .cloned()
             .ok_or_else(|| ExecError::NotRollable {
                 statefulset: self.name.clone(),
                 reason:
