@@ -394,9 +394,61 @@ pub struct CanaryArgs {
     #[arg(long, value_name = "DURATION|promote")]
     pub pause: Option<PauseSpec>,
     #[command(flatten)]
+    pub route: RouteArgs,
+    #[command(flatten)]
     pub gates: GateArgs,
     #[command(flatten)]
     pub run: RunArgs,
+}
+
+/// What carries the canary's share of requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TrafficVia {
+    /// The pods: the weight is the share of pods on the new version (the default)
+    Pods,
+    /// A Gateway API HTTPRoute (--route): the weight is the share of requests, exactly
+    Gateway,
+}
+
+/// Traffic through a Gateway API HTTPRoute.
+#[derive(Debug, Args, Default)]
+#[command(next_help_heading = "Traffic through a Gateway API HTTPRoute")]
+pub struct RouteArgs {
+    /// What splits the traffic: `pods` (default) or `gateway` (an HTTPRoute, --route)
+    #[arg(long, value_name = "pods|gateway")]
+    pub traffic: Option<TrafficVia>,
+    /// The HTTPRoute whose rule sends traffic to the set's Service
+    #[arg(long, value_name = "NAME")]
+    pub route: Option<String>,
+    /// Requests with this header go to the canary pods, before any weight moves
+    #[arg(long, value_name = "NAME=VALUE")]
+    pub canary_header: Option<crate::model::route::HeaderPin>,
+}
+
+impl RouteArgs {
+    /// The route settings, or none; the flags only make sense together.
+    pub fn traffic(&self) -> Result<Option<Box<crate::model::route::RouteTraffic>>, SettingsError> {
+        let bad = |text: &str| Err(SettingsError::Traffic(text.to_string()));
+        match (self.traffic, &self.route) {
+            (Some(TrafficVia::Gateway), Some(route)) => {
+                let (namespace, route) = crate::model::route::RouteTraffic::parse_route(route)
+                    .map_err(SettingsError::Traffic)?;
+                Ok(Some(Box::new(crate::model::route::RouteTraffic {
+                    route,
+                    namespace,
+                    canary_header: self.canary_header.clone(),
+                })))
+            }
+            (Some(TrafficVia::Gateway), None) => {
+                bad("--traffic gateway needs --route NAME: the HTTPRoute whose rule sends traffic to the set's Service")
+            }
+            (_, Some(_)) => bad("--route needs --traffic gateway"),
+            _ if self.canary_header.is_some() => {
+                bad("--canary-header needs --traffic gateway --route NAME")
+            }
+            _ => Ok(None),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -664,6 +716,8 @@ pub enum SettingsError {
     },
     #[error(transparent)]
     Requests(#[from] crate::gate::compare::RequestsError),
+    #[error("{0}")]
+    Traffic(String),
 }
 
 fn source(
@@ -735,6 +789,7 @@ impl RunCommand {
                     weight: a.weight,
                     steps: a.steps.clone(),
                     pause: a.pause,
+                    traffic: a.route.traffic()?,
                     ..StrategyFlags::default()
                 },
                 &a.gates,
@@ -1017,6 +1072,76 @@ mod tests {
             inv.action,
             Action::Status { watch: true, timeout: Some(t), .. } if t == Duration::from_secs(90)
         ));
+    }
+
+    #[test]
+    fn traffic_through_a_route_takes_its_flags_together() {
+        let canary = |extra: &[&str]| {
+            let mut args = vec!["canary", "web", "--image", "app:v2", "--weight", "5"];
+            args.extend_from_slice(extra);
+            resolve(&args).map(|inv| match inv.action {
+                Action::Run(r) | Action::Plan(r) => r.config.traffic,
+                other => panic!("{other:?}"),
+            })
+        };
+        let traffic = canary(&[
+            "--traffic",
+            "gateway",
+            "--route",
+            "shop/web",
+            "--canary-header",
+            "X-Canary=1",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("no traffic"));
+        assert_eq!(
+            (traffic.namespace.as_deref(), traffic.route.as_str()),
+            (Some("shop"), "web")
+        );
+        assert_eq!(
+            traffic.canary_header.map(|h| h.to_string()).as_deref(),
+            Some("X-Canary=1")
+        );
+        assert_eq!(canary(&["--traffic", "pods"]), Ok(None));
+        let cases: &[(&[&str], &str)] = &[
+            (&["--traffic", "gateway"], "needs --route"),
+            (&["--route", "web"], "needs --traffic gateway"),
+            (
+                &["--canary-header", "X-A=1"],
+                "needs --traffic gateway --route",
+            ),
+            (
+                &["--traffic", "gateway", "--route", "Web"],
+                "not an HTTPRoute name",
+            ),
+            (
+                &[
+                    "--traffic",
+                    "gateway",
+                    "--route",
+                    "web",
+                    "--canary-header",
+                    "X-A",
+                ],
+                "NAME=VALUE",
+            ),
+            (&["--traffic", "mesh"], "mesh"),
+        ];
+        for (extra, message) in cases {
+            match canary(extra) {
+                Err(e) => assert!(e.contains(message), "{extra:?}: {e}"),
+                Ok(t) => panic!("{extra:?} went through: {t:?}"),
+            }
+        }
+        let rolling = resolve(&[
+            "rolling",
+            "web",
+            "--image",
+            "app:v2",
+            "--traffic",
+            "gateway",
+        ]);
+        assert!(rolling.is_err(), "only canary takes --traffic");
     }
 
     #[test]

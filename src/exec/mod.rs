@@ -27,6 +27,8 @@ pub mod runner;
 #[cfg(test)]
 pub(crate) mod fake;
 #[cfg(test)]
+mod route_tests;
+#[cfg(test)]
 mod run_tests;
 
 use crate::model::exit::ExitCode;

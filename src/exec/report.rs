@@ -49,6 +49,9 @@ pub struct RolloutSummary {
     /// Pods on the target revision now, and their share of the replicas.
     pub updated_pods: u32,
     pub achieved_weight: String,
+    /// Through an HTTPRoute: the share of requests the route sends to the canary now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traffic_percent: Option<u32>,
     pub message: String,
     /// Why the current step's gate could not decide yet (it runs again until the deadline).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -231,6 +234,7 @@ pub fn status_report(
                 .unwrap_or_default(),
             updated_pods: updated,
             achieved_weight: format!("{updated} of {replicas} pods ({})", format_percent(share)),
+            traffic_percent: r.plan.route_percent_after(r.current_step).map(|p| p.get()),
             message: r.message.clone(),
             undecided: r.undecided.clone(),
             started_by: r.started_by.clone(),
@@ -404,7 +408,16 @@ pub fn render_status(report: &StatusReport, now: Timestamp) -> String {
                     render_beyond_partition(&mut out, record);
                 }
                 _ => {
-                    let _ = writeln!(out, "weight:    {} on the new version", r.achieved_weight);
+                    let _ = match r.traffic_percent {
+                        Some(p) => writeln!(
+                            out,
+                            "weight:    {} on the new version, traffic {p}% through the route",
+                            r.achieved_weight
+                        ),
+                        None => {
+                            writeln!(out, "weight:    {} on the new version", r.achieved_weight)
+                        }
+                    };
                 }
             }
         }

@@ -6,6 +6,7 @@
 //!   back (the stable template, pods stuck on a broken revision replaced);
 //! - [`sets`]: scaling a set, creating and removing a second set (green, a shadow);
 //! - [`traffic`]: moving the live Services' selectors, the preview Service;
+//! - [`route`]: traffic through a Gateway API HTTPRoute (per-revision Services, weights);
 //! - [`gating`]: the gates, on pods and through a Service;
 //! - [`shadow`]: the shadow's comparison;
 //! - [`drift`]: stopping at someone else's deploy, and holding blue on its revision.
@@ -41,6 +42,8 @@ mod analysis;
 mod drift;
 mod gating;
 mod partition;
+mod route;
+pub(crate) use route::revision_service_owned;
 mod sets;
 mod shadow;
 mod traffic;
@@ -342,6 +345,10 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 Step::RestoreSelectors => self.point_traffic(traffic::To::Original).await,
                 Step::RemovePreview => self.remove_preview_step().await,
                 Step::Compare { set } => self.compare(&set).await,
+                Step::CreateRevisionServices
+                | Step::SetRouteWeights { .. }
+                | Step::RestoreRoute
+                | Step::RemoveRevisionServices => self.route_step(&step).await,
                 Step::Pause { wait } => {
                     // Entering a pause is normally done by the transitions; a record that
                     // reached a pause step while progressing is put in the same state here.
@@ -1127,9 +1134,13 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 Step::SetPartition { weight, .. } => *weight,
                 _ => None,
             });
-        let share = match weight {
-            Some(w) => w.to_string(),
-            None => format!("{updated} of {} pods", self.record.plan.replicas),
+        let share = match (weight, self.record.plan.route_percent_after(done)) {
+            (_, Some(traffic)) => format!(
+                "canary: {updated}/{} pods, traffic {traffic}",
+                self.record.plan.replicas
+            ),
+            (Some(w), None) => w.to_string(),
+            (None, None) => format!("{updated} of {} pods", self.record.plan.replicas),
         };
         match &self.record.twin {
             Some(twin) => format!(

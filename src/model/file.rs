@@ -12,6 +12,10 @@
 //! steps: [20, 50, 100]               # ramped: pods (1,2,4) or "10%"...; canary: percent
 //! weight: 20                         # canary: hold at this weight until promote
 //! pause: 2m                          # between steps; "promote" waits for `rollout promote`
+//! traffic:                           # canary: the weights go through a Gateway API HTTPRoute
+//!   gateway:
+//!     route: web                     # the route whose rule sends traffic to the set's Service
+//!     canaryHeader: X-Canary=always  # optional: requests with this header go to the canary
 //! services: [web]                    # bluegreen: the live Services (default: those selecting the pods)
 //! autoPromote: false                 # bluegreen: switch as soon as green passes its gates
 //! scaleDownDelay: 30s                # bluegreen: how long blue stays scaled after the switch
@@ -89,6 +93,14 @@ pub enum StrategyFileError {
     },
 }
 
+/// A strategy file's `traffic:` block: what splits the canary's requests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FileTraffic {
+    /// A Gateway API HTTPRoute.
+    pub gateway: super::route::RouteTraffic,
+}
+
 /// A strategy file as written.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -122,6 +134,9 @@ pub struct StrategyFile {
     pub duration: Option<HumanDuration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compare: Option<ShadowCompare>,
+    /// Canary: `traffic: {gateway: {route: NAME, canaryHeader: NAME=VALUE}}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<FileTraffic>,
     #[serde(default)]
     pub gates: GateSpec,
     #[serde(default)]
@@ -169,6 +184,7 @@ impl StrategyFile {
             duration: self.duration,
             requests: None,
             compare: self.compare.clone(),
+            traffic: self.traffic.clone().map(|t| Box::new(t.gateway)),
         }
     }
 
@@ -354,6 +370,7 @@ gates:
             "ramped.yaml",
             "canary.yaml",
             "canary-hold.yaml",
+            "canary-gateway.yaml",
             "bluegreen.yaml",
             "recreate.yaml",
             "shadow.yaml",
@@ -365,6 +382,29 @@ gates:
                 .unwrap_or_else(|e| panic!("{e}"));
             seen += 1;
         }
-        assert_eq!(seen, 7);
+        assert_eq!(seen, 8);
+    }
+
+    #[test]
+    fn a_traffic_block_names_the_route() {
+        let text = "strategy: canary\nsteps: [5, 50]\ntraffic:\n  gateway:\n    route: web\n    canaryHeader: X-Canary=1\n";
+        let config = StrategyFile::parse("f", text)
+            .and_then(|f| f.into_config("f", StrategyFlags::default(), |g, t, o| (g, t, o)))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let traffic = config.traffic.unwrap_or_else(|| panic!("no traffic"));
+        assert_eq!(traffic.route, "web");
+        assert_eq!(
+            traffic.canary_header.map(|h| h.to_string()).as_deref(),
+            Some("X-Canary=1")
+        );
+        for bad in [
+            "strategy: canary\nweight: 5\ntraffic:\n  gateway:\n    route: web\n    canaryHeader: nope\n",
+            "strategy: canary\nweight: 5\ntraffic:\n  mesh: {}\n",
+            "strategy: rolling\ntraffic:\n  gateway:\n    route: web\n",
+        ] {
+            let result = StrategyFile::parse("f", bad)
+                .and_then(|f| f.into_config("f", StrategyFlags::default(), |g, t, o| (g, t, o)));
+            assert!(result.is_err(), "{bad}");
+        }
     }
 }

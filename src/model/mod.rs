@@ -10,6 +10,7 @@ pub mod image;
 pub mod metric;
 pub mod name;
 pub mod plan;
+pub mod route;
 pub mod state;
 pub mod steps;
 pub mod strategy;

@@ -10,7 +10,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::strategy::{PauseSpec, StrategyKind};
-use super::weight::{format_percent, PodWeight};
+use super::weight::{format_percent, Percent, PodWeight};
 
 /// `spec.podManagementPolicy`: whether the StatefulSet controller waits for each pod to be Ready
 /// before touching the next, which decides how a broken pod blocks a rollback.
@@ -108,6 +108,17 @@ pub enum Step {
     RestoreSelectors,
     /// Rollback of a blue/green: delete the preview Service (only one `rollout` made).
     RemovePreview,
+    /// Traffic through an HTTPRoute: create the per-revision Services (`<set>-stable`,
+    /// `<set>-canary`, selecting by `controller-revision-hash`, marked as rollout's).
+    CreateRevisionServices,
+    /// Write the route's weights: `canary_percent` of its requests to the canary Service,
+    /// whose pods (`pods` of them) run the new version; done when its gateways accept it.
+    #[serde(rename_all = "camelCase")]
+    SetRouteWeights { canary_percent: Percent, pods: u32 },
+    /// The route's rules back exactly as they were before the rollout.
+    RestoreRoute,
+    /// Delete the per-revision Services (only those carrying rollout's mark).
+    RemoveRevisionServices,
 }
 
 impl Step {
@@ -141,6 +152,10 @@ impl Step {
             Step::ReturnTraffic => "return-traffic",
             Step::RestoreSelectors => "restore-selectors",
             Step::RemovePreview => "remove-preview",
+            Step::CreateRevisionServices => "revision-services",
+            Step::SetRouteWeights { .. } => "route-weights",
+            Step::RestoreRoute => "restore-route",
+            Step::RemoveRevisionServices => "remove-revision-services",
         }
     }
 }
@@ -270,6 +285,31 @@ impl Plan {
                 "set the live Services' selectors back as they were".to_string()
             }
             Step::RemovePreview => "remove the preview Service".to_string(),
+            Step::CreateRevisionServices => format!(
+                "create the Services {0}-stable and {0}-canary, selecting the pods of each revision",
+                self.statefulset
+            ),
+            Step::SetRouteWeights {
+                canary_percent,
+                pods: 0,
+            } if canary_percent.get() == 0 => {
+                "set the route's weights: every request to the stable Service".to_string()
+            }
+            Step::SetRouteWeights {
+                canary_percent,
+                pods,
+            } => format!(
+                "set the route's weights: canary: {pods}/{} pods ({}), traffic {canary_percent}",
+                self.replicas,
+                format_percent(percent_of(*pods, self.replicas))
+            ),
+            Step::RestoreRoute => {
+                "set the route's rules back exactly as they were before the rollout".to_string()
+            }
+            Step::RemoveRevisionServices => format!(
+                "remove the Services {0}-stable and {0}-canary",
+                self.statefulset
+            ),
             Step::Pause {
                 wait: PauseSpec::UntilPromote,
             } => "pause until `rollout promote`".to_string(),
@@ -288,6 +328,21 @@ impl Plan {
                 Step::SetPartition { updated, .. } => Some(*updated),
                 _ => None,
             })
+    }
+
+    /// The share of requests the route sends to the canary once steps `..end` are done, for a
+    /// rollout through an HTTPRoute (`None` without one, or once the route has its own rules
+    /// back).
+    pub fn route_percent_after(&self, end: usize) -> Option<Percent> {
+        self.steps[..end.min(self.steps.len())]
+            .iter()
+            .rev()
+            .find_map(|s| match s {
+                Step::SetRouteWeights { canary_percent, .. } => Some(Some(*canary_percent)),
+                Step::RestoreRoute => Some(None),
+                _ => None,
+            })
+            .flatten()
     }
 
     /// The pods released by steps `..end` whose gate has not run in those steps: a resumed run

@@ -188,6 +188,9 @@ pub struct RolloutState {
     /// Blue/green and shadow: the twin set and the Services it moves between.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub twin: Option<Twin>,
+    /// Traffic through an HTTPRoute: the route, its original rules and the Services made for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<Box<super::route::RouteRecord>>,
     /// Figures measured during the rollout.
     #[serde(default, skip_serializing_if = "Measured::is_empty")]
     pub measured: Measured,
@@ -293,6 +296,7 @@ impl RolloutState {
             message: String::new(),
             new_template: None,
             twin: None,
+            route: None,
             measured: Measured::default(),
             rollback: None,
             drift: None,
@@ -404,6 +408,7 @@ pub(crate) mod tests {
             gates: GateSpec::default(),
             timeouts: Timeouts::default(),
             on_failure: OnFailure::Rollback,
+            traffic: None,
         };
         let stable = Stable {
             revision: Revision {

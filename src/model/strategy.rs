@@ -275,6 +275,9 @@ pub struct StrategyFlags {
     /// Shadow: how the comparison judges.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub compare: Option<ShadowCompare>,
+    /// Canary: the weights go through this HTTPRoute (`--traffic gateway --route NAME`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<Box<super::route::RouteTraffic>>,
 }
 
 impl StrategyFlags {
@@ -304,6 +307,7 @@ impl StrategyFlags {
             duration: over.duration.or(self.duration),
             requests: over.requests.or(self.requests),
             compare: over.compare.or(self.compare),
+            traffic: over.traffic.or(self.traffic),
         }
     }
 }
@@ -637,6 +641,9 @@ pub struct StrategyConfig {
     pub timeouts: Timeouts,
     #[serde(default)]
     pub on_failure: OnFailure,
+    /// `--traffic gateway --route NAME`: the weights go through an HTTPRoute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<Box<super::route::RouteTraffic>>,
 }
 
 impl StrategyConfig {
@@ -657,11 +664,19 @@ impl StrategyConfig {
         if timeouts.step.get().is_zero() || timeouts.total.is_some_and(|t| t.get().is_zero()) {
             return Err(StrategyError::ZeroTimeout);
         }
+        if flags.traffic.is_some() && kind != StrategyKind::Canary {
+            return Err(StrategyError::FlagNotApplicable {
+                flag: "traffic",
+                strategy: kind,
+                hint: "this version splits traffic through an HTTPRoute for canary only",
+            });
+        }
         Ok(StrategyConfig {
             params,
             gates,
             timeouts,
             on_failure,
+            traffic: flags.traffic.clone(),
         })
     }
 }

@@ -26,6 +26,7 @@ pub enum PercentError {
 pub struct Percent(u8);
 
 impl Percent {
+    pub const ZERO: Percent = Percent(0);
     pub const HUNDRED: Percent = Percent(100);
 
     pub fn new(value: u32) -> Result<Self, PercentError> {

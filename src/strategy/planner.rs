@@ -77,6 +77,39 @@ pub enum PlanError {
         batch: u32,
         replicas: u32,
     },
+    #[error("canary of StatefulSet {statefulset} through HTTPRoute {route}: the route's rules send no traffic to a Service that selects the set's pods (they name {backends}); nothing was changed: give the route of this set's Service, or add a backendRef to it in the route")]
+    RouteMissesSet {
+        statefulset: String,
+        route: String,
+        backends: String,
+    },
+    #[error("canary of StatefulSet {statefulset} through HTTPRoute {route}: the route sends traffic to several Services that select the set's pods ({services}), so the rollout cannot tell which to split; nothing was changed: keep one of them in the route")]
+    RouteAmbiguous {
+        statefulset: String,
+        route: String,
+        services: String,
+    },
+    #[error("canary of StatefulSet {statefulset} through an HTTPRoute needs at least 2 replicas (it has {replicas}): the stable Service would have no pod to send the rest of the traffic to; nothing was changed: scale it up first, or roll without --traffic gateway")]
+    RouteNeedsTwoPods { statefulset: String, replicas: u32 },
+    #[error("{strategy} of StatefulSet {statefulset}: --traffic gateway is supported for canary only in this version; nothing was changed: roll without --traffic gateway")]
+    RouteOnlyCanary {
+        statefulset: String,
+        strategy: &'static str,
+    },
+    #[error("HTTPRoute {route} not found in namespace {namespace}; nothing was changed: `kubectl get httproutes -n {namespace}` lists the routes there, and --route names one of them")]
+    RouteNotFound { route: String, namespace: String },
+    #[error("--route {given}: the HTTPRoute must be in the StatefulSet's namespace {namespace} (rollout creates the per-revision Services there, and a route in another namespace would need a ReferenceGrant); nothing was changed: give a route in {namespace}")]
+    RouteOtherNamespace { given: String, namespace: String },
+    #[error("canary of StatefulSet {statefulset} through an HTTPRoute needs the Service name {service}, but a Service {service} that rollout did not create exists in this namespace; nothing was changed: rename or delete that Service, then run again")]
+    RevisionServiceTaken {
+        statefulset: String,
+        service: String,
+    },
+    #[error("--traffic gateway: the cluster does not serve the Gateway API (no HTTPRoute resource in {group}/v1); nothing was changed: {install}")]
+    NoGatewayApi {
+        group: &'static str,
+        install: &'static str,
+    },
     #[error("planning the {strategy} rollout of StatefulSet {statefulset}: its Services and neighbours were not read")]
     SurroundingsMissing {
         statefulset: String,
@@ -142,6 +175,9 @@ pub fn plan_partition(config: &StrategyConfig, observed: &Observed) -> Result<Pl
             statefulset: observed.name.clone(),
             strategy: config.kind().as_str(),
         });
+    }
+    if let Some(traffic) = &config.traffic {
+        return super::route::plan_route_canary(config, observed, traffic);
     }
     let replicas = observed.replicas;
     let mut notes = Vec::new();

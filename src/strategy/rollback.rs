@@ -14,6 +14,9 @@
 //! | `HoldRevision` | `ReleaseRevision` (last); and before everything `RestoreTemplate`, `ReplaceStuckPods` when someone else changed blue's template meanwhile (the record's drift) |
 //! | `CreateTwin` (never served) | `RemoveTwin` (its volumes too, unless kept) |
 //! | `SwitchTraffic` | `ReturnTraffic`, green `Scale`d to 0 (kept with its volumes), `RemovePreview` |
+//! | `CreateRevisionServices` | `RemoveRevisionServices` (last) |
+//! | `SetRouteWeights` | `SetRouteWeights` at 0 % first (every request to the stable Service while the pods go back), `RestoreRoute` once they are back |
+//! | `RestoreRoute` (the end of a route canary) | `RestoreRoute` again (it is the route's own rules) |
 //! | `Gate`, `GateService`, `Compare`, `Pause` | nothing: they change nothing |
 //!
 //! The executor runs these steps as it runs forward ones, one function per kind, and keeps the
@@ -38,8 +41,22 @@ pub fn plan_rollback(record: &RolloutState) -> Vec<Step> {
     let mut steps = Vec::new();
     match record.plan.strategy {
         StrategyKind::Rolling | StrategyKind::Ramped | StrategyKind::Canary => {
+            let route_written = touched(|s| matches!(s, Step::SetRouteWeights { .. }));
+            let route_restored = touched(|s| matches!(s, Step::RestoreRoute));
+            if route_written && !route_restored {
+                steps.push(Step::SetRouteWeights {
+                    canary_percent: crate::model::weight::Percent::ZERO,
+                    pods: 0,
+                });
+            }
             if partition_moved {
                 steps.extend([Step::RestoreTemplate, Step::ReplaceStuckPods]);
+            }
+            if route_written || route_restored {
+                steps.push(Step::RestoreRoute);
+            }
+            if touched(|s| matches!(s, Step::CreateRevisionServices)) {
+                steps.push(Step::RemoveRevisionServices);
             }
         }
         StrategyKind::Recreate => {
@@ -131,7 +148,7 @@ pub enum ReleaseRefused {
 ///
 /// | strategy | given back |
 /// |---|---|
-/// | rolling, ramped, canary | `ReleaseRevision` once the partition moved |
+/// | rolling, ramped, canary | `ReleaseRevision` once the partition moved; through a route, `RestoreRoute` and `RemoveRevisionServices` first |
 /// | recreate | `ReleaseRevision` once the template was written; the set `Scale`d back up once rollout scaled it |
 /// | blue/green, before the switch | `RemoveTwin` (never served), `RestoreSelectors`, `ReleaseRevision` |
 /// | blue/green, after it | `ReleaseRevision`, blue `Scale`d up on its template now, `ReturnTraffic`, green to 0, `RemovePreview`, `RestoreSelectors` |
@@ -185,6 +202,12 @@ pub fn plan_release(record: &RolloutState) -> Result<Vec<Step>, ReleaseRefused> 
     let mut steps = Vec::new();
     match record.plan.strategy {
         StrategyKind::Rolling | StrategyKind::Ramped | StrategyKind::Canary => {
+            if touched(|s| matches!(s, Step::SetRouteWeights { .. } | Step::RestoreRoute)) {
+                steps.push(Step::RestoreRoute);
+            }
+            if touched(|s| matches!(s, Step::CreateRevisionServices)) {
+                steps.push(Step::RemoveRevisionServices);
+            }
             if strategy_written {
                 steps.push(Step::ReleaseRevision);
             }
@@ -749,6 +772,97 @@ mod tests {
                 );
             }
         }
+    }
+
+    fn route_steps() -> Vec<Step> {
+        let pct = |v| {
+            crate::model::weight::Percent::new(v).unwrap_or(crate::model::weight::Percent::HUNDRED)
+        };
+        vec![
+            Step::SetTemplateAndFreeze { partition: 3 },
+            Step::CreateRevisionServices,
+            Step::SetPartition {
+                partition: 2,
+                ordinals: vec![2],
+                updated: 1,
+                weight: None,
+            },
+            Step::gate(vec![2]),
+            Step::SetRouteWeights {
+                canary_percent: pct(5),
+                pods: 1,
+            },
+            Step::Pause {
+                wait: PauseSpec::UntilPromote,
+            },
+            Step::SetRouteWeights {
+                canary_percent: pct(100),
+                pods: 1,
+            },
+            Step::SetPartition {
+                partition: 0,
+                ordinals: vec![1, 0],
+                updated: 3,
+                weight: None,
+            },
+            Step::gate(vec![1, 0]),
+            Step::RestoreRoute,
+            Step::RemoveRevisionServices,
+        ]
+    }
+
+    #[test]
+    fn a_route_canary_sends_everything_to_stable_first_and_gives_the_route_back() {
+        let r = record(StrategyKind::Canary, route_steps(), None);
+        let undo = ["restore-template", "replace-stuck"];
+        let to_stable = [
+            "route-weights",
+            "restore-template",
+            "replace-stuck",
+            "restore-route",
+            "remove-revision-services",
+        ];
+        let cases: Vec<(usize, bool, Vec<&str>)> = vec![
+            (0, true, undo.to_vec()),
+            // The Services exist (maybe) but no route was written.
+            (1, true, [&undo[..], &["remove-revision-services"]].concat()),
+            (3, true, [&undo[..], &["remove-revision-services"]].concat()),
+            // A route write may have landed: every request to stable before the pods go back.
+            (4, true, to_stable.to_vec()),
+            (5, false, to_stable.to_vec()),
+            (8, true, to_stable.to_vec()),
+            // The route already has its own rules back: written again after the pods.
+            (
+                9,
+                true,
+                [&undo[..], &["restore-route", "remove-revision-services"]].concat(),
+            ),
+            (
+                10,
+                true,
+                [&undo[..], &["restore-route", "remove-revision-services"]].concat(),
+            ),
+        ];
+        for (at, begun, expected) in cases {
+            assert_eq!(
+                rollback_at(&r, at, begun, false),
+                expected,
+                "failed at step {}",
+                at + 1
+            );
+        }
+        assert_eq!(
+            release_at(&r, 5, false, false),
+            [
+                "restore-route",
+                "remove-revision-services",
+                "release-revision"
+            ]
+        );
+        assert_eq!(
+            release_at(&r, 2, false, false),
+            ["remove-revision-services", "release-revision"]
+        );
     }
 
     #[test]

@@ -296,11 +296,26 @@ impl RolloutState {
         );
         to_gate.sort_unstable_by(|a, b| b.cmp(a));
         let gated = self.config.gates.any();
+        // Through an HTTPRoute: the route sends everything to the canary while the last pods
+        // move, then gets its own rules back, and the per-revision Services go (as the plan's
+        // own end does).
+        let route_written = self.plan.steps[..done]
+            .iter()
+            .any(|s| matches!(s, Step::SetRouteWeights { .. }));
+        let services_made = self.plan.steps[..(done + 1).min(self.plan.steps.len())]
+            .iter()
+            .any(|s| matches!(s, Step::CreateRevisionServices));
 
         let mut tail = Vec::new();
         if freeze_pending {
             tail.push(Step::SetTemplateAndFreeze {
                 partition: replicas,
+            });
+        }
+        if route_written {
+            tail.push(Step::SetRouteWeights {
+                canary_percent: crate::model::weight::Percent::HUNDRED,
+                pods: released,
             });
         }
         if !remaining.is_empty() {
@@ -313,6 +328,12 @@ impl RolloutState {
         }
         if gated && !to_gate.is_empty() {
             tail.push(Step::gate(to_gate));
+        }
+        if route_written {
+            tail.push(Step::RestoreRoute);
+        }
+        if services_made {
+            tail.push(Step::RemoveRevisionServices);
         }
         self.plan.steps.truncate(done);
         self.plan.steps.extend(tail);
@@ -848,6 +869,58 @@ mod tests {
         );
         run(&mut s, &mut t);
         assert_eq!(s.phase, Phase::Succeeded);
+    }
+
+    #[test]
+    fn promote_full_through_a_route_ends_as_the_route_plan_does() {
+        let flags = StrategyFlags {
+            steps: "5,25,50".parse().ok(),
+            pause: "promote".parse().ok(),
+            traffic: Some(Box::new(crate::model::route::RouteTraffic {
+                route: "web".into(),
+                namespace: None,
+                canary_header: None,
+            })),
+            ..StrategyFlags::default()
+        };
+        let config = StrategyConfig::new(
+            StrategyKind::Canary,
+            &flags,
+            GateSpec::default(),
+            Timeouts::default(),
+            OnFailure::Rollback,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let plan = plan_partition(&config, &observed(3)).unwrap_or_else(|e| panic!("{e}"));
+        let fresh = RolloutState::new(
+            "r".into(),
+            config,
+            plan,
+            Stable::default(),
+            Revision::default(),
+            "me".into(),
+            ts(0),
+        );
+        // Held at 5 %: everything to the canary, the last pods, the route's own rules back.
+        let mut s = fresh.clone();
+        let mut t = 0;
+        run(&mut s, &mut t);
+        s.promote_full(ts(50)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            names(&s),
+            "route-weights partition gate restore-route remove-revision-services"
+        );
+        assert_eq!(
+            s.remaining()[0],
+            Step::SetRouteWeights {
+                canary_percent: crate::model::weight::Percent::HUNDRED,
+                pods: 1
+            }
+        );
+        // Before the Services were made, nothing of the route is left to undo.
+        let mut s = fresh;
+        s.promote_full(ts(1)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(names(&s), "freeze partition gate");
     }
 
     #[test]

@@ -97,6 +97,7 @@ pub fn check_record(record: &RolloutState, own: &str) -> Vec<String> {
     if let Some(twin) = twin {
         check_twin(twin, own, &mut problem);
     }
+    check_route(record, own, &mut problem);
     for (i, step) in plan.steps.iter().enumerate() {
         if let Some(text) = step_problem(step, own, twin) {
             problem(format!("step {}: {text}", i + 1));
@@ -174,6 +175,68 @@ pub fn check_record(record: &RolloutState, own: &str) -> Vec<String> {
         problem("its new pod template is not an object".to_string());
     }
     problems
+}
+
+/// Problems of the record's route: the per-revision Services are exactly the own set's (so a
+/// record cannot make rollout delete or repoint another Service), names are valid, the rules
+/// kept are a list, the route is the one the settings name; and route steps need a route.
+fn check_route(record: &RolloutState, own: &str, problem: &mut impl FnMut(String)) {
+    let route_step = |s: &Step| {
+        matches!(
+            s,
+            Step::CreateRevisionServices
+                | Step::SetRouteWeights { .. }
+                | Step::RestoreRoute
+                | Step::RemoveRevisionServices
+        )
+    };
+    let rollback_steps = record.rollback.iter().flat_map(|r| r.steps.iter());
+    let Some(route) = record.route.as_ref() else {
+        if record
+            .plan
+            .steps
+            .iter()
+            .chain(rollback_steps)
+            .any(route_step)
+        {
+            problem("it has HTTPRoute steps but names no route".to_string());
+        }
+        return;
+    };
+    let (stable, canary) = crate::model::route::revision_service_names(own);
+    if route.stable_service != stable || route.canary_service != canary {
+        problem(format!(
+            "its per-revision Services {:?} and {:?} are not {stable} and {canary}",
+            route.stable_service, route.canary_service
+        ));
+    }
+    for (what, name) in [("HTTPRoute", &route.route), ("Service", &route.service)] {
+        if !is_dns_subdomain(name) {
+            problem(format!("its {what} name {name:?} is not valid"));
+        }
+    }
+    if [&stable, &canary].contains(&&route.service) {
+        problem(format!(
+            "its route's Service {} is one of rollout's own",
+            route.service
+        ));
+    }
+    if !(route.original_rules.is_array() || route.original_rules.is_null()) {
+        problem("its route's original rules are not a list".to_string());
+    }
+    if let Some(rev) = route.canary_revision.as_deref() {
+        if !is_dns_subdomain(rev) || !rev.starts_with(&format!("{own}-")) {
+            problem(format!(
+                "its canary revision {rev:?} is not a revision of {own}"
+            ));
+        }
+    }
+    if record.config.traffic.as_ref().map(|t| &t.route) != Some(&route.route) {
+        problem(format!(
+            "its route {} is not the one its settings name",
+            route.route
+        ));
+    }
 }
 
 /// Problems of the record's second set: a valid name, never the set the record sits on.
@@ -303,6 +366,10 @@ fn step_problem(step: &Step, own: &str, twin: Option<&Twin>) -> Option<String> {
         | Step::RemovePreview => twin
             .is_none()
             .then(|| "moves traffic but the record names no second set".to_string()),
+        Step::SetRouteWeights { pods, .. } => {
+            (*pods > MAX_REPLICAS).then(|| format!("{pods} pods (at most {MAX_REPLICAS})"))
+        }
+        Step::CreateRevisionServices | Step::RestoreRoute | Step::RemoveRevisionServices => None,
         Step::Pause { .. }
         | Step::SetTemplate
         | Step::RestoreTemplate

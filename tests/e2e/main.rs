@@ -13,6 +13,7 @@ mod current;
 mod drift;
 mod failures;
 mod gates;
+mod gateway;
 mod gateway_devcluster;
 mod helm;
 mod incluster;

@@ -2,6 +2,7 @@
 //! changes nothing in the cluster), takes the lock when it changes the set, and hands the work to
 //! the [`Runner`]. Results go to stdout (text or JSON); progress to stderr.
 
+mod route;
 mod show;
 mod start;
 mod steer;

@@ -493,7 +493,9 @@ pub(super) async fn print_plan<C: Cluster, G: GateRunner>(
         ..
     } = *checked;
     let (plan, twin) = make_full_plan(ctx, &request.config, &sts, &new_template).await?;
-    let record = new_record(ctx, request, &sts, &prepared, plan, twin, new_template);
+    let route = Box::pin(super::route::route_for(ctx, &request.config, &sts)).await?;
+    let mut record = new_record(ctx, request, &sts, &prepared, plan, twin, new_template);
+    record.route = route.map(Box::new);
     let back = rollback_by_step(&record);
     let plan = &record.plan;
     match ctx.output {
@@ -546,7 +548,8 @@ pub(super) async fn new_rollout<C: Cluster, G: GateRunner>(
     if let Some(twin) = &twin {
         check_twin(ctx, &sts, twin, &plan).await?;
     }
-    let record = new_record(
+    let route = Box::pin(super::route::route_for(ctx, &request.config, &sts)).await?;
+    let mut record = new_record(
         ctx,
         request,
         &sts,
@@ -555,6 +558,7 @@ pub(super) async fn new_rollout<C: Cluster, G: GateRunner>(
         twin,
         checked.new_template.clone(),
     );
+    record.route = route.map(Box::new);
     ctx.progress.say(format!(
         "{} rollout of {}/{name}: {} replicas, {} steps, from revision {} to {}",
         record.plan.strategy,

@@ -1,0 +1,109 @@
+//! Before a rollout through a Gateway API HTTPRoute starts: the route is read and checked
+//! (it exists in the set's namespace, the cluster serves the Gateway API, one of its backends
+//! is the set's Service, the per-revision Service names are free), and its rules as they are
+//! now go into the record, to be written back exactly at the end or in a rollback.
+
+use super::*;
+use crate::exec::runner::revision_service_owned;
+use crate::model::route::{
+    revision_service_names, HttpRoute, RouteRecord, GATEWAY_GROUP, INSTALL_CRDS,
+};
+use crate::strategy::route::{set_service, RouteService};
+use crate::strategy::PlanError;
+
+/// The route part of the record of a rollout with `config` on `sts`; `None` without
+/// `--traffic gateway`. Bad input (exit 2) when the route cannot carry it.
+pub(super) async fn route_for<C: Cluster, G: GateRunner>(
+    ctx: &Context<C, G>,
+    config: &StrategyConfig,
+    sts: &StatefulSet,
+) -> Result<Option<RouteRecord>, ExecError> {
+    let Some(traffic) = config.traffic.as_ref() else {
+        return Ok(None);
+    };
+    let namespace = ctx.cluster.namespace().to_string();
+    if let Some(given) = traffic.namespace.as_deref().filter(|ns| *ns != namespace) {
+        return Err(ExecError::Plan(PlanError::RouteOtherNamespace {
+            given: format!("{given}/{}", traffic.route),
+            namespace,
+        }));
+    }
+    let name = sts.metadata.name.clone().unwrap_or_default();
+    let route = match ctx.cluster.get::<HttpRoute>(&traffic.route).await {
+        Ok(Some(route)) => route,
+        Ok(None) | Err(ApiError::NotFound) => {
+            // A missing route, or no HTTPRoute resource at all: a list tells them apart.
+            return Err(ExecError::Plan(
+                match ctx.cluster.list::<HttpRoute>(&Select::all()).await {
+                    Err(ApiError::NotFound) => PlanError::NoGatewayApi {
+                        group: GATEWAY_GROUP,
+                        install: INSTALL_CRDS,
+                    },
+                    _ => PlanError::RouteNotFound {
+                        route: traffic.route.clone(),
+                        namespace,
+                    },
+                },
+            ));
+        }
+        Err(e) => return Err(ExecError::api("reading HTTPRoute", &traffic.route, e)),
+    };
+    let services = ctx
+        .cluster
+        .list::<Service>(&Select::all())
+        .await
+        .map_err(|e| ExecError::api("listing Services in namespace", &namespace, e))?;
+    let pod_labels = sts
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    let observed: Vec<RouteService> = services
+        .iter()
+        .filter(|s| !revision_service_owned(&s.metadata, &name))
+        .map(|s| RouteService {
+            name: s.metadata.name.clone().unwrap_or_default(),
+            selector: s
+                .spec
+                .as_ref()
+                .and_then(|x| x.selector.clone())
+                .unwrap_or_default(),
+            headless: s.spec.as_ref().and_then(|x| x.cluster_ip.as_deref()) == Some("None"),
+        })
+        .collect();
+    let service = set_service(
+        &name,
+        &traffic.route,
+        &route.spec,
+        &namespace,
+        &observed,
+        &pod_labels,
+    )?;
+    let (stable_service, canary_service) = revision_service_names(&name);
+    for taken in [&stable_service, &canary_service] {
+        let foreign = services.iter().any(|s| {
+            s.metadata.name.as_deref() == Some(taken.as_str())
+                && !revision_service_owned(&s.metadata, &name)
+        });
+        if foreign {
+            return Err(ExecError::Plan(PlanError::RevisionServiceTaken {
+                statefulset: name.clone(),
+                service: taken.clone(),
+            }));
+        }
+    }
+    Ok(Some(RouteRecord {
+        route: traffic.route.clone(),
+        service,
+        stable_service,
+        canary_service,
+        original_rules: route
+            .spec
+            .get("rules")
+            .cloned()
+            .unwrap_or(serde_json::Value::Null),
+        canary_revision: None,
+        canary_header: traffic.canary_header.clone(),
+    }))
+}

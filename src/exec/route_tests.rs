@@ -1,0 +1,239 @@
+//! The executor against the fake cluster for a canary through an HTTPRoute: the weights the
+//! route carries step by step, its original rules written back at the end and after a gateway
+//! rejects a write, the per-revision Services made and removed, and a missing route refused
+//! before anything is written. A task plays the gateway: it answers every new generation of the
+//! route with `Accepted` and `ResolvedRefs` (or rejects it).
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Service;
+use serde_json::{json, Value};
+
+use super::commands::{self, Context, Output, RunRequest, TemplateSource};
+use super::fake::{statefulset, FakeCluster, FakeGates};
+use super::lease::Identity;
+use super::progress::{Out, Progress};
+use crate::cluster::{Cluster, Select};
+use crate::model::exit::ExitCode;
+use crate::model::gate::GateSpec;
+use crate::model::image::ImageChange;
+use crate::model::route::{HttpRoute, RouteTraffic};
+use crate::model::strategy::{OnFailure, StrategyConfig, StrategyFlags, StrategyKind, Timeouts};
+use crate::model::HumanDuration;
+
+fn context(fake: &FakeCluster) -> Context<FakeCluster, FakeGates> {
+    Context {
+        cluster: fake.clone(),
+        gates: FakeGates::default(),
+        progress: Progress::memory(),
+        out: Out::memory(),
+        output: Output::Text,
+        me: Identity {
+            user: "dev".into(),
+            host: "laptop".into(),
+            pid: 1,
+            run: Some("run1".into()),
+            space: None,
+        },
+        lease_duration: Duration::from_secs(15),
+    }
+}
+
+fn request(steps: &str, route: &str) -> RunRequest {
+    let flags = StrategyFlags {
+        steps: steps.parse().ok(),
+        traffic: Some(Box::new(RouteTraffic {
+            route: route.into(),
+            namespace: None,
+            canary_header: None,
+        })),
+        ..StrategyFlags::default()
+    };
+    let config = StrategyConfig::new(
+        StrategyKind::Canary,
+        &flags,
+        GateSpec::default(),
+        Timeouts {
+            step: HumanDuration::from_secs(60),
+            total: None,
+        },
+        OnFailure::Rollback,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    RunRequest {
+        statefulset: "web".into(),
+        config,
+        source: TemplateSource::Images(vec!["app:v2"
+            .parse::<ImageChange>()
+            .unwrap_or_else(|e| panic!("{e}"))]),
+        wait_at_holds: false,
+    }
+}
+
+fn original_rules() -> Value {
+    json!([{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+            "backendRefs": [{"name": "web", "port": 80}]}])
+}
+
+/// The set `web` (4 pods), its Service and a route to it.
+fn cluster() -> FakeCluster {
+    let fake = FakeCluster::new(statefulset("web", 4, "app:v1", true));
+    let service: Service = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": "http", "nodePort": 30080}]},
+    }))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let route = HttpRoute {
+        metadata: serde_json::from_value(json!({"name": "web", "generation": 1}))
+            .unwrap_or_default(),
+        spec: json!({"parentRefs": [{"name": "gw", "namespace": "infra"}], "hostnames": ["web.test"], "rules": original_rules()}),
+        status: None,
+    };
+    fake.with(|s| {
+        s.put(&service);
+        s.put(&route);
+    });
+    fake
+}
+
+/// Plays the gateway: answers each new generation of the route (`reject`: with Accepted=False
+/// for rules that send to the canary) and keeps the canary weights it saw.
+fn gateway(fake: &FakeCluster, reject: bool) -> tokio::task::JoinHandle<Vec<u64>> {
+    let fake = fake.clone();
+    tokio::spawn(async move {
+        let mut watch = fake.observe::<HttpRoute>(&Select::named("web"));
+        let mut weights = Vec::new();
+        loop {
+            let route = watch.borrow_and_update().items.first().cloned();
+            if let Some(mut route) = route {
+                let generation = route.metadata.generation.unwrap_or(0);
+                let answered = route
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.pointer("/parents/0/conditions/0/observedGeneration"))
+                    .and_then(Value::as_i64)
+                    == Some(generation);
+                if !answered {
+                    let canary = route.spec["rules"][0]["backendRefs"]
+                        .as_array()
+                        .and_then(|refs| refs.iter().find(|r| r["name"] == "web-canary"))
+                        .and_then(|r| r["weight"].as_u64());
+                    if let Some(w) = canary {
+                        weights.push(w);
+                    }
+                    let accepted = if reject && canary.is_some() {
+                        "False"
+                    } else {
+                        "True"
+                    };
+                    route.status = Some(json!({"parents": [{
+                        "parentRef": {"name": "gw", "namespace": "infra"},
+                        "controllerName": "example.io/gateway",
+                        "conditions": [
+                            {"type": "Accepted", "status": accepted, "observedGeneration": generation,
+                             "reason": "UnsupportedValue", "message": "weights are not for this gateway"},
+                            {"type": "ResolvedRefs", "status": "True", "observedGeneration": generation,
+                             "reason": "ResolvedRefs", "message": ""},
+                        ],
+                    }]}));
+                    route.metadata.resource_version = None;
+                    fake.with(|s| s.put(&route));
+                }
+            }
+            if watch.changed().await.is_err() {
+                break;
+            }
+            if fake.with(|s| s.get::<HttpRoute>("web")).is_none() {
+                break;
+            }
+            if weights.len() > 50 {
+                break;
+            }
+        }
+        weights
+    })
+}
+
+fn route_rules(fake: &FakeCluster) -> Value {
+    fake.with(|s| s.get::<HttpRoute>("web"))
+        .map(|r| r.spec["rules"].clone())
+        .unwrap_or_default()
+}
+
+fn revision_services(fake: &FakeCluster) -> Vec<String> {
+    fake.with(|s| s.list::<Service>())
+        .into_iter()
+        .filter_map(|s| s.metadata.name)
+        .filter(|n| n != "web")
+        .collect()
+}
+
+#[tokio::test]
+async fn a_route_canary_writes_each_weight_and_gives_the_route_back() {
+    let fake = cluster();
+    let seen = gateway(&fake, false);
+    let ctx = context(&fake);
+    let code = commands::run(&ctx, &request("10,50", "web"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(code, ExitCode::Done, "{:#?}", ctx.progress.lines());
+    assert_eq!(fake.image(), "app:v2");
+    assert_eq!(
+        route_rules(&fake),
+        original_rules(),
+        "the route's own rules at the end"
+    );
+    assert!(
+        revision_services(&fake).is_empty(),
+        "{:?}",
+        revision_services(&fake)
+    );
+    seen.abort();
+    let lines = ctx.progress.lines().join("\n");
+    assert!(
+        lines.contains("canary: 1/4 pods (25%), traffic 10%"),
+        "{lines}"
+    );
+    assert!(
+        lines.contains("canary: 2/4 pods (50%), traffic 50%"),
+        "{lines}"
+    );
+    assert!(lines.contains("accepted by its gateways"), "{lines}");
+}
+
+#[tokio::test]
+async fn a_route_the_gateway_rejects_rolls_back_with_its_words_and_the_route_as_it_was() {
+    let fake = cluster();
+    let _gateway = gateway(&fake, true);
+    let ctx = context(&fake);
+    let code = commands::run(&ctx, &request("10,50", "web"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(code, ExitCode::GateFailed, "{:#?}", ctx.progress.lines());
+    assert_eq!(fake.image(), "app:v1");
+    assert_eq!(route_rules(&fake), original_rules());
+    assert!(revision_services(&fake).is_empty());
+    let lines = ctx.progress.lines().join("\n");
+    assert!(
+        lines.contains("gateway infra/gw (example.io/gateway) set Accepted=False, reason UnsupportedValue: weights are not for this gateway"),
+        "{lines}"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_route_is_refused_before_anything_is_written() {
+    let fake = cluster();
+    let ctx = context(&fake);
+    let error = commands::run(&ctx, &request("10", "nope"))
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("a missing route went through"));
+    assert_eq!(error.exit_code(), ExitCode::BadInput);
+    assert!(
+        error.to_string().contains("HTTPRoute nope not found"),
+        "{error}"
+    );
+    assert_eq!(fake.image(), "app:v1");
+    assert!(fake.set().metadata.annotations.is_none_or(|a| a.is_empty()));
+    assert!(revision_services(&fake).is_empty());
+}

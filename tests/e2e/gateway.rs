@@ -1,0 +1,453 @@
+//! Canary through a Gateway API HTTPRoute (`--traffic gateway --route`) on the devcluster's
+//! gateway (Traefik, `devcluster-gateway/devcluster`, HTTP on 127.0.0.1:18080, or
+//! `ROLLOUT_GATEWAY_URL`). Each test's route matches a host name of its own (`<ns>.test`), so
+//! tests sharing the gateway never see each other's traffic; requests go to the gateway on
+//! loopback only, a bounded number of them.
+
+use std::collections::BTreeMap;
+
+use anyhow::{ensure, Context};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, PostParams};
+use rollout::model::exit::ExitCode;
+use serde_json::{json, Value};
+
+use crate::support::{App, STS};
+
+const GATEWAY_NS: &str = "devcluster-gateway";
+const GATEWAY: &str = "devcluster";
+const ROUTE: &str = "web";
+/// Requests measured at each weight.
+const SAMPLE: usize = 1000;
+
+fn gateway_url() -> String {
+    std::env::var("ROLLOUT_GATEWAY_URL").unwrap_or_else(|_| "http://127.0.0.1:18080".into())
+}
+
+fn routes(app: &App) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute");
+    Api::namespaced_with(
+        app.ns.client.clone(),
+        &app.ns.name,
+        &ApiResource::from_gvk(&gvk),
+    )
+}
+
+fn host(app: &App) -> String {
+    format!("{}.test", app.ns.name)
+}
+
+/// The user's route: the time app's Service on port 80 for this test's host name, with
+/// `filters` on its rule.
+async fn create_route(
+    app: &App,
+    name: &str,
+    backend: &str,
+    filters: Value,
+) -> anyhow::Result<Value> {
+    let route: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"name": name},
+        "spec": {
+            "parentRefs": [{"name": GATEWAY, "namespace": GATEWAY_NS}],
+            "hostnames": [host(app)],
+            "rules": [{
+                "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                "filters": filters,
+                "backendRefs": [{"name": backend, "port": 80}],
+            }],
+        },
+    }))?;
+    routes(app).create(&PostParams::default(), &route).await?;
+    route_spec(app, name).await
+}
+
+async fn route_spec(app: &App, name: &str) -> anyhow::Result<Value> {
+    let route = routes(app).get(name).await?;
+    Ok(route.data.get("spec").cloned().unwrap_or(Value::Null))
+}
+
+/// Waits until the gateway routes this test's host to the time app (the route accepted and
+/// programmed): at most 120 tries, 0.5 s apart.
+async fn wait_routed(app: &App) -> anyhow::Result<()> {
+    let http = devcluster::testkit::http();
+    for _ in 0..120 {
+        if let Ok(a) = get(&http, app, &[]).await {
+            if a.0 == 200 {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    anyhow::bail!("the gateway never routed {} to the time app", host(app))
+}
+
+/// One request through the gateway: (status, version answered).
+async fn get(
+    http: &reqwest::Client,
+    app: &App,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<(u16, String)> {
+    let mut request = http
+        .get(format!("{}/healthz", gateway_url()))
+        .header("host", host(app));
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let r = request.send().await.context("GET through the gateway")?;
+    let version = r
+        .headers()
+        .get("x-app-version")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    Ok((r.status().as_u16(), version))
+}
+
+/// A route write is accepted (its status written) before the gateway serves it: Traefik
+/// applies its providers' changes at most every 2 s (`providersThrottleDuration`). Measuring
+/// starts after that.
+async fn let_the_gateway_apply() {
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+}
+
+/// `count` requests through the gateway: answers per version (`<status>` or `<error>`).
+async fn spread(app: &App, count: usize, headers: &[(&str, &str)]) -> BTreeMap<String, usize> {
+    let http = devcluster::testkit::http();
+    let mut out = BTreeMap::new();
+    for _ in 0..count {
+        let key = match get(&http, app, headers).await {
+            Ok((200, v)) => v,
+            Ok((s, _)) => format!("<{s}>"),
+            Err(_) => "<error>".into(),
+        };
+        *out.entry(key).or_insert(0) += 1;
+    }
+    out
+}
+
+/// The share of `SAMPLE` answers from v2 is within the binomial bound of `percent`: for n
+/// requests and weight p, |share - p| <= 4 * sqrt(p (1 - p) / n) (four standard deviations:
+/// a correct split fails it about once in 16,000 measurements); every request answered.
+fn assert_share(answers: &BTreeMap<String, usize>, percent: u32) -> anyhow::Result<f64> {
+    let n: usize = answers.values().sum();
+    let ok = answers.get("v1").copied().unwrap_or(0) + answers.get("v2").copied().unwrap_or(0);
+    ensure!(
+        ok == n,
+        "not every request was answered by v1 or v2: {answers:?}"
+    );
+    let share = answers.get("v2").copied().unwrap_or(0) as f64 / n as f64;
+    let p = f64::from(percent) / 100.0;
+    let bound = 4.0 * (p * (1.0 - p) / n as f64).sqrt();
+    ensure!(
+        (share - p).abs() <= bound,
+        "v2 answered {:.2}% of {n} requests, expected {percent}% within {:.2} points: {answers:?}",
+        share * 100.0,
+        bound * 100.0
+    );
+    Ok(share)
+}
+
+async fn services(app: &App) -> anyhow::Result<Vec<String>> {
+    Ok(app
+        .ns
+        .api::<Service>()
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|s| s.metadata.name)
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_canary_through_the_route_moves_exact_shares_pins_testers_and_rolls_back_exactly() {
+    let app = App::deploy("gw-canary", 3, false).await.expect("deploy");
+    let before = create_route(&app, ROUTE, STS, json!([]))
+        .await
+        .expect("route");
+    wait_routed(&app).await.expect("routed");
+    let canary = |pause: &'static str| {
+        vec![
+            "canary",
+            STS,
+            "--image",
+            "time-app:v2",
+            "--steps",
+            "5,25,50",
+            "--pause",
+            pause,
+            "--traffic",
+            "gateway",
+            "--route",
+            ROUTE,
+            "--canary-header",
+            "X-Canary=always",
+        ]
+    };
+    // The header pin comes first: testers reach the canary while no weight has moved.
+    let run = app.rollout(&canary("promote")).await.expect("run");
+    run.expect(ExitCode::Done).expect("holds at the header pin");
+    let_the_gateway_apply().await;
+    ensure_text(&run.stderr, "canary: 1/3 pods (33.3%), traffic 0%");
+    let pinned = spread(&app, 200, &[("X-Canary", "always")]).await;
+    assert_eq!(pinned.get("v2"), Some(&200), "with the header: {pinned:?}");
+    let live = spread(&app, 200, &[]).await;
+    assert_eq!(live.get("v1"), Some(&200), "without the header: {live:?}");
+    let mut measured = Vec::new();
+    for percent in [5, 25, 50] {
+        let run = app.rollout(&["promote", STS]).await.expect("promote");
+        run.expect(ExitCode::Done).expect("holds at the weight");
+        let_the_gateway_apply().await;
+        let answers = spread(&app, SAMPLE, &[]).await;
+        let share = assert_share(&answers, percent).expect("share");
+        measured.push((percent, share));
+        let pods = if percent == 50 { "2/3" } else { "1/3" };
+        ensure_text(&run.stderr, &format!("canary: {pods} pods"));
+        ensure_text(&run.stderr, &format!("traffic {percent}%"));
+    }
+    eprintln!("measured v2 shares over {SAMPLE} requests each: {measured:?}");
+    let pinned = spread(&app, 100, &[("X-Canary", "always")]).await;
+    assert_eq!(
+        pinned.get("v2"),
+        Some(&100),
+        "with the header at 50%: {pinned:?}"
+    );
+    let names = services(&app).await.expect("services");
+    assert!(
+        names.contains(&"time-app-stable".to_string())
+            && names.contains(&"time-app-canary".to_string()),
+        "{names:?}"
+    );
+    // Abort: every request back to stable, pods back, the route exactly as it was.
+    let run = app.rollout(&["abort", STS]).await.expect("abort");
+    assert!(
+        run.code == Some(0) || run.code == Some(3),
+        "{}",
+        run.describe()
+    );
+    let after = route_spec(&app, ROUTE).await.expect("route after");
+    assert_eq!(
+        serde_json::to_string(&after).expect("json"),
+        serde_json::to_string(&before).expect("json"),
+        "the route's spec after the rollback is not the spec before"
+    );
+    let names = services(&app).await.expect("services");
+    assert!(
+        !names
+            .iter()
+            .any(|n| n == "time-app-stable" || n == "time-app-canary"),
+        "{names:?}"
+    );
+    app.wait_settled().await.expect("settled");
+    app.assert_all_on("v1").await.expect("v1");
+    let_the_gateway_apply().await;
+    let live = spread(&app, 100, &[]).await;
+    assert_eq!(live.get("v1"), Some(&100), "after the abort: {live:?}");
+    app.assert_data_kept().await.expect("data");
+    app.cleanup().await;
+}
+
+fn ensure_text(text: &str, wanted: &str) {
+    assert!(text.contains(wanted), "expected {wanted:?} in:\n{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_canary_through_the_route_ends_with_the_route_as_it_was() {
+    let app = App::deploy("gw-full", 3, false).await.expect("deploy");
+    let before = create_route(&app, ROUTE, STS, json!([]))
+        .await
+        .expect("route");
+    wait_routed(&app).await.expect("routed");
+    let run = app
+        .rollout(&[
+            "canary",
+            STS,
+            "--image",
+            "time-app:v2",
+            "--steps",
+            "50",
+            "--traffic",
+            "gateway",
+            "--route",
+            ROUTE,
+        ])
+        .await
+        .expect("run");
+    run.expect(ExitCode::Done).expect("done");
+    assert_eq!(route_spec(&app, ROUTE).await.expect("route"), before);
+    let names = services(&app).await.expect("services");
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.ends_with("-stable") || n.ends_with("-canary")),
+        "{names:?}"
+    );
+    app.assert_all_on("v2").await.expect("v2");
+    let_the_gateway_apply().await;
+    let live = spread(&app, 100, &[]).await;
+    assert_eq!(live.get("v2"), Some(&100), "after the end: {live:?}");
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_route_the_gateway_rejects_fails_the_step_with_its_message_and_is_restored() {
+    let app = App::deploy("gw-reject", 3, false).await.expect("deploy");
+    // A second backend that does not exist: Traefik sets ResolvedRefs=False (BackendNotFound)
+    // on every generation of this route, so the first weight write is not accepted.
+    let route: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"name": ROUTE},
+        "spec": {
+            "parentRefs": [{"name": GATEWAY, "namespace": GATEWAY_NS}],
+            "hostnames": [host(&app)],
+            "rules": [{"backendRefs": [{"name": STS, "port": 80}, {"name": "gone", "port": 80}]}],
+        },
+    }))
+    .expect("route");
+    routes(&app)
+        .create(&PostParams::default(), &route)
+        .await
+        .expect("route");
+    let before = route_spec(&app, ROUTE).await.expect("route");
+    let run = app
+        .rollout(&[
+            "canary",
+            STS,
+            "--image",
+            "time-app:v2",
+            "--weight",
+            "20",
+            "--traffic",
+            "gateway",
+            "--route",
+            ROUTE,
+        ])
+        .await
+        .expect("run");
+    run.expect(ExitCode::GateFailed).expect("rolled back");
+    assert!(
+        run.stderr.contains("was not accepted: gateway devcluster-gateway/devcluster (traefik.io/gateway-controller) set ResolvedRefs=False"),
+        "{}",
+        run.describe()
+    );
+    assert_eq!(route_spec(&app, ROUTE).await.expect("route"), before);
+    let names = services(&app).await.expect("services");
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.ends_with("-stable") || n.ends_with("-canary")),
+        "{names:?}"
+    );
+    app.wait_settled().await.expect("settled");
+    app.assert_all_on("v1").await.expect("v1");
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_route_that_cannot_carry_the_canary_is_bad_input_and_nothing_changes() {
+    let app = App::deploy("gw-bad", 2, false).await.expect("deploy");
+    let other: Service = serde_json::from_value(json!({
+        "metadata": {"name": "other"},
+        "spec": {"selector": {"app": "other"}, "ports": [{"port": 80}]},
+    }))
+    .expect("service");
+    app.ns
+        .api::<Service>()
+        .create(&PostParams::default(), &other)
+        .await
+        .expect("other");
+    let elsewhere = create_route(&app, "elsewhere", "other", json!([]))
+        .await
+        .expect("route");
+    let generation = |s: &StatefulSet| (s.metadata.generation, s.metadata.annotations.clone());
+    let set_before = generation(&app.statefulset().await.expect("sts"));
+    let services_before = services(&app).await.expect("services");
+    let cases: [(&str, &str); 3] = [
+        ("missing", "HTTPRoute missing not found"),
+        ("kube-system/web", "must be in the StatefulSet's namespace"),
+        (
+            "elsewhere",
+            "send no traffic to a Service that selects the set's pods",
+        ),
+    ];
+    for (route, message) in cases {
+        let run = app
+            .rollout(&[
+                "canary",
+                STS,
+                "--image",
+                "time-app:v2",
+                "--weight",
+                "20",
+                "--traffic",
+                "gateway",
+                "--route",
+                route,
+            ])
+            .await
+            .expect("run");
+        run.expect(ExitCode::BadInput).expect("bad input");
+        assert!(
+            run.stderr.contains(message),
+            "--route {route}: {}",
+            run.describe()
+        );
+        assert!(
+            run.stderr.contains("nothing was changed"),
+            "{}",
+            run.describe()
+        );
+    }
+    assert_eq!(
+        generation(&app.statefulset().await.expect("sts")),
+        set_before
+    );
+    assert_eq!(services(&app).await.expect("services"), services_before);
+    assert_eq!(
+        route_spec(&app, "elsewhere").await.expect("route"),
+        elsewhere
+    );
+    app.cleanup().await;
+}
+
+/// Only on a cluster that does not serve the Gateway API (the devcluster before its gateway is
+/// installed): run with `--ignored` there.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs a cluster without the Gateway API CRDs"]
+async fn traffic_gateway_without_the_gateway_api_says_how_to_install_it() {
+    let app = App::deploy("gw-nocrd", 2, false).await.expect("deploy");
+    let before = app.statefulset().await.expect("sts").metadata.generation;
+    let run = app
+        .rollout(&[
+            "canary",
+            STS,
+            "--image",
+            "time-app:v2",
+            "--weight",
+            "50",
+            "--traffic",
+            "gateway",
+            "--route",
+            ROUTE,
+        ])
+        .await
+        .expect("run");
+    run.expect(ExitCode::BadInput).expect("bad input");
+    assert!(
+        run.stderr.contains("does not serve the Gateway API")
+            && run
+                .stderr
+                .contains("kubectl apply --server-side -f standard-install.yaml"),
+        "{}",
+        run.describe()
+    );
+    assert_eq!(
+        app.statefulset().await.expect("sts").metadata.generation,
+        before
+    );
+    app.cleanup().await;
+}
