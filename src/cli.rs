@@ -127,6 +127,8 @@ pub enum Command {
         pause: Option<PauseSpec>,
         #[command(flatten)]
         gates: LocalGateArgs,
+        #[command(flatten)]
+        notify: NotifyArgs,
     },
     /// Pause a rollout: the running rollout stops at a safe point and exits 0
     Pause {
@@ -142,6 +144,8 @@ pub enum Command {
         wait: bool,
         #[command(flatten)]
         gates: LocalGateArgs,
+        #[command(flatten)]
+        notify: NotifyArgs,
     },
     /// Go back to the stable revision now
     Abort {
@@ -150,6 +154,8 @@ pub enum Command {
         /// Longest wait for the pods to be back
         #[arg(long, value_name = "DURATION", default_value = "10m")]
         timeout: HumanDuration,
+        #[command(flatten)]
+        notify: NotifyArgs,
     },
     /// After someone else's deploy stopped the rollout: let it have the set. rollout gives back
     /// what it holds (partition, update strategy, Service selectors, a green or shadow) and
@@ -160,6 +166,8 @@ pub enum Command {
         /// Longest wait for what rollout gives back (blue/green: blue Ready again)
         #[arg(long, value_name = "DURATION", default_value = "10m")]
         timeout: HumanDuration,
+        #[command(flatten)]
+        notify: NotifyArgs,
     },
     /// Put an earlier revision's template back (like kubectl rollout undo); works on any StatefulSet
     Undo {
@@ -585,6 +593,29 @@ pub struct RunArgs {
     /// instead of exiting 0 there
     #[arg(long)]
     pub wait: bool,
+    #[command(flatten)]
+    pub notify: NotifyArgs,
+}
+
+/// Where to tell what the rollout does (never taken from the record on the set).
+#[derive(Debug, Clone, Default, Args)]
+pub struct NotifyArgs {
+    /// Post a JSON message ({"text": ...}, as Slack and Microsoft Teams incoming webhooks take)
+    /// to this URL at the start, a hold, success, failure and rollback; repeat for several.
+    /// Never blocks or fails the rollout
+    #[arg(long = "notify", value_name = "URL")]
+    pub urls: Vec<String>,
+}
+
+impl NotifyArgs {
+    /// The checked URLs, these and `more` (a strategy file's).
+    fn urls(&self, more: &[String]) -> Result<Vec<reqwest::Url>, SettingsError> {
+        self.urls
+            .iter()
+            .chain(more)
+            .map(|u| crate::exec::announce::notify_url(u).map_err(SettingsError::from))
+            .collect()
+    }
 }
 
 impl RunArgs {
@@ -627,6 +658,8 @@ pub enum SettingsError {
     },
     #[error(transparent)]
     Requests(#[from] crate::gate::compare::RequestsError),
+    #[error(transparent)]
+    Notify(#[from] crate::exec::announce::NotifyUrlError),
 }
 
 fn source(
@@ -641,6 +674,33 @@ fn source(
 }
 
 impl RunCommand {
+    /// The `--notify` URLs: the command line's, and a strategy file's.
+    fn notify(&self) -> Result<Vec<reqwest::Url>, SettingsError> {
+        let run = match self {
+            RunCommand::Rolling(a) => &a.run,
+            RunCommand::Ramped(a) => &a.run,
+            RunCommand::Canary(a) => &a.run,
+            RunCommand::BlueGreen(a) => &a.run,
+            RunCommand::Recreate(a) => &a.run,
+            RunCommand::Shadow(a) => &a.run,
+            RunCommand::Apply(a) => &a.run,
+        };
+        let from_file = match self {
+            RunCommand::Apply(a) => {
+                let file = a.file.display().to_string();
+                let text = std::fs::read_to_string(&a.file).map_err(|source| {
+                    SettingsError::ReadStrategyFile {
+                        file: file.clone(),
+                        source,
+                    }
+                })?;
+                StrategyFile::parse(&file, &text)?.notify
+            }
+            _ => Vec::new(),
+        };
+        run.notify.urls(&from_file)
+    }
+
     /// Checks the flags (and reads the files) into a request.
     pub fn resolve(&self) -> Result<RunRequest, SettingsError> {
         let request = |kind: StrategyKind,
@@ -774,8 +834,13 @@ fn duration(d: HumanDuration) -> Duration {
 impl Cli {
     /// Resolves everything the command needs, once.
     pub fn resolve(self) -> Result<Invocation, SettingsError> {
+        let mut notify = Vec::new();
         let action = match self.command {
-            Command::Run(run) => Action::Run(run.resolve()?),
+            Command::Run(run) => {
+                let request = run.resolve()?;
+                notify = run.notify()?;
+                Action::Run(request)
+            }
             Command::Plan { run } => Action::Plan(run.resolve()?),
             Command::Status {
                 statefulset,
@@ -796,7 +861,9 @@ impl Cli {
                 weight,
                 pause,
                 gates,
+                notify: urls,
             } => {
+                notify = urls.urls(&[])?;
                 let gates = gates.gates()?;
                 let then = match then {
                     Some(kind) if kind.uses_partition() => Some(StrategyParams::from_flags(
@@ -831,25 +898,37 @@ impl Cli {
                 statefulset,
                 wait,
                 gates,
-            } => Action::Resume {
-                statefulset,
-                wait,
-                gates: gates.gates()?,
-            },
+                notify: urls,
+            } => {
+                notify = urls.urls(&[])?;
+                Action::Resume {
+                    statefulset,
+                    wait,
+                    gates: gates.gates()?,
+                }
+            }
             Command::Abort {
                 statefulset,
                 timeout,
-            } => Action::Abort {
-                statefulset,
-                timeout: duration(timeout),
-            },
+                notify: urls,
+            } => {
+                notify = urls.urls(&[])?;
+                Action::Abort {
+                    statefulset,
+                    timeout: duration(timeout),
+                }
+            }
             Command::Release {
                 statefulset,
                 timeout,
-            } => Action::Release {
-                statefulset,
-                timeout: duration(timeout),
-            },
+                notify: urls,
+            } => {
+                notify = urls.urls(&[])?;
+                Action::Release {
+                    statefulset,
+                    timeout: duration(timeout),
+                }
+            }
             Command::Undo {
                 statefulset,
                 to_revision,
@@ -872,6 +951,7 @@ impl Cli {
                 OutputArg::Json => Output::Json,
             },
             quiet: self.global.quiet,
+            notify,
             action,
         })
     }

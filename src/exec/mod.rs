@@ -11,8 +11,10 @@
 //! - [`runner`]: the run loop (steps, pauses, rollback);
 //! - [`commands`]: one function per CLI command;
 //! - [`report`]: `status` and `history` as data and text;
-//! - [`progress`]: human progress lines on stderr.
+//! - [`progress`]: human progress lines on stderr;
+//! - [`announce`]: Kubernetes Events and `--notify` messages of the rollout's story.
 
+pub mod announce;
 pub mod cluster;
 pub mod commands;
 pub mod gates;
@@ -252,6 +254,8 @@ pub struct Invocation {
     pub connection: Connection,
     pub output: commands::Output,
     pub quiet: bool,
+    /// Where to post the rollout's start, holds, success, failure and rollback.
+    pub notify: Vec<reqwest::Url>,
     pub action: Action,
 }
 
@@ -321,16 +325,21 @@ pub async fn connect(connection: &Connection) -> Result<(kube::Client, String), 
 pub async fn execute(invocation: Invocation) -> Result<crate::model::ExitCode, ExecError> {
     let (client, namespace) = connect(&invocation.connection).await?;
     let cluster = KubeCluster::new(client, &namespace);
+    let me = lease::Identity::current();
     let ctx = Context {
+        announce: announce::Announcer::new(&cluster, &me.to_string(), invocation.notify),
         cluster: cluster.clone(),
         gates: ProbeGates::new(cluster),
         progress: Progress::stderr(invocation.quiet),
         out: progress::Out::stdout(),
         output: invocation.output,
-        me: lease::Identity::current(),
+        me,
         lease_duration: lease::LEASE_DURATION,
     };
-    dispatch(&ctx, invocation.action).await
+    let result = dispatch(&ctx, invocation.action).await;
+    // What is still being told (Events, notifications) gets a short, bounded while.
+    ctx.announce.drain(announce::DRAIN_TIMEOUT).await;
+    result
 }
 
 /// Runs one command with a given context (real or fake cluster).

@@ -45,6 +45,7 @@ fn context(fake: &FakeCluster, gates: FakeGates, pid: u32) -> Context<FakeCluste
         output: Output::Text,
         me: me(pid),
         lease_duration: Duration::from_secs(15),
+        announce: crate::exec::announce::Announcer::default(),
     }
 }
 

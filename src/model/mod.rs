@@ -12,6 +12,7 @@ pub mod plan;
 pub mod state;
 pub mod steps;
 pub mod strategy;
+pub mod timeline;
 pub mod twin;
 pub mod weight;
 

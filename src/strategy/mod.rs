@@ -6,6 +6,7 @@ pub mod observed;
 pub mod planner;
 pub mod predicates;
 pub mod rollback;
+pub mod timeline;
 pub mod transitions;
 pub mod trust;
 pub mod twin;

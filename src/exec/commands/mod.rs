@@ -74,6 +74,8 @@ pub struct Context<C: Cluster, G: GateRunner> {
     pub output: Output,
     pub me: Identity,
     pub lease_duration: Duration,
+    /// Where the rollout's story is told (Events, `--notify`).
+    pub announce: crate::exec::announce::Announcer,
 }
 
 /// Where the new pod template comes from.
@@ -148,6 +150,7 @@ impl<C: Cluster, G: GateRunner> Context<C, G> {
             gates: self.gates.clone(),
             progress: self.progress.clone(),
             lease_lost,
+            announce: self.announce.clone(),
         }
     }
 
@@ -608,11 +611,19 @@ async fn write_transition<C: Cluster, G: GateRunner>(
             statefulset: name.to_string(),
             action: "change",
         })?;
+        let before = record.clone();
         change(&mut record)?;
+        let marks =
+            crate::strategy::timeline::marks_between(Some(&before), &record, Timestamp::now());
+        crate::model::timeline::append(&mut record.timeline, marks.iter().cloned());
         let patch = StsPatch::at(sts.metadata.resource_version.as_deref())
             .with_record(RecordChange::Set(record.to_annotation()?));
         match ctx.cluster.patch_statefulset(name, &patch, false).await {
-            Ok(_) => return Ok(record),
+            Ok(_) => {
+                ctx.announce
+                    .tell(sts.metadata.uid.as_deref(), &record, &marks);
+                return Ok(record);
+            }
             Err(ApiError::Conflict(_)) => continue,
             Err(e) => {
                 return Err(ExecError::api(
