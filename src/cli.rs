@@ -42,10 +42,18 @@ Exit codes:
   5  timed out: a step or the whole rollout passed its deadline
 130/143  interrupted by SIGINT/SIGTERM; `rollout resume` continues";
 
+/// `rollout --version`: the version and the commit it was built from (see build.rs).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("ROLLOUT_COMMIT"),
+    ")"
+);
+
 /// Rolls a Kubernetes StatefulSet to a new version, step by step, gating every step on the
 /// health of the pods it changed, and rolling back by itself when a gate fails.
 #[derive(Debug, Parser)]
-#[command(name = "rollout", version, after_help = EXIT_CODES)]
+#[command(name = "rollout", version = VERSION, after_help = EXIT_CODES)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
@@ -77,6 +85,9 @@ pub struct GlobalArgs {
 pub enum OutputArg {
     Text,
     Json,
+    /// One JSON object per line: the marks of the rollout's story as they happen (runs and
+    /// `status --watch`), for CI systems
+    Jsonl,
 }
 
 #[derive(Debug, Subcommand)]
@@ -98,6 +109,10 @@ pub enum Command {
         /// With --watch: give up after this long (exit 5)
         #[arg(long, value_name = "DURATION", requires = "watch")]
         timeout: Option<HumanDuration>,
+        /// With --watch: `done` follows until the rollout is finished; `hold` also stops (exit
+        /// 0) where it waits for a person (`rollout promote`, `rollout resume`)
+        #[arg(long, value_enum, value_name = "hold|done", requires = "watch")]
+        until: Option<Until>,
     },
     /// Continue a rollout waiting at a pause (--full: skip to the end); end a shadow's
     /// comparison and roll the real set (--then)
@@ -185,6 +200,58 @@ pub enum Command {
         #[arg(value_parser = crate::model::name::statefulset_name)]
         statefulset: String,
     },
+    /// Print a shell completion script (e.g. `rollout completions bash > /etc/bash_completion.d/rollout`)
+    Completions {
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Print the man page (roff; e.g. `rollout man > /usr/local/share/man/man1/rollout.1`)
+    Man,
+}
+
+/// Where `status --watch` stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Until {
+    Hold,
+    Done,
+}
+
+/// The shells `rollout completions` writes for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+impl Cli {
+    /// What a command that needs no cluster prints (completions, the man page), from the clap
+    /// definitions themselves; `None` for every other command.
+    pub fn offline_output(&self) -> Option<Result<String, std::io::Error>> {
+        use clap::CommandFactory;
+        let mut command = Cli::command();
+        match self.command {
+            Command::Completions { shell } => {
+                let shell = match shell {
+                    Shell::Bash => clap_complete::Shell::Bash,
+                    Shell::Zsh => clap_complete::Shell::Zsh,
+                    Shell::Fish => clap_complete::Shell::Fish,
+                };
+                let mut out = Vec::new();
+                clap_complete::generate(shell, &mut command, "rollout", &mut out);
+                Some(Ok(String::from_utf8_lossy(&out).into_owned()))
+            }
+            Command::Man => {
+                let mut out = Vec::new();
+                Some(
+                    clap_mangen::Man::new(command)
+                        .render(&mut out)
+                        .map(|()| String::from_utf8_lossy(&out).into_owned()),
+                )
+            }
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -660,6 +727,9 @@ pub enum SettingsError {
     Requests(#[from] crate::gate::compare::RequestsError),
     #[error(transparent)]
     Notify(#[from] crate::exec::announce::NotifyUrlError),
+    /// `completions` and `man` print without a cluster (`Cli::offline_output`).
+    #[error("this command needs no cluster; it is printed by `Cli::offline_output`")]
+    Offline,
 }
 
 fn source(
@@ -846,10 +916,12 @@ impl Cli {
                 statefulset,
                 watch,
                 timeout,
+                until,
             } => Action::Status {
                 statefulset,
                 watch,
                 timeout: timeout.map(duration),
+                until_hold: until == Some(Until::Hold),
             },
             Command::Promote {
                 statefulset,
@@ -939,6 +1011,9 @@ impl Cli {
                 timeout: duration(timeout),
             },
             Command::History { statefulset } => Action::History { statefulset },
+            Command::Completions { .. } | Command::Man => {
+                return Err(SettingsError::Offline);
+            }
         };
         Ok(Invocation {
             connection: Connection {
@@ -949,9 +1024,14 @@ impl Cli {
             output: match self.global.output {
                 OutputArg::Text => Output::Text,
                 OutputArg::Json => Output::Json,
+                OutputArg::Jsonl => Output::Jsonl,
             },
             quiet: self.global.quiet,
             notify,
+            // GitHub Actions names the file a step's summary is appended to.
+            step_summary: std::env::var_os("GITHUB_STEP_SUMMARY")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
             action,
         })
     }
@@ -1224,6 +1304,40 @@ mod tests {
         assert_eq!(r.config.gates.http.window, HumanDuration::from_secs(20));
         assert_eq!(r.config.timeouts.step, HumanDuration::from_secs(180));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn completions_and_the_man_page_come_from_the_definitions() {
+        let bash = parse(&["completions", "bash"])
+            .ok()
+            .and_then(|c| c.offline_output())
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        for name in [
+            "canary",
+            "bluegreen",
+            "promote",
+            "status",
+            "--notify",
+            "--until",
+        ] {
+            assert!(bash.contains(name), "{name}");
+        }
+        let man = parse(&["man"])
+            .ok()
+            .and_then(|c| c.offline_output())
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        assert!(
+            man.starts_with(".ie") || man.contains(".TH rollout"),
+            "{man}"
+        );
+        assert!(man.contains("canary"), "{man}");
+        assert!(parse(&["status", "web"])
+            .ok()
+            .and_then(|c| c.offline_output())
+            .is_none());
+        assert!(VERSION.starts_with(env!("CARGO_PKG_VERSION")) && VERSION.contains("(commit "));
     }
 
     #[test]

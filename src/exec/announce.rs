@@ -52,6 +52,8 @@ struct Inner {
     http: Option<reqwest::Client>,
     slots: Arc<Semaphore>,
     tasks: Mutex<JoinSet<()>>,
+    /// `--output jsonl`: each mark as one JSON line here too.
+    lines: Option<super::progress::Out>,
 }
 
 /// Where the marks of a rollout are told. Cloning shares the tasks; the default tells no one.
@@ -85,11 +87,16 @@ pub fn notify_url(text: &str) -> Result<reqwest::Url, NotifyUrlError> {
 
 impl Announcer {
     /// Events through `cluster`, reported as `instance`, and posts to `notify`.
-    pub fn new<C: Cluster>(cluster: &C, instance: &str, notify: Vec<reqwest::Url>) -> Announcer {
+    pub fn new<C: Cluster>(
+        cluster: &C,
+        instance: &str,
+        notify: Vec<reqwest::Url>,
+        lines: Option<super::progress::Out>,
+    ) -> Announcer {
         let events = cluster.clone();
         let send_event: Box<SendEvent> = Box::new(move |event: Event| {
             let cluster = events.clone();
-            Box::pin(async move { cluster.create(&event).await.map(|_| ()) })
+            Box::pin(async move { cluster.create(&event, false).await.map(|_| ()) })
         });
         let http = if notify.is_empty() {
             None
@@ -110,6 +117,7 @@ impl Announcer {
                 http,
                 slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
                 tasks: Mutex::new(JoinSet::new()),
+                lines,
             })),
         }
     }
@@ -121,6 +129,9 @@ impl Announcer {
             return;
         };
         for mark in marks {
+            if let Some(out) = inner.lines.as_ref() {
+                out.print(&format!("{}\n", mark_line(&inner.namespace, record, mark)));
+            }
             let note = describe_mark(record, &mark.what);
             if let Some(send) = inner.send_event.as_ref() {
                 let event = event_for(&inner.namespace, &inner.instance, uid, record, mark, &note);
@@ -202,6 +213,19 @@ impl Announcer {
     }
 }
 
+/// One line of `--output jsonl`: the mark with the rollout it belongs to and its words.
+pub fn mark_line(namespace: &str, record: &RolloutState, mark: &Mark) -> String {
+    let mut value = serde_json::to_value(mark).unwrap_or_default();
+    if let Some(object) = value.as_object_mut() {
+        object.insert("reason".into(), mark.what.reason().into());
+        object.insert("namespace".into(), namespace.into());
+        object.insert("statefulset".into(), record.plan.statefulset.clone().into());
+        object.insert("rollout".into(), record.id.clone().into());
+        object.insert("text".into(), describe_mark(record, &mark.what).into());
+    }
+    value.to_string()
+}
+
 /// The Event (events.k8s.io/v1) that tells `mark`, regarding the StatefulSet.
 pub fn event_for(
     namespace: &str,
@@ -225,7 +249,7 @@ pub fn event_for(
             ),
             ..Default::default()
         },
-        event_time: MicroTime(mark.at),
+        event_time: Some(MicroTime(mark.at)),
         action: Some(action(&mark.what).to_string()),
         reason: Some(mark.what.reason().to_string()),
         note: Some(cut(note, MAX_NOTE)),
@@ -389,7 +413,8 @@ mod tests {
             "web", 2, "app:v1", true,
         ));
         let url = notify_url(&format!("http://{addr}/hook")).unwrap_or_else(|e| panic!("{e}"));
-        let announcer = Announcer::new(&fake, "me", vec![url]);
+        let out = crate::exec::progress::Out::memory();
+        let announcer = Announcer::new(&fake, "me", vec![url], Some(out.clone()));
         let r = sample_state();
         announcer.tell(
             Some("u1"),
@@ -407,5 +432,9 @@ mod tests {
             .unwrap_or_default();
         assert_eq!(events.len(), 1, "{events:?}");
         assert_eq!(events[0].reason.as_deref(), Some("RolloutStarted"));
+        let line: serde_json::Value = serde_json::from_str(out.text().trim()).unwrap_or_default();
+        assert_eq!(line["mark"], "started");
+        assert_eq!(line["statefulset"], "web");
+        assert_eq!(line["reason"], "RolloutStarted");
     }
 }

@@ -24,6 +24,7 @@ pub mod patch;
 pub mod progress;
 pub mod report;
 pub mod runner;
+pub mod summary;
 
 #[cfg(test)]
 pub(crate) mod fake;
@@ -212,6 +213,8 @@ pub enum Action {
         statefulset: String,
         watch: bool,
         timeout: Option<std::time::Duration>,
+        /// Also stop where the rollout waits for a person.
+        until_hold: bool,
     },
     Promote {
         statefulset: String,
@@ -256,6 +259,9 @@ pub struct Invocation {
     pub quiet: bool,
     /// Where to post the rollout's start, holds, success, failure and rollback.
     pub notify: Vec<reqwest::Url>,
+    /// A Markdown file to append a summary of the rollout to (GitHub Actions'
+    /// `$GITHUB_STEP_SUMMARY`).
+    pub step_summary: Option<std::path::PathBuf>,
     pub action: Action,
 }
 
@@ -327,7 +333,13 @@ pub async fn execute(invocation: Invocation) -> Result<crate::model::ExitCode, E
     let cluster = KubeCluster::new(client, &namespace);
     let me = lease::Identity::current();
     let ctx = Context {
-        announce: announce::Announcer::new(&cluster, &me.to_string(), invocation.notify),
+        announce: announce::Announcer::new(
+            &cluster,
+            &me.to_string(),
+            invocation.notify,
+            (invocation.output == commands::Output::Jsonl).then(progress::Out::stdout),
+        ),
+        step_summary: invocation.step_summary,
         cluster: cluster.clone(),
         gates: ProbeGates::new(cluster),
         progress: Progress::stderr(invocation.quiet),
@@ -354,7 +366,8 @@ pub async fn dispatch<C: Cluster, G: GateRunner>(
             statefulset,
             watch,
             timeout,
-        } => commands::status(ctx, &statefulset, watch, timeout).await,
+            until_hold,
+        } => commands::status(ctx, &statefulset, watch, timeout, until_hold).await,
         Action::Promote {
             statefulset,
             full,

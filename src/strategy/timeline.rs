@@ -325,7 +325,7 @@ mod tests {
         let (r, m) = story(Some(&r), |r| {
             let _ = r.fail(
                 RollbackCause::GateFailed,
-                "HTTP gate failed on web-1\nfigures".into(),
+                "HTTP gate failed on web-1\nfigures",
                 ts(6),
             );
         });
@@ -349,7 +349,7 @@ mod tests {
             Some(&sample_state()),
             &{
                 let mut x = sample_state();
-                let _ = x.fail(RollbackCause::GateFailed, "bad".into(), ts(3));
+                let _ = x.fail(RollbackCause::GateFailed, "bad", ts(3));
                 x
             },
             ts(3),

@@ -179,7 +179,7 @@ fn timeline_problem(record: &RolloutState) -> Option<String> {
             What::RollbackStepDone { step } => (Some(*step), back),
             What::Started | What::RollbackStarted { .. } | What::Finished { .. } => (None, 0),
         };
-        if let Some(step) = step.filter(|s| *s >= steps.max(1)) {
+        if let Some(step) = step.filter(|s| *s >= steps) {
             return Some(format!(
                 "mark {} names step {} of {steps}",
                 i + 1,

@@ -15,6 +15,7 @@ mod failures;
 mod gates;
 mod kills;
 mod lock;
+mod operator;
 mod rbac;
 mod recovery;
 mod recreate;

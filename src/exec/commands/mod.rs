@@ -62,6 +62,8 @@ pub enum Output {
     #[default]
     Text,
     Json,
+    /// The rollout's marks, one JSON object per line.
+    Jsonl,
 }
 
 /// What every command works with.
@@ -76,6 +78,8 @@ pub struct Context<C: Cluster, G: GateRunner> {
     pub lease_duration: Duration,
     /// Where the rollout's story is told (Events, `--notify`).
     pub announce: crate::exec::announce::Announcer,
+    /// Where a Markdown summary of a finished (or holding) rollout is appended.
+    pub step_summary: Option<std::path::PathBuf>,
 }
 
 /// Where the new pod template comes from.
@@ -465,6 +469,7 @@ fn conclude<C: Cluster, G: GateRunner>(
     if ctx.output == Output::Json {
         ctx.print_json(r)?;
     }
+    crate::exec::summary::append_if_asked(ctx, r)?;
     Ok(if outcome.held {
         ExitCode::Done
     } else {
