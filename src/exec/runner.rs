@@ -147,7 +147,7 @@ pub struct Runner<C: Cluster, G: GateRunner> {
     /// How many times the current step's gate (or comparison) could not decide so far.
     undecided: u32,
     /// Where the rollout's story was last told (Events, notifications, the record's timeline).
-    told: Option<RolloutState>,
+    told: Option<Box<RolloutState>>,
     announce: super::announce::Announcer,
 }
 
@@ -190,7 +190,9 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         options: RunOptions,
     ) -> Self {
         let start_text = annotation(statefulset).to_string();
-        let told = RolloutState::from_annotation("", &start_text).ok();
+        let told = RolloutState::from_annotation("", &start_text)
+            .ok()
+            .map(Box::new);
         // The overall deadline counts from the rollout's start, not this run's, with the time
         // spent paused left out.
         let total_deadline = record.config.timeouts.total.map(|t| {
@@ -417,12 +419,12 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
     /// (Events, notifications; best effort, never waited for).
     fn mark(&mut self) {
         let marks =
-            crate::strategy::timeline::marks_between(self.told.as_ref(), &self.record, Self::now());
+            crate::strategy::timeline::marks_between(self.told.as_deref(), &self.record, Self::now());
         if marks.is_empty() {
             return;
         }
         crate::model::timeline::append(&mut self.record.timeline, marks.iter().cloned());
-        self.told = Some(self.record.clone());
+        self.told = Some(Box::new(self.record.clone()));
         let uid = self
             .view
             .borrow()
@@ -769,7 +771,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 &record.message
             }
         ));
-        self.told = Some(record.clone());
+        self.told = Some(Box::new(record.clone()));
         self.record = record;
         self.announced = None;
         Ok(true)

@@ -616,10 +616,12 @@ async fn write_transition<C: Cluster, G: GateRunner>(
             statefulset: name.to_string(),
             action: "change",
         })?;
-        let before = record.clone();
-        change(&mut record)?;
-        let marks =
-            crate::strategy::timeline::marks_between(Some(&before), &record, Timestamp::now());
+        let marks = {
+            // Not held across the write below: futures of commands stay small.
+            let before = record.clone();
+            change(&mut record)?;
+            crate::strategy::timeline::marks_between(Some(&before), &record, Timestamp::now())
+        };
         crate::model::timeline::append(&mut record.timeline, marks.iter().cloned());
         let patch = StsPatch::at(sts.metadata.resource_version.as_deref())
             .with_record(RecordChange::Set(record.to_annotation()?));
