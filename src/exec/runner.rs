@@ -418,8 +418,11 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
     /// Adds to the record's timeline what happened since it was last told, and tells it
     /// (Events, notifications; best effort, never waited for).
     fn mark(&mut self) {
-        let marks =
-            crate::strategy::timeline::marks_between(self.told.as_deref(), &self.record, Self::now());
+        let marks = crate::strategy::timeline::marks_between(
+            self.told.as_deref(),
+            &self.record,
+            Self::now(),
+        );
         if marks.is_empty() {
             return;
         }
