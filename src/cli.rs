@@ -1235,6 +1235,12 @@ mod tests {
                 "uppercase letter `W`",
             ),
             (&["status", "web_1"], "character `_`"),
+            (
+                &["rolling", "web", "--image", "a:1", "--notify", "ftp://x/y"],
+                "--notify \"ftp://x/y\" is not an http(s) URL",
+            ),
+            (&["abort", "web", "--notify", "hooks"], "--notify \"hooks\""),
+            (&["status", "web", "--until", "hold"], "--watch"),
             (&["abort", ""], "StatefulSet name is empty"),
             (&["release", "web_1"], "character `_`"),
             (
@@ -1303,6 +1309,25 @@ mod tests {
         assert_eq!(r.config.gates.http.path, "/ready");
         assert_eq!(r.config.gates.http.window, HumanDuration::from_secs(20));
         assert_eq!(r.config.timeouts.step, HumanDuration::from_secs(180));
+        // Notification URLs: the file's and the command line's, never in the record's config.
+        std::fs::write(
+            &file,
+            "strategy: canary\nweight: 20\nnotify: [\"http://127.0.0.1:9/file\"]\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let inv = resolve(&[
+            "apply",
+            "web",
+            "-f",
+            &path,
+            "--image",
+            "a:2",
+            "--notify",
+            "https://hooks.test/cli",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let urls: Vec<String> = inv.notify.iter().map(|u| u.to_string()).collect();
+        assert_eq!(urls, ["https://hooks.test/cli", "http://127.0.0.1:9/file"]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
