@@ -25,7 +25,7 @@ use tokio::task::JoinSet;
 
 use super::cluster::{ApiError, Cluster};
 use crate::model::state::RolloutState;
-use crate::model::timeline::{Mark, What};
+use crate::model::timeline::{cut, Mark, What};
 use crate::strategy::timeline::describe_mark;
 
 /// The `reportingController` of rollout's Events.
@@ -303,17 +303,6 @@ fn label_value(id: &str) -> String {
         .collect();
     text.trim_matches(|c: char| !c.is_ascii_alphanumeric())
         .to_string()
-}
-
-fn cut(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_string();
-    }
-    let mut end = max - 3;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &text[..end])
 }
 
 /// The JSON of a notification: `text` is what Slack and Microsoft Teams incoming webhooks

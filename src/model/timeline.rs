@@ -156,15 +156,19 @@ impl fmt::Display for What {
 
 /// `text` cut to [`MAX_MARK_MESSAGE`] bytes at a character boundary, first line only.
 pub fn short_message(text: &str) -> String {
-    let line = text.lines().next().unwrap_or_default();
-    if line.len() <= MAX_MARK_MESSAGE {
-        return line.to_string();
+    cut(text.lines().next().unwrap_or_default(), MAX_MARK_MESSAGE)
+}
+
+/// `text` in at most `max` bytes (at least 3): cut at a character boundary, with `...`.
+pub fn cut(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
     }
-    let mut end = MAX_MARK_MESSAGE - 3;
-    while !line.is_char_boundary(end) {
+    let mut end = max.saturating_sub(3);
+    while !text.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}...", &line[..end])
+    format!("{}...", &text[..end])
 }
 
 /// Adds `marks` to `timeline`, keeping the first mark and the latest ones within
