@@ -20,7 +20,9 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use tokio::sync::Semaphore;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 use super::cluster::{ApiError, Cluster};
@@ -48,12 +50,21 @@ struct Inner {
     namespace: String,
     /// Who reports: this run's identity (`reportingInstance`, at most 128 characters).
     instance: String,
-    notify: Vec<reqwest::Url>,
+    notify: Vec<Arc<Hook>>,
     http: Option<reqwest::Client>,
     slots: Arc<Semaphore>,
     tasks: Mutex<JoinSet<()>>,
     /// `--output jsonl`: each mark as one JSON line here too.
     lines: Option<super::progress::Out>,
+}
+
+/// A `--notify` URL and the order of its posts: each post takes a ticket when it is made and
+/// waits for the one before it (each bounded by [`SEND_TIMEOUT`]), so a chat shows a failure
+/// before the rollback it caused.
+struct Hook {
+    url: reqwest::Url,
+    next: AtomicU64,
+    served: watch::Sender<u64>,
 }
 
 /// Where the marks of a rollout are told. Cloning shares the tasks; the default tells no one.
@@ -113,7 +124,16 @@ impl Announcer {
                 send_event: Some(send_event),
                 namespace: cluster.namespace().to_string(),
                 instance: instance.chars().take(128).collect(),
-                notify,
+                notify: notify
+                    .into_iter()
+                    .map(|url| {
+                        Arc::new(Hook {
+                            url,
+                            next: AtomicU64::new(0),
+                            served: watch::Sender::new(0),
+                        })
+                    })
+                    .collect(),
                 http,
                 slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
                 tasks: Mutex::new(JoinSet::new()),
@@ -137,7 +157,7 @@ impl Announcer {
                 let event = event_for(&inner.namespace, &inner.instance, uid, record, mark, &note);
                 let sending = send(event);
                 let name = record.plan.statefulset.clone();
-                self.spawn(async move {
+                self.spawn(move || async move {
                     match tokio::time::timeout(SEND_TIMEOUT, sending).await {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => {
@@ -156,14 +176,19 @@ impl Announcer {
                 continue;
             };
             let body = message(&inner.namespace, record, kind, &note);
-            for url in &inner.notify {
+            for hook in &inner.notify {
                 let post = http
-                    .post(url.clone())
+                    .post(hook.url.clone())
                     .header("X-Rollout-Event", kind)
                     .json(&body)
                     .send();
-                let host = url.host_str().unwrap_or_default().to_string();
-                self.spawn(async move {
+                let host = hook.url.host_str().unwrap_or_default().to_string();
+                let hook = hook.clone();
+                self.spawn(move || {
+                    let ticket = hook.next.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                    let mut turn = hook.served.subscribe();
+                    let _ = turn.wait_for(|served| *served >= ticket).await;
                     match tokio::time::timeout(SEND_TIMEOUT, post).await {
                         Ok(Ok(answer)) if answer.status().is_success() => {}
                         Ok(Ok(answer)) => {
@@ -174,12 +199,16 @@ impl Announcer {
                         }
                         Err(_) => tracing::warn!(%host, "a --notify URL did not answer in time"),
                     }
+                    hook.served.send_modify(|served| *served = ticket + 1);
+                    }
                 });
             }
         }
     }
 
-    fn spawn(&self, work: impl Future<Output = ()> + Send + 'static) {
+    /// Runs what `make` makes on a task of its own, if there is room; `make` is called only
+    /// then, in the order of the calls.
+    fn spawn<F: Future<Output = ()> + Send + 'static>(&self, make: impl FnOnce() -> F) {
         let Some(inner) = self.inner.as_ref() else {
             return;
         };
@@ -190,6 +219,7 @@ impl Announcer {
         if let Ok(mut tasks) = inner.tasks.lock() {
             // Finished tasks are collected as new ones come, so the set stays small.
             while tasks.try_join_next().is_some() {}
+            let work = make();
             tasks.spawn(async move {
                 work.await;
                 drop(permit);

@@ -262,6 +262,7 @@ async fn events_notifications_and_the_ci_summary_tell_the_rollout() -> anyhow::R
     run.expect(ExitCode::GateFailed)?;
     app.assert_all_on("v2").await?;
     let kinds: Vec<String> = posts.lock().unwrap().iter().map(|p| p.0.clone()).collect();
+    // In the order they happened: each URL's posts go one after the other.
     ensure!(
         kinds == ["start", "failure", "rollback", "rollback"],
         "posts: {kinds:?}"
