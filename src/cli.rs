@@ -43,10 +43,18 @@ Exit codes:
   5  timed out: a step or the whole rollout passed its deadline
 130/143  interrupted by SIGINT/SIGTERM; `rollout resume` continues";
 
+/// `rollout --version`: the version and the commit it was built from (see build.rs).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("ROLLOUT_COMMIT"),
+    ")"
+);
+
 /// Rolls a Kubernetes StatefulSet to a new version, step by step, gating every step on the
 /// health of the pods it changed, and rolling back by itself when a gate fails.
 #[derive(Debug, Parser)]
-#[command(name = "rollout", version, after_help = EXIT_CODES)]
+#[command(name = "rollout", version = VERSION, after_help = EXIT_CODES)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
@@ -78,6 +86,9 @@ pub struct GlobalArgs {
 pub enum OutputArg {
     Text,
     Json,
+    /// One JSON object per line: the marks of the rollout's story as they happen (runs and
+    /// `status --watch`), for CI systems
+    Jsonl,
 }
 
 #[derive(Debug, Subcommand)]
@@ -99,6 +110,10 @@ pub enum Command {
         /// With --watch: give up after this long (exit 5)
         #[arg(long, value_name = "DURATION", requires = "watch")]
         timeout: Option<HumanDuration>,
+        /// With --watch: `done` follows until the rollout is finished; `hold` also stops (exit
+        /// 0) where it waits for a person (`rollout promote`, `rollout resume`)
+        #[arg(long, value_enum, value_name = "hold|done", requires = "watch")]
+        until: Option<Until>,
     },
     /// Continue a rollout waiting at a pause (--full: skip to the end); end a shadow's
     /// comparison and roll the real set (--then)
@@ -128,6 +143,8 @@ pub enum Command {
         pause: Option<PauseSpec>,
         #[command(flatten)]
         gates: LocalGateArgs,
+        #[command(flatten)]
+        notify: NotifyArgs,
     },
     /// Pause a rollout: the running rollout stops at a safe point and exits 0
     Pause {
@@ -143,6 +160,8 @@ pub enum Command {
         wait: bool,
         #[command(flatten)]
         gates: LocalGateArgs,
+        #[command(flatten)]
+        notify: NotifyArgs,
     },
     /// Go back to the stable revision now
     Abort {
@@ -151,6 +170,8 @@ pub enum Command {
         /// Longest wait for the pods to be back
         #[arg(long, value_name = "DURATION", default_value = "10m")]
         timeout: HumanDuration,
+        #[command(flatten)]
+        notify: NotifyArgs,
     },
     /// After someone else's deploy stopped the rollout: let it have the set. rollout gives back
     /// what it holds (partition, update strategy, Service selectors, a green or shadow) and
@@ -161,6 +182,8 @@ pub enum Command {
         /// Longest wait for what rollout gives back (blue/green: blue Ready again)
         #[arg(long, value_name = "DURATION", default_value = "10m")]
         timeout: HumanDuration,
+        #[command(flatten)]
+        notify: NotifyArgs,
     },
     /// Put an earlier revision's template back (like kubectl rollout undo); works on any StatefulSet
     Undo {
@@ -178,6 +201,58 @@ pub enum Command {
         #[arg(value_parser = crate::model::name::statefulset_name)]
         statefulset: String,
     },
+    /// Print a shell completion script (e.g. `rollout completions bash > /etc/bash_completion.d/rollout`)
+    Completions {
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Print the man page (roff; e.g. `rollout man > /usr/local/share/man/man1/rollout.1`)
+    Man,
+}
+
+/// Where `status --watch` stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Until {
+    Hold,
+    Done,
+}
+
+/// The shells `rollout completions` writes for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+impl Cli {
+    /// What a command that needs no cluster prints (completions, the man page), from the clap
+    /// definitions themselves; `None` for every other command.
+    pub fn offline_output(&self) -> Option<Result<String, std::io::Error>> {
+        use clap::CommandFactory;
+        let mut command = Cli::command();
+        match self.command {
+            Command::Completions { shell } => {
+                let shell = match shell {
+                    Shell::Bash => clap_complete::Shell::Bash,
+                    Shell::Zsh => clap_complete::Shell::Zsh,
+                    Shell::Fish => clap_complete::Shell::Fish,
+                };
+                let mut out = Vec::new();
+                clap_complete::generate(shell, &mut command, "rollout", &mut out);
+                Some(Ok(String::from_utf8_lossy(&out).into_owned()))
+            }
+            Command::Man => {
+                let mut out = Vec::new();
+                Some(
+                    clap_mangen::Man::new(command)
+                        .render(&mut out)
+                        .map(|()| String::from_utf8_lossy(&out).into_owned()),
+                )
+            }
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -674,6 +749,29 @@ pub struct RunArgs {
     /// instead of exiting 0 there
     #[arg(long)]
     pub wait: bool,
+    #[command(flatten)]
+    pub notify: NotifyArgs,
+}
+
+/// Where to tell what the rollout does (never taken from the record on the set).
+#[derive(Debug, Clone, Default, Args)]
+pub struct NotifyArgs {
+    /// Post a JSON message ({"text": ...}, as Slack and Microsoft Teams incoming webhooks take)
+    /// to this URL at the start, a hold, success, failure and rollback; repeat for several.
+    /// Never blocks or fails the rollout
+    #[arg(long = "notify", value_name = "URL")]
+    pub urls: Vec<String>,
+}
+
+impl NotifyArgs {
+    /// The checked URLs, these and `more` (a strategy file's).
+    fn urls(&self, more: &[String]) -> Result<Vec<reqwest::Url>, SettingsError> {
+        self.urls
+            .iter()
+            .chain(more)
+            .map(|u| crate::exec::announce::notify_url(u).map_err(SettingsError::from))
+            .collect()
+    }
 }
 
 impl RunArgs {
@@ -718,6 +816,11 @@ pub enum SettingsError {
     Requests(#[from] crate::gate::compare::RequestsError),
     #[error("{0}")]
     Traffic(String),
+    #[error(transparent)]
+    Notify(#[from] crate::exec::announce::NotifyUrlError),
+    /// `completions` and `man` print without a cluster (`Cli::offline_output`).
+    #[error("this command needs no cluster; it is printed by `Cli::offline_output`")]
+    Offline,
 }
 
 fn source(
@@ -732,6 +835,33 @@ fn source(
 }
 
 impl RunCommand {
+    /// The `--notify` URLs: the command line's, and a strategy file's.
+    fn notify(&self) -> Result<Vec<reqwest::Url>, SettingsError> {
+        let run = match self {
+            RunCommand::Rolling(a) => &a.run,
+            RunCommand::Ramped(a) => &a.run,
+            RunCommand::Canary(a) => &a.run,
+            RunCommand::BlueGreen(a) => &a.run,
+            RunCommand::Recreate(a) => &a.run,
+            RunCommand::Shadow(a) => &a.run,
+            RunCommand::Apply(a) => &a.run,
+        };
+        let from_file = match self {
+            RunCommand::Apply(a) => {
+                let file = a.file.display().to_string();
+                let text = std::fs::read_to_string(&a.file).map_err(|source| {
+                    SettingsError::ReadStrategyFile {
+                        file: file.clone(),
+                        source,
+                    }
+                })?;
+                StrategyFile::parse(&file, &text)?.notify
+            }
+            _ => Vec::new(),
+        };
+        run.notify.urls(&from_file)
+    }
+
     /// Checks the flags (and reads the files) into a request.
     pub fn resolve(&self) -> Result<RunRequest, SettingsError> {
         let request = |kind: StrategyKind,
@@ -868,17 +998,24 @@ fn duration(d: HumanDuration) -> Duration {
 impl Cli {
     /// Resolves everything the command needs, once.
     pub fn resolve(self) -> Result<Invocation, SettingsError> {
+        let mut notify = Vec::new();
         let action = match self.command {
-            Command::Run(run) => Action::Run(run.resolve()?),
+            Command::Run(run) => {
+                let request = run.resolve()?;
+                notify = run.notify()?;
+                Action::Run(request)
+            }
             Command::Plan { run } => Action::Plan(run.resolve()?),
             Command::Status {
                 statefulset,
                 watch,
                 timeout,
+                until,
             } => Action::Status {
                 statefulset,
                 watch,
                 timeout: timeout.map(duration),
+                until_hold: until == Some(Until::Hold),
             },
             Command::Promote {
                 statefulset,
@@ -890,7 +1027,9 @@ impl Cli {
                 weight,
                 pause,
                 gates,
+                notify: urls,
             } => {
+                notify = urls.urls(&[])?;
                 let gates = gates.gates()?;
                 let then = match then {
                     Some(kind) if kind.uses_partition() => Some(StrategyParams::from_flags(
@@ -925,25 +1064,37 @@ impl Cli {
                 statefulset,
                 wait,
                 gates,
-            } => Action::Resume {
-                statefulset,
-                wait,
-                gates: gates.gates()?,
-            },
+                notify: urls,
+            } => {
+                notify = urls.urls(&[])?;
+                Action::Resume {
+                    statefulset,
+                    wait,
+                    gates: gates.gates()?,
+                }
+            }
             Command::Abort {
                 statefulset,
                 timeout,
-            } => Action::Abort {
-                statefulset,
-                timeout: duration(timeout),
-            },
+                notify: urls,
+            } => {
+                notify = urls.urls(&[])?;
+                Action::Abort {
+                    statefulset,
+                    timeout: duration(timeout),
+                }
+            }
             Command::Release {
                 statefulset,
                 timeout,
-            } => Action::Release {
-                statefulset,
-                timeout: duration(timeout),
-            },
+                notify: urls,
+            } => {
+                notify = urls.urls(&[])?;
+                Action::Release {
+                    statefulset,
+                    timeout: duration(timeout),
+                }
+            }
             Command::Undo {
                 statefulset,
                 to_revision,
@@ -954,6 +1105,9 @@ impl Cli {
                 timeout: duration(timeout),
             },
             Command::History { statefulset } => Action::History { statefulset },
+            Command::Completions { .. } | Command::Man => {
+                return Err(SettingsError::Offline);
+            }
         };
         Ok(Invocation {
             connection: Connection {
@@ -964,8 +1118,14 @@ impl Cli {
             output: match self.global.output {
                 OutputArg::Text => Output::Text,
                 OutputArg::Json => Output::Json,
+                OutputArg::Jsonl => Output::Jsonl,
             },
             quiet: self.global.quiet,
+            notify,
+            // GitHub Actions names the file a step's summary is appended to.
+            step_summary: std::env::var_os("GITHUB_STEP_SUMMARY")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
             action,
         })
     }
@@ -1239,6 +1399,12 @@ mod tests {
                 "uppercase letter `W`",
             ),
             (&["status", "web_1"], "character `_`"),
+            (
+                &["rolling", "web", "--image", "a:1", "--notify", "ftp://x/y"],
+                "--notify \"ftp://x/y\" is not an http(s) URL",
+            ),
+            (&["abort", "web", "--notify", "hooks"], "--notify \"hooks\""),
+            (&["status", "web", "--until", "hold"], "--watch"),
             (&["abort", ""], "StatefulSet name is empty"),
             (&["release", "web_1"], "character `_`"),
             (
@@ -1307,7 +1473,60 @@ mod tests {
         assert_eq!(r.config.gates.http.path, "/ready");
         assert_eq!(r.config.gates.http.window, HumanDuration::from_secs(20));
         assert_eq!(r.config.timeouts.step, HumanDuration::from_secs(180));
+        // Notification URLs: the file's and the command line's, never in the record's config.
+        std::fs::write(
+            &file,
+            "strategy: canary\nweight: 20\nnotify: [\"http://127.0.0.1:9/file\"]\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let inv = resolve(&[
+            "apply",
+            "web",
+            "-f",
+            &path,
+            "--image",
+            "a:2",
+            "--notify",
+            "https://hooks.test/cli",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let urls: Vec<String> = inv.notify.iter().map(|u| u.to_string()).collect();
+        assert_eq!(urls, ["https://hooks.test/cli", "http://127.0.0.1:9/file"]);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn completions_and_the_man_page_come_from_the_definitions() {
+        let bash = parse(&["completions", "bash"])
+            .ok()
+            .and_then(|c| c.offline_output())
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        for name in [
+            "canary",
+            "bluegreen",
+            "promote",
+            "status",
+            "--notify",
+            "--until",
+        ] {
+            assert!(bash.contains(name), "{name}");
+        }
+        let man = parse(&["man"])
+            .ok()
+            .and_then(|c| c.offline_output())
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        assert!(
+            man.starts_with(".ie") || man.contains(".TH rollout"),
+            "{man}"
+        );
+        assert!(man.contains("canary"), "{man}");
+        assert!(parse(&["status", "web"])
+            .ok()
+            .and_then(|c| c.offline_output())
+            .is_none());
+        assert!(VERSION.starts_with(env!("CARGO_PKG_VERSION")) && VERSION.contains("(commit "));
     }
 
     #[test]

@@ -10,6 +10,18 @@ use rollout::model::ExitCode as RolloutExit;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    match cli.offline_output() {
+        Some(Ok(text)) => {
+            use std::io::Write;
+            let _ = std::io::stdout().lock().write_all(text.as_bytes());
+            return ExitCode::SUCCESS;
+        }
+        Some(Err(e)) => {
+            eprintln!("rollout: writing the output: {e}");
+            return RolloutExit::ClusterError.into();
+        }
+        None => {}
+    }
     // Logs for whoever debugs (RUST_LOG=rollout=debug,kube=debug); progress for people is
     // separate. By default only rollout's own warnings show: the client libraries' errors are
     // reported by rollout in words.

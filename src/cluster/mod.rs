@@ -152,7 +152,7 @@ pub fn permission_hint(code: u16, message: &str) -> String {
     );
     let user = quoted_after("User ").map_or_else(String::new, |u| format!(" to {u}"));
     format!(
-        "; grant verb `{verb}` on resource `{resource}` (API group {api_group}){user} in {namespace}: add it to the Role bound to that account (rollout's README lists the Role with every verb each strategy needs)"
+        "; grant verb `{verb}` on resource `{resource}` (API group {api_group}){user} in {namespace}: add it to the Role bound to that account (rollout's deploy/rbac.yaml has the Role with every verb each strategy needs)"
     )
 }
 

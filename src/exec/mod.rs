@@ -11,8 +11,10 @@
 //! - [`runner`]: the run loop (steps, pauses, rollback);
 //! - [`commands`]: one function per CLI command;
 //! - [`report`]: `status` and `history` as data and text;
-//! - [`progress`]: human progress lines on stderr.
+//! - [`progress`]: human progress lines on stderr;
+//! - [`announce`]: Kubernetes Events and `--notify` messages of the rollout's story.
 
+pub mod announce;
 pub mod cluster;
 pub mod commands;
 pub mod gates;
@@ -23,6 +25,7 @@ pub mod patch;
 pub mod progress;
 pub mod report;
 pub mod runner;
+pub mod summary;
 
 #[cfg(test)]
 pub(crate) mod fake;
@@ -221,6 +224,8 @@ pub enum Action {
         statefulset: String,
         watch: bool,
         timeout: Option<std::time::Duration>,
+        /// Also stop where the rollout waits for a person.
+        until_hold: bool,
     },
     Promote {
         statefulset: String,
@@ -263,6 +268,11 @@ pub struct Invocation {
     pub connection: Connection,
     pub output: commands::Output,
     pub quiet: bool,
+    /// Where to post the rollout's start, holds, success, failure and rollback.
+    pub notify: Vec<reqwest::Url>,
+    /// A Markdown file to append a summary of the rollout to (GitHub Actions'
+    /// `$GITHUB_STEP_SUMMARY`).
+    pub step_summary: Option<std::path::PathBuf>,
     pub action: Action,
 }
 
@@ -332,16 +342,27 @@ pub async fn connect(connection: &Connection) -> Result<(kube::Client, String), 
 pub async fn execute(invocation: Invocation) -> Result<crate::model::ExitCode, ExecError> {
     let (client, namespace) = connect(&invocation.connection).await?;
     let cluster = KubeCluster::new(client, &namespace);
+    let me = lease::Identity::current();
     let ctx = Context {
+        announce: announce::Announcer::new(
+            &cluster,
+            &me.to_string(),
+            invocation.notify,
+            (invocation.output == commands::Output::Jsonl).then(progress::Out::stdout),
+        ),
+        step_summary: invocation.step_summary,
         cluster: cluster.clone(),
         gates: ProbeGates::new(cluster),
         progress: Progress::stderr(invocation.quiet),
         out: progress::Out::stdout(),
         output: invocation.output,
-        me: lease::Identity::current(),
+        me,
         lease_duration: lease::LEASE_DURATION,
     };
-    dispatch(&ctx, invocation.action).await
+    let result = dispatch(&ctx, invocation.action).await;
+    // What is still being told (Events, notifications) gets a short, bounded while.
+    ctx.announce.drain(announce::DRAIN_TIMEOUT).await;
+    result
 }
 
 /// Runs one command with a given context (real or fake cluster).
@@ -356,7 +377,8 @@ pub async fn dispatch<C: Cluster, G: GateRunner>(
             statefulset,
             watch,
             timeout,
-        } => commands::status(ctx, &statefulset, watch, timeout).await,
+            until_hold,
+        } => commands::status(ctx, &statefulset, watch, timeout, until_hold).await,
         Action::Promote {
             statefulset,
             full,

@@ -45,6 +45,8 @@ fn context(fake: &FakeCluster, gates: FakeGates, pid: u32) -> Context<FakeCluste
         output: Output::Text,
         me: me(pid),
         lease_duration: Duration::from_secs(15),
+        announce: crate::exec::announce::Announcer::default(),
+        step_summary: None,
     }
 }
 
@@ -653,7 +655,7 @@ async fn commands_without_a_rollout_say_so() {
         assert!(matches!(err, ExecError::NoRollout { .. }), "{err}");
         assert_eq!(err.exit_code(), ExitCode::BadInput);
     }
-    let code = commands::status(&ctx, "web", false, None)
+    let code = commands::status(&ctx, "web", false, None, false)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(code, ExitCode::Done);

@@ -111,6 +111,7 @@ pub struct Tools<C: Cluster, G: GateRunner> {
     pub gates: G,
     pub progress: Progress,
     pub lease_lost: watch::Receiver<Option<String>>,
+    pub announce: super::announce::Announcer,
 }
 
 /// The record as this run last wrote it, and what the next write is based on.
@@ -149,6 +150,9 @@ pub struct Runner<C: Cluster, G: GateRunner> {
     announced: Option<(usize, Phase)>,
     /// How many times the current step's gate (or comparison) could not decide so far.
     undecided: u32,
+    /// Where the rollout's story was last told (Events, notifications, the record's timeline).
+    told: Option<Box<RolloutState>>,
+    announce: super::announce::Announcer,
 }
 
 fn hash_text(text: &str) -> u64 {
@@ -190,6 +194,9 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         options: RunOptions,
     ) -> Self {
         let start_text = annotation(statefulset).to_string();
+        let told = RolloutState::from_annotation("", &start_text)
+            .ok()
+            .map(Box::new);
         // The overall deadline counts from the rollout's start, not this run's, with the time
         // spent paused left out.
         let total_deadline = record.config.timeouts.total.map(|t| {
@@ -223,6 +230,8 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             options,
             announced: None,
             undecided: 0,
+            told,
+            announce: tools.announce,
             record,
         }
     }
@@ -251,6 +260,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 });
             }
             self.check_latest_snapshot().await?;
+            self.mark();
             match self.record.phase {
                 Phase::Succeeded
                 | Phase::RolledBack
@@ -409,7 +419,30 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         } else {
             self.record.begin_step(Self::now())?;
         }
+        self.mark();
         Ok(())
+    }
+
+    /// Adds to the record's timeline what happened since it was last told, and tells it
+    /// (Events, notifications; best effort, never waited for).
+    fn mark(&mut self) {
+        let marks = crate::strategy::timeline::marks_between(
+            self.told.as_deref(),
+            &self.record,
+            Self::now(),
+        );
+        if marks.is_empty() {
+            return;
+        }
+        crate::model::timeline::append(&mut self.record.timeline, marks.iter().cloned());
+        self.told = Some(Box::new(self.record.clone()));
+        let uid = self
+            .view
+            .borrow()
+            .statefulset
+            .as_ref()
+            .and_then(|s| s.metadata.uid.clone());
+        self.announce.tell(uid.as_deref(), &self.record, &marks);
     }
 
     /// The step is done; `detail` says how it ended, after the step's own words.
@@ -421,6 +454,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         } else {
             self.record.complete_step(Self::now())?;
         }
+        self.mark();
         Ok(())
     }
 
@@ -466,6 +500,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         } else {
             self.record.fail(cause, message, Self::now())?;
         }
+        self.mark();
         Ok(())
     }
 
@@ -588,6 +623,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         let max_unavailable =
             predicates::given_back_max_unavailable(&self.record.plan.steps, stable)
                 .filter(|_| self.record.phase != Phase::Failed);
+        self.mark();
         let text = self.record.to_annotation()?;
         if text == self.writes.last_text && restore.is_none() && max_unavailable.is_none() {
             return Ok(true);
@@ -617,6 +653,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
     /// Sends the record with `patch` (a change of the set's own fields) in one write, under
     /// the last seen resourceVersion.
     async fn commit_patch(&mut self, patch: StsPatch) -> Result<Committed, ExecError> {
+        self.mark();
         let text = self.record.to_annotation()?;
         let patch = StsPatch {
             resource_version: self.writes.resource_version.clone(),
@@ -745,6 +782,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 &record.message
             }
         ));
+        self.told = Some(Box::new(record.clone()));
         self.record = record;
         self.announced = None;
         Ok(true)

@@ -143,6 +143,10 @@ pub struct StrategyFile {
     pub timeouts: Timeouts,
     #[serde(default)]
     pub on_failure: OnFailure,
+    /// URLs to post the rollout's start, holds, success, failure and rollback to (Slack or
+    /// Microsoft Teams incoming webhooks); with `--notify` on the command line, both are used.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<String>,
 }
 
 impl StrategyFile {

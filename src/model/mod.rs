@@ -14,6 +14,7 @@ pub mod route;
 pub mod state;
 pub mod steps;
 pub mod strategy;
+pub mod timeline;
 pub mod twin;
 pub mod weight;
 

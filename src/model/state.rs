@@ -205,6 +205,10 @@ pub struct RolloutState {
     /// within the step's deadline; cleared when the step ends or the message changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub undecided: Option<String>,
+    /// What happened so far, with times (`crate::model::timeline`): the rollout's story for
+    /// Events, notifications and the timeline picture.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub timeline: Vec<super::timeline::Mark>,
 }
 
 /// A rollback as steps, with its progress, kept in the record so that a run killed half-way
@@ -301,6 +305,7 @@ impl RolloutState {
             rollback: None,
             drift: None,
             undecided: None,
+            timeline: Vec::new(),
         }
     }
 

@@ -7,6 +7,7 @@ pub mod planner;
 pub mod predicates;
 pub mod rollback;
 pub mod route;
+pub mod timeline;
 pub mod transitions;
 pub mod trust;
 pub mod twin;

@@ -174,6 +174,9 @@ pub fn check_record(record: &RolloutState, own: &str) -> Vec<String> {
     if record.new_template.as_ref().is_some_and(|t| !t.is_object()) {
         problem("its new pod template is not an object".to_string());
     }
+    if let Some(text) = timeline_problem(record) {
+        problem(format!("its timeline: {text}"));
+    }
     problems
 }
 
@@ -237,6 +240,48 @@ fn check_route(record: &RolloutState, own: &str, problem: &mut impl FnMut(String
             route.route
         ));
     }
+}
+
+/// What is wrong with the record's timeline: too many marks, a step it does not have, a message
+/// too long. Events, notifications and pictures are told
+/// from it, so a mark never names a step outside the plan.
+fn timeline_problem(record: &RolloutState) -> Option<String> {
+    use crate::model::timeline::{What, MAX_MARKS, MAX_MARK_MESSAGE};
+    let marks = &record.timeline;
+    if marks.len() > MAX_MARKS {
+        return Some(format!("{} marks (at most {MAX_MARKS})", marks.len()));
+    }
+    let forward = record.plan.steps.len();
+    let back = record.rollback.as_ref().map_or(0, |r| r.steps.len());
+    for (i, mark) in marks.iter().enumerate() {
+        let (step, steps) = match &mark.what {
+            What::StepStarted { step }
+            | What::StepDone { step }
+            | What::GatePassed { step }
+            | What::StepFailed { step, .. }
+            | What::Paused { step, .. }
+            | What::Resumed { step } => (Some(*step), forward),
+            What::RollbackStepDone { step } => (Some(*step), back),
+            What::Started | What::RollbackStarted { .. } | What::Finished { .. } => (None, 0),
+        };
+        if let Some(step) = step.filter(|s| *s >= steps) {
+            return Some(format!(
+                "mark {} names step {} of {steps}",
+                i + 1,
+                step.saturating_add(1)
+            ));
+        }
+        let message = match &mark.what {
+            What::StepFailed { message, .. }
+            | What::RollbackStarted { message, .. }
+            | What::Finished { message, .. } => message.len(),
+            _ => 0,
+        };
+        if message > MAX_MARK_MESSAGE {
+            return Some(format!("mark {} has a message of {message} bytes", i + 1));
+        }
+    }
+    None
 }
 
 /// Problems of the record's second set: a valid name, never the set the record sits on.
@@ -722,6 +767,46 @@ mod tests {
             (
                 Box::new(|s| s.new_template = Some(json!("sh -c evil"))),
                 "new pod template is not an object",
+            ),
+            (
+                Box::new(|s| {
+                    s.timeline.push(crate::model::timeline::Mark {
+                        at: s.started_at,
+                        what: crate::model::timeline::What::GatePassed { step: 5 },
+                    })
+                }),
+                "its timeline: mark 1 names step 6 of 5",
+            ),
+            (
+                Box::new(|s| {
+                    s.timeline.push(crate::model::timeline::Mark {
+                        at: s.started_at,
+                        what: crate::model::timeline::What::RollbackStepDone { step: 0 },
+                    })
+                }),
+                "its timeline: mark 1 names step 1 of 0",
+            ),
+            (
+                Box::new(|s| {
+                    s.timeline.push(crate::model::timeline::Mark {
+                        at: s.started_at,
+                        what: crate::model::timeline::What::Finished {
+                            phase: crate::model::state::Phase::Failed,
+                            message: "x".repeat(5000),
+                        },
+                    })
+                }),
+                "has a message of 5000 bytes",
+            ),
+            (
+                Box::new(|s| {
+                    let mark = crate::model::timeline::Mark {
+                        at: s.started_at,
+                        what: crate::model::timeline::What::Started,
+                    };
+                    s.timeline = vec![mark; 201];
+                }),
+                "201 marks (at most 200)",
             ),
         ];
         for (change, expected) in cases {

@@ -20,6 +20,7 @@ mod incluster;
 mod kills;
 mod lock;
 mod metrics;
+mod operator;
 mod rbac;
 mod recovery;
 mod recreate;

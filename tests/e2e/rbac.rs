@@ -1,6 +1,6 @@
-//! `rollout` as a ServiceAccount bound only to the Role in the README: the devcluster's API
-//! server authorizes with `Node,RBAC`, so every request the tool makes is checked against that
-//! Role. A rolling and a blue/green rollout succeed; with one verb taken away, the rollback that
+//! `rollout` as the ServiceAccount of `deploy/rbac.yaml`, bound only to the Role there: the
+//! devcluster's API server authorizes with `Node,RBAC`, so every request the tool makes is
+//! checked against that Role (its Events too). A rolling and a blue/green rollout succeed; with one verb taken away, the rollback that
 //! needs it stops with a message naming the verb, the resource and what to grant, and `rollout
 //! resume` finishes it once the verb is back.
 
@@ -18,18 +18,28 @@ use crate::support::{
     Run, STS,
 };
 
-pub(crate) const ACCOUNT: &str = "deployer";
+/// The ServiceAccount that `deploy/rbac.yaml` makes.
+pub(crate) const ACCOUNT: &str = "rollout";
 
-/// The Role in the README's "Permissions" section, as YAML.
-fn readme_role() -> anyhow::Result<Role> {
-    let readme = std::fs::read_to_string(devcluster::testkit::repo_root().join("README.md"))?;
-    let block = readme
-        .split("```yaml\n")
-        .skip(1)
-        .filter_map(|rest| rest.split("```").next())
-        .find(|yaml| yaml.contains("kind: Role\n"))
-        .context("the README has no ```yaml block with a Role")?;
-    Ok(serde_yaml_ng::from_str(block)?)
+/// The ServiceAccount, Role and RoleBinding of `deploy/rbac.yaml`, as the file has them.
+fn deploy_rbac() -> anyhow::Result<(ServiceAccount, Role, RoleBinding)> {
+    use serde::Deserialize;
+    let text = std::fs::read_to_string(devcluster::testkit::repo_root().join("deploy/rbac.yaml"))?;
+    let (mut account, mut role, mut binding) = (None, None, None);
+    for document in serde_yaml_ng::Deserializer::from_str(&text) {
+        let value = serde_json::Value::deserialize(document)?;
+        match value["kind"].as_str() {
+            Some("ServiceAccount") => account = Some(serde_json::from_value(value)?),
+            Some("Role") => role = Some(serde_json::from_value(value)?),
+            Some("RoleBinding") => binding = Some(serde_json::from_value(value)?),
+            other => anyhow::bail!("deploy/rbac.yaml has a {other:?}"),
+        }
+    }
+    Ok((
+        account.context("deploy/rbac.yaml has no ServiceAccount")?,
+        role.context("deploy/rbac.yaml has no Role")?,
+        binding.context("deploy/rbac.yaml has no RoleBinding")?,
+    ))
 }
 
 /// The Role without `verb` on `resource`.
@@ -100,25 +110,25 @@ async fn as_account(app: &App, config: &std::path::Path, args: &[&str]) -> anyho
     rollout(app.name(), &all).await
 }
 
-/// The time app in a namespace of its own, a ServiceAccount bound to the README's Role there,
-/// and a kubeconfig that signs in as that account.
+/// The time app in a namespace of its own, `deploy/rbac.yaml` applied there as it is, and a
+/// kubeconfig that signs in as its ServiceAccount.
 pub(crate) async fn deploy_with_account(prefix: &str) -> anyhow::Result<(App, Role, PathBuf)> {
     let app = App::deploy(prefix, 3, false).await?;
-    let role = readme_role()?;
+    let (account, role, binding) = deploy_rbac()?;
     ensure!(role.metadata.name.as_deref() == Some("rollout"));
-    let account: ServiceAccount = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": ACCOUNT}
-    }))?;
+    ensure!(account.metadata.name.as_deref() == Some(ACCOUNT));
+    for namespaced in [
+        account.metadata.namespace.as_ref(),
+        role.metadata.namespace.as_ref(),
+        binding.metadata.namespace.as_ref(),
+    ] {
+        ensure!(namespaced.is_none(), "deploy/rbac.yaml names a namespace");
+    }
     app.ns
         .api::<ServiceAccount>()
         .create(&PostParams::default(), &account)
         .await?;
     put_role(&app, &role).await?;
-    let binding: RoleBinding = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "rollout"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "rollout"},
-        "subjects": [{"kind": "ServiceAccount", "name": ACCOUNT, "namespace": app.name()}],
-    }))?;
     app.ns
         .api::<RoleBinding>()
         .create(&PostParams::default(), &binding)
@@ -128,7 +138,7 @@ pub(crate) async fn deploy_with_account(prefix: &str) -> anyhow::Result<(App, Ro
 }
 
 #[tokio::test]
-async fn rollouts_run_as_an_account_bound_only_to_the_readme_role() -> anyhow::Result<()> {
+async fn rollouts_run_as_the_account_of_deploy_rbac() -> anyhow::Result<()> {
     let (app, role, config) = deploy_with_account("rbac").await?;
 
     // The account really is limited: it may not read anything outside the Role.
@@ -230,7 +240,7 @@ async fn rollouts_run_as_an_account_bound_only_to_the_readme_role() -> anyhow::R
 }
 
 #[tokio::test]
-async fn every_strategy_runs_with_the_readme_role() -> anyhow::Result<()> {
+async fn every_strategy_runs_with_the_role_of_deploy_rbac() -> anyhow::Result<()> {
     let (app, _, config) = deploy_with_account("rbac-all").await?;
     let gates = ["--probe-window", "2s", "--probe-interval", "500ms"];
     let runs: [(&[&str], &str); 4] = [
@@ -287,6 +297,25 @@ async fn every_strategy_runs_with_the_readme_role() -> anyhow::Result<()> {
             .expect(ExitCode::Done)?;
     }
     app.assert_data_kept().await?;
+    // The Role lets the account tell each rollout's story as Events on the set.
+    let events = app
+        .ns
+        .api::<k8s_openapi::api::events::v1::Event>()
+        .list(&Default::default())
+        .await?;
+    let ours: Vec<_> = events
+        .items
+        .iter()
+        .filter(|e| e.reporting_controller.as_deref() == Some("rollout.dev/rollout"))
+        .collect();
+    ensure!(
+        ours.iter()
+            .filter(|e| e.reason.as_deref() == Some("RolloutSucceeded"))
+            .count()
+            >= 4,
+        "Events written as the account: {:?}",
+        ours.iter().map(|e| &e.reason).collect::<Vec<_>>()
+    );
     let _ = std::fs::remove_file(&config);
     app.cleanup().await;
     Ok(())

@@ -63,6 +63,8 @@ pub enum Output {
     #[default]
     Text,
     Json,
+    /// The rollout's marks, one JSON object per line.
+    Jsonl,
 }
 
 /// What every command works with.
@@ -75,6 +77,10 @@ pub struct Context<C: Cluster, G: GateRunner> {
     pub output: Output,
     pub me: Identity,
     pub lease_duration: Duration,
+    /// Where the rollout's story is told (Events, `--notify`).
+    pub announce: crate::exec::announce::Announcer,
+    /// Where a Markdown summary of a finished (or holding) rollout is appended.
+    pub step_summary: Option<std::path::PathBuf>,
 }
 
 /// Where the new pod template comes from.
@@ -151,6 +157,7 @@ impl<C: Cluster, G: GateRunner> Context<C, G> {
             gates: self.gates.clone(),
             progress: self.progress.clone(),
             lease_lost,
+            announce: self.announce.clone(),
         }
     }
 
@@ -465,6 +472,7 @@ fn conclude<C: Cluster, G: GateRunner>(
     if ctx.output == Output::Json {
         ctx.print_json(r)?;
     }
+    crate::exec::summary::append_if_asked(ctx, r)?;
     Ok(if outcome.held {
         ExitCode::Done
     } else {
@@ -613,11 +621,21 @@ async fn write_transition<C: Cluster, G: GateRunner>(
             statefulset: name.to_string(),
             action: "change",
         })?;
-        change(&mut record)?;
+        let marks = {
+            // Not held across the write below: futures of commands stay small.
+            let before = record.clone();
+            change(&mut record)?;
+            crate::strategy::timeline::marks_between(Some(&before), &record, Timestamp::now())
+        };
+        crate::model::timeline::append(&mut record.timeline, marks.iter().cloned());
         let patch = StsPatch::at(sts.metadata.resource_version.as_deref())
             .with_record(RecordChange::Set(record.to_annotation()?));
         match ctx.cluster.patch_statefulset(name, &patch, false).await {
-            Ok(_) => return Ok(record),
+            Ok(_) => {
+                ctx.announce
+                    .tell(sts.metadata.uid.as_deref(), &record, &marks);
+                return Ok(record);
+            }
             Err(ApiError::Conflict(_)) => continue,
             Err(e) => {
                 return Err(ExecError::api(

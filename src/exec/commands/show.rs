@@ -8,6 +8,7 @@ pub async fn status<C: Cluster, G: GateRunner>(
     name: &str,
     watch: bool,
     timeout: Option<Duration>,
+    until_hold: bool,
 ) -> Result<ExitCode, ExecError> {
     let home = name;
     let (resolved, via) = serving_chain(ctx, name).await?;
@@ -21,8 +22,22 @@ pub async fn status<C: Cluster, G: GateRunner>(
             .await
             .map_err(|e| ExecError::api("reading Lease", &lease_name, e))
     };
+    let told = std::cell::RefCell::new(std::collections::HashSet::<String>::new());
     let print = |report: &crate::exec::report::StatusReport| -> Result<(), ExecError> {
         match ctx.output {
+            // The story so far, then each new mark, one JSON object per line.
+            Output::Jsonl => {
+                if let Some(record) = report.record.as_ref() {
+                    for mark in &record.timeline {
+                        let line =
+                            crate::exec::announce::mark_line(&report.namespace, record, mark);
+                        if told.borrow_mut().insert(line.clone()) {
+                            ctx.out.print(&format!("{line}\n"));
+                        }
+                    }
+                }
+                Ok(())
+            }
             Output::Json if watch => {
                 let line = serde_json::to_string(&masked_json(report)?)
                     .map_err(|e| ExecError::Output(e.to_string()))?;
@@ -87,8 +102,14 @@ pub async fn status<C: Cluster, G: GateRunner>(
             let fingerprint = report.fingerprint();
             let settled = report.is_settled();
             let changed = fingerprint != last;
+            let holding = until_hold
+                && report
+                    .rollout
+                    .as_ref()
+                    .is_some_and(|r| r.phase == Phase::Paused)
+                && report.record.as_ref().is_some_and(waits_for_a_person);
             match (ctx.output, first) {
-                (Output::Json, _) | (Output::Text, true) => {
+                (Output::Json | Output::Jsonl, _) | (Output::Text, true) => {
                     if changed {
                         print(&report)?;
                     }
@@ -99,7 +120,7 @@ pub async fn status<C: Cluster, G: GateRunner>(
                         ctx.out
                             .print(&render_status_line(&report, Timestamp::now()));
                     }
-                    if settled {
+                    if settled || holding {
                         ctx.out.print("\n");
                         print(&report)?;
                     }
@@ -107,7 +128,16 @@ pub async fn status<C: Cluster, G: GateRunner>(
             }
             first = false;
             last = fingerprint;
+            if holding {
+                if let Some(r) = report.record.as_ref() {
+                    crate::exec::summary::append_if_asked(ctx, r)?;
+                }
+                return Ok(ExitCode::Done);
+            }
             if report.is_settled() {
+                if let Some(r) = report.record.as_ref() {
+                    crate::exec::summary::append_if_asked(ctx, r)?;
+                }
                 return Ok(match report.record {
                     Some(r) => ExitCode::of_record(&r),
                     None => ExitCode::Done,
@@ -128,6 +158,16 @@ pub async fn status<C: Cluster, G: GateRunner>(
     }
 }
 
+/// True when the rollout waits for a person: a hold until `rollout promote`, a `rollout
+/// pause`, a gate that could not decide. A timed pause ends by itself.
+fn waits_for_a_person(record: &RolloutState) -> bool {
+    record.phase == Phase::Paused
+        && !matches!(
+            record.pause,
+            Some(PauseReason::Step { until: Some(_) }) | None
+        )
+}
+
 /// `rollout history STS`.
 pub async fn show_history<C: Cluster, G: GateRunner>(
     ctx: &Context<C, G>,
@@ -138,7 +178,7 @@ pub async fn show_history<C: Cluster, G: GateRunner>(
     let sts = ctx.get_set(name).await?;
     let entries = super::undo::revision_history(ctx, name, &sts).await?;
     match ctx.output {
-        Output::Json => ctx.print_json(&entries)?,
+        Output::Json | Output::Jsonl => ctx.print_json(&entries)?,
         Output::Text => ctx.out.print(&render_history(name, &entries)),
     }
     Ok(ExitCode::Done)

@@ -499,7 +499,7 @@ pub(super) async fn print_plan<C: Cluster, G: GateRunner>(
     let back = rollback_by_step(&record);
     let plan = &record.plan;
     match ctx.output {
-        Output::Json => {
+        Output::Json | Output::Jsonl => {
             let mut value = serde_json::to_value(plan).unwrap_or_default();
             if let Some(object) = value.as_object_mut() {
                 object.insert(
