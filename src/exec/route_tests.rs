@@ -36,6 +36,8 @@ fn context(fake: &FakeCluster) -> Context<FakeCluster, FakeGates> {
             space: None,
         },
         lease_duration: Duration::from_secs(15),
+        announce: crate::exec::announce::Announcer::default(),
+        step_summary: None,
     }
 }
 
