@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::ListParams;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::{ListParams, PostParams};
 
 use crate::rbac::{deploy_with_account, ACCOUNT};
 use crate::support::{failing_release_manifest, statefulset_document, STS};
@@ -48,6 +48,16 @@ fn job(name: &str, args: &[&str], manifest: bool) -> serde_json::Value {
         "metadata": {"name": name},
         "spec": {"backoffLimit": 0, "template": {"spec": pod}},
     })
+}
+
+async fn create_job(
+    ns: &devcluster::testkit::TestNs,
+    job: serde_json::Value,
+) -> anyhow::Result<()> {
+    ns.api::<Job>()
+        .create(&PostParams::default(), &serde_json::from_value(job)?)
+        .await?;
+    Ok(())
 }
 
 /// Waits until the Job has finished; returns whether it succeeded and its pod's exit code.
@@ -107,9 +117,7 @@ async fn rollout_runs_as_a_job_with_in_cluster_configuration() -> anyhow::Result
         ],
         false,
     );
-    app.ns
-        .apply_yaml(&serde_yaml_ng::to_string(&canary)?)
-        .await?;
+    create_job(&app.ns, canary).await?;
     let (ok, code) = finished(&app.ns, "canary").await?;
     ensure!(ok && code == 0, "the canary Job failed: exit {code}");
     app.assert_all_on("v2").await?;
@@ -125,16 +133,15 @@ async fn rollout_runs_as_a_job_with_in_cluster_configuration() -> anyhow::Result
         "data": {"sts.yaml": manifest},
     });
     app.ns
-        .apply_yaml(&serde_yaml_ng::to_string(&config_map)?)
+        .api::<ConfigMap>()
+        .create(&PostParams::default(), &serde_json::from_value(config_map)?)
         .await?;
     let failing = job(
         "failing",
         &["rolling", STS, "-f", "/manifest/sts.yaml"],
         true,
     );
-    app.ns
-        .apply_yaml(&serde_yaml_ng::to_string(&failing)?)
-        .await?;
+    create_job(&app.ns, failing).await?;
     let (ok, code) = finished(&app.ns, "failing").await?;
     ensure!(
         !ok && code == 3,

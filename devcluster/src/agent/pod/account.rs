@@ -119,11 +119,19 @@ pub async fn prepare(
             Err(AccountError::NoAccount { name })
         };
     }
+    // The API server binds a token to a pod only when the pod names that account; without the
+    // admission plugin a pod that names none is not defaulted to `default`, so its token is
+    // unbound (it still expires).
+    let named = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.as_deref())
+        == Some(name.as_str());
     let request = TokenRequest {
         spec: TokenRequestSpec {
             audiences: Vec::new(),
             expiration_seconds: Some(TOKEN_SECONDS),
-            bound_object_ref: Some(BoundObjectReference {
+            bound_object_ref: named.then(|| BoundObjectReference {
                 api_version: Some("v1".into()),
                 kind: Some("Pod".into()),
                 name: pod.metadata.name.clone(),
@@ -132,13 +140,18 @@ pub async fn prepare(
         },
         ..TokenRequest::default()
     };
-    let token = accounts
+    let token = match accounts
         .create_token_request(&name, &PostParams::default(), &request)
         .await
-        .map_err(api)?
-        .status
-        .map(|s| s.token)
-        .unwrap_or_default();
+    {
+        Ok(answer) => answer.status.map(|s| s.token).unwrap_or_default(),
+        // A pod that named no account never waits for a token it did not ask for.
+        Err(e) if !named => {
+            tracing::warn!(pod = ?pod.metadata.name, "no service account token: {e}");
+            return Ok(None);
+        }
+        Err(e) => return Err(api(e)),
+    };
     let maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let ca = maps
         .get_opt(ROOT_CA_CONFIG_MAP)
