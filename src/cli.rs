@@ -273,6 +273,8 @@ pub struct ShadowArgs {
     #[arg(long)]
     pub keep_data: bool,
     #[command(flatten)]
+    pub mirror: MirrorArgs,
+    #[command(flatten)]
     pub gates: GateArgs,
     #[command(flatten)]
     pub run: RunArgs,
@@ -308,8 +310,69 @@ impl ShadowArgs {
             requests,
             compare: Some(compare),
             keep_data: self.keep_data.then_some(true),
+            traffic: self.mirror.traffic()?,
             ..StrategyFlags::default()
         })
+    }
+}
+
+/// Where a shadow's copies of live requests come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MirrorVia {
+    /// rollout replays requests to stable and the shadow side by side (the default)
+    Replay,
+    /// The gateway of an HTTPRoute (--route) copies live requests to the shadow
+    Gateway,
+}
+
+/// A shadow fed by a Gateway API HTTPRoute's RequestMirror filter.
+#[derive(Debug, Args, Default)]
+#[command(next_help_heading = "Mirrored traffic through a Gateway API HTTPRoute")]
+pub struct MirrorArgs {
+    /// `gateway`: the route's gateway copies live requests to the shadow (--route); same as --mirror gateway
+    #[arg(long, value_name = "pods|gateway")]
+    pub traffic: Option<TrafficVia>,
+    /// `replay` (default) or `gateway` (--route): where the shadow's requests come from
+    #[arg(long, value_name = "replay|gateway")]
+    pub mirror: Option<MirrorVia>,
+    /// The HTTPRoute whose rule sends live traffic to the set's Service
+    #[arg(long, value_name = "NAME")]
+    pub route: Option<String>,
+    /// The share of the route's requests copied to the shadow [default: 100]
+    #[arg(long, value_name = "PERCENT")]
+    pub mirror_percent: Option<crate::model::weight::Percent>,
+}
+
+impl MirrorArgs {
+    /// The route settings of a mirrored shadow, or none.
+    pub fn traffic(&self) -> Result<Option<Box<crate::model::route::RouteTraffic>>, SettingsError> {
+        let bad = |text: &str| Err(SettingsError::Traffic(text.to_string()));
+        let gateway = match (self.traffic, self.mirror) {
+            (Some(TrafficVia::Pods), Some(MirrorVia::Gateway))
+            | (Some(TrafficVia::Gateway), Some(MirrorVia::Replay)) => {
+                return bad("--traffic and --mirror disagree: give --mirror gateway (or --traffic gateway) with --route NAME, or neither");
+            }
+            (Some(TrafficVia::Gateway), _) | (_, Some(MirrorVia::Gateway)) => true,
+            _ => false,
+        };
+        match (gateway, &self.route) {
+            (true, Some(route)) => {
+                let (namespace, route) = crate::model::route::RouteTraffic::parse_route(route)
+                    .map_err(SettingsError::Traffic)?;
+                Ok(Some(Box::new(crate::model::route::RouteTraffic {
+                    route,
+                    namespace,
+                    canary_header: None,
+                    mirror_percent: self.mirror_percent,
+                })))
+            }
+            (true, None) => bad("--mirror gateway needs --route NAME: the HTTPRoute whose rule sends live traffic to the set's Service"),
+            (false, Some(_)) => bad("--route needs --mirror gateway (or --traffic gateway)"),
+            (false, None) if self.mirror_percent.is_some() => {
+                bad("--mirror-percent needs --mirror gateway --route NAME")
+            }
+            _ => Ok(None),
+        }
     }
 }
 
@@ -437,6 +500,7 @@ impl RouteArgs {
                     route,
                     namespace,
                     canary_header: self.canary_header.clone(),
+                    mirror_percent: None,
                 })))
             }
             (Some(TrafficVia::Gateway), None) => {

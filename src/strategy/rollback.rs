@@ -17,6 +17,7 @@
 //! | `CreateRevisionServices` | `RemoveRevisionServices` (last) |
 //! | `SetRouteWeights` | `SetRouteWeights` at 0 % first (every request to the stable Service while the pods go back), `RestoreRoute` once they are back |
 //! | `RestoreRoute` (the end of a route canary) | `RestoreRoute` again (it is the route's own rules) |
+//! | `MirrorRoute` (a shadow through a route) | `RestoreRoute` first, before the shadow and its Service go |
 //! | `Gate`, `GateService`, `Compare`, `Pause` | nothing: they change nothing |
 //!
 //! The executor runs these steps as it runs forward ones, one function per kind, and keeps the
@@ -110,6 +111,10 @@ pub fn plan_rollback(record: &RolloutState) -> Vec<Step> {
             }
         }
         StrategyKind::Shadow => {
+            if touched(|s| matches!(s, Step::MirrorRoute { .. } | Step::RestoreRoute)) {
+                // The mirror goes before its Service does.
+                steps.push(Step::RestoreRoute);
+            }
             if partition_moved {
                 steps.extend([Step::RestoreTemplate, Step::ReplaceStuckPods]);
             }
@@ -259,6 +264,9 @@ pub fn plan_release(record: &RolloutState) -> Result<Vec<Step>, ReleaseRefused> 
             }
         }
         StrategyKind::Shadow => {
+            if touched(|s| matches!(s, Step::MirrorRoute { .. } | Step::RestoreRoute)) {
+                steps.push(Step::RestoreRoute);
+            }
             if let Some(twin) = record.twin.as_ref() {
                 if touched(|s| matches!(s, Step::CreateTwin { .. })) {
                     steps.push(Step::RemoveTwin {

@@ -214,6 +214,104 @@ pub fn weighted_rules(original: &Value, w: &Weights<'_>) -> Value {
     Value::Array(out)
 }
 
+/// The route's `rules` with a shadow's mirror, from the original `rules`: every rule that
+/// sends traffic to the set's Service `service` gets a `RequestMirror` filter whose backend is
+/// the shadow's Service `mirror` (on the port of the set's backendRef), copying `percent` of
+/// its requests (all when `None`). Backends and weights stay as they were: users get stable's
+/// answers only.
+pub fn mirrored_rules(
+    original: &Value,
+    service: &str,
+    namespace: &str,
+    mirror: &str,
+    percent: Option<Percent>,
+) -> Value {
+    let Some(rules) = original.as_array() else {
+        return original.clone();
+    };
+    let out = rules
+        .iter()
+        .map(|rule| {
+            let Some(set_ref) = refs_of(rule)
+                .iter()
+                .find(|r| refers_to(r, service, namespace))
+            else {
+                return rule.clone();
+            };
+            let mut backend = json!({"name": mirror});
+            if let Some(port) = set_ref.get("port") {
+                backend["port"] = port.clone();
+            }
+            let mut filter =
+                json!({"type": "RequestMirror", "requestMirror": {"backendRef": backend}});
+            if let Some(p) = percent {
+                filter["requestMirror"]["percent"] = json!(p.get());
+            }
+            let mut rule = rule.clone();
+            if let Some(o) = rule.as_object_mut() {
+                match o.get_mut("filters").and_then(Value::as_array_mut) {
+                    Some(filters) => filters.push(filter),
+                    None => {
+                        o.insert("filters".into(), json!([filter]));
+                    }
+                }
+            }
+            rule
+        })
+        .collect();
+    Value::Array(out)
+}
+
+/// The Gateway API feature a GatewayClass lacks for a mirror (with a percent or not), judged
+/// on its `status.supportedFeatures` (names, or `{name: ...}` objects in Gateway API 1.2 and
+/// later). `None` when it lists the feature, or lists nothing (then its gateway's verdict on
+/// the route is all there is to go by).
+pub fn missing_mirror_feature(
+    class_status: Option<&Value>,
+    percent: Option<Percent>,
+) -> Option<&'static str> {
+    use crate::model::route::{MIRROR_FEATURE, PERCENT_MIRROR_FEATURE};
+    let listed: Vec<&str> = class_status
+        .and_then(|s| s.get("supportedFeatures"))
+        .and_then(Value::as_array)?
+        .iter()
+        .filter_map(|f| f.as_str().or_else(|| f.get("name").and_then(Value::as_str)))
+        .collect();
+    let needed = [
+        Some(MIRROR_FEATURE),
+        percent.map(|_| PERCENT_MIRROR_FEATURE),
+    ];
+    needed
+        .into_iter()
+        .flatten()
+        .find(|feature| !listed.contains(feature))
+}
+
+/// The Gateways a route names in `spec.parentRefs` (namespace, name); other kinds of parent
+/// are left out.
+pub fn parent_gateways(spec: &Value, own_namespace: &str) -> Vec<(String, String)> {
+    spec.get("parentRefs")
+        .and_then(Value::as_array)
+        .map_or(&[][..], Vec::as_slice)
+        .iter()
+        .filter(|p| {
+            let field = |k: &str| p.get(k).and_then(Value::as_str);
+            matches!(
+                field("group"),
+                None | Some(crate::model::route::GATEWAY_GROUP)
+            ) && matches!(field("kind"), None | Some("Gateway"))
+        })
+        .filter_map(|p| {
+            let name = p.get("name").and_then(Value::as_str)?;
+            let ns = p
+                .get("namespace")
+                .and_then(Value::as_str)
+                .unwrap_or(own_namespace);
+            Some((ns.to_string(), name.to_string()))
+        })
+        .collect()
+}
+
 /// What the gateways said about a route write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteVerdict {

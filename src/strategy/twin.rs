@@ -245,12 +245,25 @@ pub fn twin_for(
         StrategyParams::Shadow(p) => {
             let shadow = shadow_name(&around.home, &around.sets, &around.claims);
             check_twin_name(config, observed, &around.home, &shadow)?;
+            // Mirrored through a route: the gateway copies requests to a Service of the
+            // shadow's own, made and removed with it as blue/green's preview is.
+            let preview = config.traffic.as_ref().map(|_| preview_name(&around.home));
+            if let Some(preview) = &preview {
+                if let Some(taken) = around.services.iter().find(|s| &s.name == preview) {
+                    if taken.rollout_home.as_ref() != Some(&around.home) {
+                        return Err(PlanError::PreviewServiceTaken {
+                            statefulset: observed.name.clone(),
+                            service: preview.clone(),
+                        });
+                    }
+                }
+            }
             Ok(Some(Twin {
                 role: TwinRole::Shadow,
                 set: shadow,
                 home: around.home.clone(),
                 services: Vec::new(),
-                preview: None,
+                preview,
                 data: DataMode::Fresh,
                 keep_data: p.keep_data,
                 template: template.clone(),
@@ -475,9 +488,18 @@ pub fn plan_twin(config: &StrategyConfig, observed: &Observed, twin: &Twin) -> P
                     set: Some(twin.set.clone()),
                 });
             }
+            let mirrored = config.traffic.as_ref();
+            if let Some(traffic) = mirrored {
+                steps.push(Step::MirrorRoute {
+                    percent: traffic.mirror_percent,
+                });
+            }
             steps.push(Step::Compare {
                 set: twin.set.clone(),
             });
+            if mirrored.is_some() {
+                steps.push(Step::RestoreRoute);
+            }
             steps.push(Step::RemoveTwin {
                 set: twin.set.clone(),
             });
@@ -488,6 +510,15 @@ pub fn plan_twin(config: &StrategyConfig, observed: &Observed, twin: &Twin) -> P
                 p.duration,
                 if p.keep_data { " (its volumes are kept)" } else { " with its volumes" }
             ));
+            if let (Some(traffic), Some(preview)) = (mirrored, twin.preview.as_ref()) {
+                notes.push(format!(
+                    "HTTPRoute {} copies {} of its requests to Service {preview} (the shadow's pods) while users get stable's answers; the comparison itself still replays its requests to both sides",
+                    traffic.route,
+                    traffic
+                        .mirror_percent
+                        .map_or_else(|| "every one".to_string(), |p| p.to_string())
+                ));
+            }
         }
         _ => {}
     }
