@@ -1209,6 +1209,76 @@ mod tests {
     }
 
     #[test]
+    fn a_shadow_mirrored_through_a_route_takes_its_flags_together() {
+        let shadow = |extra: &[&str]| {
+            let mut args = vec!["shadow", "web", "--image", "app:v2"];
+            args.extend_from_slice(extra);
+            resolve(&args).map(|inv| match inv.action {
+                Action::Run(r) | Action::Plan(r) => r.config.traffic,
+                other => panic!("{other:?}"),
+            })
+        };
+        for flags in [
+            &[
+                "--mirror",
+                "gateway",
+                "--route",
+                "web",
+                "--mirror-percent",
+                "10",
+            ][..],
+            &[
+                "--traffic",
+                "gateway",
+                "--route",
+                "web",
+                "--mirror-percent",
+                "10",
+            ][..],
+        ] {
+            let traffic = shadow(flags)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .unwrap_or_else(|| panic!("no traffic"));
+            assert_eq!(traffic.route, "web");
+            assert_eq!(traffic.mirror_percent.map(|p| p.get()), Some(10));
+        }
+        assert_eq!(shadow(&["--mirror", "replay"]), Ok(None));
+        let cases: &[(&[&str], &str)] = &[
+            (&["--mirror", "gateway"], "needs --route"),
+            (&["--route", "web"], "needs --mirror gateway"),
+            (&["--mirror-percent", "5"], "needs --mirror gateway --route"),
+            (
+                &[
+                    "--mirror",
+                    "replay",
+                    "--traffic",
+                    "gateway",
+                    "--route",
+                    "web",
+                ],
+                "disagree",
+            ),
+            (
+                &[
+                    "--mirror",
+                    "gateway",
+                    "--route",
+                    "web",
+                    "--mirror-percent",
+                    "101",
+                ],
+                "101",
+            ),
+        ];
+        for (extra, message) in cases {
+            match shadow(extra) {
+                Err(e) => assert!(e.contains(message), "{extra:?}: {e}"),
+                Ok(t) => panic!("{extra:?} went through: {t:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn bad_input_is_refused_before_anything_runs() {
         let cases: &[(&[&str], &str)] = &[
             (

@@ -68,6 +68,7 @@ fn request(steps: &str, route: &str) -> RunRequest {
             .parse::<ImageChange>()
             .unwrap_or_else(|e| panic!("{e}"))]),
         wait_at_holds: false,
+        prometheus_url: None,
     }
 }
 

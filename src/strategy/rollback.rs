@@ -1022,6 +1022,45 @@ mod tests {
     }
 
     #[test]
+    fn a_mirrored_shadow_gives_the_route_back_before_the_shadow_goes() {
+        let steps = vec![
+            Step::CreateTwin {
+                set: "web-shadow".into(),
+                replicas: 1,
+            },
+            Step::MirrorRoute { percent: None },
+            Step::Compare {
+                set: "web-shadow".into(),
+            },
+            Step::RestoreRoute,
+            Step::RemoveTwin {
+                set: "web-shadow".into(),
+            },
+        ];
+        let shadow = || {
+            let mut t = twin(TwinRole::Shadow, "web-shadow", false);
+            t.preview = Some("web-preview".into());
+            Some(t)
+        };
+        let r = record(StrategyKind::Shadow, steps, shadow());
+        let cases: Vec<(usize, bool, Vec<&str>)> = vec![
+            (0, true, vec!["remove web-shadow"]),
+            // The mirror write may have landed: the route first, then the shadow.
+            (1, true, vec!["restore-route", "remove web-shadow"]),
+            (2, true, vec!["restore-route", "remove web-shadow"]),
+            (3, false, vec!["restore-route", "remove web-shadow"]),
+            (4, true, vec!["restore-route", "remove web-shadow"]),
+        ];
+        for (at, begun, expected) in cases {
+            assert_eq!(rollback_at(&r, at, begun, false), expected, "at {at}");
+        }
+        assert_eq!(
+            release_at(&r, 2, true, false),
+            ["restore-route", "remove web-shadow"]
+        );
+    }
+
+    #[test]
     fn release_is_refused_without_drift_saying_what_to_use_instead() {
         let mut r = record(StrategyKind::Canary, partition_steps(), None);
         r.current_step = 3;

@@ -780,6 +780,7 @@ mod tests {
                 name: "X-Canary".into(),
                 value: "1".into(),
             }),
+            mirror_percent: None,
         };
         let flags = StrategyFlags {
             steps: steps.map(|s| s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))),
@@ -891,6 +892,86 @@ mod tests {
         assert_eq!(
             plan.describe_step(&plan.steps[4]),
             "set the route's weights: canary: 1/3 pods (33.3%), traffic 5%"
+        );
+    }
+
+    #[test]
+    fn a_mirror_is_a_filter_on_the_rules_of_the_sets_service_only() {
+        let original = json!([
+            {"matches": [{"path": {"type": "PathPrefix", "value": "/api"}}],
+             "backendRefs": [{"name": "other", "port": 80}]},
+            {"filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "a", "value": "b"}]}}],
+             "backendRefs": [{"name": "web", "port": 8080, "weight": 3}]},
+            {"backendRefs": [{"name": "web"}]},
+        ]);
+        let out = mirrored_rules(&original, "web", "shop", "web-preview", None);
+        assert_eq!(out[0], original[0], "a rule of another Service is kept");
+        assert_eq!(out[1]["backendRefs"], original[1]["backendRefs"]);
+        assert_eq!(
+            out[1]["filters"],
+            json!([
+                original[1]["filters"][0],
+                {"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "web-preview", "port": 8080}}}
+            ])
+        );
+        assert_eq!(
+            out[2]["filters"],
+            json!([{"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "web-preview"}}}])
+        );
+        let ten = Percent::new(10).ok();
+        let out = mirrored_rules(&original, "web", "shop", "web-preview", ten);
+        assert_eq!(out[2]["filters"][0]["requestMirror"]["percent"], json!(10));
+        // Another namespace's `web` is not the set's Service.
+        let elsewhere = json!([{"backendRefs": [{"name": "web", "namespace": "other"}]}]);
+        assert_eq!(
+            mirrored_rules(&elsewhere, "web", "shop", "web-preview", None),
+            elsewhere
+        );
+    }
+
+    #[test]
+    fn the_mirror_needs_its_features_listed_when_the_class_lists_any() {
+        let strings =
+            json!({"supportedFeatures": ["Gateway", "HTTPRoute", "HTTPRouteRequestMirror"]});
+        let objects = json!({"supportedFeatures": [{"name": "HTTPRoute"}, {"name": "HTTPRouteRequestMirror"}, {"name": "HTTPRouteRequestPercentageMirror"}]});
+        let traefik = json!({"supportedFeatures": ["Gateway", "HTTPRoute", "HTTPRouteResponseHeaderModification"]});
+        let ten = Percent::new(10).ok();
+        let cases: &[(Option<&Value>, Option<Percent>, Option<&str>)] = &[
+            (Some(&strings), None, None),
+            (
+                Some(&strings),
+                ten,
+                Some("HTTPRouteRequestPercentageMirror"),
+            ),
+            (Some(&objects), ten, None),
+            (Some(&traefik), None, Some("HTTPRouteRequestMirror")),
+            (Some(&traefik), ten, Some("HTTPRouteRequestMirror")),
+            // Nothing listed: the gateway's verdict on the route decides.
+            (Some(&json!({})), ten, None),
+            (None, None, None),
+        ];
+        for (status, percent, missing) in cases {
+            assert_eq!(
+                missing_mirror_feature(*status, *percent),
+                *missing,
+                "{status:?} {percent:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn parent_gateways_default_to_the_routes_namespace() {
+        let spec = json!({"parentRefs": [
+            {"name": "a"},
+            {"name": "b", "namespace": "gw", "sectionName": "http"},
+            {"name": "svc", "kind": "Service", "group": ""},
+        ]});
+        assert_eq!(
+            parent_gateways(&spec, "shop"),
+            [
+                ("shop".to_string(), "a".to_string()),
+                ("gw".to_string(), "b".to_string())
+            ]
         );
     }
 }

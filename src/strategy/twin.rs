@@ -1325,6 +1325,57 @@ mod tests {
     }
 
     #[test]
+    fn a_shadow_mirrored_through_a_route_has_a_service_and_the_route_around_its_comparison() {
+        let flags = StrategyFlags {
+            traffic: Some(Box::new(crate::model::route::RouteTraffic {
+                route: "web".into(),
+                namespace: None,
+                canary_header: None,
+                mirror_percent: crate::model::weight::Percent::new(10).ok(),
+            })),
+            ..StrategyFlags::default()
+        };
+        let shadow = config(StrategyKind::Shadow, flags, GateSpec::default());
+        let live = service("web", &[("app", "web")], false);
+        let twin = twin_for(
+            &shadow,
+            &observed(3),
+            &around(vec![live.clone()]),
+            &serde_json::json!({}),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("no twin"));
+        assert_eq!(twin.preview.as_deref(), Some("web-preview"));
+        let plan = plan_twin(&shadow, &observed(3), &twin);
+        assert_eq!(
+            shape(&plan),
+            [
+                "create",
+                "gate",
+                "route-mirror",
+                "compare",
+                "restore-route",
+                "remove"
+            ]
+        );
+        assert_eq!(
+            plan.steps[2],
+            Step::MirrorRoute {
+                percent: crate::model::weight::Percent::new(10).ok()
+            }
+        );
+        // Someone else's Service of that name is refused, as blue/green's preview is.
+        let taken = service("web-preview", &[("app", "other")], false);
+        let err = plan_error(
+            &shadow,
+            &observed(3),
+            &around(vec![live, taken]),
+            serde_json::json!({}),
+        );
+        assert!(err.is_some_and(|e| e.contains("web-preview")));
+    }
+
+    #[test]
     fn services_selecting_the_pods_must_all_be_named() {
         let named = |names: &[&str]| {
             bluegreen_with(StrategyFlags {
