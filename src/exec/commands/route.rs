@@ -126,11 +126,8 @@ async fn check_mirror_support<C: Cluster, G: GateRunner>(
     let api = format!("/apis/{GATEWAY_GROUP}/v1");
     for (namespace, gateway) in crate::strategy::route::parent_gateways(&route.spec, &own) {
         let collection = format!("{api}/namespaces/{namespace}/gateways");
-        let Some(found) = ctx
-            .cluster
-            .get_at(&collection, &gateway)
-            .await
-            .map_err(|e| ExecError::api("reading Gateway", &gateway, e))?
+        let Some(found) =
+            readable(ctx, &collection, &gateway, ("Gateway", "reading Gateway")).await?
         else {
             continue;
         };
@@ -140,11 +137,14 @@ async fn check_mirror_support<C: Cluster, G: GateRunner>(
         else {
             continue;
         };
-        let Some(class_object) = ctx
-            .cluster
-            .get_at(&format!("{api}/gatewayclasses"), class)
-            .await
-            .map_err(|e| ExecError::api("reading GatewayClass", class, e))?
+        let classes = format!("{api}/gatewayclasses");
+        let Some(class_object) = readable(
+            ctx,
+            &classes,
+            class,
+            ("GatewayClass", "reading GatewayClass"),
+        )
+        .await?
         else {
             continue;
         };
@@ -160,4 +160,25 @@ async fn check_mirror_support<C: Cluster, G: GateRunner>(
         }
     }
     Ok(())
+}
+
+/// A Gateway or GatewayClass for the mirror check; `None` when it does not exist or this
+/// identity may not read it (a namespaced Role cannot grant GatewayClasses): the check is then
+/// left to the gateway's verdict on the route, and the user is told.
+async fn readable<C: Cluster, G: GateRunner>(
+    ctx: &Context<C, G>,
+    collection: &str,
+    name: &str,
+    (kind, reading): (&str, &'static str),
+) -> Result<Option<serde_json::Value>, ExecError> {
+    match ctx.cluster.get_at(collection, name).await {
+        Ok(found) => Ok(found),
+        Err(ApiError::Refused { code: 403, .. }) => {
+            ctx.progress.say(format!(
+                "note: {kind} {name} cannot be read (forbidden), so whether it supports RequestMirror is left to its verdict on the route; `get` on gateways and gatewayclasses lets rollout check before it writes"
+            ));
+            Ok(None)
+        }
+        Err(e) => Err(ExecError::api(reading, name, e)),
+    }
 }
