@@ -126,6 +126,36 @@ async fn a_mirrored_shadow_gets_copies_of_live_requests_and_users_only_stable_an
     let requests = std::env::temp_dir().join(format!("{}-requests.txt", app.name()));
     std::fs::write(&requests, "GET /healthz\n").expect("requests file");
     let requests = requests.display().to_string();
+    // The plan names the mirror and its undo; the mirror gateway's class lists both features.
+    let plan = app
+        .rollout(&[
+            "plan",
+            "shadow",
+            STS,
+            "--image",
+            "time-app:v2",
+            "--mirror",
+            "gateway",
+            "--route",
+            ROUTE,
+            "--mirror-percent",
+            "50",
+        ])
+        .await
+        .expect("plan");
+    plan.expect(ExitCode::Done).expect("plan");
+    for words in [
+        "mirror 50% of the route's requests to the shadow's Service",
+        "set the route's rules back exactly as they were",
+        "HTTPRoute web copies 50% of its requests to Service time-app-preview",
+    ] {
+        assert!(plan.stdout.contains(words), "{words}: {}", plan.describe());
+    }
+    assert_eq!(
+        route_bytes(&app).await,
+        before_bytes,
+        "plan changed the route"
+    );
     let run = start(
         &app,
         &[
