@@ -348,6 +348,8 @@ pub struct ShadowArgs {
     #[arg(long)]
     pub keep_data: bool,
     #[command(flatten)]
+    pub mirror: MirrorArgs,
+    #[command(flatten)]
     pub gates: GateArgs,
     #[command(flatten)]
     pub run: RunArgs,
@@ -383,8 +385,69 @@ impl ShadowArgs {
             requests,
             compare: Some(compare),
             keep_data: self.keep_data.then_some(true),
+            traffic: self.mirror.traffic()?,
             ..StrategyFlags::default()
         })
+    }
+}
+
+/// Where a shadow's copies of live requests come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MirrorVia {
+    /// rollout replays requests to stable and the shadow side by side (the default)
+    Replay,
+    /// The gateway of an HTTPRoute (--route) copies live requests to the shadow
+    Gateway,
+}
+
+/// A shadow fed by a Gateway API HTTPRoute's RequestMirror filter.
+#[derive(Debug, Args, Default)]
+#[command(next_help_heading = "Mirrored traffic through a Gateway API HTTPRoute")]
+pub struct MirrorArgs {
+    /// `gateway`: the route's gateway copies live requests to the shadow (--route); same as --mirror gateway
+    #[arg(long, value_name = "pods|gateway")]
+    pub traffic: Option<TrafficVia>,
+    /// `replay` (default) or `gateway` (--route): where the shadow's requests come from
+    #[arg(long, value_name = "replay|gateway")]
+    pub mirror: Option<MirrorVia>,
+    /// The HTTPRoute whose rule sends live traffic to the set's Service
+    #[arg(long, value_name = "NAME")]
+    pub route: Option<String>,
+    /// The share of the route's requests copied to the shadow [default: 100]
+    #[arg(long, value_name = "PERCENT")]
+    pub mirror_percent: Option<crate::model::weight::Percent>,
+}
+
+impl MirrorArgs {
+    /// The route settings of a mirrored shadow, or none.
+    pub fn traffic(&self) -> Result<Option<Box<crate::model::route::RouteTraffic>>, SettingsError> {
+        let bad = |text: &str| Err(SettingsError::Traffic(text.to_string()));
+        let gateway = match (self.traffic, self.mirror) {
+            (Some(TrafficVia::Pods), Some(MirrorVia::Gateway))
+            | (Some(TrafficVia::Gateway), Some(MirrorVia::Replay)) => {
+                return bad("--traffic and --mirror disagree: give --mirror gateway (or --traffic gateway) with --route NAME, or neither");
+            }
+            (Some(TrafficVia::Gateway), _) | (_, Some(MirrorVia::Gateway)) => true,
+            _ => false,
+        };
+        match (gateway, &self.route) {
+            (true, Some(route)) => {
+                let (namespace, route) = crate::model::route::RouteTraffic::parse_route(route)
+                    .map_err(SettingsError::Traffic)?;
+                Ok(Some(Box::new(crate::model::route::RouteTraffic {
+                    route,
+                    namespace,
+                    canary_header: None,
+                    mirror_percent: self.mirror_percent,
+                })))
+            }
+            (true, None) => bad("--mirror gateway needs --route NAME: the HTTPRoute whose rule sends live traffic to the set's Service"),
+            (false, Some(_)) => bad("--route needs --mirror gateway (or --traffic gateway)"),
+            (false, None) if self.mirror_percent.is_some() => {
+                bad("--mirror-percent needs --mirror gateway --route NAME")
+            }
+            _ => Ok(None),
+        }
     }
 }
 
@@ -512,6 +575,7 @@ impl RouteArgs {
                     route,
                     namespace,
                     canary_header: self.canary_header.clone(),
+                    mirror_percent: None,
                 })))
             }
             (Some(TrafficVia::Gateway), None) => {
@@ -1302,6 +1366,76 @@ mod tests {
             "gateway",
         ]);
         assert!(rolling.is_err(), "only canary takes --traffic");
+    }
+
+    #[test]
+    fn a_shadow_mirrored_through_a_route_takes_its_flags_together() {
+        let shadow = |extra: &[&str]| {
+            let mut args = vec!["shadow", "web", "--image", "app:v2"];
+            args.extend_from_slice(extra);
+            resolve(&args).map(|inv| match inv.action {
+                Action::Run(r) | Action::Plan(r) => r.config.traffic,
+                other => panic!("{other:?}"),
+            })
+        };
+        for flags in [
+            &[
+                "--mirror",
+                "gateway",
+                "--route",
+                "web",
+                "--mirror-percent",
+                "10",
+            ][..],
+            &[
+                "--traffic",
+                "gateway",
+                "--route",
+                "web",
+                "--mirror-percent",
+                "10",
+            ][..],
+        ] {
+            let traffic = shadow(flags)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .unwrap_or_else(|| panic!("no traffic"));
+            assert_eq!(traffic.route, "web");
+            assert_eq!(traffic.mirror_percent.map(|p| p.get()), Some(10));
+        }
+        assert_eq!(shadow(&["--mirror", "replay"]), Ok(None));
+        let cases: &[(&[&str], &str)] = &[
+            (&["--mirror", "gateway"], "needs --route"),
+            (&["--route", "web"], "needs --mirror gateway"),
+            (&["--mirror-percent", "5"], "needs --mirror gateway --route"),
+            (
+                &[
+                    "--mirror",
+                    "replay",
+                    "--traffic",
+                    "gateway",
+                    "--route",
+                    "web",
+                ],
+                "disagree",
+            ),
+            (
+                &[
+                    "--mirror",
+                    "gateway",
+                    "--route",
+                    "web",
+                    "--mirror-percent",
+                    "101",
+                ],
+                "101",
+            ),
+        ];
+        for (extra, message) in cases {
+            match shadow(extra) {
+                Err(e) => assert!(e.contains(message), "{extra:?}: {e}"),
+                Ok(t) => panic!("{extra:?} went through: {t:?}"),
+            }
+        }
     }
 
     #[test]

@@ -144,39 +144,14 @@ pub async fn up(
                 layout.root.display()
             );
         }
-        if healthy(layout).await {
-            // A cluster made before the gateways existed, or whose gateway objects someone
-            // deleted, gets them now; nothing that runs is restarted.
-            let provisioned = gateway::provision()?;
-            ensure_gateway(layout, &provisioned).await?;
-            if let Some(g) = mirror::process::ensure_running(layout).await? {
-                println!(
-                    "devcluster: started the mirror gateway on {}:{} (pid {})",
-                    mirror::ADDRESS,
-                    mirror::PORT,
-                    g.pid
-                );
-            }
-            println!("devcluster: already up ({}, Kubernetes {version}); run `devcluster down` first to start afresh", layout.root.display());
-            print_env(layout);
-            return Ok(());
-        }
         if healthy_without_addons(layout).await {
-            // Only an add-on is missing (a gateway or Prometheus, on a cluster from before it
-            // was one, or one that died): start it and leave everything else running.
-            let provisioned = gateway::provision()?;
-            ensure_gateway(layout, &provisioned).await?;
-            if let Some(g) = mirror::process::ensure_running(layout).await? {
-                println!(
-                    "devcluster: started the mirror gateway on {}:{} (pid {})",
-                    mirror::ADDRESS,
-                    mirror::PORT,
-                    g.pid
-                );
-            }
-            let client = layout::client(&layout.kubeconfig()).await?;
-            if prometheus::ensure(layout, &client).await? {
-                eprintln!("devcluster: Prometheus started at {}", prometheus::url());
+            // The cluster serves. An add-on that is missing (a gateway or Prometheus, on a cluster
+            // from before it was one, one that died, or gateway objects someone deleted) is
+            // started; nothing that runs is restarted.
+            let complete = healthy(layout).await;
+            ensure_addons(layout).await?;
+            if complete {
+                println!("devcluster: already up ({}, Kubernetes {version}); run `devcluster down` first to start afresh", layout.root.display());
             }
             print_env(layout);
             return Ok(());
@@ -235,6 +210,26 @@ pub async fn up(
         t_provisioned.as_secs_f64()
     );
     print_env(layout);
+    Ok(())
+}
+
+/// Starts the add-ons that do not run (the gateways, Prometheus) on a cluster that serves, and
+/// puts back the gateway's objects; says what it started.
+async fn ensure_addons(layout: &Layout) -> anyhow::Result<()> {
+    let provisioned = gateway::provision()?;
+    ensure_gateway(layout, &provisioned).await?;
+    if let Some(g) = mirror::process::ensure_running(layout).await? {
+        println!(
+            "devcluster: started the mirror gateway on {}:{} (pid {})",
+            mirror::ADDRESS,
+            mirror::PORT,
+            g.pid
+        );
+    }
+    let client = layout::client(&layout.kubeconfig()).await?;
+    if prometheus::ensure(layout, &client).await? {
+        eprintln!("devcluster: Prometheus started at {}", prometheus::url());
+    }
     Ok(())
 }
 

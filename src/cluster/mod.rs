@@ -290,6 +290,19 @@ pub trait Cluster: Clone + Send + Sync + 'static {
     /// Starts watching the objects `select` covers.
     fn observe<K: Object>(&self, select: &Select) -> Watched<K>;
 
+    /// The object `name` of the collection at the API path `collection` (e.g.
+    /// `/apis/gateway.networking.k8s.io/v1/gatewayclasses`), as JSON: for the few objects
+    /// rollout reads outside its namespace (a route's Gateways and their GatewayClasses).
+    /// `None` when there is no such object. Clusters that do not serve it answer `None`.
+    fn get_at(
+        &self,
+        collection: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<Value>, ApiError>> + Send {
+        let _ = (collection, name);
+        async { Ok(None) }
+    }
+
     /// A GET of `path` through the API server's proxy subresource of a pod or a Service.
     fn proxy_get(
         &self,

@@ -223,6 +223,26 @@ impl Cluster for KubeCluster {
         rx
     }
 
+    async fn get_at(&self, collection: &str, name: &str) -> Result<Option<Value>, ApiError> {
+        retrying("get", || async {
+            let request = kube::core::Request::new(collection)
+                .get(name, &kube::api::GetParams::default())
+                .map_err(|e| ApiError::Refused {
+                    code: 400,
+                    reason: "BadRequest".into(),
+                    message: format!("building the request for {collection}/{name}: {e}"),
+                })?;
+            match self.client.request::<Value>(request).await {
+                Ok(v) => Ok(Some(v)),
+                Err(e) => match ApiError::from(e) {
+                    ApiError::NotFound => Ok(None),
+                    other => Err(other),
+                },
+            }
+        })
+        .await
+    }
+
     async fn proxy_get(&self, to: &ProxyTo, path: &str) -> Result<ProxyAnswer, ApiError> {
         let (collection, name) = to.collection_and_name(&self.namespace);
         let request = kube::core::Request::new(collection)

@@ -48,6 +48,7 @@ fn request(steps: &str, route: &str) -> RunRequest {
             route: route.into(),
             namespace: None,
             canary_header: None,
+            mirror_percent: None,
         })),
         ..StrategyFlags::default()
     };

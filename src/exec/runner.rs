@@ -358,7 +358,8 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 Step::CreateRevisionServices
                 | Step::SetRouteWeights { .. }
                 | Step::RestoreRoute
-                | Step::RemoveRevisionServices => self.route_step(&step).await,
+                | Step::RemoveRevisionServices
+                | Step::MirrorRoute { .. } => self.route_step(&step).await,
                 Step::Pause { wait } => {
                     // Entering a pause is normally done by the transitions; a record that
                     // reached a pause step while progressing is put in the same state here.

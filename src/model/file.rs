@@ -12,7 +12,7 @@
 //! steps: [20, 50, 100]               # ramped: pods (1,2,4) or "10%"...; canary: percent
 //! weight: 20                         # canary: hold at this weight until promote
 //! pause: 2m                          # between steps; "promote" waits for `rollout promote`
-//! traffic:                           # canary: the weights go through a Gateway API HTTPRoute
+//! traffic:                           # canary: the weights go through a Gateway API HTTPRoute; shadow: its mirror (mirrorPercent: P)
 //!   gateway:
 //!     route: web                     # the route whose rule sends traffic to the set's Service
 //!     canaryHeader: X-Canary=always  # optional: requests with this header go to the canary
@@ -405,10 +405,20 @@ gates:
             "strategy: canary\nweight: 5\ntraffic:\n  gateway:\n    route: web\n    canaryHeader: nope\n",
             "strategy: canary\nweight: 5\ntraffic:\n  mesh: {}\n",
             "strategy: rolling\ntraffic:\n  gateway:\n    route: web\n",
+            "strategy: canary\nweight: 5\ntraffic:\n  gateway:\n    route: web\n    mirrorPercent: 10\n",
+            "strategy: shadow\ntraffic:\n  gateway:\n    route: web\n    canaryHeader: X-Canary=1\n",
+            "strategy: shadow\ntraffic:\n  gateway:\n    route: web\n    mirrorPercent: 101\n",
         ] {
             let result = StrategyFile::parse("f", bad)
                 .and_then(|f| f.into_config("f", StrategyFlags::default(), |g, t, o| (g, t, o)));
             assert!(result.is_err(), "{bad}");
         }
+        let text =
+            "strategy: shadow\ntraffic:\n  gateway:\n    route: web\n    mirrorPercent: 10\n";
+        let config = StrategyFile::parse("f", text)
+            .and_then(|f| f.into_config("f", StrategyFlags::default(), |g, t, o| (g, t, o)))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let traffic = config.traffic.unwrap_or_else(|| panic!("no traffic"));
+        assert_eq!(traffic.mirror_percent.map(|p| p.get()), Some(10));
     }
 }

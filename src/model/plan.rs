@@ -119,6 +119,15 @@ pub enum Step {
     RestoreRoute,
     /// Delete the per-revision Services (only those carrying rollout's mark).
     RemoveRevisionServices,
+    /// Shadow through an HTTPRoute: a `RequestMirror` filter on each rule that sends traffic
+    /// to the set's Service copies `percent` (all when absent) of its requests to the
+    /// shadow's Service; users still get only stable's answers. Done when its gateways
+    /// accept it.
+    #[serde(rename_all = "camelCase")]
+    MirrorRoute {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        percent: Option<Percent>,
+    },
 }
 
 impl Step {
@@ -156,6 +165,7 @@ impl Step {
             Step::SetRouteWeights { .. } => "route-weights",
             Step::RestoreRoute => "restore-route",
             Step::RemoveRevisionServices => "remove-revision-services",
+            Step::MirrorRoute { .. } => "route-mirror",
         }
     }
 }
@@ -309,6 +319,10 @@ impl Plan {
             Step::RemoveRevisionServices => format!(
                 "remove the Services {0}-stable and {0}-canary",
                 self.statefulset
+            ),
+            Step::MirrorRoute { percent } => format!(
+                "mirror {} of the route's requests to the shadow's Service (users get stable's answers only)",
+                percent.map_or_else(|| "every one".to_string(), |p| p.to_string())
             ),
             Step::Pause {
                 wait: PauseSpec::UntilPromote,

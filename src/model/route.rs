@@ -138,7 +138,15 @@ pub struct RouteTraffic {
     pub namespace: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary_header: Option<HeaderPin>,
+    /// Shadow: the share of the route's requests copied to the shadow (all when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror_percent: Option<crate::model::weight::Percent>,
 }
+
+/// The Gateway API feature a route needs for a RequestMirror filter.
+pub const MIRROR_FEATURE: &str = "HTTPRouteRequestMirror";
+/// The Gateway API feature a route needs for a RequestMirror filter with a percent.
+pub const PERCENT_MIRROR_FEATURE: &str = "HTTPRouteRequestPercentageMirror";
 
 impl RouteTraffic {
     /// `NAME` or `NAMESPACE/NAME`.

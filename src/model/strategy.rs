@@ -664,12 +664,29 @@ impl StrategyConfig {
         if timeouts.step.get().is_zero() || timeouts.total.is_some_and(|t| t.get().is_zero()) {
             return Err(StrategyError::ZeroTimeout);
         }
-        if flags.traffic.is_some() && kind != StrategyKind::Canary {
+        if flags.traffic.is_some() && !matches!(kind, StrategyKind::Canary | StrategyKind::Shadow) {
             return Err(StrategyError::FlagNotApplicable {
                 flag: "traffic",
                 strategy: kind,
-                hint: "this version splits traffic through an HTTPRoute for canary only",
+                hint:
+                    "this version uses an HTTPRoute for canary (weights) and shadow (mirror) only",
             });
+        }
+        if let Some(t) = flags.traffic.as_deref() {
+            if t.canary_header.is_some() && kind != StrategyKind::Canary {
+                return Err(StrategyError::FlagNotApplicable {
+                    flag: "canary-header",
+                    strategy: kind,
+                    hint: "a header pins requests to a canary",
+                });
+            }
+            if t.mirror_percent.is_some() && kind != StrategyKind::Shadow {
+                return Err(StrategyError::FlagNotApplicable {
+                    flag: "mirror-percent",
+                    strategy: kind,
+                    hint: "only a shadow gets mirrored requests",
+                });
+            }
         }
         Ok(StrategyConfig {
             params,

@@ -96,6 +96,13 @@ pub enum PlanError {
         statefulset: String,
         strategy: &'static str,
     },
+    #[error("shadow through HTTPRoute {route}: its gateway {gateway} is of GatewayClass {class}, whose status.supportedFeatures does not list {feature}, so it cannot mirror requests to the shadow (it might accept the route and fail the requests); nothing was changed: attach the route to a gateway whose class supports {feature}, or run the shadow without --mirror gateway (rollout replays requests itself)")]
+    MirrorUnsupported {
+        route: String,
+        gateway: String,
+        class: String,
+        feature: &'static str,
+    },
     #[error("HTTPRoute {route} not found in namespace {namespace}; nothing was changed: `kubectl get httproutes -n {namespace}` lists the routes there, and --route names one of them")]
     RouteNotFound { route: String, namespace: String },
     #[error("--route {given}: the HTTPRoute must be in the StatefulSet's namespace {namespace} (rollout creates the per-revision Services there, and a route in another namespace would need a ReferenceGrant); nothing was changed: give a route in {namespace}")]

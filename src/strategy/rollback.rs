@@ -17,6 +17,7 @@
 //! | `CreateRevisionServices` | `RemoveRevisionServices` (last) |
 //! | `SetRouteWeights` | `SetRouteWeights` at 0 % first (every request to the stable Service while the pods go back), `RestoreRoute` once they are back |
 //! | `RestoreRoute` (the end of a route canary) | `RestoreRoute` again (it is the route's own rules) |
+//! | `MirrorRoute` (a shadow through a route) | `RestoreRoute` first, before the shadow and its Service go |
 //! | `Gate`, `GateService`, `Compare`, `Pause` | nothing: they change nothing |
 //!
 //! The executor runs these steps as it runs forward ones, one function per kind, and keeps the
@@ -110,6 +111,10 @@ pub fn plan_rollback(record: &RolloutState) -> Vec<Step> {
             }
         }
         StrategyKind::Shadow => {
+            if touched(|s| matches!(s, Step::MirrorRoute { .. } | Step::RestoreRoute)) {
+                // The mirror goes before its Service does.
+                steps.push(Step::RestoreRoute);
+            }
             if partition_moved {
                 steps.extend([Step::RestoreTemplate, Step::ReplaceStuckPods]);
             }
@@ -259,6 +264,9 @@ pub fn plan_release(record: &RolloutState) -> Result<Vec<Step>, ReleaseRefused> 
             }
         }
         StrategyKind::Shadow => {
+            if touched(|s| matches!(s, Step::MirrorRoute { .. } | Step::RestoreRoute)) {
+                steps.push(Step::RestoreRoute);
+            }
             if let Some(twin) = record.twin.as_ref() {
                 if touched(|s| matches!(s, Step::CreateTwin { .. })) {
                     steps.push(Step::RemoveTwin {
@@ -1010,6 +1018,45 @@ mod tests {
         assert_eq!(
             release_at(&r, 5, true, false),
             ["remove web-shadow", "release-revision"]
+        );
+    }
+
+    #[test]
+    fn a_mirrored_shadow_gives_the_route_back_before_the_shadow_goes() {
+        let steps = vec![
+            Step::CreateTwin {
+                set: "web-shadow".into(),
+                replicas: 1,
+            },
+            Step::MirrorRoute { percent: None },
+            Step::Compare {
+                set: "web-shadow".into(),
+            },
+            Step::RestoreRoute,
+            Step::RemoveTwin {
+                set: "web-shadow".into(),
+            },
+        ];
+        let shadow = || {
+            let mut t = twin(TwinRole::Shadow, "web-shadow", false);
+            t.preview = Some("web-preview".into());
+            Some(t)
+        };
+        let r = record(StrategyKind::Shadow, steps, shadow());
+        let cases: Vec<(usize, bool, Vec<&str>)> = vec![
+            (0, true, vec!["remove web-shadow"]),
+            // The mirror write may have landed: the route first, then the shadow.
+            (1, true, vec!["restore-route", "remove web-shadow"]),
+            (2, true, vec!["restore-route", "remove web-shadow"]),
+            (3, false, vec!["restore-route", "remove web-shadow"]),
+            (4, true, vec!["restore-route", "remove web-shadow"]),
+        ];
+        for (at, begun, expected) in cases {
+            assert_eq!(rollback_at(&r, at, begun, false), expected, "at {at}");
+        }
+        assert_eq!(
+            release_at(&r, 2, true, false),
+            ["restore-route", "remove web-shadow"]
         );
     }
 

@@ -214,6 +214,104 @@ pub fn weighted_rules(original: &Value, w: &Weights<'_>) -> Value {
     Value::Array(out)
 }
 
+/// The route's `rules` with a shadow's mirror, from the original `rules`: every rule that
+/// sends traffic to the set's Service `service` gets a `RequestMirror` filter whose backend is
+/// the shadow's Service `mirror` (on the port of the set's backendRef), copying `percent` of
+/// its requests (all when `None`). Backends and weights stay as they were: users get stable's
+/// answers only.
+pub fn mirrored_rules(
+    original: &Value,
+    service: &str,
+    namespace: &str,
+    mirror: &str,
+    percent: Option<Percent>,
+) -> Value {
+    let Some(rules) = original.as_array() else {
+        return original.clone();
+    };
+    let out = rules
+        .iter()
+        .map(|rule| {
+            let Some(set_ref) = refs_of(rule)
+                .iter()
+                .find(|r| refers_to(r, service, namespace))
+            else {
+                return rule.clone();
+            };
+            let mut backend = json!({"name": mirror});
+            if let Some(port) = set_ref.get("port") {
+                backend["port"] = port.clone();
+            }
+            let mut filter =
+                json!({"type": "RequestMirror", "requestMirror": {"backendRef": backend}});
+            if let Some(p) = percent {
+                filter["requestMirror"]["percent"] = json!(p.get());
+            }
+            let mut rule = rule.clone();
+            if let Some(o) = rule.as_object_mut() {
+                match o.get_mut("filters").and_then(Value::as_array_mut) {
+                    Some(filters) => filters.push(filter),
+                    None => {
+                        o.insert("filters".into(), json!([filter]));
+                    }
+                }
+            }
+            rule
+        })
+        .collect();
+    Value::Array(out)
+}
+
+/// The Gateway API feature a GatewayClass lacks for a mirror (with a percent or not), judged
+/// on its `status.supportedFeatures` (names, or `{name: ...}` objects in Gateway API 1.2 and
+/// later). `None` when it lists the feature, or lists nothing (then its gateway's verdict on
+/// the route is all there is to go by).
+pub fn missing_mirror_feature(
+    class_status: Option<&Value>,
+    percent: Option<Percent>,
+) -> Option<&'static str> {
+    use crate::model::route::{MIRROR_FEATURE, PERCENT_MIRROR_FEATURE};
+    let listed: Vec<&str> = class_status
+        .and_then(|s| s.get("supportedFeatures"))
+        .and_then(Value::as_array)?
+        .iter()
+        .filter_map(|f| f.as_str().or_else(|| f.get("name").and_then(Value::as_str)))
+        .collect();
+    let needed = [
+        Some(MIRROR_FEATURE),
+        percent.map(|_| PERCENT_MIRROR_FEATURE),
+    ];
+    needed
+        .into_iter()
+        .flatten()
+        .find(|feature| !listed.contains(feature))
+}
+
+/// The Gateways a route names in `spec.parentRefs` (namespace, name); other kinds of parent
+/// are left out.
+pub fn parent_gateways(spec: &Value, own_namespace: &str) -> Vec<(String, String)> {
+    spec.get("parentRefs")
+        .and_then(Value::as_array)
+        .map_or(&[][..], Vec::as_slice)
+        .iter()
+        .filter(|p| {
+            let field = |k: &str| p.get(k).and_then(Value::as_str);
+            matches!(
+                field("group"),
+                None | Some(crate::model::route::GATEWAY_GROUP)
+            ) && matches!(field("kind"), None | Some("Gateway"))
+        })
+        .filter_map(|p| {
+            let name = p.get("name").and_then(Value::as_str)?;
+            let ns = p
+                .get("namespace")
+                .and_then(Value::as_str)
+                .unwrap_or(own_namespace);
+            Some((ns.to_string(), name.to_string()))
+        })
+        .collect()
+}
+
 /// What the gateways said about a route write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteVerdict {
@@ -682,6 +780,7 @@ mod tests {
                 name: "X-Canary".into(),
                 value: "1".into(),
             }),
+            mirror_percent: None,
         };
         let flags = StrategyFlags {
             steps: steps.map(|s| s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))),
@@ -793,6 +892,86 @@ mod tests {
         assert_eq!(
             plan.describe_step(&plan.steps[4]),
             "set the route's weights: canary: 1/3 pods (33.3%), traffic 5%"
+        );
+    }
+
+    #[test]
+    fn a_mirror_is_a_filter_on_the_rules_of_the_sets_service_only() {
+        let original = json!([
+            {"matches": [{"path": {"type": "PathPrefix", "value": "/api"}}],
+             "backendRefs": [{"name": "other", "port": 80}]},
+            {"filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "a", "value": "b"}]}}],
+             "backendRefs": [{"name": "web", "port": 8080, "weight": 3}]},
+            {"backendRefs": [{"name": "web"}]},
+        ]);
+        let out = mirrored_rules(&original, "web", "shop", "web-preview", None);
+        assert_eq!(out[0], original[0], "a rule of another Service is kept");
+        assert_eq!(out[1]["backendRefs"], original[1]["backendRefs"]);
+        assert_eq!(
+            out[1]["filters"],
+            json!([
+                original[1]["filters"][0],
+                {"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "web-preview", "port": 8080}}}
+            ])
+        );
+        assert_eq!(
+            out[2]["filters"],
+            json!([{"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "web-preview"}}}])
+        );
+        let ten = Percent::new(10).ok();
+        let out = mirrored_rules(&original, "web", "shop", "web-preview", ten);
+        assert_eq!(out[2]["filters"][0]["requestMirror"]["percent"], json!(10));
+        // Another namespace's `web` is not the set's Service.
+        let elsewhere = json!([{"backendRefs": [{"name": "web", "namespace": "other"}]}]);
+        assert_eq!(
+            mirrored_rules(&elsewhere, "web", "shop", "web-preview", None),
+            elsewhere
+        );
+    }
+
+    #[test]
+    fn the_mirror_needs_its_features_listed_when_the_class_lists_any() {
+        let strings =
+            json!({"supportedFeatures": ["Gateway", "HTTPRoute", "HTTPRouteRequestMirror"]});
+        let objects = json!({"supportedFeatures": [{"name": "HTTPRoute"}, {"name": "HTTPRouteRequestMirror"}, {"name": "HTTPRouteRequestPercentageMirror"}]});
+        let traefik = json!({"supportedFeatures": ["Gateway", "HTTPRoute", "HTTPRouteResponseHeaderModification"]});
+        let ten = Percent::new(10).ok();
+        let cases: &[(Option<&Value>, Option<Percent>, Option<&str>)] = &[
+            (Some(&strings), None, None),
+            (
+                Some(&strings),
+                ten,
+                Some("HTTPRouteRequestPercentageMirror"),
+            ),
+            (Some(&objects), ten, None),
+            (Some(&traefik), None, Some("HTTPRouteRequestMirror")),
+            (Some(&traefik), ten, Some("HTTPRouteRequestMirror")),
+            // Nothing listed: the gateway's verdict on the route decides.
+            (Some(&json!({})), ten, None),
+            (None, None, None),
+        ];
+        for (status, percent, missing) in cases {
+            assert_eq!(
+                missing_mirror_feature(*status, *percent),
+                *missing,
+                "{status:?} {percent:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn parent_gateways_default_to_the_routes_namespace() {
+        let spec = json!({"parentRefs": [
+            {"name": "a"},
+            {"name": "b", "namespace": "gw", "sectionName": "http"},
+            {"name": "svc", "kind": "Service", "group": ""},
+        ]});
+        assert_eq!(
+            parent_gateways(&spec, "shop"),
+            [
+                ("shop".to_string(), "a".to_string()),
+                ("gw".to_string(), "b".to_string())
+            ]
         );
     }
 }

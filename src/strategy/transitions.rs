@@ -880,6 +880,7 @@ mod tests {
                 route: "web".into(),
                 namespace: None,
                 canary_header: None,
+                mirror_percent: None,
             })),
             ..StrategyFlags::default()
         };

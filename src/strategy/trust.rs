@@ -191,6 +191,7 @@ fn check_route(record: &RolloutState, own: &str, problem: &mut impl FnMut(String
                 | Step::SetRouteWeights { .. }
                 | Step::RestoreRoute
                 | Step::RemoveRevisionServices
+                | Step::MirrorRoute { .. }
         )
     };
     let rollback_steps = record.rollback.iter().flat_map(|r| r.steps.iter());
@@ -415,6 +416,10 @@ fn step_problem(step: &Step, own: &str, twin: Option<&Twin>) -> Option<String> {
             (*pods > MAX_REPLICAS).then(|| format!("{pods} pods (at most {MAX_REPLICAS})"))
         }
         Step::CreateRevisionServices | Step::RestoreRoute | Step::RemoveRevisionServices => None,
+        Step::MirrorRoute { .. } => twin
+            .and_then(|t| t.preview.as_ref())
+            .is_none()
+            .then(|| "mirrors requests but the record names no shadow Service".to_string()),
         Step::Pause { .. }
         | Step::SetTemplate
         | Step::RestoreTemplate

@@ -245,12 +245,25 @@ pub fn twin_for(
         StrategyParams::Shadow(p) => {
             let shadow = shadow_name(&around.home, &around.sets, &around.claims);
             check_twin_name(config, observed, &around.home, &shadow)?;
+            // Mirrored through a route: the gateway copies requests to a Service of the
+            // shadow's own, made and removed with it as blue/green's preview is.
+            let preview = config.traffic.as_ref().map(|_| preview_name(&around.home));
+            if let Some(preview) = &preview {
+                if let Some(taken) = around.services.iter().find(|s| &s.name == preview) {
+                    if taken.rollout_home.as_ref() != Some(&around.home) {
+                        return Err(PlanError::PreviewServiceTaken {
+                            statefulset: observed.name.clone(),
+                            service: preview.clone(),
+                        });
+                    }
+                }
+            }
             Ok(Some(Twin {
                 role: TwinRole::Shadow,
                 set: shadow,
                 home: around.home.clone(),
                 services: Vec::new(),
-                preview: None,
+                preview,
                 data: DataMode::Fresh,
                 keep_data: p.keep_data,
                 template: template.clone(),
@@ -475,9 +488,18 @@ pub fn plan_twin(config: &StrategyConfig, observed: &Observed, twin: &Twin) -> P
                     set: Some(twin.set.clone()),
                 });
             }
+            let mirrored = config.traffic.as_ref();
+            if let Some(traffic) = mirrored {
+                steps.push(Step::MirrorRoute {
+                    percent: traffic.mirror_percent,
+                });
+            }
             steps.push(Step::Compare {
                 set: twin.set.clone(),
             });
+            if mirrored.is_some() {
+                steps.push(Step::RestoreRoute);
+            }
             steps.push(Step::RemoveTwin {
                 set: twin.set.clone(),
             });
@@ -488,6 +510,15 @@ pub fn plan_twin(config: &StrategyConfig, observed: &Observed, twin: &Twin) -> P
                 p.duration,
                 if p.keep_data { " (its volumes are kept)" } else { " with its volumes" }
             ));
+            if let (Some(traffic), Some(preview)) = (mirrored, twin.preview.as_ref()) {
+                notes.push(format!(
+                    "HTTPRoute {} copies {} of its requests to Service {preview} (the shadow's pods) while users get stable's answers; the comparison itself still replays its requests to both sides",
+                    traffic.route,
+                    traffic
+                        .mirror_percent
+                        .map_or_else(|| "every one".to_string(), |p| p.to_string())
+                ));
+            }
         }
         _ => {}
     }
@@ -1291,6 +1322,57 @@ mod tests {
             ),
             None
         );
+    }
+
+    #[test]
+    fn a_shadow_mirrored_through_a_route_has_a_service_and_the_route_around_its_comparison() {
+        let flags = StrategyFlags {
+            traffic: Some(Box::new(crate::model::route::RouteTraffic {
+                route: "web".into(),
+                namespace: None,
+                canary_header: None,
+                mirror_percent: crate::model::weight::Percent::new(10).ok(),
+            })),
+            ..StrategyFlags::default()
+        };
+        let shadow = config(StrategyKind::Shadow, flags, GateSpec::default());
+        let live = service("web", &[("app", "web")], false);
+        let twin = twin_for(
+            &shadow,
+            &observed(3),
+            &around(vec![live.clone()]),
+            &serde_json::json!({}),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("no twin"));
+        assert_eq!(twin.preview.as_deref(), Some("web-preview"));
+        let plan = plan_twin(&shadow, &observed(3), &twin);
+        assert_eq!(
+            shape(&plan),
+            [
+                "create",
+                "gate",
+                "route-mirror",
+                "compare",
+                "restore-route",
+                "remove"
+            ]
+        );
+        assert_eq!(
+            plan.steps[2],
+            Step::MirrorRoute {
+                percent: crate::model::weight::Percent::new(10).ok()
+            }
+        );
+        // Someone else's Service of that name is refused, as blue/green's preview is.
+        let taken = service("web-preview", &[("app", "other")], false);
+        let err = plan_error(
+            &shadow,
+            &observed(3),
+            &around(vec![live, taken]),
+            serde_json::json!({}),
+        );
+        assert!(err.is_some_and(|e| e.contains("web-preview")));
     }
 
     #[test]

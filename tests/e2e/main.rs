@@ -15,6 +15,7 @@ mod failures;
 mod gates;
 mod gateway;
 mod gateway_devcluster;
+mod gateway_mirror;
 mod helm;
 mod incluster;
 mod kills;

@@ -25,8 +25,8 @@ use crate::support::{
     pod_data, pod_name, rollout_command, time_app_manifest, App, Run, RUN_LIMIT, SETTLE, STS,
 };
 
-const SHADOW: &str = "time-app-shadow";
-const SHADOW_POD: &str = "time-app-shadow-0";
+pub(crate) const SHADOW: &str = "time-app-shadow";
+pub(crate) const SHADOW_POD: &str = "time-app-shadow-0";
 const SHADOW_CLAIM: &str = "data-time-app-shadow-0";
 /// Longest a test waits for the shadow's objects to go once the run said they are removed
 /// (a claim's protection finalizer lets go shortly after its pod is gone).
@@ -35,7 +35,7 @@ const GONE: Duration = Duration::from_secs(60);
 /// The time app with its kubelet probes on `/healthz`, so that only requests to `/` are
 /// visits: what a pod's volume holds is then exactly the requests it answered. Each pod gets
 /// one visit first, so there is data to keep.
-async fn deploy_quiet(prefix: &str, replicas: i32) -> anyhow::Result<App> {
+pub(crate) async fn deploy_quiet(prefix: &str, replicas: i32) -> anyhow::Result<App> {
     let ns = TestNs::new(prefix).await?;
     let manifest = time_app_manifest(replicas, false, &[], "time-app:v1")
         .replace("              path: /\n", "              path: /healthz\n");
@@ -77,7 +77,7 @@ fn record_of(sts: &StatefulSet) -> Option<serde_json::Value> {
 }
 
 /// Whether the record's current step is the shadow's comparison and it has begun.
-fn comparing(record: &serde_json::Value) -> bool {
+pub(crate) fn comparing(record: &serde_json::Value) -> bool {
     let step = record["currentStep"].as_u64().unwrap_or(u64::MAX);
     let current = record
         .pointer("/plan/steps")
@@ -89,7 +89,7 @@ fn comparing(record: &serde_json::Value) -> bool {
 }
 
 /// Waits on a watch of the StatefulSet until its record satisfies `cond`; gives the record.
-async fn wait_record(
+pub(crate) async fn wait_record(
     app: &App,
     timeout: Duration,
     cond: impl Fn(&serde_json::Value) -> bool + Send + 'static,
@@ -112,7 +112,7 @@ async fn status(app: &App) -> anyhow::Result<serde_json::Value> {
 }
 
 /// Starts `rollout ARGS` in the background (as from a second terminal).
-fn start(app: &App, args: &[&str]) -> anyhow::Result<(tokio::process::Child, String)> {
+pub(crate) fn start(app: &App, args: &[&str]) -> anyhow::Result<(tokio::process::Child, String)> {
     let child = rollout_command(app.name(), args)
         .spawn()
         .context("starting rollout")?;
@@ -120,14 +120,14 @@ fn start(app: &App, args: &[&str]) -> anyhow::Result<(tokio::process::Child, Str
 }
 
 /// Waits (at most [`RUN_LIMIT`]) for a background run to end.
-async fn finish(started: (tokio::process::Child, String)) -> anyhow::Result<Run> {
+pub(crate) async fn finish(started: (tokio::process::Child, String)) -> anyhow::Result<Run> {
     let (child, args) = started;
     crate::support::finish_within(child, &args, RUN_LIMIT).await
 }
 
 /// The shadow set, its pods and (unless `claim_kept`) its claim are gone; a kept claim is
 /// still there and not being deleted.
-async fn assert_shadow_removed(app: &App, claim_kept: bool) -> anyhow::Result<()> {
+pub(crate) async fn assert_shadow_removed(app: &App, claim_kept: bool) -> anyhow::Result<()> {
     let ns = &app.ns;
     if let Some(sts) = ns.api::<StatefulSet>().get_opt(SHADOW).await? {
         let uid = sts.metadata.uid.unwrap_or_default();
@@ -175,7 +175,7 @@ async fn assert_real_set_untouched(
 }
 
 /// `/visits` total of one pod, asked at its pod IP.
-async fn visit_total(ns: &TestNs, pod: &str) -> anyhow::Result<u64> {
+pub(crate) async fn visit_total(ns: &TestNs, pod: &str) -> anyhow::Result<u64> {
     let v = testkit::visits(ns, pod).await?;
     v["total"]
         .as_u64()

@@ -48,6 +48,9 @@ pub(super) async fn route_for<C: Cluster, G: GateRunner>(
         }
         Err(e) => return Err(ExecError::api("reading HTTPRoute", &traffic.route, e)),
     };
+    if config.kind() == crate::model::strategy::StrategyKind::Shadow {
+        check_mirror_support(ctx, &route, traffic.mirror_percent).await?;
+    }
     let services = ctx
         .cluster
         .list::<Service>(&Select::all())
@@ -106,4 +109,76 @@ pub(super) async fn route_for<C: Cluster, G: GateRunner>(
         canary_revision: None,
         canary_header: traffic.canary_header.clone(),
     }))
+}
+
+/// A shadow's mirror needs gateways that implement `RequestMirror`: a gateway that does not
+/// may still accept the route and answer every request with an error. Each parent Gateway's
+/// GatewayClass that lists its features (`status.supportedFeatures`) must list the mirror's;
+/// refused (exit 2, nothing written) otherwise. A class that lists nothing is left to its
+/// gateway's verdict on the route.
+async fn check_mirror_support<C: Cluster, G: GateRunner>(
+    ctx: &Context<C, G>,
+    route: &HttpRoute,
+    percent: Option<crate::model::weight::Percent>,
+) -> Result<(), ExecError> {
+    let own = ctx.cluster.namespace().to_string();
+    let route_name = route.metadata.name.clone().unwrap_or_default();
+    let api = format!("/apis/{GATEWAY_GROUP}/v1");
+    for (namespace, gateway) in crate::strategy::route::parent_gateways(&route.spec, &own) {
+        let collection = format!("{api}/namespaces/{namespace}/gateways");
+        let Some(found) =
+            readable(ctx, &collection, &gateway, ("Gateway", "reading Gateway")).await?
+        else {
+            continue;
+        };
+        let Some(class) = found
+            .pointer("/spec/gatewayClassName")
+            .and_then(serde_json::Value::as_str)
+        else {
+            continue;
+        };
+        let classes = format!("{api}/gatewayclasses");
+        let Some(class_object) = readable(
+            ctx,
+            &classes,
+            class,
+            ("GatewayClass", "reading GatewayClass"),
+        )
+        .await?
+        else {
+            continue;
+        };
+        if let Some(feature) =
+            crate::strategy::route::missing_mirror_feature(class_object.get("status"), percent)
+        {
+            return Err(ExecError::Plan(PlanError::MirrorUnsupported {
+                route: route_name,
+                gateway: format!("{namespace}/{gateway}"),
+                class: class.to_string(),
+                feature,
+            }));
+        }
+    }
+    Ok(())
+}
+
+/// A Gateway or GatewayClass for the mirror check; `None` when it does not exist or this
+/// identity may not read it (a namespaced Role cannot grant GatewayClasses): the check is then
+/// left to the gateway's verdict on the route, and the user is told.
+async fn readable<C: Cluster, G: GateRunner>(
+    ctx: &Context<C, G>,
+    collection: &str,
+    name: &str,
+    (kind, reading): (&str, &'static str),
+) -> Result<Option<serde_json::Value>, ExecError> {
+    match ctx.cluster.get_at(collection, name).await {
+        Ok(found) => Ok(found),
+        Err(ApiError::Refused { code: 403, .. }) => {
+            ctx.progress.say(format!(
+                "note: {kind} {name} cannot be read (forbidden), so whether it supports RequestMirror is left to its verdict on the route; `get` on gateways and gatewayclasses lets rollout check before it writes"
+            ));
+            Ok(None)
+        }
+        Err(e) => Err(ExecError::api(reading, name, e)),
+    }
 }

@@ -54,6 +54,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 Box::pin(self.set_route_weights(canary_percent.get()))
             }
             Step::RestoreRoute => Box::pin(self.restore_route()),
+            Step::MirrorRoute { percent } => Box::pin(self.mirror_route(*percent)),
             _ => Box::pin(self.remove_revision_services()),
         }
     }
@@ -250,6 +251,48 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 route.canary_service,
                 100 - canary_percent.min(100),
                 route.stable_service
+            ),
+        )
+        .await
+    }
+
+    /// Step: a shadow's mirror on the route: each rule to the set's Service copies requests to
+    /// the shadow's Service (the twin's preview), users still get stable's answers.
+    pub(super) async fn mirror_route(
+        &mut self,
+        percent: Option<crate::model::weight::Percent>,
+    ) -> Result<(), ExecError> {
+        let started = Instant::now();
+        let route = self.route_record()?;
+        let Some(mirror) = self.record.twin.as_ref().and_then(|t| t.preview.clone()) else {
+            return self.step_cannot_finish(
+                started,
+                "the record names no Service of the shadow's to mirror requests to",
+            );
+        };
+        if !self.begin_and_record().await? {
+            return Ok(());
+        }
+        let namespace = self.cluster.namespace().to_string();
+        let rules = crate::strategy::route::mirrored_rules(
+            &route.original_rules,
+            &route.service,
+            &namespace,
+            &mirror,
+            percent,
+        );
+        let share = percent.map_or_else(
+            || "every request".to_string(),
+            |p| format!("{p} of the requests"),
+        );
+        self.write_route(
+            started,
+            &route.route,
+            rules,
+            false,
+            &format!(
+                "{share} to {} mirrored to {mirror} (answers from {} only)",
+                route.service, route.service
             ),
         )
         .await

@@ -208,11 +208,16 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             return Ok(Some(preview_taken(twin, preview)));
         }
         let live = twin.services.first();
-        let ports: Vec<ServicePort> = live
-            .and_then(|l| {
+        // The ports of the live Service, or (a shadow mirrored through a route) of the
+        // route's Service.
+        let ports_of = live
+            .map(|l| l.name.clone())
+            .or_else(|| self.record.route.as_ref().map(|r| r.service.clone()));
+        let ports: Vec<ServicePort> = ports_of
+            .and_then(|name| {
                 services
                     .iter()
-                    .find(|s| s.metadata.name.as_deref() == Some(&l.name))
+                    .find(|s| s.metadata.name.as_deref() == Some(name.as_str()))
             })
             .and_then(|s| s.spec.as_ref())
             .and_then(|s| s.ports.clone())
