@@ -201,17 +201,20 @@ impl Terminal {
         }
     }
 
-    /// The elapsed time moved on.
+    /// The elapsed time moved on (the ticker keeps the pace itself).
     fn tick(&self) {
         if let Ok(mut state) = self.state.lock() {
             let mut out = String::new();
-            self.draw(&mut state, &mut out, false);
+            self.draw(&mut state, &mut out, true);
         }
     }
 
     /// Writes `out` and, unless drawn within [`REDRAW_EVERY`] (or `now`), the status line.
     fn draw(&self, state: &mut State, out: &mut String, now: bool) {
-        let due = now || state.last_draw.is_none_or(|at| at.elapsed() >= REDRAW_EVERY);
+        let due = now
+            || state
+                .last_draw
+                .is_none_or(|at| at.elapsed() >= REDRAW_EVERY);
         if let (Some(current), true) = (state.current.as_ref(), due) {
             out.push_str(CLEAR_LINE);
             out.push_str(&render_status(
@@ -311,7 +314,12 @@ mod tests {
             ),
             ("", 80, false, "[3/5]   12.4s  lower partition to 1"),
             ("", 20, false, "[3/5]   12.4s  low…"),
-            ("", 80, true, "\x1b[33m[3/5]   12.4s  lower partition to 1\x1b[0m"),
+            (
+                "",
+                80,
+                true,
+                "\x1b[33m[3/5]   12.4s  lower partition to 1\x1b[0m",
+            ),
         ];
         for (detail, width, colour, want) in cases {
             let line = render_status(&current(detail), twelve, width, colour);

@@ -28,3 +28,4 @@ mod shadow;
 mod strategies;
 mod support;
 mod trust;
+mod tty;
