@@ -16,6 +16,7 @@ use k8s_openapi::api::core::v1::Pod;
 
 use super::progress::format_elapsed;
 use crate::cluster::Snapshot;
+use crate::gate::probe::ProbeTally;
 use crate::strategy::predicates;
 
 /// How often the status line may be redrawn (four times a second).
@@ -59,11 +60,20 @@ pub struct Current {
     /// What the runner last saw while it waits (pods moving); may be empty.
     pub detail: String,
     pub started: Instant,
+    /// The gate's HTTP probes, while it runs.
+    pub probes: Option<ProbeTally>,
 }
 
-/// The status line for `current`, `elapsed` into its step, cut to `width` characters so that it
-/// never wraps (a wrapped line cannot be redrawn in place); yellow when `colour`.
-pub fn render_status(current: &Current, elapsed: Duration, width: usize, colour: bool) -> String {
+/// The status line for `current`, `elapsed` into its step with `probes` (ok, ended) of its gate
+/// so far, cut to `width` characters so that it never wraps (a wrapped line cannot be redrawn in
+/// place); yellow when `colour`.
+pub fn render_status(
+    current: &Current,
+    elapsed: Duration,
+    probes: Option<(u32, u32)>,
+    width: usize,
+    colour: bool,
+) -> String {
     let mut line = format!(
         "{} {:>7}  {}",
         current.label,
@@ -73,6 +83,9 @@ pub fn render_status(current: &Current, elapsed: Duration, width: usize, colour:
     if !current.detail.is_empty() {
         line.push_str(": ");
         line.push_str(&current.detail);
+    }
+    if let Some((ok, ended)) = probes.filter(|&(_, ended)| ended > 0) {
+        line.push_str(&format!(" · gate probes {ok}/{ended} ok"));
     }
     let keep = width.saturating_sub(1).max(1);
     if line.chars().count() > keep {
@@ -172,6 +185,7 @@ impl Terminal {
                 text,
                 detail: String::new(),
                 started: Instant::now(),
+                probes: None,
             });
             let mut out = String::new();
             self.draw(&mut state, &mut out, true);
@@ -187,6 +201,15 @@ impl Terminal {
             }
             let mut out = String::new();
             self.draw(&mut state, &mut out, false);
+        }
+    }
+
+    /// The gate of the current step counts its probes in `probes`.
+    pub fn probes(&self, probes: ProbeTally) {
+        if let Ok(mut state) = self.state.lock() {
+            if let Some(current) = state.current.as_mut() {
+                current.probes = Some(probes);
+            }
         }
     }
 
@@ -220,6 +243,7 @@ impl Terminal {
             out.push_str(&render_status(
                 current,
                 current.started.elapsed(),
+                current.probes.as_ref().map(ProbeTally::counts),
                 self.width,
                 self.colour,
             ));
@@ -280,6 +304,7 @@ mod tests {
             text: "lower partition to 1".into(),
             detail: detail.into(),
             started: Instant::now(),
+            probes: None,
         }
     }
 
@@ -322,11 +347,31 @@ mod tests {
             ),
         ];
         for (detail, width, colour, want) in cases {
-            let line = render_status(&current(detail), twelve, width, colour);
+            let line = render_status(&current(detail), twelve, None, width, colour);
             assert_eq!(line, want);
             if !colour {
                 assert!(line.chars().count() < width, "{line}");
             }
+        }
+    }
+
+    #[test]
+    fn a_gate_shows_its_probes_once_one_ended() {
+        let twelve = Duration::from_millis(12_400);
+        let gate = Current {
+            text: "gate web-2".into(),
+            ..current("")
+        };
+        let cases = [
+            (None, "[3/5]   12.4s  gate web-2"),
+            (Some((0, 0)), "[3/5]   12.4s  gate web-2"),
+            (
+                Some((6, 9)),
+                "[3/5]   12.4s  gate web-2 · gate probes 6/9 ok",
+            ),
+        ];
+        for (probes, want) in cases {
+            assert_eq!(render_status(&gate, twelve, probes, 80, false), want);
         }
     }
 

@@ -104,6 +104,13 @@ impl Progress {
         }
     }
 
+    /// The HTTP probes of the current step's gate, counted as they end.
+    pub fn live_probes(&self, probes: &crate::gate::probe::ProbeTally) {
+        if let Some(terminal) = &self.terminal {
+            terminal.probes(probes.clone());
+        }
+    }
+
     /// The current step ended.
     pub fn live_end(&self) {
         if let Some(terminal) = &self.terminal {
