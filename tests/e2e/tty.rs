@@ -62,12 +62,13 @@ fn scrollback(terminal: &str) -> String {
 
 /// The step lines and the last line, with their elapsed times (`4.2s`, `850ms`, `2m 5s`) taken out, to compare two runs.
 fn without_times(text: &str) -> Vec<String> {
-    let times = regex::Regex::new(r"\b\d+(\.\d+)?(ms|s)\b|\b\d+m \d+s\b|\b\d+h \d+m\b").unwrap();
+    // Right-aligned times: the padding goes with them.
+    let times = regex::Regex::new(r" +(\d+(\.\d+)?(ms|s)|\d+m \d+s|\d+h \d+m)\b").unwrap();
     // The step lines and the last one: other lines (a retry, a note) depend on the moment.
     let last = text.lines().last().unwrap_or_default();
     text.lines()
         .filter(|l| l.starts_with('[') || *l == last)
-        .map(|l| times.replace_all(l, "T").into_owned())
+        .map(|l| times.replace_all(l, " T").into_owned())
         .collect()
 }
 
