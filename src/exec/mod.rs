@@ -11,7 +11,7 @@
 //! - [`runner`]: the run loop (steps, pauses, rollback);
 //! - [`commands`]: one function per CLI command;
 //! - [`report`]: `status` and `history` as data and text;
-//! - [`progress`]: human progress lines on stderr;
+//! - [`progress`]: human progress lines on stderr ([`live`]: their live view in a terminal);
 //! - [`announce`]: Kubernetes Events and `--notify` messages of the rollout's story.
 
 pub mod announce;
@@ -19,6 +19,7 @@ pub mod cluster;
 pub mod commands;
 pub mod gates;
 pub mod lease;
+pub mod live;
 pub mod manifest;
 pub mod metrics;
 pub mod patch;

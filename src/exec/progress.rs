@@ -27,6 +27,8 @@ pub struct Progress {
     /// `None`: stderr. Tests read lines from the buffer instead.
     buffer: Option<Arc<Mutex<Vec<String>>>>,
     quiet: bool,
+    /// Set when stderr is a terminal: the live status line ([`super::live`]).
+    terminal: Option<super::live::Terminal>,
 }
 
 impl Progress {
@@ -34,6 +36,11 @@ impl Progress {
         Progress {
             buffer: None,
             quiet,
+            terminal: if quiet {
+                None
+            } else {
+                super::live::Terminal::stderr()
+            },
         }
     }
 
@@ -42,6 +49,7 @@ impl Progress {
         Progress {
             buffer: Some(Arc::new(Mutex::new(Vec::new()))),
             quiet: false,
+            terminal: None,
         }
     }
 
@@ -62,7 +70,10 @@ impl Progress {
                 }
             }
             None if self.quiet => {}
-            None => eprintln!("{text}"),
+            None => match &self.terminal {
+                Some(terminal) => terminal.line(text),
+                None => eprintln!("{text}"),
+            },
         }
     }
 
@@ -74,6 +85,42 @@ impl Progress {
             index + 1,
             format_elapsed(elapsed)
         ));
+    }
+}
+
+/// The live view, in a terminal only (elsewhere these do nothing).
+impl Progress {
+    /// A step began: `label` is `[3/5]` or `[rollback 1/3]`.
+    pub fn live_begin(&self, label: impl FnOnce() -> String, text: impl FnOnce() -> String) {
+        if let Some(terminal) = &self.terminal {
+            terminal.begin(label(), text());
+        }
+    }
+
+    /// What the current step waits on now (computed only for a terminal).
+    pub fn live_detail(&self, detail: impl FnOnce() -> String) {
+        if let Some(terminal) = &self.terminal {
+            terminal.detail(detail());
+        }
+    }
+
+    /// The HTTP probes of the current step's gate, counted as they end.
+    pub fn live_probes(&self, probes: &crate::gate::probe::ProbeTally) {
+        if let Some(terminal) = &self.terminal {
+            terminal.probes(probes.clone());
+        }
+    }
+
+    /// The current step ended.
+    pub fn live_end(&self) {
+        if let Some(terminal) = &self.terminal {
+            terminal.end();
+        }
+    }
+
+    /// Keeps the elapsed time of the status line moving until the value is dropped.
+    pub fn live_ticker(&self) -> Option<super::live::Ticker> {
+        self.terminal.as_ref().map(super::live::Ticker::start)
     }
 }
 

@@ -248,6 +248,8 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             statefulset = %self.name,
             id = %self.record.id
         );
+        // The live status line in a terminal: refreshed while this run lasts, cleared after.
+        let _ticker = self.progress.live_ticker();
         self.run_loop().instrument(span).await
     }
 
@@ -421,6 +423,8 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             self.record.begin_step(Self::now())?;
         }
         self.mark();
+        self.progress
+            .live_begin(|| self.live_label(), || self.step_text());
         Ok(())
     }
 
@@ -459,9 +463,21 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         Ok(())
     }
 
+    /// The live status line's label: `[3/5]`, `[rollback 1/3]`.
+    fn live_label(&self) -> String {
+        let (index, total) = self.step_label();
+        let kind = match (self.backwards(), self.releasing()) {
+            (true, true) => "release ",
+            (true, false) => "rollback ",
+            _ => "",
+        };
+        format!("[{kind}{}/{total}]", index + 1)
+    }
+
     /// The step's line of progress: `[2/7] 4.2s  <step>: <detail>` (`[rollback 1/3]` going
     /// back).
     fn report(&self, started: Instant, detail: &str) {
+        self.progress.live_end();
         let (index, total) = self.step_label();
         let text = format!("{}{detail}", self.step_text());
         if self.backwards() {
@@ -926,6 +942,8 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 _ => own,
             };
             if snapshot.synced {
+                self.progress
+                    .live_detail(|| super::live::pods_moving(&snapshot));
                 if let Some(value) = check(&snapshot) {
                     return Ok(Waited::Ready(value));
                 }

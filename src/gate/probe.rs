@@ -209,7 +209,40 @@ pub struct GateContext {
     /// The revision the gated pods run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub revision: Option<String>,
+    /// Counts the HTTP probes as they end, for the live view in a terminal (never sent).
+    #[serde(skip)]
+    pub probes: ProbeTally,
 }
+
+/// HTTP probes ended so far and how many answered as the gate wants, shared with whoever shows
+/// them while the gate runs.
+#[derive(Debug, Clone, Default)]
+pub struct ProbeTally(std::sync::Arc<[std::sync::atomic::AtomicU32; 2]>);
+
+impl ProbeTally {
+    fn add(&self, ok: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.0[0].fetch_add(1, Relaxed);
+        if ok {
+            self.0[1].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// (ok, ended).
+    pub fn counts(&self) -> (u32, u32) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.0[1].load(Relaxed), self.0[0].load(Relaxed))
+    }
+}
+
+/// A tally is a view of a gate in progress, not part of what its context says.
+impl PartialEq for ProbeTally {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for ProbeTally {}
 
 /// The JSON a webhook gate receives (and a command gate finds in `ROLLOUT_GATE_JSON`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -264,7 +297,7 @@ pub async fn run_gates_for<C: Cluster>(
     let payload = GatePayload::new(targets, context);
     let http = async {
         if spec.http.enabled {
-            run_http_gate(cluster, &spec.http, targets).await
+            run_http_gate(cluster, &spec.http, targets, &context.probes).await
         } else {
             Verdict::Pass
         }
@@ -523,6 +556,16 @@ async fn probe_all(
     gate: &HttpGate,
     targets: &[PodTarget],
 ) -> Vec<PodSamples> {
+    probe_all_counted(prober, gate, targets, &ProbeTally::default()).await
+}
+
+/// [`probe_all`], counting each probe in `tally` as it ends.
+async fn probe_all_counted(
+    prober: &impl Prober,
+    gate: &HttpGate,
+    targets: &[PodTarget],
+    tally: &ProbeTally,
+) -> Vec<PodSamples> {
     let planned = gate.probes_per_pod();
     let (decided, _) = watch::channel(false);
     let decided = &decided;
@@ -549,6 +592,7 @@ async fn probe_all(
                 outcome = prober.probe(target) => outcome,
                 _ = stop.wait_for(|decided| *decided) => break,
             };
+            tally.add(matches!(outcome, ProbeOutcome::Answered { status, .. } if gate.status.contains(status)));
             samples.outcomes.push(outcome);
             if certain_http_failure(gate, &samples, planned).is_some() {
                 decided.send_replace(true);
@@ -565,6 +609,7 @@ pub async fn run_http_gate<C: Cluster>(
     cluster: &C,
     gate: &HttpGate,
     targets: &[PodTarget],
+    tally: &ProbeTally,
 ) -> Verdict {
     let reach = if gate.via == ProbeVia::Auto {
         join_all(targets.iter().map(check_reach)).await
@@ -580,7 +625,7 @@ pub async fn run_http_gate<C: Cluster>(
     );
     let samples = match route {
         Route::Direct => match DirectProber::new(gate) {
-            Ok(prober) => probe_all(&prober, gate, targets).await,
+            Ok(prober) => probe_all_counted(&prober, gate, targets, tally).await,
             Err(e) => {
                 return Verdict::Inconclusive {
                     message: format!("HTTP gate could not set up its HTTP client: {e}"),
@@ -594,7 +639,7 @@ pub async fn run_http_gate<C: Cluster>(
                 timeout: gate.timeout.get(),
                 service_port: None,
             };
-            probe_all(&prober, gate, targets).await
+            probe_all_counted(&prober, gate, targets, tally).await
         }
     };
     judge_http(gate, &samples)

@@ -29,3 +29,4 @@ mod shadow;
 mod strategies;
 mod support;
 mod trust;
+mod tty;

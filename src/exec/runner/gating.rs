@@ -53,7 +53,9 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                     step: Some(self.record.current_step),
                     description: Some(step_text),
                     revision: self.record.target.revision.clone(),
+                    probes: Default::default(),
                 };
+                self.progress.live_probes(&context.probes);
                 let gates = self.gates.clone();
                 let spec = self.options.gates.over(&self.record.config.gates);
                 let pods = targets.iter().map(|t| t.pod.clone()).collect();
