@@ -9,10 +9,11 @@ use std::collections::BTreeMap;
 use anyhow::{ensure, Context};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Service;
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, PostParams};
+use kube::api::{DynamicObject, PostParams};
 use rollout::model::exit::ExitCode;
 use serde_json::{json, Value};
 
+use crate::support::gateway::{gateway_url, routes};
 use crate::support::{App, STS};
 
 const GATEWAY_NS: &str = "devcluster-gateway";
@@ -20,19 +21,6 @@ const GATEWAY: &str = "devcluster";
 const ROUTE: &str = "web";
 /// Requests measured at each weight.
 const SAMPLE: usize = 1000;
-
-fn gateway_url() -> String {
-    std::env::var("ROLLOUT_GATEWAY_URL").unwrap_or_else(|_| "http://127.0.0.1:18080".into())
-}
-
-fn routes(app: &App) -> Api<DynamicObject> {
-    let gvk = GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute");
-    Api::namespaced_with(
-        app.ns.client.clone(),
-        &app.ns.name,
-        &ApiResource::from_gvk(&gvk),
-    )
-}
 
 fn host(app: &App) -> String {
     format!("{}.test", app.ns.name)
@@ -60,12 +48,14 @@ async fn create_route(
             }],
         },
     }))?;
-    routes(app).create(&PostParams::default(), &route).await?;
+    routes(&app.ns)
+        .create(&PostParams::default(), &route)
+        .await?;
     route_spec(app, name).await
 }
 
 async fn route_spec(app: &App, name: &str) -> anyhow::Result<Value> {
-    let route = routes(app).get(name).await?;
+    let route = routes(&app.ns).get(name).await?;
     Ok(route.data.get("spec").cloned().unwrap_or(Value::Null))
 }
 
@@ -308,7 +298,7 @@ async fn a_route_the_gateway_rejects_fails_the_step_with_its_message_and_is_rest
         },
     }))
     .expect("route");
-    routes(&app)
+    routes(&app.ns)
         .create(&PostParams::default(), &route)
         .await
         .expect("route");

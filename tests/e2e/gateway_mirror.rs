@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Service;
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, PostParams};
+use kube::api::{DynamicObject, PostParams};
 use rollout::model::exit::ExitCode;
 use serde_json::{json, Value};
 
@@ -18,6 +18,7 @@ use crate::shadow::{
     assert_shadow_removed, comparing, deploy_quiet, finish, start, visit_total, wait_record,
     SHADOW, SHADOW_POD,
 };
+use crate::support::gateway::routes;
 use crate::support::{App, STS};
 
 const GATEWAY_NS: &str = "devcluster-gateway";
@@ -28,15 +29,6 @@ const ROUTE: &str = "web";
 const PREVIEW: &str = "time-app-preview";
 /// Live requests sent through the gateway while the shadow is mirrored.
 const LIVE: usize = 200;
-
-fn routes(app: &App) -> Api<DynamicObject> {
-    let gvk = GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute");
-    Api::namespaced_with(
-        app.ns.client.clone(),
-        &app.ns.name,
-        &ApiResource::from_gvk(&gvk),
-    )
-}
 
 fn host(app: &App) -> String {
     format!("{}.test", app.ns.name)
@@ -58,12 +50,14 @@ async fn create_route(app: &App, gateway: &str) -> anyhow::Result<Value> {
             }],
         },
     }))?;
-    routes(app).create(&PostParams::default(), &route).await?;
+    routes(&app.ns)
+        .create(&PostParams::default(), &route)
+        .await?;
     route_spec(app).await
 }
 
 async fn route_spec(app: &App) -> anyhow::Result<Value> {
-    let route = routes(app).get(ROUTE).await?;
+    let route = routes(&app.ns).get(ROUTE).await?;
     Ok(route.data.get("spec").cloned().unwrap_or(Value::Null))
 }
 
