@@ -295,6 +295,8 @@ pub struct BlueGreenArgs {
     #[arg(long)]
     pub keep_data: bool,
     #[command(flatten)]
+    pub route: PreviewRouteArgs,
+    #[command(flatten)]
     pub gates: GateArgs,
     #[command(flatten)]
     pub run: RunArgs,
@@ -566,27 +568,67 @@ pub struct RouteArgs {
 impl RouteArgs {
     /// The route settings, or none; the flags only make sense together.
     pub fn traffic(&self) -> Result<Option<Box<crate::model::route::RouteTraffic>>, SettingsError> {
-        let bad = |text: &str| Err(SettingsError::Traffic(text.to_string()));
-        match (self.traffic, &self.route) {
-            (Some(TrafficVia::Gateway), Some(route)) => {
-                let (namespace, route) = crate::model::route::RouteTraffic::parse_route(route)
-                    .map_err(SettingsError::Traffic)?;
-                Ok(Some(Box::new(crate::model::route::RouteTraffic {
-                    route,
-                    namespace,
-                    canary_header: self.canary_header.clone(),
-                    mirror_percent: None,
-                })))
-            }
-            (Some(TrafficVia::Gateway), None) => {
-                bad("--traffic gateway needs --route NAME: the HTTPRoute whose rule sends traffic to the set's Service")
-            }
-            (_, Some(_)) => bad("--route needs --traffic gateway"),
-            _ if self.canary_header.is_some() => {
-                bad("--canary-header needs --traffic gateway --route NAME")
-            }
-            _ => Ok(None),
+        route_traffic(
+            self.traffic,
+            self.route.as_deref(),
+            (self.canary_header.as_ref(), "canary-header"),
+        )
+    }
+}
+
+/// Blue/green through a Gateway API HTTPRoute: a header previews green, the switch is one
+/// write of the route.
+#[derive(Debug, Args, Default)]
+#[command(next_help_heading = "Traffic through a Gateway API HTTPRoute")]
+pub struct PreviewRouteArgs {
+    /// What switches the traffic: `pods` (default: the live Services' selectors) or `gateway`
+    /// (an HTTPRoute, --route: the switch is one write of the route)
+    #[arg(long, value_name = "pods|gateway")]
+    pub traffic: Option<TrafficVia>,
+    /// The HTTPRoute whose rule sends traffic to the set's Service
+    #[arg(long, value_name = "NAME")]
+    pub route: Option<String>,
+    /// Requests with this header go to green (the preview) before the switch
+    #[arg(long, value_name = "NAME=VALUE")]
+    pub preview_header: Option<crate::model::route::HeaderPin>,
+}
+
+impl PreviewRouteArgs {
+    /// The route settings, or none; the flags only make sense together.
+    pub fn traffic(&self) -> Result<Option<Box<crate::model::route::RouteTraffic>>, SettingsError> {
+        route_traffic(
+            self.traffic,
+            self.route.as_deref(),
+            (self.preview_header.as_ref(), "preview-header"),
+        )
+    }
+}
+
+/// The route settings of `--traffic`, `--route` and a header flag (`header.1` names it).
+fn route_traffic(
+    traffic: Option<TrafficVia>,
+    route: Option<&str>,
+    header: (Option<&crate::model::route::HeaderPin>, &str),
+) -> Result<Option<Box<crate::model::route::RouteTraffic>>, SettingsError> {
+    let bad = |text: String| Err(SettingsError::Traffic(text));
+    match (traffic, route) {
+        (Some(TrafficVia::Gateway), Some(route)) => {
+            let (namespace, route) = crate::model::route::RouteTraffic::parse_route(route)
+                .map_err(SettingsError::Traffic)?;
+            Ok(Some(Box::new(crate::model::route::RouteTraffic {
+                route,
+                namespace,
+                canary_header: header.0.cloned(),
+                mirror_percent: None,
+            })))
         }
+        (Some(TrafficVia::Gateway), None) => bad("--traffic gateway needs --route NAME: the HTTPRoute whose rule sends traffic to the set's Service".to_string()),
+        (_, Some(_)) => bad("--route needs --traffic gateway".to_string()),
+        _ if header.0.is_some() => bad(format!(
+            "--{} needs --traffic gateway --route NAME",
+            header.1
+        )),
+        _ => Ok(None),
     }
 }
 
@@ -998,6 +1040,7 @@ impl RunCommand {
                     scale_down_delay: a.scale_down_delay,
                     data: a.data,
                     keep_data: a.keep_data.then_some(true),
+                    traffic: a.route.traffic()?,
                     ..StrategyFlags::default()
                 },
                 &a.gates,
@@ -1296,6 +1339,52 @@ mod tests {
             inv.action,
             Action::Status { watch: true, timeout: Some(t), .. } if t == Duration::from_secs(90)
         ));
+    }
+
+    #[test]
+    fn blue_green_through_a_route_takes_a_preview_header() {
+        let bluegreen = |extra: &[&str]| {
+            let mut args = vec!["bluegreen", "web", "--image", "app:v2"];
+            args.extend_from_slice(extra);
+            resolve(&args).map(|inv| match inv.action {
+                Action::Run(r) | Action::Plan(r) => r.config.traffic,
+                other => panic!("{other:?}"),
+            })
+        };
+        let traffic = bluegreen(&[
+            "--traffic",
+            "gateway",
+            "--route",
+            "web",
+            "--preview-header",
+            "X-Preview=1",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("no traffic"));
+        assert_eq!(traffic.route, "web");
+        assert_eq!(
+            traffic.canary_header.map(|h| h.to_string()).as_deref(),
+            Some("X-Preview=1")
+        );
+        assert_eq!(bluegreen(&[]), Ok(None));
+        let refused = bluegreen(&["--preview-header", "X-Preview=1"])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            refused.contains("--preview-header needs --traffic gateway --route"),
+            "{refused}"
+        );
+        // A canary's header flag is a canary's.
+        assert!(resolve(&[
+            "bluegreen",
+            "web",
+            "--image",
+            "app:v2",
+            "--canary-header",
+            "X=1"
+        ])
+        .is_err());
     }
 
     #[test]

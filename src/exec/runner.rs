@@ -361,7 +361,9 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 | Step::SetRouteWeights { .. }
                 | Step::RestoreRoute
                 | Step::RemoveRevisionServices
-                | Step::MirrorRoute { .. } => self.route_step(&step).await,
+                | Step::MirrorRoute { .. }
+                | Step::PreviewRoute
+                | Step::SwitchRoute => self.route_step(&step).await,
                 Step::Pause { wait } => {
                     // Entering a pause is normally done by the transitions; a record that
                     // reached a pause step while progressing is put in the same state here.

@@ -12,10 +12,10 @@
 //! steps: [20, 50, 100]               # ramped: pods (1,2,4) or "10%"...; canary: percent
 //! weight: 20                         # canary: hold at this weight until promote
 //! pause: 2m                          # between steps; "promote" waits for `rollout promote`
-//! traffic:                           # canary: the weights go through a Gateway API HTTPRoute; shadow: its mirror (mirrorPercent: P)
+//! traffic:                           # canary: the weights go through a Gateway API HTTPRoute; bluegreen: its preview and switch; shadow: its mirror (mirrorPercent: P)
 //!   gateway:
 //!     route: web                     # the route whose rule sends traffic to the set's Service
-//!     canaryHeader: X-Canary=always  # optional: requests with this header go to the canary
+//!     canaryHeader: X-Canary=always  # optional: requests with this header go to the canary (bluegreen: previewHeader, to green)
 //! services: [web]                    # bluegreen: the live Services (default: those selecting the pods)
 //! autoPromote: false                 # bluegreen: switch as soon as green passes its gates
 //! scaleDownDelay: 30s                # bluegreen: how long blue stays scaled after the switch
@@ -134,7 +134,8 @@ pub struct StrategyFile {
     pub duration: Option<HumanDuration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compare: Option<ShadowCompare>,
-    /// Canary: `traffic: {gateway: {route: NAME, canaryHeader: NAME=VALUE}}`.
+    /// Canary: `traffic: {gateway: {route: NAME, canaryHeader: NAME=VALUE}}`; blue/green the
+    /// same with `previewHeader`; shadow with `mirrorPercent`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traffic: Option<FileTraffic>,
     #[serde(default)]
@@ -420,5 +421,15 @@ gates:
             .unwrap_or_else(|e| panic!("{e}"));
         let traffic = config.traffic.unwrap_or_else(|| panic!("no traffic"));
         assert_eq!(traffic.mirror_percent.map(|p| p.get()), Some(10));
+        let text =
+            "strategy: bluegreen\ntraffic:\n  gateway:\n    route: web\n    previewHeader: X-Preview=1\n";
+        let config = StrategyFile::parse("f", text)
+            .and_then(|f| f.into_config("f", StrategyFlags::default(), |g, t, o| (g, t, o)))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let traffic = config.traffic.unwrap_or_else(|| panic!("no traffic"));
+        assert_eq!(
+            traffic.canary_header.map(|h| h.to_string()).as_deref(),
+            Some("X-Preview=1")
+        );
     }
 }

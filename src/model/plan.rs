@@ -128,6 +128,12 @@ pub enum Step {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         percent: Option<Percent>,
     },
+    /// Blue/green through an HTTPRoute: requests with the preview header go to green's preview
+    /// Service, all others as before (to blue). Done when its gateways accept it.
+    PreviewRoute,
+    /// Blue/green through an HTTPRoute: the switch, as one route write: every backendRef to the
+    /// live Service now names green's preview Service. Done when its gateways accept it.
+    SwitchRoute,
 }
 
 impl Step {
@@ -166,6 +172,8 @@ impl Step {
             Step::RestoreRoute => "restore-route",
             Step::RemoveRevisionServices => "remove-revision-services",
             Step::MirrorRoute { .. } => "route-mirror",
+            Step::PreviewRoute => "route-preview",
+            Step::SwitchRoute => "route-switch",
         }
     }
 }
@@ -324,6 +332,12 @@ impl Plan {
                 "mirror {} of the route's requests to the shadow's Service (users get stable's answers only)",
                 percent.map_or_else(|| "every one".to_string(), |p| p.to_string())
             ),
+            Step::PreviewRoute => {
+                "route requests with the preview header to green's preview Service (the rest still to blue)".to_string()
+            }
+            Step::SwitchRoute => {
+                "switch the route to green's preview Service, in one write".to_string()
+            }
             Step::Pause {
                 wait: PauseSpec::UntilPromote,
             } => "pause until `rollout promote`".to_string(),

@@ -136,7 +136,13 @@ pub struct RouteTraffic {
     /// A namespace the user named (`--route ns/name`); only the set's own is accepted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Requests with this header go to the new version: a canary's (`--canary-header`) or
+    /// blue/green's preview (`--preview-header`, `previewHeader` in a strategy file).
+    #[serde(
+        default,
+        alias = "previewHeader",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub canary_header: Option<HeaderPin>,
     /// Shadow: the share of the route's requests copied to the shadow (all when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]

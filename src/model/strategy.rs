@@ -275,7 +275,8 @@ pub struct StrategyFlags {
     /// Shadow: how the comparison judges.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub compare: Option<ShadowCompare>,
-    /// Canary: the weights go through this HTTPRoute (`--traffic gateway --route NAME`).
+    /// The HTTPRoute that carries the traffic (`--traffic gateway --route NAME`): a canary's
+    /// weights, blue/green's preview and switch, a shadow's mirror.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub traffic: Option<Box<super::route::RouteTraffic>>,
 }
@@ -664,20 +665,26 @@ impl StrategyConfig {
         if timeouts.step.get().is_zero() || timeouts.total.is_some_and(|t| t.get().is_zero()) {
             return Err(StrategyError::ZeroTimeout);
         }
-        if flags.traffic.is_some() && !matches!(kind, StrategyKind::Canary | StrategyKind::Shadow) {
+        if flags.traffic.is_some()
+            && !matches!(
+                kind,
+                StrategyKind::Canary | StrategyKind::BlueGreen | StrategyKind::Shadow
+            )
+        {
             return Err(StrategyError::FlagNotApplicable {
                 flag: "traffic",
                 strategy: kind,
-                hint:
-                    "this version uses an HTTPRoute for canary (weights) and shadow (mirror) only",
+                hint: "an HTTPRoute carries a canary's weights, blue/green's preview and switch, and a shadow's mirror",
             });
         }
         if let Some(t) = flags.traffic.as_deref() {
-            if t.canary_header.is_some() && kind != StrategyKind::Canary {
+            if t.canary_header.is_some()
+                && !matches!(kind, StrategyKind::Canary | StrategyKind::BlueGreen)
+            {
                 return Err(StrategyError::FlagNotApplicable {
                     flag: "canary-header",
                     strategy: kind,
-                    hint: "a header pins requests to a canary",
+                    hint: "a header pins requests to a canary (--canary-header) or to blue/green's preview (--preview-header)",
                 });
             }
             if t.mirror_percent.is_some() && kind != StrategyKind::Shadow {

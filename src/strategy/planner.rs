@@ -77,13 +77,13 @@ pub enum PlanError {
         batch: u32,
         replicas: u32,
     },
-    #[error("canary of StatefulSet {statefulset} through HTTPRoute {route}: the route's rules send no traffic to a Service that selects the set's pods (they name {backends}); nothing was changed: give the route of this set's Service, or add a backendRef to it in the route")]
+    #[error("StatefulSet {statefulset} through HTTPRoute {route}: the route's rules send no traffic to a Service that selects the set's pods (they name {backends}); nothing was changed: give the route of this set's Service, or add a backendRef to it in the route")]
     RouteMissesSet {
         statefulset: String,
         route: String,
         backends: String,
     },
-    #[error("canary of StatefulSet {statefulset} through HTTPRoute {route}: the route sends traffic to several Services that select the set's pods ({services}), so the rollout cannot tell which to split; nothing was changed: keep one of them in the route")]
+    #[error("StatefulSet {statefulset} through HTTPRoute {route}: the route sends traffic to several Services that select the set's pods ({services}), so the rollout cannot tell which to split; nothing was changed: keep one of them in the route")]
     RouteAmbiguous {
         statefulset: String,
         route: String,
@@ -91,7 +91,7 @@ pub enum PlanError {
     },
     #[error("canary of StatefulSet {statefulset} through an HTTPRoute needs at least 2 replicas (it has {replicas}): the stable Service would have no pod to send the rest of the traffic to; nothing was changed: scale it up first, or roll without --traffic gateway")]
     RouteNeedsTwoPods { statefulset: String, replicas: u32 },
-    #[error("{strategy} of StatefulSet {statefulset}: --traffic gateway is supported for canary only in this version; nothing was changed: roll without --traffic gateway")]
+    #[error("{strategy} of StatefulSet {statefulset}: --traffic gateway carries a canary, a blue/green or a shadow, not a {strategy} rollout; nothing was changed: roll without --traffic gateway")]
     RouteOnlyCanary {
         statefulset: String,
         strategy: &'static str,

@@ -433,6 +433,30 @@ pub fn scaled(
     pods_ready_on(set, pods, revision, &all)
 }
 
+/// Whether a Service's EndpointSlices (`slices`) send its traffic only to pods of the set `set`:
+/// at least one endpoint is ready, and every endpoint not known to be unready is a pod of
+/// `set`. Blue/green through a route waits for this before the route goes back to the live
+/// Service, so that the gateway finds green there.
+pub fn endpoints_only_of(
+    slices: &[k8s_openapi::api::discovery::v1::EndpointSlice],
+    set: &str,
+) -> bool {
+    let endpoints: Vec<_> = slices
+        .iter()
+        .flat_map(|s| s.endpoints.iter())
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
+        .collect();
+    !endpoints.is_empty()
+        && endpoints.iter().all(|e| {
+            e.target_ref.as_ref().is_some_and(|r| {
+                r.kind.as_deref() == Some("Pod")
+                    && r.name
+                        .as_deref()
+                        .is_some_and(|name| pod_ordinal(set, name).is_some())
+            })
+        })
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -826,6 +850,65 @@ pub(crate) mod tests {
                 want,
                 "{replicas} from {start}"
             );
+        }
+    }
+
+    type Slice<'a> = &'a [(&'a str, Option<bool>)];
+
+    fn slice(endpoints: Slice<'_>) -> k8s_openapi::api::discovery::v1::EndpointSlice {
+        use k8s_openapi::api::core::v1::ObjectReference;
+        use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointSlice};
+        EndpointSlice {
+            address_type: "IPv4".into(),
+            endpoints: endpoints
+                .iter()
+                .map(|(pod, ready)| Endpoint {
+                    addresses: vec!["10.0.0.1".into()],
+                    conditions: Some(EndpointConditions {
+                        ready: *ready,
+                        ..EndpointConditions::default()
+                    }),
+                    target_ref: Some(ObjectReference {
+                        kind: Some("Pod".into()),
+                        name: Some((*pod).into()),
+                        ..ObjectReference::default()
+                    }),
+                    ..Endpoint::default()
+                })
+                .collect(),
+            ..EndpointSlice::default()
+        }
+    }
+
+    #[test]
+    fn a_service_serves_only_a_set_when_every_endpoint_that_may_be_ready_is_its_pod() {
+        // (the slices: each a list of (pod, ready), whether the Service serves web-green only)
+        let cases: &[(&[Slice], bool)] = &[
+            (
+                &[&[("web-green-0", Some(true)), ("web-green-1", Some(true))]],
+                true,
+            ),
+            // Endpoints of the other set that are known unready take no traffic.
+            (
+                &[&[("web-green-0", Some(true)), ("web-0", Some(false))]],
+                true,
+            ),
+            // Ready unknown counts as ready.
+            (&[&[("web-green-0", Some(true)), ("web-0", None)]], false),
+            (
+                &[&[("web-green-0", Some(true))], &[("web-1", Some(true))]],
+                false,
+            ),
+            (&[&[("web-green-0", Some(false))]], false),
+            (&[], false),
+            (&[&[]], false),
+            // A name that only starts like the set's pods.
+            (&[&[("web-green-x", Some(true))]], false),
+            (&[&[("web-green-green-0", Some(true))]], false),
+        ];
+        for (slices, want) in cases {
+            let slices: Vec<_> = slices.iter().map(|e| slice(e)).collect();
+            assert_eq!(endpoints_only_of(&slices, "web-green"), *want, "{slices:?}");
         }
     }
 }

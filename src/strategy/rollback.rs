@@ -18,6 +18,7 @@
 //! | `SetRouteWeights` | `SetRouteWeights` at 0 % first (every request to the stable Service while the pods go back), `RestoreRoute` once they are back |
 //! | `RestoreRoute` (the end of a route canary) | `RestoreRoute` again (it is the route's own rules) |
 //! | `MirrorRoute` (a shadow through a route) | `RestoreRoute` first, before the shadow and its Service go |
+//! | `PreviewRoute`, `SwitchRoute`, `RestoreRoute` (blue/green through a route) | `RestoreRoute` after `ReturnTraffic` (the live Services on blue, then the route's own rules to them in one write), or before `RemoveTwin` when green never served |
 //! | `Gate`, `GateService`, `Compare`, `Pause` | nothing: they change nothing |
 //!
 //! The executor runs these steps as it runs forward ones, one function per kind, and keeps the
@@ -87,10 +88,16 @@ pub fn plan_rollback(record: &RolloutState) -> Vec<Step> {
                 // back first (no held pod moves), so that blue is scaled on its own revision.
                 steps.extend([Step::RestoreTemplate, Step::ReplaceStuckPods]);
             }
+            let route = touched(route_step_of_blue_green);
             // Blue back at full size and Ready before any traffic returns to it.
             steps.push(Step::Scale { set: own, replicas });
             if switched {
+                // The live Services on blue first, then the route's own rules (to them): the
+                // gateway moves its requests back in one write.
                 steps.push(Step::ReturnTraffic);
+                if route {
+                    steps.push(Step::RestoreRoute);
+                }
                 steps.push(Step::Scale {
                     set: twin.set.clone(),
                     replicas: 0,
@@ -98,10 +105,16 @@ pub fn plan_rollback(record: &RolloutState) -> Vec<Step> {
                 if twin.preview.is_some() {
                     steps.push(Step::RemovePreview);
                 }
-            } else if touched(|s| matches!(s, Step::CreateTwin { .. })) {
-                steps.push(Step::RemoveTwin {
-                    set: twin.set.clone(),
-                });
+            } else {
+                // The preview header leaves the route before green's Service goes.
+                if route {
+                    steps.push(Step::RestoreRoute);
+                }
+                if touched(|s| matches!(s, Step::CreateTwin { .. })) {
+                    steps.push(Step::RemoveTwin {
+                        set: twin.set.clone(),
+                    });
+                }
             }
             if switched || touched(|s| matches!(s, Step::PinTraffic)) {
                 steps.push(Step::RestoreSelectors);
@@ -128,6 +141,14 @@ pub fn plan_rollback(record: &RolloutState) -> Vec<Step> {
         }
     }
     steps
+}
+
+/// A step of a blue/green through a route that changed the route.
+fn route_step_of_blue_green(step: &Step) -> bool {
+    matches!(
+        step,
+        Step::PreviewRoute | Step::SwitchRoute | Step::RestoreRoute
+    )
 }
 
 /// Why `rollout release` cannot run on a record: only a rollout stopped by someone else's
@@ -157,6 +178,7 @@ pub enum ReleaseRefused {
 /// | recreate | `ReleaseRevision` once the template was written; the set `Scale`d back up once rollout scaled it |
 /// | blue/green, before the switch | `RemoveTwin` (never served), `RestoreSelectors`, `ReleaseRevision` |
 /// | blue/green, after it | `ReleaseRevision`, blue `Scale`d up on its template now, `ReturnTraffic`, green to 0, `RemovePreview`, `RestoreSelectors` |
+/// | blue/green through a route | as above, with `RestoreRoute` after `ReturnTraffic` (or before `RemoveTwin`) once the route was written |
 /// | shadow | `RemoveTwin`, `ReleaseRevision` once a `--then` rollout moved the partition |
 ///
 /// A set the other deploy scaled keeps its replicas: rollout scales to them, not its own.
@@ -239,6 +261,9 @@ pub fn plan_release(record: &RolloutState) -> Result<Vec<Step>, ReleaseRefused> 
                 }
                 steps.push(Step::Scale { set: own, replicas });
                 steps.push(Step::ReturnTraffic);
+                if touched(route_step_of_blue_green) {
+                    steps.push(Step::RestoreRoute);
+                }
                 steps.push(Step::Scale {
                     set: twin.set.clone(),
                     replicas: 0,
@@ -250,6 +275,9 @@ pub fn plan_release(record: &RolloutState) -> Result<Vec<Step>, ReleaseRefused> 
             } else {
                 // Blue served all along: green (which never did) leaves first, the Services
                 // select blue as before, then blue's pods may take the other deploy's template.
+                if touched(route_step_of_blue_green) {
+                    steps.push(Step::RestoreRoute);
+                }
                 if touched(|s| matches!(s, Step::CreateTwin { .. })) {
                     steps.push(Step::RemoveTwin {
                         set: twin.set.clone(),
@@ -1018,6 +1046,106 @@ mod tests {
         assert_eq!(
             release_at(&r, 5, true, false),
             ["remove web-shadow", "release-revision"]
+        );
+    }
+
+    #[test]
+    fn bluegreen_through_a_route_gives_the_route_back_after_the_services_return_to_blue() {
+        let steps = vec![
+            Step::PinTraffic,
+            Step::CreateTwin {
+                set: "web-bg1".into(),
+                replicas: 3,
+            },
+            Step::PreviewRoute,
+            Step::Pause {
+                wait: PauseSpec::UntilPromote,
+            },
+            Step::SwitchRoute,
+            Step::SwitchTraffic,
+            Step::RestoreRoute,
+            Step::RemovePreview,
+            Step::Scale {
+                set: "web".into(),
+                replicas: 0,
+            },
+        ];
+        let r = record(
+            StrategyKind::BlueGreen,
+            steps,
+            Some(twin(TwinRole::Green, "web-bg1", true)),
+        );
+        let served = [
+            "scale web 3",
+            "return-traffic",
+            "restore-route",
+            "scale web-bg1 0",
+            "remove-preview",
+            "restore-selectors",
+        ];
+        // (failing step, begun, switched, expected)
+        let cases: Vec<(usize, bool, bool, Vec<&str>)> = vec![
+            (
+                1,
+                true,
+                false,
+                vec!["scale web 3", "remove web-bg1", "restore-selectors"],
+            ),
+            // The preview header leaves the route before green's Service goes.
+            (
+                2,
+                true,
+                false,
+                vec![
+                    "scale web 3",
+                    "restore-route",
+                    "remove web-bg1",
+                    "restore-selectors",
+                ],
+            ),
+            (
+                3,
+                false,
+                false,
+                vec![
+                    "scale web 3",
+                    "restore-route",
+                    "remove web-bg1",
+                    "restore-selectors",
+                ],
+            ),
+            // The route's switch records `switchedAt` before its write.
+            (4, true, true, served.to_vec()),
+            (5, true, true, served.to_vec()),
+            (6, false, true, served.to_vec()),
+            (7, true, true, served.to_vec()),
+            // `undo` of a finished blue/green through a route.
+            (9, false, true, served.to_vec()),
+        ];
+        for (at, begun, switched, expected) in cases {
+            assert_eq!(
+                rollback_at(&r, at, begun, switched),
+                expected,
+                "failing at step {} (begun: {begun}, switched: {switched})",
+                at + 1
+            );
+        }
+        // A release gives the route back too: after the switch once the Services are on
+        // blue, before it ahead of green's removal.
+        assert_eq!(
+            release_at(&r, 5, true, true),
+            [
+                "scale web 3",
+                "return-traffic",
+                "restore-route",
+                "scale web-bg1 0",
+                "remove-preview",
+                "restore-selectors"
+            ]
+        );
+        assert_eq!(
+            release_at(&r, 2, true, false),
+            ["restore-route", "remove web-bg1", "restore-selectors"]
         );
     }
 

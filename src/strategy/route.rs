@@ -142,50 +142,13 @@ pub fn weighted_rules(original: &Value, w: &Weights<'_>) -> Value {
             continue;
         }
         let weight_of = |r: &Value| r.get("weight").and_then(Value::as_u64).unwrap_or(1);
-        let renamed = |r: &Value, name: &str, weight: u64| {
-            let mut r = r.clone();
-            if let Some(o) = r.as_object_mut() {
-                o.insert("name".into(), json!(name));
-                o.insert("weight".into(), json!(weight));
-            }
-            r
-        };
         if let Some(pin) = w.pin {
-            let mut pinned = rule.clone();
-            let canary_refs: Vec<Value> = refs
-                .iter()
-                .filter(|r| refers_to(r, w.service, w.namespace))
-                .map(|r| renamed(r, w.canary, 1))
-                .collect();
-            let matches: Vec<Value> = match rule.get("matches").and_then(Value::as_array) {
-                Some(m) if !m.is_empty() => m.clone(),
-                _ => vec![json!({"path": {"type": "PathPrefix", "value": "/"}})],
-            };
-            let matches: Vec<Value> = matches
-                .into_iter()
-                .map(|mut m| {
-                    let header = json!({"type": "Exact", "name": pin.name, "value": pin.value});
-                    if let Some(o) = m.as_object_mut() {
-                        match o.get_mut("headers").and_then(Value::as_array_mut) {
-                            Some(headers) => headers.push(header),
-                            None => {
-                                o.insert("headers".into(), json!([header]));
-                            }
-                        }
-                    }
-                    m
-                })
-                .collect();
-            if let Some(o) = pinned.as_object_mut() {
-                o.insert("matches".into(), Value::Array(matches));
-                o.insert("backendRefs".into(), Value::Array(canary_refs));
-                // A named rule's copy needs a name of its own.
-                if let Some(name) = o.get("name").and_then(Value::as_str) {
-                    let name = format!("{name}-canary-pin");
-                    o.insert("name".into(), json!(name));
-                }
-            }
-            out.push(pinned);
+            out.push(pinned_rule(
+                rule,
+                pin,
+                (w.service, w.namespace),
+                (w.canary, "canary"),
+            ));
         }
         let mut weighted = rule.clone();
         let new_refs: Vec<Value> = refs
@@ -194,8 +157,8 @@ pub fn weighted_rules(original: &Value, w: &Weights<'_>) -> Value {
                 let weight = weight_of(r);
                 if refers_to(r, w.service, w.namespace) {
                     vec![
-                        renamed(r, w.stable, weight * (100 - canary)),
-                        renamed(r, w.canary, weight * canary),
+                        renamed(r, w.stable, Some(weight * (100 - canary))),
+                        renamed(r, w.canary, Some(weight * canary)),
                     ]
                 } else {
                     let mut other = r.clone();
@@ -211,6 +174,121 @@ pub fn weighted_rules(original: &Value, w: &Weights<'_>) -> Value {
         }
         out.push(weighted);
     }
+    Value::Array(out)
+}
+
+/// The copy of `rule` that pins requests with the header `pin` to the Service `to`: its matches
+/// (or `/` when it has none) each also require the header, and its backends are those of
+/// `rule` to the set's Service (`set`: name and namespace), renamed to `to.0`. A more specific
+/// match than the rule's own, so a gateway picks it for those requests. A named rule's copy
+/// gets a name of its own (`<name>-<to.1>-pin`, `to.1` saying what the Service is).
+fn pinned_rule(rule: &Value, pin: &HeaderPin, set: (&str, &str), to: (&str, &str)) -> Value {
+    let refs: Vec<Value> = refs_of(rule)
+        .iter()
+        .filter(|r| refers_to(r, set.0, set.1))
+        .map(|r| renamed(r, to.0, Some(1)))
+        .collect();
+    let matches: Vec<Value> = match rule.get("matches").and_then(Value::as_array) {
+        Some(m) if !m.is_empty() => m.clone(),
+        _ => vec![json!({"path": {"type": "PathPrefix", "value": "/"}})],
+    };
+    let header = json!({"type": "Exact", "name": pin.name, "value": pin.value});
+    let matches: Vec<Value> = matches
+        .into_iter()
+        .map(|mut m| {
+            if let Some(o) = m.as_object_mut() {
+                match o.get_mut("headers").and_then(Value::as_array_mut) {
+                    Some(headers) => headers.push(header.clone()),
+                    None => {
+                        o.insert("headers".into(), json!([header.clone()]));
+                    }
+                }
+            }
+            m
+        })
+        .collect();
+    let mut pinned = rule.clone();
+    if let Some(o) = pinned.as_object_mut() {
+        o.insert("matches".into(), Value::Array(matches));
+        o.insert("backendRefs".into(), Value::Array(refs));
+        if let Some(name) = o.get("name").and_then(Value::as_str) {
+            let name = format!("{name}-{}-pin", to.1);
+            o.insert("name".into(), json!(name));
+        }
+    }
+    pinned
+}
+
+/// A backendRef with another Service name (and, when given, another weight).
+fn renamed(backend: &Value, name: &str, weight: Option<u64>) -> Value {
+    let mut backend = backend.clone();
+    if let Some(o) = backend.as_object_mut() {
+        o.insert("name".into(), json!(name));
+        if let Some(weight) = weight {
+            o.insert("weight".into(), json!(weight));
+        }
+    }
+    backend
+}
+
+/// Blue/green's preview on the route, from the original `rules`: each rule that sends traffic
+/// to the set's Service `service` gets a copy before it that sends the requests carrying the
+/// header `pin` to green's preview Service `preview`; every other request goes as before.
+pub fn preview_rules(
+    original: &Value,
+    service: &str,
+    namespace: &str,
+    preview: &str,
+    pin: &HeaderPin,
+) -> Value {
+    let Some(rules) = original.as_array() else {
+        return original.clone();
+    };
+    let mut out = Vec::with_capacity(rules.len() * 2);
+    for rule in rules {
+        if refs_of(rule)
+            .iter()
+            .any(|r| refers_to(r, service, namespace))
+        {
+            out.push(pinned_rule(
+                rule,
+                pin,
+                (service, namespace),
+                (preview, "preview"),
+            ));
+        }
+        out.push(rule.clone());
+    }
+    Value::Array(out)
+}
+
+/// Blue/green's switch on the route, from the original `rules`: every backendRef to the set's
+/// Service `service` names green's Service `to` instead, with its weight; nothing else moves.
+/// One write of these rules moves all of the route's traffic at once.
+pub fn switched_rules(original: &Value, service: &str, namespace: &str, to: &str) -> Value {
+    let Some(rules) = original.as_array() else {
+        return original.clone();
+    };
+    let out = rules
+        .iter()
+        .map(|rule| {
+            let refs: Vec<Value> = refs_of(rule)
+                .iter()
+                .map(|r| {
+                    if refers_to(r, service, namespace) {
+                        renamed(r, to, None)
+                    } else {
+                        r.clone()
+                    }
+                })
+                .collect();
+            let mut rule = rule.clone();
+            if let (Some(o), false) = (rule.as_object_mut(), refs.is_empty()) {
+                o.insert("backendRefs".into(), Value::Array(refs));
+            }
+            rule
+        })
+        .collect();
     Value::Array(out)
 }
 
@@ -695,6 +773,65 @@ mod tests {
         assert_eq!(
             rules[2]["matches"][0]["path"],
             json!({"type": "Exact", "value": "/x"})
+        );
+    }
+
+    #[test]
+    fn blue_greens_preview_adds_a_header_rule_to_green_and_leaves_the_rest() {
+        let pin: HeaderPin = "X-Preview=yes".parse().unwrap_or_else(|e| panic!("{e}"));
+        let original = json!([
+            {"name": "main", "matches": [{"path": {"type": "PathPrefix", "value": "/app"}}],
+             "backendRefs": [{"name": "web", "port": 80, "weight": 3}, {"name": "legacy", "port": 80}]},
+            {"backendRefs": [{"name": "other", "port": 80}]},
+            {"backendRefs": [{"name": "web", "namespace": "elsewhere", "port": 80}]},
+        ]);
+        let rules = preview_rules(&original, "web", "shop", "web-preview", &pin);
+        assert_eq!(
+            rules,
+            json!([
+                {"name": "main-preview-pin",
+                 "matches": [{"path": {"type": "PathPrefix", "value": "/app"},
+                              "headers": [{"type": "Exact", "name": "X-Preview", "value": "yes"}]}],
+                 "backendRefs": [{"name": "web-preview", "port": 80, "weight": 1}]},
+                original[0], original[1], original[2],
+            ])
+        );
+        // From the original every time: the same step twice gives the same rules.
+        assert_eq!(
+            preview_rules(&original, "web", "shop", "web-preview", &pin),
+            rules
+        );
+        assert_eq!(
+            preview_rules(&json!(null), "web", "shop", "web-preview", &pin),
+            json!(null)
+        );
+    }
+
+    #[test]
+    fn blue_greens_switch_renames_the_set_service_in_every_rule_and_nothing_else() {
+        let original = json!([
+            {"name": "main", "filters": [{"type": "RequestHeaderModifier"}],
+             "backendRefs": [{"name": "web", "port": 80, "weight": 3}, {"name": "legacy", "port": 80}]},
+            {"matches": [{"path": {"type": "Exact", "value": "/x"}}],
+             "backendRefs": [{"kind": "Service", "group": "", "name": "web", "port": 8080}]},
+            {"backendRefs": [{"name": "web", "namespace": "elsewhere", "port": 80}]},
+            {"backendRefs": [{"name": "web", "kind": "Other", "port": 80}]},
+            {"matches": [{"path": {"type": "Exact", "value": "/none"}}]},
+        ]);
+        let rules = switched_rules(&original, "web", "shop", "web-preview");
+        assert_eq!(
+            rules,
+            json!([
+                {"name": "main", "filters": [{"type": "RequestHeaderModifier"}],
+                 "backendRefs": [{"name": "web-preview", "port": 80, "weight": 3}, {"name": "legacy", "port": 80}]},
+                {"matches": [{"path": {"type": "Exact", "value": "/x"}}],
+                 "backendRefs": [{"kind": "Service", "group": "", "name": "web-preview", "port": 8080}]},
+                original[2], original[3], original[4],
+            ])
+        );
+        assert_eq!(
+            switched_rules(&json!(null), "web", "shop", "web-preview"),
+            json!(null)
         );
     }
 

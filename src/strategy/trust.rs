@@ -192,6 +192,8 @@ fn check_route(record: &RolloutState, own: &str, problem: &mut impl FnMut(String
                 | Step::RestoreRoute
                 | Step::RemoveRevisionServices
                 | Step::MirrorRoute { .. }
+                | Step::PreviewRoute
+                | Step::SwitchRoute
         )
     };
     let rollback_steps = record.rollback.iter().flat_map(|r| r.steps.iter());
@@ -219,7 +221,8 @@ fn check_route(record: &RolloutState, own: &str, problem: &mut impl FnMut(String
             problem(format!("its {what} name {name:?} is not valid"));
         }
     }
-    if [&stable, &canary].contains(&&route.service) {
+    let preview = record.twin.as_ref().and_then(|t| t.preview.as_ref());
+    if [Some(&stable), Some(&canary), preview].contains(&Some(&route.service)) {
         problem(format!(
             "its route's Service {} is one of rollout's own",
             route.service
@@ -420,6 +423,11 @@ fn step_problem(step: &Step, own: &str, twin: Option<&Twin>) -> Option<String> {
             .and_then(|t| t.preview.as_ref())
             .is_none()
             .then(|| "mirrors requests but the record names no shadow Service".to_string()),
+        Step::PreviewRoute | Step::SwitchRoute => {
+            twin.and_then(|t| t.preview.as_ref()).is_none().then(|| {
+                "routes requests to green but the record names no preview Service".to_string()
+            })
+        }
         Step::Pause { .. }
         | Step::SetTemplate
         | Step::RestoreTemplate

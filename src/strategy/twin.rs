@@ -427,12 +427,28 @@ pub fn plan_twin(config: &StrategyConfig, observed: &Observed, twin: &Twin) -> P
                     service: preview.clone(),
                 });
             }
+            let route = config.traffic.as_ref();
+            if route.is_some_and(|t| t.canary_header.is_some()) {
+                // Testers reach green by the header while every other request stays on blue.
+                steps.push(Step::PreviewRoute);
+            }
             if !p.auto_promote {
                 steps.push(Step::Pause {
                     wait: PauseSpec::UntilPromote,
                 });
             }
-            steps.push(Step::SwitchTraffic);
+            if route.is_some() {
+                // The gateway moves every request at once, on one write of the route; the
+                // live Services follow (for clients that do not go through the gateway), and
+                // once they select green the route gets its own rules back, to the live
+                // Service, and green's preview Service goes.
+                steps.push(Step::SwitchRoute);
+                steps.push(Step::SwitchTraffic);
+                steps.push(Step::RestoreRoute);
+                steps.push(Step::RemovePreview);
+            } else {
+                steps.push(Step::SwitchTraffic);
+            }
             if http {
                 for service in &twin.services {
                     steps.push(Step::GateService {
@@ -476,6 +492,17 @@ pub fn plan_twin(config: &StrategyConfig, observed: &Observed, twin: &Twin) -> P
                 "after the switch {} serves and {} goes to 0 replicas (its volumes stay); commands keep using the name {}",
                 twin.set, observed.name, twin.home
             ));
+            if let Some(traffic) = route {
+                let preview = twin.preview.as_deref().unwrap_or("-");
+                notes.push(format!(
+                    "HTTPRoute {}: {}the switch is one write of the route to {preview}; the route gets its own rules back once the live Service(s) select {}",
+                    traffic.route,
+                    traffic.canary_header.as_ref().map_or_else(String::new, |pin| format!(
+                        "requests with {pin} go to {preview} (green) before the switch; "
+                    )),
+                    twin.set
+                ));
+            }
         }
         StrategyParams::Shadow(p) => {
             steps.push(Step::CreateTwin {
@@ -918,6 +945,15 @@ mod tests {
         }
     }
 
+    fn route_traffic(header: Option<&str>) -> Box<crate::model::route::RouteTraffic> {
+        Box::new(crate::model::route::RouteTraffic {
+            route: "web".into(),
+            namespace: None,
+            canary_header: header.map(|h| h.parse().unwrap_or_else(|e| panic!("{e}"))),
+            mirror_percent: None,
+        })
+    }
+
     #[test]
     fn blue_green_plans() {
         let services = vec![service("web", &[("app", "web")], false)];
@@ -961,6 +997,48 @@ mod tests {
                 },
                 false,
                 vec!["pin", "create", "switch", "pause", "scale"],
+            ),
+            // Through a route: the switch is the route's, the Services follow, the route
+            // gets its own rules back and the preview goes; a header previews green first.
+            (
+                StrategyFlags {
+                    traffic: Some(route_traffic(None)),
+                    ..StrategyFlags::default()
+                },
+                true,
+                vec![
+                    "pin",
+                    "create",
+                    "gate",
+                    "gate-service",
+                    "pause",
+                    "route-switch",
+                    "switch",
+                    "restore-route",
+                    "remove-preview",
+                    "gate-service",
+                    "pause",
+                    "scale",
+                ],
+            ),
+            (
+                StrategyFlags {
+                    traffic: Some(route_traffic(Some("X-Preview=1"))),
+                    auto_promote: Some(true),
+                    ..StrategyFlags::default()
+                },
+                false,
+                vec![
+                    "pin",
+                    "create",
+                    "route-preview",
+                    "route-switch",
+                    "switch",
+                    "restore-route",
+                    "remove-preview",
+                    "pause",
+                    "scale",
+                ],
             ),
         ];
         for (flags, gated, expected) in cases {

@@ -148,6 +148,7 @@ async fn assert_cluster_has_done_steps(
     let mut scaled: BTreeMap<String, u64> = BTreeMap::new();
     let mut twins: BTreeMap<String, bool> = BTreeMap::new();
     let mut switched = false;
+    let mut route_written: Option<String> = None;
     for step in done {
         match step["type"].as_str().unwrap_or_default() {
             "setTemplateAndFreeze" | "setTemplate" => ensure!(
@@ -169,8 +170,14 @@ async fn assert_cluster_has_done_steps(
                 twins.insert(step["set"].as_str().unwrap_or_default().to_string(), false);
             }
             "switchTraffic" => switched = true,
+            "switchRoute" | "previewRoute" | "restoreRoute" | "setRouteWeights" => {
+                route_written = step["type"].as_str().map(str::to_string);
+            }
             _ => {}
         }
+    }
+    if let Some(last) = route_written {
+        assert_route_written(app, record, &last).await?;
     }
     if let Some(partition) = partition {
         let now = sts
@@ -233,6 +240,51 @@ async fn assert_cluster_has_done_steps(
             selector.contains_key("rollout.dev/set"),
             "the switch is done, but Service {STS} still selects {selector:?}"
         );
+    }
+    Ok(())
+}
+
+/// The route as the last route step done (`last`) left it: its own rules after `restoreRoute`;
+/// after blue/green's `switchRoute` every backendRef to the set's Service names the preview;
+/// after `previewRoute` a rule more, to the preview; after a canary's weights, the
+/// per-revision Services.
+async fn assert_route_written(
+    app: &App,
+    record: &serde_json::Value,
+    last: &str,
+) -> anyhow::Result<()> {
+    let name = record["route"]["route"]
+        .as_str()
+        .context("no route in the record")?;
+    let route = crate::support::gateway::routes(&app.ns).get(name).await?;
+    let rules = &route.data["spec"]["rules"];
+    let original = &record["route"]["originalRules"];
+    let backends: Vec<&str> = rules
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|r| r["backendRefs"].as_array().into_iter().flatten())
+        .filter_map(|b| b["name"].as_str())
+        .collect();
+    let preview = record["twin"]["preview"].as_str().unwrap_or_default();
+    let service = record["route"]["service"].as_str().unwrap_or_default();
+    match last {
+        "restoreRoute" => ensure!(
+            rules == original,
+            "restoreRoute is done, but the route's rules are {rules}, not {original}"
+        ),
+        "switchRoute" => ensure!(
+            backends.iter().all(|b| *b == preview),
+            "switchRoute is done, but the route sends to {backends:?}, not {preview} alone"
+        ),
+        "previewRoute" => ensure!(
+            backends.contains(&preview) && backends.contains(&service),
+            "previewRoute is done, but the route sends to {backends:?}"
+        ),
+        _ => ensure!(
+            backends.iter().any(|b| b.ends_with("-stable")),
+            "the route's weights are written, but it sends to {backends:?}"
+        ),
     }
     Ok(())
 }
@@ -438,6 +490,77 @@ async fn bluegreen_survives_a_kill_at_every_step() -> anyhow::Result<()> {
     ensure!(
         answers.keys().all(|v| v == "v2"),
         "the live Service answers {answers:?}"
+    );
+    assert_blue_volumes_kept(&app).await?;
+    app.cleanup().await;
+    Ok(())
+}
+
+/// Blue/green switched by an HTTPRoute: killed after the route's switch and aborted, the route
+/// is back byte for byte; killed at every step to the end, green serves through the route,
+/// whose rules are its own again.
+#[tokio::test]
+async fn bluegreen_through_a_route_survives_a_kill_at_every_step() -> anyhow::Result<()> {
+    use crate::support::gateway::{
+        make_route, routes, spread_via_gateway, wait_route_status, wait_serving,
+    };
+    let app = App::deploy("kill-bg-route", 3, false).await?;
+    let host = format!("{}.test", app.ns.name);
+    make_route(&app.ns, "web", &host, STS, 80).await?;
+    wait_route_status(&app.ns, "web").await?;
+    let spec =
+        || async { Ok::<_, anyhow::Error>(routes(&app.ns).get("web").await?.data["spec"].clone()) };
+    let before = spec().await?;
+    let route = [
+        "--traffic",
+        "gateway",
+        "--route",
+        "web",
+        "--preview-header",
+        "X-Preview=1",
+    ];
+    let mut aborted = with_gates(&["bluegreen", STS, "--auto-promote"]);
+    aborted.extend(route);
+    aborted.extend(["--image", "time-app:v2"]);
+    // hold-revision, pin, create, gate, gate-service, route-preview, route-switch (index 6),
+    // switch: killed while the route sends everything to green.
+    kill_then_abort(&app, &aborted, 7).await?;
+    ensure!(
+        spec().await? == before,
+        "after the abort the route is {}",
+        spec().await?
+    );
+    app.wait_settled().await?;
+    app.assert_all_on("v1").await?;
+    app.assert_data_kept().await?;
+
+    let mut args = with_gates(&[
+        "bluegreen",
+        STS,
+        "--auto-promote",
+        "--scale-down-delay",
+        "2s",
+    ]);
+    args.extend(route);
+    args.extend(["--image", "time-app:v2"]);
+    let (kills, landed) = kill_at_every_step(&app, &args).await?;
+    eprintln!("bluegreen through a route: {kills} kills survived: {landed:?}");
+    ensure!(kills >= 4, "only {kills} kills: {landed:?}");
+    let record = record_of(&app.statefulset().await?).context("no record")?;
+    ensure!(record["phase"] == "Succeeded", "{}", record["phase"]);
+    ensure!(
+        spec().await? == before,
+        "at the end the route is {}",
+        spec().await?
+    );
+    wait_serving(&host, "/healthz", &[], |seen| {
+        seen.keys().any(|pod| pod.starts_with("time-app-bg"))
+    })
+    .await?;
+    let answers = spread_via_gateway(&host, "/healthz", &[], 30).await;
+    ensure!(
+        answers.keys().all(|pod| pod.starts_with("time-app-bg")),
+        "green alone answers at the end through the route: {answers:?}"
     );
     assert_blue_volumes_kept(&app).await?;
     app.cleanup().await;

@@ -14,6 +14,7 @@ mod drift;
 mod failures;
 mod gates;
 mod gateway;
+mod gateway_bluegreen;
 mod gateway_devcluster;
 mod gateway_mirror;
 mod helm;

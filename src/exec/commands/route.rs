@@ -84,7 +84,12 @@ pub(super) async fn route_for<C: Cluster, G: GateRunner>(
         &pod_labels,
     )?;
     let (stable_service, canary_service) = revision_service_names(&name);
-    for taken in [&stable_service, &canary_service] {
+    // Only a canary makes the per-revision Services.
+    let makes_services = config.kind() == crate::model::strategy::StrategyKind::Canary;
+    for taken in [&stable_service, &canary_service]
+        .into_iter()
+        .filter(|_| makes_services)
+    {
         let foreign = services.iter().any(|s| {
             s.metadata.name.as_deref() == Some(taken.as_str())
                 && !revision_service_owned(&s.metadata, &name)

@@ -2,7 +2,8 @@
 //! a canary Service selecting by `controller-revision-hash`), `SetRouteWeights` (the route's
 //! rules at a weight, computed from its original rules by `crate::strategy::route`), and their
 //! inverses `RestoreRoute` (the original rules, exactly) and `RemoveRevisionServices` (only
-//! Services carrying rollout's mark). Every route write waits for its gateways' verdict on the
+//! Services carrying rollout's mark); a shadow's `MirrorRoute`; blue/green's `PreviewRoute`
+//! (a header to green's preview Service) and `SwitchRoute` (every request to it, in one write). Every route write waits for its gateways' verdict on the
 //! generation it produced: a route a gateway rejects fails the step with the gateway's words.
 
 use std::collections::BTreeMap;
@@ -55,6 +56,8 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             }
             Step::RestoreRoute => Box::pin(self.restore_route()),
             Step::MirrorRoute { percent } => Box::pin(self.mirror_route(*percent)),
+            Step::PreviewRoute => Box::pin(self.preview_route()),
+            Step::SwitchRoute => Box::pin(self.switch_route()),
             _ => Box::pin(self.remove_revision_services()),
         }
     }
@@ -298,10 +301,105 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         .await
     }
 
-    /// Step: the route's rules as they were before the rollout.
+    /// Step (blue/green): requests with the preview header to green's preview Service, every
+    /// other request as before.
+    pub(super) async fn preview_route(&mut self) -> Result<(), ExecError> {
+        let started = Instant::now();
+        let route = self.route_record()?;
+        let Some(preview) = self.record.twin.as_ref().and_then(|t| t.preview.clone()) else {
+            return self.step_cannot_finish(
+                started,
+                "the record names no preview Service of green's to route requests to",
+            );
+        };
+        let Some(pin) = route.canary_header.clone() else {
+            return self.step_cannot_finish(started, "the record names no preview header");
+        };
+        if !self.begin_and_record().await? {
+            return Ok(());
+        }
+        let namespace = self.cluster.namespace().to_string();
+        let rules = crate::strategy::route::preview_rules(
+            &route.original_rules,
+            &route.service,
+            &namespace,
+            &preview,
+            &pin,
+        );
+        self.write_route(
+            started,
+            &route.route,
+            rules,
+            false,
+            &format!(
+                "requests with {pin} to {preview} (green), the rest to {}",
+                route.service
+            ),
+        )
+        .await
+    }
+
+    /// Step (blue/green): the switch, in one write of the route: every backendRef to the live
+    /// Service names green's preview Service instead.
+    pub(super) async fn switch_route(&mut self) -> Result<(), ExecError> {
+        let started = Instant::now();
+        let route = self.route_record()?;
+        let Some(preview) = self.record.twin.as_ref().and_then(|t| t.preview.clone()) else {
+            return self.step_cannot_finish(
+                started,
+                "the record names no preview Service of green's to switch the route to",
+            );
+        };
+        if self.record.measured.switched_at.is_none() {
+            // Recorded before the write: from here on green may have served, so its data is
+            // never deleted by a later rollback.
+            self.record.measured.switched_at = Some(Self::now());
+        }
+        if !self.begin_and_record().await? {
+            return Ok(());
+        }
+        let namespace = self.cluster.namespace().to_string();
+        let rules = crate::strategy::route::switched_rules(
+            &route.original_rules,
+            &route.service,
+            &namespace,
+            &preview,
+        );
+        self.write_route(
+            started,
+            &route.route,
+            rules,
+            false,
+            &format!("every request to {preview} (green), in one write"),
+        )
+        .await
+    }
+
+    /// Step: the route's rules as they were before the rollout. At the end of a blue/green,
+    /// once the live Services send their traffic only to green's pods (their EndpointSlices
+    /// say so), so that the gateway finds green behind them.
     pub(super) async fn restore_route(&mut self) -> Result<(), ExecError> {
         let started = Instant::now();
         let route = self.route_record()?;
+        if !self.backwards() {
+            if let Some(twin) = self
+                .record
+                .twin
+                .clone()
+                .filter(|t| t.role == crate::model::twin::TwinRole::Green)
+            {
+                if !self.live_services_on(&twin, started).await? {
+                    return self.step_timed_out(
+                        started,
+                        self.step_deadline().1,
+                        &format!(
+                            "the live Service(s) did not send their traffic to {} alone (their EndpointSlices)",
+                            twin.set
+                        ),
+                    );
+                }
+            }
+        }
         if !self.begin_and_record().await? {
             return Ok(());
         }
@@ -431,6 +529,56 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 _ = tokio::time::sleep_until(deadline) => return Ok(Waited::Deadline),
                 _ = self.lease_lost.changed() => return Err(self.lease_lost_error()),
             }
+        }
+    }
+
+    /// Waits (until the step's deadline) for the EndpointSlices of every live Service to list
+    /// only pods of green. True when they do, or when this identity may not read
+    /// EndpointSlices (then it says so and goes on: green's and blue's pods both serve, so the
+    /// gateway can at worst send a few more requests to blue).
+    async fn live_services_on(
+        &mut self,
+        twin: &crate::model::twin::Twin,
+        started: Instant,
+    ) -> Result<bool, ExecError> {
+        use k8s_openapi::api::discovery::v1::EndpointSlice;
+        let (deadline, _) = self.step_deadline();
+        let mut pause = std::time::Duration::from_millis(20);
+        loop {
+            let mut all = true;
+            for service in &twin.services {
+                let select =
+                    Select::labels(&format!("kubernetes.io/service-name={}", service.name));
+                match self.cluster.list::<EndpointSlice>(&select).await {
+                    Ok(slices) => all &= predicates::endpoints_only_of(&slices, &twin.set),
+                    Err(ApiError::Refused { code: 403, .. }) => {
+                        self.progress.say(format!(
+                            "        note: EndpointSlices cannot be read (forbidden), so the route goes back to {} without seeing it select {} alone; `list` on endpointslices lets rollout wait for it",
+                            service.name, twin.set
+                        ));
+                        return Ok(true);
+                    }
+                    Err(e) => {
+                        return Err(ExecError::api(
+                            "listing EndpointSlices of",
+                            &service.name,
+                            e,
+                        ))
+                    }
+                }
+            }
+            if all {
+                tracing::debug!(waited = ?started.elapsed(), "live Services on green");
+                return Ok(true);
+            }
+            if Instant::now() + pause > deadline {
+                return Ok(false);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = self.lease_lost.changed() => return Err(self.lease_lost_error()),
+            }
+            pause = (pause * 2).min(std::time::Duration::from_millis(500));
         }
     }
 

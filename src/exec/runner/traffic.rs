@@ -118,7 +118,9 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 render_selector(&selector)
             ));
         }
-        if to == To::Green {
+        // Through a route, the route sends its requests to the preview until its own rules
+        // are back (`RestoreRoute`); `RemovePreview` deletes it then.
+        if to == To::Green && self.record.route.is_none() {
             self.delete_preview(&twin).await?;
         }
         self.complete(started, &format!(": {}", detail.join("; ")))
