@@ -75,6 +75,26 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             })
     }
 
+    /// The route record and the Service of the twin (green's preview, the shadow's) a route
+    /// step sends requests to; `None` once the step was failed for a record that names no such
+    /// Service (`to` says what the step would have done with it).
+    fn with_twin_service(
+        &mut self,
+        started: Instant,
+        to: &str,
+    ) -> Result<Option<(RouteRecord, String)>, ExecError> {
+        let route = self.route_record()?;
+        match self.record.twin.as_ref().and_then(|t| t.preview.clone()) {
+            Some(service) => Ok(Some((route, service))),
+            None => self
+                .step_cannot_finish(
+                    started,
+                    &format!("the record names no Service of the second set's to {to}"),
+                )
+                .map(|()| None),
+        }
+    }
+
     /// Step: the per-revision Services, `<set>-stable` on the stable revision and
     /// `<set>-canary` on the new one, with the ports of the route's Service.
     pub(super) async fn create_revision_services(&mut self) -> Result<(), ExecError> {
@@ -266,12 +286,8 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         percent: Option<crate::model::weight::Percent>,
     ) -> Result<(), ExecError> {
         let started = Instant::now();
-        let route = self.route_record()?;
-        let Some(mirror) = self.record.twin.as_ref().and_then(|t| t.preview.clone()) else {
-            return self.step_cannot_finish(
-                started,
-                "the record names no Service of the shadow's to mirror requests to",
-            );
+        let Some((route, mirror)) = self.with_twin_service(started, "mirror requests to")? else {
+            return Ok(());
         };
         if !self.begin_and_record().await? {
             return Ok(());
@@ -305,12 +321,8 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
     /// other request as before.
     pub(super) async fn preview_route(&mut self) -> Result<(), ExecError> {
         let started = Instant::now();
-        let route = self.route_record()?;
-        let Some(preview) = self.record.twin.as_ref().and_then(|t| t.preview.clone()) else {
-            return self.step_cannot_finish(
-                started,
-                "the record names no preview Service of green's to route requests to",
-            );
+        let Some((route, preview)) = self.with_twin_service(started, "route requests to")? else {
+            return Ok(());
         };
         let Some(pin) = route.canary_header.clone() else {
             return self.step_cannot_finish(started, "the record names no preview header");
@@ -343,12 +355,8 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
     /// Service names green's preview Service instead.
     pub(super) async fn switch_route(&mut self) -> Result<(), ExecError> {
         let started = Instant::now();
-        let route = self.route_record()?;
-        let Some(preview) = self.record.twin.as_ref().and_then(|t| t.preview.clone()) else {
-            return self.step_cannot_finish(
-                started,
-                "the record names no preview Service of green's to switch the route to",
-            );
+        let Some((route, preview)) = self.with_twin_service(started, "switch the route to")? else {
+            return Ok(());
         };
         if self.record.measured.switched_at.is_none() {
             // Recorded before the write: from here on green may have served, so its data is
