@@ -213,8 +213,8 @@ async fn a_blue_green_through_the_route_previews_by_header_and_switches_in_one_w
 #[tokio::test(flavor = "multi_thread")]
 async fn a_blue_green_through_the_route_rolled_back_leaves_the_route_as_it_was() {
     let (app, before) = routed_app("gw-bg-back").await.expect("app and route");
-    let run = app
-        .rollout(&[
+    let bluegreen = |extra: &'static [&'static str]| {
+        let mut args = vec![
             "bluegreen",
             STS,
             "--image",
@@ -225,20 +225,33 @@ async fn a_blue_green_through_the_route_rolled_back_leaves_the_route_as_it_was()
             ROUTE,
             "--preview-header",
             "X-Preview=yes",
-            "--auto-promote",
-            "--scale-down-delay",
-            "10m",
-        ])
+        ];
+        args.extend_from_slice(extra);
+        args
+    };
+    // Aborted at the hold, with the preview rule on the route: the rule goes, green goes.
+    let held = app.rollout(&bluegreen(&[])).await.expect("run");
+    held.expect(ExitCode::Done).expect("held");
+    assert_ne!(route_spec(&app).await.expect("route"), before, "previewing");
+    let abort = app.rollout(&["abort", STS]).await.expect("abort");
+    abort.expect(ExitCode::Done).expect("aborted");
+    assert_eq!(route_spec(&app).await.expect("route"), before);
+
+    // Switched to the end, then undone: blue serves through the route again.
+    let run = app
+        .rollout(&bluegreen(&["--auto-promote", "--scale-down-delay", "0s"]))
         .await
         .expect("run");
-    // Switched, and held by the scale-down delay: `undo` is instant from here.
     run.expect(ExitCode::Done).expect("switched");
-    assert!(
-        versions(&app, &[], 20).await.keys().all(|v| v == "v2"),
+    assert_eq!(route_spec(&app).await.expect("route"), before);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        versions(&app, &[], 20).await,
+        BTreeMap::from([("v2".to_string(), 20)]),
         "green serves after the switch"
     );
-    let undo = app.rollout(&["abort", STS]).await.expect("abort");
-    undo.expect(ExitCode::Done).expect("aborted");
+    let undo = app.rollout(&["undo", STS]).await.expect("undo");
+    undo.expect(ExitCode::Done).expect("undone");
     assert_eq!(route_spec(&app).await.expect("route"), before);
     wait_serving(&host(&app), "/healthz", &[], |seen| {
         seen.get("time-app-0").is_some()
@@ -246,11 +259,10 @@ async fn a_blue_green_through_the_route_rolled_back_leaves_the_route_as_it_was()
     .await
     .expect("blue serves again");
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let answers = versions(&app, &[], 50).await;
     assert_eq!(
-        answers,
+        versions(&app, &[], 50).await,
         BTreeMap::from([("v1".to_string(), 50)]),
-        "after the rollback"
+        "after the undo"
     );
     app.assert_data_kept().await.expect("blue's data");
     app.cleanup().await;
