@@ -6,6 +6,7 @@ pub mod compare;
 pub mod probe;
 pub mod prometheus;
 pub mod replay;
+pub mod route;
 pub mod verdict;
 
 pub use verdict::{GateFailure, PodSamples, ProbeOutcome, Verdict};

@@ -81,6 +81,8 @@ pub enum GateKind {
     Command,
     Webhook,
     Metric,
+    /// The gateways' verdict on the route a rollout goes through.
+    Route,
 }
 
 impl fmt::Display for GateKind {
@@ -91,6 +93,7 @@ impl fmt::Display for GateKind {
             GateKind::Command => "command gate",
             GateKind::Webhook => "webhook gate",
             GateKind::Metric => "metric gate",
+            GateKind::Route => "route gate",
         })
     }
 }

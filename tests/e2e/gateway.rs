@@ -320,7 +320,7 @@ async fn a_route_the_gateway_rejects_fails_the_step_with_its_message_and_is_rest
         .expect("run");
     run.expect(ExitCode::GateFailed).expect("rolled back");
     assert!(
-        run.stderr.contains("was not accepted: gateway devcluster-gateway/devcluster (traefik.io/gateway-controller) set ResolvedRefs=False"),
+        run.stderr.contains("gateway devcluster-gateway/devcluster (traefik.io/gateway-controller) set ResolvedRefs=False"),
         "{}",
         run.describe()
     );
@@ -332,6 +332,74 @@ async fn a_route_the_gateway_rejects_fails_the_step_with_its_message_and_is_rest
             .any(|n| n.ends_with("-stable") || n.ends_with("-canary")),
         "{names:?}"
     );
+    app.wait_settled().await.expect("settled");
+    app.assert_all_on("v1").await.expect("v1");
+    app.cleanup().await;
+}
+
+/// The route is part of every gate: a canary Service deleted during the rollout makes the
+/// gateway set ResolvedRefs=False, and the next gate fails with its words.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_route_its_gateway_stops_accepting_fails_the_next_gate() {
+    let app = App::deploy("gw-gate", 3, false).await.expect("deploy");
+    let before = create_route(&app, ROUTE, STS, json!([]))
+        .await
+        .expect("route");
+    wait_routed(&app).await.expect("routed");
+    let child = crate::support::rollout_command(
+        app.name(),
+        &[
+            "canary",
+            STS,
+            "--image",
+            "time-app:v2",
+            "--steps",
+            "34,67",
+            "--pause",
+            "10s",
+            "--traffic",
+            "gateway",
+            "--route",
+            ROUTE,
+        ],
+    )
+    .spawn()
+    .expect("spawn");
+    // At the first pause the route sends 34 % to time-app-canary: delete that Service.
+    let canary = format!("{STS}-canary");
+    let mut deleted = false;
+    for _ in 0..240 {
+        let record = app
+            .statefulset()
+            .await
+            .expect("sts")
+            .metadata
+            .annotations
+            .unwrap_or_default();
+        if record.values().any(|v| v.contains("\"phase\":\"Paused\"")) {
+            app.ns
+                .api::<Service>()
+                .delete(&canary, &Default::default())
+                .await
+                .expect("delete the canary Service");
+            deleted = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert!(deleted, "the canary never paused");
+    let output = tokio::time::timeout(crate::support::RUN_LIMIT, child.wait_with_output())
+        .await
+        .expect("the run ended")
+        .expect("output");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("route gate failed (HTTPRoute web)")
+            && stderr.contains("ResolvedRefs=False"),
+        "{stderr}"
+    );
+    assert_eq!(route_spec(&app, ROUTE).await.expect("route"), before);
     app.wait_settled().await.expect("settled");
     app.assert_all_on("v1").await.expect("v1");
     app.cleanup().await;

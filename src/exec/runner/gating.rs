@@ -1,5 +1,6 @@
 //! The gate steps: `Gate` (every configured gate on the pods a step changed) and `GateService`
-//! (the HTTP gate through a Service, by the API server's service proxy). A gate changes
+//! (the HTTP gate through a Service, by the API server's service proxy); in a rollout through
+//! an HTTPRoute both also take its gateways' verdict on the route as it is now. A gate changes
 //! nothing; its verdict moves the rollout on, rolls it back, or runs it again when it could
 //! not decide, until the step's deadline.
 
@@ -87,6 +88,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 }
             }
         };
+        let verdict = Verdict::all([verdict, self.route_gate_now().await?]);
         self.conclude_gate(verdict, started).await
     }
 
@@ -134,6 +136,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 }
             }
         };
+        let verdict = Verdict::all([verdict, self.route_gate_now().await?]);
         self.conclude_gate(verdict, started).await
     }
 

@@ -95,6 +95,20 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         }
     }
 
+    /// The route's part of every gate of a rollout through a route: its gateways' verdict on
+    /// the route as it is now (`crate::gate::route`); a pass without a route.
+    pub(super) async fn route_gate_now(&self) -> Result<crate::gate::Verdict, ExecError> {
+        let Some(name) = self.record.route.as_ref().map(|r| r.route.clone()) else {
+            return Ok(crate::gate::Verdict::Pass);
+        };
+        let found = self
+            .cluster
+            .get::<HttpRoute>(&name)
+            .await
+            .map_err(|e| ExecError::api("reading HTTPRoute", &name, e))?;
+        Ok(crate::gate::route::route_gate(&name, found.as_ref()))
+    }
+
     /// Step: the per-revision Services, `<set>-stable` on the stable revision and
     /// `<set>-canary` on the new one, with the ports of the route's Service.
     pub(super) async fn create_revision_services(&mut self) -> Result<(), ExecError> {
