@@ -496,6 +496,59 @@ async fn bluegreen_survives_a_kill_at_every_step() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A canary whose weights an HTTPRoute carries: aborted after a kill with the weights written,
+/// then killed at every step to the end; the route ends byte for byte as it was.
+#[tokio::test]
+async fn canary_through_a_route_survives_a_kill_at_every_step() -> anyhow::Result<()> {
+    use crate::support::gateway::{make_route, routes, wait_route_status};
+    let app = App::deploy("kill-canary-route", 3, false).await?;
+    make_route(&app.ns, "web", &format!("{}.test", app.ns.name), STS, 80).await?;
+    wait_route_status(&app.ns, "web").await?;
+    let spec =
+        || async { Ok::<_, anyhow::Error>(routes(&app.ns).get("web").await?.data["spec"].clone()) };
+    let before = spec().await?;
+    let canary = [
+        "canary",
+        STS,
+        "--steps",
+        "34,67",
+        "--traffic",
+        "gateway",
+        "--route",
+        "web",
+    ];
+    let mut aborted = with_gates(&canary);
+    aborted.extend(["--image", "time-app:v2"]);
+    // freeze, revision-services, partition, gate, route-weights (index 4), partition: killed
+    // with 34 % of the requests on the canary.
+    kill_then_abort(&app, &aborted, 5).await?;
+    ensure!(
+        spec().await? == before,
+        "after the abort the route is {}",
+        spec().await?
+    );
+    app.wait_settled().await?;
+    app.assert_all_on("v1").await?;
+
+    let mut args = with_gates(&canary);
+    args.extend(["--image", "time-app:v3"]);
+    let (kills, landed) = kill_at_every_step(&app, &args).await?;
+    eprintln!("canary through a route: {kills} kills survived: {landed:?}");
+    ensure!(kills >= 4, "only {kills} kills: {landed:?}");
+    let record = record_of(&app.statefulset().await?).context("no record")?;
+    ensure!(record["phase"] == "Succeeded", "{}", record["phase"]);
+    ensure!(
+        spec().await? == before,
+        "at the end the route is {}",
+        spec().await?
+    );
+    app.wait_settled().await?;
+    app.assert_all_on("v3").await?;
+    app.assert_data_kept().await?;
+    app.cleanup().await;
+    Ok(())
+}
+
 /// Blue/green switched by an HTTPRoute: killed after the route's switch and aborted, the route
 /// is back byte for byte; killed at every step to the end, green serves through the route,
 /// whose rules are its own again.
