@@ -377,6 +377,7 @@ gates:
             "canary-hold.yaml",
             "canary-gateway.yaml",
             "bluegreen.yaml",
+            "bluegreen-gateway.yaml",
             "recreate.yaml",
             "shadow.yaml",
         ] {
@@ -387,7 +388,7 @@ gates:
                 .unwrap_or_else(|e| panic!("{e}"));
             seen += 1;
         }
-        assert_eq!(seen, 8);
+        assert_eq!(seen, 9);
     }
 
     #[test]
