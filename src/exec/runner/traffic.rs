@@ -210,11 +210,14 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             return Ok(Some(preview_taken(twin, preview)));
         }
         let live = twin.services.first();
-        // The ports of the live Service, or (a shadow mirrored through a route) of the
-        // route's Service.
-        let ports_of = live
-            .map(|l| l.name.clone())
-            .or_else(|| self.record.route.as_ref().map(|r| r.service.clone()));
+        // The ports of the route's Service (a route sends to the preview on that Service's
+        // port: blue/green's preview and switch, a shadow's mirror), or of the live Service.
+        let ports_of = self
+            .record
+            .route
+            .as_ref()
+            .map(|r| r.service.clone())
+            .or_else(|| live.map(|l| l.name.clone()));
         let ports: Vec<ServicePort> = ports_of
             .and_then(|name| {
                 services
