@@ -399,13 +399,43 @@ fn with_gates(args: &[&'static str]) -> Vec<&'static str> {
     args.iter().chain(FAST_GATES).copied().collect()
 }
 
-/// The partition strategies and recreate: abort after a kill, then the rollout to v2 killed at
-/// every step; at the end every pod on v2 with its data.
-async fn kills_in_place(prefix: &str, strategy: &[&'static str]) -> anyhow::Result<()> {
+/// The partition strategies and recreate: abort after a kill at step `abort_at`, then the
+/// rollout to v2 killed at every step; at the end every pod on v2 with its data. Through a
+/// route (`route`, made first for the test's host), the route must be as it was after the
+/// abort and at the end.
+async fn kills_in_place(
+    prefix: &str,
+    strategy: &[&'static str],
+    abort_at: u64,
+    route: Option<&str>,
+) -> anyhow::Result<()> {
     let app = App::deploy(prefix, 3, false).await?;
+    let spec = |name: String| {
+        let api = crate::support::gateway::routes(&app.ns);
+        async move { Ok::<_, anyhow::Error>(api.get(&name).await?.data["spec"].clone()) }
+    };
+    let mut before = None;
+    if let Some(name) = route {
+        let host = format!("{}.test", app.ns.name);
+        crate::support::gateway::make_route(&app.ns, name, &host, STS, 80).await?;
+        crate::support::gateway::wait_route_status(&app.ns, name).await?;
+        before = Some(spec(name.to_string()).await?);
+    }
+    let route_as_before = |when: &'static str| {
+        let before = before.clone();
+        let now = route.map(|name| spec(name.to_string()));
+        async move {
+            if let (Some(before), Some(now)) = (before, now) {
+                let now = now.await?;
+                ensure!(now == before, "{when} the route is {now}, not {before}");
+            }
+            anyhow::Ok(())
+        }
+    };
     let mut aborted = with_gates(strategy);
     aborted.extend(["--image", "time-app:v2"]);
-    kill_then_abort(&app, &aborted, 2).await?;
+    kill_then_abort(&app, &aborted, abort_at).await?;
+    route_as_before("after the abort").await?;
     app.wait_settled().await?;
     app.assert_all_on("v1").await?;
     app.assert_data_kept().await?;
@@ -417,6 +447,7 @@ async fn kills_in_place(prefix: &str, strategy: &[&'static str]) -> anyhow::Resu
     ensure!(kills >= 4, "only {kills} kills: {landed:?}");
     let record = record_of(&app.statefulset().await?).context("no record")?;
     ensure!(record["phase"] == "Succeeded", "{}", record["phase"]);
+    route_as_before("at the end").await?;
     app.wait_settled().await?;
     app.assert_all_on("v3").await?;
     app.assert_data_kept().await?;
@@ -426,22 +457,28 @@ async fn kills_in_place(prefix: &str, strategy: &[&'static str]) -> anyhow::Resu
 
 #[tokio::test]
 async fn rolling_survives_a_kill_at_every_step() -> anyhow::Result<()> {
-    kills_in_place("kill-rolling", &["rolling", STS]).await
+    kills_in_place("kill-rolling", &["rolling", STS], 2, None).await
 }
 
 #[tokio::test]
 async fn ramped_survives_a_kill_at_every_step() -> anyhow::Result<()> {
-    kills_in_place("kill-ramped", &["ramped", STS, "--steps", "1,2"]).await
+    kills_in_place("kill-ramped", &["ramped", STS, "--steps", "1,2"], 2, None).await
 }
 
 #[tokio::test]
 async fn canary_survives_a_kill_at_every_step() -> anyhow::Result<()> {
-    kills_in_place("kill-canary", &["canary", STS, "--steps", "34,67,100"]).await
+    kills_in_place(
+        "kill-canary",
+        &["canary", STS, "--steps", "34,67,100"],
+        2,
+        None,
+    )
+    .await
 }
 
 #[tokio::test]
 async fn recreate_survives_a_kill_at_every_step() -> anyhow::Result<()> {
-    kills_in_place("kill-recreate", &["recreate", STS]).await
+    kills_in_place("kill-recreate", &["recreate", STS], 2, None).await
 }
 
 #[tokio::test]
@@ -496,17 +533,11 @@ async fn bluegreen_survives_a_kill_at_every_step() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A canary whose weights an HTTPRoute carries: aborted after a kill with the weights written,
-/// then killed at every step to the end; the route ends byte for byte as it was.
+/// A canary whose weights an HTTPRoute carries, aborted after a kill with 34 % of the requests
+/// on the canary (freeze, revision-services, partition, gate, route-weights: index 5 is the
+/// next partition), then killed at every step; the route ends byte for byte as it was.
 #[tokio::test]
 async fn canary_through_a_route_survives_a_kill_at_every_step() -> anyhow::Result<()> {
-    use crate::support::gateway::{make_route, routes, wait_route_status};
-    let app = App::deploy("kill-canary-route", 3, false).await?;
-    make_route(&app.ns, "web", &format!("{}.test", app.ns.name), STS, 80).await?;
-    wait_route_status(&app.ns, "web").await?;
-    let spec =
-        || async { Ok::<_, anyhow::Error>(routes(&app.ns).get("web").await?.data["spec"].clone()) };
-    let before = spec().await?;
     let canary = [
         "canary",
         STS,
@@ -517,36 +548,7 @@ async fn canary_through_a_route_survives_a_kill_at_every_step() -> anyhow::Resul
         "--route",
         "web",
     ];
-    let mut aborted = with_gates(&canary);
-    aborted.extend(["--image", "time-app:v2"]);
-    // freeze, revision-services, partition, gate, route-weights (index 4), partition: killed
-    // with 34 % of the requests on the canary.
-    kill_then_abort(&app, &aborted, 5).await?;
-    ensure!(
-        spec().await? == before,
-        "after the abort the route is {}",
-        spec().await?
-    );
-    app.wait_settled().await?;
-    app.assert_all_on("v1").await?;
-
-    let mut args = with_gates(&canary);
-    args.extend(["--image", "time-app:v3"]);
-    let (kills, landed) = kill_at_every_step(&app, &args).await?;
-    eprintln!("canary through a route: {kills} kills survived: {landed:?}");
-    ensure!(kills >= 4, "only {kills} kills: {landed:?}");
-    let record = record_of(&app.statefulset().await?).context("no record")?;
-    ensure!(record["phase"] == "Succeeded", "{}", record["phase"]);
-    ensure!(
-        spec().await? == before,
-        "at the end the route is {}",
-        spec().await?
-    );
-    app.wait_settled().await?;
-    app.assert_all_on("v3").await?;
-    app.assert_data_kept().await?;
-    app.cleanup().await;
-    Ok(())
+    kills_in_place("kill-canary-route", &canary, 5, Some("web")).await
 }
 
 /// Blue/green switched by an HTTPRoute: killed after the route's switch and aborted, the route
