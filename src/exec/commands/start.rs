@@ -358,6 +358,30 @@ pub(super) struct StartChecked {
     new_template: serde_json::Value,
 }
 
+/// The refusal of a new rollout while `record`'s is under way: what it is, where it is, and
+/// who holds the set's Lease.
+async fn in_progress<C: Cluster, G: GateRunner>(
+    ctx: &Context<C, G>,
+    name: &str,
+    record: &RolloutState,
+) -> Result<ExecError, ExecError> {
+    let running = match ctx.lease_holder_now(name).await? {
+        Some(holder) => format!(", its Lease held by {holder}"),
+        None => String::new(),
+    };
+    Ok(ExecError::InProgress {
+        statefulset: name.to_string(),
+        description: format!(
+            "{} started by {}, {} at step {}/{}{running}",
+            record.plan.strategy,
+            record.started_by,
+            record.phase,
+            record.current_step + 1,
+            record.plan.steps.len()
+        ),
+    })
+}
+
 pub(super) enum Checked {
     Go(Box<StartChecked>),
     /// Nothing to start: the run ended (nothing to do, or it continued a rollout under way).
@@ -424,21 +448,7 @@ pub(super) async fn check_start<C: Cluster, G: GateRunner>(
             return Ok(Checked::Done(code));
         }
         if !plan_only {
-            let running = match ctx.lease_holder_now(name).await? {
-                Some(holder) => format!(", its Lease held by {holder}"),
-                None => String::new(),
-            };
-            return Err(ExecError::InProgress {
-                statefulset: name.to_string(),
-                description: format!(
-                    "{} started by {}, {} at step {}/{}{running}",
-                    record.plan.strategy,
-                    record.started_by,
-                    record.phase,
-                    record.current_step + 1,
-                    record.plan.steps.len()
-                ),
-            });
+            return Err(in_progress(ctx, name, record).await?);
         }
     }
     if already_there && mid_update_reason(&sts).is_none() {
@@ -457,6 +467,11 @@ pub(super) async fn check_start<C: Cluster, G: GateRunner>(
     crate::strategy::planner::check_fits(&request.config, name, replicas)?;
     let mut view = ctx.cluster.watch(name, &selector_of(&sts));
     let sts = settle(&mut view, name).await?;
+    // Another run may have started since the first read (two deploys started together): its
+    // record is on the set now, and its update is no reason to call the set unrollable.
+    if let Some(record) = record_of(&sts)?.filter(|r| r.phase.is_active() && !plan_only) {
+        return Err(in_progress(ctx, name, &record).await?);
+    }
     if let Some(reason) = mid_update_reason(&sts) {
         let reason = match existing.as_ref().filter(|r| r.phase == Phase::Failed) {
             Some(r) => format!(

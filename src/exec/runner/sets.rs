@@ -317,6 +317,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 .remove::<StatefulSet>(set)
                 .await
                 .map_err(|e| ExecError::api("deleting StatefulSet", set, e))?;
+            self.wait_pods_gone(set, deadline).await?;
         }
         let claims: Vec<String> = self
             .list_all::<PersistentVolumeClaim>("listing PVCs in namespace")
@@ -337,6 +338,35 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             started,
             &format!(": {}", describe_claims(&claims, twin.keep_data)),
         )
+    }
+
+    /// After the twin `set` is deleted, until no pod of it is left (or the step's deadline): a
+    /// pod the StatefulSet controller made just before the set went belongs to the garbage
+    /// collector, and nothing of the twin should serve once the step is done. Polled, with
+    /// back-off: the set's own watch ends with the set.
+    async fn wait_pods_gone(&self, set: &str, deadline: Instant) -> Result<(), ExecError> {
+        let select = crate::cluster::Select::labels(&format!("{SET_LABEL}={set}"));
+        let mut pause = std::time::Duration::from_millis(50);
+        loop {
+            let left = self
+                .cluster
+                .list::<Pod>(&select)
+                .await
+                .map_err(|e| ExecError::api("listing the pods of StatefulSet", set, e))?;
+            if left.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() + pause > deadline {
+                tracing::warn!(
+                    set,
+                    pods = left.len(),
+                    "pods of a removed set still there at the deadline"
+                );
+                return Ok(());
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(std::time::Duration::from_secs(1));
+        }
     }
 }
 
