@@ -3,8 +3,9 @@
 //! rules at a weight, computed from its original rules by `crate::strategy::route`), and their
 //! inverses `RestoreRoute` (the original rules, exactly) and `RemoveRevisionServices` (only
 //! Services carrying rollout's mark); a shadow's `MirrorRoute`; blue/green's `PreviewRoute`
-//! (a header to green's preview Service) and `SwitchRoute` (every request to it, in one write). Every route write waits for its gateways' verdict on the
-//! generation it produced: a route a gateway rejects fails the step with the gateway's words.
+//! (a header to green's preview Service) and `SwitchRoute` (every request to it, in one
+//! write). Every route write waits for its gateways' verdict on the generation it produced: a
+//! route a gateway rejects fails the step with the gateway's words.
 
 use std::collections::BTreeMap;
 
