@@ -123,11 +123,13 @@ pub enum Undecided {
 }
 
 /// What follows a gate that could not decide for the `attempt`-th time (from 0), with `left`
-/// until the step's deadline: another run after the back-off while one still fits before the
-/// deadline, otherwise the failure once the deadline has passed.
-pub fn after_undecided(attempt: u32, jitter: f64, left: Duration) -> Undecided {
+/// until the step's deadline and `took` the time that try took: another run after the
+/// back-off while one as long still fits before the deadline, otherwise the failure once the
+/// deadline has passed (a try cut off by the deadline would say less than "it stayed
+/// undecided").
+pub fn after_undecided(attempt: u32, jitter: f64, left: Duration, took: Duration) -> Undecided {
     let wait = UNDECIDED_BACKOFF.delay(attempt, jitter);
-    if wait < left {
+    if wait + took < left {
         Undecided::RunAgainIn(wait)
     } else {
         Undecided::FailIn(left)
@@ -321,21 +323,25 @@ mod tests {
     #[test]
     fn an_undecided_gate_runs_again_until_the_deadline() {
         use Undecided::*;
+        // (attempt, jitter, time left, the try took, what follows)
         let cases = [
-            (0, 1.0, MS(60_000), RunAgainIn(MS(2000))),
-            (0, 0.0, MS(60_000), RunAgainIn(MS(1000))),
-            (3, 1.0, MS(60_000), RunAgainIn(MS(16_000))),
-            (9, 1.0, MS(60_000), RunAgainIn(MS(30_000))),
+            (0, 1.0, MS(60_000), MS(0), RunAgainIn(MS(2000))),
+            (0, 0.0, MS(60_000), MS(1000), RunAgainIn(MS(1000))),
+            (3, 1.0, MS(60_000), MS(2000), RunAgainIn(MS(16_000))),
+            (9, 1.0, MS(60_000), MS(2000), RunAgainIn(MS(30_000))),
             // No run fits before the deadline: wait for it, then fail.
-            (9, 1.0, MS(5000), FailIn(MS(5000))),
-            (0, 1.0, MS(2000), FailIn(MS(2000))),
-            (0, 1.0, Duration::ZERO, FailIn(Duration::ZERO)),
+            (9, 1.0, MS(5000), MS(0), FailIn(MS(5000))),
+            (0, 1.0, MS(2000), MS(0), FailIn(MS(2000))),
+            (0, 1.0, Duration::ZERO, MS(0), FailIn(Duration::ZERO)),
+            // The back-off fits, but not another try as long as the last one.
+            (3, 1.0, MS(17_000), MS(2000), FailIn(MS(17_000))),
+            (3, 1.0, MS(18_500), MS(2000), RunAgainIn(MS(16_000))),
         ];
-        for (attempt, jitter, left, expected) in cases {
+        for (attempt, jitter, left, took, expected) in cases {
             assert_eq!(
-                after_undecided(attempt, jitter, left),
+                after_undecided(attempt, jitter, left, took),
                 expected,
-                "{attempt} {left:?}"
+                "{attempt} {left:?} {took:?}"
             );
         }
     }

@@ -560,7 +560,8 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         let (deadline, overall) = self.step_deadline();
         let left = deadline.saturating_duration_since(Instant::now());
         let name = self.name.clone();
-        let wait = match retry::after_undecided(self.undecided, fastrand::f64(), left) {
+        let took = started.elapsed();
+        let wait = match retry::after_undecided(self.undecided, fastrand::f64(), left, took) {
             retry::Undecided::RunAgainIn(wait) => wait,
             retry::Undecided::FailIn(left) => {
                 self.report(started, ": could not decide; no time left for another try");
