@@ -177,7 +177,26 @@ async fn assert_cluster_has_done_steps(
         }
     }
     if let Some(last) = route_written {
-        assert_route_written(app, record, &last).await?;
+        // The route step under way may have written the route before the kill.
+        let begun = record["stepStartedAt"].is_string();
+        let under_way = steps
+            .get(current)
+            .and_then(|s| s["type"].as_str())
+            .filter(|t| {
+                begun
+                    && matches!(
+                        *t,
+                        "switchRoute" | "previewRoute" | "restoreRoute" | "setRouteWeights"
+                    )
+            });
+        let shown = route_shows(app, record, &last).await?;
+        let shown_now = match (&shown, under_way) {
+            (Err(_), Some(step)) => route_shows(app, record, step).await?,
+            _ => Ok(()),
+        };
+        if let (Err(problem), Err(_)) = (shown, shown_now) {
+            bail!("{problem}");
+        }
     }
     if let Some(partition) = partition {
         let now = sts
@@ -244,15 +263,15 @@ async fn assert_cluster_has_done_steps(
     Ok(())
 }
 
-/// The route as the last route step done (`last`) left it: its own rules after `restoreRoute`;
+/// Whether the route is as the route step `last` left it: its own rules after `restoreRoute`;
 /// after blue/green's `switchRoute` every backendRef to the set's Service names the preview;
 /// after `previewRoute` a rule more, to the preview; after a canary's weights, the
 /// per-revision Services.
-async fn assert_route_written(
+async fn route_shows(
     app: &App,
     record: &serde_json::Value,
     last: &str,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Result<(), String>> {
     let name = record["route"]["route"]
         .as_str()
         .context("no route in the record")?;
@@ -268,25 +287,27 @@ async fn assert_route_written(
         .collect();
     let preview = record["twin"]["preview"].as_str().unwrap_or_default();
     let service = record["route"]["service"].as_str().unwrap_or_default();
-    match last {
-        "restoreRoute" => ensure!(
+    let (shown, problem) = match last {
+        "restoreRoute" => (
             rules == original,
-            "restoreRoute is done, but the route's rules are {rules}, not {original}"
+            format!("restoreRoute is done, but the route's rules are {rules}, not {original}"),
         ),
-        "switchRoute" => ensure!(
+        "switchRoute" => (
             backends.iter().all(|b| *b == preview),
-            "switchRoute is done, but the route sends to {backends:?}, not {preview} alone"
+            format!(
+                "switchRoute is done, but the route sends to {backends:?}, not {preview} alone"
+            ),
         ),
-        "previewRoute" => ensure!(
+        "previewRoute" => (
             backends.contains(&preview) && backends.contains(&service),
-            "previewRoute is done, but the route sends to {backends:?}"
+            format!("previewRoute is done, but the route sends to {backends:?}"),
         ),
-        _ => ensure!(
+        _ => (
             backends.iter().any(|b| b.ends_with("-stable")),
-            "the route's weights are written, but it sends to {backends:?}"
+            format!("the route's weights are written, but it sends to {backends:?}"),
         ),
-    }
-    Ok(())
+    };
+    Ok(if shown { Ok(()) } else { Err(problem) })
 }
 
 /// Runs `first` and SIGKILLs the process at every step boundary and in the middle of every
