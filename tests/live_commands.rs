@@ -254,6 +254,14 @@ async fn plan_prints_the_steps_and_changes_nothing() -> anyhow::Result<()> {
 async fn undo_recovers_an_ordered_set_wedged_by_a_release_rollout_never_saw() -> anyhow::Result<()>
 {
     let app = App::deploy("live-undo", 3, true).await?;
+    let good = app
+        .ns
+        .api::<StatefulSet>()
+        .get(STS)
+        .await?
+        .status
+        .and_then(|s| s.current_revision)
+        .unwrap_or_default();
     // A bad release applied by hand (as `kubectl apply` would): its first pod never gets Ready,
     // and an OrderedReady set waits on it forever.
     let bad = serde_json::json!({"spec": {"template": {"spec": {"containers": [{
@@ -275,7 +283,7 @@ async fn undo_recovers_an_ordered_set_wedged_by_a_release_rollout_never_saw() ->
                     .labels
                     .as_ref()
                     .and_then(|l| l.get("controller-revision-hash"))
-                    .is_some()
+                    .is_some_and(|r| *r != good)
                     && p.status
                         .as_ref()
                         .and_then(|s| s.container_statuses.as_ref())

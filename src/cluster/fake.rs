@@ -66,6 +66,9 @@ pub struct State {
     /// The IP every new pod gets instead of one per ordinal (a test that serves HTTP on
     /// 127.0.0.1).
     pub pod_ip: Option<String>,
+    /// The controllers do nothing until [`State::wake`] (a controller-manager that has not yet
+    /// seen a write, so the set's status still speaks of the spec before it).
+    pub asleep: bool,
 }
 
 /// A fault the fake gives a call instead of doing it.
@@ -248,6 +251,12 @@ impl State {
         self.controller();
     }
 
+    /// The controllers wake and catch up on every write they slept through.
+    pub fn wake(&mut self) {
+        self.asleep = false;
+        self.controller();
+    }
+
     /// Another writer changes only the main set's status, as the controller does when a pod
     /// restarts: its resourceVersion moves on, its spec and record stay.
     pub fn touch_status(&mut self) {
@@ -306,6 +315,9 @@ impl State {
     /// The controllers' part, at once: each StatefulSet's, then the garbage collector's (pods
     /// whose set is gone go with it).
     fn controller(&mut self) {
+        if self.asleep {
+            return;
+        }
         let sets = self.list::<StatefulSet>();
         for sts in &sets {
             self.control(sts);

@@ -643,6 +643,34 @@ async fn undo_returns_to_the_previous_revision_of_a_set_rollout_never_touched() 
 }
 
 #[tokio::test]
+async fn undo_right_after_a_write_the_controller_has_not_seen_goes_back_before_it() {
+    let fake = FakeCluster::new(statefulset("web", 3, "app:v1", false));
+    // `kubectl set image` lands, and `rollout undo` runs before the controller has caught up:
+    // the set's status still names v1's revision as its template.
+    fake.with(|s| {
+        s.asleep = true;
+        s.touch_set(|sts| {
+            if let Some(pod) = sts.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
+                pod.containers[0].image = Some("app:bad".into());
+            }
+        });
+    });
+    let waker = fake.clone();
+    let wake = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        waker.with(|s| s.wake());
+    });
+    let ctx = context(&fake, FakeGates::default(), 1);
+    let code = commands::undo(&ctx, "web", None, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    wake.await.expect("the controller woke");
+    assert_eq!(code, ExitCode::Done);
+    assert_eq!(fake.image(), "app:v1");
+    assert!(fake.pod_revisions().iter().all(|(_, _, ready)| *ready));
+}
+
+#[tokio::test]
 async fn commands_without_a_rollout_say_so() {
     let fake = FakeCluster::new(statefulset("web", 2, "app:v1", true));
     let ctx = context(&fake, FakeGates::default(), 1);

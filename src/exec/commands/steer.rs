@@ -333,7 +333,7 @@ async fn abort_without_record<C: Cluster, G: GateRunner>(
 ) -> Result<ExitCode, ExecError> {
     let started = Instant::now();
     ctx.progress.say(problem);
-    let sts = ctx.get_set(name).await?;
+    let sts = undo::settled_set(ctx, name).await?;
     let entries = undo::revision_history(ctx, name, &sts).await?;
     let Some(stable) = entries.iter().find(|e| e.current) else {
         return Err(ExecError::Revision {

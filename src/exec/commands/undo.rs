@@ -37,7 +37,7 @@ pub async fn undo<C: Cluster, G: GateRunner>(
     let resolved = resolve_serving(ctx, name).await?;
     let name = resolved.as_str();
     let started = Instant::now();
-    let sts = ctx.get_set(name).await?;
+    let sts = settled_set(ctx, name).await?;
     let record = record_of(&sts)?;
     if record.as_ref().is_some_and(|r| r.phase == Phase::Failed) && to_revision.is_none() {
         // A failure held by `--no-rollback`, or a rollback that did not finish, left things
@@ -111,6 +111,19 @@ pub async fn undo<C: Cluster, G: GateRunner>(
         ctx.print_json(&target)?;
     }
     Ok(ExitCode::Done)
+}
+
+/// StatefulSet `name` once its controller has seen its latest spec. Which revision is the
+/// template and which one is being left come from the set's status; right after someone else's
+/// write (a `kubectl apply` of a bad release) that status still names the revision before it,
+/// and going "back" from there would put the bad release back.
+pub(super) async fn settled_set<C: Cluster, G: GateRunner>(
+    ctx: &Context<C, G>,
+    name: &str,
+) -> Result<StatefulSet, ExecError> {
+    let sts = ctx.get_set(name).await?;
+    let mut view = ctx.cluster.watch(name, &selector_of(&sts));
+    settle(&mut view, name).await
 }
 
 /// The revisions of StatefulSet `name` (`sts`), oldest first, as `rollout history` shows them.
