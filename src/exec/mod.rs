@@ -112,7 +112,7 @@ pub enum ExecError {
     LeaseLost { statefulset: String, reason: String },
     #[error("the rollout record on StatefulSet {statefulset} was removed by someone else; stopped without changing anything more")]
     RecordRemoved { statefulset: String },
-    #[error("the rollout of StatefulSet {statefulset} stopped: the set was {what} (a `kubectl apply`, `helm upgrade`, GitOps sync or `kubectl patch`?); {advice}")]
+    #[error("the rollout of StatefulSet {statefulset} stopped, {what} (a `kubectl apply`, `helm upgrade`, GitOps sync or `kubectl patch`?); {advice}")]
     Drifted {
         statefulset: String,
         what: String,

@@ -18,7 +18,9 @@ use crate::model::exit::ExitCode;
 use crate::model::gate::GateSpec;
 use crate::model::image::ImageChange;
 use crate::model::route::{HttpRoute, RouteTraffic};
-use crate::model::strategy::{OnFailure, StrategyConfig, StrategyFlags, StrategyKind, Timeouts};
+use crate::model::strategy::{
+    OnFailure, PauseSpec, StrategyConfig, StrategyFlags, StrategyKind, Timeouts,
+};
 use crate::model::HumanDuration;
 
 fn context(fake: &FakeCluster) -> Context<FakeCluster, FakeGates> {
@@ -42,8 +44,14 @@ fn context(fake: &FakeCluster) -> Context<FakeCluster, FakeGates> {
 }
 
 fn request(steps: &str, route: &str) -> RunRequest {
+    held_request(steps, route, None)
+}
+
+/// A canary through `route` in `steps`, holding for `pause` after each.
+fn held_request(steps: &str, route: &str, pause: Option<PauseSpec>) -> RunRequest {
     let flags = StrategyFlags {
         steps: steps.parse().ok(),
+        pause,
         traffic: Some(Box::new(RouteTraffic {
             route: route.into(),
             namespace: None,
@@ -222,6 +230,48 @@ async fn a_route_the_gateway_rejects_rolls_back_with_its_words_and_the_route_as_
         lines.contains("gateway infra/gw (example.io/gateway) set Accepted=False, reason UnsupportedValue: weights are not for this gateway"),
         "{lines}"
     );
+}
+
+#[tokio::test]
+async fn a_route_someone_else_rewrites_during_a_hold_stops_the_run_and_is_not_written_over() {
+    let fake = cluster();
+    let _gateway = gateway(&fake, false);
+    let ctx = context(&fake);
+    let held = held_request("10,50", "web", Some(PauseSpec::UntilPromote));
+    let code = commands::run(&ctx, &held)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(code, ExitCode::Done, "{:#?}", ctx.progress.lines());
+    // A GitOps sync puts the route as its manifest has it, while the canary holds at 10 %.
+    let synced = json!([{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                         "backendRefs": [{"name": "web", "port": 80, "weight": 7}]}]);
+    fake.with(|s| {
+        let mut route = s.get::<HttpRoute>("web").unwrap_or_default();
+        route.spec["rules"] = synced.clone();
+        route.metadata.resource_version = None;
+        s.put(&route);
+    });
+    let error = commands::promote(&ctx, "web", false, false, None, &Default::default())
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("promote went on over the route's new rules"));
+    assert_eq!(error.exit_code(), ExitCode::Locked, "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("the rules of HTTPRoute web, which rollout wrote last (they now send to web:80 weight 7)"),
+        "{error}"
+    );
+    assert_eq!(route_rules(&fake), synced, "the other change stays");
+    assert_eq!(fake.image(), "app:v2", "nothing rolled back");
+    // `abort` goes back over it: the route's rules from before the rollout.
+    let code = commands::abort(&ctx, "web", Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(code, ExitCode::Done, "{:#?}", ctx.progress.lines());
+    assert_eq!(route_rules(&fake), original_rules());
+    assert_eq!(fake.image(), "app:v1");
+    assert!(revision_services(&fake).is_empty());
 }
 
 #[tokio::test]

@@ -52,6 +52,10 @@ pub enum Change {
         expected: u32,
         found: u32,
     },
+    /// The `spec.rules` of the HTTPRoute a rollout steers traffic through: not those rollout
+    /// wrote last. `found` says where they send requests now.
+    #[serde(rename_all = "camelCase")]
+    Route { route: String, found: String },
     /// The rollout record annotation was removed.
     RecordRemoved,
     /// The rollout record annotation now holds another rollout's record.
@@ -143,6 +147,10 @@ impl fmt::Display for Change {
                 expected,
                 found,
             } => write!(f, "the replicas of {set}: {expected} -> {found}"),
+            Change::Route { route, found } => write!(
+                f,
+                "the rules of HTTPRoute {route}, which rollout wrote last (they now send to {found})"
+            ),
             Change::RecordRemoved => write!(f, "the rollout record annotation was removed"),
             Change::RecordReplaced { id } => {
                 write!(

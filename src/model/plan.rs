@@ -145,6 +145,18 @@ impl Step {
         }
     }
 
+    /// True for the steps that write an HTTPRoute's rules.
+    pub fn writes_route(&self) -> bool {
+        matches!(
+            self,
+            Step::SetRouteWeights { .. }
+                | Step::RestoreRoute
+                | Step::MirrorRoute { .. }
+                | Step::PreviewRoute
+                | Step::SwitchRoute
+        )
+    }
+
     /// A short name for status output and logs.
     pub fn name(&self) -> &'static str {
         match self {

@@ -197,6 +197,24 @@ pub struct RouteRecord {
     pub canary_revision: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary_header: Option<HeaderPin>,
+    /// `rules_fingerprint` of the route's `spec.rules` as the API server stored them after
+    /// rollout's last write (the original rules' before the first): rules that differ were
+    /// written by someone else. Absent in records of older builds, which are then not checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules_written: Option<String>,
+}
+
+/// A fingerprint of a route's `rules` (FNV-1a, 64 bits, of their JSON), the same in every
+/// build: enough to tell whether they are still the ones rollout saw, without keeping a second
+/// copy of them in the record.
+pub fn rules_fingerprint(rules: &serde_json::Value) -> String {
+    let text = rules.to_string();
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in text.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016x}")
 }
 
 /// The per-revision Service names of a set.
@@ -207,6 +225,20 @@ pub fn revision_service_names(set: &str) -> (String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rules_fingerprints_tell_rules_apart_and_stay_the_same() {
+        let rules = serde_json::json!([{"backendRefs": [{"name": "web", "port": 80}]}]);
+        // FNV-1a of `null`, fixed: a record written by one build is read the same by the next.
+        assert_eq!(
+            rules_fingerprint(&serde_json::Value::Null),
+            "5b9bc4ba528108e4"
+        );
+        assert_eq!(rules_fingerprint(&rules), rules_fingerprint(&rules.clone()));
+        let weighted =
+            serde_json::json!([{"backendRefs": [{"name": "web", "port": 80, "weight": 1}]}]);
+        assert_ne!(rules_fingerprint(&rules), rules_fingerprint(&weighted));
+    }
 
     #[test]
     fn header_pins() {

@@ -405,6 +405,78 @@ async fn a_route_its_gateway_stops_accepting_fails_the_next_gate() {
     app.cleanup().await;
 }
 
+/// A GitOps sync of the route while the canary holds (its rules as the manifest has them,
+/// written by another field manager): `promote` stops without writing over it (exit 4, naming
+/// the route and the writer), and `abort` then takes the route back to its own rules.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_route_synced_by_someone_else_during_a_hold_stops_the_rollout() {
+    let app = App::deploy("gw-drift", 3, false).await.expect("deploy");
+    let before = create_route(&app, ROUTE, STS, json!([]))
+        .await
+        .expect("route");
+    wait_routed(&app).await.expect("routed");
+    let held = app
+        .rollout(&[
+            "canary",
+            STS,
+            "--image",
+            "time-app:v2",
+            "--steps",
+            "34,67",
+            "--pause",
+            "promote",
+            "--traffic",
+            "gateway",
+            "--route",
+            ROUTE,
+        ])
+        .await
+        .expect("run");
+    held.expect(ExitCode::Done).expect("held at 34 %");
+    let weighted = route_spec(&app, ROUTE).await.expect("route");
+    assert_ne!(weighted, before, "the weights are on the route");
+    let sync = kube::api::PatchParams {
+        field_manager: Some("gitops-sync".into()),
+        ..Default::default()
+    };
+    routes(&app.ns)
+        .patch(
+            ROUTE,
+            &sync,
+            &kube::api::Patch::Merge(json!({"spec": {"rules": before["rules"]}})),
+        )
+        .await
+        .expect("sync the route");
+    let promoted = app.rollout(&["promote", STS]).await.expect("promote");
+    promoted.expect(ExitCode::Locked).expect("stopped");
+    for words in [
+        "the rules of HTTPRoute web, which rollout wrote last",
+        "by field manager gitops-sync",
+        "rollout abort time-app",
+    ] {
+        ensure_text(&promoted.stderr, words);
+    }
+    assert_eq!(
+        route_spec(&app, ROUTE).await.expect("route"),
+        before,
+        "the sync's rules stay"
+    );
+    let status = app.rollout(&["status", STS]).await.expect("status");
+    ensure_text(&status.stdout, "HTTPRoute web");
+    app.rollout(&["abort", STS])
+        .await
+        .expect("abort")
+        .expect(ExitCode::Done)
+        .expect("aborted");
+    assert_eq!(route_spec(&app, ROUTE).await.expect("route"), before);
+    let names = services(&app).await.expect("services");
+    assert!(!names.iter().any(|n| n.ends_with("-canary")), "{names:?}");
+    app.wait_settled().await.expect("settled");
+    app.assert_all_on("v1").await.expect("v1");
+    app.assert_data_kept().await.expect("data kept");
+    app.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_route_that_cannot_carry_the_canary_is_bad_input_and_nothing_changes() {
     let app = App::deploy("gw-bad", 2, false).await.expect("deploy");

@@ -6,7 +6,7 @@
 use super::*;
 use crate::exec::runner::revision_service_owned;
 use crate::model::route::{
-    revision_service_names, HttpRoute, RouteRecord, GATEWAY_GROUP, INSTALL_CRDS,
+    revision_service_names, rules_fingerprint, HttpRoute, RouteRecord, GATEWAY_GROUP, INSTALL_CRDS,
 };
 use crate::strategy::route::{set_service, RouteService};
 use crate::strategy::PlanError;
@@ -101,16 +101,18 @@ pub(super) async fn route_for<C: Cluster, G: GateRunner>(
             }));
         }
     }
+    let original_rules = route
+        .spec
+        .get("rules")
+        .cloned()
+        .unwrap_or(serde_json::Value::Null);
     Ok(Some(RouteRecord {
         route: traffic.route.clone(),
         service,
         stable_service,
         canary_service,
-        original_rules: route
-            .spec
-            .get("rules")
-            .cloned()
-            .unwrap_or(serde_json::Value::Null),
+        rules_written: Some(rules_fingerprint(&original_rules)),
+        original_rules,
         canary_revision: None,
         canary_header: traffic.canary_header.clone(),
     }))

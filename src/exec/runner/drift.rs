@@ -18,6 +18,7 @@ use crate::exec::gates::GateRunner;
 use crate::exec::patch::{RecordChange, StrategyChange, StsPatch};
 use crate::exec::ExecError;
 use crate::model::drift::Drift;
+use crate::model::route::HttpRoute;
 use crate::strategy::predicates::drift as judge;
 
 /// Writes of the stopped record before the run gives up on recording it.
@@ -67,9 +68,15 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
     /// record says: the record is written once more, alone, saying what changed; then the
     /// run ends.
     pub(super) async fn stop_if_drifted(&mut self, sts: &StatefulSet) -> Result<(), ExecError> {
-        let Some(drift) = judge::detect(&self.record, sts) else {
-            return Ok(());
-        };
+        match judge::detect(&self.record, sts) {
+            Some(drift) => self.stop_for(drift, sts).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Stops the run for `drift`, seen with the set as `sts` (carrying this run's last record):
+    /// the record is written once more, alone, saying what changed; then the run ends.
+    async fn stop_for(&mut self, drift: Drift, sts: &StatefulSet) -> Result<(), ExecError> {
         let advice = judge::advice(&self.name, &drift);
         let message = format!("{drift}; {advice}");
         tracing::warn!(statefulset = %self.name, %message, "drift");
@@ -96,8 +103,28 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         self.check_record(sts, true)?;
         if annotation(sts) == self.writes.last_text {
             self.stop_if_drifted(sts).await?;
+            let sts = sts.clone();
+            self.stop_if_route_drifted(&sts).await?;
         }
         Ok(())
+    }
+
+    /// Stops the run when the rules of the route it steers traffic through are not those it
+    /// last saw there (someone else's `kubectl edit`, a GitOps sync of the route): the next
+    /// route write would silently undo that change, and the weights are no longer rollout's.
+    async fn stop_if_route_drifted(&mut self, sts: &StatefulSet) -> Result<(), ExecError> {
+        let Some(name) = self.record.route.as_ref().map(|r| r.route.clone()) else {
+            return Ok(());
+        };
+        let route = self
+            .cluster
+            .get::<HttpRoute>(&name)
+            .await
+            .map_err(|e| ExecError::api("reading HTTPRoute", &name, e))?;
+        match judge::route_drift(&self.record, route.as_ref()) {
+            Some(drift) => self.stop_for(drift, sts).await,
+            None => Ok(()),
+        }
     }
 
     /// Writes the record alone (no change of the set), under the version the drift was seen

@@ -19,7 +19,7 @@ use crate::cluster::{ApiError, Cluster, PatchKind, Preconditions, Select};
 use crate::exec::gates::GateRunner;
 use crate::exec::ExecError;
 use crate::model::plan::Step;
-use crate::model::route::{HttpRoute, RouteRecord, ROUTE_BACKEND_LABEL};
+use crate::model::route::{rules_fingerprint, HttpRoute, RouteRecord, ROUTE_BACKEND_LABEL};
 use crate::model::state::RollbackCause;
 use crate::model::twin::{HOME_ANNOTATION, REVISION_LABEL, SET_LABEL};
 use crate::strategy::predicates;
@@ -461,6 +461,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 );
             };
             if current.spec.get("rules") == Some(&rules) {
+                self.saw_own_rules(&current);
                 break current.metadata.generation.unwrap_or(0);
             }
             let patch = json!({
@@ -472,7 +473,10 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 .patch::<HttpRoute>(name, &patch, PatchKind::Merge, false)
                 .await
             {
-                Ok(written) => break written.metadata.generation.unwrap_or(0),
+                Ok(written) => {
+                    self.saw_own_rules(&written);
+                    break written.metadata.generation.unwrap_or(0);
+                }
                 Err(ApiError::Conflict(_)) if conflicts < MAX_ROUTE_CONFLICTS => conflicts += 1,
                 Err(ApiError::Refused { message, .. }) => {
                     return self.step_cannot_finish(
@@ -513,6 +517,15 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 self.step_failed(RollbackCause::GateFailed, message)
             }
             Waited::Ready(RouteVerdict::Pending(_)) => Ok(()),
+        }
+    }
+
+    /// Keeps the fingerprint of `route`'s rules as the API server stored rollout's write (with
+    /// the defaults it filled in): rules that differ later are someone else's.
+    fn saw_own_rules(&mut self, route: &HttpRoute) {
+        let rules = route.spec.get("rules").cloned().unwrap_or(Value::Null);
+        if let Some(kept) = self.record.route.as_mut() {
+            kept.rules_written = Some(rules_fingerprint(&rules));
         }
     }
 

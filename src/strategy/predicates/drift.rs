@@ -11,10 +11,13 @@
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::PodSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde_json::Value;
 
 use super::{partition, replicas};
 use crate::model::drift::{Change, Drift, ImageDrift, Writer, FIELD_MANAGER};
 use crate::model::plan::Step;
+use crate::model::route::{rules_fingerprint, HttpRoute};
 use crate::model::state::{Phase, Revision, RolloutState};
 
 /// `metadata.managedFields` paths of the fields drift is about.
@@ -26,6 +29,8 @@ pub const PARTITION_FIELD: &[&str] = &[
     "f:partition",
 ];
 pub const REPLICAS_FIELD: &[&str] = &["f:spec", "f:replicas"];
+/// The HTTPRoute's rules, the only part of it a rollout writes.
+pub const ROUTE_FIELD: &[&str] = &["f:spec", "f:rules"];
 
 /// Only a rollout that is under way owns the set; a rollback writes the stable template and
 /// partition itself, and a finished one owns nothing.
@@ -211,9 +216,8 @@ fn owns(fields: &serde_json::Value, path: &[&str]) -> bool {
 
 /// The latest field manager other than rollout's that owns one of `paths` (any field when
 /// `paths` is empty), by `metadata.managedFields`.
-pub fn writer_of(sts: &StatefulSet, paths: &[&[&str]]) -> Option<Writer> {
-    sts.metadata
-        .managed_fields
+pub fn writer_of(meta: &ObjectMeta, paths: &[&[&str]]) -> Option<Writer> {
+    meta.managed_fields
         .iter()
         .flatten()
         .filter(|e| e.manager.as_deref().is_some_and(|m| m != FIELD_MANAGER))
@@ -237,20 +241,90 @@ fn field_of(change: &Change) -> Option<&'static [&'static str]> {
         Change::Template { .. } => Some(TEMPLATE_FIELD),
         Change::Partition { .. } => Some(PARTITION_FIELD),
         Change::Replicas { .. } => Some(REPLICAS_FIELD),
+        Change::Route { .. } => Some(ROUTE_FIELD),
         Change::RecordRemoved | Change::RecordReplaced { .. } => None,
     }
 }
 
 /// `changes` with who made them.
 pub fn attribute(sts: &StatefulSet, changes: Vec<Change>) -> Option<Drift> {
+    attribute_on(&sts.metadata, changes)
+}
+
+/// `changes` of the object with `meta`, with who made them.
+fn attribute_on(meta: &ObjectMeta, changes: Vec<Change>) -> Option<Drift> {
     if changes.is_empty() {
         return None;
     }
     let paths: Vec<&[&str]> = changes.iter().filter_map(field_of).collect();
     Some(Drift {
-        by: writer_of(sts, &paths),
+        by: writer_of(meta, &paths),
         changes,
     })
+}
+
+/// Someone else's change to the rules of the HTTPRoute the rollout steers traffic through
+/// (`route`, as read now; `None` once it is deleted, which the route gate judges), with who
+/// made it: their fingerprint is not the one of the rules rollout last saw there. Judged only
+/// while the rollout is under way (a rollback writes the route's own rules back over any
+/// change), and not while a route step has begun: its write may have landed without its record
+/// (a kill), and the step writes its rules again. Records of builds that kept no fingerprint
+/// are not judged.
+pub fn route_drift(record: &RolloutState, route: Option<&HttpRoute>) -> Option<Drift> {
+    let kept = record.route.as_ref()?;
+    let written = kept.rules_written.as_deref()?;
+    let route = route?;
+    if !watched(record) {
+        return None;
+    }
+    let route_step_begun = current_begun(record)
+        && record
+            .plan
+            .steps
+            .get(record.current_step)
+            .is_some_and(Step::writes_route);
+    let rules = route.spec.get("rules").cloned().unwrap_or(Value::Null);
+    if route_step_begun || rules_fingerprint(&rules) == written {
+        return None;
+    }
+    attribute_on(
+        &route.metadata,
+        vec![Change::Route {
+            route: kept.route.clone(),
+            found: backends_of(&rules),
+        }],
+    )
+}
+
+/// Where `rules` send requests, in words: each rule's backends with their weights
+/// (`web:80 weight 1; web-canary:80 weight 5`), rules apart by ` | `.
+pub fn backends_of(rules: &Value) -> String {
+    let Some(rules) = rules.as_array().filter(|r| !r.is_empty()) else {
+        return "no rule".to_string();
+    };
+    rules
+        .iter()
+        .map(|rule| {
+            let refs: Vec<String> = rule
+                .get("backendRefs")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|r| {
+                    let name = r.get("name").and_then(Value::as_str).unwrap_or("?");
+                    let port = r.get("port").map(|p| format!(":{p}")).unwrap_or_default();
+                    let weight = r.get("weight").and_then(Value::as_i64).unwrap_or(1);
+                    format!("{name}{port} weight {weight}")
+                })
+                .collect();
+            if refs.is_empty() {
+                "no backend".to_string()
+            } else {
+                refs.join(", ")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" | ")
 }
 
 /// Someone else's changes to the rollout's own set (template, partition, replicas), with who
@@ -279,8 +353,18 @@ pub fn advice(statefulset: &str, drift: &Drift) -> String {
     } else {
         ""
     };
+    let route = drift
+        .changes
+        .iter()
+        .find_map(|c| match c {
+            Change::Route { route, .. } => Some(format!(
+                "; both write the rules HTTPRoute {route} had before the rollout back, over that change"
+            )),
+            _ => None,
+        })
+        .unwrap_or_default();
     format!(
-        "stopped without changing anything more and without rolling that change back; {owner}`rollout status {statefulset}` shows where the set stands; `rollout release {statefulset}` lets the other deploy have the set (rollout gives back what it holds and leaves the pod template as it is), `rollout abort {statefulset}` takes it back to the stable version"
+        "stopped without changing anything more and without rolling that change back; {owner}`rollout status {statefulset}` shows where the set stands; `rollout release {statefulset}` lets the other deploy have the set (rollout gives back what it holds and leaves the pod template as it is), `rollout abort {statefulset}` takes it back to the stable version{route}"
     )
 }
 
@@ -593,7 +677,7 @@ mod tests {
             entry("helm", "Apply", 200, template),
             entry("kubectl-patch", "Update", 400, partition),
         ]);
-        let name = |paths: &[&[&str]]| writer_of(&sts, paths).map(|w| w.manager);
+        let name = |paths: &[&[&str]]| writer_of(&sts.metadata, paths).map(|w| w.manager);
         assert_eq!(name(&[TEMPLATE_FIELD]).as_deref(), Some("helm"));
         assert_eq!(name(&[PARTITION_FIELD]).as_deref(), Some("kubectl-patch"));
         assert_eq!(name(&[REPLICAS_FIELD]), None);
@@ -621,6 +705,149 @@ mod tests {
             }]);
         }
         assert!(template_changed(&r, &sts).is_some());
+    }
+
+    /// The sample record made a canary through HTTPRoute `web` at `step` (begun or not) of
+    /// create Services, weights 20, gate, restore, whose last write left rules `written`.
+    fn route_record(step: usize, begun: bool, written: &Value) -> RolloutState {
+        let mut r = record(step, begun);
+        r.plan.steps = vec![
+            Step::CreateRevisionServices,
+            Step::SetRouteWeights {
+                canary_percent: crate::model::weight::Percent::new(20)
+                    .unwrap_or_else(|e| panic!("{e}")),
+                pods: 1,
+            },
+            Step::gate(vec![1]),
+            Step::RestoreRoute,
+        ];
+        r.route = Some(Box::new(crate::model::route::RouteRecord {
+            route: "web".into(),
+            service: "web".into(),
+            stable_service: "web-stable".into(),
+            canary_service: "web-canary".into(),
+            original_rules: serde_json::json!([{"backendRefs": [{"name": "web", "port": 80}]}]),
+            canary_revision: None,
+            canary_header: None,
+            rules_written: Some(rules_fingerprint(written)),
+        }));
+        r
+    }
+
+    fn route(rules: Value, managers: Vec<ManagedFieldsEntry>) -> HttpRoute {
+        HttpRoute {
+            metadata: ObjectMeta {
+                name: Some("web".into()),
+                managed_fields: Some(managers),
+                ..Default::default()
+            },
+            spec: serde_json::json!({"parentRefs": [{"name": "gw"}], "rules": rules}),
+            status: None,
+        }
+    }
+
+    #[test]
+    fn route_rules_someone_else_wrote_are_drift_with_their_writer() {
+        let weighted = serde_json::json!([{"backendRefs": [
+            {"name": "web-stable", "port": 80, "weight": 80},
+            {"name": "web-canary", "port": 80, "weight": 20},
+        ]}]);
+        let synced = serde_json::json!([{"backendRefs": [{"name": "web", "port": 80}]}]);
+        let managers = vec![
+            entry(
+                "rollout",
+                "Update",
+                10,
+                serde_json::json!({"f:spec": {"f:rules": {}}}),
+            ),
+            entry(
+                "argocd-controller",
+                "Apply",
+                20,
+                serde_json::json!({"f:spec": {"f:rules": {}}}),
+            ),
+            entry("gateway", "Update", 30, serde_json::json!({"f:status": {}})),
+        ];
+        // At the gate after the weights: rules as written are fine, a GitOps sync back to the
+        // original rules is drift, by the manager that owns the rules (not the status writer).
+        let r = route_record(2, false, &weighted);
+        assert_eq!(
+            route_drift(&r, Some(&route(weighted.clone(), vec![]))),
+            None
+        );
+        let drift = route_drift(&r, Some(&route(synced.clone(), managers.clone())))
+            .unwrap_or_else(|| panic!("a synced route is drift"));
+        assert_eq!(
+            drift.changes,
+            vec![Change::Route {
+                route: "web".into(),
+                found: "web:80 weight 1".into()
+            }]
+        );
+        assert_eq!(
+            drift.by.map(|b| b.manager).as_deref(),
+            Some("argocd-controller")
+        );
+        let text = advice(
+            "web",
+            &route_drift(&r, Some(&route(synced.clone(), managers)))
+                .unwrap_or_else(|| panic!("drift")),
+        );
+        assert!(
+            text.contains("HTTPRoute web had before the rollout back"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn route_drift_is_not_judged_mid_write_outside_a_rollout_or_without_a_fingerprint() {
+        let weighted = serde_json::json!([{"backendRefs": [{"name": "web-canary", "port": 80}]}]);
+        let other = route(serde_json::json!([]), vec![]);
+        // The weights' write has begun: it may have landed without its record.
+        assert_eq!(
+            route_drift(&route_record(1, true, &Value::Null), Some(&other)),
+            None
+        );
+        // Begun, but a step that writes no route: judged.
+        assert!(route_drift(&route_record(2, true, &weighted), Some(&other)).is_some());
+        let mut back = route_record(2, false, &weighted);
+        back.phase = Phase::RollingBack;
+        assert_eq!(
+            route_drift(&back, Some(&other)),
+            None,
+            "a rollback writes over it"
+        );
+        let mut old = route_record(2, false, &weighted);
+        if let Some(r) = old.route.as_mut() {
+            r.rules_written = None;
+        }
+        assert_eq!(
+            route_drift(&old, Some(&other)),
+            None,
+            "an older build's record"
+        );
+        assert_eq!(
+            route_drift(&route_record(2, false, &weighted), None),
+            None,
+            "deleted: the gate's"
+        );
+        assert_eq!(
+            route_drift(&record(2, false), Some(&other)),
+            None,
+            "no route"
+        );
+    }
+
+    #[test]
+    fn backends_read_as_names_ports_and_weights() {
+        assert_eq!(backends_of(&Value::Null), "no rule");
+        assert_eq!(
+            backends_of(&serde_json::json!([
+                {"backendRefs": [{"name": "a", "port": 80, "weight": 95}, {"name": "b", "weight": 5}]},
+                {"matches": []},
+            ])),
+            "a:80 weight 95, b weight 5 | no backend"
+        );
     }
 
     #[test]
