@@ -28,7 +28,7 @@ log "building the workspace"
 cargo build --workspace --bins --quiet
 
 # The cluster's own release of kubectl first: the tests and the demo run it.
-export PATH="$K8S_BIN:$REPO/target/debug:$PATH"
+export PATH="$K8S_BIN:${CARGO_TARGET_DIR:-$REPO/target}/debug:$PATH"
 export KUBECONFIG="${ROLLOUT_DEVCLUSTER_DIR:-/var/tmp/rollout-devcluster}/kubeconfig"
 
 # The helm the end-to-end tests of the Helm chart (examples/time-app/chart) run, built once from

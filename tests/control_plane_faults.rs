@@ -78,14 +78,9 @@ fn signal(pid: i32, signal: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The devcluster binary built with this test (beside the test binary's `deps` folder), or the
-/// one on PATH.
+/// The devcluster binary built with this test.
 fn devcluster_binary() -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| Some(exe.parent()?.parent()?.join("devcluster")))
-        .filter(|p| p.exists())
-        .unwrap_or_else(|| PathBuf::from("devcluster"))
+    devcluster::testkit::built_binary("devcluster")
 }
 
 /// `devcluster up`: restarts the control-plane processes that died, keeping every object.

@@ -28,6 +28,16 @@ pub fn repo_root() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
 }
 
+/// The workspace binary `name` built with the running test: beside the test binary's `deps`
+/// folder (so wherever `CARGO_TARGET_DIR` puts it), else in the repository's `target/debug`.
+pub fn built_binary(name: &str) -> std::path::PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join(name)))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| repo_root().join("target/debug").join(name))
+}
+
 /// A client for the running devcluster, or a message saying how to start one.
 pub async fn client() -> anyhow::Result<Client> {
     let kc = Layout::from_env().kubeconfig();

@@ -408,6 +408,8 @@ pub fn claimed(
 
 /// How long one read or write of a Lease may take before this process stops waiting for it.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Deletes a release tries, each after reading a newer version of the run's own lease.
+const RELEASE_ATTEMPTS: u32 = 3;
 
 /// Sends one Lease request, giving up after `timeout`: `None` when it did not answer in time.
 async fn within<T>(
@@ -655,36 +657,52 @@ impl<C: Cluster> LeaseGuard<C> {
         self.lost.clone()
     }
 
-    /// Stops renewing and deletes the lease (only if it still is the version this run wrote).
+    /// Stops renewing and deletes the lease, only while it still is this run's: under the
+    /// version this run last saw, and when that meets a conflict (a renewal the stopped renewer
+    /// sent but never heard back from), under the version read again if it still names this
+    /// run as its holder.
     pub async fn release(mut self) {
         if let Some(task) = self.task.take() {
             task.abort();
             let _ = task.await;
         }
-        let rv = self
-            .current
-            .lock()
-            .ok()
-            .and_then(|l| l.metadata.resource_version.clone());
-        if self.lost.borrow().is_some() {
+        let (mut rv, mine) = match self.current.lock() {
+            Ok(l) => (l.metadata.resource_version.clone(), holder(&l)),
+            Err(_) => return,
+        };
+        if self.lost.borrow().is_some() || mine.is_none() {
             return;
         }
-        if let Some(rv) = rv {
+        for _ in 0..RELEASE_ATTEMPTS {
+            let Some(version) = rv.take() else { return };
             let preconditions = Preconditions {
-                resource_version: Some(rv),
+                resource_version: Some(version),
                 uid: None,
             };
             let deleted = self.cluster.delete::<Lease>(&self.name, &preconditions);
             match within(REQUEST_TIMEOUT, deleted).await {
-                Some(Ok(()) | Err(ApiError::NotFound)) => {}
+                Some(Ok(()) | Err(ApiError::NotFound)) => return,
+                Some(Err(ApiError::Conflict(_))) => {
+                    match within(REQUEST_TIMEOUT, self.cluster.get::<Lease>(&self.name)).await {
+                        Some(Ok(Some(fresh))) if holder(&fresh) == mine => {
+                            rv = fresh.metadata.resource_version.clone();
+                        }
+                        // Gone, or someone else's now: nothing of this run's to release.
+                        Some(Ok(_)) => return,
+                        _ => break,
+                    }
+                }
                 Some(Err(e)) => {
-                    tracing::warn!(lease = %self.name, error = %e, "could not release the lease; it expires by itself")
+                    tracing::warn!(lease = %self.name, error = %e, "could not release the lease; it expires by itself");
+                    return;
                 }
                 None => {
-                    tracing::warn!(lease = %self.name, "releasing the lease got no answer in time; it expires by itself")
+                    tracing::warn!(lease = %self.name, "releasing the lease got no answer in time; it expires by itself");
+                    return;
                 }
             }
         }
+        tracing::warn!(lease = %self.name, "the lease kept changing while it was released; it expires by itself");
     }
 }
 
@@ -1215,6 +1233,45 @@ mod tests {
         fake.with(|s| s.get::<Lease>("rollout-web"))
             .and_then(|l| l.spec)
             .and_then(|s| s.renew_time)
+    }
+
+    #[tokio::test]
+    async fn release_deletes_the_lease_renewed_unheard_but_never_anothers() {
+        let fake = crate::cluster::fake::FakeCluster::new(set());
+        let duration = Duration::from_secs(15);
+        // A renewal that landed while its answer was lost (the renewer stopped mid-request):
+        // the version the guard knows is old, the lease is still this run's.
+        let guard = acquire(&fake, &set(), &me(), duration, None, |_, _| {})
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        fake.with(|s| {
+            let mut lease = s.get::<Lease>("rollout-web").unwrap_or_default();
+            if let Some(spec) = lease.spec.as_mut() {
+                spec.renew_time = Some(MicroTime(Timestamp::now()));
+            }
+            lease.metadata.resource_version = None;
+            s.put(&lease);
+        });
+        guard.release().await;
+        assert!(fake.with(|s| s.get::<Lease>("rollout-web")).is_none());
+        // Taken over meanwhile by another run: its lease stays.
+        let guard = acquire(&fake, &set(), &me(), duration, None, |_, _| {})
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        fake.with(|s| {
+            let mut lease = s.get::<Lease>("rollout-web").unwrap_or_default();
+            if let Some(spec) = lease.spec.as_mut() {
+                spec.holder_identity = Some(other().to_string());
+            }
+            lease.metadata.resource_version = None;
+            s.put(&lease);
+        });
+        guard.release().await;
+        let holder = fake
+            .with(|s| s.get::<Lease>("rollout-web"))
+            .and_then(|l| l.spec)
+            .and_then(|s| s.holder_identity);
+        assert_eq!(holder, Some(other().to_string()));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

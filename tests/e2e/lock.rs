@@ -119,7 +119,12 @@ async fn of_two_runs_started_together_exactly_one_proceeds() -> anyhow::Result<(
     );
     app.assert_all_on("v2").await?;
     assert_eq!(phase(&app).await?, "Succeeded");
-    assert_eq!(holder(&app).await?, None, "the winner released the lease");
+    assert_eq!(
+        holder(&app).await?,
+        None,
+        "the winner released the lease: {}",
+        runs[winner].describe()
+    );
     app.assert_data_kept().await?;
     app.cleanup().await;
     Ok(())

@@ -35,7 +35,7 @@ const ERRORS: &str = r#"(sum(increase(http_requests_total{namespace="{namespace}
 
 /// The time app's manifest, scraped, running this workspace's binary, with `env`.
 fn scraped_manifest(replicas: i32, env: &[(&str, &str)], image: &str) -> String {
-    let binary = testkit::repo_root().join("target/debug/time-app");
+    let binary = testkit::built_binary("time-app");
     time_app_manifest(replicas, false, env, image).replace(
         &format!("          image: {image}\n"),
         &format!(
