@@ -275,6 +275,44 @@ async fn a_route_someone_else_rewrites_during_a_hold_stops_the_run_and_is_not_wr
 }
 
 #[tokio::test]
+async fn a_route_its_gateways_reject_already_is_refused_before_anything_is_written() {
+    let fake = cluster();
+    fake.with(|s| {
+        let mut route = s.get::<HttpRoute>("web").unwrap_or_default();
+        route.status = Some(json!({"parents": [{
+            "parentRef": {"name": "gw", "namespace": "infra"},
+            "controllerName": "example.io/gateway",
+            "conditions": [
+                {"type": "Accepted", "status": "True", "observedGeneration": 1, "reason": "Accepted"},
+                {"type": "ResolvedRefs", "status": "False", "observedGeneration": 1,
+                 "reason": "BackendNotFound", "message": "service shop/gone not found"},
+            ],
+        }]}));
+        route.metadata.resource_version = None;
+        s.put(&route);
+    });
+    let ctx = context(&fake);
+    let error = commands::run(&ctx, &request("10", "web"))
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("a rejected route went through"));
+    assert_eq!(error.exit_code(), ExitCode::BadInput);
+    let text = error.to_string();
+    assert!(
+        text.contains("HTTPRoute web is not accepted by its gateways now")
+            && text.contains(
+                "ResolvedRefs=False, reason BackendNotFound: service shop/gone not found"
+            )
+            && text.contains("nothing was changed"),
+        "{text}"
+    );
+    // Only the run's Lease was taken and given back.
+    let kinds: Vec<String> = fake.with(|s| s.writes.iter().map(|w| w.kind.clone()).collect());
+    assert!(kinds.iter().all(|k| k == "Lease"), "{kinds:?}");
+    assert_eq!(fake.image(), "app:v1");
+}
+
+#[tokio::test]
 async fn a_missing_route_is_refused_before_anything_is_written() {
     let fake = cluster();
     let ctx = context(&fake);

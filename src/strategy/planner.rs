@@ -107,6 +107,8 @@ pub enum PlanError {
     RouteNotFound { route: String, namespace: String },
     #[error("--route {given}: the HTTPRoute must be in the StatefulSet's namespace {namespace} (rollout creates the per-revision Services there, and a route in another namespace would need a ReferenceGrant); nothing was changed: give a route in {namespace}")]
     RouteOtherNamespace { given: String, namespace: String },
+    #[error("HTTPRoute {route} is not accepted by its gateways now: {words}; a rollout through it would fail at its first route write; nothing was changed: fix the route (or its Gateway) until `kubectl get httproute {route} -o yaml` shows Accepted and ResolvedRefs True, then run again")]
+    RouteRejected { route: String, words: String },
     #[error("canary of StatefulSet {statefulset} through an HTTPRoute needs the Service name {service}, but a Service {service} that rollout did not create exists in this namespace; nothing was changed: rename or delete that Service, then run again")]
     RevisionServiceTaken {
         statefulset: String,

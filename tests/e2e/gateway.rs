@@ -282,11 +282,12 @@ async fn a_canary_through_the_route_ends_with_the_route_as_it_was() {
     app.cleanup().await;
 }
 
+/// A route its gateway rejects already (a second backend that does not exist: Traefik sets
+/// ResolvedRefs=False, BackendNotFound) is refused before anything is written: exit 2 with the
+/// gateway's words.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_route_the_gateway_rejects_fails_the_step_with_its_message_and_is_restored() {
-    let app = App::deploy("gw-reject", 3, false).await.expect("deploy");
-    // A second backend that does not exist: Traefik sets ResolvedRefs=False (BackendNotFound)
-    // on every generation of this route, so the first weight write is not accepted.
+async fn a_route_the_gateway_rejects_already_is_refused_and_nothing_changes() {
+    let app = App::deploy("gw-rejected", 3, false).await.expect("deploy");
     let route: DynamicObject = serde_json::from_value(json!({
         "apiVersion": "gateway.networking.k8s.io/v1",
         "kind": "HTTPRoute",
@@ -302,7 +303,11 @@ async fn a_route_the_gateway_rejects_fails_the_step_with_its_message_and_is_rest
         .create(&PostParams::default(), &route)
         .await
         .expect("route");
+    crate::support::gateway::wait_route_status(&app.ns, ROUTE)
+        .await
+        .expect("the gateway judged the route");
     let before = route_spec(&app, ROUTE).await.expect("route");
+    let generation = app.statefulset().await.expect("sts").metadata.generation;
     let run = app
         .rollout(&[
             "canary",
@@ -318,12 +323,75 @@ async fn a_route_the_gateway_rejects_fails_the_step_with_its_message_and_is_rest
         ])
         .await
         .expect("run");
-    run.expect(ExitCode::GateFailed).expect("rolled back");
-    assert!(
-        run.stderr.contains("gateway devcluster-gateway/devcluster (traefik.io/gateway-controller) set ResolvedRefs=False"),
-        "{}",
-        run.describe()
+    run.expect(ExitCode::BadInput).expect("refused");
+    for words in [
+        "HTTPRoute web is not accepted by its gateways now",
+        "gateway devcluster-gateway/devcluster (traefik.io/gateway-controller) set ResolvedRefs=False",
+        "nothing was changed",
+    ] {
+        ensure_text(&run.stderr, words);
+    }
+    assert_eq!(route_spec(&app, ROUTE).await.expect("route"), before);
+    assert_eq!(
+        app.statefulset().await.expect("sts").metadata.generation,
+        generation
     );
+    let names = services(&app).await.expect("services");
+    assert!(!names.iter().any(|n| n.ends_with("-canary")), "{names:?}");
+    app.cleanup().await;
+}
+
+/// A weight write the gateway does not accept fails its step with the gateway's words (exit
+/// 3) and the route comes back as it was: the canary Service is deleted as soon as rollout made
+/// it, so the route's first weights name a Service Traefik cannot find.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_route_write_the_gateway_rejects_fails_the_step_with_its_message_and_is_restored() {
+    let app = App::deploy("gw-reject", 3, false).await.expect("deploy");
+    let before = create_route(&app, ROUTE, STS, json!([]))
+        .await
+        .expect("route");
+    wait_routed(&app).await.expect("routed");
+    let child = crate::support::rollout_command(
+        app.name(),
+        &[
+            "canary",
+            STS,
+            "--image",
+            "time-app:v2",
+            "--weight",
+            "20",
+            "--traffic",
+            "gateway",
+            "--route",
+            ROUTE,
+        ],
+    )
+    .spawn()
+    .expect("spawn");
+    let canary = format!("{STS}-canary");
+    let services_api = app.ns.api::<Service>();
+    let made = devcluster::testkit::wait_for(
+        services_api.clone(),
+        &canary,
+        std::time::Duration::from_secs(120),
+        |s: Option<&Service>| s.is_some(),
+    )
+    .await;
+    made.expect("rollout made the canary Service");
+    services_api
+        .delete(&canary, &Default::default())
+        .await
+        .expect("delete the canary Service");
+    let run = crate::support::finish_within(child, "canary", crate::support::RUN_LIMIT)
+        .await
+        .expect("the run ended");
+    run.expect(ExitCode::GateFailed).expect("rolled back");
+    for words in [
+        "HTTPRoute web was not accepted",
+        "gateway devcluster-gateway/devcluster (traefik.io/gateway-controller) set ResolvedRefs=False",
+    ] {
+        ensure_text(&run.stderr, words);
+    }
     assert_eq!(route_spec(&app, ROUTE).await.expect("route"), before);
     let names = services(&app).await.expect("services");
     assert!(

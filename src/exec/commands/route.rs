@@ -1,6 +1,7 @@
 //! Before a rollout through a Gateway API HTTPRoute starts: the route is read and checked
-//! (it exists in the set's namespace, the cluster serves the Gateway API, one of its backends
-//! is the set's Service, the per-revision Service names are free), and its rules as they are
+//! (it exists in the set's namespace, the cluster serves the Gateway API, its gateways do not
+//! reject it, one of its backends is the set's Service, the per-revision Service names are
+//! free), and its rules as they are
 //! now go into the record, to be written back exactly at the end or in a rollback.
 
 use super::*;
@@ -8,7 +9,7 @@ use crate::exec::runner::revision_service_owned;
 use crate::model::route::{
     revision_service_names, rules_fingerprint, HttpRoute, RouteRecord, GATEWAY_GROUP, INSTALL_CRDS,
 };
-use crate::strategy::route::{set_service, RouteService};
+use crate::strategy::route::{route_verdict, set_service, RouteService, RouteVerdict};
 use crate::strategy::PlanError;
 
 /// The route part of the record of a rollout with `config` on `sts`; `None` without
@@ -48,6 +49,17 @@ pub(super) async fn route_for<C: Cluster, G: GateRunner>(
         }
         Err(e) => return Err(ExecError::api("reading HTTPRoute", &traffic.route, e)),
     };
+    // A route its gateways reject already: the first write would be rejected too, after the
+    // pods began to move. A route they have not judged yet (just made) goes on; each write
+    // waits for their verdict.
+    if let RouteVerdict::Rejected(words) =
+        route_verdict(&route, route.metadata.generation.unwrap_or(0))
+    {
+        return Err(ExecError::Plan(PlanError::RouteRejected {
+            route: traffic.route.clone(),
+            words,
+        }));
+    }
     if config.kind() == crate::model::strategy::StrategyKind::Shadow {
         check_mirror_support(ctx, &route, traffic.mirror_percent).await?;
     }
