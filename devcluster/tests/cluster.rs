@@ -510,16 +510,23 @@ async fn the_api_servers_service_proxy_reaches_the_ready_pods_of_a_cluster_ip_se
         BTreeSet::from(["time-app-0".to_string(), "time-app-1".to_string()])
     );
 
-    // Every way of naming the port reaches a pod; over 30 requests both pods answer.
+    // Every way of naming the port reaches a pod; within 90 requests both pods answer (the
+    // proxy picks an endpoint at random; a pod whose probe timed out on a busy machine is left
+    // out for a moment).
+    let both = BTreeSet::from(["time-app-0".to_string(), "time-app-1".to_string()]);
     let mut seen = BTreeSet::new();
-    for form in ["plain:web", "http:plain:80", "http:plain:web"]
+    for (i, form) in ["plain:web", "http:plain:80", "http:plain:web"]
         .iter()
         .cycle()
-        .take(30)
+        .take(90)
+        .enumerate()
     {
         let body = service_proxy_get(&ns, form, "").await?;
         assert!(body.contains("Moscow time"), "{form}: {body}");
         seen.insert(testkit::pod_in_body(&body).unwrap_or_default());
+        if i >= 2 && seen == both {
+            break;
+        }
     }
     assert_eq!(
         seen,
