@@ -262,6 +262,7 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 });
             }
             self.check_latest_snapshot().await?;
+            self.note_stable_seen();
             self.mark();
             match self.record.phase {
                 Phase::Succeeded

@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use k8s_openapi::jiff::Timestamp;
 use serde::Deserialize;
 
 use super::verdict::{GateFailure, GateKind, Verdict};
@@ -281,13 +282,31 @@ impl Prometheus {
         &self.url
     }
 
-    /// One instant query.
+    /// One instant query, now.
     pub async fn query(&self, query: &str) -> Result<Vec<Sample>, QueryError> {
+        self.query_at(query, None).await
+    }
+
+    /// One instant query, evaluated at `at` (now when `None`).
+    pub async fn query_at(
+        &self,
+        query: &str,
+        at: Option<Timestamp>,
+    ) -> Result<Vec<Sample>, QueryError> {
         let endpoint = format!("{}/api/v1/query", self.url);
+        let mut form = vec![("query", query.to_string())];
+        if let Some(at) = at {
+            // Seconds since the epoch, to the millisecond, as Prometheus takes `time`.
+            let ms = at.as_millisecond();
+            form.push((
+                "time",
+                format!("{}.{:03}", ms.div_euclid(1000), ms.rem_euclid(1000)),
+            ));
+        }
         let answer = self
             .http
             .post(&endpoint)
-            .form(&[("query", query)])
+            .form(&form)
             .send()
             .await
             .map_err(|e| QueryError::Unreachable {
@@ -315,24 +334,65 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// What a relative condition compares with: the stable revision's pods, as they are now
+/// (`at` is `None`), or as they were at `at` once none runs it any more (a bake), the query
+/// then evaluated by Prometheus at that moment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StableBaseline {
+    pub values: Placeholders,
+    pub at: Option<Timestamp>,
+}
+
 /// Runs every metric gate: for each, the query on the new revision (and on stable for a
-/// relative condition), judged by [`judge`]. `stable` is `None` when no pod runs stable.
+/// relative condition), judged by [`judge`]. `stable` is `None` when no pod runs stable and
+/// none was ever seen.
 pub async fn run_metric_gates(
     prometheus: &Prometheus,
     gates: &[MetricGate],
     new: &Placeholders,
-    stable: Option<&Placeholders>,
+    stable: Option<&StableBaseline>,
 ) -> Verdict {
     let runs = gates.iter().map(|gate| async move {
         let new_query = gate.render(new);
         let new_answer = prometheus.query(&new_query).await;
         let stable_answer = match (gate.bound.is_relative(), stable) {
-            (true, Some(stable)) => Some(prometheus.query(&gate.render(stable)).await),
+            (true, Some(stable)) => Some(
+                prometheus
+                    .query_at(&gate.render(&stable.values), stable.at)
+                    .await,
+            ),
             _ => None,
         };
-        judge(gate, &new_query, &new_answer, stable_answer.as_ref())
+        let verdict = judge(gate, &new_query, &new_answer, stable_answer.as_ref());
+        match stable
+            .and_then(|s| s.at)
+            .filter(|_| gate.bound.is_relative())
+        {
+            Some(at) => said_when(verdict, at),
+            None => verdict,
+        }
     });
     Verdict::all(futures::future::join_all(runs).await)
+}
+
+/// `verdict` of a relative condition judged against stable as it was at `at`, saying so.
+fn said_when(verdict: Verdict, at: Timestamp) -> Verdict {
+    let when = format!(
+        "stable as Prometheus had it at {}, the last time a run saw its pods",
+        at.strftime("%Y-%m-%d %H:%M:%S UTC")
+    );
+    match verdict {
+        Verdict::Fail { mut failures } => {
+            for failure in &mut failures {
+                failure.reasons.push(format!("({when})"));
+            }
+            Verdict::Fail { failures }
+        }
+        Verdict::Inconclusive { message } => Verdict::Inconclusive {
+            message: format!("{message} ({when})"),
+        },
+        pass => pass,
+    }
 }
 
 /// Checks, before any write, that Prometheus answers and accepts every query (with the
@@ -503,5 +563,69 @@ mod tests {
             failed.message(),
             r#"metric gate failed (q): series {pod="a"} is 0.31, bound <= 0.3 (stable: 0.2)"#
         );
+    }
+
+    /// A Prometheus on loopback that knows stable's value only in the past (its pods are gone
+    /// now): `q{h="web-stable"}` is 0.2 when asked with `time`, no data without; the new
+    /// revision's is 0.5 now.
+    async fn past_only_prometheus() -> (String, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let url = format!(
+            "http://{}",
+            listener.local_addr().unwrap_or_else(|e| panic!("{e}"))
+        );
+        let app = axum::Router::new().fallback(|body: String| async move {
+            let stable = body.contains("web-stable");
+            let past = body.contains("time=1700000000.250");
+            match (stable, past) {
+                (true, true) => vector(&[("s", "0.2")]),
+                (true, false) => vector(&[]),
+                (false, _) => vector(&[("a", "0.5")]),
+            }
+        });
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        (url, server)
+    }
+
+    #[tokio::test]
+    async fn a_relative_condition_with_no_stable_pod_left_asks_for_stable_as_it_was() {
+        let (url, server) = past_only_prometheus().await;
+        let prometheus = Prometheus::new(&url).unwrap_or_else(|e| panic!("{e}"));
+        let gate = MetricGate {
+            query: r#"q{h="{revision}"}"#.into(),
+            op: Op::Le,
+            bound: Bound::Relative {
+                factor: 1.0,
+                offset: 0.1,
+            },
+        };
+        let new = Placeholders {
+            revision: "web-new".into(),
+            ..Placeholders::default()
+        };
+        let stable = |at| StableBaseline {
+            values: Placeholders {
+                revision: "web-stable".into(),
+                ..Placeholders::default()
+            },
+            at,
+        };
+        let then = Timestamp::from_millisecond(1_700_000_000_250).unwrap_or_else(|e| panic!("{e}"));
+        let gates = [gate];
+        let verdict = run_metric_gates(&prometheus, &gates, &new, Some(&stable(Some(then)))).await;
+        let text = verdict.message();
+        assert!(
+            text.contains("is 0.5, bound <= 0.3 (stable: 0.2)")
+                && text.contains("(stable as Prometheus had it at 2023-11-14 22:13:20 UTC, the last time a run saw its pods)"),
+            "{text}"
+        );
+        // Asked now, stable has no data: undecided, never a pass.
+        let now = run_metric_gates(&prometheus, &gates, &new, Some(&stable(None))).await;
+        assert!(matches!(now, Verdict::Inconclusive { .. }), "{now:?}");
+        server.abort();
     }
 }

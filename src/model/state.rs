@@ -263,6 +263,20 @@ pub struct Measured {
     /// Shadow: true once the comparison passed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comparison_passed: Option<bool>,
+    /// The last moment a run saw pods of the own set on the stable revision, and which: once
+    /// every pod runs the new revision (a `--bake`), relative metric conditions compare with
+    /// stable as Prometheus had it then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_seen: Option<StableSeen>,
+}
+
+/// Pods of the stable revision seen at a moment (see [`Measured::stable_seen`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StableSeen {
+    pub at: Timestamp,
+    /// Kept only when a query names `{pods}`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pods: Vec<String>,
 }
 
 impl Measured {

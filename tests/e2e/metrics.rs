@@ -2,8 +2,9 @@
 //! `devcluster env`'s ROLLOUT_PROMETHEUS_URL): a slow release that answers every probe caught by
 //! its p95 latency against stable's, a canary rolled back during its hold once its errors pile
 //! up (with the delay from the bad figure to the rollback measured), a query with no data
-//! timing out instead of passing, and an unreachable Prometheus or a broken query refused
-//! before anything is written.
+//! timing out instead of passing, an unreachable Prometheus or a broken query refused
+//! before anything is written, and a bake whose errors pile up once every pod runs the new
+//! revision, judged against stable as Prometheus had it before the last pods moved.
 //!
 //! The pods run this workspace's own `time-app` (its `/metrics`), whichever agent runs them.
 
@@ -144,6 +145,96 @@ async fn a_slow_release_that_answers_every_probe_fails_its_p95_against_stable() 
         !run.stderr.contains("HTTP gate failed"),
         "{}",
         run.describe()
+    );
+    assert_back_on_v1(&app).await?;
+    app.cleanup().await;
+    Ok(())
+}
+
+/// `--bake` after a rolling update: every pod runs v2 (5 % of its answers are errors), the
+/// run keeps analysing, and the relative condition (errors at most stable's plus 20) compares
+/// with stable as Prometheus had it before the last pod moved, since no stable pod is left.
+/// Traffic during the bake piles the errors up past that: rolled back during the bake.
+#[tokio::test]
+async fn a_bake_whose_errors_pile_up_against_stable_before_it_is_rolled_back() -> anyhow::Result<()>
+{
+    let app = deploy("metric-bake", 3).await?;
+    let file = ManifestFile::write(
+        &app,
+        &scraped_manifest(3, &[("FAIL_RATE", "0.05")], "time-app:v2"),
+    )?;
+    let gate = format!("{ERRORS} <= stable + 20");
+    let url = prometheus_url();
+    let args = [
+        "rolling",
+        STS,
+        "-f",
+        &file.arg(),
+        "--probe-window",
+        "3s",
+        "--min-success-ratio",
+        "0.5",
+        "--gate-prometheus",
+        &gate,
+        "--prometheus-url",
+        &url,
+        "--analysis-interval",
+        "2s",
+        "--bake",
+        "3m",
+        "--timeout",
+        "90s",
+    ];
+    let child = rollout_command(app.name(), &args).spawn()?;
+    let t0 = Instant::now();
+    loop {
+        let r = record(&app).await?;
+        if r["phase"] == "Paused" {
+            break;
+        }
+        ensure!(
+            r["phase"] != "RollingBack" && r["phase"] != "RolledBack",
+            "rolled back before the bake: {r}"
+        );
+        ensure!(t0.elapsed() < SETTLE, "no bake after {SETTLE:?}: {r}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    app.assert_all_on("v2").await?;
+    // Traffic to every pod from here, bounded in count and time.
+    let http = testkit::http();
+    let mut urls = Vec::new();
+    for ordinal in 0..3 {
+        let ip = testkit::pod_ip(&app.ns, &pod_name(ordinal)).await?;
+        urls.push(format!("http://{ip}:8080/"));
+    }
+    let load = tokio::spawn(async move {
+        for i in 0..6000 {
+            let _ = http.get(&urls[i % urls.len()]).send().await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    let run = finish_within(child, &args.join(" "), RUN_LIMIT).await;
+    load.abort();
+    let run = run?;
+    run.expect(ExitCode::GateFailed)?;
+    for words in [
+        "analysis FAILED",
+        "metric gate failed",
+        "(stable: 0)",
+        "stable as Prometheus had it at",
+    ] {
+        ensure!(
+            run.stderr.contains(words),
+            "{words:?} in {}",
+            run.describe()
+        );
+    }
+    let r = record(&app).await?;
+    ensure!(
+        r["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("continuous analysis")),
+        "the record says why: {r}"
     );
     assert_back_on_v1(&app).await?;
     app.cleanup().await;

@@ -12,10 +12,10 @@ use crate::exec::gates::GateRunner;
 use crate::exec::metrics::pods_on;
 use crate::exec::progress::format_elapsed;
 use crate::exec::ExecError;
-use crate::gate::prometheus::{run_metric_gates, Prometheus};
+use crate::gate::prometheus::{run_metric_gates, Prometheus, StableBaseline};
 use crate::gate::Verdict;
 use crate::model::metric::Placeholders;
-use crate::model::state::RollbackCause;
+use crate::model::state::{RollbackCause, StableSeen};
 
 /// How a wait with analysis ended.
 pub(super) enum Analysed {
@@ -53,11 +53,21 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             stable: stable.clone(),
             pods,
         };
-        let stable_values = (!stable_pods.is_empty()).then(|| Placeholders {
-            set: self.name.clone(),
-            revision: stable.clone(),
-            pods: stable_pods,
-            ..values.clone()
+        // With no stable pod left (a bake), relative conditions compare with stable as it was
+        // the last time a run saw its pods.
+        let baseline = if stable_pods.is_empty() {
+            self.stable_seen().map(|seen| (seen.pods, Some(seen.at)))
+        } else {
+            Some((stable_pods, None))
+        };
+        let stable_values = baseline.map(|(pods, at)| StableBaseline {
+            values: Placeholders {
+                set: self.name.clone(),
+                revision: stable.clone(),
+                pods,
+                ..values.clone()
+            },
+            at,
         });
         async move {
             if gates.is_empty() {
@@ -76,6 +86,54 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                     message: e.to_string(),
                 },
             }
+        }
+    }
+
+    /// The stable pods the record says a run saw last, only those named as pods of this set
+    /// (the record is anyone's to write; the names go into queries).
+    fn stable_seen(&self) -> Option<StableSeen> {
+        let seen = self.record.measured.stable_seen.clone()?;
+        let pods: Vec<String> = seen
+            .pods
+            .into_iter()
+            .filter(|p| crate::strategy::predicates::pod_ordinal(&self.name, p).is_some())
+            .collect();
+        Some(StableSeen { at: seen.at, pods })
+    }
+
+    /// Keeps in the record when this run last saw pods of the own set serving the stable
+    /// revision, and which (only when a query names `{pods}`, so a large set's record stays
+    /// small), for the relative metric conditions of a bake (every pod then runs the new
+    /// revision). Only with such conditions; called before each step.
+    pub(super) fn note_stable_seen(&mut self) {
+        let relative: Vec<&crate::model::metric::MetricGate> = (self.record.config.gates)
+            .prometheus
+            .iter()
+            .filter(|g| g.bound.is_relative())
+            .collect();
+        let by_pod = relative.iter().any(|g| g.query.contains("{pods}"));
+        let Some(stable) = self.record.stable.revision.revision.clone() else {
+            return;
+        };
+        if relative.is_empty() {
+            return;
+        }
+        let pods: Vec<String> = {
+            let view = self.view.borrow();
+            view.pods
+                .iter()
+                .filter(|p| {
+                    crate::exec::metrics::pod_revision(p) == Some(stable.as_str())
+                        && crate::strategy::predicates::is_ready(p)
+                })
+                .filter_map(|p| p.metadata.name.clone())
+                .collect()
+        };
+        if !pods.is_empty() {
+            self.record.measured.stable_seen = Some(StableSeen {
+                at: Self::now(),
+                pods: if by_pod { pods } else { Vec::new() },
+            });
         }
     }
 
