@@ -151,8 +151,8 @@ async fn a_slow_release_that_answers_every_probe_fails_its_p95_against_stable() 
     Ok(())
 }
 
-/// `--bake` after a rolling update: every pod runs v2 (5 % of its answers are errors), the
-/// run keeps analysing, and the relative condition (errors at most stable's plus 20) compares
+/// `--bake` after a rolling update: every pod runs v2 (2 % of its answers are errors), the
+/// run keeps analysing, and the relative condition (errors at most stable's plus 10) compares
 /// with stable as Prometheus had it before the last pod moved, since no stable pod is left.
 /// Traffic during the bake piles the errors up past that: rolled back during the bake.
 #[tokio::test]
@@ -161,9 +161,9 @@ async fn a_bake_whose_errors_pile_up_against_stable_before_it_is_rolled_back() -
     let app = deploy("metric-bake", 3).await?;
     let file = ManifestFile::write(
         &app,
-        &scraped_manifest(3, &[("FAIL_RATE", "0.05")], "time-app:v2"),
+        &scraped_manifest(3, &[("FAIL_RATE", "0.02")], "time-app:v2"),
     )?;
-    let gate = format!("{ERRORS} <= stable + 20");
+    let gate = format!("{ERRORS} <= stable + 10");
     let url = prometheus_url();
     let args = [
         "rolling",

@@ -49,17 +49,6 @@ pub(super) async fn route_for<C: Cluster, G: GateRunner>(
         }
         Err(e) => return Err(ExecError::api("reading HTTPRoute", &traffic.route, e)),
     };
-    // A route its gateways reject already: the first write would be rejected too, after the
-    // pods began to move. A route they have not judged yet (just made) goes on; each write
-    // waits for their verdict.
-    if let RouteVerdict::Rejected(words) =
-        route_verdict(&route, route.metadata.generation.unwrap_or(0))
-    {
-        return Err(ExecError::Plan(PlanError::RouteRejected {
-            route: traffic.route.clone(),
-            words,
-        }));
-    }
     if config.kind() == crate::model::strategy::StrategyKind::Shadow {
         check_mirror_support(ctx, &route, traffic.mirror_percent).await?;
     }
@@ -112,6 +101,17 @@ pub(super) async fn route_for<C: Cluster, G: GateRunner>(
                 service: taken.clone(),
             }));
         }
+    }
+    // Last, once the route is known to fit the set: a route its gateways reject already. The
+    // first write would be rejected too, after the pods began to move. A route they have not
+    // judged yet (just made) goes on; each write waits for their verdict.
+    if let RouteVerdict::Rejected(words) =
+        route_verdict(&route, route.metadata.generation.unwrap_or(0))
+    {
+        return Err(ExecError::Plan(PlanError::RouteRejected {
+            route: traffic.route.clone(),
+            words,
+        }));
     }
     let original_rules = route
         .spec
