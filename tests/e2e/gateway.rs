@@ -341,56 +341,68 @@ async fn a_route_the_gateway_rejects_already_is_refused_and_nothing_changes() {
     app.cleanup().await;
 }
 
-/// A weight write the gateway does not accept fails its step with the gateway's words (exit
-/// 3) and the route comes back as it was: the canary Service is deleted as soon as rollout made
-/// it, so the route's first weights name a Service Traefik cannot find.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_route_write_the_gateway_rejects_fails_the_step_with_its_message_and_is_restored() {
-    let app = App::deploy("gw-reject", 3, false).await.expect("deploy");
+/// When a canary through the route loses its canary Service (someone deletes it).
+enum Loss {
+    /// As soon as rollout made it: the first weight write names a Service that is gone.
+    AtOnce,
+    /// At the first pause, while the route sends requests to it.
+    AtThePause,
+}
+
+/// Runs a canary to v2 through a route of this test's own on `prefix`'s app with `steps`
+/// (extra flags), deletes the canary Service at `loss`, and checks that the run is rolled back
+/// (exit 3) with the gateway's `words`, leaving the route as it was, no Service of rollout's
+/// behind and every pod on v1.
+async fn canary_losing_its_service(prefix: &str, steps: &[&str], loss: Loss, words: &[&str]) {
+    let app = App::deploy(prefix, 3, false).await.expect("deploy");
     let before = create_route(&app, ROUTE, STS, json!([]))
         .await
         .expect("route");
     wait_routed(&app).await.expect("routed");
-    let child = crate::support::rollout_command(
-        app.name(),
-        &[
-            "canary",
-            STS,
-            "--image",
-            "time-app:v2",
-            "--weight",
-            "20",
-            "--traffic",
-            "gateway",
-            "--route",
-            ROUTE,
-        ],
-    )
-    .spawn()
-    .expect("spawn");
+    let mut args = vec!["canary", STS, "--image", "time-app:v2"];
+    args.extend_from_slice(steps);
+    args.extend_from_slice(&["--traffic", "gateway", "--route", ROUTE]);
+    let child = crate::support::rollout_command(app.name(), &args)
+        .spawn()
+        .expect("spawn");
     let canary = format!("{STS}-canary");
     let services_api = app.ns.api::<Service>();
-    let made = devcluster::testkit::wait_for(
-        services_api.clone(),
-        &canary,
-        std::time::Duration::from_secs(120),
-        |s: Option<&Service>| s.is_some(),
-    )
-    .await;
-    made.expect("rollout made the canary Service");
+    let limit = std::time::Duration::from_secs(120);
+    match loss {
+        Loss::AtOnce => {
+            devcluster::testkit::wait_for(
+                services_api.clone(),
+                &canary,
+                limit,
+                |s: Option<&Service>| s.is_some(),
+            )
+            .await
+            .expect("rollout made the canary Service");
+        }
+        Loss::AtThePause => {
+            devcluster::testkit::wait_for(
+                app.ns.api::<StatefulSet>(),
+                STS,
+                limit,
+                |s: Option<&StatefulSet>| {
+                    s.and_then(|s| s.metadata.annotations.as_ref())
+                        .is_some_and(|a| a.values().any(|v| v.contains("\"phase\":\"Paused\"")))
+                },
+            )
+            .await
+            .expect("the canary paused");
+        }
+    }
     services_api
         .delete(&canary, &Default::default())
         .await
         .expect("delete the canary Service");
-    let run = crate::support::finish_within(child, "canary", crate::support::RUN_LIMIT)
+    let run = crate::support::finish_within(child, &args.join(" "), crate::support::RUN_LIMIT)
         .await
         .expect("the run ended");
     run.expect(ExitCode::GateFailed).expect("rolled back");
-    for words in [
-        "HTTPRoute web was not accepted",
-        "gateway devcluster-gateway/devcluster (traefik.io/gateway-controller) set ResolvedRefs=False",
-    ] {
-        ensure_text(&run.stderr, words);
+    for wanted in words {
+        ensure_text(&run.stderr, wanted);
     }
     assert_eq!(route_spec(&app, ROUTE).await.expect("route"), before);
     let names = services(&app).await.expect("services");
@@ -405,72 +417,35 @@ async fn a_route_write_the_gateway_rejects_fails_the_step_with_its_message_and_i
     app.cleanup().await;
 }
 
-/// The route is part of every gate: a canary Service deleted during the rollout makes the
-/// gateway set ResolvedRefs=False, and the next gate fails with its words.
+/// A weight write the gateway does not accept fails its step with the gateway's words (exit
+/// 3) and the route comes back as it was: the canary Service is deleted as soon as rollout made
+/// it, so the route's first weights name a Service Traefik cannot find.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_route_its_gateway_stops_accepting_fails_the_next_gate() {
-    let app = App::deploy("gw-gate", 3, false).await.expect("deploy");
-    let before = create_route(&app, ROUTE, STS, json!([]))
-        .await
-        .expect("route");
-    wait_routed(&app).await.expect("routed");
-    let child = crate::support::rollout_command(
-        app.name(),
+async fn a_route_write_the_gateway_rejects_fails_the_step_with_its_message_and_is_restored() {
+    canary_losing_its_service(
+        "gw-reject",
+        &["--weight", "20"],
+        Loss::AtOnce,
         &[
-            "canary",
-            STS,
-            "--image",
-            "time-app:v2",
-            "--steps",
-            "34,67",
-            "--pause",
-            "10s",
-            "--traffic",
-            "gateway",
-            "--route",
-            ROUTE,
+            "HTTPRoute web was not accepted",
+            "gateway devcluster-gateway/devcluster (traefik.io/gateway-controller) set ResolvedRefs=False",
         ],
     )
-    .spawn()
-    .expect("spawn");
-    // At the first pause the route sends 34 % to time-app-canary: delete that Service.
-    let canary = format!("{STS}-canary");
-    let mut deleted = false;
-    for _ in 0..240 {
-        let record = app
-            .statefulset()
-            .await
-            .expect("sts")
-            .metadata
-            .annotations
-            .unwrap_or_default();
-        if record.values().any(|v| v.contains("\"phase\":\"Paused\"")) {
-            app.ns
-                .api::<Service>()
-                .delete(&canary, &Default::default())
-                .await
-                .expect("delete the canary Service");
-            deleted = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-    }
-    assert!(deleted, "the canary never paused");
-    let output = tokio::time::timeout(crate::support::RUN_LIMIT, child.wait_with_output())
-        .await
-        .expect("the run ended")
-        .expect("output");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(3), "{stderr}");
-    assert!(
-        stderr.contains("route gate failed (HTTPRoute web)")
-            && stderr.contains("ResolvedRefs=False"),
-        "{stderr}"
-    );
-    assert_eq!(route_spec(&app, ROUTE).await.expect("route"), before);
-    app.wait_settled().await.expect("settled");
-    app.assert_all_on("v1").await.expect("v1");
-    app.cleanup().await;
+    .await;
+}
+
+/// The route is part of every gate: a canary Service deleted during the rollout (at the first
+/// pause, while the route sends 34 % to it) makes the gateway set ResolvedRefs=False, and the
+/// next gate fails with its words.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_route_its_gateway_stops_accepting_fails_the_next_gate() {
+    canary_losing_its_service(
+        "gw-gate",
+        &["--steps", "34,67", "--pause", "10s"],
+        Loss::AtThePause,
+        &["route gate failed (HTTPRoute web)", "ResolvedRefs=False"],
+    )
+    .await;
 }
 
 /// A GitOps sync of the route while the canary holds (its rules as the manifest has them,

@@ -105,6 +105,46 @@ async fn assert_back_on_v1(app: &App) -> anyhow::Result<()> {
     app.assert_data_kept().await
 }
 
+/// Waits (at most [`SETTLE`]) until the run holds (`what`: the hold, the bake), with its
+/// record in phase Paused; a rollback before that fails the test.
+async fn wait_paused(app: &App, what: &str) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    loop {
+        let r = record(app).await?;
+        if r["phase"] == "Paused" {
+            return Ok(());
+        }
+        ensure!(
+            r["phase"] != "RollingBack" && r["phase"] != "RolledBack",
+            "rolled back before {what}: {r}"
+        );
+        ensure!(t0.elapsed() < SETTLE, "no {what} after {SETTLE:?}: {r}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// GETs of `/` to the pods with these ordinals, in turn, `every` apart, at most `count` of
+/// them: a background task the caller aborts.
+async fn load(
+    app: &App,
+    ordinals: &[i32],
+    count: usize,
+    every: Duration,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let http = testkit::http();
+    let mut urls = Vec::new();
+    for ordinal in ordinals {
+        let ip = testkit::pod_ip(&app.ns, &pod_name(*ordinal)).await?;
+        urls.push(format!("http://{ip}:8080/"));
+    }
+    Ok(tokio::spawn(async move {
+        for i in 0..count {
+            let _ = http.get(&urls[i % urls.len()]).send().await;
+            tokio::time::sleep(every).await;
+        }
+    }))
+}
+
 #[tokio::test]
 async fn a_slow_release_that_answers_every_probe_fails_its_p95_against_stable() -> anyhow::Result<()>
 {
@@ -186,33 +226,10 @@ async fn a_bake_whose_errors_pile_up_against_stable_before_it_is_rolled_back() -
         "90s",
     ];
     let child = rollout_command(app.name(), &args).spawn()?;
-    let t0 = Instant::now();
-    loop {
-        let r = record(&app).await?;
-        if r["phase"] == "Paused" {
-            break;
-        }
-        ensure!(
-            r["phase"] != "RollingBack" && r["phase"] != "RolledBack",
-            "rolled back before the bake: {r}"
-        );
-        ensure!(t0.elapsed() < SETTLE, "no bake after {SETTLE:?}: {r}");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    wait_paused(&app, "the bake").await?;
     app.assert_all_on("v2").await?;
     // Traffic to every pod from here, bounded in count and time.
-    let http = testkit::http();
-    let mut urls = Vec::new();
-    for ordinal in 0..3 {
-        let ip = testkit::pod_ip(&app.ns, &pod_name(ordinal)).await?;
-        urls.push(format!("http://{ip}:8080/"));
-    }
-    let load = tokio::spawn(async move {
-        for i in 0..6000 {
-            let _ = http.get(&urls[i % urls.len()]).send().await;
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    });
+    let load = load(&app, &[0, 1, 2], 6000, Duration::from_millis(10)).await?;
     let run = finish_within(child, &args.join(" "), RUN_LIMIT).await;
     load.abort();
     let run = run?;
@@ -275,38 +292,17 @@ async fn a_holding_canary_whose_errors_pile_up_is_rolled_back_during_the_hold() 
     let child = rollout_command(app.name(), &args).spawn()?;
     // The hold: the canary passed its step's gates and the run keeps analysing (it does not
     // exit at the hold as it would without --analysis-interval).
-    let t0 = Instant::now();
-    loop {
-        let r = record(&app).await?;
-        if r["phase"] == "Paused" {
-            break;
-        }
-        ensure!(
-            r["phase"] != "RollingBack" && r["phase"] != "RolledBack",
-            "rolled back before the hold: {r}"
-        );
-        ensure!(t0.elapsed() < SETTLE, "no hold after {SETTLE:?}: {r}");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    // Traffic to the canary (pod 2) from here: its 5 % errors add up past the bound. Bounded
-    // in count and time.
-    let http = testkit::http();
-    let ip = testkit::pod_ip(&app.ns, &pod_name(2)).await?;
+    wait_paused(&app, "the hold").await?;
     let errors_query = ERRORS.replace("{namespace}", app.name()).replace(
         "{revision}",
         record(&app).await?["target"]["revision"]
             .as_str()
             .unwrap_or(""),
     );
-    // The load runs on its own; this loop watches Prometheus and the record every 250 ms, so
-    // the delay is measured to that precision.
-    let url = format!("http://{ip}:8080/");
-    let load = tokio::spawn(async move {
-        for _ in 0..3000 {
-            let _ = http.get(&url).send().await;
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    });
+    // Traffic to the canary (pod 2) from here: its 5 % errors add up past the bound. Bounded
+    // in count and time. The load runs on its own; this loop watches Prometheus and the record
+    // every 250 ms, so the delay is measured to that precision.
+    let load = load(&app, &[2], 3000, Duration::from_millis(20)).await?;
     let mut bad_seen: Option<Instant> = None;
     let mut rollback_seen: Option<Instant> = None;
     let load_start = Instant::now();
