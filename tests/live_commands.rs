@@ -300,6 +300,18 @@ async fn undo_recovers_an_ordered_set_wedged_by_a_release_rollout_never_saw() ->
         "{}",
         history.describe()
     );
+    let lines = app.rollout(&["history", STS, "-o", "jsonl"]).await?;
+    lines.expect(ExitCode::Done)?;
+    let revisions: Vec<serde_json::Value> = lines
+        .stdout
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    ensure!(
+        revisions.len() == 2 && revisions[1]["update"] == true,
+        "a line per revision, the bad one the template: {}",
+        lines.describe()
+    );
     let undone = app.rollout(&["undo", STS, "--timeout", "2m"]).await?;
     undone.expect(ExitCode::Done)?;
     ensure!(

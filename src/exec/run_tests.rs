@@ -1473,6 +1473,47 @@ async fn plan_shows_both_ways_and_changes_nothing() {
 }
 
 #[tokio::test]
+async fn plan_and_history_as_json_lines_give_a_line_per_step_and_per_revision() {
+    let fake = FakeCluster::new(statefulset("web", 3, "app:v1", true));
+    let mut ctx = context(&fake, FakeGates::default(), 1);
+    ctx.output = Output::Jsonl;
+    commands::plan(&ctx, &request(StrategyKind::Rolling, "", "app:v2"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let lines: Vec<serde_json::Value> = ctx
+        .out
+        .text()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(lines.len(), 7, "{lines:#?}");
+    assert_eq!(lines[0]["step"], 1);
+    assert_eq!(lines[0]["of"], 7);
+    assert_eq!(lines[0]["do"]["type"], "setTemplateAndFreeze");
+    assert_eq!(lines[6]["rollback"][0]["type"], "restoreTemplate");
+    // Two revisions once the set was rolled: a line each, oldest first.
+    let code = commands::run(&ctx, &request(StrategyKind::Rolling, "", "app:v2"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(code, ExitCode::Done);
+    let ctx = Context {
+        out: crate::exec::progress::Out::memory(),
+        ..ctx
+    };
+    commands::show_history(&ctx, "web")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let history: Vec<serde_json::Value> = ctx
+        .out
+        .text()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(history.len(), 2, "{history:#?}");
+    assert_eq!(history[1]["revision"], 2);
+}
+
+#[tokio::test]
 async fn a_record_removed_just_before_a_write_is_not_written_again() {
     let fake = FakeCluster::new(statefulset("web", 3, "app:v1", true));
     // Just before the first partition write, someone removes the record: the write, based on

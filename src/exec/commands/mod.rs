@@ -197,6 +197,19 @@ impl<C: Cluster, G: GateRunner> Context<C, G> {
         Ok(())
     }
 
+    /// `-o jsonl`: each of `items` as one line of JSON.
+    fn print_json_lines<T: serde::Serialize>(&self, items: &[T]) -> Result<(), ExecError> {
+        let mut text = String::new();
+        for item in items {
+            let line = serde_json::to_string(&masked_json(item)?)
+                .map_err(|e| ExecError::Output(e.to_string()))?;
+            text.push_str(&line);
+            text.push('\n');
+        }
+        self.out.print(&text);
+        Ok(())
+    }
+
     /// Watches the set's lease until its holder, if any, is known alive or dead (see
     /// [`lease::observe`]; up to one lease duration when the holder runs elsewhere), telling the
     /// user when that takes a while.

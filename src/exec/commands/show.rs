@@ -178,7 +178,8 @@ pub async fn show_history<C: Cluster, G: GateRunner>(
     let sts = ctx.get_set(name).await?;
     let entries = super::undo::revision_history(ctx, name, &sts).await?;
     match ctx.output {
-        Output::Json | Output::Jsonl => ctx.print_json(&entries)?,
+        Output::Json => ctx.print_json(&entries)?,
+        Output::Jsonl => ctx.print_json_lines(&entries)?,
         Output::Text => ctx.out.print(&render_history(name, &entries)),
     }
     Ok(ExitCode::Done)

@@ -514,7 +514,27 @@ pub(super) async fn print_plan<C: Cluster, G: GateRunner>(
     let back = rollback_by_step(&record);
     let plan = &record.plan;
     match ctx.output {
-        Output::Json | Output::Jsonl => {
+        Output::Jsonl => {
+            // A line per step: its number, the step, and the way back from a failure there.
+            let lines: Vec<serde_json::Value> = (plan.steps.iter().enumerate())
+                .map(|(i, step)| {
+                    let rollback = back
+                        .iter()
+                        .find(|b| (b.from_step..=b.to_step).contains(&(i + 1)))
+                        .map(|b| b.steps.clone())
+                        .unwrap_or_default();
+                    serde_json::json!({
+                        "statefulset": plan.statefulset,
+                        "step": i + 1,
+                        "of": plan.steps.len(),
+                        "do": step,
+                        "rollback": rollback,
+                    })
+                })
+                .collect();
+            ctx.print_json_lines(&lines)?;
+        }
+        Output::Json => {
             let mut value = serde_json::to_value(plan).unwrap_or_default();
             if let Some(object) = value.as_object_mut() {
                 object.insert(
