@@ -408,7 +408,20 @@ pub fn render_status(report: &StatusReport, now: Timestamp) -> String {
                     render_beyond_partition(&mut out, record);
                 }
                 _ => {
+                    // Someone else rewrote the route: its weights are no longer rollout's.
+                    let route_drifted = report.record.as_ref().is_some_and(|rec| {
+                        rec.drift.as_ref().is_some_and(|d| {
+                            d.changes
+                                .iter()
+                                .any(|c| matches!(c, crate::model::drift::Change::Route { .. }))
+                        })
+                    });
                     let _ = match r.traffic_percent {
+                        Some(_) if route_drifted => writeln!(
+                            out,
+                            "weight:    {} on the new version, traffic as someone else left the route (see message)",
+                            r.achieved_weight
+                        ),
                         Some(p) => writeln!(
                             out,
                             "weight:    {} on the new version, traffic {p}% through the route",

@@ -264,6 +264,15 @@ async fn a_route_someone_else_rewrites_during_a_hold_stops_the_run_and_is_not_wr
     );
     assert_eq!(route_rules(&fake), synced, "the other change stays");
     assert_eq!(fake.image(), "app:v2", "nothing rolled back");
+    commands::status(&ctx, "web", false, None, false)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let shown = ctx.out.text();
+    assert!(
+        shown.contains("traffic as someone else left the route (see message)")
+            && shown.contains("by someone else: the rules of HTTPRoute web"),
+        "{shown}"
+    );
     // `abort` goes back over it: the route's rules from before the rollout.
     let code = commands::abort(&ctx, "web", Duration::from_secs(60))
         .await

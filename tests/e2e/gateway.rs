@@ -506,6 +506,7 @@ async fn a_route_synced_by_someone_else_during_a_hold_stops_the_rollout() {
     );
     let status = app.rollout(&["status", STS]).await.expect("status");
     ensure_text(&status.stdout, "HTTPRoute web");
+    ensure_text(&status.stdout, "traffic as someone else left the route");
     app.rollout(&["abort", STS])
         .await
         .expect("abort")
