@@ -579,43 +579,62 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
     ) -> Result<bool, ExecError> {
         use k8s_openapi::api::discovery::v1::EndpointSlice;
         let (deadline, _) = self.step_deadline();
-        let mut pause = std::time::Duration::from_millis(20);
-        loop {
-            let mut all = true;
-            for service in &twin.services {
-                let select =
-                    Select::labels(&format!("kubernetes.io/service-name={}", service.name));
-                match self.cluster.list::<EndpointSlice>(&select).await {
-                    Ok(slices) => all &= predicates::endpoints_only_of(&slices, &twin.set),
-                    Err(ApiError::Refused { code: 403, .. }) => {
-                        self.progress.say(format!(
-                            "        note: EndpointSlices cannot be read (forbidden), so the route goes back to {} without seeing it select {} alone; `list` on endpointslices lets rollout wait for it",
-                            service.name, twin.set
-                        ));
-                        return Ok(true);
-                    }
-                    Err(e) => {
-                        return Err(ExecError::api(
-                            "listing EndpointSlices of",
-                            &service.name,
-                            e,
-                        ))
-                    }
+        let select =
+            |service: &str| Select::labels(&format!("kubernetes.io/service-name={service}"));
+        // One list first: it tells a Role that may not read EndpointSlices (a watch would
+        // retry that forever), and usually finds them on green already.
+        let mut all = true;
+        for service in &twin.services {
+            match self
+                .cluster
+                .list::<EndpointSlice>(&select(&service.name))
+                .await
+            {
+                Ok(slices) => all &= predicates::endpoints_only_of(&slices, &twin.set),
+                Err(ApiError::Refused { code: 403, .. }) => {
+                    self.progress.say(format!(
+                        "        note: EndpointSlices cannot be read (forbidden), so the route goes back to {} without seeing it select {} alone; `list` on endpointslices lets rollout wait for it",
+                        service.name, twin.set
+                    ));
+                    return Ok(true);
+                }
+                Err(e) => {
+                    return Err(ExecError::api(
+                        "listing EndpointSlices of",
+                        &service.name,
+                        e,
+                    ))
                 }
             }
-            if all {
-                tracing::debug!(waited = ?started.elapsed(), "live Services on green");
-                return Ok(true);
-            }
-            if Instant::now() + pause > deadline {
-                return Ok(false);
-            }
+        }
+        // Then a watch of each Service's slices, until all list green's pods alone.
+        let mut watches: Vec<crate::cluster::Watched<EndpointSlice>> = twin
+            .services
+            .iter()
+            .map(|s| self.cluster.observe::<EndpointSlice>(&select(&s.name)))
+            .collect();
+        while !all {
+            let changed =
+                futures::future::select_all(watches.iter_mut().map(|w| Box::pin(w.changed())));
             tokio::select! {
-                _ = tokio::time::sleep(pause) => {}
+                (changed, _, _) = changed => if changed.is_err() {
+                    return Err(ExecError::WatchEnded { statefulset: self.name.clone() });
+                },
+                _ = tokio::time::sleep_until(deadline) => return Ok(false),
                 _ = self.lease_lost.changed() => return Err(self.lease_lost_error()),
             }
-            pause = (pause * 2).min(std::time::Duration::from_millis(500));
+            // Every watch marked seen, so that none wakes the next wait for nothing.
+            let judged: Vec<bool> = watches
+                .iter_mut()
+                .map(|w| {
+                    let listing = w.borrow_and_update();
+                    listing.synced && predicates::endpoints_only_of(&listing.items, &twin.set)
+                })
+                .collect();
+            all = judged.iter().all(|on_green| *on_green);
         }
+        tracing::debug!(waited = ?started.elapsed(), "live Services on green");
+        Ok(true)
     }
 
     /// Step: delete the per-revision Services that carry rollout's mark for this set.

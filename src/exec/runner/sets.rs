@@ -342,30 +342,28 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
 
     /// After the twin `set` is deleted, until no pod of it is left (or the step's deadline): a
     /// pod the StatefulSet controller made just before the set went belongs to the garbage
-    /// collector, and nothing of the twin should serve once the step is done. Polled, with
-    /// back-off: the set's own watch ends with the set.
+    /// collector, and nothing of the twin should serve once the step is done. A watch of its
+    /// pods by label (the set's own watch ends with the set).
     async fn wait_pods_gone(&self, set: &str, deadline: Instant) -> Result<(), ExecError> {
         let select = crate::cluster::Select::labels(&format!("{SET_LABEL}={set}"));
-        let mut pause = std::time::Duration::from_millis(50);
+        let mut pods = self.cluster.observe::<Pod>(&select);
         loop {
-            let left = self
-                .cluster
-                .list::<Pod>(&select)
-                .await
-                .map_err(|e| ExecError::api("listing the pods of StatefulSet", set, e))?;
-            if left.is_empty() {
+            let left = {
+                let listing = pods.borrow_and_update();
+                listing.synced.then(|| listing.items.len())
+            };
+            if left == Some(0) {
                 return Ok(());
             }
-            if Instant::now() + pause > deadline {
-                tracing::warn!(
-                    set,
-                    pods = left.len(),
-                    "pods of a removed set still there at the deadline"
-                );
-                return Ok(());
+            tokio::select! {
+                changed = pods.changed() => if changed.is_err() {
+                    return Err(ExecError::WatchEnded { statefulset: set.to_string() });
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::warn!(set, pods = ?left, "pods of a removed set still there at the deadline");
+                    return Ok(());
+                }
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(std::time::Duration::from_secs(1));
         }
     }
 }
