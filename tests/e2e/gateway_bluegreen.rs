@@ -16,7 +16,8 @@ use rollout::model::exit::ExitCode;
 use serde_json::Value;
 
 use crate::support::gateway::{
-    get_via_gateway, make_route, routes, spread_via_gateway, wait_route_status, wait_serving,
+    get_via_gateway, make_route, routes, spread_by, spread_via_gateway, wait_route_status,
+    wait_serving,
 };
 use crate::support::{App, STS};
 
@@ -51,16 +52,10 @@ async fn routed_app(prefix: &str) -> anyhow::Result<(App, Value)> {
 /// Versions answered by `count` requests through the gateway (`<status>`, `<error>` for
 /// failures).
 async fn versions(app: &App, headers: &[(&str, &str)], count: usize) -> BTreeMap<String, usize> {
-    let mut out = BTreeMap::new();
-    for _ in 0..count {
-        let key = match get_via_gateway(&host(app), "/healthz", headers).await {
-            Ok(a) if a.status < 500 => a.version,
-            Ok(a) => format!("<{}>", a.status),
-            Err(_) => "<error>".into(),
-        };
-        *out.entry(key).or_insert(0) += 1;
-    }
-    out
+    spread_by(&host(app), "/healthz", headers, count, |a| {
+        a.version.clone()
+    })
+    .await
 }
 
 /// What a client asking every [`PACE`] saw: the version of each answer in order (`<status>` or

@@ -188,10 +188,22 @@ pub async fn spread_via_gateway(
     headers: &[(&str, &str)],
     count: usize,
 ) -> BTreeMap<String, usize> {
+    spread_by(hostname, path, headers, count, |a| a.pod.clone()).await
+}
+
+/// `count` requests through the gateway, one at a time: answers per `key` of the answer
+/// (`<status>` for a 5xx, `<error>` when none came).
+pub async fn spread_by(
+    hostname: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    count: usize,
+    key: impl Fn(&Answer) -> String,
+) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
     for _ in 0..count {
         let key = match get_via_gateway(hostname, path, headers).await {
-            Ok(a) if a.status < 500 => a.pod,
+            Ok(a) if a.status < 500 => key(&a),
             Ok(a) => format!("<{}>", a.status),
             Err(_) => "<error>".into(),
         };
