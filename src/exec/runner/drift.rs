@@ -116,6 +116,9 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
         let Some(name) = self.record.route.as_ref().map(|r| r.route.clone()) else {
             return Ok(());
         };
+        if !judge::route_watched(&self.record) {
+            return Ok(());
+        }
         let route = self
             .cluster
             .get::<HttpRoute>(&name)

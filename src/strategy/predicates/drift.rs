@@ -263,6 +263,12 @@ fn attribute_on(meta: &ObjectMeta, changes: Vec<Change>) -> Option<Drift> {
     })
 }
 
+/// Whether the route of `record` is judged for drift now (it has one, under way): the route
+/// need not be read otherwise.
+pub fn route_watched(record: &RolloutState) -> bool {
+    record.route.is_some() && watched(record)
+}
+
 /// Someone else's change to the rules of the HTTPRoute the rollout steers traffic through
 /// (`route`, as read now; `None` once it is deleted, which the route gate judges), with who
 /// made it: their fingerprint is not the one of the rules rollout last saw there. Judged only
