@@ -1241,31 +1241,28 @@ mod tests {
         let duration = Duration::from_secs(15);
         // A renewal that landed while its answer was lost (the renewer stopped mid-request):
         // the version the guard knows is old, the lease is still this run's.
+        // Another writer's change of the lease's spec (a new resourceVersion).
+        let rewrite = |change: &dyn Fn(&mut LeaseSpec)| {
+            fake.with(|s| {
+                let mut lease = s.get::<Lease>("rollout-web").unwrap_or_default();
+                if let Some(spec) = lease.spec.as_mut() {
+                    change(spec);
+                }
+                lease.metadata.resource_version = None;
+                s.put(&lease);
+            })
+        };
         let guard = acquire(&fake, &set(), &me(), duration, None, |_, _| {})
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        fake.with(|s| {
-            let mut lease = s.get::<Lease>("rollout-web").unwrap_or_default();
-            if let Some(spec) = lease.spec.as_mut() {
-                spec.renew_time = Some(MicroTime(Timestamp::now()));
-            }
-            lease.metadata.resource_version = None;
-            s.put(&lease);
-        });
+        rewrite(&|spec| spec.renew_time = Some(MicroTime(Timestamp::now())));
         guard.release().await;
         assert!(fake.with(|s| s.get::<Lease>("rollout-web")).is_none());
         // Taken over meanwhile by another run: its lease stays.
         let guard = acquire(&fake, &set(), &me(), duration, None, |_, _| {})
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        fake.with(|s| {
-            let mut lease = s.get::<Lease>("rollout-web").unwrap_or_default();
-            if let Some(spec) = lease.spec.as_mut() {
-                spec.holder_identity = Some(other().to_string());
-            }
-            lease.metadata.resource_version = None;
-            s.put(&lease);
-        });
+        rewrite(&|spec| spec.holder_identity = Some(other().to_string()));
         guard.release().await;
         let holder = fake
             .with(|s| s.get::<Lease>("rollout-web"))

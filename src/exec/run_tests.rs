@@ -1480,12 +1480,12 @@ async fn plan_and_history_as_json_lines_give_a_line_per_step_and_per_revision() 
     commands::plan(&ctx, &request(StrategyKind::Rolling, "", "app:v2"))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let lines: Vec<serde_json::Value> = ctx
-        .out
-        .text()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect();
+    let json_lines = |text: String| -> Vec<serde_json::Value> {
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    };
+    let lines = json_lines(ctx.out.text());
     assert_eq!(lines.len(), 7, "{lines:#?}");
     assert_eq!(lines[0]["step"], 1);
     assert_eq!(lines[0]["of"], 7);
@@ -1503,12 +1503,7 @@ async fn plan_and_history_as_json_lines_give_a_line_per_step_and_per_revision() 
     commands::show_history(&ctx, "web")
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let history: Vec<serde_json::Value> = ctx
-        .out
-        .text()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect();
+    let history = json_lines(ctx.out.text());
     assert_eq!(history.len(), 2, "{history:#?}");
     assert_eq!(history[1]["revision"], 2);
 }
