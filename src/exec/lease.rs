@@ -1229,6 +1229,12 @@ mod tests {
         }
     }
 
+    fn holder_now(fake: &crate::cluster::fake::FakeCluster) -> Option<String> {
+        fake.with(|s| s.get::<Lease>("rollout-web"))
+            .and_then(|l| l.spec)
+            .and_then(|s| s.holder_identity)
+    }
+
     fn renew_time(fake: &crate::cluster::fake::FakeCluster) -> Option<MicroTime> {
         fake.with(|s| s.get::<Lease>("rollout-web"))
             .and_then(|l| l.spec)
@@ -1264,11 +1270,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         rewrite(&|spec| spec.holder_identity = Some(other().to_string()));
         guard.release().await;
-        let holder = fake
-            .with(|s| s.get::<Lease>("rollout-web"))
-            .and_then(|l| l.spec)
-            .and_then(|s| s.holder_identity);
-        assert_eq!(holder, Some(other().to_string()));
+        assert_eq!(holder_now(&fake), Some(other().to_string()));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1311,11 +1313,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(taken.takeover_note().is_some());
         guard.release().await;
-        let holder = fake
-            .with(|s| s.get::<Lease>("rollout-web"))
-            .and_then(|l| l.spec)
-            .and_then(|s| s.holder_identity);
-        assert_eq!(holder, Some(other().to_string()));
+        assert_eq!(holder_now(&fake), Some(other().to_string()));
         taken.release().await;
     }
 
