@@ -54,6 +54,25 @@ async fn create_route(
     route_spec(app, name).await
 }
 
+/// The time app of `prefix` (3 replicas) behind a route of its own to its Service, once the
+/// gateway routes it; with the route's spec as created.
+async fn routed_app(prefix: &str) -> (App, Value) {
+    let app = App::deploy(prefix, 3, false).await.expect("deploy");
+    let before = create_route(&app, ROUTE, STS, json!([]))
+        .await
+        .expect("route");
+    wait_routed(&app).await.expect("routed");
+    (app, before)
+}
+
+/// `rollout canary time-app --image time-app:v2 FLAGS --traffic gateway --route ROUTE`.
+fn canary_args<'a>(flags: &[&'a str], route: &'a str) -> Vec<&'a str> {
+    let mut args = vec!["canary", STS, "--image", "time-app:v2"];
+    args.extend_from_slice(flags);
+    args.extend_from_slice(&["--traffic", "gateway", "--route", route]);
+    args
+}
+
 async fn route_spec(app: &App, name: &str) -> anyhow::Result<Value> {
     let route = routes(&app.ns).get(name).await?;
     Ok(route.data.get("spec").cloned().unwrap_or(Value::Null))
@@ -154,28 +173,19 @@ async fn services(app: &App) -> anyhow::Result<Vec<String>> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_canary_through_the_route_moves_exact_shares_pins_testers_and_rolls_back_exactly() {
-    let app = App::deploy("gw-canary", 3, false).await.expect("deploy");
-    let before = create_route(&app, ROUTE, STS, json!([]))
-        .await
-        .expect("route");
-    wait_routed(&app).await.expect("routed");
+    let (app, before) = routed_app("gw-canary").await;
     let canary = |pause: &'static str| {
-        vec![
-            "canary",
-            STS,
-            "--image",
-            "time-app:v2",
-            "--steps",
-            "5,25,50",
-            "--pause",
-            pause,
-            "--traffic",
-            "gateway",
-            "--route",
+        canary_args(
+            &[
+                "--steps",
+                "5,25,50",
+                "--pause",
+                pause,
+                "--canary-header",
+                "X-Canary=always",
+            ],
             ROUTE,
-            "--canary-header",
-            "X-Canary=always",
-        ]
+        )
     };
     // The header pin comes first: testers reach the canary while no weight has moved.
     let run = app.rollout(&canary("promote")).await.expect("run");
@@ -246,24 +256,9 @@ fn ensure_text(text: &str, wanted: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_canary_through_the_route_ends_with_the_route_as_it_was() {
-    let app = App::deploy("gw-full", 3, false).await.expect("deploy");
-    let before = create_route(&app, ROUTE, STS, json!([]))
-        .await
-        .expect("route");
-    wait_routed(&app).await.expect("routed");
+    let (app, before) = routed_app("gw-full").await;
     let run = app
-        .rollout(&[
-            "canary",
-            STS,
-            "--image",
-            "time-app:v2",
-            "--steps",
-            "50",
-            "--traffic",
-            "gateway",
-            "--route",
-            ROUTE,
-        ])
+        .rollout(&canary_args(&["--steps", "50"], ROUTE))
         .await
         .expect("run");
     run.expect(ExitCode::Done).expect("done");
@@ -309,18 +304,7 @@ async fn a_route_the_gateway_rejects_already_is_refused_and_nothing_changes() {
     let before = route_spec(&app, ROUTE).await.expect("route");
     let generation = app.statefulset().await.expect("sts").metadata.generation;
     let run = app
-        .rollout(&[
-            "canary",
-            STS,
-            "--image",
-            "time-app:v2",
-            "--weight",
-            "20",
-            "--traffic",
-            "gateway",
-            "--route",
-            ROUTE,
-        ])
+        .rollout(&canary_args(&["--weight", "20"], ROUTE))
         .await
         .expect("run");
     run.expect(ExitCode::BadInput).expect("refused");
@@ -354,14 +338,8 @@ enum Loss {
 /// (exit 3) with the gateway's `words`, leaving the route as it was, no Service of rollout's
 /// behind and every pod on v1.
 async fn canary_losing_its_service(prefix: &str, steps: &[&str], loss: Loss, words: &[&str]) {
-    let app = App::deploy(prefix, 3, false).await.expect("deploy");
-    let before = create_route(&app, ROUTE, STS, json!([]))
-        .await
-        .expect("route");
-    wait_routed(&app).await.expect("routed");
-    let mut args = vec!["canary", STS, "--image", "time-app:v2"];
-    args.extend_from_slice(steps);
-    args.extend_from_slice(&["--traffic", "gateway", "--route", ROUTE]);
+    let (app, before) = routed_app(prefix).await;
+    let args = canary_args(steps, ROUTE);
     let child = crate::support::rollout_command(app.name(), &args)
         .spawn()
         .expect("spawn");
@@ -453,26 +431,12 @@ async fn a_route_its_gateway_stops_accepting_fails_the_next_gate() {
 /// the route and the writer), and `abort` then takes the route back to its own rules.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_route_synced_by_someone_else_during_a_hold_stops_the_rollout() {
-    let app = App::deploy("gw-drift", 3, false).await.expect("deploy");
-    let before = create_route(&app, ROUTE, STS, json!([]))
-        .await
-        .expect("route");
-    wait_routed(&app).await.expect("routed");
+    let (app, before) = routed_app("gw-drift").await;
     let held = app
-        .rollout(&[
-            "canary",
-            STS,
-            "--image",
-            "time-app:v2",
-            "--steps",
-            "34,67",
-            "--pause",
-            "promote",
-            "--traffic",
-            "gateway",
-            "--route",
+        .rollout(&canary_args(
+            &["--steps", "34,67", "--pause", "promote"],
             ROUTE,
-        ])
+        ))
         .await
         .expect("run");
     held.expect(ExitCode::Done).expect("held at 34 %");
@@ -550,18 +514,7 @@ async fn a_route_that_cannot_carry_the_canary_is_bad_input_and_nothing_changes()
     ];
     for (route, message) in cases {
         let run = app
-            .rollout(&[
-                "canary",
-                STS,
-                "--image",
-                "time-app:v2",
-                "--weight",
-                "20",
-                "--traffic",
-                "gateway",
-                "--route",
-                route,
-            ])
+            .rollout(&canary_args(&["--weight", "20"], route))
             .await
             .expect("run");
         run.expect(ExitCode::BadInput).expect("bad input");

@@ -105,6 +105,35 @@ async fn assert_back_on_v1(app: &App) -> anyhow::Result<()> {
     app.assert_data_kept().await
 }
 
+/// `rollout STRATEGY time-app -f FILE FLAGS` with the metric gate `gate` on the devcluster's
+/// Prometheus analysed every 2 s, and HTTP gates lenient enough for a release that fails a few
+/// percent of its answers (3 s windows, half of the probes).
+fn analysed(strategy: &str, file: &ManifestFile, gate: &str, flags: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [strategy, STS, "-f", &file.arg()]
+        .iter()
+        .chain(flags)
+        .map(|a| a.to_string())
+        .collect();
+    args.extend(
+        [
+            "--probe-window",
+            "3s",
+            "--min-success-ratio",
+            "0.5",
+            "--gate-prometheus",
+            gate,
+            "--prometheus-url",
+            &prometheus_url(),
+            "--analysis-interval",
+            "2s",
+            "--timeout",
+            "90s",
+        ]
+        .map(String::from),
+    );
+    args
+}
+
 /// Waits (at most [`SETTLE`]) until the run holds (`what`: the hold, the bake), with its
 /// record in phase Paused; a rollback before that fails the test.
 async fn wait_paused(app: &App, what: &str) -> anyhow::Result<()> {
@@ -204,27 +233,8 @@ async fn a_bake_whose_errors_pile_up_against_stable_before_it_is_rolled_back() -
         &scraped_manifest(3, &[("FAIL_RATE", "0.02")], "time-app:v2"),
     )?;
     let gate = format!("{ERRORS} <= stable + 10");
-    let url = prometheus_url();
-    let args = [
-        "rolling",
-        STS,
-        "-f",
-        &file.arg(),
-        "--probe-window",
-        "3s",
-        "--min-success-ratio",
-        "0.5",
-        "--gate-prometheus",
-        &gate,
-        "--prometheus-url",
-        &url,
-        "--analysis-interval",
-        "2s",
-        "--bake",
-        "3m",
-        "--timeout",
-        "90s",
-    ];
+    let args = analysed("rolling", &file, &gate, &["--bake", "3m"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let child = rollout_command(app.name(), &args).spawn()?;
     wait_paused(&app, "the bake").await?;
     app.assert_all_on("v2").await?;
@@ -268,27 +278,8 @@ async fn a_holding_canary_whose_errors_pile_up_is_rolled_back_during_the_hold() 
     )?;
     let bound = 5.0;
     let gate = format!("{ERRORS} < {bound}");
-    let url = prometheus_url();
-    let args = [
-        "canary",
-        STS,
-        "-f",
-        &file.arg(),
-        "--weight",
-        "34",
-        "--probe-window",
-        "3s",
-        "--min-success-ratio",
-        "0.5",
-        "--gate-prometheus",
-        &gate,
-        "--prometheus-url",
-        &url,
-        "--analysis-interval",
-        "2s",
-        "--timeout",
-        "90s",
-    ];
+    let args = analysed("canary", &file, &gate, &["--weight", "34"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let child = rollout_command(app.name(), &args).spawn()?;
     // The hold: the canary passed its step's gates and the run keeps analysing (it does not
     // exit at the hold as it would without --analysis-interval).

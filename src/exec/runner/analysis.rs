@@ -111,13 +111,12 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             .iter()
             .filter(|g| g.bound.is_relative())
             .collect();
-        let by_pod = relative.iter().any(|g| g.query.contains("{pods}"));
-        let Some(stable) = self.record.stable.revision.revision.clone() else {
+        let Some(stable) =
+            (self.record.stable.revision.revision.clone()).filter(|_| !relative.is_empty())
+        else {
             return;
         };
-        if relative.is_empty() {
-            return;
-        }
+        let by_pod = relative.iter().any(|g| g.query.contains("{pods}"));
         let pods: Vec<String> = {
             let view = self.view.borrow();
             view.pods
