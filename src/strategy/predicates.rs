@@ -245,6 +245,18 @@ pub fn pod_by_ordinal<'a>(set: &str, pods: &'a [Pod], ordinal: u32) -> Option<&'
         .find(|p| p.metadata.name.as_deref().and_then(|n| pod_ordinal(set, n)) == Some(ordinal))
 }
 
+/// Done as `kubectl rollout status` sees it too: with no partition, the StatefulSet controller
+/// has made `revision` the set's current revision in its status (it lags a moment behind the
+/// pods); with a partition, pods below it keep theirs and the status never catches up.
+pub fn revision_made_current(sts: &StatefulSet, revision: &str) -> bool {
+    partition(sts).unwrap_or(0) > 0
+        || sts
+            .status
+            .as_ref()
+            .and_then(|s| s.current_revision.as_deref())
+            == Some(revision)
+}
+
 /// Pods that serve: Ready and not terminating (what a Service's endpoints hold).
 pub fn serving_pods(pods: &[Pod]) -> usize {
     pods.iter()
@@ -640,6 +652,30 @@ pub(crate) mod tests {
                 ..Default::default()
             }),
         }
+    }
+
+    #[test]
+    fn a_revision_is_done_once_the_status_makes_it_current_or_a_partition_holds() {
+        // updating_set has partition 1: the status never catches up, and need not.
+        let mut sts = updating_set(1, 1, "web-2", None);
+        assert!(revision_made_current(&sts, "web-2"));
+        if let Some(r) = sts
+            .spec
+            .as_mut()
+            .and_then(|s| s.update_strategy.as_mut())
+            .and_then(|u| u.rolling_update.as_mut())
+        {
+            r.partition = Some(0);
+        }
+        assert!(
+            !revision_made_current(&sts, "web-2"),
+            "pods done, status behind"
+        );
+        if let Some(status) = sts.status.as_mut() {
+            status.current_revision = Some("web-2".into());
+        }
+        assert!(revision_made_current(&sts, "web-2"));
+        assert!(!revision_made_current(&sts, "web-1"));
     }
 
     #[test]

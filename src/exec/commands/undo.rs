@@ -297,11 +297,7 @@ pub(super) async fn converge<C: Cluster, G: GateRunner>(
                 let partition = predicates::partition(sts).unwrap_or(0);
                 // Pods below a partition keep their revision: only those above it are waited on.
                 let expected = ordinals_released(replicas, start, replicas, partition);
-                // Done as `kubectl rollout status` sees it too: with no partition, the
-                // controller has also made the revision current in the set's status.
-                let current = partition > 0
-                    || status.and_then(|s| s.current_revision.as_deref()) == Some(revision);
-                if current
+                if predicates::revision_made_current(sts, revision)
                     && ordinals_not_ready(name, &snapshot.pods, revision, &expected).is_empty()
                 {
                     return Ok(());

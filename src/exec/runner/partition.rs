@@ -21,7 +21,8 @@ use crate::exec::ExecError;
 use crate::model::state::RollbackCause;
 use crate::strategy::predicates::{
     describe_pods, honours_max_unavailable, ordinals_not_available, ordinals_not_ready,
-    pod_revision, pods_ready_on, revision_taken_up, set_ordinals, stuck_pods,
+    pod_revision, pods_ready_on, revision_made_current, revision_taken_up, set_ordinals,
+    stuck_pods,
 };
 
 /// What `ReplaceStuckPods` found on a snapshot.
@@ -265,7 +266,11 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
             let waited = self
                 .wait_on(&name, Some(deadline), |s| {
                     let all = set_ordinals(s.statefulset.as_ref(), replicas_planned, start);
-                    if ordinals_not_ready(&name, &s.pods, &stable, &all).is_empty() {
+                    if ordinals_not_ready(&name, &s.pods, &stable, &all).is_empty()
+                        && s.statefulset
+                            .as_ref()
+                            .is_some_and(|sts| revision_made_current(sts, &stable))
+                    {
                         return Some(Stuck::AllReady);
                     }
                     let fresh: Vec<_> = stuck_pods(&name, &s.pods, &stable)
