@@ -441,6 +441,42 @@ pub async fn ready_endpoints(ns: &TestNs, service: &str) -> anyhow::Result<Vec<S
         .collect())
 }
 
+/// Waits until the EndpointSlices of `service` (what the service proxy reads, written by the
+/// endpointslice or the mirroring controller a moment after the Endpoints) list exactly `want` as
+/// ready addresses, at most `timeout`.
+pub async fn wait_slice_addresses(
+    ns: &TestNs,
+    service: &str,
+    want: &[String],
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let mut want: Vec<String> = want.to_vec();
+    want.sort();
+    let api = ns.api::<EndpointSlice>();
+    let lp = ListParams::default().labels(&format!("kubernetes.io/service-name={service}"));
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let mut ready: Vec<String> = api
+            .list(&lp)
+            .await?
+            .items
+            .into_iter()
+            .flat_map(|s| s.endpoints)
+            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
+            .flat_map(|e| e.addresses)
+            .collect();
+        ready.sort();
+        if ready == want {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("the EndpointSlices of {service} list {ready:?} after {timeout:?}, not {want:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Not-ready addresses of a Service's Endpoints.
 pub fn not_ready_addresses(ep: &Endpoints) -> Vec<String> {
     ep.subsets

@@ -1229,10 +1229,22 @@ async fn a_stale_endpoint_address_costs_node_port_clients_a_retry_not_a_hang() -
         sorted(&[live.clone(), stale.to_string()]),
         "the Endpoints as written"
     );
+    // The proxy reads EndpointSlices, which the mirroring controller writes from the Endpoints
+    // a moment later; until its watch has them every connection is closed.
+    testkit::wait_slice_addresses(&ns, "web", &listed, READY).await?;
     let port = testkit::node_port(&ns, "web").await?;
 
     let http = testkit::http();
     let url = format!("http://127.0.0.1:{port}/healthz");
+    let mut warmup = 0;
+    while testkit::get(&http, &url).await.is_err() {
+        warmup += 1;
+        anyhow::ensure!(
+            warmup < 100,
+            "the node port never answered once its EndpointSlice listed {listed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let mut ms = Vec::new();
     let mut failures = Vec::new();
     for _ in 0..40 {
