@@ -397,12 +397,36 @@ pub async fn spread(service_port: u16, path: &str, count: usize) -> BTreeMap<Str
     let url = format!("http://127.0.0.1:{service_port}{path}");
     let mut out = BTreeMap::new();
     for _ in 0..count {
-        let key = match get(&http, &url).await {
-            Ok(a) if a.status < 500 => a.pod,
-            Ok(a) => format!("<{}>", a.status),
-            Err(_) => "<error>".into(),
-        };
-        *out.entry(key).or_insert(0) += 1;
+        *out.entry(answered_by(&http, &url).await).or_insert(0) += 1;
+    }
+    out
+}
+
+/// Which pod answered a GET of `url`, or `<status>` / `<error>`.
+async fn answered_by(http: &reqwest::Client, url: &str) -> String {
+    match get(http, url).await {
+        Ok(a) if a.status < 500 => a.pod,
+        Ok(a) => format!("<{}>", a.status),
+        Err(_) => "<error>".into(),
+    }
+}
+
+/// Like [`spread`], but stops as soon as every pod of `want` has answered, after at most `max`
+/// requests: on a busy machine a pod's probe may time out and leave it out for a moment.
+pub async fn spread_until(
+    service_port: u16,
+    path: &str,
+    want: &[String],
+    max: usize,
+) -> BTreeMap<String, usize> {
+    let http = http();
+    let url = format!("http://127.0.0.1:{service_port}{path}");
+    let mut out = BTreeMap::new();
+    for _ in 0..max {
+        *out.entry(answered_by(&http, &url).await).or_insert(0) += 1;
+        if want.iter().all(|w| out.contains_key(w)) {
+            break;
+        }
     }
     out
 }
@@ -441,37 +465,48 @@ pub async fn ready_endpoints(ns: &TestNs, service: &str) -> anyhow::Result<Vec<S
         .collect())
 }
 
-/// Waits until the EndpointSlices of `service` (what the service proxy reads, written by the
-/// endpointslice or the mirroring controller a moment after the Endpoints) list exactly `want` as
-/// ready addresses, at most `timeout`.
-pub async fn wait_slice_addresses(
+/// Waits until the EndpointSlices of `service` (what the service proxy reads; the endpointslice
+/// or the mirroring controller writes them a moment after the Endpoints) list exactly `ready` as
+/// ready and `not_ready` as not ready, at most `timeout`.
+pub async fn wait_slice_sets(
     ns: &TestNs,
     service: &str,
-    want: &[String],
+    ready: &[String],
+    not_ready: &[String],
     timeout: Duration,
 ) -> anyhow::Result<()> {
     use k8s_openapi::api::discovery::v1::EndpointSlice;
-    let mut want: Vec<String> = want.to_vec();
-    want.sort();
+    let sorted = |v: &[String]| {
+        let mut v = v.to_vec();
+        v.sort();
+        v
+    };
+    let want = (sorted(ready), sorted(not_ready));
     let api = ns.api::<EndpointSlice>();
     let lp = ListParams::default().labels(&format!("kubernetes.io/service-name={service}"));
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let mut ready: Vec<String> = api
+        let (mut ready, mut not_ready) = (Vec::new(), Vec::new());
+        for e in api
             .list(&lp)
             .await?
             .items
             .into_iter()
             .flat_map(|s| s.endpoints)
-            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
-            .flat_map(|e| e.addresses)
-            .collect();
-        ready.sort();
-        if ready == want {
+        {
+            match e.conditions.as_ref().and_then(|c| c.ready) {
+                Some(false) => not_ready.extend(e.addresses),
+                _ => ready.extend(e.addresses),
+            }
+        }
+        let seen = (sorted(&ready), sorted(&not_ready));
+        if seen == want {
             return Ok(());
         }
         if tokio::time::Instant::now() >= deadline {
-            bail!("the EndpointSlices of {service} list {ready:?} after {timeout:?}, not {want:?}");
+            bail!(
+                "after {timeout:?} the EndpointSlices of {service} list (ready, not ready) {seen:?}, not {want:?}"
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -35,6 +35,8 @@ async fn time_app_serves_every_pod_through_its_node_port() -> anyhow::Result<()>
         "LoadBalancer ingress"
     );
 
+    let ips = pod_ips(&ns, &["time-app-0", "time-app-1", "time-app-2"]).await?;
+    wait_endpoint_sets(&ns, "time-app", &ips, &[]).await?;
     let port = testkit::node_port(&ns, "time-app").await?;
     let spread = testkit::spread(port, "/", 300).await;
     let want: Vec<String> = (0..3).map(|i| format!("time-app-{i}")).collect();
@@ -445,8 +447,20 @@ async fn pod_ips(ns: &TestNs, pods: &[&str]) -> anyhow::Result<Vec<String>> {
     Ok(ips)
 }
 
-/// Waits until the Service's Endpoints list exactly `ready` as ready and `not_ready` as not ready.
+/// Waits until the Service's Endpoints list exactly `ready` as ready and `not_ready` as not ready,
+/// and then its EndpointSlices too (what the node ports' proxy reads).
 async fn wait_endpoint_sets(
+    ns: &TestNs,
+    service: &str,
+    ready: &[String],
+    not_ready: &[String],
+) -> anyhow::Result<Endpoints> {
+    let endpoints = endpoints_listing(ns, service, ready, not_ready).await?;
+    testkit::wait_slice_sets(ns, service, ready, not_ready, Duration::from_secs(60)).await?;
+    Ok(endpoints)
+}
+
+async fn endpoints_listing(
     ns: &TestNs,
     service: &str,
     ready: &[String],
@@ -981,10 +995,11 @@ async fn a_service_selector_switch_moves_node_port_traffic_to_the_new_pods_and_n
     let green = pod_ips(&ns, &["green-0", "green-1"]).await?;
     wait_endpoint_sets(&ns, "front", &blue, &[]).await?;
     let port = testkit::node_port(&ns, "front").await?;
-    let spread = testkit::spread(port, "/healthz", 40).await;
+    let blues = vec!["blue-0".to_string(), "blue-1".to_string()];
+    let spread = testkit::spread_until(port, "/healthz", &blues, 90).await;
     assert_eq!(
         spread.keys().cloned().collect::<Vec<_>>(),
-        vec!["blue-0".to_string(), "blue-1".to_string()],
+        blues,
         "{spread:?}"
     );
 
@@ -1048,7 +1063,7 @@ async fn a_pod_that_stops_being_ready_leaves_the_endpoints_and_gets_no_new_conne
     wait_endpoint_sets(&ns, "web", &[ip0.clone(), ip1.clone()], &[]).await?;
     let port = testkit::node_port(&ns, "web").await?;
     let both = vec!["web-0".to_string(), "web-1".to_string()];
-    let spread = testkit::spread(port, "/healthz", 40).await;
+    let spread = testkit::spread_until(port, "/healthz", &both, 90).await;
     assert_eq!(
         spread.keys().cloned().collect::<Vec<_>>(),
         both,
@@ -1094,7 +1109,7 @@ async fn a_pod_that_stops_being_ready_leaves_the_endpoints_and_gets_no_new_conne
     std::fs::write(flag("web-1"), "")?;
     testkit::wait_for(ns.api::<Pod>(), "web-1", READY, testkit::is_pod_ready()).await?;
     wait_endpoint_sets(&ns, "web", &[ip0, ip1], &[]).await?;
-    let spread = testkit::spread(port, "/healthz", 40).await;
+    let spread = testkit::spread_until(port, "/healthz", &both, 90).await;
     assert_eq!(
         spread.keys().cloned().collect::<Vec<_>>(),
         both,
@@ -1231,7 +1246,7 @@ async fn a_stale_endpoint_address_costs_node_port_clients_a_retry_not_a_hang() -
     );
     // The proxy reads EndpointSlices, which the mirroring controller writes from the Endpoints
     // a moment later; until its watch has them every connection is closed.
-    testkit::wait_slice_addresses(&ns, "web", &listed, READY).await?;
+    testkit::wait_slice_sets(&ns, "web", &listed, &[], READY).await?;
     let port = testkit::node_port(&ns, "web").await?;
 
     let http = testkit::http();
