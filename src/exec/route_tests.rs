@@ -18,6 +18,7 @@ use crate::model::exit::ExitCode;
 use crate::model::gate::GateSpec;
 use crate::model::image::ImageChange;
 use crate::model::route::{HttpRoute, RouteTraffic};
+use crate::model::state::{Phase, RolloutState};
 use crate::model::strategy::{
     OnFailure, PauseSpec, StrategyConfig, StrategyFlags, StrategyKind, Timeouts,
 };
@@ -281,6 +282,61 @@ async fn a_route_someone_else_rewrites_during_a_hold_stops_the_run_and_is_not_wr
     assert_eq!(route_rules(&fake), original_rules());
     assert_eq!(fake.image(), "app:v1");
     assert!(revision_services(&fake).is_empty());
+}
+
+/// Rewrites the route's rules to `rules` (someone else's sync) once the rollout pauses with a
+/// canary weight on the route.
+fn sync_once_paused(fake: &FakeCluster, rules: Value) -> tokio::task::JoinHandle<()> {
+    let fake = fake.clone();
+    tokio::spawn(async move {
+        loop {
+            let set = fake.set();
+            let paused = set
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(crate::model::state::ANNOTATION_KEY))
+                .and_then(|text| RolloutState::from_annotation("web", text).ok())
+                .is_some_and(|r| r.phase == Phase::Paused);
+            if paused && route_rules(&fake).to_string().contains("web-canary") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        fake.with(|s| {
+            let mut route = s.get::<HttpRoute>("web").unwrap_or_default();
+            route.spec["rules"] = rules;
+            route.metadata.resource_version = None;
+            s.put(&route);
+        });
+    })
+}
+
+#[tokio::test]
+async fn a_route_someone_else_rewrites_during_a_timed_pause_stops_the_run_before_the_pause_ends() {
+    let fake = cluster();
+    let _gateway = gateway(&fake, false);
+    let ctx = context(&fake);
+    let synced = json!([{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                         "backendRefs": [{"name": "web", "port": 80}]}]);
+    let sync = sync_once_paused(&fake, synced.clone());
+    let pause = PauseSpec::For(HumanDuration::from_secs(600));
+    let error = tokio::time::timeout(
+        Duration::from_secs(60),
+        commands::run(&ctx, &held_request("10,50", "web", Some(pause))),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("the run waited out its pause: {:#?}", ctx.progress.lines()))
+    .err()
+    .unwrap_or_else(|| panic!("the run went on over the route's new rules"));
+    sync.abort();
+    assert_eq!(error.exit_code(), ExitCode::Locked, "{error}");
+    assert!(
+        error.to_string().contains("the rules of HTTPRoute web"),
+        "{error}"
+    );
+    assert_eq!(route_rules(&fake), synced, "the other change stays");
+    assert_eq!(fake.image(), "app:v2", "nothing rolled back");
 }
 
 #[tokio::test]

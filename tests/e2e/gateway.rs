@@ -13,8 +13,9 @@ use kube::api::{DynamicObject, PostParams};
 use rollout::model::exit::ExitCode;
 use serde_json::{json, Value};
 
+use crate::strategies::phase;
 use crate::support::gateway::{gateway_url, routes};
-use crate::support::{App, STS};
+use crate::support::{finish_within, rollout_command, App, STS};
 
 const GATEWAY_NS: &str = "devcluster-gateway";
 const GATEWAY: &str = "devcluster";
@@ -442,18 +443,7 @@ async fn a_route_synced_by_someone_else_during_a_hold_stops_the_rollout() {
     held.expect(ExitCode::Done).expect("held at 34 %");
     let weighted = route_spec(&app, ROUTE).await.expect("route");
     assert_ne!(weighted, before, "the weights are on the route");
-    let sync = kube::api::PatchParams {
-        field_manager: Some("gitops-sync".into()),
-        ..Default::default()
-    };
-    routes(&app.ns)
-        .patch(
-            ROUTE,
-            &sync,
-            &kube::api::Patch::Merge(json!({"spec": {"rules": before["rules"]}})),
-        )
-        .await
-        .expect("sync the route");
+    gitops_sync(&app, &before).await;
     let promoted = app.rollout(&["promote", STS]).await.expect("promote");
     promoted.expect(ExitCode::Locked).expect("stopped");
     for words in [
@@ -471,12 +461,72 @@ async fn a_route_synced_by_someone_else_during_a_hold_stops_the_rollout() {
     let status = app.rollout(&["status", STS]).await.expect("status");
     ensure_text(&status.stdout, "HTTPRoute web");
     ensure_text(&status.stdout, "traffic as someone else left the route");
+    abort_to_the_route_before(app, &before).await;
+}
+
+/// A sync during a timed pause is seen while the run waits, not when the pause ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_route_synced_by_someone_else_during_a_timed_pause_stops_the_run_at_once() {
+    let (app, before) = routed_app("gw-drift-pause").await;
+    let args = canary_args(&["--steps", "34,67", "--pause", "10m"], ROUTE);
+    let run = rollout_command(&app.ns.name, &args)
+        .spawn()
+        .expect("start the run");
+    // Paused at 34 % (a run, not a person, is waiting).
+    let mut paused = false;
+    for _ in 0..240 {
+        if phase(&app).await.expect("status") == "Paused" {
+            paused = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    assert!(paused, "the run never paused");
+    assert_ne!(route_spec(&app, ROUTE).await.expect("route"), before);
+    gitops_sync(&app, &before).await;
+    let synced = std::time::Instant::now();
+    let run = finish_within(run, &args.join(" "), std::time::Duration::from_secs(120))
+        .await
+        .expect("the run stopped within its 10 minute pause");
+    println!(
+        "route drift during a timed pause: the run stopped {:.1} s after the sync",
+        synced.elapsed().as_secs_f64()
+    );
+    run.expect(ExitCode::Locked).expect("stopped");
+    ensure_text(&run.stderr, "by field manager gitops-sync");
+    assert_eq!(
+        route_spec(&app, ROUTE).await.expect("route"),
+        before,
+        "the sync's rules stay"
+    );
+    abort_to_the_route_before(app, &before).await;
+}
+
+/// Writes `before`'s rules into the route as field manager `gitops-sync` would.
+async fn gitops_sync(app: &App, before: &Value) {
+    let sync = kube::api::PatchParams {
+        field_manager: Some("gitops-sync".into()),
+        ..Default::default()
+    };
+    routes(&app.ns)
+        .patch(
+            ROUTE,
+            &sync,
+            &kube::api::Patch::Merge(json!({"spec": {"rules": before["rules"]}})),
+        )
+        .await
+        .expect("sync the route");
+}
+
+/// `rollout abort` after the route's drift: the route as it was before the rollout, the
+/// canary Service gone, every pod on v1 with its data.
+async fn abort_to_the_route_before(app: App, before: &Value) {
     app.rollout(&["abort", STS])
         .await
         .expect("abort")
         .expect(ExitCode::Done)
         .expect("aborted");
-    assert_eq!(route_spec(&app, ROUTE).await.expect("route"), before);
+    assert_eq!(route_spec(&app, ROUTE).await.expect("route"), *before);
     let names = services(&app).await.expect("services");
     assert!(!names.iter().any(|n| n.ends_with("-canary")), "{names:?}");
     app.wait_settled().await.expect("settled");

@@ -17,6 +17,9 @@ use crate::gate::Verdict;
 use crate::model::metric::Placeholders;
 use crate::model::state::{RollbackCause, StableSeen};
 
+/// How often a pause reads the route the rollout steers traffic through (one GET).
+const ROUTE_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How a wait with analysis ended.
 pub(super) enum Analysed {
     /// The wait ended (its deadline, or a change to decide on again).
@@ -145,25 +148,44 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
 
     /// Waits until `until` (or a change, or forever when `None`), running the metric gates
     /// every analysis interval meanwhile when continuous analysis is on; a failed gate fails
-    /// the rollout there and then.
+    /// the rollout there and then. A rollout steering traffic through a route reads it every
+    /// [`ROUTE_CHECK`] meanwhile: someone else's rewrite stops the run at once (exit 4) instead
+    /// of at the pause's end, while the canary's traffic is no longer what rollout set.
     pub(super) async fn wait_analysing(
         &mut self,
         until: Option<Instant>,
     ) -> Result<Analysed, ExecError> {
         let name = self.name.clone();
         let nothing = |_: &crate::exec::cluster::Snapshot| None::<()>;
-        let Some(interval) = self.record.config.gates.analysis() else {
+        let analysis = self.record.config.gates.analysis();
+        let route = crate::strategy::predicates::drift::route_watched(&self.record);
+        if analysis.is_none() && !route {
             return Ok(Analysed::Waited(self.wait_on(&name, until, nothing).await?));
-        };
+        }
+        let mut next_analysis = analysis.map(|interval| Instant::now() + interval);
+        let mut next_route = route.then(|| Instant::now() + ROUTE_CHECK);
         let mut checks = 0u32;
         let mut last_undecided: Option<String> = None;
         loop {
-            let next = Instant::now() + interval;
-            let wake = until.map_or(next, |u| u.min(next));
-            let waited = self.wait_on(&name, Some(wake), nothing).await?;
+            let wake = [until, next_analysis, next_route]
+                .into_iter()
+                .flatten()
+                .min();
+            let waited = self.wait_on(&name, wake, nothing).await?;
             if !matches!(waited, Waited::Deadline) || until.is_some_and(|u| Instant::now() >= u) {
                 return Ok(Analysed::Waited(waited));
             }
+            if next_route.is_some_and(|at| Instant::now() >= at) {
+                self.check_latest_snapshot().await?;
+                next_route = Some(Instant::now() + ROUTE_CHECK);
+            }
+            let (Some(interval), Some(at)) = (analysis, next_analysis) else {
+                continue;
+            };
+            if Instant::now() < at {
+                continue;
+            }
+            next_analysis = Some(Instant::now() + interval);
             let started = Instant::now();
             let verdict = self.metric_gates(&name, self.new_pods()).await;
             checks += 1;
