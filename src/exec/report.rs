@@ -109,6 +109,37 @@ pub struct StatusReport {
 }
 
 impl StatusReport {
+    /// Judges the route the rollout steers traffic through, as read now (`route`), when the
+    /// set itself shows no drift: someone else's rewrite during a hold shows now, not only once
+    /// a run stops on it.
+    pub fn judge_route(&mut self, route: Option<&crate::model::route::HttpRoute>) {
+        if self.drift.is_some() || self.serving_for.is_some() {
+            return;
+        }
+        let Some(record) = self.record.as_ref() else {
+            return;
+        };
+        if record.plan.statefulset == self.statefulset {
+            self.drift = crate::strategy::predicates::drift::route_drift(record, route);
+        }
+    }
+
+    /// True when someone else rewrote the rollout's route: seen now, or recorded by the run
+    /// it stopped.
+    fn route_drifted(&self) -> bool {
+        let is_route = |d: &crate::model::drift::Drift| {
+            d.changes
+                .iter()
+                .any(|c| matches!(c, crate::model::drift::Change::Route { .. }))
+        };
+        self.drift.as_ref().is_some_and(is_route)
+            || self
+                .record
+                .as_ref()
+                .and_then(|r| r.drift.as_ref())
+                .is_some_and(is_route)
+    }
+
     /// True when nothing more will happen by itself: no rollout, or a finished one, and the set
     /// at rest.
     pub fn is_settled(&self) -> bool {
@@ -409,13 +440,7 @@ pub fn render_status(report: &StatusReport, now: Timestamp) -> String {
                 }
                 _ => {
                     // Someone else rewrote the route: its weights are no longer rollout's.
-                    let route_drifted = report.record.as_ref().is_some_and(|rec| {
-                        rec.drift.as_ref().is_some_and(|d| {
-                            d.changes
-                                .iter()
-                                .any(|c| matches!(c, crate::model::drift::Change::Route { .. }))
-                        })
-                    });
+                    let route_drifted = report.route_drifted();
                     let _ = match r.traffic_percent {
                         Some(_) if route_drifted => writeln!(
                             out,

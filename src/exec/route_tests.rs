@@ -252,6 +252,17 @@ async fn a_route_someone_else_rewrites_during_a_hold_stops_the_run_and_is_not_wr
         route.metadata.resource_version = None;
         s.put(&route);
     });
+    // `status` tells it before any run sees it.
+    commands::status(&ctx, "web", false, None, false)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let shown = ctx.out.text();
+    assert!(
+        shown.contains("traffic as someone else left the route")
+            && shown.contains("drift:     changed by someone else: the rules of HTTPRoute web")
+            && shown.contains("a run stops without"),
+        "{shown}"
+    );
     let error = commands::promote(&ctx, "web", false, false, None, &Default::default())
         .await
         .err()

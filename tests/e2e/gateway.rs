@@ -444,6 +444,13 @@ async fn a_route_synced_by_someone_else_during_a_hold_stops_the_rollout() {
     let weighted = route_spec(&app, ROUTE).await.expect("route");
     assert_ne!(weighted, before, "the weights are on the route");
     gitops_sync(&app, &before).await;
+    // Told while the canary holds, before any run reads the route.
+    let status = app.rollout(&["status", STS]).await.expect("status");
+    ensure_text(
+        &status.stdout,
+        "drift:     changed by someone else: the rules of HTTPRoute web",
+    );
+    ensure_text(&status.stdout, "traffic as someone else left the route");
     let promoted = app.rollout(&["promote", STS]).await.expect("promote");
     promoted.expect(ExitCode::Locked).expect("stopped");
     for words in [

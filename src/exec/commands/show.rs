@@ -72,6 +72,7 @@ pub async fn status<C: Cluster, G: GateRunner>(
             Timestamp::now(),
         )?;
         report.serving_for = serving_for.clone();
+        report.judge_route(route_now(ctx, &report).await.as_ref());
         print(&report)?;
         return Ok(ExitCode::Done);
     }
@@ -99,6 +100,7 @@ pub async fn status<C: Cluster, G: GateRunner>(
                 Timestamp::now(),
             )?;
             report.serving_for = serving_for.clone();
+            report.judge_route(route_now(ctx, &report).await.as_ref());
             let fingerprint = report.fingerprint();
             let settled = report.is_settled();
             let changed = fingerprint != last;
@@ -156,6 +158,25 @@ pub async fn status<C: Cluster, G: GateRunner>(
             }
         }
     }
+}
+
+/// The route the shown rollout steers traffic through, read now, while a rollout under way
+/// keeps one. `None` too when it cannot be read (an identity without `httproutes` may still
+/// read the status; the route is then not judged).
+async fn route_now<C: Cluster, G: GateRunner>(
+    ctx: &Context<C, G>,
+    report: &crate::exec::report::StatusReport,
+) -> Option<crate::model::route::HttpRoute> {
+    let record = report.record.as_ref()?;
+    if !crate::strategy::predicates::drift::route_watched(record) {
+        return None;
+    }
+    let name = &record.route.as_ref()?.route;
+    ctx.cluster
+        .get::<crate::model::route::HttpRoute>(name)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// True when the rollout waits for a person: a hold until `rollout promote`, a `rollout
