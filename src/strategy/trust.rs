@@ -528,19 +528,29 @@ fn label_chars(text: &str) -> bool {
 pub fn gates_not_given(record: &RolloutState, local: &LocalGates) -> Vec<&'static str> {
     let gates = &record.config.gates;
     let rolling_back = record.phase == crate::model::state::Phase::RollingBack;
-    let gate_ahead = record
-        .remaining()
+    let remaining = record.remaining();
+    let gate_ahead = remaining
         .iter()
         .any(|s| matches!(s, Step::Gate { .. } | Step::GateService { .. }));
-    if rolling_back || !gate_ahead {
+    // Continuous analysis queries Prometheus at pauses (and the bake) too.
+    let analysed_pause_ahead = gates.analysis().is_some()
+        && (record.phase == crate::model::state::Phase::Paused
+            || remaining.iter().any(|s| matches!(s, Step::Pause { .. })));
+    if rolling_back {
         return Vec::new();
     }
     let mut missing = Vec::new();
-    if gates.command.is_some() && local.command.is_none() {
+    if gate_ahead && gates.command.is_some() && local.command.is_none() {
         missing.push("command");
     }
-    if gates.webhook.is_some() && local.webhook.is_none() {
+    if gate_ahead && gates.webhook.is_some() && local.webhook.is_none() {
         missing.push("webhook");
+    }
+    if (gate_ahead || analysed_pause_ahead)
+        && !gates.prometheus.is_empty()
+        && local.prometheus_url.is_none()
+    {
+        missing.push("metric");
     }
     missing
 }
@@ -1044,6 +1054,38 @@ mod tests {
         assert_eq!(gates_not_given(&back, &none), Vec::<&str>::new());
         // A record without such gates needs none.
         assert_eq!(gates_not_given(&sample_state(), &none), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn metric_gates_ahead_need_this_command_lines_prometheus() {
+        let none = LocalGates::default();
+        let url = LocalGates::default().with_prometheus(Some("http://127.0.0.1:9090".into()));
+        let mut held = sample_state();
+        held.current_step = 2;
+        held.phase = Phase::Paused;
+        held.pause = Some(PauseReason::Step { until: None });
+        held.config.gates.prometheus = vec!["rate(errors[1m]) < 1"
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"))];
+        assert_eq!(gates_not_given(&held, &none), ["metric"]);
+        assert_eq!(gates_not_given(&held, &url), Vec::<&str>::new());
+        // Past the last gate, only continuous analysis still asks Prometheus.
+        let mut baking = held.clone();
+        baking.plan.steps = vec![Step::Pause {
+            wait: PauseSpec::For(HumanDuration::from_secs(60)),
+        }];
+        baking.current_step = 0;
+        assert_eq!(gates_not_given(&baking, &none), Vec::<&str>::new());
+        baking.config.gates.analysis_interval = Some(HumanDuration::from_secs(5));
+        assert_eq!(gates_not_given(&baking, &none), ["metric"]);
+        // Nothing ahead, or rolling back: no query is asked.
+        let mut done = held.clone();
+        done.current_step = done.plan.steps.len();
+        done.phase = Phase::Progressing;
+        assert_eq!(gates_not_given(&done, &none), Vec::<&str>::new());
+        let mut back = held;
+        back.phase = Phase::RollingBack;
+        assert_eq!(gates_not_given(&back, &none), Vec::<&str>::new());
     }
 
     #[test]

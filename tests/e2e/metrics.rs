@@ -421,3 +421,58 @@ async fn an_unreachable_prometheus_or_a_broken_query_is_refused_before_any_write
     app.cleanup().await;
     Ok(())
 }
+
+/// A canary with a metric gate, held at 34 %: `rollout promote` from a shell without the
+/// Prometheus URL is refused with nothing changed (its gates would stay undecided until the
+/// step's deadline), and goes on once the URL is given.
+#[tokio::test]
+async fn a_promote_without_the_prometheus_url_is_refused_until_it_is_given() -> anyhow::Result<()> {
+    let app = deploy("metric-promote", 3).await?;
+    let file = ManifestFile::write(&app, &scraped_manifest(3, &[], "time-app:v2"))?;
+    let gate = format!("{ERRORS} <= stable + 10");
+    let url = prometheus_url();
+    app.rollout(&[
+        "canary",
+        STS,
+        "-f",
+        &file.arg(),
+        "--weight",
+        "34",
+        "--probe-window",
+        "2s",
+        "--gate-prometheus",
+        &gate,
+        "--prometheus-url",
+        &url,
+    ])
+    .await?
+    .expect(ExitCode::Done)?;
+    let before = app.statefulset().await?.metadata.resource_version;
+    let child = rollout_command(app.name(), &["promote", STS])
+        .env_remove("ROLLOUT_PROMETHEUS_URL")
+        .spawn()?;
+    let refused = finish_within(child, "promote", RUN_LIMIT).await?;
+    refused.expect(ExitCode::BadInput)?;
+    for words in [
+        "Prometheus queries",
+        "--prometheus-url URL",
+        "nothing was changed",
+    ] {
+        ensure!(
+            refused.stderr.contains(words),
+            "{words:?} in {}",
+            refused.describe()
+        );
+    }
+    ensure!(
+        app.statefulset().await?.metadata.resource_version == before,
+        "the refused promote wrote to the set"
+    );
+    app.rollout(&["promote", STS, "--prometheus-url", &url])
+        .await?
+        .expect(ExitCode::Done)?;
+    app.assert_all_on("v2").await?;
+    app.assert_data_kept().await?;
+    app.cleanup().await;
+    Ok(())
+}

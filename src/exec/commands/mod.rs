@@ -116,7 +116,9 @@ fn holding(wait_at_holds: bool, gates: LocalGates) -> RunOptions {
 }
 
 /// Refuses to continue `record` when it gates on a command or webhook that `gates` (this
-/// command line's) does not give: such a gate never runs on the record's word.
+/// command line's) does not give: such a gate never runs on the record's word. Nor do metric
+/// gates without this command line's Prometheus URL: they would stay undecided until the
+/// step's deadline (or let a bake pass unjudged).
 /// `action`: the command that continues it from where it stands (`promote` at a hold).
 fn require_local_gates(
     record: &RolloutState,
@@ -132,7 +134,8 @@ fn require_local_gates(
         .iter()
         .map(|gate| match *gate {
             "command" => "--gate-command '...'",
-            _ => "--gate-webhook '...'",
+            "webhook" => "--gate-webhook '...'",
+            _ => "--prometheus-url URL",
         })
         .collect::<Vec<_>>()
         .join(" ");
@@ -140,9 +143,13 @@ fn require_local_gates(
         statefulset: name.clone(),
         gates: missing
             .iter()
-            .map(|g| format!("a {g}"))
+            .map(|gate| match *gate {
+                "command" => "a command",
+                "webhook" => "a webhook",
+                _ => "Prometheus queries (the URL of their Prometheus: --prometheus-url or ROLLOUT_PROMETHEUS_URL)",
+            })
             .collect::<Vec<_>>()
-            .join(" and a "),
+            .join(" and "),
         them: if missing.len() > 1 { "them" } else { "it" },
         action,
         flags,
