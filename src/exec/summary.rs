@@ -510,6 +510,11 @@ mod tests {
         roxmltree::Document::parse(svg).unwrap_or_else(|e| panic!("{e}: {svg}"))
     }
 
+    /// The element with this id.
+    fn by_id<'a>(doc: &'a roxmltree::Document<'_>, id: &str) -> Option<roxmltree::Node<'a, 'a>> {
+        doc.descendants().find(|n| n.attribute("id") == Some(id))
+    }
+
     fn count(doc: &roxmltree::Document<'_>, class: &str) -> usize {
         doc.descendants()
             .filter(|n| {
@@ -548,14 +553,9 @@ mod tests {
         assert_eq!(count(&doc, "step"), 5, "{svg}");
         assert_eq!(count(&doc, "pass"), 2);
         assert_eq!(count(&doc, "fail"), 0);
-        let final_state = doc
-            .descendants()
-            .find(|n| n.attribute("id") == Some("final"))
-            .and_then(|n| n.text());
+        let final_state = by_id(&doc, "final").and_then(|n| n.text());
         assert_eq!(final_state, Some("Succeeded"));
-        let share = doc
-            .descendants()
-            .find(|n| n.attribute("id") == Some("share"))
+        let share = by_id(&doc, "share")
             .and_then(|n| n.attribute("points"))
             .unwrap_or_default();
         // Ends at 100 % (y = TOP).
@@ -618,10 +618,7 @@ mod tests {
         assert_eq!(count(&doc, "pause"), 1);
         assert_eq!(count(&doc, "rollback"), 1);
         assert!(svg.contains("&lt;500&gt;"));
-        let final_state = doc
-            .descendants()
-            .find(|n| n.attribute("id") == Some("final"))
-            .and_then(|n| n.text());
+        let final_state = by_id(&doc, "final").and_then(|n| n.text());
         assert_eq!(final_state, Some("RolledBack"));
     }
 
