@@ -1,6 +1,8 @@
 //! Metric gates in the run: their part of every gate step, and continuous analysis: with
 //! `--analysis-interval` they run again every interval while the rollout pauses or holds (and
-//! during `--bake`, a pause after the last step), and a failure rolls back at once.
+//! during `--bake`, a pause after the last step), and a failure rolls back at once. The same
+//! wait reads the route a rollout steers traffic through every few seconds, to stop on someone
+//! else's rewrite of it while the pause lasts.
 
 use std::future::Future;
 
