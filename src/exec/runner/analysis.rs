@@ -178,7 +178,14 @@ impl<C: Cluster, G: GateRunner> Runner<C, G> {
                 return Ok(Analysed::Waited(waited));
             }
             if next_route.is_some_and(|at| Instant::now() >= at) {
-                self.check_latest_snapshot().await?;
+                match self.check_latest_snapshot().await {
+                    // The API server did not answer (after its retries): the pause goes on,
+                    // and the check before the next step decides.
+                    Err(e @ ExecError::Api { .. }) => {
+                        tracing::warn!(error = %e, "the route could not be read during the pause");
+                    }
+                    checked => checked?,
+                }
                 next_route = Some(Instant::now() + ROUTE_CHECK);
             }
             let (Some(interval), Some(at)) = (analysis, next_analysis) else {
