@@ -522,10 +522,44 @@ fn label_chars(text: &str) -> bool {
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-/// The gates the record names that only a command line may run (a command, a webhook) and that
-/// the command line of this run does not give, when the rest of the run could reach a gate.
-/// Empty: the run may go on. Rolling back runs no gate, so it needs none.
-pub fn gates_not_given(record: &RolloutState, local: &LocalGates) -> Vec<&'static str> {
+/// A part of a gate that only the command line of a run gives, never the record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalGate {
+    /// The command of `--gate-command`.
+    Command,
+    /// The URL of `--gate-webhook`.
+    Webhook,
+    /// The Prometheus the metric gates (`--gate-prometheus`) query.
+    Prometheus,
+}
+
+impl LocalGate {
+    /// The flag that gives it, as a command line would.
+    pub fn flag(self) -> &'static str {
+        match self {
+            LocalGate::Command => "--gate-command '...'",
+            LocalGate::Webhook => "--gate-webhook '...'",
+            LocalGate::Prometheus => "--prometheus-url URL",
+        }
+    }
+
+    /// What it is, in words.
+    pub fn what(self) -> &'static str {
+        match self {
+            LocalGate::Command => "a command",
+            LocalGate::Webhook => "a webhook",
+            LocalGate::Prometheus => {
+                "Prometheus queries (the URL of their Prometheus: --prometheus-url or ROLLOUT_PROMETHEUS_URL)"
+            }
+        }
+    }
+}
+
+/// The gates the record names that only a command line may give (a command, a webhook, the
+/// Prometheus that metric gates query) and that the command line of this run does not give,
+/// when the rest of the run could reach them. Empty: the run may go on. Rolling back runs no
+/// gate, so it needs none.
+pub fn gates_not_given(record: &RolloutState, local: &LocalGates) -> Vec<LocalGate> {
     let gates = &record.config.gates;
     let rolling_back = record.phase == crate::model::state::Phase::RollingBack;
     let remaining = record.remaining();
@@ -541,16 +575,16 @@ pub fn gates_not_given(record: &RolloutState, local: &LocalGates) -> Vec<&'stati
     }
     let mut missing = Vec::new();
     if gate_ahead && gates.command.is_some() && local.command.is_none() {
-        missing.push("command");
+        missing.push(LocalGate::Command);
     }
     if gate_ahead && gates.webhook.is_some() && local.webhook.is_none() {
-        missing.push("webhook");
+        missing.push(LocalGate::Webhook);
     }
     if (gate_ahead || analysed_pause_ahead)
         && !gates.prometheus.is_empty()
         && local.prometheus_url.is_none()
     {
-        missing.push("metric");
+        missing.push(LocalGate::Prometheus);
     }
     missing
 }
@@ -1034,26 +1068,35 @@ mod tests {
             prometheus_url: None,
         };
         let held = held_with_command();
-        assert_eq!(gates_not_given(&held, &none), ["command"]);
-        assert_eq!(gates_not_given(&held, &command), Vec::<&str>::new());
+        assert_eq!(gates_not_given(&held, &none), [LocalGate::Command]);
+        assert_eq!(gates_not_given(&held, &command), Vec::<LocalGate>::new());
         let mut with_webhook = held.clone();
         with_webhook.config.gates.webhook = Some(WebhookGate::new("http://10.0.0.1/"));
         assert_eq!(
             gates_not_given(&with_webhook, &none),
-            ["command", "webhook"]
+            [LocalGate::Command, LocalGate::Webhook]
         );
-        assert_eq!(gates_not_given(&with_webhook, &command), ["webhook"]);
-        assert_eq!(gates_not_given(&with_webhook, &both), Vec::<&str>::new());
+        assert_eq!(
+            gates_not_given(&with_webhook, &command),
+            [LocalGate::Webhook]
+        );
+        assert_eq!(
+            gates_not_given(&with_webhook, &both),
+            Vec::<LocalGate>::new()
+        );
         // Nothing ahead gates: nothing to give.
         let mut done = held.clone();
         done.current_step = done.plan.steps.len();
-        assert_eq!(gates_not_given(&done, &none), Vec::<&str>::new());
+        assert_eq!(gates_not_given(&done, &none), Vec::<LocalGate>::new());
         // Rolling back runs no gate.
         let mut back = held.clone();
         back.phase = Phase::RollingBack;
-        assert_eq!(gates_not_given(&back, &none), Vec::<&str>::new());
+        assert_eq!(gates_not_given(&back, &none), Vec::<LocalGate>::new());
         // A record without such gates needs none.
-        assert_eq!(gates_not_given(&sample_state(), &none), Vec::<&str>::new());
+        assert_eq!(
+            gates_not_given(&sample_state(), &none),
+            Vec::<LocalGate>::new()
+        );
     }
 
     #[test]
@@ -1067,25 +1110,25 @@ mod tests {
         held.config.gates.prometheus = vec!["rate(errors[1m]) < 1"
             .parse()
             .unwrap_or_else(|e| panic!("{e}"))];
-        assert_eq!(gates_not_given(&held, &none), ["metric"]);
-        assert_eq!(gates_not_given(&held, &url), Vec::<&str>::new());
+        assert_eq!(gates_not_given(&held, &none), [LocalGate::Prometheus]);
+        assert_eq!(gates_not_given(&held, &url), Vec::<LocalGate>::new());
         // Past the last gate, only continuous analysis still asks Prometheus.
         let mut baking = held.clone();
         baking.plan.steps = vec![Step::Pause {
             wait: PauseSpec::For(HumanDuration::from_secs(60)),
         }];
         baking.current_step = 0;
-        assert_eq!(gates_not_given(&baking, &none), Vec::<&str>::new());
+        assert_eq!(gates_not_given(&baking, &none), Vec::<LocalGate>::new());
         baking.config.gates.analysis_interval = Some(HumanDuration::from_secs(5));
-        assert_eq!(gates_not_given(&baking, &none), ["metric"]);
+        assert_eq!(gates_not_given(&baking, &none), [LocalGate::Prometheus]);
         // Nothing ahead, or rolling back: no query is asked.
         let mut done = held.clone();
         done.current_step = done.plan.steps.len();
         done.phase = Phase::Progressing;
-        assert_eq!(gates_not_given(&done, &none), Vec::<&str>::new());
+        assert_eq!(gates_not_given(&done, &none), Vec::<LocalGate>::new());
         let mut back = held;
         back.phase = Phase::RollingBack;
-        assert_eq!(gates_not_given(&back, &none), Vec::<&str>::new());
+        assert_eq!(gates_not_given(&back, &none), Vec::<LocalGate>::new());
     }
 
     #[test]

@@ -132,22 +132,14 @@ fn require_local_gates(
     let name = &record.plan.statefulset;
     let flags = missing
         .iter()
-        .map(|gate| match *gate {
-            "command" => "--gate-command '...'",
-            "webhook" => "--gate-webhook '...'",
-            _ => "--prometheus-url URL",
-        })
+        .map(|gate| gate.flag())
         .collect::<Vec<_>>()
         .join(" ");
     Err(ExecError::GatesNotGiven {
         statefulset: name.clone(),
         gates: missing
             .iter()
-            .map(|gate| match *gate {
-                "command" => "a command",
-                "webhook" => "a webhook",
-                _ => "Prometheus queries (the URL of their Prometheus: --prometheus-url or ROLLOUT_PROMETHEUS_URL)",
-            })
+            .map(|gate| gate.what())
             .collect::<Vec<_>>()
             .join(" and "),
         them: if missing.len() > 1 { "them" } else { "it" },
