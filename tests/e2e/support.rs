@@ -76,6 +76,14 @@ impl Run {
         Ok(self)
     }
 
+    /// Fails unless the run's stderr says each of `words`.
+    pub fn said(&self, words: &[&str]) -> anyhow::Result<&Self> {
+        for w in words {
+            ensure!(self.stderr.contains(w), "{w:?} in {}", self.describe());
+        }
+        Ok(self)
+    }
+
     pub fn json(&self) -> anyhow::Result<serde_json::Value> {
         serde_json::from_str(&self.stdout)
             .with_context(|| format!("stdout is not JSON: {}", self.describe()))
